@@ -1,0 +1,43 @@
+# Thin wrapper: every target calls cargo or scripts/*.sh.
+TARGET   := x86_64-unknown-linux-gnu
+RELEASE  := target/$(TARGET)/release/agentkernel
+PORT     ?= 8080
+
+.PHONY: build run test lint unit integration static bench images clean
+
+build:
+	cargo build --release
+
+# Build, make sure a default image exists locally (nothing is ever pulled), serve.
+run: build
+	bash scripts/check-engine.sh
+	AGENTKERNEL_DEFAULT_IMAGE="$${AGENTKERNEL_DEFAULT_IMAGE:-$$(bash scripts/default-image.sh)}" \
+		$(RELEASE) serve --port $(PORT)
+
+# The whole suite: lint, unit and integration tests against the real engine, then
+# the check that no container of ours was left behind.
+test: lint
+	bash scripts/check-engine.sh
+	bash scripts/build-busybox-image.sh
+	cargo test
+	bash scripts/check-leftovers.sh
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+unit:
+	cargo test --lib
+
+integration:
+	cargo test --test integration
+
+# A static binary: musl where that target is installed, else glibc crt-static.
+static:
+	bash scripts/build-static.sh
+
+images:
+	bash scripts/build-busybox-image.sh
+
+clean:
+	cargo clean

@@ -1,0 +1,305 @@
+//! Handlers: plain functions from (context, typed input) to a reply, named after their
+//! routes. Request bodies are parsed here into domain types (`RunRequest`,
+//! `CreateSandbox`, `CommandSpec`) so that the code below never re-validates.
+//!
+//! Invariants: unknown body fields are refused (400), except those the published SDKs
+//! send, which must then be null or a value we honour; explicit JSON `null` means
+//! "not given" for every optional field.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::command::{text, CommandResult, CommandSpec};
+use crate::config::Config;
+use crate::error::Error;
+use crate::labels::SandboxName;
+use crate::profile::{check_bound, Limits, Profile, MEMORY_MB_RANGE, PIDS_RANGE, VCPUS_RANGE};
+use crate::run::RunRequest;
+use crate::sandbox::{self, CreateSandbox, Sandbox};
+
+use super::response::{ApiError, Reply};
+use super::Context;
+
+/// Parses a JSON body into `T`, turning serde's message into a 400 that says what was
+/// wrong where.
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadBody(
+            "request body must be a JSON object".into(),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|error| {
+        ApiError::BadBody(if error.is_syntax() || error.is_eof() {
+            format!("malformed JSON in request body: {error}")
+        } else {
+            format!("invalid request body: {error}")
+        })
+    })
+}
+
+/// The per-command fields shared by `/run` and exec.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandFields {
+    command: Option<Vec<String>>,
+    env: Option<Vec<String>>,
+    workdir: Option<String>,
+    stdin: Option<String>,
+    timeout_ms: Option<u64>,
+    max_output_bytes: Option<u64>,
+}
+
+impl CommandFields {
+    fn into_spec(self, config: &Config) -> Result<CommandSpec, ApiError> {
+        let argv = self
+            .command
+            .ok_or_else(|| ApiError::BadBody("command is required: an array of strings".into()))?;
+        let timeout_ms = match self.timeout_ms {
+            None => config.default_timeout_ms,
+            Some(0) => return Err(ApiError::BadBody("timeout_ms must be positive".into())),
+            Some(ms) if ms > config.max_timeout_ms => {
+                return Err(ApiError::BadBody(format!(
+                    "timeout_ms must be at most {}, got {ms}",
+                    config.max_timeout_ms
+                )))
+            }
+            Some(ms) => ms,
+        };
+        let max_output_bytes = match self.max_output_bytes {
+            None => config.default_max_output_bytes,
+            Some(bytes) if bytes > config.max_output_bytes_limit => {
+                return Err(ApiError::BadBody(format!(
+                    "max_output_bytes must be at most {}, got {bytes}",
+                    config.max_output_bytes_limit
+                )))
+            }
+            Some(bytes) => bytes,
+        };
+        CommandSpec::new(
+            argv,
+            self.env.unwrap_or_default(),
+            self.workdir,
+            self.stdin.map(String::into_bytes),
+            Duration::from_millis(timeout_ms),
+            max_output_bytes,
+        )
+        .map_err(ApiError::BadBody)
+    }
+}
+
+fn parse_profile(name: Option<String>, config: &Config) -> Result<Profile, ApiError> {
+    match name {
+        None => Ok(config.default_profile),
+        Some(name) => Profile::parse(&name).map_err(ApiError::BadBody),
+    }
+}
+
+fn command_data(result: &CommandResult) -> Value {
+    json!({
+        "output": text(&result.output),
+        "stdout": text(&result.stdout),
+        "stderr": text(&result.stderr),
+        "exit_code": result.exit_code,
+        "signal": result.signal,
+        "status": result.status.name(),
+        "duration_ms": result.duration.as_millis() as u64,
+    })
+}
+
+fn sandbox_data(sandbox: &Sandbox) -> Value {
+    let mut data = json!({
+        "name": sandbox.name,
+        "id": sandbox.id,
+        "status": sandbox.status.name(),
+        "backend": "docker",
+        "image": sandbox.image,
+        "profile": sandbox.profile,
+        "created_at": sandbox.created_at,
+    });
+    if let Some(limits) = sandbox.limits {
+        data["memory_mb"] = json!(limits.memory_mb);
+        // The SDKs type `vcpus` as an integer: give it only when it is one.
+        if limits.millicpus % 1000 == 0 {
+            data["vcpus"] = json!(limits.millicpus / 1000);
+        }
+        data["limits"] = json!({
+            "memory_mb": limits.memory_mb,
+            "cpus": limits.millicpus as f64 / 1000.0,
+            "pids": limits.pids,
+        });
+    }
+    data
+}
+
+pub fn get_health(_context: &Context) -> Result<Reply, ApiError> {
+    let mut reply = Reply::ok(json!("ok"));
+    reply.body["status"] = json!("ok");
+    Ok(reply)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunBody {
+    image: Option<String>,
+    profile: Option<String>,
+    fast: Option<bool>,
+    #[serde(flatten)]
+    command: CommandFields,
+}
+
+pub fn post_run(context: &Context, body: &[u8]) -> Result<Reply, ApiError> {
+    let body: RunBody = parse_body(body)?;
+    let profile = parse_profile(body.profile, &context.config)?;
+    let command = body.command.into_spec(&context.config)?;
+    let image = match body.image {
+        Some(image) if image.trim().is_empty() => {
+            return Err(ApiError::BadBody("image must not be empty".into()))
+        }
+        Some(image) => image,
+        None => context
+            .config
+            .images
+            .image_for(&command.argv[0])
+            .to_string(),
+    };
+    let request = RunRequest {
+        image,
+        profile,
+        fast: body.fast.unwrap_or(true),
+        command,
+    };
+    let result = crate::run::run(&context.docker, &context.config, &request)?;
+    Ok(Reply::ok(command_data(&result)))
+}
+
+pub fn get_sandboxes(context: &Context) -> Result<Reply, ApiError> {
+    let sandboxes = sandbox::list(&context.docker, &context.config)?;
+    Ok(Reply::ok(Value::Array(
+        sandboxes.iter().map(sandbox_data).collect(),
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: Option<String>,
+    image: Option<String>,
+    profile: Option<String>,
+    memory_mb: Option<u64>,
+    vcpus: Option<u64>,
+    pids: Option<u64>,
+    // Sent by the published SDKs; accepted only when null or something we honour.
+    backend: Option<String>,
+    source_url: Option<Value>,
+    source_ref: Option<Value>,
+    volumes: Option<Value>,
+    secrets: Option<Value>,
+    secret_files: Option<Value>,
+}
+
+pub fn post_sandboxes(context: &Context, body: &[u8]) -> Result<Reply, ApiError> {
+    let body: CreateBody = parse_body(body)?;
+    let name = body
+        .name
+        .ok_or_else(|| ApiError::BadBody("name is required".into()))?;
+    let name = SandboxName::parse(&name).map_err(ApiError::BadBody)?;
+    if let Some(backend) = body.backend.filter(|b| b != "docker") {
+        return Err(ApiError::BadBody(format!(
+            "backend '{backend}' is not supported: this server runs 'docker'"
+        )));
+    }
+    let unsupported = [
+        ("source_url", &body.source_url),
+        ("source_ref", &body.source_ref),
+        ("volumes", &body.volumes),
+        ("secrets", &body.secrets),
+        ("secret_files", &body.secret_files),
+    ];
+    for (field, value) in unsupported {
+        if value.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::BadBody(format!(
+                "{field} is not supported by this server"
+            )));
+        }
+    }
+    let profile = parse_profile(body.profile, &context.config)?;
+    let defaults = profile.default_limits();
+    let limits = Limits {
+        memory_mb: match body.memory_mb {
+            Some(mb) => check_bound("memory_mb", mb, MEMORY_MB_RANGE).map_err(ApiError::BadBody)?,
+            None => defaults.memory_mb,
+        },
+        millicpus: match body.vcpus {
+            Some(cpus) => {
+                check_bound("vcpus", cpus, VCPUS_RANGE).map_err(ApiError::BadBody)? * 1000
+            }
+            None => defaults.millicpus,
+        },
+        pids: match body.pids {
+            Some(pids) => check_bound("pids", pids, PIDS_RANGE).map_err(ApiError::BadBody)?,
+            None => defaults.pids,
+        },
+    };
+    let image = match body.image {
+        Some(image) if image.trim().is_empty() => {
+            return Err(ApiError::BadBody("image must not be empty".into()))
+        }
+        Some(image) => image,
+        None => context.config.images.default_image.clone(),
+    };
+    let request = CreateSandbox {
+        name,
+        image,
+        profile,
+        limits,
+    };
+    let created = sandbox::create(&context.docker, &context.config, &request)?;
+    Ok(Reply::created(sandbox_data(&created)))
+}
+
+pub fn get_sandbox(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
+    let found = sandbox::get(&context.docker, &context.config, name)?;
+    Ok(Reply::ok(sandbox_data(&found)))
+}
+
+pub fn delete_sandbox(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
+    sandbox::delete(&context.docker, &context.config, name)?;
+    Ok(Reply::ok(json!({ "name": name.as_str(), "removed": true })))
+}
+
+pub fn post_sandbox_start(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
+    let started = sandbox::start(&context.docker, &context.config, name)?;
+    Ok(Reply::ok(sandbox_data(&started)))
+}
+
+pub fn post_sandbox_stop(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
+    let stopped = sandbox::stop(&context.docker, &context.config, name)?;
+    Ok(Reply::ok(sandbox_data(&stopped)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecBody {
+    /// Sent by the SDKs; running as root on request is not something we honour.
+    sudo: Option<bool>,
+    #[serde(flatten)]
+    command: CommandFields,
+}
+
+pub fn post_sandbox_exec(
+    context: &Context,
+    name: &SandboxName,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let body: ExecBody = parse_body(body)?;
+    if body.sudo == Some(true) {
+        return Err(ApiError::Domain(Error::Invalid(
+            "sudo is not supported: commands run as the sandbox's profile user".into(),
+        )));
+    }
+    let spec = body.command.into_spec(&context.config)?;
+    let result = sandbox::exec(&context.docker, &context.config, name, &spec)?;
+    Ok(Reply::ok(command_data(&result)))
+}

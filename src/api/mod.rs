@@ -1,0 +1,269 @@
+//! The HTTP server: a tiny_http accept loop feeding a bounded crossbeam channel that a
+//! fixed pool of named worker threads serves.
+//!
+//! Invariants: only this module (and its children) knows tiny_http and status codes;
+//! the queue is bounded and a full queue answers 503 at once, from the accept loop;
+//! every request is answered, with a JSON envelope, exactly once (a panic in a handler
+//! becomes a 500 and the worker lives on); bodies over the limit are refused from their
+//! declared length before being read; API keys and bodies are never logged.
+
+pub mod handlers;
+pub mod response;
+pub mod routes;
+
+use std::io::{Cursor, Read};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, TrySendError};
+use tiny_http::{Header, Request, Response, Server};
+
+use crate::config::Config;
+use crate::docker::Docker;
+
+use self::response::{ApiError, Reply};
+use self::routes::Route;
+
+/// What every handler may use.
+pub struct Context {
+    pub config: Config,
+    pub docker: Docker,
+}
+
+/// A request as handlers see it: no tiny_http types.
+#[derive(Debug, Clone)]
+pub struct ApiRequest {
+    pub method: String,
+    pub url: String,
+    pub api_key: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// Binds, serves until `shutdown` turns true, then drains and cleans up.
+pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), String> {
+    let config = &context.config;
+    let address = format!("{}:{}", config.host, config.port);
+    let server =
+        Server::http(&address).map_err(|error| format!("cannot listen on {address}: {error}"))?;
+    let local = server
+        .server_addr()
+        .to_ip()
+        .map(|a| a.to_string())
+        .unwrap_or(address.clone());
+    log::info!(
+        "listening on http://{local} (namespace '{}', {} workers, queue {}, engine {})",
+        config.namespace.as_str(),
+        config.workers,
+        config.queue,
+        config.docker_socket.display()
+    );
+    if config.api_key.is_none() && config.host != "127.0.0.1" && config.host != "localhost" {
+        log::warn!(
+            "listening on {} without AGENTKERNEL_API_KEY: anyone who can reach it can run commands",
+            config.host
+        );
+    }
+
+    let (sender, receiver) = bounded::<Request>(config.queue);
+    let (done_sender, done_receiver) = bounded::<()>(config.workers);
+    let mut workers = Vec::new();
+    for index in 0..config.workers {
+        let receiver: Receiver<Request> = receiver.clone();
+        let context = Arc::clone(&context);
+        let done = done_sender.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("worker-{index}"))
+            .spawn(move || {
+                for request in receiver {
+                    serve_one(&context, request);
+                }
+                let _ = done.send(());
+            })
+            .map_err(|error| format!("cannot start worker thread: {error}"))?;
+        workers.push(handle);
+    }
+    drop(done_sender);
+
+    while !shutdown.load(Ordering::SeqCst) {
+        let request = match server.recv_timeout(Duration::from_millis(100)) {
+            Ok(Some(request)) => request,
+            Ok(None) => continue,
+            Err(error) => {
+                log::error!("accept failed: {error}");
+                continue;
+            }
+        };
+        match sender.try_send(request) {
+            Ok(()) => {}
+            Err(TrySendError::Full(request)) => {
+                log::warn!("{} {} 503 (queue full)", request.method(), request.url());
+                respond(request, &ApiError::Busy.reply());
+            }
+            Err(TrySendError::Disconnected(request)) => {
+                respond(request, &ApiError::Panic.reply());
+            }
+        }
+    }
+
+    log::info!("shutting down: finishing in-flight requests");
+    drop(sender);
+    let deadline = Instant::now() + config.shutdown_grace;
+    let mut finished = 0;
+    while finished < workers.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match done_receiver.recv_timeout(left) {
+            Ok(()) => finished += 1,
+            Err(_) => {
+                log::warn!(
+                    "{} workers still busy after {:?}; exiting without them",
+                    workers.len() - finished,
+                    config.shutdown_grace
+                );
+                break;
+            }
+        }
+    }
+    if finished == workers.len() {
+        for worker in workers {
+            let _ = worker.join();
+        }
+    }
+    drop(server);
+    crate::sweep::remove_temporary(&context.docker, &context.config);
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Reads, handles and answers one request; never panics, always answers.
+fn serve_one(context: &Context, mut request: Request) {
+    let started = Instant::now();
+    let method = request.method().as_str().to_string();
+    let url = request.url().to_string();
+    let reply = match read_request(context, &mut request) {
+        Ok(api_request) => match catch_unwind(AssertUnwindSafe(|| handle(context, &api_request))) {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(error)) => error.reply(),
+            Err(_) => {
+                log::error!("{method} {url}: handler panicked");
+                ApiError::Panic.reply()
+            }
+        },
+        Err(error) => error.reply(),
+    };
+    let path = url.split('?').next().unwrap_or(&url).to_string();
+    log::info!(
+        "{method} {path} {} {}ms",
+        reply.status,
+        started.elapsed().as_millis()
+    );
+    respond(request, &reply);
+}
+
+/// Checks the key and reads the body within the limit.
+fn read_request(context: &Context, request: &mut Request) -> Result<ApiRequest, ApiError> {
+    let mut api_key = None;
+    for header in request.headers() {
+        let field = header.field.as_str().as_str();
+        if field.eq_ignore_ascii_case("x-api-key") {
+            api_key = Some(header.value.as_str().to_string());
+        } else if field.eq_ignore_ascii_case("authorization") && api_key.is_none() {
+            let value = header.value.as_str();
+            if let Some(token) = value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+            {
+                api_key = Some(token.trim().to_string());
+            }
+        }
+    }
+    if let Some(expected) = &context.config.api_key {
+        let given = api_key.as_deref().unwrap_or_default();
+        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            return Err(ApiError::Unauthorized);
+        }
+    }
+    let limit = context.config.max_body_bytes;
+    if request
+        .body_length()
+        .is_some_and(|length| length as u64 > limit)
+    {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(limit + 1)
+        .read_to_end(&mut body)
+        .map_err(|error| ApiError::BadBody(format!("could not read request body: {error}")))?;
+    if body.len() as u64 > limit {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    Ok(ApiRequest {
+        method: request.method().as_str().to_string(),
+        url: request.url().to_string(),
+        api_key,
+        body,
+    })
+}
+
+/// Routes one request: the single `match` from route to handler.
+pub fn handle(context: &Context, request: &ApiRequest) -> Result<Reply, ApiError> {
+    use handlers::*;
+    let route = routes::parse(&request.method, &request.url)?;
+    let body = &request.body;
+    match route {
+        Route::Health => get_health(context),
+        Route::Run => post_run(context, body),
+        Route::ListSandboxes => get_sandboxes(context),
+        Route::CreateSandbox => post_sandboxes(context, body),
+        Route::GetSandbox(name) => get_sandbox(context, &name),
+        Route::DeleteSandbox(name) => delete_sandbox(context, &name),
+        Route::ExecSandbox(name) => post_sandbox_exec(context, &name, body),
+        Route::StartSandbox(name) => post_sandbox_start(context, &name),
+        Route::StopSandbox(name) => post_sandbox_stop(context, &name),
+    }
+}
+
+fn respond(request: Request, reply: &Reply) {
+    let mut response = Response::new(
+        tiny_http::StatusCode(reply.status),
+        vec![Header::from_bytes("Content-Type", "application/json").expect("valid header")],
+        Cursor::new(reply.bytes()),
+        None,
+        None,
+    );
+    for (name, value) in &reply.headers {
+        if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response.add_header(header);
+        }
+    }
+    if let Err(error) = request.respond(response) {
+        log::debug!("could not send response: {error}");
+    }
+}
+
+/// Compares without an early exit, so the time taken does not reveal how much of a
+/// guessed key was right.
+pub fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    let mut difference = (given.len() != expected.len()) as u8;
+    for (index, byte) in expected.iter().enumerate() {
+        difference |= byte ^ given.get(index).copied().unwrap_or(!byte);
+    }
+    difference == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compares_keys_exactly() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secreT", b"secret"));
+        assert!(!constant_time_eq(b"secret1", b"secret"));
+        assert!(!constant_time_eq(b"", b"secret"));
+        assert!(!constant_time_eq(b"secret", b""));
+    }
+}

@@ -1,0 +1,196 @@
+//! The response side of the API: the `{"success","data","error"}` envelope, and
+//! `status_of`, the one place where errors become HTTP status codes.
+//!
+//! Invariants: every answer, 404, 405, 413, 503 and the panic 500 included, is a JSON
+//! envelope; error messages name the thing that was wrong.
+
+use serde_json::{json, Value};
+
+use crate::docker::DockerError;
+use crate::error::Error;
+
+use super::routes::RouteError;
+
+/// What a handler answers.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    /// Extra headers (`Allow` on a 405).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub fn ok(data: Value) -> Reply {
+        Reply::success(200, data)
+    }
+
+    pub fn created(data: Value) -> Reply {
+        Reply::success(201, data)
+    }
+
+    fn success(status: u16, data: Value) -> Reply {
+        Reply {
+            status,
+            body: json!({ "success": true, "data": data }),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn error(status: u16, message: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            body: json!({ "success": false, "error": message.into() }),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec(&self.body).expect("JSON values always serialize");
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+/// Everything a request can fail with, from parsing to the engine.
+#[derive(Debug)]
+pub enum ApiError {
+    Route(RouteError),
+    Unauthorized,
+    /// A body over the limit, refused from its declared or read length.
+    BodyTooLarge {
+        limit: u64,
+    },
+    /// The body is not the JSON we expect.
+    BadBody(String),
+    /// The work queue is full.
+    Busy,
+    /// A handler panicked.
+    Panic,
+    Domain(Error),
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> ApiError {
+        ApiError::Domain(error)
+    }
+}
+
+impl From<RouteError> for ApiError {
+    fn from(error: RouteError) -> ApiError {
+        ApiError::Route(error)
+    }
+}
+
+/// The one mapping from errors to status codes and messages.
+pub fn status_of(error: &ApiError) -> (u16, String) {
+    match error {
+        ApiError::Route(RouteError::NotFound(path)) => (404, format!("No route for {path}")),
+        ApiError::Route(RouteError::MethodNotAllowed {
+            method,
+            path,
+            allowed,
+        }) => (
+            405,
+            format!("Method {method} is not allowed on {path}: use {allowed}"),
+        ),
+        ApiError::Route(RouteError::BadParameter(message)) => (400, message.clone()),
+        ApiError::Unauthorized => (
+            401,
+            "Unauthorized: send the API key as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'"
+                .into(),
+        ),
+        ApiError::BodyTooLarge { limit } => (
+            413,
+            format!("Request body is larger than the {limit} byte limit"),
+        ),
+        ApiError::BadBody(message) => (400, message.clone()),
+        ApiError::Busy => (
+            503,
+            "Server busy: the request queue is full, retry shortly".into(),
+        ),
+        ApiError::Panic => (
+            500,
+            "Internal server error (the request handler failed)".into(),
+        ),
+        ApiError::Domain(error) => {
+            let status = match error {
+                Error::Invalid(_) => 400,
+                Error::SandboxNotFound(_) | Error::ImageMissing(_) => 404,
+                Error::SandboxExists(_) | Error::SandboxNotRunning(_) => 409,
+                Error::Engine(DockerError::Unreachable { .. } | DockerError::Io { .. }) => 503,
+                Error::Engine(DockerError::Api { .. } | DockerError::Protocol(_)) => 502,
+            };
+            (status, error.to_string())
+        }
+    }
+}
+
+impl ApiError {
+    pub fn reply(&self) -> Reply {
+        let (status, message) = status_of(self);
+        let mut reply = Reply::error(status, message);
+        if let ApiError::Route(RouteError::MethodNotAllowed { allowed, .. }) = self {
+            reply.headers.push(("Allow", allowed.to_string()));
+        }
+        reply
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_domain_errors_to_statuses() {
+        let cases = [
+            (Error::Invalid("x".into()), 400),
+            (Error::SandboxNotFound("x".into()), 404),
+            (Error::ImageMissing("python:3.12-alpine".into()), 404),
+            (Error::SandboxExists("x".into()), 409),
+            (Error::SandboxNotRunning("x".into()), 409),
+            (
+                Error::Engine(DockerError::Unreachable {
+                    socket: "/nope.sock".into(),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                }),
+                503,
+            ),
+        ];
+        for (error, status) in cases {
+            assert_eq!(status_of(&ApiError::Domain(error)).0, status);
+        }
+    }
+
+    #[test]
+    fn messages_name_the_thing() {
+        let (_, message) = status_of(&ApiError::Domain(Error::SandboxNotFound("x".into())));
+        assert_eq!(message, "Sandbox 'x' not found");
+        let (_, message) = status_of(&ApiError::Domain(Error::ImageMissing("py:1".into())));
+        assert!(
+            message.starts_with("image 'py:1' is not present"),
+            "{message}"
+        );
+        let (_, message) = status_of(&ApiError::Domain(Error::Engine(DockerError::Unreachable {
+            socket: "/nope.sock".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })));
+        assert!(message.contains("/nope.sock"), "{message}");
+    }
+
+    #[test]
+    fn envelopes_are_exact() {
+        let reply = Reply::ok(json!("ok"));
+        assert_eq!(reply.bytes(), b"{\"data\":\"ok\",\"success\":true}\n");
+        let reply = ApiError::Busy.reply();
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.body["success"], json!(false));
+        let reply = ApiError::Route(RouteError::MethodNotAllowed {
+            method: "PUT".into(),
+            path: "/run".into(),
+            allowed: "POST",
+        })
+        .reply();
+        assert_eq!(reply.headers, vec![("Allow", "POST".to_string())]);
+    }
+}

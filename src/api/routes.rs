@@ -1,0 +1,145 @@
+//! Routing: one `match` on (method, path segments) turning a request line into a typed
+//! `Route`, with explicit 404 and 405 answers. No router crate.
+//!
+//! Invariants: path parameters come out already validated (a `SandboxName` is a valid
+//! name), so handlers never see raw strings; the query string is ignored.
+
+use crate::labels::SandboxName;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Run,
+    ListSandboxes,
+    CreateSandbox,
+    GetSandbox(SandboxName),
+    DeleteSandbox(SandboxName),
+    ExecSandbox(SandboxName),
+    StartSandbox(SandboxName),
+    StopSandbox(SandboxName),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    NotFound(String),
+    /// The path exists but not with this method; `allowed` is for the `Allow` header.
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: &'static str,
+    },
+    /// A path parameter is malformed (a bad sandbox name).
+    BadParameter(String),
+}
+
+pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
+    let path = url.split(['?', '#']).next().unwrap_or_default();
+    // One trailing slash is tolerated: `/sandboxes/` is `/sandboxes`.
+    let trimmed = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
+    let segments: Vec<&str> = trimmed
+        .strip_prefix('/')
+        .unwrap_or(trimmed)
+        .split('/')
+        .collect();
+    let name = |text: &str| SandboxName::parse(text).map_err(RouteError::BadParameter);
+    let not_allowed = |allowed: &'static str| RouteError::MethodNotAllowed {
+        method: method.to_string(),
+        path: path.to_string(),
+        allowed,
+    };
+    match (method, segments.as_slice()) {
+        ("GET" | "HEAD", ["health"]) => Ok(Route::Health),
+        (_, ["health"]) => Err(not_allowed("GET")),
+        ("POST", ["run"]) => Ok(Route::Run),
+        (_, ["run"]) => Err(not_allowed("POST")),
+        ("GET", ["sandboxes"]) => Ok(Route::ListSandboxes),
+        ("POST", ["sandboxes"]) => Ok(Route::CreateSandbox),
+        (_, ["sandboxes"]) => Err(not_allowed("GET, POST")),
+        ("GET", ["sandboxes", sandbox]) => Ok(Route::GetSandbox(name(sandbox)?)),
+        ("DELETE", ["sandboxes", sandbox]) => Ok(Route::DeleteSandbox(name(sandbox)?)),
+        (_, ["sandboxes", _]) => Err(not_allowed("GET, DELETE")),
+        ("POST", ["sandboxes", sandbox, "exec"]) => Ok(Route::ExecSandbox(name(sandbox)?)),
+        ("POST", ["sandboxes", sandbox, "start"]) => Ok(Route::StartSandbox(name(sandbox)?)),
+        ("POST", ["sandboxes", sandbox, "stop"]) => Ok(Route::StopSandbox(name(sandbox)?)),
+        (_, ["sandboxes", _, "exec" | "start" | "stop"]) => Err(not_allowed("POST")),
+        _ => Err(RouteError::NotFound(path.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(text: &str) -> SandboxName {
+        SandboxName::parse(text).unwrap()
+    }
+
+    #[test]
+    fn routes_every_endpoint() {
+        let cases = [
+            ("GET", "/health", Route::Health),
+            ("POST", "/run", Route::Run),
+            ("GET", "/sandboxes", Route::ListSandboxes),
+            ("GET", "/sandboxes/?x=1", Route::ListSandboxes),
+            ("POST", "/sandboxes", Route::CreateSandbox),
+            ("GET", "/sandboxes/box-1", Route::GetSandbox(name("box-1"))),
+            (
+                "DELETE",
+                "/sandboxes/box-1",
+                Route::DeleteSandbox(name("box-1")),
+            ),
+            ("POST", "/sandboxes/b/exec", Route::ExecSandbox(name("b"))),
+            ("POST", "/sandboxes/b/start", Route::StartSandbox(name("b"))),
+            ("POST", "/sandboxes/b/stop", Route::StopSandbox(name("b"))),
+        ];
+        for (method, url, route) in cases {
+            assert_eq!(parse(method, url), Ok(route), "{method} {url}");
+        }
+    }
+
+    #[test]
+    fn answers_404_and_405_explicitly() {
+        assert_eq!(
+            parse("GET", "/nope"),
+            Err(RouteError::NotFound("/nope".into()))
+        );
+        assert_eq!(parse("GET", "/"), Err(RouteError::NotFound("/".into())));
+        assert!(matches!(
+            parse("GET", "/sandboxes/b/exec/more"),
+            Err(RouteError::NotFound(_))
+        ));
+        assert_eq!(
+            parse("DELETE", "/run"),
+            Err(RouteError::MethodNotAllowed {
+                method: "DELETE".into(),
+                path: "/run".into(),
+                allowed: "POST"
+            })
+        );
+        assert!(matches!(
+            parse("PUT", "/sandboxes/b"),
+            Err(RouteError::MethodNotAllowed {
+                allowed: "GET, DELETE",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_sandbox_names() {
+        for url in [
+            "/sandboxes/-x",
+            "/sandboxes/a%2Fb",
+            "/sandboxes/..",
+            "/sandboxes/a b",
+        ] {
+            assert!(
+                matches!(parse("GET", url), Err(RouteError::BadParameter(_))),
+                "{url}"
+            );
+        }
+    }
+}

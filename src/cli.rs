@@ -1,0 +1,233 @@
+//! The command line: `main` calls `run(parse(args))`. The parser takes explicit
+//! arguments so it is unit-testable; errors are printed once, by `main`.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage error.
+
+use std::ffi::OsString;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use lexopt::prelude::*;
+
+use crate::config::{Config, Environment, ImageTable, Namespace, ProcessEnvironment};
+use crate::profile::Profile;
+
+pub const USAGE: &str = "\
+agentkernel: run untrusted commands in isolated Docker containers
+
+Usage:
+  agentkernel serve [--host ADDR] [--port N] [--workers N] [--queue N]
+                    [--namespace NS] [--default-image IMAGE] [--image RUNTIME=IMAGE]...
+                    [--default-profile P] [--max-body-bytes N]
+  agentkernel --help | --version
+
+Environment:
+  AGENTKERNEL_API_KEY        require this key (X-API-Key or Authorization: Bearer)
+  AGENTKERNEL_NAMESPACE      namespace of our containers (default: default)
+  AGENTKERNEL_DEFAULT_IMAGE  image for commands of no known runtime (default: alpine:3.20)
+  AGENTKERNEL_IMAGE_<RUNTIME> image for a runtime, e.g. AGENTKERNEL_IMAGE_PYTHON
+  AGENTKERNEL_LOG            log level: error, warn, info, debug, trace (default: info)
+  DOCKER_HOST                unix:///path/to/docker.sock (default: /var/run/docker.sock)
+";
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub enum Command {
+    Serve(Box<Config>),
+    Help,
+    Version,
+}
+
+/// A usage error: exit code 2.
+#[derive(Debug, PartialEq)]
+pub struct UsageError(pub String);
+
+impl From<lexopt::Error> for UsageError {
+    fn from(error: lexopt::Error) -> UsageError {
+        UsageError(error.to_string())
+    }
+}
+
+pub fn parse(
+    args: impl IntoIterator<Item = OsString>,
+    env: &dyn Environment,
+) -> Result<Command, UsageError> {
+    let mut parser = lexopt::Parser::from_args(args);
+    match parser.next()? {
+        Some(Long("help") | Short('h')) => Ok(Command::Help),
+        Some(Long("version") | Short('V')) => Ok(Command::Version),
+        Some(Value(word)) if word == "serve" => parse_serve(&mut parser, env),
+        Some(Value(word)) => Err(UsageError(format!(
+            "unknown command '{}'",
+            word.to_string_lossy()
+        ))),
+        Some(other) => Err(other.unexpected().into()),
+        None => Err(UsageError("no command given".into())),
+    }
+}
+
+fn parse_serve(parser: &mut lexopt::Parser, env: &dyn Environment) -> Result<Command, UsageError> {
+    let mut config = Config::from_env(env).map_err(UsageError)?;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("host") => config.host = parser.value()?.string()?,
+            Long("port") => config.port = parser.value()?.parse()?,
+            Long("workers") => config.workers = positive(parser.value()?.parse()?, "--workers")?,
+            Long("queue") => config.queue = positive(parser.value()?.parse()?, "--queue")?,
+            Long("namespace") => {
+                config.namespace =
+                    Namespace::parse(&parser.value()?.string()?).map_err(UsageError)?
+            }
+            Long("default-image") => config.images.default_image = parser.value()?.string()?,
+            Long("image") => set_image(&mut config.images, &parser.value()?.string()?)?,
+            Long("default-profile") => {
+                config.default_profile =
+                    Profile::parse(&parser.value()?.string()?).map_err(UsageError)?
+            }
+            Long("max-body-bytes") => config.max_body_bytes = parser.value()?.parse()?,
+            Long("help") | Short('h') => return Ok(Command::Help),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    Ok(Command::Serve(Box::new(config)))
+}
+
+fn positive(value: usize, flag: &str) -> Result<usize, UsageError> {
+    if value == 0 {
+        Err(UsageError(format!("{flag} must be at least 1")))
+    } else {
+        Ok(value)
+    }
+}
+
+fn set_image(images: &mut ImageTable, assignment: &str) -> Result<(), UsageError> {
+    let (runtime, image) = assignment
+        .split_once('=')
+        .ok_or_else(|| UsageError(format!("--image expects RUNTIME=IMAGE, got '{assignment}'")))?;
+    images.set(runtime, image).map_err(UsageError)
+}
+
+/// Runs the command; returns the process exit code.
+pub fn run(command: Command) -> i32 {
+    match command {
+        Command::Help => {
+            print!("{USAGE}");
+            0
+        }
+        Command::Version => {
+            println!("agentkernel {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Command::Serve(config) => serve(*config),
+    }
+}
+
+fn serve(config: Config) -> i32 {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(error) = signal_hook::flag::register(signal, Arc::clone(&shutdown)) {
+            eprintln!("agentkernel: cannot install signal handler: {error}");
+            return 1;
+        }
+    }
+    let docker = crate::docker::Docker::new(config.docker_socket.clone(), config.docker_timeout);
+    match docker.ping() {
+        Ok(version) => {
+            log::info!(
+                "Docker Engine API {version} at {}",
+                docker.socket().display()
+            );
+            crate::sweep::remove_temporary(&docker, &config);
+        }
+        Err(error) => log::warn!("{error}; requests will answer 503 until it is reachable"),
+    }
+    let context = Arc::new(crate::api::Context { config, docker });
+    match crate::api::serve(context, shutdown) {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("agentkernel: {error}");
+            1
+        }
+    }
+}
+
+/// Sets up logging to stderr, level from `AGENTKERNEL_LOG`.
+pub fn init_logging() {
+    let level = ProcessEnvironment
+        .var("AGENTKERNEL_LOG")
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(log::LevelFilter::Info);
+    let config = simplelog::ConfigBuilder::new()
+        .set_thread_level(log::LevelFilter::Off)
+        .set_target_level(log::LevelFilter::Off)
+        .build();
+    let _ = simplelog::WriteLogger::init(level, config, std::io::stderr());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoEnvironment;
+    impl Environment for NoEnvironment {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    fn parse_words(words: &[&str]) -> Result<Command, UsageError> {
+        parse(words.iter().map(OsString::from), &NoEnvironment)
+    }
+
+    #[test]
+    fn serve_defaults_to_loopback_8080() {
+        let Command::Serve(config) = parse_words(&["serve"]).unwrap() else {
+            panic!("expected serve");
+        };
+        assert_eq!(config.host, "127.0.0.1");
+        assert_eq!(config.port, 8080);
+    }
+
+    #[test]
+    fn serve_takes_flags() {
+        let words = [
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "3000",
+            "--workers",
+            "3",
+            "--queue=5",
+            "--namespace",
+            "ci",
+            "--image",
+            "python=local/py:3",
+        ];
+        let Command::Serve(config) = parse_words(&words).unwrap() else {
+            panic!("expected serve");
+        };
+        assert_eq!(config.host, "0.0.0.0");
+        assert_eq!(config.port, 3000);
+        assert_eq!(config.workers, 3);
+        assert_eq!(config.queue, 5);
+        assert_eq!(config.namespace.as_str(), "ci");
+        assert_eq!(config.images.image_for("python3"), "local/py:3");
+    }
+
+    #[test]
+    fn usage_errors_say_what_is_wrong() {
+        assert!(parse_words(&[]).is_err());
+        assert!(parse_words(&["serve", "--port", "x"]).is_err());
+        assert!(parse_words(&["serve", "--workers", "0"])
+            .unwrap_err()
+            .0
+            .contains("--workers"));
+        assert!(parse_words(&["serve", "--bogus"]).is_err());
+        assert!(parse_words(&["frobnicate"])
+            .unwrap_err()
+            .0
+            .contains("frobnicate"));
+        assert!(parse_words(&["serve", "--namespace", "Bad_NS"]).is_err());
+    }
+}

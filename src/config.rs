@@ -1,0 +1,282 @@
+//! Configuration, built once from flags and the environment, validated, then passed
+//! down by reference. There are no globals: everything a handler may consult is here.
+//!
+//! Also home of the image table: which image a `/run` without `image` gets, chosen from
+//! the command's program name, overridable per runtime.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::profile::Profile;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    pub workers: usize,
+    pub queue: usize,
+    pub namespace: Namespace,
+    pub api_key: Option<String>,
+    pub docker_socket: PathBuf,
+    /// Bound on every ordinary Engine call.
+    pub docker_timeout: Duration,
+    pub images: ImageTable,
+    pub default_profile: Profile,
+    pub max_body_bytes: u64,
+    pub default_timeout_ms: u64,
+    pub max_timeout_ms: u64,
+    pub default_max_output_bytes: u64,
+    pub max_output_bytes_limit: u64,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            workers: 8,
+            queue: 64,
+            namespace: Namespace::parse("default").expect("valid default namespace"),
+            api_key: None,
+            docker_socket: PathBuf::from("/var/run/docker.sock"),
+            docker_timeout: Duration::from_secs(60),
+            images: ImageTable::default(),
+            default_profile: Profile::Moderate,
+            max_body_bytes: 1024 * 1024,
+            default_timeout_ms: 30_000,
+            max_timeout_ms: 3_600_000,
+            default_max_output_bytes: 1024 * 1024,
+            max_output_bytes_limit: 64 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A set of environment lookups, so that tests can pass their own.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnvironment;
+
+impl Environment for ProcessEnvironment {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|value| !value.is_empty())
+    }
+}
+
+impl Config {
+    /// Defaults overlaid with the environment; flags are applied on top by the CLI.
+    pub fn from_env(env: &dyn Environment) -> Result<Config, String> {
+        let mut config = Config {
+            api_key: env.var("AGENTKERNEL_API_KEY"),
+            docker_socket: crate::docker::Docker::socket_from_env(
+                env.var("DOCKER_HOST").as_deref(),
+            )?,
+            ..Config::default()
+        };
+        if let Some(namespace) = env.var("AGENTKERNEL_NAMESPACE") {
+            config.namespace = Namespace::parse(&namespace)?;
+        }
+        if let Some(image) = env.var("AGENTKERNEL_DEFAULT_IMAGE") {
+            config.images.default_image = image;
+        }
+        for runtime in RUNTIMES {
+            let variable = format!("AGENTKERNEL_IMAGE_{}", runtime.name.to_ascii_uppercase());
+            if let Some(image) = env.var(&variable) {
+                config.images.set(runtime.name, &image)?;
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// The namespace that scopes everything a server sees, lists and sweeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace(String);
+
+impl Namespace {
+    /// 1–32 characters of `[a-z0-9-]`: no `_` or `.`, so that the container name
+    /// `ak_<namespace>_<sandbox>` can never be produced by two different pairs.
+    pub fn parse(text: &str) -> Result<Namespace, String> {
+        let valid = !text.is_empty()
+            && text.len() <= 32
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if valid {
+            Ok(Namespace(text.to_string()))
+        } else {
+            Err(format!(
+                "invalid namespace '{text}': use 1-32 characters of a-z, 0-9 and '-'"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One runtime of the image table: the program names that select it.
+pub struct Runtime {
+    pub name: &'static str,
+    pub programs: &'static [&'static str],
+    pub default_image: &'static str,
+}
+
+pub const RUNTIMES: &[Runtime] = &[
+    Runtime {
+        name: "python",
+        programs: &["python", "python3", "pip", "pip3"],
+        default_image: "python:3.12-alpine",
+    },
+    Runtime {
+        name: "node",
+        programs: &["node", "npm", "npx", "yarn", "pnpm"],
+        default_image: "node:22-alpine",
+    },
+    Runtime {
+        name: "bun",
+        programs: &["bun", "bunx"],
+        default_image: "oven/bun:1-alpine",
+    },
+    Runtime {
+        name: "deno",
+        programs: &["deno"],
+        default_image: "denoland/deno:alpine",
+    },
+    Runtime {
+        name: "ruby",
+        programs: &["ruby", "gem", "bundle", "irb"],
+        default_image: "ruby:3.3-alpine",
+    },
+    Runtime {
+        name: "go",
+        programs: &["go", "gofmt"],
+        default_image: "golang:1.23-alpine",
+    },
+    Runtime {
+        name: "rust",
+        programs: &["cargo", "rustc"],
+        default_image: "rust:1-alpine",
+    },
+    Runtime {
+        name: "java",
+        programs: &["java", "javac", "jshell"],
+        default_image: "eclipse-temurin:21-alpine",
+    },
+    Runtime {
+        name: "php",
+        programs: &["php", "composer"],
+        default_image: "php:8.3-cli-alpine",
+    },
+];
+
+/// Which image a command gets when the request names none.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageTable {
+    pub default_image: String,
+    overrides: BTreeMap<&'static str, String>,
+}
+
+impl Default for ImageTable {
+    fn default() -> ImageTable {
+        ImageTable {
+            default_image: "alpine:3.20".into(),
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
+impl ImageTable {
+    /// Overrides the image of one runtime (`python`, `node`, ...).
+    pub fn set(&mut self, runtime: &str, image: &str) -> Result<(), String> {
+        let known = RUNTIMES.iter().find(|r| r.name == runtime).ok_or_else(|| {
+            let names: Vec<&str> = RUNTIMES.iter().map(|r| r.name).collect();
+            format!(
+                "unknown runtime '{runtime}': expected one of {}",
+                names.join(", ")
+            )
+        })?;
+        if image.is_empty() {
+            return Err(format!("empty image for runtime '{runtime}'"));
+        }
+        self.overrides.insert(known.name, image.to_string());
+        Ok(())
+    }
+
+    /// The image for a command: by the base name of its program, else the default.
+    pub fn image_for(&self, program: &str) -> &str {
+        let base = program.rsplit('/').next().unwrap_or(program);
+        // `python3.12`, `node18` and the like select their runtime too.
+        let stem = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+        for runtime in RUNTIMES {
+            if runtime.programs.contains(&base) || runtime.programs.contains(&stem) {
+                return self
+                    .overrides
+                    .get(runtime.name)
+                    .map(String::as_str)
+                    .unwrap_or(runtime.default_image);
+            }
+        }
+        &self.default_image
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct FakeEnvironment(Vec<(&'static str, &'static str)>);
+
+    impl Environment for FakeEnvironment {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_string())
+        }
+    }
+
+    #[test]
+    fn detects_images_from_the_program_name() {
+        let table = ImageTable::default();
+        assert_eq!(table.image_for("python3"), "python:3.12-alpine");
+        assert_eq!(table.image_for("/usr/bin/python3.12"), "python:3.12-alpine");
+        assert_eq!(table.image_for("pip"), "python:3.12-alpine");
+        assert_eq!(table.image_for("npx"), "node:22-alpine");
+        assert_eq!(table.image_for("go"), "golang:1.23-alpine");
+        assert_eq!(table.image_for("echo"), "alpine:3.20");
+        assert_eq!(table.image_for("sh"), "alpine:3.20");
+    }
+
+    #[test]
+    fn environment_overrides_the_table() {
+        let env = FakeEnvironment(vec![
+            ("AGENTKERNEL_IMAGE_PYTHON", "local/python:3"),
+            ("AGENTKERNEL_DEFAULT_IMAGE", "local/busybox"),
+            ("AGENTKERNEL_API_KEY", "k"),
+            ("DOCKER_HOST", "unix:///run/d.sock"),
+        ]);
+        let config = Config::from_env(&env).unwrap();
+        assert_eq!(config.images.image_for("python"), "local/python:3");
+        assert_eq!(config.images.image_for("ls"), "local/busybox");
+        assert_eq!(config.images.image_for("node"), "node:22-alpine");
+        assert_eq!(config.api_key.as_deref(), Some("k"));
+        assert_eq!(config.docker_socket, PathBuf::from("/run/d.sock"));
+        assert!(ImageTable::default().set("cobol", "x").is_err());
+    }
+
+    #[test]
+    fn namespaces_cannot_collide_in_container_names() {
+        assert!(Namespace::parse("ci-42").is_ok());
+        for bad in ["", "a_b", "a.b", "UPPER", &"x".repeat(33)] {
+            assert!(Namespace::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

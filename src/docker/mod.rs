@@ -1,0 +1,744 @@
+//! Our own synchronous Docker Engine API client over the unix socket.
+//!
+//! Methods mirror Engine operations (`container_create`, `exec_start`, ...) and speak
+//! plain Rust types; the Engine's PascalCase JSON, its socket path and its wire format
+//! live in this module and nowhere else. Each call opens its own connection (a unix
+//! connect costs ~0.2 ms, below the noise of any container operation) and sends
+//! `Connection: close`, so no call can ever read another call's leftovers.
+//!
+//! Invariants: every socket has read and write timeouts; the API version is negotiated
+//! through an unversioned `/_ping` and never hard-coded; there is no image pull call
+//! at all (the air-gap invariant: a missing image is an error, never a download).
+
+pub mod http;
+pub mod stream;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use self::http::{body_framing, read_body, read_head, write_request, Head};
+use self::stream::FrameReader;
+
+/// Newest API version we speak; older daemons get their own version.
+const CLIENT_MAX_API: (u32, u32) = (1, 47);
+/// Largest JSON answer we accept from the engine (a long container list is ~1 KiB each).
+const MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Everything that can go wrong talking to the engine.
+#[derive(Debug)]
+pub enum DockerError {
+    /// The socket could not be connected to: no daemon, wrong path or no permission.
+    Unreachable { socket: PathBuf, source: io::Error },
+    /// A connected call failed or timed out while sending or receiving.
+    Io {
+        operation: String,
+        source: io::Error,
+    },
+    /// The engine answered with an error status and this message.
+    Api { status: u16, message: String },
+    /// The engine's answer could not be understood.
+    Protocol(String),
+}
+
+impl fmt::Display for DockerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DockerError::Unreachable { socket, source } => write!(
+                f,
+                "Docker Engine unreachable at {}: {source}",
+                socket.display()
+            ),
+            DockerError::Io { operation, source } => {
+                write!(f, "Docker Engine call {operation} failed: {source}")
+            }
+            DockerError::Api { status, message } => {
+                write!(f, "Docker Engine answered {status}: {message}")
+            }
+            DockerError::Protocol(message) => {
+                write!(f, "unexpected answer from the Docker Engine: {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DockerError {}
+
+impl DockerError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, DockerError::Api { status: 404, .. })
+    }
+
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, DockerError::Api { status: 409, .. })
+    }
+}
+
+pub type Result<T> = std::result::Result<T, DockerError>;
+
+/// What to create: a plain description that `container_create` turns into Engine JSON.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerSpec {
+    pub name: Option<String>,
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    /// Keep stdin open and attachable (one-shot runs that feed stdin, the stub).
+    pub open_stdin: bool,
+    pub auto_remove: bool,
+    pub host: HostSettings,
+}
+
+/// The isolation part of a container: what profiles decide.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostSettings {
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids_limit: i64,
+    pub network_none: bool,
+    pub read_only_root: bool,
+    pub cap_add: Vec<String>,
+    /// Mount point → tmpfs option string (`rw,size=64m,mode=1777`).
+    pub tmpfs: BTreeMap<String, String>,
+    /// `host:container:ro` bind strings.
+    pub binds: Vec<String>,
+    pub init: bool,
+}
+
+/// The fields of `GET /containers/{id}/json` that we use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerInspect {
+    pub id: String,
+    pub name: String,
+    pub state: ContainerState,
+    pub config: InspectConfig,
+    pub host_config: InspectHostConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerState {
+    pub status: String,
+    pub running: bool,
+    #[serde(rename = "OOMKilled", default)]
+    pub oom_killed: bool,
+    #[serde(default)]
+    pub exit_code: i64,
+    #[serde(default)]
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InspectConfig {
+    pub image: String,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub user: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InspectHostConfig {
+    #[serde(default)]
+    pub memory: i64,
+    #[serde(default)]
+    pub nano_cpus: i64,
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
+    #[serde(default)]
+    pub network_mode: String,
+    #[serde(default)]
+    pub readonly_rootfs: bool,
+}
+
+/// One entry of `GET /containers/json`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerSummary {
+    pub id: String,
+    #[serde(default)]
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExecInspect {
+    #[serde(rename = "Running")]
+    pub running: bool,
+    #[serde(rename = "ExitCode")]
+    pub exit_code: Option<i64>,
+}
+
+/// What an exec runs.
+#[derive(Debug, Clone, Default)]
+pub struct ExecSpec {
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub attach_stdin: bool,
+}
+
+/// A hijacked attach or exec connection: frames come from `frames`, stdin goes to
+/// `stdin`. Dropping both closes the connection.
+pub struct Hijacked {
+    pub frames: FrameReader<BufReader<UnixStream>>,
+    pub stdin: UnixStream,
+}
+
+impl Hijacked {
+    /// Half-closes our sending side: the process reads EOF on its stdin.
+    pub fn close_stdin(&self) -> io::Result<()> {
+        self.stdin.shutdown(std::net::Shutdown::Write)
+    }
+
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stdin.set_read_timeout(timeout)
+    }
+}
+
+/// A body to send: JSON or raw bytes with a content type.
+enum Body<'a> {
+    Json(Value),
+    Raw(&'a str, &'a [u8]),
+}
+
+/// The client. Cheap to share between threads (`&Docker` is all a caller needs).
+pub struct Docker {
+    socket: PathBuf,
+    timeout: Duration,
+    /// `/v1.NN` once negotiated; negotiation is retried while the engine is away.
+    api_prefix: Mutex<Option<String>>,
+}
+
+impl Docker {
+    /// `socket` is the unix socket path; `timeout` bounds every ordinary call.
+    pub fn new(socket: PathBuf, timeout: Duration) -> Docker {
+        Docker {
+            socket,
+            timeout,
+            api_prefix: Mutex::new(None),
+        }
+    }
+
+    /// The socket named by `DOCKER_HOST` (`unix://...`), else the default path.
+    pub fn socket_from_env(docker_host: Option<&str>) -> std::result::Result<PathBuf, String> {
+        match docker_host {
+            None | Some("") => Ok(PathBuf::from("/var/run/docker.sock")),
+            Some(value) => match value.strip_prefix("unix://") {
+                Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
+                _ => Err(format!(
+                    "DOCKER_HOST '{value}' is not supported: only unix:// sockets are"
+                )),
+            },
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn connect(&self, timeout: Option<Duration>) -> Result<UnixStream> {
+        let stream =
+            UnixStream::connect(&self.socket).map_err(|source| DockerError::Unreachable {
+                socket: self.socket.clone(),
+                source,
+            })?;
+        let io_error = |source| DockerError::Io {
+            operation: "connect".into(),
+            source,
+        };
+        stream.set_read_timeout(timeout).map_err(io_error)?;
+        stream
+            .set_write_timeout(Some(self.timeout))
+            .map_err(io_error)?;
+        Ok(stream)
+    }
+
+    /// Negotiates the API version once: `min(daemon, ours)`.
+    fn prefix(&self) -> Result<String> {
+        if let Some(prefix) = self
+            .api_prefix
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Ok(prefix);
+        }
+        let (head, _) = self.send_raw("GET", "/_ping", None, &[], Some(self.timeout))?;
+        let daemon = head
+            .header("api-version")
+            .and_then(parse_version)
+            .ok_or_else(|| {
+                DockerError::Protocol("/_ping answered without an Api-Version header".into())
+            })?;
+        let (major, minor) = daemon.min(CLIENT_MAX_API);
+        let prefix = format!("/v{major}.{minor}");
+        log::debug!(
+            "docker: API version {major}.{minor} (daemon {}.{})",
+            daemon.0,
+            daemon.1
+        );
+        *self.api_prefix.lock().unwrap_or_else(|e| e.into_inner()) = Some(prefix.clone());
+        Ok(prefix)
+    }
+
+    /// Checks that the engine answers; returns its API version.
+    pub fn ping(&self) -> Result<String> {
+        Ok(self.prefix()?.trim_start_matches("/v").to_string())
+    }
+
+    /// Sends one request on a fresh connection and reads the whole answer.
+    fn send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Body<'_>>,
+        headers: &[(&str, &str)],
+        timeout: Option<Duration>,
+    ) -> Result<(Head, Vec<u8>)> {
+        let operation = || format!("{method} {}", path.split('?').next().unwrap_or(path));
+        let io_error = |source| DockerError::Io {
+            operation: operation(),
+            source,
+        };
+        let mut stream = self.connect(timeout)?;
+        let json_bytes;
+        let body = match &body {
+            Some(Body::Json(value)) => {
+                json_bytes = serde_json::to_vec(value).expect("JSON values always serialize");
+                Some(("application/json", json_bytes.as_slice()))
+            }
+            Some(Body::Raw(content_type, bytes)) => Some((*content_type, *bytes)),
+            None => None,
+        };
+        let mut all_headers = vec![("Connection", "close")];
+        all_headers.extend_from_slice(headers);
+        write_request(&mut stream, method, path, &all_headers, body).map_err(io_error)?;
+        let mut reader = BufReader::new(stream);
+        let head = read_head(&mut reader).map_err(io_error)?;
+        let framing = body_framing(method, &head).map_err(io_error)?;
+        let bytes = read_body(&mut reader, framing, MAX_RESPONSE_BYTES).map_err(io_error)?;
+        log::debug!("docker: {method} {path} -> {}", head.status);
+        Ok((head, bytes))
+    }
+
+    /// A versioned call that must succeed with one of `ok_statuses`.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Body<'_>>,
+        ok_statuses: &[u16],
+        timeout: Option<Duration>,
+    ) -> Result<(Head, Vec<u8>)> {
+        let full_path = format!("{}{path}", self.prefix()?);
+        let (head, bytes) = self.send_raw(method, &full_path, body, &[], timeout)?;
+        if ok_statuses.contains(&head.status) {
+            Ok((head, bytes))
+        } else {
+            Err(api_error(head.status, &bytes))
+        }
+    }
+
+    fn call_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Body<'_>>,
+        ok_statuses: &[u16],
+    ) -> Result<T> {
+        let (_, bytes) = self.call(method, path, body, ok_statuses, Some(self.timeout))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|error| DockerError::Protocol(format!("{method} {path}: {error}")))
+    }
+
+    pub fn image_exists(&self, image: &str) -> Result<bool> {
+        let path = format!("/images/{}/json", encode_component(image));
+        match self.call("GET", &path, None, &[200], Some(self.timeout)) {
+            Ok(_) => Ok(true),
+            Err(error) if error.is_not_found() => Ok(false),
+            // An unparseable reference (uppercase, bad characters) cannot be present.
+            Err(DockerError::Api { status: 400, .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Creates a container; returns its id.
+    pub fn container_create(&self, spec: &ContainerSpec) -> Result<String> {
+        #[derive(Deserialize)]
+        struct Created {
+            #[serde(rename = "Id")]
+            id: String,
+        }
+        let path = match &spec.name {
+            Some(name) => format!("/containers/create?name={}", encode_component(name)),
+            None => "/containers/create".to_string(),
+        };
+        let created: Created =
+            self.call_json("POST", &path, Some(Body::Json(create_body(spec))), &[201])?;
+        Ok(created.id)
+    }
+
+    pub fn container_start(&self, id: &str) -> Result<()> {
+        let path = format!("/containers/{}/start", encode_component(id));
+        self.call("POST", &path, None, &[204, 304], Some(self.timeout))
+            .map(|_| ())
+    }
+
+    /// Stops (SIGTERM, then SIGKILL after `grace_seconds`); already stopped is fine.
+    pub fn container_stop(&self, id: &str, grace_seconds: u32) -> Result<()> {
+        let path = format!(
+            "/containers/{}/stop?t={grace_seconds}",
+            encode_component(id)
+        );
+        let timeout = self.timeout + Duration::from_secs(grace_seconds.into());
+        self.call("POST", &path, None, &[204, 304], Some(timeout))
+            .map(|_| ())
+    }
+
+    /// Sends SIGKILL; a container that is not running is not an error.
+    pub fn container_kill(&self, id: &str) -> Result<()> {
+        let path = format!("/containers/{}/kill?signal=SIGKILL", encode_component(id));
+        match self.call("POST", &path, None, &[204], Some(self.timeout)) {
+            Ok(_) => Ok(()),
+            Err(error) if error.is_conflict() => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Waits until the container is not running; returns its exit code.
+    pub fn container_wait(&self, id: &str, timeout: Duration) -> Result<i64> {
+        #[derive(Deserialize)]
+        struct Waited {
+            #[serde(rename = "StatusCode")]
+            status_code: i64,
+        }
+        let path = format!("/containers/{}/wait", encode_component(id));
+        let (_, bytes) = self.call("POST", &path, None, &[200], Some(timeout))?;
+        let waited: Waited = serde_json::from_slice(&bytes)
+            .map_err(|error| DockerError::Protocol(format!("wait: {error}")))?;
+        Ok(waited.status_code)
+    }
+
+    /// Force-removes a container and its anonymous volumes; already gone is fine.
+    pub fn container_remove(&self, id: &str) -> Result<()> {
+        let path = format!("/containers/{}?force=1&v=1", encode_component(id));
+        match self.call("DELETE", &path, None, &[204], Some(self.timeout)) {
+            Ok(_) => Ok(()),
+            Err(error) if error.is_not_found() => Ok(()),
+            Err(DockerError::Api {
+                status: 409,
+                message,
+            }) if message.contains("already in progress") => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    pub fn container_inspect(&self, id: &str) -> Result<ContainerInspect> {
+        let path = format!("/containers/{}/json", encode_component(id));
+        self.call_json("GET", &path, None, &[200])
+    }
+
+    /// All containers (running or not) carrying every one of the `key=value` labels.
+    pub fn container_list(&self, labels: &[String]) -> Result<Vec<ContainerSummary>> {
+        let filters = json!({ "label": labels }).to_string();
+        let path = format!(
+            "/containers/json?all=1&filters={}",
+            encode_component(&filters)
+        );
+        self.call_json("GET", &path, None, &[200])
+    }
+
+    /// Attaches to a created container's streams (before start, so nothing is missed).
+    pub fn container_attach(&self, id: &str, with_stdin: bool) -> Result<Hijacked> {
+        let stdin = if with_stdin { "&stdin=1" } else { "" };
+        let path = format!(
+            "/containers/{}/attach?stream=1&stdout=1&stderr=1{stdin}",
+            encode_component(id)
+        );
+        self.hijack(&path, None)
+    }
+
+    pub fn exec_create(&self, container: &str, spec: &ExecSpec) -> Result<String> {
+        #[derive(Deserialize)]
+        struct Created {
+            #[serde(rename = "Id")]
+            id: String,
+        }
+        let body = json!({
+            "AttachStdin": spec.attach_stdin,
+            "AttachStdout": true,
+            "AttachStderr": true,
+            "Tty": false,
+            "Cmd": spec.cmd,
+            "Env": spec.env,
+            "WorkingDir": spec.working_dir.clone().unwrap_or_default(),
+            "User": spec.user.clone().unwrap_or_default(),
+        });
+        let path = format!("/containers/{}/exec", encode_component(container));
+        let created: Created = self.call_json("POST", &path, Some(Body::Json(body)), &[201])?;
+        Ok(created.id)
+    }
+
+    pub fn exec_start(&self, exec_id: &str) -> Result<Hijacked> {
+        let path = format!("/exec/{}/start", encode_component(exec_id));
+        self.hijack(&path, Some(json!({"Detach": false, "Tty": false})))
+    }
+
+    pub fn exec_inspect(&self, exec_id: &str) -> Result<ExecInspect> {
+        let path = format!("/exec/{}/json", encode_component(exec_id));
+        self.call_json("GET", &path, None, &[200])
+    }
+
+    /// Downloads `path` as a tar archive (at most `max_bytes` of it).
+    pub fn archive_get(&self, id: &str, path: &str, max_bytes: u64) -> Result<Vec<u8>> {
+        let full_path = format!(
+            "{}/containers/{}/archive?path={}",
+            self.prefix()?,
+            encode_component(id),
+            encode_component(path)
+        );
+        let io_error = |source| DockerError::Io {
+            operation: "GET archive".into(),
+            source,
+        };
+        let mut stream = self.connect(Some(self.timeout))?;
+        write_request(
+            &mut stream,
+            "GET",
+            &full_path,
+            &[("Connection", "close")],
+            None,
+        )
+        .map_err(io_error)?;
+        let mut reader = BufReader::new(stream);
+        let head = read_head(&mut reader).map_err(io_error)?;
+        let framing = body_framing("GET", &head).map_err(io_error)?;
+        let bytes = read_body(&mut reader, framing, max_bytes).map_err(io_error)?;
+        if head.status == 200 {
+            Ok(bytes)
+        } else {
+            Err(api_error(head.status, &bytes))
+        }
+    }
+
+    /// Extracts a tar archive into the existing directory `dir`.
+    pub fn archive_put(&self, id: &str, dir: &str, tar: &[u8]) -> Result<()> {
+        let path = format!(
+            "/containers/{}/archive?path={}",
+            encode_component(id),
+            encode_component(dir)
+        );
+        self.call(
+            "PUT",
+            &path,
+            Some(Body::Raw("application/x-tar", tar)),
+            &[200],
+            Some(self.timeout),
+        )
+        .map(|_| ())
+    }
+
+    /// Sends an upgrade request and hands back the raw connection. Stream reads have no
+    /// timeout until the caller sets one: a command may legitimately stay silent.
+    fn hijack(&self, path: &str, body: Option<Value>) -> Result<Hijacked> {
+        let full_path = format!("{}{path}", self.prefix()?);
+        let io_error = |source| DockerError::Io {
+            operation: format!("POST {}", path.split('?').next().unwrap_or(path)),
+            source,
+        };
+        let mut stream = self.connect(Some(self.timeout))?;
+        let json_bytes = body.map(|value| serde_json::to_vec(&value).expect("JSON serializes"));
+        let headers = [("Connection", "Upgrade"), ("Upgrade", "tcp")];
+        let request_body = json_bytes
+            .as_deref()
+            .map(|bytes| ("application/json", bytes));
+        write_request(&mut stream, "POST", &full_path, &headers, request_body).map_err(io_error)?;
+        let writer = stream.try_clone().map_err(io_error)?;
+        let mut reader = BufReader::new(stream);
+        let head = read_head(&mut reader).map_err(io_error)?;
+        if head.status != 101 && head.status != 200 {
+            let framing = body_framing("POST", &head).map_err(io_error)?;
+            let bytes = read_body(&mut reader, framing, 64 * 1024).unwrap_or_default();
+            return Err(api_error(head.status, &bytes));
+        }
+        writer.set_read_timeout(None).map_err(io_error)?;
+        Ok(Hijacked {
+            frames: FrameReader::new(reader),
+            stdin: writer,
+        })
+    }
+}
+
+/// `{"message": "..."}` → Api error; anything else is quoted as text.
+fn api_error(status: u16, body: &[u8]) -> DockerError {
+    #[derive(Deserialize)]
+    struct Message {
+        message: String,
+    }
+    let message = match serde_json::from_slice::<Message>(body) {
+        Ok(parsed) => parsed.message,
+        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
+    };
+    DockerError::Api { status, message }
+}
+
+fn create_body(spec: &ContainerSpec) -> Value {
+    let host = &spec.host;
+    let mut host_config = json!({
+        "Memory": host.memory_bytes,
+        // Equal to Memory: no swap on top of the limit.
+        "MemorySwap": host.memory_bytes,
+        "NanoCpus": host.nano_cpus,
+        "PidsLimit": host.pids_limit,
+        "NetworkMode": if host.network_none { "none" } else { "bridge" },
+        "ReadonlyRootfs": host.read_only_root,
+        "CapDrop": ["ALL"],
+        "CapAdd": host.cap_add,
+        "SecurityOpt": ["no-new-privileges"],
+        "Privileged": false,
+        "Tmpfs": host.tmpfs,
+        "Binds": host.binds,
+        "Init": host.init,
+        "AutoRemove": spec.auto_remove,
+    });
+    if host.binds.is_empty() {
+        host_config["Binds"] = Value::Null;
+    }
+    let mut body = json!({
+        "Image": spec.image,
+        "Labels": spec.labels,
+        "Env": spec.env,
+        "Tty": false,
+        "OpenStdin": spec.open_stdin,
+        "StdinOnce": spec.open_stdin,
+        "AttachStdin": spec.open_stdin,
+        "AttachStdout": true,
+        "AttachStderr": true,
+        "HostConfig": host_config,
+    });
+    if let Some(entrypoint) = &spec.entrypoint {
+        body["Entrypoint"] = json!(entrypoint);
+    }
+    if let Some(cmd) = &spec.cmd {
+        body["Cmd"] = json!(cmd);
+    }
+    if let Some(dir) = &spec.working_dir {
+        body["WorkingDir"] = json!(dir);
+    }
+    if let Some(user) = &spec.user {
+        body["User"] = json!(user);
+    }
+    body
+}
+
+fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let (major, minor) = text.trim().split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// Percent-encodes everything but unreserved characters, for paths and query values.
+pub fn encode_component(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+/// Reads a hijacked stream to its end, passing each frame to `sink`; used where the
+/// caller needs no incremental control.
+pub fn drain_frames(
+    frames: &mut FrameReader<impl Read>,
+    mut sink: impl FnMut(stream::StreamKind, &[u8]),
+) -> io::Result<()> {
+    let mut payload = Vec::new();
+    while let Some(kind) = frames.next_frame(&mut payload)? {
+        sink(kind, &payload);
+    }
+    Ok(())
+}
+
+/// Writes all of `data` and then half-closes, on the caller's thread.
+pub fn write_all_and_close(stdin: &mut UnixStream, data: &[u8]) -> io::Result<()> {
+    stdin.write_all(data)?;
+    stdin.shutdown(std::net::Shutdown::Write)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_query_components() {
+        assert_eq!(encode_component("ab-c_1.~"), "ab-c_1.~");
+        assert_eq!(
+            encode_component("{\"label\":[\"a=b c\"]}"),
+            "%7B%22label%22%3A%5B%22a%3Db%20c%22%5D%7D"
+        );
+        assert_eq!(encode_component("repo/x:1@sha"), "repo%2Fx%3A1%40sha");
+    }
+
+    #[test]
+    fn reads_docker_host() {
+        assert_eq!(
+            Docker::socket_from_env(None).unwrap(),
+            PathBuf::from("/var/run/docker.sock")
+        );
+        assert_eq!(
+            Docker::socket_from_env(Some("unix:///tmp/d.sock")).unwrap(),
+            PathBuf::from("/tmp/d.sock")
+        );
+        assert!(Docker::socket_from_env(Some("tcp://1.2.3.4:2375")).is_err());
+    }
+
+    #[test]
+    fn negotiates_down_to_the_older_side() {
+        assert_eq!(parse_version("1.41"), Some((1, 41)));
+        assert_eq!(parse_version("1.52").unwrap().min(CLIENT_MAX_API), (1, 47));
+        assert_eq!(parse_version("x"), None);
+    }
+
+    #[test]
+    fn create_body_turns_swap_off_and_drops_capabilities() {
+        let spec = ContainerSpec {
+            image: "img:1".into(),
+            host: HostSettings {
+                memory_bytes: 256 << 20,
+                network_none: true,
+                ..HostSettings::default()
+            },
+            ..ContainerSpec::default()
+        };
+        let body = create_body(&spec);
+        assert_eq!(body["HostConfig"]["MemorySwap"], json!(256 << 20));
+        assert_eq!(body["HostConfig"]["CapDrop"], json!(["ALL"]));
+        assert_eq!(body["HostConfig"]["NetworkMode"], json!("none"));
+        assert_eq!(body["HostConfig"]["Privileged"], json!(false));
+        assert!(body.get("Entrypoint").is_none());
+    }
+}

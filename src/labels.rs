@@ -1,0 +1,199 @@
+//! How our containers are marked on the engine: labels, container names and the
+//! sandbox name rule. Docker is the source of truth, so everything we need to rebuild
+//! our view after a restart (kind, sandbox name, image, profile, creation time) is in
+//! these labels, and every container we create carries them.
+//!
+//! Invariants: every label set has `agentkernel.managed=true` and the namespace; the
+//! container name `ak_<namespace>_<sandbox>` is unique per (namespace, sandbox)
+//! because namespaces cannot contain `_`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::Namespace;
+
+pub const MANAGED: &str = "agentkernel.managed";
+pub const NAMESPACE: &str = "agentkernel.namespace";
+pub const KIND: &str = "agentkernel.kind";
+pub const SANDBOX: &str = "agentkernel.sandbox";
+pub const CREATED: &str = "agentkernel.created";
+pub const IMAGE: &str = "agentkernel.image";
+pub const PROFILE: &str = "agentkernel.profile";
+
+/// What a container is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A persistent sandbox: kept across restarts.
+    Sandbox,
+    /// A one-shot `/run` container: temporary.
+    Run,
+    /// A warm pool container: temporary.
+    Pool,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Sandbox => "sandbox",
+            Kind::Run => "run",
+            Kind::Pool => "pool",
+        }
+    }
+}
+
+/// The label set for a new container.
+pub fn labels(
+    namespace: &Namespace,
+    kind: Kind,
+    image: &str,
+    profile: &str,
+    sandbox: Option<&SandboxName>,
+) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    labels.insert(MANAGED.to_string(), "true".to_string());
+    labels.insert(NAMESPACE.to_string(), namespace.as_str().to_string());
+    labels.insert(KIND.to_string(), kind.name().to_string());
+    labels.insert(CREATED.to_string(), rfc3339(SystemTime::now()));
+    labels.insert(IMAGE.to_string(), image.to_string());
+    labels.insert(PROFILE.to_string(), profile.to_string());
+    if let Some(name) = sandbox {
+        labels.insert(SANDBOX.to_string(), name.as_str().to_string());
+    }
+    labels
+}
+
+/// Label filters selecting our namespace, optionally one kind.
+pub fn filters(namespace: &Namespace, kind: Option<Kind>) -> Vec<String> {
+    let mut filters = vec![
+        format!("{MANAGED}=true"),
+        format!("{NAMESPACE}={}", namespace.as_str()),
+    ];
+    if let Some(kind) = kind {
+        filters.push(format!("{KIND}={}", kind.name()));
+    }
+    filters
+}
+
+/// The engine's name for a sandbox's container.
+pub fn container_name(namespace: &Namespace, sandbox: &SandboxName) -> String {
+    format!("ak_{}_{}", namespace.as_str(), sandbox.as_str())
+}
+
+/// A valid sandbox name: 1–63 characters, `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, so it can be
+/// part of a container name and never a path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SandboxName(String);
+
+impl SandboxName {
+    pub fn parse(text: &str) -> Result<SandboxName, String> {
+        let bytes = text.as_bytes();
+        let valid = !bytes.is_empty()
+            && bytes.len() <= 63
+            && bytes[0].is_ascii_alphanumeric()
+            && bytes
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if valid {
+            Ok(SandboxName(text.to_string()))
+        } else {
+            Err(format!(
+                "invalid sandbox name '{}': use 1-63 characters of a-z, A-Z, 0-9, '_', '.' \
+                 and '-', starting with a letter or digit",
+                text.escape_debug()
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SandboxName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `2026-11-28T15:04:05Z`, without a date crate.
+pub fn rfc3339(time: SystemTime) -> String {
+    let seconds = time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (seconds / 86_400) as i64;
+    let of_day = seconds % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn sandbox_names_follow_the_rule() {
+        for good in ["a", "A1", "my-sandbox", "x.y_z-1", &"n".repeat(63)] {
+            assert!(SandboxName::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "-a",
+            ".a",
+            "_a",
+            "a/b",
+            "..",
+            "a b",
+            "é",
+            &"n".repeat(64),
+        ] {
+            assert!(SandboxName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let time = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(rfc3339(time), "2023-11-14T22:13:20Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn every_label_set_is_ours_and_namespaced() {
+        let namespace = Namespace::parse("ci").unwrap();
+        let name = SandboxName::parse("box").unwrap();
+        let labels = labels(&namespace, Kind::Sandbox, "img", "moderate", Some(&name));
+        assert_eq!(labels[MANAGED], "true");
+        assert_eq!(labels[NAMESPACE], "ci");
+        assert_eq!(labels[KIND], "sandbox");
+        assert_eq!(labels[SANDBOX], "box");
+        assert_eq!(container_name(&namespace, &name), "ak_ci_box");
+        assert_eq!(
+            filters(&namespace, Some(Kind::Run)),
+            [
+                "agentkernel.managed=true",
+                "agentkernel.namespace=ci",
+                "agentkernel.kind=run"
+            ]
+        );
+    }
+}

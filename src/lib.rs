@@ -1,0 +1,17 @@
+//! agentkernel: run untrusted commands in isolated Docker containers, through an HTTP
+//! API or the command line. See ARCHITECTURE.md for the map of this crate.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod command;
+pub mod config;
+pub mod docker;
+pub mod error;
+pub mod labels;
+pub mod profile;
+pub mod run;
+pub mod sandbox;
+pub mod sweep;
+pub mod tar;

@@ -1,0 +1,237 @@
+//! Security profiles and resource limits: what `permissive`, `moderate` and
+//! `restrictive` mean, as plain data, and how per-sandbox overrides are bounded.
+//!
+//! Invariants: every profile drops all capabilities but a documented few, sets
+//! `no-new-privileges` (in the docker client, unconditionally), a pids limit, a memory
+//! limit with swap equal to it, a CPU limit and a size-capped `/tmp` tmpfs; none is ever
+//! privileged or given a host mount other than our read-only stub. The same
+//! `HostSettings` come out of here for warm, cold and persistent containers alike.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::docker::HostSettings;
+
+/// The unprivileged user restrictive containers run as (`nobody` in most images).
+pub const UNPRIVILEGED_USER: &str = "65534:65534";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Profile {
+    Permissive,
+    Moderate,
+    Restrictive,
+}
+
+/// Resource limits of one container, in the units the API speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_mb: u64,
+    /// CPUs in thousandths (500 = half a CPU).
+    pub millicpus: u64,
+    pub pids: u64,
+}
+
+/// Bounds for per-sandbox overrides; outside them a request is refused.
+pub const MEMORY_MB_RANGE: (u64, u64) = (16, 16 * 1024);
+pub const VCPUS_RANGE: (u64, u64) = (1, 16);
+pub const PIDS_RANGE: (u64, u64) = (16, 4096);
+
+impl Profile {
+    pub const ALL: [Profile; 3] = [Profile::Permissive, Profile::Moderate, Profile::Restrictive];
+
+    pub fn parse(name: &str) -> Result<Profile, String> {
+        match name {
+            "permissive" => Ok(Profile::Permissive),
+            "moderate" => Ok(Profile::Moderate),
+            "restrictive" => Ok(Profile::Restrictive),
+            other => Err(format!(
+                "unknown profile '{other}': expected permissive, moderate or restrictive"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Permissive => "permissive",
+            Profile::Moderate => "moderate",
+            Profile::Restrictive => "restrictive",
+        }
+    }
+
+    pub fn default_limits(self) -> Limits {
+        match self {
+            Profile::Permissive => Limits {
+                memory_mb: 2048,
+                millicpus: 2000,
+                pids: 1024,
+            },
+            Profile::Moderate => Limits {
+                memory_mb: 512,
+                millicpus: 1000,
+                pids: 256,
+            },
+            Profile::Restrictive => Limits {
+                memory_mb: 256,
+                millicpus: 500,
+                pids: 64,
+            },
+        }
+    }
+
+    /// Capabilities kept on top of `CapDrop: ALL`. Enough for package managers and
+    /// file ownership changes inside the container; no networking, mount, ptrace or
+    /// device capabilities anywhere.
+    pub fn capabilities(self) -> &'static [&'static str] {
+        const BASE: &[&str] = &[
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "FOWNER",
+            "FSETID",
+            "KILL",
+            "SETGID",
+            "SETUID",
+        ];
+        const WIDER: &[&str] = &[
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "FOWNER",
+            "FSETID",
+            "KILL",
+            "SETGID",
+            "SETUID",
+            "NET_BIND_SERVICE",
+            "SYS_CHROOT",
+            "AUDIT_WRITE",
+            "SETFCAP",
+        ];
+        match self {
+            Profile::Permissive => WIDER,
+            Profile::Moderate => BASE,
+            Profile::Restrictive => &[],
+        }
+    }
+
+    pub fn network(self) -> bool {
+        !matches!(self, Profile::Restrictive)
+    }
+
+    pub fn read_only_root(self) -> bool {
+        matches!(self, Profile::Restrictive)
+    }
+
+    /// Size of the `/tmp` tmpfs (and, under restrictive, of the workdir tmpfs).
+    pub fn tmpfs_mb(self) -> u64 {
+        match self {
+            Profile::Permissive => 512,
+            Profile::Moderate => 256,
+            Profile::Restrictive => 64,
+        }
+    }
+
+    /// The user commands run as, or `None` for the image's own user.
+    pub fn user(self) -> Option<&'static str> {
+        match self {
+            Profile::Restrictive => Some(UNPRIVILEGED_USER),
+            _ => None,
+        }
+    }
+
+    /// The engine settings for this profile with these limits. `workdir` is made a
+    /// writable tmpfs where the root is read-only; `binds` are our own read-only mounts.
+    pub fn host_settings(self, limits: Limits, workdir: &str, binds: Vec<String>) -> HostSettings {
+        let tmpfs_mb = self.tmpfs_mb();
+        let mut tmpfs = BTreeMap::new();
+        tmpfs.insert(
+            "/tmp".to_string(),
+            format!("rw,nosuid,nodev,size={tmpfs_mb}m,mode=1777"),
+        );
+        if self.read_only_root() && workdir != "/tmp" && workdir != "/" {
+            tmpfs.insert(
+                workdir.to_string(),
+                format!("rw,nosuid,nodev,exec,size={tmpfs_mb}m,mode=1777"),
+            );
+        }
+        HostSettings {
+            memory_bytes: (limits.memory_mb * 1024 * 1024) as i64,
+            nano_cpus: (limits.millicpus * 1_000_000) as i64,
+            pids_limit: limits.pids as i64,
+            network_none: !self.network(),
+            read_only_root: self.read_only_root(),
+            cap_add: self.capabilities().iter().map(|c| c.to_string()).collect(),
+            tmpfs,
+            binds,
+            init: true,
+        }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Checks one override against its bounds, naming the bound when it is out.
+pub fn check_bound(field: &str, value: u64, (low, high): (u64, u64)) -> Result<u64, String> {
+    if value < low || value > high {
+        Err(format!(
+            "{field} must be between {low} and {high}, got {value}"
+        ))
+    } else {
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_names_only() {
+        for profile in Profile::ALL {
+            assert_eq!(Profile::parse(profile.name()), Ok(profile));
+        }
+        let error = Profile::parse("root").unwrap_err();
+        assert!(error.contains("'root'"), "{error}");
+    }
+
+    #[test]
+    fn restrictive_maps_to_no_network_read_only_and_no_capabilities() {
+        let profile = Profile::Restrictive;
+        let host = profile.host_settings(profile.default_limits(), "/work", Vec::new());
+        assert!(host.network_none);
+        assert!(host.read_only_root);
+        assert!(host.cap_add.is_empty());
+        assert_eq!(host.memory_bytes, 256 * 1024 * 1024);
+        assert_eq!(host.nano_cpus, 500_000_000);
+        assert_eq!(host.pids_limit, 64);
+        assert_eq!(
+            host.tmpfs.get("/work").map(String::as_str),
+            Some("rw,nosuid,nodev,exec,size=64m,mode=1777")
+        );
+        assert_eq!(profile.user(), Some("65534:65534"));
+    }
+
+    #[test]
+    fn moderate_matches_the_documented_table() {
+        let profile = Profile::Moderate;
+        let host = profile.host_settings(profile.default_limits(), "/", Vec::new());
+        assert!(!host.network_none);
+        assert!(!host.read_only_root);
+        assert_eq!(host.memory_bytes, 512 * 1024 * 1024);
+        assert_eq!(host.nano_cpus, 1_000_000_000);
+        assert_eq!(host.pids_limit, 256);
+        assert_eq!(host.tmpfs.len(), 1);
+        assert!(!host
+            .cap_add
+            .iter()
+            .any(|c| c == "SYS_ADMIN" || c == "NET_RAW"));
+    }
+
+    #[test]
+    fn bounds_name_themselves() {
+        assert_eq!(check_bound("memory_mb", 64, MEMORY_MB_RANGE), Ok(64));
+        let error = check_bound("memory_mb", 1, MEMORY_MB_RANGE).unwrap_err();
+        assert_eq!(error, "memory_mb must be between 16 and 16384, got 1");
+    }
+}

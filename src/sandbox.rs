@@ -1,0 +1,296 @@
+//! Persistent sandboxes: long-lived containers that keep their filesystem across
+//! stop and start, found again after a server restart through their labels alone.
+//!
+//! Invariants: a sandbox is exactly a container in our namespace labelled
+//! `kind=sandbox`; nothing about it is kept in server memory, so the engine is always
+//! the truth; limits reported are read back from the engine, never echoed from the
+//! request; a failed create leaves no container behind.
+
+use std::time::{Duration, Instant};
+
+use crate::command::{collect_stream, CommandResult, CommandSpec, Status};
+use crate::config::Config;
+use crate::docker::{ContainerInspect, ContainerSpec, Docker, ExecSpec};
+use crate::error::{Error, Result};
+use crate::labels::{self, container_name, Kind, SandboxName};
+use crate::profile::{Limits, Profile};
+
+/// How long a stopping sandbox gets between SIGTERM and SIGKILL.
+const STOP_GRACE_SECONDS: u32 = 5;
+
+/// A sandbox as the API reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sandbox {
+    pub name: String,
+    pub id: String,
+    pub status: SandboxStatus,
+    pub image: String,
+    pub profile: String,
+    pub created_at: String,
+    /// Read back from the engine; only `get` has them (a list carries no HostConfig).
+    pub limits: Option<Limits>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxStatus {
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl SandboxStatus {
+    pub fn from_engine(state: &str) -> SandboxStatus {
+        match state {
+            "running" | "restarting" => SandboxStatus::Running,
+            "paused" => SandboxStatus::Paused,
+            _ => SandboxStatus::Stopped,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SandboxStatus::Running => "running",
+            SandboxStatus::Paused => "paused",
+            SandboxStatus::Stopped => "stopped",
+        }
+    }
+}
+
+/// A validated create request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateSandbox {
+    pub name: SandboxName,
+    pub image: String,
+    pub profile: Profile,
+    pub limits: Limits,
+}
+
+/// The command that keeps a sandbox alive: a shell loop that `docker-init` can stop
+/// with SIGTERM at once.
+fn idle_command() -> Vec<String> {
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done".into(),
+    ]
+}
+
+pub fn list(docker: &Docker, config: &Config) -> Result<Vec<Sandbox>> {
+    let filters = labels::filters(&config.namespace, Some(Kind::Sandbox));
+    let mut sandboxes: Vec<Sandbox> = docker
+        .container_list(&filters)?
+        .into_iter()
+        .filter_map(|summary| {
+            let labels = summary.labels.unwrap_or_default();
+            Some(Sandbox {
+                name: labels.get(labels::SANDBOX)?.clone(),
+                id: short_id(&summary.id),
+                status: SandboxStatus::from_engine(&summary.state),
+                image: labels.get(labels::IMAGE).cloned().unwrap_or(summary.image),
+                profile: labels.get(labels::PROFILE).cloned().unwrap_or_default(),
+                created_at: labels.get(labels::CREATED).cloned().unwrap_or_default(),
+                limits: None,
+            })
+        })
+        .collect();
+    sandboxes.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(sandboxes)
+}
+
+/// Inspects the sandbox's container, treating containers that are not ours (another
+/// namespace, another kind, or no labels at all) as not found.
+fn inspect_ours(docker: &Docker, config: &Config, name: &SandboxName) -> Result<ContainerInspect> {
+    let container = container_name(&config.namespace, name);
+    let inspect = docker.container_inspect(&container).map_err(|error| {
+        if error.is_not_found() {
+            Error::SandboxNotFound(name.to_string())
+        } else {
+            Error::Engine(error)
+        }
+    })?;
+    let labels = inspect.config.labels.clone().unwrap_or_default();
+    let ours = labels.get(labels::NAMESPACE).map(String::as_str) == Some(config.namespace.as_str())
+        && labels.get(labels::KIND).map(String::as_str) == Some(Kind::Sandbox.name())
+        && labels.get(labels::SANDBOX).map(String::as_str) == Some(name.as_str());
+    if ours {
+        Ok(inspect)
+    } else {
+        Err(Error::SandboxNotFound(name.to_string()))
+    }
+}
+
+fn from_inspect(inspect: &ContainerInspect) -> Sandbox {
+    let labels = inspect.config.labels.clone().unwrap_or_default();
+    let host = &inspect.host_config;
+    Sandbox {
+        name: labels.get(labels::SANDBOX).cloned().unwrap_or_default(),
+        id: short_id(&inspect.id),
+        status: SandboxStatus::from_engine(&inspect.state.status),
+        image: labels
+            .get(labels::IMAGE)
+            .cloned()
+            .unwrap_or_else(|| inspect.config.image.clone()),
+        profile: labels.get(labels::PROFILE).cloned().unwrap_or_default(),
+        created_at: labels.get(labels::CREATED).cloned().unwrap_or_default(),
+        limits: Some(Limits {
+            memory_mb: (host.memory.max(0) as u64) / (1024 * 1024),
+            millicpus: (host.nano_cpus.max(0) as u64) / 1_000_000,
+            pids: host.pids_limit.unwrap_or(0).max(0) as u64,
+        }),
+    }
+}
+
+pub fn get(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sandbox> {
+    Ok(from_inspect(&inspect_ours(docker, config, name)?))
+}
+
+pub fn create(docker: &Docker, config: &Config, request: &CreateSandbox) -> Result<Sandbox> {
+    if !docker.image_exists(&request.image)? {
+        return Err(Error::ImageMissing(request.image.clone()));
+    }
+    let spec = ContainerSpec {
+        name: Some(container_name(&config.namespace, &request.name)),
+        image: request.image.clone(),
+        labels: labels::labels(
+            &config.namespace,
+            Kind::Sandbox,
+            &request.image,
+            request.profile.name(),
+            Some(&request.name),
+        ),
+        entrypoint: Some(idle_command()),
+        cmd: None,
+        env: Vec::new(),
+        working_dir: None,
+        user: request.profile.user().map(str::to_string),
+        open_stdin: false,
+        auto_remove: false,
+        host: request
+            .profile
+            .host_settings(request.limits, "/", Vec::new()),
+    };
+    let id = docker.container_create(&spec).map_err(|error| {
+        if error.is_conflict() {
+            Error::SandboxExists(request.name.to_string())
+        } else if error.is_not_found() {
+            Error::ImageMissing(request.image.clone())
+        } else {
+            Error::Engine(error)
+        }
+    })?;
+    if let Err(error) = docker.container_start(&id) {
+        // Never leave a half-made sandbox behind.
+        if let Err(cleanup) = docker.container_remove(&id) {
+            log::warn!("could not remove failed sandbox container {id}: {cleanup}");
+        }
+        return Err(Error::Engine(error));
+    }
+    get(docker, config, &request.name)
+}
+
+pub fn start(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sandbox> {
+    let inspect = inspect_ours(docker, config, name)?;
+    docker.container_start(&inspect.id)?;
+    get(docker, config, name)
+}
+
+pub fn stop(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sandbox> {
+    let inspect = inspect_ours(docker, config, name)?;
+    docker.container_stop(&inspect.id, STOP_GRACE_SECONDS)?;
+    get(docker, config, name)
+}
+
+pub fn delete(docker: &Docker, config: &Config, name: &SandboxName) -> Result<()> {
+    let inspect = inspect_ours(docker, config, name)?;
+    docker.container_remove(&inspect.id)?;
+    Ok(())
+}
+
+/// Runs a command in a running sandbox with `docker exec`.
+pub fn exec(
+    docker: &Docker,
+    config: &Config,
+    name: &SandboxName,
+    spec: &CommandSpec,
+) -> Result<CommandResult> {
+    let inspect = inspect_ours(docker, config, name)?;
+    if !inspect.state.running {
+        return Err(Error::SandboxNotRunning(name.to_string()));
+    }
+    let started = Instant::now();
+    let exec_spec = ExecSpec {
+        cmd: spec.argv.clone(),
+        env: spec.env.clone(),
+        working_dir: spec.workdir.clone(),
+        user: None,
+        attach_stdin: spec.stdin.is_some(),
+    };
+    let exec_id = docker
+        .exec_create(&inspect.id, &exec_spec)
+        .map_err(|error| {
+            if error.is_conflict() {
+                Error::SandboxNotRunning(name.to_string())
+            } else if error.is_not_found() {
+                Error::SandboxNotFound(name.to_string())
+            } else {
+                Error::Engine(error)
+            }
+        })?;
+    let mut hijacked = docker.exec_start(&exec_id)?;
+    let feed = spec
+        .stdin
+        .as_deref()
+        .map(|data| (hijacked.stdin.try_clone(), data));
+    let collected = crate::run::with_stdin_fed(feed, || {
+        collect_stream(
+            &mut hijacked,
+            started + spec.timeout,
+            spec.max_output_bytes,
+            || log::warn!("exec in sandbox '{name}' passed its deadline"),
+        )
+    })
+    .map_err(|source| {
+        Error::Engine(crate::docker::DockerError::Io {
+            operation: "exec stream".into(),
+            source,
+        })
+    })?;
+    let exit_code = if collected.timed_out {
+        None
+    } else {
+        wait_exec_exit(docker, &exec_id)?
+    };
+    let status = if collected.timed_out {
+        Status::Timeout
+    } else if collected.truncated {
+        Status::OutputTruncated
+    } else {
+        Status::Exited
+    };
+    Ok(CommandResult {
+        output: collected.output,
+        stdout: collected.stdout,
+        stderr: collected.stderr,
+        exit_code,
+        signal: None,
+        status,
+        duration: started.elapsed(),
+    })
+}
+
+/// Polls exec inspect until the process is gone: the stream can end a moment before
+/// the engine records the exit code.
+fn wait_exec_exit(docker: &Docker, exec_id: &str) -> Result<Option<i64>> {
+    let give_up = Instant::now() + Duration::from_secs(2);
+    loop {
+        let inspect = docker.exec_inspect(exec_id)?;
+        if !inspect.running || Instant::now() >= give_up {
+            return Ok(inspect.exit_code);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn short_id(id: &str) -> String {
+    id.chars().take(12).collect()
+}
