@@ -161,6 +161,18 @@ fn serve_one(context: &Context, mut request: Request) {
     respond(request, &reply);
 }
 
+/// Runs a handler so that a panic becomes a 500 answer and the worker lives on.
+fn guarded(handler: impl FnOnce() -> Result<Reply, ApiError>) -> Reply {
+    match catch_unwind(AssertUnwindSafe(handler)) {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(error)) => error.reply(),
+        Err(_) => {
+            log::error!("request handler panicked");
+            ApiError::Panic.reply()
+        }
+    }
+}
+
 /// Checks the key and reads the body within the limit.
 fn read_request(context: &Context, request: &mut Request) -> Result<ApiRequest, ApiError> {
     let mut api_key = None;
@@ -257,6 +269,15 @@ pub fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panicking_handler_becomes_a_json_500() {
+        let reply = guarded(|| panic!("boom"));
+        assert_eq!(reply.status, 500);
+        assert_eq!(reply.body["success"], serde_json::json!(false));
+        let reply = guarded(|| Err(ApiError::Busy));
+        assert_eq!(reply.status, 503);
+    }
 
     #[test]
     fn compares_keys_exactly() {

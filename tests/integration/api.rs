@@ -1,0 +1,193 @@
+//! The HTTP surface: envelope, auth, routing errors, body limits, queue bound.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{Options, Server};
+
+#[test]
+fn health_answers_both_documented_and_sdk_shapes() {
+    let server = Server::start();
+    let (status, body) = server.get("/health");
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"success": true, "data": "ok", "status": "ok"}));
+    server.finish();
+}
+
+#[test]
+fn api_key_is_required_when_set_in_either_header() {
+    let server = Server::start_with(Options {
+        env: vec![("AGENTKERNEL_API_KEY".into(), "s3cret".into())],
+        ..Options::default()
+    });
+    let (status, body) = server.get("/health");
+    assert_eq!(status, 401);
+    assert_eq!(body["success"], json!(false));
+    assert!(body["error"].as_str().unwrap().contains("X-API-Key"));
+    let (status, _) = server.request("GET", "/health", None, &[("X-API-Key", "s3cret")]);
+    assert_eq!(status, 200);
+    let (status, _) = server.request(
+        "GET",
+        "/sandboxes",
+        None,
+        &[("Authorization", "Bearer s3cret")],
+    );
+    assert_eq!(status, 200);
+    for wrong in [
+        ("X-API-Key", "s3cre"),
+        ("X-API-Key", "s3cret2"),
+        ("Authorization", "s3cret"),
+    ] {
+        let (status, _) = server.request("GET", "/sandboxes", None, &[wrong]);
+        assert_eq!(status, 401, "{wrong:?}");
+    }
+    // A wrong key never reaches the handler: no container is made.
+    let (status, _) = server.request(
+        "POST",
+        "/run",
+        Some(r#"{"command":["true"]}"#),
+        &[("X-API-Key", "nope")],
+    );
+    assert_eq!(status, 401);
+    server.finish();
+}
+
+#[test]
+fn api_key_is_not_needed_when_unset() {
+    let server = Server::start();
+    let (status, _) = server.request("GET", "/sandboxes", None, &[("X-API-Key", "anything")]);
+    assert_eq!(status, 200);
+    server.finish();
+}
+
+#[test]
+fn unknown_routes_and_wrong_methods_get_json_404_and_405() {
+    let server = Server::start();
+    let (status, body) = server.get("/nope");
+    assert_eq!(status, 404);
+    assert_eq!(body["error"], json!("No route for /nope"));
+    let (status, body) = server.get("/run");
+    assert_eq!(status, 405);
+    assert_eq!(body["success"], json!(false));
+    let (status, _) = server.request("PUT", "/sandboxes/x", None, &[]);
+    assert_eq!(status, 405);
+    let raw = server.raw(b"PATCH /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    assert!(raw.starts_with("HTTP/1.1 405"), "{raw}");
+    assert!(raw.to_ascii_lowercase().contains("allow: get"), "{raw}");
+    server.finish();
+}
+
+#[test]
+fn oversized_bodies_are_refused_from_content_length_before_reading() {
+    let server = Server::start();
+    // Declares 100 MiB and sends none of it: the answer must come anyway.
+    let raw = server.raw(
+        b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+Content-Length: 104857600\r\n\r\n",
+    );
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+    assert!(raw.contains("\"success\":false"), "{raw}");
+    // A chunked body over the limit is refused once read past the limit.
+    let big = format!(r#"{{"command":["echo","{}"]}}"#, "x".repeat(1_100_000));
+    let (status, body) = server.post("/run", &big);
+    assert_eq!(status, 413);
+    assert!(body["error"].as_str().unwrap().contains("1048576"));
+    server.finish();
+}
+
+#[test]
+fn malformed_bodies_get_400_naming_the_problem() {
+    let server = Server::start();
+    let cases = [
+        ("{not json", "malformed JSON"),
+        ("", "JSON object"),
+        (r#"{"command":"echo hi"}"#, "invalid type"),
+        (r#"{"command":[1,2]}"#, "invalid type"),
+        (r#"{"command":[]}"#, "non-empty"),
+        (r#"{"image":"x"}"#, "command is required"),
+        (
+            r#"{"command":["true"],"profile":"root"}"#,
+            "unknown profile 'root'",
+        ),
+        (r#"{"command":["true"],"fast":"yes"}"#, "invalid type"),
+        (r#"{"command":["true"],"env":["NOEQ"]}"#, "env entry 'NOEQ'"),
+        (r#"{"command":["true"],"workdir":"rel"}"#, "absolute"),
+        (r#"{"command":["true"],"timeout_ms":0}"#, "timeout_ms"),
+        (r#"{"command":["true"],"extra":1}"#, "unknown field `extra`"),
+    ];
+    for (body, expected) in cases {
+        let (status, answer) = server.post("/run", body);
+        assert_eq!(status, 400, "{body}: {answer}");
+        let message = answer["error"].as_str().unwrap();
+        assert!(message.contains(expected), "{body}: {message}");
+    }
+    server.finish();
+}
+
+#[test]
+fn a_full_queue_answers_503_at_once() {
+    let server = Server::start_with(Options {
+        args: ["--workers", "1", "--queue", "1"]
+            .map(String::from)
+            .to_vec(),
+        ..Options::default()
+    });
+    let slow = r#"{"command":["sleep","3"]}"#;
+    let url = server.url("/run");
+    let threads: Vec<_> = (0..5)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let status = match ureq::post(&url)
+                    .set("Content-Type", "application/json")
+                    .send_string(slow)
+                {
+                    Ok(response) => response.status(),
+                    Err(ureq::Error::Status(code, _)) => code,
+                    Err(error) => panic!("{error}"),
+                };
+                (status, started.elapsed())
+            })
+        })
+        .collect();
+    let results: Vec<(u16, Duration)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let busy: Vec<_> = results.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(
+        !busy.is_empty() && results.iter().any(|(s, _)| *s == 200),
+        "{results:?}"
+    );
+    for (_, elapsed) in busy {
+        assert!(
+            *elapsed < Duration::from_secs(2),
+            "503 must not wait: {elapsed:?}"
+        );
+    }
+    server.finish();
+}
+
+#[test]
+fn an_unreachable_engine_is_a_503_naming_the_socket() {
+    let server = Server::start_with(Options {
+        env: vec![(
+            "DOCKER_HOST".into(),
+            "unix:///nonexistent/docker.sock".into(),
+        )],
+        ..Options::default()
+    });
+    let (status, body) = server.post("/run", r#"{"command":["true"]}"#);
+    assert_eq!(status, 503);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/docker.sock"),
+        "{body}"
+    );
+    let (status, _) = server.get("/sandboxes");
+    assert_eq!(status, 503);
+    let (status, _) = server.get("/health");
+    assert_eq!(status, 200);
+    server.finish();
+}

@@ -1,0 +1,276 @@
+//! Test harness: starts the real binary on a free port against the real engine, talks
+//! HTTP to it, and cleans up every container of the test's own namespace.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use agentkernel::config::Namespace;
+use agentkernel::docker::Docker;
+use agentkernel::labels;
+use serde_json::Value;
+
+/// The local image every test runs in (built by scripts/build-busybox-image.sh).
+pub fn image() -> String {
+    std::env::var("AK_TEST_IMAGE").unwrap_or_else(|_| "agentkernel/busybox:latest".into())
+}
+
+pub fn docker() -> Docker {
+    let socket = Docker::socket_from_env(std::env::var("DOCKER_HOST").ok().as_deref())
+        .expect("DOCKER_HOST must be a unix socket");
+    Docker::new(socket, Duration::from_secs(60))
+}
+
+/// A namespace no other test uses: `t-<pid>-<n>`.
+pub fn fresh_namespace() -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "t-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Every container of a namespace, as (id, kind).
+pub fn containers_of(namespace: &str) -> Vec<(String, String)> {
+    let namespace = Namespace::parse(namespace).unwrap();
+    docker()
+        .container_list(&labels::filters(&namespace, None))
+        .unwrap()
+        .into_iter()
+        .map(|c| {
+            let kind = c
+                .labels
+                .unwrap_or_default()
+                .get(labels::KIND)
+                .cloned()
+                .unwrap_or_default();
+            (c.id, kind)
+        })
+        .collect()
+}
+
+pub fn remove_namespace(namespace: &str) {
+    let docker = docker();
+    for (id, _) in containers_of(namespace) {
+        let _ = docker.container_remove(&id);
+    }
+}
+
+pub struct Server {
+    pub namespace: String,
+    pub port: u16,
+    child: Option<Child>,
+    pub log: mpsc::Receiver<String>,
+    /// Remove the namespace's containers on drop (off for restart tests that hand the
+    /// namespace to a second server).
+    pub cleanup: bool,
+}
+
+#[derive(Default)]
+pub struct Options {
+    pub namespace: Option<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(Options::default())
+    }
+
+    pub fn start_with(options: Options) -> Server {
+        let namespace = options.namespace.unwrap_or_else(fresh_namespace);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_agentkernel"));
+        command
+            .args(["serve", "--port", "0", "--namespace", &namespace])
+            .args(["--default-image", &image()])
+            .args(&options.args)
+            .env_remove("AGENTKERNEL_API_KEY")
+            .env("AGENTKERNEL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in &options.env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start agentkernel");
+        let stderr = child.stderr.take().unwrap();
+        let (sender, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server {
+            namespace,
+            port: 0,
+            child: Some(child),
+            log,
+            cleanup: true,
+        };
+        server.port = server
+            .wait_for_log("listening on http://", Duration::from_secs(20))
+            .and_then(|line| {
+                line.split("http://")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .expect("server did not report its port");
+        server
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        self.request("GET", path, None, &[])
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        self.request("POST", path, Some(body), &[])
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        self.request("DELETE", path, None, &[])
+    }
+
+    /// Any request; any status is returned, never an error.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(120))
+            .build();
+        let mut request = agent.request(method, &self.url(path));
+        for (name, value) in headers {
+            request = request.set(name, value);
+        }
+        let result = match body {
+            Some(body) => request
+                .set("Content-Type", "application/json")
+                .send_string(body),
+            None => request.call(),
+        };
+        let response = match result {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => response,
+            Err(error) => panic!("{method} {path}: {error}"),
+        };
+        let status = response.status();
+        let text = response.into_string().unwrap();
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method} {path} answered non-JSON: {text:?}"));
+        (status, value)
+    }
+
+    /// Writes raw bytes and returns the raw answer (until the server closes or 10 s).
+    pub fn raw(&self, bytes: &[u8]) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(bytes).unwrap();
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    answer.extend_from_slice(&buffer[..n]);
+                    // One answer is enough: stop at the end of its JSON body.
+                    if answer.ends_with(b"}\n") {
+                        break;
+                    }
+                }
+            }
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server already stopped");
+        signal(child.id(), "TERM");
+        wait_timeout(&mut child, Duration::from_secs(60))
+            .expect("server did not exit after SIGTERM")
+    }
+
+    /// SIGKILL: a crash.
+    pub fn crash(&mut self) {
+        let mut child = self.child.take().expect("server already stopped");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Stops the server gracefully and asserts that it left no temporary container and
+    /// that the test removed its sandboxes.
+    pub fn finish(mut self) {
+        let status = self.terminate();
+        assert!(status.success(), "server exited with {status}");
+        let left = containers_of(&self.namespace);
+        assert!(left.is_empty(), "containers left behind: {left:?}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if self.cleanup {
+            remove_namespace(&self.namespace);
+        }
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().ok()? {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real binary, on a free port, against the real Docker Engine.
+//! One test binary; each test owns a namespace and cleans it up.
+
+mod harness;
+
+mod api;
+mod lifecycle;
+mod runs;
+mod sandboxes;

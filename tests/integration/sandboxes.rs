@@ -1,0 +1,155 @@
+//! Persistent sandboxes: create, list, get, exec, stop, start, delete, and their errors.
+
+use serde_json::json;
+
+use crate::harness::Server;
+
+#[test]
+fn sandbox_lifecycle_end_to_end() {
+    let server = Server::start();
+    let (status, body) = server.post("/sandboxes", r#"{"name":"life"}"#);
+    assert_eq!(status, 201, "{body}");
+    let data = &body["data"];
+    assert_eq!(data["name"], json!("life"));
+    assert_eq!(data["status"], json!("running"));
+    assert_eq!(data["backend"], json!("docker"));
+    assert_eq!(data["profile"], json!("moderate"));
+    assert!(data["created_at"].as_str().unwrap().ends_with('Z'));
+
+    let (status, body) = server.post("/sandboxes", r#"{"name":"life"}"#);
+    assert_eq!(status, 409);
+    assert_eq!(body["error"], json!("Sandbox 'life' already exists"));
+
+    let (status, body) = server.get("/sandboxes");
+    assert_eq!(status, 200);
+    let names: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["life"]);
+
+    let (status, body) = server.post(
+        "/sandboxes/life/exec",
+        r#"{"command":["sh","-c","echo $A > /root/kept; cat /root/kept; exit 4"],"env":["A=1"]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["output"], json!("1\n"));
+    assert_eq!(body["data"]["exit_code"], json!(4));
+
+    let (status, body) = server.post("/sandboxes/life/stop", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["status"], json!("stopped"));
+    let (status, body) = server.get("/sandboxes/life");
+    assert_eq!((status, &body["data"]["status"]), (200, &json!("stopped")));
+
+    let (status, body) = server.post("/sandboxes/life/exec", r#"{"command":["true"]}"#);
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("'life'"));
+
+    let (status, body) = server.post("/sandboxes/life/start", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["status"], json!("running"));
+    let (status, body) = server.post(
+        "/sandboxes/life/exec",
+        r#"{"command":["cat","/root/kept"]}"#,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["data"]["output"],
+        json!("1\n"),
+        "files survive stop/start"
+    );
+
+    let (status, body) = server.delete("/sandboxes/life");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["success"], json!(true));
+    let (status, body) = server.get("/sandboxes/life");
+    assert_eq!(status, 404);
+    assert_eq!(body["error"], json!("Sandbox 'life' not found"));
+    server.finish();
+}
+
+#[test]
+fn missing_sandboxes_are_404_everywhere() {
+    let server = Server::start();
+    for (method, path) in [
+        ("GET", "/sandboxes/ghost"),
+        ("DELETE", "/sandboxes/ghost"),
+        ("POST", "/sandboxes/ghost/stop"),
+        ("POST", "/sandboxes/ghost/start"),
+    ] {
+        let (status, body) = server.request(method, path, None, &[]);
+        assert_eq!(status, 404, "{method} {path}");
+        assert_eq!(body["error"], json!("Sandbox 'ghost' not found"));
+    }
+    let (status, _) = server.post("/sandboxes/ghost/exec", r#"{"command":["true"]}"#);
+    assert_eq!(status, 404);
+    server.finish();
+}
+
+#[test]
+fn invalid_create_requests_are_400_or_404() {
+    let server = Server::start();
+    let cases = [
+        (r#"{}"#, 400, "name is required"),
+        (r#"{"name":"-bad"}"#, 400, "invalid sandbox name"),
+        (r#"{"name":"a/b"}"#, 400, "invalid sandbox name"),
+        (
+            &*format!(r#"{{"name":"{}"}}"#, "n".repeat(64)),
+            400,
+            "invalid sandbox name",
+        ),
+        (r#"{"name":"ok","profile":"x"}"#, 400, "unknown profile 'x'"),
+        (
+            r#"{"name":"ok","memory_mb":1}"#,
+            400,
+            "memory_mb must be between 16 and 16384",
+        ),
+        (r#"{"name":"ok","vcpus":99}"#, 400, "vcpus must be between"),
+        (
+            r#"{"name":"ok","backend":"firecracker"}"#,
+            400,
+            "backend 'firecracker'",
+        ),
+        (
+            r#"{"name":"ok","volumes":["/:/host"]}"#,
+            400,
+            "volumes is not supported",
+        ),
+        (
+            r#"{"name":"ok","image":"agentkernel-test/none:0"}"#,
+            404,
+            "'agentkernel-test/none:0'",
+        ),
+    ];
+    for (body, expected_status, expected) in cases {
+        let (status, answer) = server.post("/sandboxes", body);
+        assert_eq!(status, expected_status, "{body}: {answer}");
+        let message = answer["error"].as_str().unwrap();
+        assert!(message.contains(expected), "{body}: {message}");
+    }
+    let (status, _) = server.get("/sandboxes/bad%2Fname");
+    assert_eq!(status, 400);
+    server.finish();
+}
+
+#[test]
+fn sdk_create_with_nulls_and_limit_overrides_read_back_from_the_engine() {
+    let server = Server::start();
+    let body = r#"{"name":"lim","backend":null,"image":null,"vcpus":2,"memory_mb":128,
+        "profile":null,"source_url":null,"source_ref":null,"volumes":null,"pids":100}"#;
+    let (status, answer) = server.post("/sandboxes", body);
+    assert_eq!(status, 201, "{answer}");
+    let (_, answer) = server.get("/sandboxes/lim");
+    let data = &answer["data"];
+    assert_eq!(data["memory_mb"], json!(128));
+    assert_eq!(data["vcpus"], json!(2));
+    assert_eq!(
+        data["limits"],
+        json!({"memory_mb": 128, "cpus": 2.0, "pids": 100})
+    );
+    server.delete("/sandboxes/lim");
+    server.finish();
+}
