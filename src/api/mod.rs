@@ -142,14 +142,7 @@ fn serve_one(context: &Context, mut request: Request) {
     let method = request.method().as_str().to_string();
     let url = request.url().to_string();
     let reply = match read_request(context, &mut request) {
-        Ok(api_request) => match catch_unwind(AssertUnwindSafe(|| handle(context, &api_request))) {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(error)) => error.reply(),
-            Err(_) => {
-                log::error!("{method} {url}: handler panicked");
-                ApiError::Panic.reply()
-            }
-        },
+        Ok(api_request) => guarded(|| handle(context, &api_request)),
         Err(error) => error.reply(),
     };
     let path = url.split('?').next().unwrap_or(&url).to_string();
