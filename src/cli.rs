@@ -10,6 +10,7 @@ use std::sync::Arc;
 use lexopt::prelude::*;
 
 use crate::config::{Config, Environment, ImageTable, Namespace, ProcessEnvironment};
+use crate::pool::PoolKey;
 use crate::profile::Profile;
 
 pub const USAGE: &str = "\
@@ -19,6 +20,8 @@ Usage:
   agentkernel serve [--host ADDR] [--port N] [--workers N] [--queue N]
                     [--namespace NS] [--default-image IMAGE] [--image RUNTIME=IMAGE]...
                     [--default-profile P] [--max-body-bytes N]
+                    [--pool IMAGE[:PROFILE]=N]... [--pool-size N] [--pool-dynamic-size N]
+                    [--no-stub]
   agentkernel --help | --version
 
 Environment:
@@ -26,6 +29,7 @@ Environment:
   AGENTKERNEL_NAMESPACE      namespace of our containers (default: default)
   AGENTKERNEL_DEFAULT_IMAGE  image for commands of no known runtime (default: alpine:3.20)
   AGENTKERNEL_IMAGE_<RUNTIME> image for a runtime, e.g. AGENTKERNEL_IMAGE_PYTHON
+  AGENTKERNEL_STUB=off       never use the in-container stub (docker exec instead)
   AGENTKERNEL_LOG            log level: error, warn, info, debug, trace (default: info)
   DOCKER_HOST                unix:///path/to/docker.sock (default: /var/run/docker.sock)
 ";
@@ -34,6 +38,8 @@ Environment:
 #[derive(Debug)]
 pub enum Command {
     Serve(Box<Config>),
+    /// The in-container stub (internal: the server runs it inside containers).
+    Stub,
     Help,
     Version,
 }
@@ -57,6 +63,7 @@ pub fn parse(
         Some(Long("help") | Short('h')) => Ok(Command::Help),
         Some(Long("version") | Short('V')) => Ok(Command::Version),
         Some(Value(word)) if word == "serve" => parse_serve(&mut parser, env),
+        Some(Value(word)) if word == "stub" => Ok(Command::Stub),
         Some(Value(word)) => Err(UsageError(format!(
             "unknown command '{}'",
             word.to_string_lossy()
@@ -85,11 +92,31 @@ fn parse_serve(parser: &mut lexopt::Parser, env: &dyn Environment) -> Result<Com
                     Profile::parse(&parser.value()?.string()?).map_err(UsageError)?
             }
             Long("max-body-bytes") => config.max_body_bytes = parser.value()?.parse()?,
+            Long("pool") => {
+                let text = parser.value()?.string()?;
+                let entry = parse_pool(&text, config.default_profile)?;
+                config.pool.get_or_insert_with(Vec::new).push(entry);
+            }
+            Long("pool-size") => config.pool_default_size = parser.value()?.parse()?,
+            Long("pool-dynamic-size") => config.pool_dynamic_size = parser.value()?.parse()?,
+            Long("no-stub") => config.stub = false,
             Long("help") | Short('h') => return Ok(Command::Help),
             _ => return Err(arg.unexpected().into()),
         }
     }
     Ok(Command::Serve(Box::new(config)))
+}
+
+/// `image[:profile]=N`; `N` may be 0 to keep no warm containers for that key.
+fn parse_pool(text: &str, default_profile: Profile) -> Result<(PoolKey, usize), UsageError> {
+    let (key, size) = text
+        .rsplit_once('=')
+        .ok_or_else(|| UsageError(format!("--pool expects IMAGE[:PROFILE]=N, got '{text}'")))?;
+    let size = size
+        .parse()
+        .map_err(|_| UsageError(format!("--pool size '{size}' is not a number")))?;
+    let key = PoolKey::parse(key, default_profile).map_err(UsageError)?;
+    Ok((key, size))
 }
 
 fn positive(value: usize, flag: &str) -> Result<usize, UsageError> {
@@ -119,6 +146,7 @@ pub fn run(command: Command) -> i32 {
             0
         }
         Command::Serve(config) => serve(*config),
+        Command::Stub => crate::stub::main(),
     }
 }
 
@@ -141,7 +169,13 @@ fn serve(config: Config) -> i32 {
         }
         Err(error) => log::warn!("{error}; requests will answer 503 until it is reachable"),
     }
-    let context = Arc::new(crate::api::Context { config, docker });
+    let launcher = crate::pool::Launcher::detect(config.stub);
+    let pool = crate::pool::Pool::new(launcher, &config.pool_keys(), config.pool_dynamic_size);
+    let context = Arc::new(crate::api::Context {
+        config,
+        docker,
+        pool,
+    });
     match crate::api::serve(context, shutdown) {
         Ok(()) => 0,
         Err(error) => {
@@ -216,6 +250,30 @@ mod tests {
     }
 
     #[test]
+    fn pool_flags_name_image_profile_and_size() {
+        let words = [
+            "serve",
+            "--pool",
+            "img:1:restrictive=3",
+            "--pool",
+            "other=0",
+        ];
+        let Command::Serve(config) = parse_words(&words).unwrap() else {
+            panic!("expected serve");
+        };
+        let keys = config.pool_keys();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].0.image, "img:1");
+        assert_eq!(keys[0].0.profile, Profile::Restrictive);
+        assert_eq!(keys[0].1, 3);
+        assert_eq!((keys[1].0.image.as_str(), keys[1].1), ("other", 0));
+        let Command::Serve(config) = parse_words(&["serve"]).unwrap() else {
+            panic!("expected serve");
+        };
+        assert_eq!(config.pool_keys()[0].1, 4);
+    }
+
+    #[test]
     fn usage_errors_say_what_is_wrong() {
         assert!(parse_words(&[]).is_err());
         assert!(parse_words(&["serve", "--port", "x"]).is_err());
@@ -229,5 +287,7 @@ mod tests {
             .0
             .contains("frobnicate"));
         assert!(parse_words(&["serve", "--namespace", "Bad_NS"]).is_err());
+        assert!(parse_words(&["serve", "--pool", "img"]).is_err());
+        assert!(parse_words(&["serve", "--pool", "img=x"]).is_err());
     }
 }

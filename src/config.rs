@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::pool::PoolKey;
 use crate::profile::Profile;
 
 #[derive(Debug, Clone)]
@@ -30,6 +31,13 @@ pub struct Config {
     pub max_output_bytes_limit: u64,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Warm pool keys kept from start-up; `None` means the default image and profile.
+    pub pool: Option<Vec<(PoolKey, usize)>>,
+    pub pool_default_size: usize,
+    /// Target for pool keys added because requests used them.
+    pub pool_dynamic_size: usize,
+    /// Use the in-container stub where possible (else always `docker exec`).
+    pub stub: bool,
 }
 
 impl Default for Config {
@@ -51,6 +59,10 @@ impl Default for Config {
             default_max_output_bytes: 1024 * 1024,
             max_output_bytes_limit: 64 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            pool: None,
+            pool_default_size: 4,
+            pool_dynamic_size: 2,
+            stub: true,
         }
     }
 }
@@ -70,6 +82,19 @@ impl Environment for ProcessEnvironment {
 }
 
 impl Config {
+    /// The pool keys to keep warm from start-up.
+    pub fn pool_keys(&self) -> Vec<(PoolKey, usize)> {
+        self.pool.clone().unwrap_or_else(|| {
+            vec![(
+                PoolKey {
+                    image: self.images.default_image.clone(),
+                    profile: self.default_profile,
+                },
+                self.pool_default_size,
+            )]
+        })
+    }
+
     /// Defaults overlaid with the environment; flags are applied on top by the CLI.
     pub fn from_env(env: &dyn Environment) -> Result<Config, String> {
         let mut config = Config {
@@ -81,6 +106,9 @@ impl Config {
         };
         if let Some(namespace) = env.var("AGENTKERNEL_NAMESPACE") {
             config.namespace = Namespace::parse(&namespace)?;
+        }
+        if env.var("AGENTKERNEL_STUB").as_deref() == Some("off") {
+            config.stub = false;
         }
         if let Some(image) = env.var("AGENTKERNEL_DEFAULT_IMAGE") {
             config.images.default_image = image;

@@ -1,23 +1,27 @@
-//! One-shot runs: a fresh container per command, removed afterwards.
+//! One-shot runs: every command gets a fresh container, used once and then removed.
 //!
-//! The cold path follows the race-free flow measured in the engine notes: create →
-//! attach (before start, so no output is missed) → start → read to EOF → wait →
-//! inspect (for OOM) → remove. The command's argv becomes the container's entrypoint
-//! as is, with no shell in between, so arguments arrive exactly as given.
+//! `fast` runs take a warm container from the pool when one is ready; otherwise (or with
+//! `fast: false`) a container is launched for the request, the same way the pool does
+//! it, so warm and cold differ only in when the container was started. Commands reach
+//! the container through the stub (spec and output records) or, where the stub cannot
+//! be used, through `docker exec`; this file also holds that exec path, shared with
+//! sandboxes.
 //!
-//! Invariants: every container made here is labelled `kind=run` and is removed on every
-//! path out, success or error; a missing image is reported before anything is created.
+//! Invariants: every container used here is removed afterwards (in the background, by
+//! the reaper); a missing image is reported before anything is created.
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::command::{collect_stream, CommandResult, CommandSpec, Status};
 use crate::config::Config;
-use crate::docker::{ContainerSpec, Docker, DockerError};
+use crate::docker::{Docker, DockerError, ExecSpec};
 use crate::error::{Error, Result};
-use crate::labels::{self, Kind};
+use crate::labels::Kind;
+use crate::pool::{self, Pool, PoolKey};
 use crate::profile::Profile;
+use crate::stub;
 
 /// A validated `/run` request.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,113 +32,108 @@ pub struct RunRequest {
     pub command: CommandSpec,
 }
 
-/// Runs a command in a fresh container.
-pub fn run(docker: &Docker, config: &Config, request: &RunRequest) -> Result<CommandResult> {
-    run_cold(docker, config, request)
+/// Whether a pooled container (started before the request, with `/` as its workdir)
+/// can serve this command: a read-only profile can only write to its `/tmp` tmpfs.
+fn pool_can_serve(request: &RunRequest) -> bool {
+    match (&request.command.workdir, request.profile.read_only_root()) {
+        (Some(dir), true) => dir == "/tmp" || dir.starts_with("/tmp/"),
+        _ => true,
+    }
 }
 
-pub fn run_cold(docker: &Docker, config: &Config, request: &RunRequest) -> Result<CommandResult> {
+/// Runs a command in a fresh container.
+pub fn run(
+    docker: &Docker,
+    config: &Config,
+    pool: &Pool,
+    request: &RunRequest,
+) -> Result<CommandResult> {
     let started = Instant::now();
-    if !docker.image_exists(&request.image)? {
-        return Err(Error::ImageMissing(request.image.clone()));
-    }
-    let spec = &request.command;
-    let profile = request.profile;
-    let container = ContainerSpec {
-        name: None,
+    let key = PoolKey {
         image: request.image.clone(),
-        labels: labels::labels(
-            &config.namespace,
-            Kind::Run,
-            &request.image,
-            profile.name(),
-            None,
-        ),
-        entrypoint: Some(spec.argv.clone()),
-        cmd: None,
-        env: spec.env.clone(),
-        working_dir: spec.workdir.clone(),
-        user: profile.user().map(str::to_string),
-        open_stdin: spec.stdin.is_some(),
-        auto_remove: false,
-        host: profile.host_settings(
-            profile.default_limits(),
-            spec.workdir.as_deref().unwrap_or("/"),
-            Vec::new(),
-        ),
+        profile: request.profile,
     };
-    let id = docker.container_create(&container).map_err(|error| {
-        if error.is_not_found() {
-            Error::ImageMissing(request.image.clone())
-        } else {
-            Error::Engine(error)
+    let pooled = if request.fast && pool_can_serve(request) {
+        pool.take(&key)
+    } else {
+        None
+    };
+    let from_pool = pooled.is_some();
+    let mut container = match pooled {
+        Some(warm) => warm,
+        None => {
+            if !docker.image_exists(&request.image)? {
+                return Err(Error::ImageMissing(request.image.clone()));
+            }
+            let workdir = request.command.workdir.as_deref();
+            let warm = pool::launch(docker, config, &pool.launcher, &key, Kind::Run, workdir)?;
+            if request.fast {
+                pool.note_used(&key);
+            }
+            warm
         }
-    })?;
-    let result = attach_start_collect(docker, &id, spec, started);
-    if let Err(error) = docker.container_remove(&id) {
-        log::warn!("could not remove run container {id}: {error}");
+    };
+    let result = pool::run_in(docker, &mut container, &request.command, started);
+    if from_pool {
+        pool.release(&key);
     }
+    let id = container.id.clone();
+    drop(container);
+    pool.reap(docker, id);
     result
 }
 
-fn attach_start_collect(
+/// Runs a command with `docker exec` in a running container.
+pub fn exec_direct(
     docker: &Docker,
-    id: &str,
+    container: &str,
     spec: &CommandSpec,
     started: Instant,
 ) -> Result<CommandResult> {
-    let mut hijacked = docker.container_attach(id, spec.stdin.is_some())?;
-    if let Err(error) = docker.container_start(id) {
-        return match error {
-            // The program could not be started (not found, not executable): report it
-            // the way a shell would, as a command result.
-            DockerError::Api {
-                status: 400,
-                message,
-            } => Ok(CommandResult {
-                output: message.clone().into_bytes(),
-                stdout: Vec::new(),
-                stderr: message.into_bytes(),
-                exit_code: Some(127),
-                signal: None,
-                status: Status::Exited,
-                duration: started.elapsed(),
-            }),
-            other => Err(Error::Engine(other)),
-        };
-    }
-    let feed = spec
-        .stdin
-        .as_deref()
-        .map(|data| (hijacked.stdin.try_clone(), data));
-    let collected = with_stdin_fed(feed, || {
+    let exec_spec = ExecSpec {
+        cmd: spec.argv.clone(),
+        env: spec.env.clone(),
+        working_dir: spec.workdir.clone(),
+        user: None,
+        attach_stdin: spec.stdin.is_some(),
+    };
+    let exec_id = docker.exec_create(container, &exec_spec)?;
+    let mut hijacked = docker.exec_start(&exec_id)?;
+    let feed = spec.stdin.as_deref().map(|data| {
+        let writer = hijacked.stdin.try_clone();
+        (writer, move |mut writer: UnixStream| {
+            writer.write_all(data)?;
+            writer.shutdown(std::net::Shutdown::Write)
+        })
+    });
+    let collected = with_feeder(feed, || {
         collect_stream(
             &mut hijacked,
             started + spec.timeout,
             spec.max_output_bytes,
-            || {
-                if let Err(error) = docker.container_kill(id) {
-                    log::warn!("could not kill timed-out container {id}: {error}");
-                }
-            },
+            || log::warn!("exec in container {container} passed its deadline"),
         )
     })
     .map_err(|source| {
         Error::Engine(DockerError::Io {
-            operation: "attach stream".into(),
+            operation: "exec stream".into(),
             source,
         })
     })?;
-    drop(hijacked);
-    let exit_code = docker.container_wait(id, std::time::Duration::from_secs(30))?;
-    let oom_killed = docker
-        .container_inspect(id)
-        .map(|inspect| inspect.state.oom_killed)
-        .unwrap_or(false);
+    let mut exit_code = if collected.timed_out {
+        None
+    } else {
+        wait_exec_exit(docker, &exec_id)?
+    };
+    // The runtime reports a program it cannot find as 126 with its message on stdout;
+    // a shell would say 127.
+    if exit_code == Some(126)
+        && String::from_utf8_lossy(&collected.stdout).contains("executable file not found")
+    {
+        exit_code = Some(127);
+    }
     let status = if collected.timed_out {
         Status::Timeout
-    } else if oom_killed {
-        Status::OomKilled
     } else if collected.truncated {
         Status::OutputTruncated
     } else {
@@ -144,35 +143,40 @@ fn attach_start_collect(
         output: collected.output,
         stdout: collected.stdout,
         stderr: collected.stderr,
-        exit_code: if collected.timed_out {
-            None
-        } else {
-            Some(exit_code)
-        },
+        exit_code,
         signal: None,
         status,
         duration: started.elapsed(),
     })
 }
 
-/// Runs `read` while another thread writes `stdin` (if any) and half-closes: reading
-/// and writing must overlap, or a command that echoes its input deadlocks on a full
-/// pipe.
-pub fn with_stdin_fed<T>(
-    feed: Option<(std::io::Result<UnixStream>, &[u8])>,
-    read: impl FnOnce() -> T,
-) -> T {
-    let Some((writer, data)) = feed else {
+/// Polls exec inspect until the process is gone: the stream can end a moment before
+/// the engine records the exit code.
+fn wait_exec_exit(docker: &Docker, exec_id: &str) -> Result<Option<i64>> {
+    let give_up = Instant::now() + Duration::from_secs(2);
+    loop {
+        let inspect = docker.exec_inspect(exec_id)?;
+        if !inspect.running || Instant::now() >= give_up {
+            return Ok(inspect.exit_code);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs `read` while a `stdin-feeder` thread runs `feed` on its own handle of the
+/// connection: reading and writing must overlap, or a command that echoes its input
+/// deadlocks on a full pipe.
+pub fn with_feeder<T, F>(feed: Option<(io::Result<UnixStream>, F)>, read: impl FnOnce() -> T) -> T
+where
+    F: FnOnce(UnixStream) -> io::Result<()> + Send,
+{
+    let Some((writer, feed)) = feed else {
         return read();
     };
     std::thread::scope(|scope| {
         let feeder = std::thread::Builder::new()
             .name("stdin-feeder".into())
-            .spawn_scoped(scope, move || {
-                let mut writer = writer?;
-                writer.write_all(data)?;
-                writer.shutdown(std::net::Shutdown::Write)
-            });
+            .spawn_scoped(scope, move || feed(writer?));
         let result = read();
         if let Ok(handle) = feeder {
             match handle.join() {
@@ -183,4 +187,20 @@ pub fn with_stdin_fed<T>(
         }
         result
     })
+}
+
+/// Feeds stdin to a stub as records: data in chunks, then the end mark.
+pub fn with_records_fed<T>(
+    feed: Option<(io::Result<UnixStream>, &[u8])>,
+    read: impl FnOnce() -> T,
+) -> T {
+    let feed = feed.map(|(writer, data)| {
+        (writer, move |mut writer: UnixStream| {
+            for chunk in data.chunks(32 * 1024) {
+                writer.write_all(&stub::encode_record(stub::STDIN, chunk))?;
+            }
+            writer.write_all(&stub::encode_record(stub::STDIN_END, &[]))
+        })
+    });
+    with_feeder(feed, read)
 }

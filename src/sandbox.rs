@@ -6,11 +6,11 @@
 //! the truth; limits reported are read back from the engine, never echoed from the
 //! request; a failed create leaves no container behind.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::command::{collect_stream, CommandResult, CommandSpec, Status};
+use crate::command::{CommandResult, CommandSpec};
 use crate::config::Config;
-use crate::docker::{ContainerInspect, ContainerSpec, Docker, ExecSpec};
+use crate::docker::{ContainerInspect, ContainerSpec, Docker};
 use crate::error::{Error, Result};
 use crate::labels::{self, container_name, Kind, SandboxName};
 use crate::profile::{Limits, Profile};
@@ -67,7 +67,7 @@ pub struct CreateSandbox {
 
 /// The command that keeps a sandbox alive: a shell loop that `docker-init` can stop
 /// with SIGTERM at once.
-fn idle_command() -> Vec<String> {
+pub fn idle_command() -> Vec<String> {
     vec![
         "/bin/sh".into(),
         "-c".into(),
@@ -218,77 +218,11 @@ pub fn exec(
         return Err(Error::SandboxNotRunning(name.to_string()));
     }
     let started = Instant::now();
-    let exec_spec = ExecSpec {
-        cmd: spec.argv.clone(),
-        env: spec.env.clone(),
-        working_dir: spec.workdir.clone(),
-        user: None,
-        attach_stdin: spec.stdin.is_some(),
-    };
-    let exec_id = docker
-        .exec_create(&inspect.id, &exec_spec)
-        .map_err(|error| {
-            if error.is_conflict() {
-                Error::SandboxNotRunning(name.to_string())
-            } else if error.is_not_found() {
-                Error::SandboxNotFound(name.to_string())
-            } else {
-                Error::Engine(error)
-            }
-        })?;
-    let mut hijacked = docker.exec_start(&exec_id)?;
-    let feed = spec
-        .stdin
-        .as_deref()
-        .map(|data| (hijacked.stdin.try_clone(), data));
-    let collected = crate::run::with_stdin_fed(feed, || {
-        collect_stream(
-            &mut hijacked,
-            started + spec.timeout,
-            spec.max_output_bytes,
-            || log::warn!("exec in sandbox '{name}' passed its deadline"),
-        )
+    crate::run::exec_direct(docker, &inspect.id, spec, started).map_err(|error| match error {
+        Error::Engine(engine) if engine.is_conflict() => Error::SandboxNotRunning(name.to_string()),
+        Error::Engine(engine) if engine.is_not_found() => Error::SandboxNotFound(name.to_string()),
+        other => other,
     })
-    .map_err(|source| {
-        Error::Engine(crate::docker::DockerError::Io {
-            operation: "exec stream".into(),
-            source,
-        })
-    })?;
-    let exit_code = if collected.timed_out {
-        None
-    } else {
-        wait_exec_exit(docker, &exec_id)?
-    };
-    let status = if collected.timed_out {
-        Status::Timeout
-    } else if collected.truncated {
-        Status::OutputTruncated
-    } else {
-        Status::Exited
-    };
-    Ok(CommandResult {
-        output: collected.output,
-        stdout: collected.stdout,
-        stderr: collected.stderr,
-        exit_code,
-        signal: None,
-        status,
-        duration: started.elapsed(),
-    })
-}
-
-/// Polls exec inspect until the process is gone: the stream can end a moment before
-/// the engine records the exit code.
-fn wait_exec_exit(docker: &Docker, exec_id: &str) -> Result<Option<i64>> {
-    let give_up = Instant::now() + Duration::from_secs(2);
-    loop {
-        let inspect = docker.exec_inspect(exec_id)?;
-        if !inspect.running || Instant::now() >= give_up {
-            return Ok(inspect.exit_code);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn short_id(id: &str) -> String {

@@ -139,6 +139,10 @@ pub fn get_health(_context: &Context) -> Result<Reply, ApiError> {
     Ok(reply)
 }
 
+pub fn get_pool(context: &Context) -> Result<Reply, ApiError> {
+    Ok(Reply::ok(context.pool.stats()))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RunBody {
@@ -170,7 +174,7 @@ pub fn post_run(context: &Context, body: &[u8]) -> Result<Reply, ApiError> {
         fast: body.fast.unwrap_or(true),
         command,
     };
-    let result = crate::run::run(&context.docker, &context.config, &request)?;
+    let result = crate::run::run(&context.docker, &context.config, &context.pool, &request)?;
     Ok(Reply::ok(command_data(&result)))
 }
 

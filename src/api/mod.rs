@@ -22,6 +22,7 @@ use tiny_http::{Header, Request, Response, Server};
 
 use crate::config::Config;
 use crate::docker::Docker;
+use crate::pool::Pool;
 
 use self::response::{ApiError, Reply};
 use self::routes::Route;
@@ -30,6 +31,7 @@ use self::routes::Route;
 pub struct Context {
     pub config: Config,
     pub docker: Docker,
+    pub pool: Pool,
 }
 
 /// A request as handlers see it: no tiny_http types.
@@ -65,6 +67,21 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
             config.host
         );
     }
+
+    let refill = {
+        let context = Arc::clone(&context);
+        std::thread::Builder::new()
+            .name("pool-refill".into())
+            .spawn(move || context.pool.refill_loop(&context.docker, &context.config))
+            .map_err(|error| format!("cannot start pool thread: {error}"))?
+    };
+    let reaper = {
+        let context = Arc::clone(&context);
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || context.pool.reap_loop(&context.docker))
+            .map_err(|error| format!("cannot start reaper thread: {error}"))?
+    };
 
     let (sender, receiver) = bounded::<Request>(config.queue);
     let (done_sender, done_receiver) = bounded::<()>(config.workers);
@@ -131,6 +148,9 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
         }
     }
     drop(server);
+    context.pool.shut_down(&context.docker);
+    let _ = refill.join();
+    let _ = reaper.join();
     crate::sweep::remove_temporary(&context.docker, &context.config);
     log::info!("stopped");
     Ok(())
@@ -220,6 +240,7 @@ pub fn handle(context: &Context, request: &ApiRequest) -> Result<Reply, ApiError
     let body = &request.body;
     match route {
         Route::Health => get_health(context),
+        Route::Pool => get_pool(context),
         Route::Run => post_run(context, body),
         Route::ListSandboxes => get_sandboxes(context),
         Route::CreateSandbox => post_sandboxes(context, body),

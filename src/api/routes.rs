@@ -9,6 +9,7 @@ use crate::labels::SandboxName;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Health,
+    Pool,
     Run,
     ListSandboxes,
     CreateSandbox,
@@ -53,6 +54,8 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
     match (method, segments.as_slice()) {
         ("GET" | "HEAD", ["health"]) => Ok(Route::Health),
         (_, ["health"]) => Err(not_allowed("GET")),
+        ("GET", ["pool"]) => Ok(Route::Pool),
+        (_, ["pool"]) => Err(not_allowed("GET")),
         ("POST", ["run"]) => Ok(Route::Run),
         (_, ["run"]) => Err(not_allowed("POST")),
         ("GET", ["sandboxes"]) => Ok(Route::ListSandboxes),
@@ -81,6 +84,7 @@ mod tests {
     fn routes_every_endpoint() {
         let cases = [
             ("GET", "/health", Route::Health),
+            ("GET", "/pool", Route::Pool),
             ("POST", "/run", Route::Run),
             ("GET", "/sandboxes", Route::ListSandboxes),
             ("GET", "/sandboxes/?x=1", Route::ListSandboxes),

@@ -1,0 +1,656 @@
+//! The warm pool and the launcher of temporary containers.
+//!
+//! A temporary container runs our stub (`agentkernel stub`, our own static executable
+//! mounted read-only) as the child of the container's init, with stdin open and an
+//! attach connection held by the server. A command is one spec record written to that
+//! connection; the stub runs it with exact argv and answers with output and exit
+//! records, so a run costs a process spawn, not a container start. The pool keeps a
+//! target number of such containers created, started and attached per (image,
+//! profile); the `pool-refill` thread tops it up, and the `reaper` thread removes used
+//! containers off the request path.
+//!
+//! Invariants: a container is used for one command only, then removed; workers never
+//! wait for a refill (an empty pool means the cold path, at once); warm containers are
+//! `AutoRemove` and their stub exits when the server's connection closes, so a crashed
+//! server leaves nothing running; the profile's limits are the same warm or cold.
+//! Where the stub cannot be used (the executable is not static), temporary containers
+//! run an idle shell instead and commands go through `docker exec`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use serde_json::{json, Value};
+
+use crate::command::{Collected, CommandResult, CommandSpec, Status};
+use crate::config::Config;
+use crate::docker::stream::StreamKind;
+use crate::docker::{ContainerSpec, Docker, DockerError, Hijacked};
+use crate::error::{Error, Result};
+use crate::labels::{self, Kind};
+use crate::profile::Profile;
+use crate::stub::{self, StubExit, StubSpec};
+
+/// How long a new stub may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long past the command's deadline the server waits for the stub's own answer.
+const BACKSTOP: Duration = Duration::from_secs(5);
+/// Longest pause between refill attempts after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// What a pool holds containers for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PoolKey {
+    pub image: String,
+    pub profile: Profile,
+}
+
+impl PoolKey {
+    /// `image[:profile]`, where the profile is recognised by name after the last `:`.
+    pub fn parse(text: &str, default_profile: Profile) -> std::result::Result<PoolKey, String> {
+        if let Some((image, profile)) = text.rsplit_once(':') {
+            if let Ok(profile) = Profile::parse(profile) {
+                if !image.is_empty() {
+                    return Ok(PoolKey {
+                        image: image.to_string(),
+                        profile,
+                    });
+                }
+            }
+        }
+        if text.is_empty() {
+            return Err("empty pool image".into());
+        }
+        Ok(PoolKey {
+            image: text.to_string(),
+            profile: default_profile,
+        })
+    }
+}
+
+/// How commands reach temporary containers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Launcher {
+    /// Our static executable, mounted at `stub::STUB_PATH` from this host path.
+    Stub { host_path: PathBuf },
+    /// `docker exec` into an idle container; the reason the stub is not used.
+    Exec { reason: String },
+}
+
+impl Launcher {
+    /// The stub where our own executable can serve as one, else exec (said once, here).
+    pub fn detect(allow_stub: bool) -> Launcher {
+        let launcher = if !allow_stub {
+            Launcher::Exec {
+                reason: "disabled by configuration".into(),
+            }
+        } else {
+            match std::env::current_exe().and_then(|path| Ok((std::fs::read(&path)?, path))) {
+                Ok((bytes, path)) if stub::is_static_executable(&bytes) => {
+                    Launcher::Stub { host_path: path }
+                }
+                Ok((_, path)) => Launcher::Exec {
+                    reason: format!("{} is not a static executable", path.display()),
+                },
+                Err(error) => Launcher::Exec {
+                    reason: format!("cannot read our own executable: {error}"),
+                },
+            }
+        };
+        if let Launcher::Exec { reason } = &launcher {
+            log::warn!("in-container stub unavailable ({reason}): runs use docker exec");
+        }
+        launcher
+    }
+}
+
+/// A started temporary container, ready for one command.
+pub struct Warm {
+    pub id: String,
+    /// The attach connection to its stub (none under the exec launcher).
+    stream: Option<StubStream>,
+}
+
+#[derive(Debug, Default)]
+struct KeyState {
+    target: usize,
+    ready: VecDeque<WarmSlot>,
+    creating: usize,
+    in_use: usize,
+    created: u64,
+    failed: u64,
+    fallbacks: u64,
+    failures_in_a_row: u32,
+    retry_at: Option<Instant>,
+}
+
+/// `Warm` is not `Debug`; the pool's bookkeeping is.
+struct WarmSlot(Warm);
+
+impl std::fmt::Debug for WarmSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Warm({})", self.0.id)
+    }
+}
+
+pub struct Pool {
+    pub launcher: Launcher,
+    keys: Mutex<BTreeMap<PoolKey, KeyState>>,
+    wake: Condvar,
+    shutdown: AtomicBool,
+    /// Target for keys added because requests used them.
+    dynamic_target: usize,
+    max_keys: usize,
+    reap_sender: Sender<String>,
+    reap_receiver: Receiver<String>,
+}
+
+impl Pool {
+    pub fn new(launcher: Launcher, initial: &[(PoolKey, usize)], dynamic_target: usize) -> Pool {
+        let mut keys = BTreeMap::new();
+        for (key, target) in initial {
+            keys.insert(
+                key.clone(),
+                KeyState {
+                    target: *target,
+                    ..KeyState::default()
+                },
+            );
+        }
+        let (reap_sender, reap_receiver) = bounded(4096);
+        Pool {
+            launcher,
+            keys: Mutex::new(keys),
+            wake: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+            dynamic_target,
+            max_keys: 16,
+            reap_sender,
+            reap_receiver,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<PoolKey, KeyState>> {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A warm container for `key`, if one is ready; never waits.
+    pub fn take(&self, key: &PoolKey) -> Option<Warm> {
+        let mut keys = self.lock();
+        let state = keys.get_mut(key)?;
+        let taken = state.ready.pop_front().map(|slot| slot.0);
+        match taken {
+            Some(_) => state.in_use += 1,
+            None => state.fallbacks += 1,
+        }
+        drop(keys);
+        self.wake.notify_all();
+        taken
+    }
+
+    /// Gives back the in-use count of a container taken with `take`.
+    pub fn release(&self, key: &PoolKey) {
+        if let Some(state) = self.lock().get_mut(key) {
+            state.in_use = state.in_use.saturating_sub(1);
+        }
+    }
+
+    /// Starts keeping containers for a key that a request used (its image exists).
+    pub fn note_used(&self, key: &PoolKey) {
+        let mut keys = self.lock();
+        if !keys.contains_key(key) && keys.len() < self.max_keys && self.dynamic_target > 0 {
+            keys.insert(
+                key.clone(),
+                KeyState {
+                    target: self.dynamic_target,
+                    ..KeyState::default()
+                },
+            );
+            drop(keys);
+            self.wake.notify_all();
+        }
+    }
+
+    /// Removes a used container in the background (inline if the queue is full).
+    pub fn reap(&self, docker: &Docker, id: String) {
+        if let Err(error) = self.reap_sender.try_send(id) {
+            let id = error.into_inner();
+            if let Err(error) = docker.container_remove(&id) {
+                log::warn!("could not remove container {id}: {error}");
+            }
+        }
+    }
+
+    pub fn stats(&self) -> Value {
+        let keys = self.lock();
+        let entries: Vec<Value> = keys
+            .iter()
+            .map(|(key, state)| {
+                json!({
+                    "image": key.image,
+                    "profile": key.profile.name(),
+                    "target": state.target,
+                    "ready": state.ready.len(),
+                    "creating": state.creating,
+                    "in_use": state.in_use,
+                    "created": state.created,
+                    "failed": state.failed,
+                    "fallbacks": state.fallbacks,
+                })
+            })
+            .collect();
+        json!({
+            "launcher": match &self.launcher {
+                Launcher::Stub { .. } => "stub",
+                Launcher::Exec { .. } => "exec",
+            },
+            "keys": entries,
+        })
+    }
+
+    /// The `pool-refill` thread's body: tops up every key until shutdown.
+    pub fn refill_loop(&self, docker: &Docker, config: &Config) {
+        loop {
+            let key = {
+                let mut keys = self.lock();
+                loop {
+                    if self.shutdown.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let now = Instant::now();
+                    let wanted = keys.iter().find(|(_, state)| {
+                        state.ready.len() + state.creating < state.target
+                            && state.retry_at.is_none_or(|at| at <= now)
+                    });
+                    if let Some((key, _)) = wanted {
+                        let key = key.clone();
+                        keys.get_mut(&key).expect("key exists").creating += 1;
+                        break key;
+                    }
+                    let next_retry = keys
+                        .values()
+                        .filter_map(|state| state.retry_at)
+                        .filter(|at| *at > now)
+                        .min()
+                        .map(|at| at - now)
+                        .unwrap_or(Duration::from_secs(1));
+                    keys = self
+                        .wake
+                        .wait_timeout(keys, next_retry)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            };
+            let launched = launch(docker, config, &self.launcher, &key, Kind::Pool, None);
+            let mut keys = self.lock();
+            let Some(state) = keys.get_mut(&key) else {
+                continue;
+            };
+            state.creating -= 1;
+            match launched {
+                Ok(warm) => {
+                    state.created += 1;
+                    state.failures_in_a_row = 0;
+                    state.retry_at = None;
+                    state.ready.push_back(WarmSlot(warm));
+                }
+                Err(error) => {
+                    state.failed += 1;
+                    state.failures_in_a_row += 1;
+                    let backoff = Duration::from_millis(100)
+                        .saturating_mul(1 << state.failures_in_a_row.min(5))
+                        .min(MAX_BACKOFF);
+                    state.retry_at = Some(Instant::now() + backoff);
+                    log::warn!(
+                        "pool: cannot start a warm {}/{} container: {error}",
+                        key.image,
+                        key.profile
+                    );
+                }
+            }
+        }
+    }
+
+    /// The `reaper` thread's body: removes used containers until shutdown has been
+    /// asked and the queue is empty.
+    pub fn reap_loop(&self, docker: &Docker) {
+        loop {
+            match self.reap_receiver.recv_timeout(Duration::from_millis(200)) {
+                Ok(id) => {
+                    if let Err(error) = docker.container_remove(&id) {
+                        log::warn!("reaper: could not remove {id}: {error}");
+                    }
+                }
+                Err(_) if self.shutdown.load(Ordering::SeqCst) => return,
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Stops the threads' loops and removes every ready container.
+    pub fn shut_down(&self, docker: &Docker) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.wake.notify_all();
+        let ready: Vec<Warm> = self
+            .lock()
+            .values_mut()
+            .flat_map(|state| state.ready.drain(..).map(|slot| slot.0))
+            .collect();
+        for warm in ready {
+            let id = warm.id.clone();
+            drop(warm);
+            if let Err(error) = docker.container_remove(&id) {
+                log::warn!("could not remove warm container {id}: {error}");
+            }
+        }
+    }
+}
+
+/// Creates, attaches and starts a temporary container for `key`. `workdir` is given on
+/// the cold path so that a read-only profile gets a writable workdir.
+pub fn launch(
+    docker: &Docker,
+    config: &Config,
+    launcher: &Launcher,
+    key: &PoolKey,
+    kind: Kind,
+    workdir: Option<&str>,
+) -> Result<Warm> {
+    let profile = key.profile;
+    let (entrypoint, binds, open_stdin) = match launcher {
+        Launcher::Stub { host_path } => (
+            vec![stub::STUB_PATH.to_string(), "stub".to_string()],
+            vec![format!("{}:{}:ro", host_path.display(), stub::STUB_PATH)],
+            true,
+        ),
+        Launcher::Exec { .. } => (crate::sandbox::idle_command(), Vec::new(), false),
+    };
+    let spec = ContainerSpec {
+        name: None,
+        image: key.image.clone(),
+        labels: labels::labels(&config.namespace, kind, &key.image, profile.name(), None),
+        entrypoint: Some(entrypoint),
+        cmd: None,
+        env: Vec::new(),
+        working_dir: None,
+        user: profile.user().map(str::to_string),
+        open_stdin,
+        auto_remove: open_stdin,
+        host: profile.host_settings(profile.default_limits(), workdir.unwrap_or("/"), binds),
+    };
+    let id = docker.container_create(&spec).map_err(|error| {
+        if error.is_not_found() {
+            Error::ImageMissing(key.image.clone())
+        } else {
+            Error::Engine(error)
+        }
+    })?;
+    let attached = (|| {
+        let stream = if open_stdin {
+            Some(docker.container_attach(&id, true)?)
+        } else {
+            None
+        };
+        docker.container_start(&id)?;
+        let Some(hijacked) = stream else {
+            return Ok(None);
+        };
+        let mut stream = StubStream::new(hijacked);
+        stream.read_hello().map_err(|source| DockerError::Io {
+            operation: "stub hello".into(),
+            source,
+        })?;
+        Ok(Some(stream))
+    })();
+    match attached {
+        Ok(stream) => Ok(Warm { id, stream }),
+        Err(error) => {
+            if let Err(cleanup) = docker.container_remove(&id) {
+                log::warn!("could not remove failed container {id}: {cleanup}");
+            }
+            Err(Error::Engine(error))
+        }
+    }
+}
+
+/// Runs one command in a started temporary container.
+pub fn run_in(
+    docker: &Docker,
+    warm: &mut Warm,
+    spec: &CommandSpec,
+    started: Instant,
+) -> Result<CommandResult> {
+    match warm.stream.as_mut() {
+        Some(stream) => stream.run(spec, started).map_err(|source| {
+            Error::Engine(DockerError::Io {
+                operation: "stub stream".into(),
+                source,
+            })
+        }),
+        None => crate::run::exec_direct(docker, &warm.id, spec, started),
+    }
+}
+
+/// The stub's records, read out of the stdout frames of an attach connection.
+pub struct StubStream {
+    hijacked: Hijacked,
+    frame: Vec<u8>,
+    position: usize,
+}
+
+impl Read for StubStream {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.position == self.frame.len() {
+            match self.hijacked.frames.next_frame(&mut self.frame)? {
+                None => return Ok(0),
+                Some(StreamKind::Stdout) => self.position = 0,
+                Some(_) => {
+                    log::debug!("stub: {}", String::from_utf8_lossy(&self.frame).trim_end());
+                    self.position = self.frame.len();
+                }
+            }
+        }
+        let count = out.len().min(self.frame.len() - self.position);
+        out[..count].copy_from_slice(&self.frame[self.position..self.position + count]);
+        self.position += count;
+        Ok(count)
+    }
+}
+
+impl StubStream {
+    fn new(hijacked: Hijacked) -> StubStream {
+        StubStream {
+            hijacked,
+            frame: Vec::new(),
+            position: 0,
+        }
+    }
+
+    fn read_hello(&mut self) -> io::Result<()> {
+        self.hijacked.set_read_timeout(Some(HELLO_TIMEOUT))?;
+        match stub::read_record(self)? {
+            Some((stub::HELLO, _)) => Ok(()),
+            Some((kind, _)) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("stub sent record {kind} before hello"),
+            )),
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the stub exited before saying hello",
+            )),
+        }
+    }
+
+    fn run(&mut self, spec: &CommandSpec, started: Instant) -> io::Result<CommandResult> {
+        let stub_spec = StubSpec {
+            argv: spec.argv.clone(),
+            env: spec.env.clone(),
+            workdir: spec.workdir.clone(),
+            timeout_ms: spec
+                .timeout
+                .saturating_sub(started.elapsed())
+                .as_millis()
+                .max(1) as u64,
+            max_output_bytes: spec.max_output_bytes,
+            stdin: spec.stdin.is_some(),
+        };
+        let payload = serde_json::to_vec(&stub_spec).expect("spec serializes");
+        self.hijacked
+            .stdin
+            .write_all(&stub::encode_record(stub::SPEC, &payload))?;
+        let feed = spec
+            .stdin
+            .as_deref()
+            .map(|data| (self.hijacked.stdin.try_clone(), data));
+        let backstop = started + spec.timeout + BACKSTOP;
+        crate::run::with_records_fed(feed, || self.collect(spec, started, backstop))
+    }
+
+    fn collect(
+        &mut self,
+        spec: &CommandSpec,
+        started: Instant,
+        backstop: Instant,
+    ) -> io::Result<CommandResult> {
+        let mut collected = Collected::default();
+        loop {
+            let left = backstop.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(timeout_result(collected, started));
+            }
+            self.hijacked.set_read_timeout(Some(left))?;
+            let record = match stub::read_record(self) {
+                Ok(record) => record,
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(timeout_result(collected, started));
+                }
+                Err(error) => return Err(error),
+            };
+            match record {
+                Some((stub::STDOUT, bytes)) => {
+                    collected.push(StreamKind::Stdout, &bytes, spec.max_output_bytes)
+                }
+                Some((stub::STDERR, bytes)) => {
+                    collected.push(StreamKind::Stderr, &bytes, spec.max_output_bytes)
+                }
+                Some((stub::EXIT, payload)) => {
+                    let exit: StubExit = serde_json::from_slice(&payload).map_err(|error| {
+                        io::Error::new(io::ErrorKind::InvalidData, format!("exit record: {error}"))
+                    })?;
+                    return Ok(result_from_exit(exit, collected, started));
+                }
+                Some(_) => {}
+                None => return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the container ended before the command's result (killed, or out of memory)",
+                )),
+            }
+        }
+    }
+}
+
+fn timeout_result(collected: Collected, started: Instant) -> CommandResult {
+    CommandResult {
+        output: collected.output,
+        stdout: collected.stdout,
+        stderr: collected.stderr,
+        exit_code: None,
+        signal: None,
+        status: Status::Timeout,
+        duration: started.elapsed(),
+    }
+}
+
+/// The honest status: timeout, then OOM, then signal, then truncation, else exited.
+pub fn result_from_exit(exit: StubExit, collected: Collected, started: Instant) -> CommandResult {
+    let status = if exit.timed_out {
+        Status::Timeout
+    } else if exit.oom_killed {
+        Status::OomKilled
+    } else if exit.signal.is_some() {
+        Status::Signaled
+    } else if exit.truncated || collected.truncated {
+        Status::OutputTruncated
+    } else {
+        Status::Exited
+    };
+    let exit_code = if exit.timed_out {
+        None
+    } else {
+        exit.exit_code
+            .or(exit.signal.map(|signal| 128 + i64::from(signal)))
+    };
+    CommandResult {
+        output: collected.output,
+        stdout: collected.stdout,
+        stderr: collected.stderr,
+        exit_code,
+        signal: exit.signal,
+        status,
+        duration: started.elapsed(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pool_keys() {
+        let key = PoolKey::parse("agentkernel/busybox:latest", Profile::Moderate).unwrap();
+        assert_eq!(key.image, "agentkernel/busybox:latest");
+        assert_eq!(key.profile, Profile::Moderate);
+        let key = PoolKey::parse("alpine:3.20:restrictive", Profile::Moderate).unwrap();
+        assert_eq!(key.image, "alpine:3.20");
+        assert_eq!(key.profile, Profile::Restrictive);
+        let key = PoolKey::parse("busybox:permissive", Profile::Moderate).unwrap();
+        assert_eq!(
+            (key.image.as_str(), key.profile),
+            ("busybox", Profile::Permissive)
+        );
+        assert!(PoolKey::parse("", Profile::Moderate).is_err());
+    }
+
+    #[test]
+    fn exit_records_become_honest_statuses() {
+        let exit = |code: Option<i64>, signal: Option<i32>| StubExit {
+            exit_code: code,
+            signal,
+            timed_out: false,
+            oom_killed: false,
+            truncated: false,
+            error: None,
+        };
+        let now = Instant::now();
+        let result = result_from_exit(exit(Some(42), None), Collected::default(), now);
+        assert_eq!(
+            (result.status, result.exit_code),
+            (Status::Exited, Some(42))
+        );
+        let result = result_from_exit(exit(None, Some(9)), Collected::default(), now);
+        assert_eq!(
+            (result.status, result.exit_code),
+            (Status::Signaled, Some(137))
+        );
+        assert_eq!(result.signal, Some(9));
+        let mut oom = exit(None, Some(9));
+        oom.oom_killed = true;
+        assert_eq!(
+            result_from_exit(oom, Collected::default(), now).status,
+            Status::OomKilled
+        );
+        let mut late = exit(None, None);
+        late.timed_out = true;
+        let result = result_from_exit(late, Collected::default(), now);
+        assert_eq!((result.status, result.exit_code), (Status::Timeout, None));
+    }
+}

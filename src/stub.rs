@@ -1,0 +1,439 @@
+//! The in-container stub: our own static binary, mounted read-only into a container and
+//! run as `agentkernel stub`. It receives one command spec on stdin, runs the command as
+//! its child with exact argv, relays stdout and stderr in framed records as they come,
+//! and ends with one exit record, so the server has the exact exit code (and signal)
+//! without waiting for the container to stop.
+//!
+//! Wire format, both directions: records of `[kind u8][length u32 big-endian][payload]`.
+//! Server → stub: `S` spec (JSON), then `I` stdin bytes and `E` end of stdin.
+//! Stub → server: `H` hello (JSON, once at start), `O` stdout bytes, `R` stderr bytes,
+//! `X` exit (JSON, last).
+//!
+//! Invariants: if the stub's own stdin closes (the server went away) it exits at once,
+//! and as the child of the container's init its exit ends every process in the
+//! container; the deadline is enforced here, in the container, so a timeout answers at
+//! the deadline whatever the command does; output past the cap is read and dropped.
+
+use std::io::{self, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the server mounts its own executable inside containers.
+pub const STUB_PATH: &str = "/.agentkernel/agentkernel";
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest record accepted in either direction.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+/// Output is relayed in records of at most this many bytes.
+const CHUNK_BYTES: usize = 32 * 1024;
+/// How long output may keep coming after the command exited (background children
+/// holding the pipes): the engine itself cuts such streams after about 2 s.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+pub const SPEC: u8 = b'S';
+pub const STDIN: u8 = b'I';
+pub const STDIN_END: u8 = b'E';
+pub const HELLO: u8 = b'H';
+pub const STDOUT: u8 = b'O';
+pub const STDERR: u8 = b'R';
+pub const EXIT: u8 = b'X';
+
+/// The command, as the server sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StubSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub timeout_ms: u64,
+    pub max_output_bytes: u64,
+    /// Whether `I`/`E` records follow; without them the command's stdin is empty.
+    pub stdin: bool,
+}
+
+/// How the command ended, as the stub reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StubExit {
+    pub exit_code: Option<i64>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub oom_killed: bool,
+    pub truncated: bool,
+    /// Set when the command could not be started at all.
+    pub error: Option<String>,
+}
+
+pub fn encode_record(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(5 + payload.len());
+    record.push(kind);
+    record.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    record.extend_from_slice(payload);
+    record
+}
+
+/// Reads one record; `None` at a clean end of stream.
+pub fn read_record(reader: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
+    let mut header = [0u8; 5];
+    let mut filled = 0;
+    while filled < header.len() {
+        match reader.read(&mut header[filled..]) {
+            Ok(0) if filled == 0 => return Ok(None),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "stream ended inside a record header",
+                ))
+            }
+            Ok(count) => filled += count,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if length > MAX_RECORD_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("record of {length} bytes exceeds the limit"),
+        ));
+    }
+    let mut payload = vec![0u8; length];
+    reader.read_exact(&mut payload)?;
+    Ok(Some((header[0], payload)))
+}
+
+/// The stub's output side: records written whole, one at a time, and the one exit.
+struct Output {
+    stdout: Mutex<(io::Stdout, bool)>,
+}
+
+impl Output {
+    fn record(&self, kind: u8, payload: &[u8]) {
+        let mut guard = self.stdout.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.1 {
+            return;
+        }
+        let _ = guard.0.write_all(&encode_record(kind, payload));
+        let _ = guard.0.flush();
+    }
+
+    /// Writes the exit record once and ends the process: as the child of the
+    /// container's init, our exit takes every other process in the container with it.
+    fn finish(&self, exit: &StubExit) -> ! {
+        let mut guard = self.stdout.lock().unwrap_or_else(|e| e.into_inner());
+        if !guard.1 {
+            guard.1 = true;
+            let payload = serde_json::to_vec(exit).expect("exit record serializes");
+            let _ = guard.0.write_all(&encode_record(EXIT, &payload));
+            let _ = guard.0.flush();
+        }
+        std::process::exit(0)
+    }
+}
+
+/// `agentkernel stub`: serves one command, then exits.
+pub fn main() -> i32 {
+    let output = Arc::new(Output {
+        stdout: Mutex::new((io::stdout(), false)),
+    });
+    let hello = serde_json::json!({ "version": PROTOCOL_VERSION }).to_string();
+    output.record(HELLO, hello.as_bytes());
+    let mut stdin = io::stdin();
+    let spec = match read_record(&mut stdin) {
+        Ok(Some((SPEC, payload))) => match serde_json::from_slice::<StubSpec>(&payload) {
+            Ok(spec) => spec,
+            Err(error) => output.finish(&failure(format!("bad spec: {error}"), 125)),
+        },
+        // The server went away (or is sweeping an unused warm container).
+        Ok(None) | Err(_) => return 0,
+        Ok(Some((kind, _))) => output.finish(&failure(format!("unexpected record {kind}"), 125)),
+    };
+    serve(spec, stdin, output)
+}
+
+fn failure(message: String, exit_code: i64) -> StubExit {
+    StubExit {
+        exit_code: Some(exit_code),
+        signal: None,
+        timed_out: false,
+        oom_killed: false,
+        truncated: false,
+        error: Some(message),
+    }
+}
+
+fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Output>) -> ! {
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(spec.timeout_ms);
+    let oom_before = oom_kill_count();
+    let mut command = Command::new(&spec.argv[0]);
+    command
+        .args(&spec.argv[1..])
+        .stdin(if spec.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so that the whole tree can be told apart and killed.
+        .process_group(0);
+    for entry in &spec.env {
+        if let Some((key, value)) = entry.split_once('=') {
+            command.env(key, value);
+        }
+    }
+    if let Some(dir) = &spec.workdir {
+        if let Err(error) = std::fs::create_dir_all(dir) {
+            let message = format!("agentkernel: cannot use workdir '{dir}': {error}\n");
+            output.record(STDERR, message.as_bytes());
+            output.finish(&failure(message.trim().to_string(), 126));
+        }
+        command.current_dir(dir);
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            let code = if error.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            let message = format!("agentkernel: cannot run '{}': {error}\n", spec.argv[0]);
+            output.record(STDERR, message.as_bytes());
+            output.finish(&failure(message.trim().to_string(), code));
+        }
+    };
+
+    let truncated = Arc::new(Mutex::new(false));
+    let (drained_sender, drained) = mpsc::channel::<()>();
+    for (pipe, kind) in [
+        (
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            STDOUT,
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            STDERR,
+        ),
+    ] {
+        let Some(pipe) = pipe else { continue };
+        let output = Arc::clone(&output);
+        let truncated = Arc::clone(&truncated);
+        let done = drained_sender.clone();
+        let cap = spec.max_output_bytes;
+        std::thread::spawn(move || {
+            relay(pipe, kind, cap, &output, &truncated);
+            let _ = done.send(());
+        });
+    }
+    drop(drained_sender);
+
+    // The rest of stdin: command input, then EOF. When the server closes our stdin,
+    // nobody is waiting for the result any more: stop everything.
+    let child_stdin = child.stdin.take();
+    {
+        let output = Arc::clone(&output);
+        std::thread::spawn(move || {
+            forward_stdin(&mut stdin, child_stdin);
+            let mut exit = failure("the server closed the connection".into(), 137);
+            exit.signal = Some(9);
+            output.finish(&exit);
+        });
+    }
+    {
+        let output = Arc::clone(&output);
+        let truncated = Arc::clone(&truncated);
+        std::thread::spawn(move || {
+            std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+            let exit = StubExit {
+                exit_code: None,
+                signal: None,
+                timed_out: true,
+                oom_killed: false,
+                truncated: *truncated.lock().unwrap_or_else(|e| e.into_inner()),
+                error: None,
+            };
+            output.finish(&exit);
+        });
+    }
+
+    let status = child.wait();
+    // Output still in the pipes belongs to the result; wait for both relays, but not
+    // for background children that hold the pipes open.
+    let drain_until = (Instant::now() + DRAIN_GRACE).min(deadline);
+    for _ in 0..2 {
+        let left = drain_until.saturating_duration_since(Instant::now());
+        if drained.recv_timeout(left).is_err() {
+            break;
+        }
+    }
+    let oom_killed = match (oom_before, oom_kill_count()) {
+        (Some(before), Some(after)) => after > before,
+        _ => false,
+    };
+    let exit = match status {
+        Ok(status) => StubExit {
+            exit_code: status.code().map(i64::from),
+            signal: status.signal(),
+            timed_out: false,
+            oom_killed,
+            truncated: *truncated.lock().unwrap_or_else(|e| e.into_inner()),
+            error: None,
+        },
+        Err(error) => failure(format!("cannot wait for the command: {error}"), 125),
+    };
+    output.finish(&exit)
+}
+
+fn relay(mut pipe: impl Read, kind: u8, cap: u64, output: &Output, truncated: &Mutex<bool>) {
+    let mut buffer = vec![0u8; CHUNK_BYTES];
+    let mut sent: u64 = 0;
+    loop {
+        let count = match pipe.read(&mut buffer) {
+            Ok(0) => return,
+            Ok(count) => count,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        let room = cap.saturating_sub(sent) as usize;
+        let kept = count.min(room);
+        if kept > 0 {
+            output.record(kind, &buffer[..kept]);
+            sent += kept as u64;
+        }
+        if kept < count {
+            // Keep draining so the command never blocks on a full pipe; drop the rest.
+            *truncated.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        }
+    }
+}
+
+fn forward_stdin(stdin: &mut impl Read, mut child_stdin: Option<std::process::ChildStdin>) {
+    loop {
+        match read_record(stdin) {
+            Ok(Some((STDIN, data))) => {
+                if let Some(pipe) = child_stdin.as_mut() {
+                    if pipe.write_all(&data).is_err() {
+                        // The command closed its stdin; the rest is not wanted.
+                        child_stdin = None;
+                    }
+                }
+            }
+            Ok(Some((STDIN_END, _))) => child_stdin = None,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// The container's OOM-kill count (cgroup v2 `memory.events`, or cgroup v1
+/// `memory.oom_control` on kernels that count), if readable.
+fn oom_kill_count() -> Option<u64> {
+    for (path, key) in [
+        ("/sys/fs/cgroup/memory.events", "oom_kill"),
+        ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
+    ] {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            for line in text.lines() {
+                if let Some(value) = line.strip_prefix(key).map(str::trim) {
+                    if let Ok(count) = value.parse() {
+                        return Some(count);
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Whether an executable is statically linked (has no ELF interpreter), so that it can
+/// run as the stub in any image, even one without a libc.
+pub fn is_static_executable(bytes: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let valid = bytes.len() >= 64 && bytes[..4] == *b"\x7fELF" && bytes[4] == 2 && bytes[5] == 1;
+    if !valid {
+        return false;
+    }
+    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]) as usize;
+    let phoff = u64::from_le_bytes(bytes[0x20..0x28].try_into().expect("8 bytes")) as usize;
+    let (entry_size, count) = (u16_at(0x36), u16_at(0x38));
+    for index in 0..count {
+        let at = phoff + index * entry_size;
+        let Some(header) = bytes.get(at..at + 4) else {
+            return false;
+        };
+        if u32::from_le_bytes(header.try_into().expect("4 bytes")) == PT_INTERP {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::http::tests::Trickle;
+
+    #[test]
+    fn records_are_byte_exact_and_survive_any_split() {
+        assert_eq!(encode_record(STDOUT, b"hi"), b"O\x00\x00\x00\x02hi");
+        let mut stream = encode_record(HELLO, b"{}");
+        stream.extend(encode_record(STDERR, b""));
+        stream.extend(encode_record(EXIT, &[0xff; 70]));
+        for pieces in [&[1][..], &[2, 3], &[4096]] {
+            let mut reader = Trickle::new(&stream, pieces);
+            assert_eq!(
+                read_record(&mut reader).unwrap(),
+                Some((HELLO, b"{}".to_vec()))
+            );
+            assert_eq!(
+                read_record(&mut reader).unwrap(),
+                Some((STDERR, Vec::new()))
+            );
+            assert_eq!(
+                read_record(&mut reader).unwrap(),
+                Some((EXIT, vec![0xff; 70]))
+            );
+            assert_eq!(read_record(&mut reader).unwrap(), None);
+        }
+        let error = read_record(&mut &b"O\x00\x00"[..]).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        let error = read_record(&mut &b"O\xff\xff\xff\xff"[..]).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn spec_and_exit_round_trip() {
+        let spec = StubSpec {
+            argv: vec!["echo".into(), "a b".into()],
+            env: vec!["A=1".into()],
+            workdir: Some("/tmp".into()),
+            timeout_ms: 1000,
+            max_output_bytes: 10,
+            stdin: true,
+        };
+        let text = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<StubSpec>(&text).unwrap(), spec);
+        let exit = failure("x".into(), 127);
+        let text = serde_json::to_string(&exit).unwrap();
+        assert_eq!(serde_json::from_str::<StubExit>(&text).unwrap(), exit);
+    }
+
+    #[test]
+    fn tells_static_from_dynamic_executables() {
+        let own = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        // The test binary is built with the crate's crt-static configuration.
+        assert!(is_static_executable(&own));
+        let dynamic = std::fs::read("/bin/sh").unwrap();
+        assert!(!is_static_executable(&dynamic));
+        assert!(!is_static_executable(b"#!/bin/sh\n"));
+    }
+}
