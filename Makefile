@@ -41,3 +41,9 @@ images:
 
 clean:
 	cargo clean
+
+bench:
+	bash scripts/check-engine.sh
+	bash scripts/build-busybox-image.sh
+	cargo build --release
+	cargo run --release --example bench

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -147,6 +147,8 @@ pub struct Pool {
     max_keys: usize,
     reap_sender: Sender<String>,
     reap_receiver: Receiver<String>,
+    /// Containers queued for removal or being removed.
+    reaping: AtomicUsize,
 }
 
 impl Pool {
@@ -171,6 +173,7 @@ impl Pool {
             max_keys: 16,
             reap_sender,
             reap_receiver,
+            reaping: AtomicUsize::new(0),
         }
     }
 
@@ -217,7 +220,9 @@ impl Pool {
 
     /// Removes a used container in the background (inline if the queue is full).
     pub fn reap(&self, docker: &Docker, id: String) {
+        self.reaping.fetch_add(1, Ordering::SeqCst);
         if let Err(error) = self.reap_sender.try_send(id) {
+            self.reaping.fetch_sub(1, Ordering::SeqCst);
             let id = error.into_inner();
             if let Err(error) = docker.container_remove(&id) {
                 log::warn!("could not remove container {id}: {error}");
@@ -249,6 +254,7 @@ impl Pool {
                 Launcher::Exec { .. } => "exec",
             },
             "keys": entries,
+            "reaping": self.reaping.load(Ordering::SeqCst),
         })
     }
 
@@ -324,6 +330,7 @@ impl Pool {
                     if let Err(error) = docker.container_remove(&id) {
                         log::warn!("reaper: could not remove {id}: {error}");
                     }
+                    self.reaping.fetch_sub(1, Ordering::SeqCst);
                 }
                 Err(_) if self.shutdown.load(Ordering::SeqCst) => return,
                 Err(_) => {}

@@ -88,6 +88,8 @@ impl Server {
         command
             .args(["serve", "--port", "0", "--namespace", &namespace])
             .args(["--default-image", &image()])
+            // Small pools keep the suite light on a 2-core machine; pool tests set their own.
+            .args(["--pool-size", "1"])
             .args(&options.args)
             .env_remove("AGENTKERNEL_API_KEY")
             .env("AGENTKERNEL_LOG", "info")
@@ -273,4 +275,73 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A stand-in for the engine's socket that forwards to the real one and can be made
+/// unreachable on demand: the one fault a real engine cannot be asked to show.
+pub struct EngineProxy {
+    pub path: std::path::PathBuf,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EngineProxy {
+    pub fn start() -> EngineProxy {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let path = std::env::temp_dir().join(format!("ak-proxy-{}.sock", fresh_namespace()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).expect("bind proxy socket");
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let real = Docker::socket_from_env(std::env::var("DOCKER_HOST").ok().as_deref()).unwrap();
+        let flag = down.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                if flag.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(engine) = UnixStream::connect(&real) else {
+                    continue;
+                };
+                let (mut client_read, mut engine_write) =
+                    (client.try_clone().unwrap(), engine.try_clone().unwrap());
+                let (mut engine_read, mut client_write) = (engine, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_read, &mut engine_write);
+                    let _ = engine_write.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut engine_read, &mut client_write);
+                    let _ = client_write.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        EngineProxy { path, down }
+    }
+
+    pub fn docker_host(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+}
+
+impl Drop for EngineProxy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Polls `check` every 100 ms until it is true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check()
 }

@@ -5,5 +5,6 @@ mod harness;
 
 mod api;
 mod lifecycle;
+mod pool;
 mod runs;
 mod sandboxes;

@@ -1,0 +1,331 @@
+//! `make bench`: latency and throughput of the server against raw Engine API floors
+//! measured in the same run, printed as a table with ratios and the targets.
+//!
+//! Phases: 60 rounds, each running once, in turn, `/run` fast, `/run` fast:false, exec
+//! into a sandbox, a raw exec (create/start/drain/inspect in a running container) and a
+//! raw cold run (create/attach/start/drain/wait/remove); interleaving keeps the
+//! machine's drift out of the ratios. Before each measurement the server is let settle
+//! (pool refilled, used containers removed), so that no measurement pays for the
+//! background work of the one before it. Then 8 concurrent clients send 200 `/run`
+//! requests, and the server's peak RSS is read from /proc.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentkernel::config::Namespace;
+use agentkernel::docker::{ContainerSpec, Docker, ExecSpec};
+use agentkernel::labels::{self, Kind};
+use agentkernel::profile::Profile;
+use serde_json::{json, Value};
+
+const ROUNDS: usize = 60;
+const CONCURRENT_CLIENTS: usize = 8;
+const CONCURRENT_REQUESTS: usize = 200;
+
+fn main() {
+    let image =
+        std::env::var("AK_BENCH_IMAGE").unwrap_or_else(|_| "agentkernel/busybox:latest".into());
+    let namespace = format!("bench-{}", std::process::id());
+    let binary = std::env::var("AK_BENCH_BINARY")
+        .unwrap_or_else(|_| "target/x86_64-unknown-linux-gnu/release/agentkernel".into());
+    let socket = Docker::socket_from_env(std::env::var("DOCKER_HOST").ok().as_deref()).unwrap();
+    let docker = Docker::new(socket, Duration::from_secs(60));
+
+    let mut server = Command::new(&binary)
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--namespace",
+            &namespace,
+            "--default-image",
+            &image,
+        ])
+        .args(["--pool-size", "4", "--workers", "8"])
+        .env("AGENTKERNEL_LOG", "warn,agentkernel=info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {binary}: {error} (run `make bench`)"));
+    let stderr = BufReader::new(server.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let port: u16 = loop {
+        let line = lines.next().expect("server exited").unwrap();
+        if let Some(rest) = line.split("http://").nth(1) {
+            break rest
+                .split(' ')
+                .next()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let base = format!("http://127.0.0.1:{port}");
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(120))
+        .build();
+    let post = |path: &str, body: &Value| -> Value {
+        agent
+            .post(&format!("{base}{path}"))
+            .send_json(body.clone())
+            .unwrap_or_else(|error| panic!("POST {path}: {error}"))
+            .into_json()
+            .unwrap()
+    };
+    let pool_state = || -> Value {
+        agent
+            .get(&format!("{base}/pool"))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap()
+    };
+    wait_until(Duration::from_secs(60), || {
+        pool_state()["data"]["keys"][0]["ready"] == json!(4)
+    });
+
+    // A running container for the raw exec floor, and a sandbox for the API exec.
+    let ns = Namespace::parse(&namespace).unwrap();
+    let host = Profile::Moderate.host_settings(Profile::Moderate.default_limits(), "/", Vec::new());
+    let idle = ContainerSpec {
+        image: image.clone(),
+        labels: labels::labels(&ns, Kind::Run, &image, "moderate", None),
+        entrypoint: Some(vec!["sleep".into(), "3600".into()]),
+        host: host.clone(),
+        ..ContainerSpec::default()
+    };
+    let idle_id = docker.container_create(&idle).unwrap();
+    docker.container_start(&idle_id).unwrap();
+    post("/sandboxes", &json!({"name": "bench"}));
+
+    let echo = json!({"command": ["echo", "hi"]});
+    let mut fast = Vec::new();
+    let mut cold = Vec::new();
+    let mut sandbox = Vec::new();
+    let mut raw_exec = Vec::new();
+    let mut raw_cold = Vec::new();
+    let settle = || {
+        wait_until(Duration::from_secs(60), || {
+            let state = pool_state();
+            state["data"]["keys"][0]["ready"] == json!(4) && state["data"]["reaping"] == json!(0)
+        })
+    };
+    for _ in 0..ROUNDS {
+        settle();
+        fast.push(timed(|| check(post("/run", &echo))));
+        settle();
+        cold.push(timed(|| {
+            check(post(
+                "/run",
+                &json!({"command": ["echo", "hi"], "fast": false}),
+            ))
+        }));
+        settle();
+        sandbox.push(timed(|| check(post("/sandboxes/bench/exec", &echo))));
+        settle();
+        raw_exec.push(timed(|| raw_exec_once(&docker, &idle_id)));
+        raw_cold.push(timed(|| raw_cold_once(&docker, &ns, &image, &host)));
+    }
+    let sequential_fallbacks = pool_state()["data"]["keys"][0]["fallbacks"]
+        .as_u64()
+        .unwrap_or(0);
+
+    // Concurrent phase.
+    let before = pool_state()["data"]["keys"][0]["fallbacks"]
+        .as_u64()
+        .unwrap_or(0);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CONCURRENT_CLIENTS)
+        .map(|_| {
+            let next = Arc::clone(&next);
+            let url = format!("{base}/run");
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(120))
+                    .build();
+                let mut failures = 0;
+                while next.fetch_add(1, Ordering::SeqCst) < CONCURRENT_REQUESTS {
+                    let ok = agent
+                        .post(&url)
+                        .send_json(json!({"command": ["echo", "hi"]}))
+                        .ok()
+                        .and_then(|r| r.into_json::<Value>().ok())
+                        .is_some_and(|v| v["data"]["stdout"] == json!("hi\n"));
+                    failures += usize::from(!ok);
+                }
+                failures
+            })
+        })
+        .collect();
+    let failures: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let elapsed = started.elapsed();
+    let concurrent_fallbacks = pool_state()["data"]["keys"][0]["fallbacks"]
+        .as_u64()
+        .unwrap_or(0)
+        - before;
+    let peak_rss_kib = peak_rss_kib(server.id());
+
+    // Clean up: the sandbox, the idle container, the server (which sweeps the rest).
+    agent
+        .delete(&format!("{base}/sandboxes/bench"))
+        .call()
+        .unwrap();
+    docker.container_remove(&idle_id).unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let _ = server.wait();
+    for container in docker
+        .container_list(&labels::filters(&ns, None))
+        .unwrap_or_default()
+    {
+        let _ = docker.container_remove(&container.id);
+    }
+
+    let raw_exec_p50 = percentile(&raw_exec, 50.0);
+    let raw_cold_p50 = percentile(&raw_cold, 50.0);
+    println!("agentkernel bench: {ROUNDS} interleaved rounds of `echo hi` (ms)\n");
+    println!(
+        "{:<28} {:>8} {:>8} {:>8} {:>10}",
+        "measure", "p50", "p95", "min", "ratio"
+    );
+    let row = |name: &str, samples: &[f64], floor: Option<f64>| {
+        let p50 = percentile(samples, 50.0);
+        let ratio = floor
+            .map(|f| format!("{:.2}x", p50 / f))
+            .unwrap_or_default();
+        println!(
+            "{name:<28} {p50:>8.1} {:>8.1} {:>8.1} {ratio:>10}",
+            percentile(samples, 95.0),
+            samples.iter().cloned().fold(f64::MAX, f64::min)
+        );
+    };
+    row("/run fast", &fast, Some(raw_exec_p50));
+    row("/run fast:false", &cold, Some(raw_cold_p50));
+    row("sandbox exec", &sandbox, Some(raw_exec_p50));
+    row("raw exec (Engine API)", &raw_exec, None);
+    row("raw cold run (Engine API)", &raw_cold, None);
+    println!("\nratios: /run fast and sandbox exec against raw exec; fast:false against raw cold");
+    println!("pool fallbacks during the sequential rounds: {sequential_fallbacks}");
+    println!(
+        "concurrent: {CONCURRENT_CLIENTS} clients, {CONCURRENT_REQUESTS} /run in {:.2} s = {:.1} req/s, \
+         {concurrent_fallbacks} fell back to the cold path, {failures} failed",
+        elapsed.as_secs_f64(),
+        CONCURRENT_REQUESTS as f64 / elapsed.as_secs_f64()
+    );
+    println!("server peak RSS: {:.1} MiB", peak_rss_kib as f64 / 1024.0);
+
+    let fast_p50 = percentile(&fast, 50.0);
+    let targets = [
+        ("/run fast p50 <= 10 ms", fast_p50 <= 10.0),
+        (
+            "/run fast p50 <= 0.25 x raw exec",
+            fast_p50 <= 0.25 * raw_exec_p50,
+        ),
+        (
+            "/run fast:false p50 <= 1.15 x raw cold",
+            percentile(&cold, 50.0) <= 1.15 * raw_cold_p50,
+        ),
+        (
+            "sandbox exec p50 <= 1.2 x raw exec",
+            percentile(&sandbox, 50.0) <= 1.2 * raw_exec_p50,
+        ),
+        ("peak RSS <= 30 MiB", peak_rss_kib <= 30 * 1024),
+        ("no failed request", failures == 0),
+    ];
+    println!();
+    let mut all = true;
+    for (name, met) in targets {
+        println!("{} {name}", if met { "MET " } else { "MISS" });
+        all &= met;
+    }
+    std::process::exit(if all { 0 } else { 1 });
+}
+
+fn check(answer: Value) {
+    assert_eq!(answer["data"]["stdout"], json!("hi\n"), "{answer}");
+}
+
+fn timed(work: impl FnOnce()) -> f64 {
+    let started = Instant::now();
+    work();
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
+fn raw_exec_once(docker: &Docker, container: &str) {
+    let spec = ExecSpec {
+        cmd: vec!["echo".into(), "hi".into()],
+        ..ExecSpec::default()
+    };
+    let id = docker.exec_create(container, &spec).unwrap();
+    let mut hijacked = docker.exec_start(&id).unwrap();
+    let mut out = Vec::new();
+    agentkernel::docker::drain_frames(&mut hijacked.frames, |_, bytes| {
+        out.extend_from_slice(bytes)
+    })
+    .unwrap();
+    assert_eq!(out, b"hi\n");
+    while docker.exec_inspect(&id).unwrap().running {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn raw_cold_once(
+    docker: &Docker,
+    namespace: &Namespace,
+    image: &str,
+    host: &agentkernel::docker::HostSettings,
+) {
+    let spec = ContainerSpec {
+        image: image.to_string(),
+        labels: labels::labels(namespace, Kind::Run, image, "moderate", None),
+        entrypoint: Some(vec!["echo".into(), "hi".into()]),
+        host: host.clone(),
+        ..ContainerSpec::default()
+    };
+    let id = docker.container_create(&spec).unwrap();
+    let mut hijacked = docker.container_attach(&id, false).unwrap();
+    docker.container_start(&id).unwrap();
+    let mut out = Vec::new();
+    agentkernel::docker::drain_frames(&mut hijacked.frames, |_, bytes| {
+        out.extend_from_slice(bytes)
+    })
+    .unwrap();
+    assert_eq!(out, b"hi\n");
+    assert_eq!(
+        docker.container_wait(&id, Duration::from_secs(30)).unwrap(),
+        0
+    );
+    docker.container_remove(&id).unwrap();
+}
+
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank]
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for the pool");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -1,0 +1,195 @@
+//! The warm pool and the stub: fresh containers every time, exact argv, exact results.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::harness::{containers_of, eventually, EngineProxy, Options, Server};
+
+fn pooled_server(size: &str) -> Server {
+    Server::start_with(Options {
+        args: vec!["--pool-size".into(), size.into()],
+        ..Options::default()
+    })
+}
+
+fn ready(server: &Server) -> u64 {
+    let (_, body) = server.get("/pool");
+    body["data"]["keys"][0]["ready"].as_u64().unwrap_or(0)
+}
+
+fn run(server: &Server, body: Value) -> Value {
+    let (status, answer) = server.post("/run", &body.to_string());
+    assert_eq!(status, 200, "{body}: {answer}");
+    answer["data"].clone()
+}
+
+#[test]
+fn pool_state_is_visible_and_fills_to_its_target() {
+    let server = pooled_server("2");
+    assert!(eventually(Duration::from_secs(30), || ready(&server) == 2));
+    let (status, body) = server.get("/pool");
+    assert_eq!(status, 200);
+    let key = &body["data"]["keys"][0];
+    assert_eq!(body["data"]["launcher"], json!("stub"));
+    assert_eq!(key["profile"], json!("moderate"));
+    assert_eq!(key["target"], json!(2));
+    for field in ["in_use", "created", "failed", "fallbacks"] {
+        assert!(key[field].is_u64(), "{field}");
+    }
+    server.finish();
+}
+
+#[test]
+fn consecutive_fast_runs_never_see_each_others_files_or_processes() {
+    let server = pooled_server("2");
+    assert!(eventually(Duration::from_secs(30), || ready(&server) == 2));
+    let first = run(
+        &server,
+        json!({"command": ["sh", "-c",
+            "echo secret > /tmp/leak; echo x > /leak2; (sleep 300 >/dev/null 2>&1 &); hostname"]}),
+    );
+    assert_eq!(first["exit_code"], json!(0), "{first}");
+    assert!(eventually(Duration::from_secs(30), || ready(&server) >= 1));
+    let second = run(
+        &server,
+        json!({"command": ["sh", "-c", "ls /tmp/leak /leak2 2>&1; ps -o comm | grep -c sleep; hostname"]}),
+    );
+    let output = second["stdout"].as_str().unwrap();
+    assert!(output.contains("No such file"), "{output}");
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(
+        lines[lines.len() - 2],
+        "0",
+        "no sleep from the first run: {output}"
+    );
+    assert_ne!(
+        lines.last(),
+        first["stdout"].as_str().unwrap().lines().last().as_ref(),
+        "a different container"
+    );
+    server.finish();
+}
+
+#[test]
+fn exit_codes_and_signals_are_exact() {
+    let server = pooled_server("2");
+    for (command, code, status, signal) in [
+        (json!(["true"]), json!(0), "exited", json!(null)),
+        (json!(["false"]), json!(1), "exited", json!(null)),
+        (
+            json!(["sh", "-c", "exit 42"]),
+            json!(42),
+            "exited",
+            json!(null),
+        ),
+        (
+            json!(["sh", "-c", "kill -TERM $$"]),
+            json!(143),
+            "signaled",
+            json!(15),
+        ),
+        (
+            json!(["sh", "-c", "kill -KILL $$"]),
+            json!(137),
+            "signaled",
+            json!(9),
+        ),
+    ] {
+        for fast in [true, false] {
+            let data = run(&server, json!({"command": command, "fast": fast}));
+            assert_eq!(data["exit_code"], code, "{command} fast={fast}: {data}");
+            assert_eq!(data["status"], json!(status), "{command}: {data}");
+            assert_eq!(data["signal"], signal, "{command}: {data}");
+        }
+    }
+    server.finish();
+}
+
+#[test]
+fn argv_and_binary_output_are_exact_on_the_warm_path() {
+    let server = pooled_server("2");
+    assert!(eventually(Duration::from_secs(30), || ready(&server) >= 1));
+    let args = ["a b", "'q'", "\"dq\"", "$VAR", ";", ">", "", "ünï"];
+    let mut command = vec!["printf".to_string(), "[%s]".to_string()];
+    command.extend(args.iter().map(|s| s.to_string()));
+    let data = run(&server, json!({ "command": command }));
+    let expected: String = args.iter().map(|a| format!("[{a}]")).collect();
+    assert_eq!(data["stdout"], json!(expected));
+    let data = run(&server, json!({"command": ["printf", "\\377ok\\000z"]}));
+    assert_eq!(data["stdout"], json!("\u{fffd}ok\u{0}z"));
+    server.finish();
+}
+
+#[test]
+fn a_crashed_server_leaves_no_warm_container_behind() {
+    let mut server = pooled_server("3");
+    assert!(eventually(Duration::from_secs(30), || ready(&server) == 3));
+    assert!(containers_of(&server.namespace).len() >= 3);
+    server.crash();
+    // The stubs see their stdin close, exit, and AutoRemove takes the containers.
+    assert!(
+        eventually(Duration::from_secs(30), || containers_of(&server.namespace)
+            .is_empty()),
+        "left: {:?}",
+        containers_of(&server.namespace)
+    );
+}
+
+#[test]
+fn pool_refill_resumes_after_the_engine_was_unreachable() {
+    let proxy = EngineProxy::start();
+    let server = Server::start_with(Options {
+        args: vec!["--pool-size".into(), "2".into()],
+        env: vec![("DOCKER_HOST".into(), proxy.docker_host())],
+        ..Options::default()
+    });
+    assert!(eventually(Duration::from_secs(30), || ready(&server) == 2));
+    proxy.set_down(true);
+    // Use up the pool while the engine is away: the warm containers still answer, and
+    // the refill fails.
+    for _ in 0..2 {
+        let (status, body) = server.post("/run", r#"{"command":["echo","hi"]}"#);
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = server.post("/run", r#"{"command":["echo","hi"]}"#);
+    assert_eq!(status, 503, "{body}");
+    assert!(eventually(Duration::from_secs(10), || {
+        server.get("/pool").1["data"]["keys"][0]["failed"]
+            .as_u64()
+            .unwrap()
+            > 0
+    }));
+    proxy.set_down(false);
+    assert!(
+        eventually(Duration::from_secs(30), || ready(&server) == 2),
+        "{}",
+        server.get("/pool").1
+    );
+    let data = run(&server, json!({"command": ["echo", "back"]}));
+    assert_eq!(data["stdout"], json!("back\n"));
+    server.finish();
+}
+
+#[test]
+fn without_the_stub_runs_go_through_docker_exec() {
+    let server = Server::start_with(Options {
+        args: ["--no-stub", "--pool-size", "1"].map(String::from).to_vec(),
+        ..Options::default()
+    });
+    assert_eq!(server.get("/pool").1["data"]["launcher"], json!("exec"));
+    for fast in [true, false] {
+        let data = run(
+            &server,
+            json!({"command": ["sh", "-c", "echo out; echo err >&2; exit 42"], "fast": fast}),
+        );
+        assert_eq!(data["stdout"], json!("out\n"));
+        assert_eq!(data["stderr"], json!("err\n"));
+        assert_eq!(data["exit_code"], json!(42));
+    }
+    let data = run(&server, json!({"command": ["cat"], "stdin": "piped"}));
+    assert_eq!(data["stdout"], json!("piped"));
+    let data = run(&server, json!({"command": ["no-such-program"]}));
+    assert_eq!(data["exit_code"], json!(127), "{data}");
+    server.finish();
+}
