@@ -21,7 +21,8 @@ Usage:
                     [--namespace NS] [--default-image IMAGE] [--image RUNTIME=IMAGE]...
                     [--default-profile P] [--max-body-bytes N]
                     [--pool IMAGE[:PROFILE]=N]... [--pool-size N] [--pool-dynamic-size N]
-                    [--no-stub]
+                    [--no-stub] [--default-timeout-ms N] [--max-timeout-ms N]
+                    [--max-output-bytes N]
   agentkernel --help | --version
 
 Environment:
@@ -39,7 +40,9 @@ Environment:
 pub enum Command {
     Serve(Box<Config>),
     /// The in-container stub (internal: the server runs it inside containers).
-    Stub,
+    Stub {
+        idle: bool,
+    },
     Help,
     Version,
 }
@@ -63,7 +66,11 @@ pub fn parse(
         Some(Long("help") | Short('h')) => Ok(Command::Help),
         Some(Long("version") | Short('V')) => Ok(Command::Version),
         Some(Value(word)) if word == "serve" => parse_serve(&mut parser, env),
-        Some(Value(word)) if word == "stub" => Ok(Command::Stub),
+        Some(Value(word)) if word == "stub" => match parser.next()? {
+            None => Ok(Command::Stub { idle: false }),
+            Some(Long("idle")) => Ok(Command::Stub { idle: true }),
+            Some(other) => Err(other.unexpected().into()),
+        },
         Some(Value(word)) => Err(UsageError(format!(
             "unknown command '{}'",
             word.to_string_lossy()
@@ -100,10 +107,21 @@ fn parse_serve(parser: &mut lexopt::Parser, env: &dyn Environment) -> Result<Com
             Long("pool-size") => config.pool_default_size = parser.value()?.parse()?,
             Long("pool-dynamic-size") => config.pool_dynamic_size = parser.value()?.parse()?,
             Long("no-stub") => config.stub = false,
+            Long("default-timeout-ms") => config.default_timeout_ms = parser.value()?.parse()?,
+            Long("max-timeout-ms") => config.max_timeout_ms = parser.value()?.parse()?,
+            Long("max-output-bytes") => config.max_output_bytes_limit = parser.value()?.parse()?,
             Long("help") | Short('h') => return Ok(Command::Help),
             _ => return Err(arg.unexpected().into()),
         }
     }
+    if config.default_timeout_ms == 0 || config.max_timeout_ms == 0 {
+        return Err(UsageError("timeouts must be at least 1 ms".into()));
+    }
+    // A lower maximum lowers the default with it.
+    config.default_timeout_ms = config.default_timeout_ms.min(config.max_timeout_ms);
+    config.default_max_output_bytes = config
+        .default_max_output_bytes
+        .min(config.max_output_bytes_limit);
     Ok(Command::Serve(Box::new(config)))
 }
 
@@ -146,7 +164,8 @@ pub fn run(command: Command) -> i32 {
             0
         }
         Command::Serve(config) => serve(*config),
-        Command::Stub => crate::stub::main(),
+        Command::Stub { idle: false } => crate::stub::main(),
+        Command::Stub { idle: true } => crate::stub::idle(),
     }
 }
 

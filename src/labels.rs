@@ -20,6 +20,8 @@ pub const SANDBOX: &str = "agentkernel.sandbox";
 pub const CREATED: &str = "agentkernel.created";
 pub const IMAGE: &str = "agentkernel.image";
 pub const PROFILE: &str = "agentkernel.profile";
+/// Set on sandboxes whose containers have our stub mounted (exec goes through it).
+pub const STUB: &str = "agentkernel.stub";
 
 /// What a container is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

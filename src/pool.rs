@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use crate::command::{Collected, CommandResult, CommandSpec, Status};
 use crate::config::Config;
 use crate::docker::stream::StreamKind;
-use crate::docker::{ContainerSpec, Docker, DockerError, Hijacked};
+use crate::docker::{ContainerSpec, Docker, DockerError, ExecSpec, Hijacked};
 use crate::error::{Error, Result};
 use crate::labels::{self, Kind};
 use crate::profile::Profile;
@@ -440,6 +440,30 @@ pub fn run_in(
         }),
         None => crate::run::exec_direct(docker, &warm.id, spec, started),
     }
+}
+
+/// Runs one command in a running container by `docker exec` of its mounted stub.
+pub fn exec_via_stub(
+    docker: &Docker,
+    container: &str,
+    spec: &CommandSpec,
+    started: Instant,
+) -> Result<CommandResult> {
+    let exec_spec = ExecSpec {
+        cmd: vec![stub::STUB_PATH.to_string(), "stub".to_string()],
+        attach_stdin: true,
+        ..ExecSpec::default()
+    };
+    let exec_id = docker.exec_create(container, &exec_spec)?;
+    let mut stream = StubStream::new(docker.exec_start(&exec_id)?);
+    let io_error = |source| {
+        Error::Engine(DockerError::Io {
+            operation: "stub exec stream".into(),
+            source,
+        })
+    };
+    stream.read_hello().map_err(io_error)?;
+    stream.run(spec, started).map_err(io_error)
 }
 
 /// The stub's records, read out of the stdout frames of an attach connection.

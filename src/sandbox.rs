@@ -13,7 +13,9 @@ use crate::config::Config;
 use crate::docker::{ContainerInspect, ContainerSpec, Docker};
 use crate::error::{Error, Result};
 use crate::labels::{self, container_name, Kind, SandboxName};
+use crate::pool::Launcher;
 use crate::profile::{Limits, Profile};
+use crate::stub;
 
 /// How long a stopping sandbox gets between SIGTERM and SIGKILL.
 const STOP_GRACE_SECONDS: u32 = 5;
@@ -144,30 +146,46 @@ pub fn get(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sandb
     Ok(from_inspect(&inspect_ours(docker, config, name)?))
 }
 
-pub fn create(docker: &Docker, config: &Config, request: &CreateSandbox) -> Result<Sandbox> {
+pub fn create(
+    docker: &Docker,
+    config: &Config,
+    launcher: &Launcher,
+    request: &CreateSandbox,
+) -> Result<Sandbox> {
     if !docker.image_exists(&request.image)? {
         return Err(Error::ImageMissing(request.image.clone()));
+    }
+    // With the stub mounted, it is also the sandbox's idle main process, so images
+    // without a shell work too.
+    let (entrypoint, binds) = match launcher {
+        Launcher::Stub { host_path } => (
+            vec![stub::STUB_PATH.into(), "stub".into(), "--idle".into()],
+            vec![format!("{}:{}:ro", host_path.display(), stub::STUB_PATH)],
+        ),
+        Launcher::Exec { .. } => (idle_command(), Vec::new()),
+    };
+    let mut labels = labels::labels(
+        &config.namespace,
+        Kind::Sandbox,
+        &request.image,
+        request.profile.name(),
+        Some(&request.name),
+    );
+    if !binds.is_empty() {
+        labels.insert(labels::STUB.to_string(), "1".to_string());
     }
     let spec = ContainerSpec {
         name: Some(container_name(&config.namespace, &request.name)),
         image: request.image.clone(),
-        labels: labels::labels(
-            &config.namespace,
-            Kind::Sandbox,
-            &request.image,
-            request.profile.name(),
-            Some(&request.name),
-        ),
-        entrypoint: Some(idle_command()),
+        labels,
+        entrypoint: Some(entrypoint),
         cmd: None,
         env: Vec::new(),
         working_dir: None,
         user: request.profile.user().map(str::to_string),
         open_stdin: false,
         auto_remove: false,
-        host: request
-            .profile
-            .host_settings(request.limits, "/", Vec::new()),
+        host: request.profile.host_settings(request.limits, "/", binds),
     };
     let id = docker.container_create(&spec).map_err(|error| {
         if error.is_conflict() {
@@ -206,7 +224,9 @@ pub fn delete(docker: &Docker, config: &Config, name: &SandboxName) -> Result<()
     Ok(())
 }
 
-/// Runs a command in a running sandbox with `docker exec`.
+/// Runs a command in a running sandbox: through the stub where the sandbox has it (so
+/// the deadline, the output cap and the status are enforced inside), else plain
+/// `docker exec`.
 pub fn exec(
     docker: &Docker,
     config: &Config,
@@ -218,7 +238,17 @@ pub fn exec(
         return Err(Error::SandboxNotRunning(name.to_string()));
     }
     let started = Instant::now();
-    crate::run::exec_direct(docker, &inspect.id, spec, started).map_err(|error| match error {
+    let has_stub = inspect
+        .config
+        .labels
+        .as_ref()
+        .is_some_and(|labels| labels.get(labels::STUB).map(String::as_str) == Some("1"));
+    let result = if has_stub {
+        crate::pool::exec_via_stub(docker, &inspect.id, spec, started)
+    } else {
+        crate::run::exec_direct(docker, &inspect.id, spec, started)
+    };
+    result.map_err(|error| match error {
         Error::Engine(engine) if engine.is_conflict() => Error::SandboxNotRunning(name.to_string()),
         Error::Engine(engine) if engine.is_not_found() => Error::SandboxNotFound(name.to_string()),
         other => other,

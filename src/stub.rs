@@ -9,10 +9,14 @@
 //! Stub → server: `H` hello (JSON, once at start), `O` stdout bytes, `R` stderr bytes,
 //! `X` exit (JSON, last).
 //!
-//! Invariants: if the stub's own stdin closes (the server went away) it exits at once,
-//! and as the child of the container's init its exit ends every process in the
-//! container; the deadline is enforced here, in the container, so a timeout answers at
-//! the deadline whatever the command does; output past the cap is read and dropped.
+//! Invariants: if the stub's own stdin closes (the server went away) or the deadline
+//! passes, it kills the command's whole tree (its process group, and every process that
+//! still carries the run's `AGENTKERNEL_RUN` token, so `setsid` does not escape) and
+//! exits; as the child of a temporary container's init, its exit also ends every other
+//! process there. The deadline is enforced here, in the container, so a timeout answers
+//! at the deadline whatever the command does; output past the cap is read and dropped.
+//! In a persistent sandbox (run by `docker exec`), background processes of a command
+//! that ended normally are left alone, as a shell would.
 
 use std::io::{self, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -118,17 +122,80 @@ impl Output {
         let _ = guard.0.flush();
     }
 
-    /// Writes the exit record once and ends the process: as the child of the
-    /// container's init, our exit takes every other process in the container with it.
+    /// Writes the exit record once and ends the process: as the child of a temporary
+    /// container's init, our exit takes every other process there with it.
     fn finish(&self, exit: &StubExit) -> ! {
+        self.finish_after(|| {}, || exit.clone())
+    }
+
+    /// The first caller claims the end: runs `before` (killing the tree) and writes the
+    /// exit record while holding the output, so a later caller (the command's own exit,
+    /// caused by that kill) can neither report first nor end the process mid-kill.
+    fn finish_after(&self, before: impl FnOnce(), exit: impl FnOnce() -> StubExit) -> ! {
         let mut guard = self.stdout.lock().unwrap_or_else(|e| e.into_inner());
         if !guard.1 {
             guard.1 = true;
-            let payload = serde_json::to_vec(exit).expect("exit record serializes");
+            before();
+            let payload = serde_json::to_vec(&exit()).expect("exit record serializes");
             let _ = guard.0.write_all(&encode_record(EXIT, &payload));
             let _ = guard.0.flush();
         }
         std::process::exit(0)
+    }
+}
+
+/// `agentkernel stub --idle`: the main process of a persistent sandbox; sleeps until
+/// the container is stopped (SIGTERM from the container's init ends it).
+pub fn idle() -> i32 {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// The environment variable that marks every process of one run.
+const RUN_TOKEN: &str = "AGENTKERNEL_RUN";
+
+/// Kills a run's process group, then any process still marked with its token, until
+/// none is left (a fork racing the first pass is caught by the next).
+fn kill_tree(group: u32, token: &str) {
+    use rustix::process::{kill_process, kill_process_group, Pid, Signal};
+    if let Some(pid) = Pid::from_raw(group as i32) {
+        let _ = kill_process_group(pid, Signal::KILL);
+    }
+    let marker = format!("{RUN_TOKEN}={token}");
+    let own = std::process::id();
+    for _ in 0..5 {
+        let mut found = false;
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == own {
+                continue;
+            }
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
+            if environ
+                .split(|&b| b == 0)
+                .any(|entry| entry == marker.as_bytes())
+            {
+                if let Some(pid) = Pid::from_raw(pid as i32) {
+                    found |= kill_process(pid, Signal::KILL).is_ok();
+                }
+            }
+        }
+        if !found {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -167,6 +234,14 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
     let started = Instant::now();
     let deadline = started + Duration::from_millis(spec.timeout_ms);
     let oom_before = oom_kill_count();
+    let token = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
     let mut command = Command::new(&spec.argv[0]);
     command
         .args(&spec.argv[1..])
@@ -184,6 +259,7 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
             command.env(key, value);
         }
     }
+    command.env(RUN_TOKEN, &token);
     if let Some(dir) = &spec.workdir {
         if let Err(error) = std::fs::create_dir_all(dir) {
             let message = format!("agentkernel: cannot use workdir '{dir}': {error}\n");
@@ -206,6 +282,7 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
         }
     };
 
+    let group = child.id();
     let truncated = Arc::new(Mutex::new(false));
     let (drained_sender, drained) = mpsc::channel::<()>();
     for (pipe, kind) in [
@@ -241,11 +318,17 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
     let child_stdin = child.stdin.take();
     {
         let output = Arc::clone(&output);
+        let token = token.clone();
         std::thread::spawn(move || {
             forward_stdin(&mut stdin, child_stdin);
-            let mut exit = failure("the server closed the connection".into(), 137);
-            exit.signal = Some(9);
-            output.finish(&exit);
+            output.finish_after(
+                || kill_tree(group, &token),
+                || {
+                    let mut exit = failure("the server closed the connection".into(), 137);
+                    exit.signal = Some(9);
+                    exit
+                },
+            );
         });
     }
     {
@@ -253,15 +336,17 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
         let truncated = Arc::clone(&truncated);
         std::thread::spawn(move || {
             std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-            let exit = StubExit {
-                exit_code: None,
-                signal: None,
-                timed_out: true,
-                oom_killed: false,
-                truncated: *truncated.lock().unwrap_or_else(|e| e.into_inner()),
-                error: None,
-            };
-            output.finish(&exit);
+            output.finish_after(
+                || kill_tree(group, &token),
+                || StubExit {
+                    exit_code: None,
+                    signal: None,
+                    timed_out: true,
+                    oom_killed: false,
+                    truncated: *truncated.lock().unwrap_or_else(|e| e.into_inner()),
+                    error: None,
+                },
+            );
         });
     }
 

@@ -259,7 +259,12 @@ pub fn post_sandboxes(context: &Context, body: &[u8]) -> Result<Reply, ApiError>
         profile,
         limits,
     };
-    let created = sandbox::create(&context.docker, &context.config, &request)?;
+    let created = sandbox::create(
+        &context.docker,
+        &context.config,
+        &context.pool.launcher,
+        &request,
+    )?;
     Ok(Reply::created(sandbox_data(&created)))
 }
 

@@ -1,0 +1,273 @@
+//! Isolation you can prove: each profile, on every path (warm pool, cold run,
+//! persistent sandbox exec), tried from the inside.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::{eventually, image, Options, Server};
+
+const PROFILES: [&str; 3] = ["permissive", "moderate", "restrictive"];
+
+/// A server with one warm container for every profile.
+fn server_with_warm_profiles() -> Server {
+    let mut args = vec!["--pool-dynamic-size".to_string(), "0".to_string()];
+    for profile in PROFILES {
+        args.push("--pool".into());
+        args.push(format!("{}:{profile}=1", image()));
+    }
+    let server = Server::start_with(Options {
+        args,
+        ..Options::default()
+    });
+    assert!(eventually(Duration::from_secs(60), || {
+        let (_, body) = server.get("/pool");
+        body["data"]["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|key| key["ready"] == json!(1))
+    }));
+    server
+}
+
+/// Runs `command` on one path: "warm", "cold", or "sandbox" (exec into `sandbox`).
+fn run_on(server: &Server, path: &str, profile: &str, body: Value) -> Value {
+    let mut body = body;
+    let (status, answer) = if path == "sandbox" {
+        server.post(&format!("/sandboxes/iso-{profile}/exec"), &body.to_string())
+    } else {
+        body["profile"] = json!(profile);
+        body["fast"] = json!(path == "warm");
+        server.post("/run", &body.to_string())
+    };
+    assert_eq!(status, 200, "{path} {profile}: {answer}");
+    answer["data"].clone()
+}
+
+fn create_sandboxes(server: &Server) {
+    for profile in PROFILES {
+        let body = json!({"name": format!("iso-{profile}"), "profile": profile});
+        let (status, answer) = server.post("/sandboxes", &body.to_string());
+        assert_eq!(status, 201, "{answer}");
+    }
+}
+
+fn delete_sandboxes(server: &Server) {
+    for profile in PROFILES {
+        assert_eq!(server.delete(&format!("/sandboxes/iso-{profile}")).0, 200);
+    }
+}
+
+const PROBE: &str = "grep CapEff /proc/self/status | cut -f2; id -u; \
+    ls /sys/class/net | tr '\\n' ' '; echo; \
+    (touch /probe 2>/dev/null && echo rw) || echo ro; \
+    cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; \
+    cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; \
+    (echo x > /tmp/t && echo tmp-rw) || echo tmp-ro; \
+    mount | grep ' /tmp ' | grep -o 'size=[0-9a-z]*'";
+
+#[test]
+fn each_profile_is_what_the_table_says_on_every_path() {
+    let server = server_with_warm_profiles();
+    create_sandboxes(&server);
+    // CapEff: bits of the kept capabilities (CHOWN 0, DAC_OVERRIDE 1, FOWNER 3, FSETID 4,
+    // KILL 5, SETGID 6, SETUID 7; permissive adds NET_BIND_SERVICE 10, SYS_CHROOT 18,
+    // AUDIT_WRITE 29, SETFCAP 31).
+    let expected = [
+        (
+            "permissive",
+            "00000000a00404fb",
+            "0",
+            "eth0 lo ",
+            "rw",
+            "1024",
+            "2147483648",
+            "size=524288k",
+        ),
+        (
+            "moderate",
+            "00000000000000fb",
+            "0",
+            "eth0 lo ",
+            "rw",
+            "256",
+            "536870912",
+            "size=262144k",
+        ),
+        (
+            "restrictive",
+            "0000000000000000",
+            "65534",
+            "lo ",
+            "ro",
+            "64",
+            "268435456",
+            "size=65536k",
+        ),
+    ];
+    for (profile, cap_eff, uid, net, root, pids, memory, tmp_size) in expected {
+        for path in ["warm", "cold", "sandbox"] {
+            let data = run_on(
+                &server,
+                path,
+                profile,
+                json!({"command": ["sh", "-c", PROBE]}),
+            );
+            let stdout = data["stdout"].as_str().unwrap();
+            let lines: Vec<&str> = stdout.lines().collect();
+            let want = [
+                cap_eff,
+                uid,
+                net.trim_end(),
+                root,
+                pids,
+                memory,
+                "tmp-rw",
+                tmp_size,
+            ];
+            let got: Vec<&str> = lines.iter().map(|l| l.trim_end()).collect();
+            assert_eq!(got, want, "{profile} on {path}: {data}");
+        }
+    }
+    delete_sandboxes(&server);
+    server.finish();
+}
+
+#[test]
+fn a_fork_bomb_stays_within_the_pids_limit_and_the_server_stays_healthy() {
+    let server = server_with_warm_profiles();
+    create_sandboxes(&server);
+    let bomb = json!({"command": ["sh", "-c", "f() { f | f & }; f; sleep 30"], "timeout_ms": 3000});
+    for profile in PROFILES {
+        for path in ["warm", "sandbox"] {
+            let started = Instant::now();
+            let data = run_on(&server, path, profile, bomb.clone());
+            assert_eq!(data["status"], json!("timeout"), "{profile} {path}: {data}");
+            assert!(started.elapsed() < Duration::from_secs(10));
+            assert_eq!(server.get("/health").0, 200);
+        }
+        // The bomb is gone from the sandbox: a command runs, and nothing of it is left.
+        let data = run_on(
+            &server,
+            "sandbox",
+            profile,
+            json!({"command": ["ps", "-o", "comm"]}),
+        );
+        let processes = data["stdout"].as_str().unwrap().lines().count();
+        assert!(processes < 8, "{profile}: {data}");
+    }
+    delete_sandboxes(&server);
+    server.finish();
+}
+
+#[test]
+fn allocating_past_the_memory_limit_is_reported_as_oom_killed() {
+    let server = server_with_warm_profiles();
+    for (profile, megabytes) in [
+        ("restrictive", 300),
+        ("moderate", 600),
+        ("permissive", 2200),
+    ] {
+        let command = json!({"command": ["dd", "if=/dev/zero", "of=/dev/null",
+            format!("bs={megabytes}M"), "count=1"]});
+        let data = run_on(&server, "warm", profile, command);
+        assert_eq!(data["status"], json!("oom_killed"), "{profile}: {data}");
+    }
+    let (status, _) = server.post("/sandboxes", r#"{"name":"small","memory_mb":64}"#);
+    assert_eq!(status, 201);
+    let (_, answer) = server.post(
+        "/sandboxes/small/exec",
+        r#"{"command":["dd","if=/dev/zero","of=/dev/null","bs=100M","count=1"]}"#,
+    );
+    assert_eq!(answer["data"]["status"], json!("oom_killed"), "{answer}");
+    assert_eq!(server.delete("/sandboxes/small").0, 200);
+    server.finish();
+}
+
+#[test]
+fn a_timeout_kills_the_whole_tree_and_answers_within_two_seconds() {
+    let server = server_with_warm_profiles();
+    create_sandboxes(&server);
+    let sleeper =
+        json!({"command": ["sh", "-c", "setsid sleep 600 & sleep 600"], "timeout_ms": 1000});
+    for profile in PROFILES {
+        for path in ["warm", "cold", "sandbox"] {
+            let started = Instant::now();
+            let data = run_on(&server, path, profile, sleeper.clone());
+            let elapsed = started.elapsed();
+            assert_eq!(data["status"], json!("timeout"), "{profile} {path}: {data}");
+            assert_eq!(data["exit_code"], json!(null));
+            let limit = if path == "cold" { 3 } else { 2 };
+            assert!(
+                elapsed < Duration::from_secs(limit),
+                "{profile} {path}: {elapsed:?}"
+            );
+        }
+        let data = run_on(
+            &server,
+            "sandbox",
+            profile,
+            json!({"command": ["ps", "-o", "comm"]}),
+        );
+        assert!(
+            !data["stdout"].as_str().unwrap().contains("sleep"),
+            "{profile}: a sleep survived: {data}"
+        );
+    }
+    delete_sandboxes(&server);
+    server.finish();
+}
+
+#[test]
+fn output_past_the_cap_is_dropped_and_server_memory_stays_flat() {
+    let server = server_with_warm_profiles();
+    let data = run_on(
+        &server,
+        "warm",
+        "moderate",
+        json!({"command": ["sh", "-c", "yes | head -c 1000000000"], "timeout_ms": 60000}),
+    );
+    assert_eq!(
+        data["status"],
+        json!("output_truncated"),
+        "{}",
+        data["status"]
+    );
+    assert_eq!(data["stdout"].as_str().unwrap().len(), 1024 * 1024);
+    let data = run_on(
+        &server,
+        "warm",
+        "moderate",
+        json!({"command": ["sh", "-c", "yes | head -c 100000"], "max_output_bytes": 10}),
+    );
+    assert_eq!(data["stdout"], json!("y\ny\ny\ny\ny\n"));
+    assert_eq!(data["status"], json!("output_truncated"));
+    let rss = server.peak_rss_kib();
+    assert!(rss > 0 && rss < 64 * 1024, "server peak RSS {rss} KiB");
+    server.finish();
+}
+
+#[test]
+fn per_command_bounds_are_enforced_at_the_edge() {
+    let server = Server::start_with(Options {
+        args: ["--max-timeout-ms", "5000", "--max-output-bytes", "2048"]
+            .map(String::from)
+            .to_vec(),
+        ..Options::default()
+    });
+    let (status, body) = server.post("/run", r#"{"command":["true"],"timeout_ms":5001}"#);
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("at most 5000"));
+    let (status, body) = server.post("/run", r#"{"command":["true"],"max_output_bytes":4096}"#);
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("at most 2048"));
+    let (status, body) = server.post("/run", r#"{"command":["sh","-c","yes | head -c 5000"]}"#);
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["data"]["stdout"].as_str().unwrap().len(),
+        2048,
+        "default capped too"
+    );
+    server.finish();
+}
