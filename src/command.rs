@@ -113,6 +113,30 @@ pub struct CommandResult {
     pub duration: Duration,
 }
 
+/// Who watches a command as it runs: the SSE stream, or the CLI's own stdout and
+/// stderr. Output arrives here as it is produced (after the cap), besides being
+/// collected into the result.
+pub trait Observer {
+    /// Output as it arrives. An error means the observer went away: the command is
+    /// stopped (its connection dropped, so the stub kills it) and the run fails.
+    fn output(&mut self, kind: StreamKind, bytes: &[u8]) -> io::Result<()>;
+
+    /// The connection the command runs on, once there is one, so that an observer on
+    /// another thread can cut it (`shutdown`) when its client disconnects.
+    fn connected(&mut self, _connection: &std::os::unix::net::UnixStream) {}
+}
+
+/// Watches nothing: for callers that only want the final result.
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn output(&mut self, _: StreamKind, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub type OutputSink<'a> = &'a mut dyn Observer;
+
 /// Output read from a stream, within the cap.
 #[derive(Debug, Default)]
 pub struct Collected {
@@ -124,12 +148,13 @@ pub struct Collected {
 }
 
 impl Collected {
-    /// Keeps what fits under the per-stream cap; notes that something was dropped.
-    pub fn push(&mut self, kind: StreamKind, bytes: &[u8], cap: u64) {
+    /// Keeps what fits under the per-stream cap, notes that something was dropped, and
+    /// returns what was kept.
+    pub fn push<'b>(&mut self, kind: StreamKind, bytes: &'b [u8], cap: u64) -> &'b [u8] {
         let target = match kind {
             StreamKind::Stdout => &mut self.stdout,
             StreamKind::Stderr => &mut self.stderr,
-            StreamKind::Stdin => return,
+            StreamKind::Stdin => return &[],
         };
         let room = (cap as usize).saturating_sub(target.len());
         let kept = &bytes[..bytes.len().min(room)];
@@ -138,6 +163,7 @@ impl Collected {
         }
         target.extend_from_slice(kept);
         self.output.extend_from_slice(kept);
+        kept
     }
 }
 
@@ -148,6 +174,7 @@ pub fn collect_stream(
     deadline: Instant,
     cap: u64,
     mut on_deadline: impl FnMut(),
+    sink: OutputSink<'_>,
 ) -> io::Result<Collected> {
     let mut collected = Collected::default();
     let mut payload = Vec::new();
@@ -167,7 +194,12 @@ pub fn collect_stream(
         }
         hijacked.set_read_timeout(Some(limit - now))?;
         match hijacked.frames.next_frame(&mut payload) {
-            Ok(Some(kind)) => collected.push(kind, &payload, cap),
+            Ok(Some(kind)) => {
+                let kept = collected.push(kind, &payload, cap);
+                if !kept.is_empty() {
+                    sink.output(kind, kept)?;
+                }
+            }
             Ok(None) => return Ok(collected),
             Err(error)
                 if matches!(

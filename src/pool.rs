@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde_json::{json, Value};
 
-use crate::command::{Collected, CommandResult, CommandSpec, Status};
+use crate::command::{Collected, CommandResult, CommandSpec, OutputSink, Status};
 use crate::config::Config;
 use crate::docker::stream::StreamKind;
 use crate::docker::{ContainerSpec, Docker, DockerError, ExecSpec, Hijacked};
@@ -149,9 +149,19 @@ pub struct Pool {
     reap_receiver: Receiver<String>,
     /// Containers queued for removal or being removed.
     reaping: AtomicUsize,
+    /// Remove used containers on the caller's thread (no reaper thread runs).
+    inline_reaping: bool,
 }
 
 impl Pool {
+    /// A pool for one process that serves one command at a time (the CLI): no warm
+    /// containers, no background threads, used containers removed at once.
+    pub fn local(launcher: Launcher) -> Pool {
+        let mut pool = Pool::new(launcher, &[], 0);
+        pool.inline_reaping = true;
+        pool
+    }
+
     pub fn new(launcher: Launcher, initial: &[(PoolKey, usize)], dynamic_target: usize) -> Pool {
         let mut keys = BTreeMap::new();
         for (key, target) in initial {
@@ -174,6 +184,7 @@ impl Pool {
             reap_sender,
             reap_receiver,
             reaping: AtomicUsize::new(0),
+            inline_reaping: false,
         }
     }
 
@@ -221,7 +232,12 @@ impl Pool {
     /// Removes a used container in the background (inline if the queue is full).
     pub fn reap(&self, docker: &Docker, id: String) {
         self.reaping.fetch_add(1, Ordering::SeqCst);
-        if let Err(error) = self.reap_sender.try_send(id) {
+        let queued = if self.inline_reaping {
+            Err(crossbeam_channel::TrySendError::Full(id))
+        } else {
+            self.reap_sender.try_send(id)
+        };
+        if let Err(error) = queued {
             self.reaping.fetch_sub(1, Ordering::SeqCst);
             let id = error.into_inner();
             if let Err(error) = docker.container_remove(&id) {
@@ -430,15 +446,16 @@ pub fn run_in(
     warm: &mut Warm,
     spec: &CommandSpec,
     started: Instant,
+    sink: OutputSink<'_>,
 ) -> Result<CommandResult> {
     match warm.stream.as_mut() {
-        Some(stream) => stream.run(spec, started).map_err(|source| {
+        Some(stream) => stream.run(spec, started, sink).map_err(|source| {
             Error::Engine(DockerError::Io {
                 operation: "stub stream".into(),
                 source,
             })
         }),
-        None => crate::run::exec_direct(docker, &warm.id, spec, started),
+        None => crate::run::exec_direct(docker, &warm.id, spec, started, sink),
     }
 }
 
@@ -448,6 +465,7 @@ pub fn exec_via_stub(
     container: &str,
     spec: &CommandSpec,
     started: Instant,
+    sink: OutputSink<'_>,
 ) -> Result<CommandResult> {
     let exec_spec = ExecSpec {
         cmd: vec![stub::STUB_PATH.to_string(), "stub".to_string()],
@@ -463,7 +481,7 @@ pub fn exec_via_stub(
         })
     };
     stream.read_hello().map_err(io_error)?;
-    stream.run(spec, started).map_err(io_error)
+    stream.run(spec, started, sink).map_err(io_error)
 }
 
 /// The stub's records, read out of the stdout frames of an attach connection.
@@ -516,7 +534,12 @@ impl StubStream {
         }
     }
 
-    fn run(&mut self, spec: &CommandSpec, started: Instant) -> io::Result<CommandResult> {
+    fn run(
+        &mut self,
+        spec: &CommandSpec,
+        started: Instant,
+        sink: OutputSink<'_>,
+    ) -> io::Result<CommandResult> {
         let stub_spec = StubSpec {
             argv: spec.argv.clone(),
             env: spec.env.clone(),
@@ -529,6 +552,7 @@ impl StubStream {
             max_output_bytes: spec.max_output_bytes,
             stdin: spec.stdin.is_some(),
         };
+        sink.connected(&self.hijacked.stdin);
         let payload = serde_json::to_vec(&stub_spec).expect("spec serializes");
         self.hijacked
             .stdin
@@ -538,7 +562,7 @@ impl StubStream {
             .as_deref()
             .map(|data| (self.hijacked.stdin.try_clone(), data));
         let backstop = started + spec.timeout + BACKSTOP;
-        crate::run::with_records_fed(feed, || self.collect(spec, started, backstop))
+        crate::run::with_records_fed(feed, || self.collect(spec, started, backstop, sink))
     }
 
     fn collect(
@@ -546,6 +570,7 @@ impl StubStream {
         spec: &CommandSpec,
         started: Instant,
         backstop: Instant,
+        sink: OutputSink<'_>,
     ) -> io::Result<CommandResult> {
         let mut collected = Collected::default();
         loop {
@@ -567,11 +592,16 @@ impl StubStream {
                 Err(error) => return Err(error),
             };
             match record {
-                Some((stub::STDOUT, bytes)) => {
-                    collected.push(StreamKind::Stdout, &bytes, spec.max_output_bytes)
-                }
-                Some((stub::STDERR, bytes)) => {
-                    collected.push(StreamKind::Stderr, &bytes, spec.max_output_bytes)
+                Some((kind @ (stub::STDOUT | stub::STDERR), bytes)) => {
+                    let kind = if kind == stub::STDOUT {
+                        StreamKind::Stdout
+                    } else {
+                        StreamKind::Stderr
+                    };
+                    let kept = collected.push(kind, &bytes, spec.max_output_bytes);
+                    if !kept.is_empty() {
+                        sink.output(kind, kept)?;
+                    }
                 }
                 Some((stub::EXIT, payload)) => {
                     let exit: StubExit = serde_json::from_slice(&payload).map_err(|error| {

@@ -14,7 +14,7 @@ use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use crate::command::{collect_stream, CommandResult, CommandSpec, Status};
+use crate::command::{collect_stream, CommandResult, CommandSpec, OutputSink, Status};
 use crate::config::Config;
 use crate::docker::{Docker, DockerError, ExecSpec};
 use crate::error::{Error, Result};
@@ -47,6 +47,7 @@ pub fn run(
     config: &Config,
     pool: &Pool,
     request: &RunRequest,
+    sink: OutputSink<'_>,
 ) -> Result<CommandResult> {
     let started = Instant::now();
     let key = PoolKey {
@@ -73,7 +74,7 @@ pub fn run(
             warm
         }
     };
-    let result = pool::run_in(docker, &mut container, &request.command, started);
+    let result = pool::run_in(docker, &mut container, &request.command, started, sink);
     if from_pool {
         pool.release(&key);
     }
@@ -89,6 +90,7 @@ pub fn exec_direct(
     container: &str,
     spec: &CommandSpec,
     started: Instant,
+    sink: OutputSink<'_>,
 ) -> Result<CommandResult> {
     let exec_spec = ExecSpec {
         cmd: spec.argv.clone(),
@@ -99,6 +101,7 @@ pub fn exec_direct(
     };
     let exec_id = docker.exec_create(container, &exec_spec)?;
     let mut hijacked = docker.exec_start(&exec_id)?;
+    sink.connected(&hijacked.stdin);
     let feed = spec.stdin.as_deref().map(|data| {
         let writer = hijacked.stdin.try_clone();
         (writer, move |mut writer: UnixStream| {
@@ -112,6 +115,7 @@ pub fn exec_direct(
             started + spec.timeout,
             spec.max_output_bytes,
             || log::warn!("exec in container {container} passed its deadline"),
+            sink,
         )
     })
     .map_err(|source| {

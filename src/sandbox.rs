@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use crate::command::{CommandResult, CommandSpec};
+use crate::command::{CommandResult, CommandSpec, OutputSink};
 use crate::config::Config;
 use crate::docker::{ContainerInspect, ContainerSpec, Docker};
 use crate::error::{Error, Result};
@@ -232,6 +232,7 @@ pub fn exec(
     config: &Config,
     name: &SandboxName,
     spec: &CommandSpec,
+    sink: OutputSink<'_>,
 ) -> Result<CommandResult> {
     let inspect = inspect_ours(docker, config, name)?;
     if !inspect.state.running {
@@ -244,9 +245,9 @@ pub fn exec(
         .as_ref()
         .is_some_and(|labels| labels.get(labels::STUB).map(String::as_str) == Some("1"));
     let result = if has_stub {
-        crate::pool::exec_via_stub(docker, &inspect.id, spec, started)
+        crate::pool::exec_via_stub(docker, &inspect.id, spec, started, sink)
     } else {
-        crate::run::exec_direct(docker, &inspect.id, spec, started)
+        crate::run::exec_direct(docker, &inspect.id, spec, started, sink)
     };
     result.map_err(|error| match error {
         Error::Engine(engine) if engine.is_conflict() => Error::SandboxNotRunning(name.to_string()),

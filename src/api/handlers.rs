@@ -11,15 +11,16 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::command::{text, CommandResult, CommandSpec};
+use crate::command::{CommandSpec, NoObserver};
 use crate::config::Config;
 use crate::error::Error;
 use crate::labels::SandboxName;
 use crate::profile::{check_bound, Limits, Profile, MEMORY_MB_RANGE, PIDS_RANGE, VCPUS_RANGE};
 use crate::run::RunRequest;
-use crate::sandbox::{self, CreateSandbox, Sandbox};
+use crate::sandbox::{self, CreateSandbox};
 
 use super::response::{ApiError, Reply};
+use super::views::{command_data, sandbox_data};
 use super::Context;
 
 /// Parses a JSON body into `T`, turning serde's message into a 400 that says what was
@@ -96,43 +97,6 @@ fn parse_profile(name: Option<String>, config: &Config) -> Result<Profile, ApiEr
     }
 }
 
-fn command_data(result: &CommandResult) -> Value {
-    json!({
-        "output": text(&result.output),
-        "stdout": text(&result.stdout),
-        "stderr": text(&result.stderr),
-        "exit_code": result.exit_code,
-        "signal": result.signal,
-        "status": result.status.name(),
-        "duration_ms": result.duration.as_millis() as u64,
-    })
-}
-
-fn sandbox_data(sandbox: &Sandbox) -> Value {
-    let mut data = json!({
-        "name": sandbox.name,
-        "id": sandbox.id,
-        "status": sandbox.status.name(),
-        "backend": "docker",
-        "image": sandbox.image,
-        "profile": sandbox.profile,
-        "created_at": sandbox.created_at,
-    });
-    if let Some(limits) = sandbox.limits {
-        data["memory_mb"] = json!(limits.memory_mb);
-        // The SDKs type `vcpus` as an integer: give it only when it is one.
-        if limits.millicpus % 1000 == 0 {
-            data["vcpus"] = json!(limits.millicpus / 1000);
-        }
-        data["limits"] = json!({
-            "memory_mb": limits.memory_mb,
-            "cpus": limits.millicpus as f64 / 1000.0,
-            "pids": limits.pids,
-        });
-    }
-    data
-}
-
 pub fn get_health(_context: &Context) -> Result<Reply, ApiError> {
     let mut reply = Reply::ok(json!("ok"));
     reply.body["status"] = json!("ok");
@@ -174,7 +138,13 @@ pub fn post_run(context: &Context, body: &[u8]) -> Result<Reply, ApiError> {
         fast: body.fast.unwrap_or(true),
         command,
     };
-    let result = crate::run::run(&context.docker, &context.config, &context.pool, &request)?;
+    let result = crate::run::run(
+        &context.docker,
+        &context.config,
+        &context.pool,
+        &request,
+        &mut NoObserver,
+    )?;
     Ok(Reply::ok(command_data(&result)))
 }
 
@@ -309,6 +279,12 @@ pub fn post_sandbox_exec(
         )));
     }
     let spec = body.command.into_spec(&context.config)?;
-    let result = sandbox::exec(&context.docker, &context.config, name, &spec)?;
+    let result = sandbox::exec(
+        &context.docker,
+        &context.config,
+        name,
+        &spec,
+        &mut NoObserver,
+    )?;
     Ok(Reply::ok(command_data(&result)))
 }

@@ -10,6 +10,7 @@
 pub mod handlers;
 pub mod response;
 pub mod routes;
+pub mod views;
 
 use std::io::{Cursor, Read};
 use std::panic::{catch_unwind, AssertUnwindSafe};
