@@ -19,6 +19,7 @@ use crate::profile::{check_bound, Limits, Profile, MEMORY_MB_RANGE, PIDS_RANGE, 
 use crate::run::RunRequest;
 use crate::sandbox::{self, CreateSandbox};
 
+use super::events::StreamJob;
 use super::response::{ApiError, Reply};
 use super::views::{command_data, sandbox_data};
 use super::Context;
@@ -117,7 +118,8 @@ struct RunBody {
     command: CommandFields,
 }
 
-pub fn post_run(context: &Context, body: &[u8]) -> Result<Reply, ApiError> {
+/// A `/run` body as a validated request.
+pub fn parse_run(context: &Context, body: &[u8]) -> Result<RunRequest, ApiError> {
     let body: RunBody = parse_body(body)?;
     let profile = parse_profile(body.profile, &context.config)?;
     let command = body.command.into_spec(&context.config)?;
@@ -132,12 +134,16 @@ pub fn post_run(context: &Context, body: &[u8]) -> Result<Reply, ApiError> {
             .image_for(&command.argv[0])
             .to_string(),
     };
-    let request = RunRequest {
+    Ok(RunRequest {
         image,
         profile,
         fast: body.fast.unwrap_or(true),
         command,
-    };
+    })
+}
+
+pub fn post_run(context: &Context, body: &[u8]) -> Result<Reply, ApiError> {
+    let request = parse_run(context, body)?;
     let result = crate::run::run(
         &context.docker,
         &context.config,
@@ -146,6 +152,19 @@ pub fn post_run(context: &Context, body: &[u8]) -> Result<Reply, ApiError> {
         &mut NoObserver,
     )?;
     Ok(Reply::ok(command_data(&result)))
+}
+
+pub fn post_run_stream(context: &Context, body: &[u8]) -> Result<Reply, ApiError> {
+    let request = parse_run(context, body)?;
+    // Errors that have a status code are answered before the stream starts.
+    if !context
+        .docker
+        .image_exists(&request.image)
+        .map_err(Error::from)?
+    {
+        return Err(Error::ImageMissing(request.image).into());
+    }
+    Ok(Reply::events(StreamJob::Run(request)))
 }
 
 pub fn get_sandboxes(context: &Context) -> Result<Reply, ApiError> {
@@ -267,18 +286,23 @@ struct ExecBody {
     command: CommandFields,
 }
 
-pub fn post_sandbox_exec(
-    context: &Context,
-    name: &SandboxName,
-    body: &[u8],
-) -> Result<Reply, ApiError> {
+/// An exec body as a validated command.
+pub fn parse_exec(context: &Context, body: &[u8]) -> Result<CommandSpec, ApiError> {
     let body: ExecBody = parse_body(body)?;
     if body.sudo == Some(true) {
         return Err(ApiError::Domain(Error::Invalid(
             "sudo is not supported: commands run as the sandbox's profile user".into(),
         )));
     }
-    let spec = body.command.into_spec(&context.config)?;
+    body.command.into_spec(&context.config)
+}
+
+pub fn post_sandbox_exec(
+    context: &Context,
+    name: &SandboxName,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let spec = parse_exec(context, body)?;
     let result = sandbox::exec(
         &context.docker,
         &context.config,
@@ -287,4 +311,17 @@ pub fn post_sandbox_exec(
         &mut NoObserver,
     )?;
     Ok(Reply::ok(command_data(&result)))
+}
+
+pub fn post_sandbox_exec_stream(
+    context: &Context,
+    name: &SandboxName,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let spec = parse_exec(context, body)?;
+    let found = sandbox::get(&context.docker, &context.config, name)?;
+    if found.status != sandbox::SandboxStatus::Running {
+        return Err(Error::SandboxNotRunning(name.to_string()).into());
+    }
+    Ok(Reply::events(StreamJob::Exec(name.clone(), spec)))
 }

@@ -11,11 +11,13 @@ pub enum Route {
     Health,
     Pool,
     Run,
+    RunStream,
     ListSandboxes,
     CreateSandbox,
     GetSandbox(SandboxName),
     DeleteSandbox(SandboxName),
     ExecSandbox(SandboxName),
+    ExecSandboxStream(SandboxName),
     StartSandbox(SandboxName),
     StopSandbox(SandboxName),
 }
@@ -58,6 +60,8 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
         (_, ["pool"]) => Err(not_allowed("GET")),
         ("POST", ["run"]) => Ok(Route::Run),
         (_, ["run"]) => Err(not_allowed("POST")),
+        ("POST", ["run", "stream"]) => Ok(Route::RunStream),
+        (_, ["run", "stream"]) => Err(not_allowed("POST")),
         ("GET", ["sandboxes"]) => Ok(Route::ListSandboxes),
         ("POST", ["sandboxes"]) => Ok(Route::CreateSandbox),
         (_, ["sandboxes"]) => Err(not_allowed("GET, POST")),
@@ -68,6 +72,10 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
         ("POST", ["sandboxes", sandbox, "start"]) => Ok(Route::StartSandbox(name(sandbox)?)),
         ("POST", ["sandboxes", sandbox, "stop"]) => Ok(Route::StopSandbox(name(sandbox)?)),
         (_, ["sandboxes", _, "exec" | "start" | "stop"]) => Err(not_allowed("POST")),
+        ("POST", ["sandboxes", sandbox, "exec", "stream"]) => {
+            Ok(Route::ExecSandboxStream(name(sandbox)?))
+        }
+        (_, ["sandboxes", _, "exec", "stream"]) => Err(not_allowed("POST")),
         _ => Err(RouteError::NotFound(path.to_string())),
     }
 }
@@ -86,6 +94,12 @@ mod tests {
             ("GET", "/health", Route::Health),
             ("GET", "/pool", Route::Pool),
             ("POST", "/run", Route::Run),
+            ("POST", "/run/stream", Route::RunStream),
+            (
+                "POST",
+                "/sandboxes/b/exec/stream",
+                Route::ExecSandboxStream(name("b")),
+            ),
             ("GET", "/sandboxes", Route::ListSandboxes),
             ("GET", "/sandboxes/?x=1", Route::ListSandboxes),
             ("POST", "/sandboxes", Route::CreateSandbox),
