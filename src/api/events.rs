@@ -135,6 +135,9 @@ fn produce(
     };
     let last = match result {
         Ok(result) => {
+            if let StreamJob::Exec(name, spec) = &job {
+                context.history.exec(name, &spec.argv, &result);
+            }
             let _ = observer.flush_carry();
             event(
                 "done",

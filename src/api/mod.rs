@@ -24,6 +24,7 @@ use tiny_http::{Header, Request, Response, Server};
 
 use crate::config::Config;
 use crate::docker::Docker;
+use crate::history::History;
 use crate::pool::Pool;
 
 use self::response::{ApiError, Reply};
@@ -34,6 +35,23 @@ pub struct Context {
     pub config: Config,
     pub docker: Docker,
     pub pool: Pool,
+    pub history: History,
+}
+
+impl Context {
+    pub fn new(config: Config, docker: Docker, pool: Pool) -> Context {
+        let history = History::new(
+            config.data_dir.clone(),
+            &config.namespace,
+            config.history_max_bytes,
+        );
+        Context {
+            config,
+            docker,
+            pool,
+            history,
+        }
+    }
 }
 
 /// A request as handlers see it: no tiny_http types.
@@ -251,6 +269,7 @@ pub fn handle(context: &Context, request: &ApiRequest) -> Result<Reply, ApiError
         Route::Pool => get_pool(context),
         Route::Run => post_run(context, body),
         Route::RunStream => post_run_stream(context, body),
+        Route::BatchRun => post_batch_run(context, body),
         Route::ListSandboxes => get_sandboxes(context),
         Route::CreateSandbox => post_sandboxes(context, body),
         Route::GetSandbox(name) => get_sandbox(context, &name),
@@ -259,6 +278,7 @@ pub fn handle(context: &Context, request: &ApiRequest) -> Result<Reply, ApiError
         Route::ExecSandboxStream(name) => post_sandbox_exec_stream(context, &name, body),
         Route::StartSandbox(name) => post_sandbox_start(context, &name),
         Route::StopSandbox(name) => post_sandbox_stop(context, &name),
+        Route::SandboxLogs(name) => get_sandbox_logs(context, &name),
     }
 }
 

@@ -12,6 +12,7 @@ pub enum Route {
     Pool,
     Run,
     RunStream,
+    BatchRun,
     ListSandboxes,
     CreateSandbox,
     GetSandbox(SandboxName),
@@ -20,6 +21,7 @@ pub enum Route {
     ExecSandboxStream(SandboxName),
     StartSandbox(SandboxName),
     StopSandbox(SandboxName),
+    SandboxLogs(SandboxName),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +63,8 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
         ("POST", ["run"]) => Ok(Route::Run),
         (_, ["run"]) => Err(not_allowed("POST")),
         ("POST", ["run", "stream"]) => Ok(Route::RunStream),
+        ("POST", ["batch", "run"]) => Ok(Route::BatchRun),
+        (_, ["batch", "run"]) => Err(not_allowed("POST")),
         (_, ["run", "stream"]) => Err(not_allowed("POST")),
         ("GET", ["sandboxes"]) => Ok(Route::ListSandboxes),
         ("POST", ["sandboxes"]) => Ok(Route::CreateSandbox),
@@ -76,6 +80,8 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
             Ok(Route::ExecSandboxStream(name(sandbox)?))
         }
         (_, ["sandboxes", _, "exec", "stream"]) => Err(not_allowed("POST")),
+        ("GET", ["sandboxes", sandbox, "logs"]) => Ok(Route::SandboxLogs(name(sandbox)?)),
+        (_, ["sandboxes", _, "logs"]) => Err(not_allowed("GET")),
         _ => Err(RouteError::NotFound(path.to_string())),
     }
 }
@@ -95,6 +101,8 @@ mod tests {
             ("GET", "/pool", Route::Pool),
             ("POST", "/run", Route::Run),
             ("POST", "/run/stream", Route::RunStream),
+            ("POST", "/batch/run", Route::BatchRun),
+            ("GET", "/sandboxes/b/logs", Route::SandboxLogs(name("b"))),
             (
                 "POST",
                 "/sandboxes/b/exec/stream",
