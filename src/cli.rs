@@ -22,7 +22,7 @@ Usage:
                     [--default-profile P] [--max-body-bytes N]
                     [--pool IMAGE[:PROFILE]=N]... [--pool-size N] [--pool-dynamic-size N]
                     [--no-stub] [--default-timeout-ms N] [--max-timeout-ms N]
-                    [--max-output-bytes N]
+                    [--max-output-bytes N] [--max-file-bytes N]
   agentkernel --help | --version
 
 Environment:
@@ -43,6 +43,8 @@ pub enum Command {
     Stub {
         idle: bool,
     },
+    /// A file operation of the in-container stub (internal, like `Stub`).
+    StubFile(crate::stub::FileOp),
     Help,
     Version,
 }
@@ -66,17 +68,59 @@ pub fn parse(
         Some(Long("help") | Short('h')) => Ok(Command::Help),
         Some(Long("version") | Short('V')) => Ok(Command::Version),
         Some(Value(word)) if word == "serve" => parse_serve(&mut parser, env),
-        Some(Value(word)) if word == "stub" => match parser.next()? {
-            None => Ok(Command::Stub { idle: false }),
-            Some(Long("idle")) => Ok(Command::Stub { idle: true }),
-            Some(other) => Err(other.unexpected().into()),
-        },
+        Some(Value(word)) if word == "stub" => {
+            let flag = match parser.next()? {
+                None => return Ok(Command::Stub { idle: false }),
+                Some(Long(flag)) => flag.to_string(),
+                Some(other) => return Err(other.unexpected().into()),
+            };
+            match flag.as_str() {
+                "idle" => Ok(Command::Stub { idle: true }),
+                "cat" | "untar" | "rm" => parse_stub_file(&flag, &mut parser),
+                _ => Err(UsageError(format!("invalid option '--{flag}'"))),
+            }
+        }
         Some(Value(word)) => Err(UsageError(format!(
             "unknown command '{}'",
             word.to_string_lossy()
         ))),
         Some(other) => Err(other.unexpected().into()),
         None => Err(UsageError("no command given".into())),
+    }
+}
+
+/// `--cat PATH MAX`, `--untar DIR MAX` or `--rm PATH`, and nothing after.
+fn parse_stub_file(op: &str, parser: &mut lexopt::Parser) -> Result<Command, UsageError> {
+    use crate::stub::FileOp;
+    let path = parser.value()?.string()?;
+    let op = match op {
+        "cat" => FileOp::Cat {
+            path,
+            max: parser.value()?.parse()?,
+        },
+        "untar" => FileOp::Untar {
+            dir: path,
+            max: parser.value()?.parse()?,
+        },
+        _ => FileOp::Rm { path },
+    };
+    if !op_path(&op).starts_with('/') {
+        return Err(UsageError(format!(
+            "stub file operations take absolute paths, got '{}'",
+            op_path(&op)
+        )));
+    }
+    match parser.next()? {
+        None => Ok(Command::StubFile(op)),
+        Some(other) => Err(other.unexpected().into()),
+    }
+}
+
+fn op_path(op: &crate::stub::FileOp) -> &str {
+    use crate::stub::FileOp;
+    match op {
+        FileOp::Cat { path, .. } | FileOp::Rm { path } => path,
+        FileOp::Untar { dir, .. } => dir,
     }
 }
 
@@ -99,6 +143,9 @@ fn parse_serve(parser: &mut lexopt::Parser, env: &dyn Environment) -> Result<Com
                     Profile::parse(&parser.value()?.string()?).map_err(UsageError)?
             }
             Long("max-body-bytes") => config.max_body_bytes = parser.value()?.parse()?,
+            Long("max-file-bytes") => {
+                config.max_file_bytes = positive_u64(parser.value()?.parse()?, "--max-file-bytes")?
+            }
             Long("pool") => {
                 let text = parser.value()?.string()?;
                 let entry = parse_pool(&text, config.default_profile)?;
@@ -145,6 +192,14 @@ fn positive(value: usize, flag: &str) -> Result<usize, UsageError> {
     }
 }
 
+fn positive_u64(value: u64, flag: &str) -> Result<u64, UsageError> {
+    if value == 0 {
+        Err(UsageError(format!("{flag} must be at least 1")))
+    } else {
+        Ok(value)
+    }
+}
+
 fn set_image(images: &mut ImageTable, assignment: &str) -> Result<(), UsageError> {
     let (runtime, image) = assignment
         .split_once('=')
@@ -166,6 +221,7 @@ pub fn run(command: Command) -> i32 {
         Command::Serve(config) => serve(*config),
         Command::Stub { idle: false } => crate::stub::main(),
         Command::Stub { idle: true } => crate::stub::idle(),
+        Command::StubFile(op) => crate::stub::file_op(op),
     }
 }
 
@@ -286,6 +342,46 @@ mod tests {
             panic!("expected serve");
         };
         assert_eq!(config.pool_keys()[0].1, 4);
+    }
+
+    #[test]
+    fn stub_file_operations_take_absolute_paths_and_limits() {
+        use crate::stub::FileOp;
+        let parsed = |words: &[&str]| match parse_words(words) {
+            Ok(Command::StubFile(op)) => Ok(op),
+            Ok(other) => panic!("{words:?} parsed as {other:?}"),
+            Err(error) => Err(error),
+        };
+        assert_eq!(
+            parsed(&["stub", "--cat", "/tmp/x", "16"]),
+            Ok(FileOp::Cat {
+                path: "/tmp/x".into(),
+                max: 16
+            })
+        );
+        assert_eq!(
+            parsed(&["stub", "--untar", "/", "5"]),
+            Ok(FileOp::Untar {
+                dir: "/".into(),
+                max: 5
+            })
+        );
+        assert_eq!(
+            parsed(&["stub", "--rm", "/-odd name"]),
+            Ok(FileOp::Rm {
+                path: "/-odd name".into()
+            })
+        );
+        assert!(parsed(&["stub", "--cat", "relative", "1"]).is_err());
+        assert!(parsed(&["stub", "--cat", "/x"]).is_err());
+        assert!(parsed(&["stub", "--cat", "/x", "many"]).is_err());
+        assert!(parsed(&["stub", "--rm", "/x", "extra"]).is_err());
+        let Command::Serve(config) = parse_words(&["serve", "--max-file-bytes", "1000"]).unwrap()
+        else {
+            panic!("expected serve");
+        };
+        assert_eq!(config.max_file_bytes, 1000);
+        assert!(parse_words(&["serve", "--max-file-bytes", "0"]).is_err());
     }
 
     #[test]

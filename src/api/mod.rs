@@ -4,8 +4,9 @@
 //! Invariants: only this module (and its children) knows tiny_http and status codes;
 //! the queue is bounded and a full queue answers 503 at once, from the accept loop;
 //! every request is answered, with a JSON envelope, exactly once (a panic in a handler
-//! becomes a 500 and the worker lives on); bodies over the limit are refused from their
-//! declared length before being read; API keys and bodies are never logged.
+//! becomes a 500 and the worker lives on); a request is routed before its body is read,
+//! and bodies over the route's limit are refused from their declared length before being
+//! read; API keys and bodies are never logged.
 
 pub mod events;
 pub mod handlers;
@@ -59,6 +60,7 @@ impl Context {
 pub struct ApiRequest {
     pub method: String,
     pub url: String,
+    pub route: Route,
     pub api_key: Option<String>,
     pub body: Vec<u8>,
 }
@@ -235,7 +237,9 @@ fn read_request(context: &Context, request: &mut Request) -> Result<ApiRequest, 
             return Err(ApiError::Unauthorized);
         }
     }
-    let limit = context.config.max_body_bytes;
+    // Routed before the body is read: the route decides the body's limit.
+    let route = routes::parse(request.method().as_str(), request.url())?;
+    let limit = body_limit(&context.config, &route);
     if request
         .body_length()
         .is_some_and(|length| length as u64 > limit)
@@ -254,15 +258,25 @@ fn read_request(context: &Context, request: &mut Request) -> Result<ApiRequest, 
     Ok(ApiRequest {
         method: request.method().as_str().to_string(),
         url: request.url().to_string(),
+        route,
         api_key,
         body,
     })
 }
 
-/// Routes one request: the single `match` from route to handler.
+/// The largest body a route accepts: file uploads carry a whole file (in base64), every
+/// other body is small.
+fn body_limit(config: &Config, route: &Route) -> u64 {
+    match route {
+        Route::PutSandboxFile(..) | Route::PostSandboxFiles(_) => config.max_upload_body_bytes(),
+        _ => config.max_body_bytes,
+    }
+}
+
+/// Runs the handler of a routed request: the single `match` from route to handler.
 pub fn handle(context: &Context, request: &ApiRequest) -> Result<Reply, ApiError> {
     use handlers::*;
-    let route = routes::parse(&request.method, &request.url)?;
+    let route = request.route.clone();
     let body = &request.body;
     match route {
         Route::Health => get_health(context),
@@ -279,6 +293,10 @@ pub fn handle(context: &Context, request: &ApiRequest) -> Result<Reply, ApiError
         Route::StartSandbox(name) => post_sandbox_start(context, &name),
         Route::StopSandbox(name) => post_sandbox_stop(context, &name),
         Route::SandboxLogs(name) => get_sandbox_logs(context, &name),
+        Route::GetSandboxFile(name, path) => get_sandbox_file(context, &name, &path),
+        Route::PutSandboxFile(name, path) => put_sandbox_file(context, &name, &path, body),
+        Route::DeleteSandboxFile(name, path) => delete_sandbox_file(context, &name, &path),
+        Route::PostSandboxFiles(name) => post_sandbox_files(context, &name, body),
     }
 }
 
