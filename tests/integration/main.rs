@@ -4,6 +4,7 @@
 mod harness;
 
 mod api;
+mod files;
 mod isolation;
 mod lifecycle;
 mod pool;
