@@ -117,27 +117,29 @@ struct RunBody {
     command: CommandFields,
 }
 
-pub fn post_run(context: &Context, body: &[u8]) -> Result<Reply, ApiError> {
+/// Parses a `/run` body into a validated request. Public so that every way of running
+/// a command (this handler, the CLI's streaming run) reads bodies with the same code.
+pub fn parse_run(config: &Config, body: &[u8]) -> Result<RunRequest, ApiError> {
     let body: RunBody = parse_body(body)?;
-    let profile = parse_profile(body.profile, &context.config)?;
-    let command = body.command.into_spec(&context.config)?;
+    let profile = parse_profile(body.profile, config)?;
+    let command = body.command.into_spec(config)?;
     let image = match body.image {
         Some(image) if image.trim().is_empty() => {
             return Err(ApiError::BadBody("image must not be empty".into()))
         }
         Some(image) => image,
-        None => context
-            .config
-            .images
-            .image_for(&command.argv[0])
-            .to_string(),
+        None => config.images.image_for(&command.argv[0]).to_string(),
     };
-    let request = RunRequest {
+    Ok(RunRequest {
         image,
         profile,
         fast: body.fast.unwrap_or(true),
         command,
-    };
+    })
+}
+
+pub fn post_run(context: &Context, body: &[u8]) -> Result<Reply, ApiError> {
+    let request = parse_run(&context.config, body)?;
     let result = crate::run::run(
         &context.docker,
         &context.config,
@@ -267,18 +269,23 @@ struct ExecBody {
     command: CommandFields,
 }
 
-pub fn post_sandbox_exec(
-    context: &Context,
-    name: &SandboxName,
-    body: &[u8],
-) -> Result<Reply, ApiError> {
+/// Parses an exec body into a validated command, for this handler and the CLI alike.
+pub fn parse_exec(config: &Config, body: &[u8]) -> Result<CommandSpec, ApiError> {
     let body: ExecBody = parse_body(body)?;
     if body.sudo == Some(true) {
         return Err(ApiError::Domain(Error::Invalid(
             "sudo is not supported: commands run as the sandbox's profile user".into(),
         )));
     }
-    let spec = body.command.into_spec(&context.config)?;
+    body.command.into_spec(config)
+}
+
+pub fn post_sandbox_exec(
+    context: &Context,
+    name: &SandboxName,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let spec = parse_exec(&context.config, body)?;
     let result = sandbox::exec(
         &context.docker,
         &context.config,
