@@ -1129,11 +1129,7 @@ fn serve(config: Config) -> i32 {
     }
     let launcher = crate::pool::Launcher::detect(config.stub);
     let pool = crate::pool::Pool::new(launcher, &config.pool_keys(), config.pool_dynamic_size);
-    let context = Arc::new(crate::api::Context {
-        config,
-        docker,
-        pool,
-    });
+    let context = Arc::new(crate::api::Context::new(config, docker, pool));
     match crate::api::serve(context, shutdown) {
         Ok(()) => 0,
         Err(error) => {

@@ -5,9 +5,10 @@
 //! in process with the request the server would have received, so both modes go
 //! through the same routes, body parsing, validation, domain code and error mapping:
 //! their answers are the same JSON by construction, not by care. Streaming run and
-//! exec call the same parse functions (`handlers::parse_run`, `handlers::parse_exec`)
-//! and the same domain functions (`run::run`, `sandbox::exec`) as the handlers, with an
-//! observer in place of the SSE stream; remote mode reads the server's SSE endpoints.
+//! exec go through the server's streaming routes (`/run/stream`,
+//! `/sandboxes/{name}/exec/stream`) the same way: in process, the handler's job runs
+//! with our observer where the server would write events (`StreamJob::execute`);
+//! remotely, we read the server's events.
 //!
 //! Invariants: both modes send the same method, path and body bytes; an error becomes
 //! one `ClientError` whose message is the API's own; every remote call has a deadline
@@ -20,8 +21,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::api::response::{status_of, ApiError, Reply};
-use crate::api::routes::{self, Route};
-use crate::api::{handlers, views, ApiRequest, Context};
+use crate::api::{views, ApiRequest, Context};
 use crate::command::Observer;
 use crate::config::Config;
 use crate::docker::stream::StreamKind;
@@ -126,11 +126,7 @@ impl Backend {
     pub fn local(config: Config) -> Backend {
         let docker = Docker::new(config.docker_socket.clone(), config.docker_timeout);
         let pool = Pool::local(Launcher::detect(config.stub));
-        Backend::Local(Box::new(Context {
-            config,
-            docker,
-            pool,
-        }))
+        Backend::Local(Box::new(Context::new(config, docker, pool)))
     }
 
     /// `base` is an `http://` URL; the key, when given, is sent as `X-API-Key`.
@@ -210,6 +206,9 @@ fn check_body_size(config: &Config, body: &[u8]) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// A streaming request answered in process: the server's own route and handler decide
+/// (and check) what runs, as for `POST {path}/stream`; the job then runs with our
+/// observer where the server would put its event stream.
 fn stream_local(
     context: &Context,
     path: &str,
@@ -217,28 +216,22 @@ fn stream_local(
     observer: &mut dyn Observer,
 ) -> Result<Value, ClientError> {
     check_body_size(&context.config, body)?;
-    let result = match routes::parse("POST", path).map_err(ApiError::from)? {
-        Route::Run => {
-            let request = handlers::parse_run(&context.config, body)?;
-            crate::run::run(
-                &context.docker,
-                &context.config,
-                &context.pool,
-                &request,
-                observer,
-            )
-        }
-        Route::ExecSandbox(name) => {
-            let spec = handlers::parse_exec(&context.config, body)?;
-            crate::sandbox::exec(&context.docker, &context.config, &name, &spec, observer)
-        }
-        _ => {
-            return Err(ClientError::Protocol(format!(
-                "{path} does not run commands"
-            )))
-        }
+    let request = ApiRequest {
+        method: "POST".into(),
+        url: format!("{path}/stream"),
+        api_key: None,
+        body: body.to_vec(),
     };
-    let result = result.map_err(ApiError::from)?;
+    let mut reply = match crate::api::handle(context, &request) {
+        Ok(reply) => reply,
+        Err(error) => error.reply(),
+    };
+    let Some(job) = reply.stream.take() else {
+        return Err(Answer::from_reply(reply).data().err().unwrap_or_else(|| {
+            ClientError::Protocol(format!("{path}/stream answered without a stream"))
+        }));
+    };
+    let result = job.execute(context, observer).map_err(ApiError::from)?;
     Ok(views::command_data(&result))
 }
 

@@ -38,6 +38,12 @@ pub struct Config {
     pub pool_dynamic_size: usize,
     /// Use the in-container stub where possible (else always `docker exec`).
     pub stub: bool,
+    /// Where sandbox history is kept; `None` keeps none.
+    pub data_dir: Option<PathBuf>,
+    pub history_max_bytes: u64,
+    /// Most commands in one `/batch/run`, and how many of them run at once.
+    pub max_batch: usize,
+    pub batch_concurrency: usize,
 }
 
 impl Default for Config {
@@ -63,6 +69,10 @@ impl Default for Config {
             pool_default_size: 4,
             pool_dynamic_size: 2,
             stub: true,
+            data_dir: None,
+            history_max_bytes: 8 * 1024 * 1024,
+            max_batch: 64,
+            batch_concurrency: 4,
         }
     }
 }
@@ -107,6 +117,17 @@ impl Config {
         if let Some(namespace) = env.var("AGENTKERNEL_NAMESPACE") {
             config.namespace = Namespace::parse(&namespace)?;
         }
+        config.data_dir = env
+            .var("AGENTKERNEL_DATA_DIR")
+            .map(PathBuf::from)
+            .or_else(|| {
+                env.var("XDG_STATE_HOME")
+                    .map(|dir| PathBuf::from(dir).join("agentkernel"))
+            })
+            .or_else(|| {
+                env.var("HOME")
+                    .map(|home| PathBuf::from(home).join(".local/state/agentkernel"))
+            });
         if env.var("AGENTKERNEL_STUB").as_deref() == Some("off") {
             config.stub = false;
         }

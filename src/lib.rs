@@ -10,6 +10,7 @@ pub mod command;
 pub mod config;
 pub mod docker;
 pub mod error;
+pub mod history;
 pub mod labels;
 pub mod pool;
 pub mod profile;

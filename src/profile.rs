@@ -81,8 +81,8 @@ impl Profile {
     /// Capabilities kept on top of `CapDrop: ALL`. Enough for package managers and
     /// file ownership changes inside the container; no networking, mount, ptrace or
     /// device capabilities anywhere.
-    pub fn capabilities(self) -> &'static [&'static str] {
-        const BASE: &[&str] = &[
+    pub fn capabilities(self) -> Vec<&'static str> {
+        const BASE: [&str; 7] = [
             "CHOWN",
             "DAC_OVERRIDE",
             "FOWNER",
@@ -91,23 +91,12 @@ impl Profile {
             "SETGID",
             "SETUID",
         ];
-        const WIDER: &[&str] = &[
-            "CHOWN",
-            "DAC_OVERRIDE",
-            "FOWNER",
-            "FSETID",
-            "KILL",
-            "SETGID",
-            "SETUID",
-            "NET_BIND_SERVICE",
-            "SYS_CHROOT",
-            "AUDIT_WRITE",
-            "SETFCAP",
-        ];
+        const PERMISSIVE_EXTRA: [&str; 4] =
+            ["NET_BIND_SERVICE", "SYS_CHROOT", "AUDIT_WRITE", "SETFCAP"];
         match self {
-            Profile::Permissive => WIDER,
-            Profile::Moderate => BASE,
-            Profile::Restrictive => &[],
+            Profile::Permissive => BASE.iter().chain(&PERMISSIVE_EXTRA).copied().collect(),
+            Profile::Moderate => BASE.to_vec(),
+            Profile::Restrictive => Vec::new(),
         }
     }
 

@@ -6,6 +6,8 @@
 //! send, which must then be null or a value we honour; explicit JSON `null` means
 //! "not given" for every optional field.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -19,6 +21,7 @@ use crate::profile::{check_bound, Limits, Profile, MEMORY_MB_RANGE, PIDS_RANGE, 
 use crate::run::RunRequest;
 use crate::sandbox::{self, CreateSandbox};
 
+use super::events::StreamJob;
 use super::response::{ApiError, Reply};
 use super::views::{command_data, sandbox_data};
 use super::Context;
@@ -117,18 +120,24 @@ struct RunBody {
     command: CommandFields,
 }
 
-/// Parses a `/run` body into a validated request. Public so that every way of running
-/// a command (this handler, the CLI's streaming run) reads bodies with the same code.
-pub fn parse_run(config: &Config, body: &[u8]) -> Result<RunRequest, ApiError> {
-    let body: RunBody = parse_body(body)?;
-    let profile = parse_profile(body.profile, config)?;
-    let command = body.command.into_spec(config)?;
+/// A `/run` body as a validated request.
+pub fn parse_run(context: &Context, body: &[u8]) -> Result<RunRequest, ApiError> {
+    run_request(context, parse_body(body)?)
+}
+
+fn run_request(context: &Context, body: RunBody) -> Result<RunRequest, ApiError> {
+    let profile = parse_profile(body.profile, &context.config)?;
+    let command = body.command.into_spec(&context.config)?;
     let image = match body.image {
         Some(image) if image.trim().is_empty() => {
             return Err(ApiError::BadBody("image must not be empty".into()))
         }
         Some(image) => image,
-        None => config.images.image_for(&command.argv[0]).to_string(),
+        None => context
+            .config
+            .images
+            .image_for(&command.argv[0])
+            .to_string(),
     };
     Ok(RunRequest {
         image,
@@ -139,7 +148,7 @@ pub fn parse_run(config: &Config, body: &[u8]) -> Result<RunRequest, ApiError> {
 }
 
 pub fn post_run(context: &Context, body: &[u8]) -> Result<Reply, ApiError> {
-    let request = parse_run(&context.config, body)?;
+    let request = parse_run(context, body)?;
     let result = crate::run::run(
         &context.docker,
         &context.config,
@@ -148,6 +157,19 @@ pub fn post_run(context: &Context, body: &[u8]) -> Result<Reply, ApiError> {
         &mut NoObserver,
     )?;
     Ok(Reply::ok(command_data(&result)))
+}
+
+pub fn post_run_stream(context: &Context, body: &[u8]) -> Result<Reply, ApiError> {
+    let request = parse_run(context, body)?;
+    // Errors that have a status code are answered before the stream starts.
+    if !context
+        .docker
+        .image_exists(&request.image)
+        .map_err(Error::from)?
+    {
+        return Err(Error::ImageMissing(request.image).into());
+    }
+    Ok(Reply::events(StreamJob::Run(request)))
 }
 
 pub fn get_sandboxes(context: &Context) -> Result<Reply, ApiError> {
@@ -237,6 +259,7 @@ pub fn post_sandboxes(context: &Context, body: &[u8]) -> Result<Reply, ApiError>
         &context.pool.launcher,
         &request,
     )?;
+    context.history.event(&request.name, "created");
     Ok(Reply::created(sandbox_data(&created)))
 }
 
@@ -247,16 +270,19 @@ pub fn get_sandbox(context: &Context, name: &SandboxName) -> Result<Reply, ApiEr
 
 pub fn delete_sandbox(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
     sandbox::delete(&context.docker, &context.config, name)?;
+    context.history.event(name, "removed");
     Ok(Reply::ok(json!({ "name": name.as_str(), "removed": true })))
 }
 
 pub fn post_sandbox_start(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
     let started = sandbox::start(&context.docker, &context.config, name)?;
+    context.history.event(name, "started");
     Ok(Reply::ok(sandbox_data(&started)))
 }
 
 pub fn post_sandbox_stop(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
     let stopped = sandbox::stop(&context.docker, &context.config, name)?;
+    context.history.event(name, "stopped");
     Ok(Reply::ok(sandbox_data(&stopped)))
 }
 
@@ -269,15 +295,15 @@ struct ExecBody {
     command: CommandFields,
 }
 
-/// Parses an exec body into a validated command, for this handler and the CLI alike.
-pub fn parse_exec(config: &Config, body: &[u8]) -> Result<CommandSpec, ApiError> {
+/// An exec body as a validated command.
+pub fn parse_exec(context: &Context, body: &[u8]) -> Result<CommandSpec, ApiError> {
     let body: ExecBody = parse_body(body)?;
     if body.sudo == Some(true) {
         return Err(ApiError::Domain(Error::Invalid(
             "sudo is not supported: commands run as the sandbox's profile user".into(),
         )));
     }
-    body.command.into_spec(config)
+    body.command.into_spec(&context.config)
 }
 
 pub fn post_sandbox_exec(
@@ -285,7 +311,7 @@ pub fn post_sandbox_exec(
     name: &SandboxName,
     body: &[u8],
 ) -> Result<Reply, ApiError> {
-    let spec = parse_exec(&context.config, body)?;
+    let spec = parse_exec(context, body)?;
     let result = sandbox::exec(
         &context.docker,
         &context.config,
@@ -293,5 +319,104 @@ pub fn post_sandbox_exec(
         &spec,
         &mut NoObserver,
     )?;
+    context.history.exec(name, &spec.argv, &result);
     Ok(Reply::ok(command_data(&result)))
+}
+
+pub fn post_sandbox_exec_stream(
+    context: &Context,
+    name: &SandboxName,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let spec = parse_exec(context, body)?;
+    let found = sandbox::get(&context.docker, &context.config, name)?;
+    if found.status != sandbox::SandboxStatus::Running {
+        return Err(Error::SandboxNotRunning(name.to_string()).into());
+    }
+    Ok(Reply::events(StreamJob::Exec(name.clone(), spec)))
+}
+
+pub fn get_sandbox_logs(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
+    let entries = context.history.read(name);
+    if entries.is_empty() {
+        // No history: say whether the sandbox exists at all.
+        sandbox::get(&context.docker, &context.config, name)?;
+    }
+    Ok(Reply::ok(Value::Array(entries)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    commands: Option<Vec<Value>>,
+}
+
+/// Runs every command of the batch, up to `batch_concurrency` at once; one command's
+/// failure is its own result, not the batch's.
+pub fn post_batch_run(context: &Context, body: &[u8]) -> Result<Reply, ApiError> {
+    let body: BatchBody = parse_body(body)?;
+    let commands = body.commands.ok_or_else(|| {
+        ApiError::BadBody("commands is required: an array of run requests".into())
+    })?;
+    let limit = context.config.max_batch;
+    if commands.is_empty() || commands.len() > limit {
+        return Err(ApiError::BadBody(format!(
+            "commands must hold between 1 and {limit} entries, got {}",
+            commands.len()
+        )));
+    }
+    let mut requests = Vec::with_capacity(commands.len());
+    for (index, item) in commands.into_iter().enumerate() {
+        let body: RunBody = serde_json::from_value(item)
+            .map_err(|error| ApiError::BadBody(format!("commands[{index}]: {error}")))?;
+        let request = run_request(context, body).map_err(|error| match error {
+            ApiError::BadBody(message) => {
+                ApiError::BadBody(format!("commands[{index}]: {message}"))
+            }
+            other => other,
+        })?;
+        requests.push(request);
+    }
+    let results: Vec<Mutex<Option<Value>>> = requests.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let threads = context.config.batch_concurrency.clamp(1, requests.len());
+    std::thread::scope(|scope| {
+        for index in 0..threads {
+            let spawned = std::thread::Builder::new()
+                .name(format!("batch-{index}"))
+                .spawn_scoped(scope, || loop {
+                    let item = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(request) = requests.get(item) else {
+                        return;
+                    };
+                    let value = match crate::run::run(
+                        &context.docker,
+                        &context.config,
+                        &context.pool,
+                        request,
+                        &mut NoObserver,
+                    ) {
+                        Ok(result) => {
+                            let mut data = command_data(&result);
+                            data["error"] = Value::Null;
+                            data
+                        }
+                        Err(error) => json!({ "output": null, "error": error.to_string() }),
+                    };
+                    *results[item].lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+                });
+            if let Err(error) = spawned {
+                log::error!("cannot start a batch thread: {error}");
+            }
+        }
+    });
+    let results: Vec<Value> = results
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(|| json!({ "output": null, "error": "not run" }))
+        })
+        .collect();
+    Ok(Reply::ok(json!({ "results": results })))
 }

@@ -7,6 +7,7 @@
 //! becomes a 500 and the worker lives on); bodies over the limit are refused from their
 //! declared length before being read; API keys and bodies are never logged.
 
+pub mod events;
 pub mod handlers;
 pub mod response;
 pub mod routes;
@@ -23,6 +24,7 @@ use tiny_http::{Header, Request, Response, Server};
 
 use crate::config::Config;
 use crate::docker::Docker;
+use crate::history::History;
 use crate::pool::Pool;
 
 use self::response::{ApiError, Reply};
@@ -33,6 +35,23 @@ pub struct Context {
     pub config: Config,
     pub docker: Docker,
     pub pool: Pool,
+    pub history: History,
+}
+
+impl Context {
+    pub fn new(config: Config, docker: Docker, pool: Pool) -> Context {
+        let history = History::new(
+            config.data_dir.clone(),
+            &config.namespace,
+            config.history_max_bytes,
+        );
+        Context {
+            config,
+            docker,
+            pool,
+            history,
+        }
+    }
 }
 
 /// A request as handlers see it: no tiny_http types.
@@ -167,12 +186,18 @@ fn serve_one(context: &Context, mut request: Request) {
         Err(error) => error.reply(),
     };
     let path = url.split('?').next().unwrap_or(&url).to_string();
+    let status = match reply.stream {
+        Some(job) => events::stream(context, request.into_writer(), job),
+        None => {
+            let status = reply.status;
+            respond(request, &reply);
+            status
+        }
+    };
     log::info!(
-        "{method} {path} {} {}ms",
-        reply.status,
+        "{method} {path} {status} {}ms",
         started.elapsed().as_millis()
     );
-    respond(request, &reply);
 }
 
 /// Runs a handler so that a panic becomes a 500 answer and the worker lives on.
@@ -243,13 +268,17 @@ pub fn handle(context: &Context, request: &ApiRequest) -> Result<Reply, ApiError
         Route::Health => get_health(context),
         Route::Pool => get_pool(context),
         Route::Run => post_run(context, body),
+        Route::RunStream => post_run_stream(context, body),
+        Route::BatchRun => post_batch_run(context, body),
         Route::ListSandboxes => get_sandboxes(context),
         Route::CreateSandbox => post_sandboxes(context, body),
         Route::GetSandbox(name) => get_sandbox(context, &name),
         Route::DeleteSandbox(name) => delete_sandbox(context, &name),
         Route::ExecSandbox(name) => post_sandbox_exec(context, &name, body),
+        Route::ExecSandboxStream(name) => post_sandbox_exec_stream(context, &name, body),
         Route::StartSandbox(name) => post_sandbox_start(context, &name),
         Route::StopSandbox(name) => post_sandbox_stop(context, &name),
+        Route::SandboxLogs(name) => get_sandbox_logs(context, &name),
     }
 }
 

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use crate::docker::DockerError;
 use crate::error::Error;
 
+use super::events::StreamJob;
 use super::routes::RouteError;
 
 /// What a handler answers.
@@ -18,6 +19,8 @@ pub struct Reply {
     pub body: Value,
     /// Extra headers (`Allow` on a 405).
     pub headers: Vec<(&'static str, String)>,
+    /// Set for event streams: the body is then events, not `body`.
+    pub stream: Option<StreamJob>,
 }
 
 impl Reply {
@@ -34,6 +37,7 @@ impl Reply {
             status,
             body: json!({ "success": true, "data": data }),
             headers: Vec::new(),
+            stream: None,
         }
     }
 
@@ -42,6 +46,17 @@ impl Reply {
             status,
             body: json!({ "success": false, "error": message.into() }),
             headers: Vec::new(),
+            stream: None,
+        }
+    }
+
+    /// An event stream running `job`.
+    pub fn events(job: StreamJob) -> Reply {
+        Reply {
+            status: 200,
+            body: Value::Null,
+            headers: Vec::new(),
+            stream: Some(job),
         }
     }
 

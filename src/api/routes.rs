@@ -11,13 +11,17 @@ pub enum Route {
     Health,
     Pool,
     Run,
+    RunStream,
+    BatchRun,
     ListSandboxes,
     CreateSandbox,
     GetSandbox(SandboxName),
     DeleteSandbox(SandboxName),
     ExecSandbox(SandboxName),
+    ExecSandboxStream(SandboxName),
     StartSandbox(SandboxName),
     StopSandbox(SandboxName),
+    SandboxLogs(SandboxName),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +62,10 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
         (_, ["pool"]) => Err(not_allowed("GET")),
         ("POST", ["run"]) => Ok(Route::Run),
         (_, ["run"]) => Err(not_allowed("POST")),
+        ("POST", ["run", "stream"]) => Ok(Route::RunStream),
+        ("POST", ["batch", "run"]) => Ok(Route::BatchRun),
+        (_, ["batch", "run"]) => Err(not_allowed("POST")),
+        (_, ["run", "stream"]) => Err(not_allowed("POST")),
         ("GET", ["sandboxes"]) => Ok(Route::ListSandboxes),
         ("POST", ["sandboxes"]) => Ok(Route::CreateSandbox),
         (_, ["sandboxes"]) => Err(not_allowed("GET, POST")),
@@ -68,6 +76,12 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
         ("POST", ["sandboxes", sandbox, "start"]) => Ok(Route::StartSandbox(name(sandbox)?)),
         ("POST", ["sandboxes", sandbox, "stop"]) => Ok(Route::StopSandbox(name(sandbox)?)),
         (_, ["sandboxes", _, "exec" | "start" | "stop"]) => Err(not_allowed("POST")),
+        ("POST", ["sandboxes", sandbox, "exec", "stream"]) => {
+            Ok(Route::ExecSandboxStream(name(sandbox)?))
+        }
+        (_, ["sandboxes", _, "exec", "stream"]) => Err(not_allowed("POST")),
+        ("GET", ["sandboxes", sandbox, "logs"]) => Ok(Route::SandboxLogs(name(sandbox)?)),
+        (_, ["sandboxes", _, "logs"]) => Err(not_allowed("GET")),
         _ => Err(RouteError::NotFound(path.to_string())),
     }
 }
@@ -86,6 +100,14 @@ mod tests {
             ("GET", "/health", Route::Health),
             ("GET", "/pool", Route::Pool),
             ("POST", "/run", Route::Run),
+            ("POST", "/run/stream", Route::RunStream),
+            ("POST", "/batch/run", Route::BatchRun),
+            ("GET", "/sandboxes/b/logs", Route::SandboxLogs(name("b"))),
+            (
+                "POST",
+                "/sandboxes/b/exec/stream",
+                Route::ExecSandboxStream(name("b")),
+            ),
             ("GET", "/sandboxes", Route::ListSandboxes),
             ("GET", "/sandboxes/?x=1", Route::ListSandboxes),
             ("POST", "/sandboxes", Route::CreateSandbox),

@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -22,6 +23,11 @@ pub fn docker() -> Docker {
     let socket = Docker::socket_from_env(std::env::var("DOCKER_HOST").ok().as_deref())
         .expect("DOCKER_HOST must be a unix socket");
     Docker::new(socket, Duration::from_secs(60))
+}
+
+/// Where test servers keep their history files (one per namespace).
+pub fn data_dir() -> PathBuf {
+    std::env::temp_dir().join("agentkernel-test-data")
 }
 
 /// A namespace no other test uses: `t-<pid>-<n>`.
@@ -93,6 +99,7 @@ impl Server {
             .args(&options.args)
             .env_remove("AGENTKERNEL_API_KEY")
             .env("AGENTKERNEL_LOG", "info")
+            .env("AGENTKERNEL_DATA_DIR", data_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -266,6 +273,8 @@ impl Drop for Server {
         }
         if self.cleanup {
             remove_namespace(&self.namespace);
+            let history = data_dir().join(format!("{}.history.jsonl", self.namespace));
+            let _ = std::fs::remove_file(&history);
         }
     }
 }

@@ -9,3 +9,4 @@ mod lifecycle;
 mod pool;
 mod runs;
 mod sandboxes;
+mod streams;

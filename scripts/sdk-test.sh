@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs the published Python SDK (agentkernel-sdk, from PyPI) into a scratch venv
+# and drives a live server through it (tests/sdk/drive.py), with an API key set so
+# the SDK's Bearer auth is exercised. A failure to install is a failure, not a skip.
+set -euo pipefail
+cd "$(dirname "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")")"
+
+SDK_VERSION="${AK_SDK_VERSION:-0.21.0}"
+venv=target/sdk-venv
+binary=target/x86_64-unknown-linux-gnu/debug/agentkernel
+image="${AK_TEST_IMAGE:-agentkernel/busybox:latest}"
+
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check "agentkernel-sdk==$SDK_VERSION"
+[ -x "$binary" ] || cargo build --quiet
+
+namespace="t-sdk-$$"
+key="sdk-key-$$"
+log=$(mktemp)
+data=$(mktemp -d)
+AGENTKERNEL_API_KEY="$key" AGENTKERNEL_DATA_DIR="$data" \
+	"$binary" serve --port 0 --namespace "$namespace" --default-image "$image" \
+	--pool-size 1 2>"$log" &
+server=$!
+cleanup() {
+	kill -TERM "$server" 2>/dev/null || true
+	wait "$server" 2>/dev/null || true
+	rm -rf "$log" "$data"
+}
+trap cleanup EXIT
+
+port=""
+for _ in $(seq 1 100); do
+	port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -n 1)
+	[ -n "$port" ] && break
+	sleep 0.1
+done
+if [ -z "$port" ]; then
+	echo "sdk-test: the server did not start:" >&2
+	cat "$log" >&2
+	exit 1
+fi
+
+AGENTKERNEL_URL="http://127.0.0.1:$port" AGENTKERNEL_API_KEY="$key" \
+	"$venv/bin/python" tests/sdk/drive.py
+
+kill -TERM "$server"
+wait "$server"
+trap - EXIT
+rm -rf "$log" "$data"
+left=$(docker ps -aq --filter "label=agentkernel.namespace=$namespace" | wc -l)
+if [ "$left" -ne 0 ]; then
+	echo "sdk-test: $left containers left in namespace $namespace" >&2
+	exit 1
+fi
+echo "sdk-test: the published Python SDK $SDK_VERSION works against this server"

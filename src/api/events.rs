@@ -1,0 +1,284 @@
+//! Server-Sent Events for `/run/stream` and `/sandboxes/{name}/exec/stream`: the
+//! command runs on a `stream-producer` thread (scoped to the worker, so concurrency stays
+//! bounded by the worker pool) and reports through an `Observer` that turns output into
+//! events; the worker writes them to the client as they come, each in its own HTTP
+//! chunk, flushed at once.
+//!
+//! Invariants: one event per `data:` line of one-line JSON, every event ends with a
+//! blank line; the stream ends with exactly one `done` or `error`; a comment heartbeat
+//! goes out after a second of silence, so a client that went away is noticed within a
+//! second, and then the command's connection is cut (the stub kills the command and the
+//! container is removed); UTF-8 sequences split across output chunks are joined, never
+//! mangled.
+
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use serde_json::{json, Value};
+
+use crate::command::{CommandResult, CommandSpec, Observer};
+use crate::docker::stream::StreamKind;
+use crate::labels::SandboxName;
+use crate::run::RunRequest;
+
+use super::Context;
+
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// What a streaming answer runs, decided (and validated) by its handler.
+#[derive(Debug)]
+pub enum StreamJob {
+    Run(RunRequest),
+    Exec(SandboxName, CommandSpec),
+}
+
+impl StreamJob {
+    /// Runs the job, reporting output to `observer`, and records an exec in the
+    /// sandbox's history. Also the CLI's local streaming path, so that a streamed
+    /// command runs the same way whoever watches it.
+    pub fn execute(
+        &self,
+        context: &Context,
+        observer: &mut dyn Observer,
+    ) -> crate::error::Result<CommandResult> {
+        match self {
+            StreamJob::Run(request) => crate::run::run(
+                &context.docker,
+                &context.config,
+                &context.pool,
+                request,
+                observer,
+            ),
+            StreamJob::Exec(name, spec) => {
+                let result =
+                    crate::sandbox::exec(&context.docker, &context.config, name, spec, observer)?;
+                context.history.exec(name, &spec.argv, &result);
+                Ok(result)
+            }
+        }
+    }
+
+    fn command(&self) -> &[String] {
+        match self {
+            StreamJob::Run(request) => &request.command.argv,
+            StreamJob::Exec(_, spec) => &spec.argv,
+        }
+    }
+}
+
+/// One event, framed: `event: NAME\ndata: JSON\n\n`.
+pub fn event(name: &str, data: &Value) -> Vec<u8> {
+    format!("event: {name}\ndata: {data}\n\n").into_bytes()
+}
+
+/// Writes one HTTP chunk and flushes it.
+fn write_chunk(writer: &mut dyn Write, bytes: &[u8]) -> io::Result<()> {
+    write!(writer, "{:x}\r\n", bytes.len())?;
+    writer.write_all(bytes)?;
+    writer.write_all(b"\r\n")?;
+    writer.flush()
+}
+
+/// Answers a request with an event stream; returns the status for the log line.
+pub fn stream(context: &Context, mut writer: Box<dyn Write + Send>, job: StreamJob) -> u16 {
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\
+                X-Accel-Buffering: no\r\n\r\n";
+    if writer
+        .write_all(head.as_bytes())
+        .and_then(|()| writer.flush())
+        .is_err()
+    {
+        return 499;
+    }
+    let (sender, receiver) = bounded::<Vec<u8>>(64);
+    let connection: Arc<Mutex<Option<UnixStream>>> = Arc::new(Mutex::new(None));
+    std::thread::scope(|scope| {
+        let producer_connection = Arc::clone(&connection);
+        let producer = std::thread::Builder::new()
+            .name("stream-producer".into())
+            .spawn_scoped(scope, move || {
+                produce(context, job, sender, producer_connection)
+            });
+        if let Err(error) = producer {
+            log::error!("cannot start a stream producer: {error}");
+            return;
+        }
+        let mut client_gone = false;
+        loop {
+            let chunk = match receiver.recv_timeout(HEARTBEAT) {
+                Ok(chunk) => chunk,
+                Err(RecvTimeoutError::Timeout) => b": keepalive\n\n".to_vec(),
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if write_chunk(&mut *writer, &chunk).is_err() {
+                client_gone = true;
+                break;
+            }
+        }
+        if client_gone {
+            log::info!("stream client went away: stopping its command");
+            if let Some(connection) = connection.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = connection.shutdown(std::net::Shutdown::Both);
+            }
+        } else {
+            let _ = writer.write_all(b"0\r\n\r\n").and_then(|()| writer.flush());
+        }
+        // Unblocks a producer waiting on a full channel.
+        drop(receiver);
+    });
+    200
+}
+
+fn produce(
+    context: &Context,
+    job: StreamJob,
+    sender: Sender<Vec<u8>>,
+    connection: Arc<Mutex<Option<UnixStream>>>,
+) {
+    let started = Instant::now();
+    let _ = sender.send(event("started", &json!({ "command": job.command() })));
+    let mut observer = EventObserver {
+        sender: sender.clone(),
+        connection,
+        carry: [Vec::new(), Vec::new()],
+    };
+    let last = match job.execute(context, &mut observer) {
+        Ok(result) => {
+            let _ = observer.flush_carry();
+            event(
+                "done",
+                &json!({
+                    "exit_code": result.exit_code,
+                    "status": result.status.name(),
+                    "signal": result.signal,
+                    "duration_ms": result.duration.as_millis() as u64,
+                }),
+            )
+        }
+        Err(error) => {
+            log::info!(
+                "stream ended with an error after {:?}: {error}",
+                started.elapsed()
+            );
+            event("error", &json!({ "message": error.to_string() }))
+        }
+    };
+    let _ = sender.send(last);
+}
+
+/// Turns output into `output` events.
+struct EventObserver {
+    sender: Sender<Vec<u8>>,
+    connection: Arc<Mutex<Option<UnixStream>>>,
+    /// Per stream (stdout, stderr): the start of a UTF-8 sequence cut by a chunk end.
+    carry: [Vec<u8>; 2],
+}
+
+impl EventObserver {
+    fn send_output(&mut self, index: usize, text: &str) -> io::Result<()> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        let stream = if index == 0 { "stdout" } else { "stderr" };
+        self.sender
+            .send(event("output", &json!({ "stream": stream, "data": text })))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "stream client went away"))
+    }
+
+    fn flush_carry(&mut self) -> io::Result<()> {
+        for index in 0..2 {
+            let rest = std::mem::take(&mut self.carry[index]);
+            self.send_output(index, &String::from_utf8_lossy(&rest))?;
+        }
+        Ok(())
+    }
+}
+
+impl Observer for EventObserver {
+    fn output(&mut self, kind: StreamKind, bytes: &[u8]) -> io::Result<()> {
+        let index = match kind {
+            StreamKind::Stdout => 0,
+            StreamKind::Stderr => 1,
+            StreamKind::Stdin => return Ok(()),
+        };
+        let mut data = std::mem::take(&mut self.carry[index]);
+        data.extend_from_slice(bytes);
+        let keep = incomplete_utf8_tail(&data);
+        self.carry[index] = data.split_off(data.len() - keep);
+        let text = String::from_utf8_lossy(&data).into_owned();
+        self.send_output(index, &text)
+    }
+
+    fn connected(&mut self, connection: &UnixStream) {
+        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = connection.try_clone().ok();
+    }
+}
+
+/// How many bytes at the end of `data` start a UTF-8 sequence that is not complete yet.
+fn incomplete_utf8_tail(data: &[u8]) -> usize {
+    for back in 1..=data.len().min(3) {
+        let byte = data[data.len() - back];
+        if byte & 0xC0 == 0x80 {
+            continue; // a continuation byte: look further back for the lead byte
+        }
+        let needed = match byte {
+            0xF0..=0xF7 => 4,
+            0xE0..=0xEF => 3,
+            0xC0..=0xDF => 2,
+            _ => 1,
+        };
+        return if needed > back { back } else { 0 };
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_framed_exactly() {
+        assert_eq!(
+            event("output", &json!({"stream": "stdout", "data": "a\nb"})),
+            b"event: output\ndata: {\"data\":\"a\\nb\",\"stream\":\"stdout\"}\n\n"
+        );
+        let mut out = Vec::new();
+        write_chunk(&mut out, b"hello").unwrap();
+        assert_eq!(out, b"5\r\nhello\r\n");
+    }
+
+    #[test]
+    fn finds_utf8_sequences_cut_at_the_end() {
+        let euro = "€".as_bytes(); // e2 82 ac
+        assert_eq!(incomplete_utf8_tail(b"abc"), 0);
+        assert_eq!(incomplete_utf8_tail(euro), 0);
+        assert_eq!(incomplete_utf8_tail(&euro[..1]), 1);
+        assert_eq!(incomplete_utf8_tail(&euro[..2]), 2);
+        assert_eq!(incomplete_utf8_tail(&[b'a', 0xf0, 0x9f, 0x98]), 3);
+        assert_eq!(incomplete_utf8_tail(&[0xff]), 0);
+    }
+
+    #[test]
+    fn joins_a_character_split_across_chunks() {
+        let (sender, receiver) = bounded(8);
+        let mut observer = EventObserver {
+            sender,
+            connection: Arc::new(Mutex::new(None)),
+            carry: [Vec::new(), Vec::new()],
+        };
+        let euro = "x€y".as_bytes();
+        observer.output(StreamKind::Stdout, &euro[..2]).unwrap();
+        observer.output(StreamKind::Stdout, &euro[2..]).unwrap();
+        let events: Vec<String> = receiver
+            .try_iter()
+            .map(|e| String::from_utf8(e).unwrap())
+            .collect();
+        assert_eq!(events.len(), 2);
+        assert!(events[0].contains("\"data\":\"x\""), "{events:?}");
+        assert!(events[1].contains("\"data\":\"€y\""), "{events:?}");
+    }
+}

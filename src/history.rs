@@ -1,0 +1,185 @@
+//! Sandbox history: an append-only JSONL file per namespace under the server's data
+//! directory (`<data-dir>/<namespace>.history.jsonl`), one line per lifecycle event
+//! (created, started, stopped, removed) and per exec (command, exit code, status,
+//! duration). It lives on disk, so it survives restarts.
+//!
+//! Invariants: bounded: when the file passes its size limit it becomes `.1` (replacing
+//! the previous one) and a new file starts, so at most twice the limit is kept; appends
+//! are serialized by a lock and written as whole lines; failures to write are logged,
+//! never turned into request failures (history is a record, not a precondition).
+
+use std::fs::{self, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde_json::{json, Value};
+
+use crate::command::CommandResult;
+use crate::config::Namespace;
+use crate::labels::{rfc3339, SandboxName};
+
+/// Most entries one read returns (the newest ones).
+pub const MAX_ENTRIES: usize = 1000;
+
+pub struct History {
+    path: PathBuf,
+    max_bytes: u64,
+    lock: Mutex<()>,
+}
+
+impl History {
+    /// `dir` is created if missing; `None` keeps no history (reads return nothing).
+    pub fn new(dir: Option<PathBuf>, namespace: &Namespace, max_bytes: u64) -> History {
+        let path = match dir {
+            Some(dir) => {
+                if let Err(error) = fs::create_dir_all(&dir) {
+                    log::warn!("history: cannot create {}: {error}", dir.display());
+                }
+                dir.join(format!("{}.history.jsonl", namespace.as_str()))
+            }
+            None => PathBuf::new(),
+        };
+        History {
+            path,
+            max_bytes,
+            lock: Mutex::new(()),
+        }
+    }
+
+    fn rotated(&self) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(".1");
+        PathBuf::from(name)
+    }
+
+    fn append(&self, mut entry: Value) {
+        if self.path.as_os_str().is_empty() {
+            return;
+        }
+        entry["time"] = json!(rfc3339(SystemTime::now()));
+        let mut line = entry.to_string();
+        line.push('\n');
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let size = fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        if size + line.len() as u64 > self.max_bytes && size > 0 {
+            if let Err(error) = fs::rename(&self.path, self.rotated()) {
+                log::warn!("history: cannot rotate {}: {error}", self.path.display());
+            }
+        }
+        let written = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        if let Err(error) = written {
+            log::warn!("history: cannot append to {}: {error}", self.path.display());
+        }
+    }
+
+    /// A lifecycle event: `created`, `started`, `stopped`, `removed`.
+    pub fn event(&self, sandbox: &SandboxName, event: &str) {
+        self.append(json!({ "sandbox": sandbox.as_str(), "event": event }));
+    }
+
+    pub fn exec(&self, sandbox: &SandboxName, command: &[String], result: &CommandResult) {
+        self.append(json!({
+            "sandbox": sandbox.as_str(),
+            "event": "exec",
+            "command": command,
+            "exit_code": result.exit_code,
+            "status": result.status.name(),
+            "duration_ms": result.duration.as_millis() as u64,
+        }));
+    }
+
+    /// The newest entries of one sandbox, oldest first.
+    pub fn read(&self, sandbox: &SandboxName) -> Vec<Value> {
+        if self.path.as_os_str().is_empty() {
+            return Vec::new();
+        }
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = std::collections::VecDeque::new();
+        for path in [self.rotated(), self.path.clone()] {
+            let Ok(file) = fs::File::open(&path) else {
+                continue;
+            };
+            for line in BufReader::new(file).lines().map_while(Result::ok) {
+                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if entry["sandbox"] == json!(sandbox.as_str()) {
+                    if entries.len() == MAX_ENTRIES {
+                        entries.pop_front();
+                    }
+                    entries.push_back(entry);
+                }
+            }
+        }
+        entries.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Status;
+    use std::time::Duration;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ak-history-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn records_and_reads_back_per_sandbox() {
+        let dir = temp_dir("basic");
+        let namespace = Namespace::parse("ns").unwrap();
+        let history = History::new(Some(dir.clone()), &namespace, 1 << 20);
+        let one = SandboxName::parse("one").unwrap();
+        let two = SandboxName::parse("two").unwrap();
+        history.event(&one, "created");
+        history.event(&two, "created");
+        let result = CommandResult {
+            output: Vec::new(),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            exit_code: Some(3),
+            signal: None,
+            status: Status::Exited,
+            duration: Duration::from_millis(12),
+        };
+        history.exec(&one, &["ls".to_string()], &result);
+        let entries = history.read(&one);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0]["event"], json!("created"));
+        assert_eq!(entries[1]["command"], json!(["ls"]));
+        assert_eq!(entries[1]["exit_code"], json!(3));
+        assert!(entries[1]["time"].as_str().unwrap().ends_with('Z'));
+        // A new History on the same directory (a restart) sees the same entries.
+        let again = History::new(Some(dir.clone()), &namespace, 1 << 20);
+        assert_eq!(again.read(&one).len(), 2);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn stays_within_twice_its_limit() {
+        let dir = temp_dir("bound");
+        let namespace = Namespace::parse("ns").unwrap();
+        let history = History::new(Some(dir.clone()), &namespace, 2000);
+        let name = SandboxName::parse("busy").unwrap();
+        for _ in 0..200 {
+            history.event(&name, "started");
+        }
+        let total: u64 = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(total <= 4000, "{total}");
+        let entries = history.read(&name);
+        assert!(!entries.is_empty() && entries.len() < 200);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
