@@ -19,7 +19,7 @@ use std::time::Duration;
 use lexopt::prelude::*;
 use serde_json::{json, Map, Value};
 
-use crate::client::Backend;
+use crate::client::{self, Backend};
 use crate::command::Observer;
 use crate::config::{Config, Environment, ImageTable, Namespace};
 use crate::docker::stream::StreamKind;
@@ -956,7 +956,11 @@ fn run_client(backend: &Backend, action: &Action) -> i32 {
 
 fn run_command(backend: &Backend, call: Call, command: &CommandArgs, failed: i32) -> i32 {
     let body = call.body.unwrap_or_default().to_string().into_bytes();
-    let timeout = command.timeout_ms.map(Duration::from_millis);
+    let timeout = Some(
+        command
+            .timeout_ms
+            .map_or(client::UNKNOWN_COMMAND_TIMEOUT, Duration::from_millis),
+    );
     if command.json {
         // Not streamed: the API's own non-streaming answer, printed as it is.
         let answer = backend.request(call.method, &call.path, Some(&body), timeout);

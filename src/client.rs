@@ -30,6 +30,9 @@ use crate::pool::{Launcher, Pool};
 
 /// How long a remote call that does not run a command may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// The timeout to assume for a command that sets none: it gets the server's default,
+/// which we cannot know, but which is at most the server's default maximum.
+pub const UNKNOWN_COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How long a remote command may run past its own timeout before we give up on it.
 const COMMAND_GRACE: Duration = Duration::from_secs(60);
 /// Largest JSON answer we read (a run's output is capped per stream by the server).
@@ -142,6 +145,8 @@ impl Backend {
     }
 
     /// One request, answered with its status and envelope, whatever the status.
+    /// `timeout` is the command's, for a request that runs one: the call may then take
+    /// that long and a grace; other calls get a fixed bound.
     pub fn request(
         &self,
         method: &str,
@@ -305,9 +310,7 @@ impl Remote {
         observer: &mut dyn Observer,
     ) -> Result<Value, ClientError> {
         let url = format!("{}{path}/stream", self.base);
-        // Without a timeout of its own the command gets the server's default, which we
-        // cannot know; the server's largest default maximum bounds it.
-        let timeout = timeout.unwrap_or(Duration::from_secs(3600)) + COMMAND_GRACE;
+        let timeout = timeout.unwrap_or(UNKNOWN_COMMAND_TIMEOUT) + COMMAND_GRACE;
         let response = self.call("POST", &url, Some(body), timeout)?;
         if response.status() != 200 {
             return Err(self.read_answer(response)?.data().err().unwrap_or_else(|| {
