@@ -6,6 +6,7 @@
 pub mod api;
 pub mod base64;
 pub mod cli;
+pub mod client;
 pub mod command;
 pub mod config;
 pub mod docker;

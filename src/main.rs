@@ -3,18 +3,19 @@
 #![forbid(unsafe_code)]
 
 use agentkernel::cli;
+use agentkernel::config::ProcessEnvironment;
 
 fn main() {
-    cli::init_logging();
-    let command = match cli::parse(
-        std::env::args_os().skip(1),
-        &agentkernel::config::ProcessEnvironment,
-    ) {
+    let command = match cli::parse(std::env::args_os().skip(1), &ProcessEnvironment) {
         Ok(command) => command,
-        Err(cli::UsageError(message)) => {
-            eprintln!("agentkernel: {message}\n\n{}", cli::USAGE);
+        Err(error) => {
+            eprintln!(
+                "agentkernel: {}\nUsage: {}\nTry 'agentkernel --help' for more.",
+                error.message, error.usage
+            );
             std::process::exit(2);
         }
     };
+    cli::init_logging(command.log_level(&ProcessEnvironment));
     std::process::exit(cli::run(command));
 }

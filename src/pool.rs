@@ -82,6 +82,14 @@ pub enum Launcher {
 }
 
 impl Launcher {
+    /// The read-only mount that puts the stub into a container (none under exec).
+    pub fn stub_mounts(&self) -> Vec<(PathBuf, String)> {
+        match self {
+            Launcher::Stub { host_path } => vec![(host_path.clone(), stub::STUB_PATH.to_string())],
+            Launcher::Exec { .. } => Vec::new(),
+        }
+    }
+
     /// The stub where our own executable can serve as one, else exec (said once, here).
     pub fn detect(allow_stub: bool) -> Launcher {
         let launcher = if !allow_stub {
@@ -384,13 +392,9 @@ pub fn launch(
     workdir: Option<&str>,
 ) -> Result<Warm> {
     let profile = key.profile;
-    let (entrypoint, binds, open_stdin) = match launcher {
-        Launcher::Stub { host_path } => (
-            vec![stub::STUB_PATH.to_string(), "stub".to_string()],
-            vec![format!("{}:{}:ro", host_path.display(), stub::STUB_PATH)],
-            true,
-        ),
-        Launcher::Exec { .. } => (crate::sandbox::idle_command(), Vec::new(), false),
+    let (entrypoint, open_stdin) = match launcher {
+        Launcher::Stub { .. } => (vec![stub::STUB_PATH.to_string(), "stub".to_string()], true),
+        Launcher::Exec { .. } => (crate::sandbox::idle_command(), false),
     };
     let spec = ContainerSpec {
         name: None,
@@ -403,7 +407,11 @@ pub fn launch(
         user: profile.user().map(str::to_string),
         open_stdin,
         auto_remove: open_stdin,
-        host: profile.host_settings(profile.default_limits(), workdir.unwrap_or("/"), binds),
+        host: profile.host_settings(
+            profile.default_limits(),
+            workdir.unwrap_or("/"),
+            launcher.stub_mounts(),
+        ),
     };
     let id = docker.container_create(&spec).map_err(|error| {
         if error.is_not_found() {

@@ -126,8 +126,14 @@ impl Profile {
     }
 
     /// The engine settings for this profile with these limits. `workdir` is made a
-    /// writable tmpfs where the root is read-only; `binds` are our own read-only mounts.
-    pub fn host_settings(self, limits: Limits, workdir: &str, binds: Vec<String>) -> HostSettings {
+    /// writable tmpfs where the root is read-only; `mounts` are our own read-only binds
+    /// (the stub), the only host paths a container ever sees.
+    pub fn host_settings(
+        self,
+        limits: Limits,
+        workdir: &str,
+        mounts: Vec<(std::path::PathBuf, String)>,
+    ) -> HostSettings {
         let tmpfs_mb = self.tmpfs_mb();
         let mut tmpfs = BTreeMap::new();
         tmpfs.insert(
@@ -148,7 +154,7 @@ impl Profile {
             read_only_root: self.read_only_root(),
             cap_add: self.capabilities().iter().map(|c| c.to_string()).collect(),
             tmpfs,
-            binds,
+            read_only_mounts: mounts,
             init: true,
         }
     }

@@ -161,12 +161,10 @@ pub fn create(
     }
     // With the stub mounted, it is also the sandbox's idle main process, so images
     // without a shell work too.
-    let (entrypoint, binds) = match launcher {
-        Launcher::Stub { host_path } => (
-            vec![stub::STUB_PATH.into(), "stub".into(), "--idle".into()],
-            vec![format!("{}:{}:ro", host_path.display(), stub::STUB_PATH)],
-        ),
-        Launcher::Exec { .. } => (idle_command(), Vec::new()),
+    let mounts = launcher.stub_mounts();
+    let entrypoint = match launcher {
+        Launcher::Stub { .. } => vec![stub::STUB_PATH.into(), "stub".into(), "--idle".into()],
+        Launcher::Exec { .. } => idle_command(),
     };
     let mut labels = labels::labels(
         &config.namespace,
@@ -175,7 +173,7 @@ pub fn create(
         request.profile.name(),
         Some(&request.name),
     );
-    if !binds.is_empty() {
+    if !mounts.is_empty() {
         labels.insert(labels::STUB.to_string(), "1".to_string());
     }
     let spec = ContainerSpec {
@@ -189,7 +187,7 @@ pub fn create(
         user: request.profile.user().map(str::to_string),
         open_stdin: false,
         auto_remove: false,
-        host: request.profile.host_settings(request.limits, "/", binds),
+        host: request.profile.host_settings(request.limits, "/", mounts),
     };
     let id = docker.container_create(&spec).map_err(|error| {
         if error.is_conflict() {

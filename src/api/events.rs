@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use serde_json::{json, Value};
 
-use crate::command::{CommandSpec, Observer};
+use crate::command::{CommandResult, CommandSpec, Observer};
 use crate::docker::stream::StreamKind;
 use crate::labels::SandboxName;
 use crate::run::RunRequest;
@@ -36,6 +36,31 @@ pub enum StreamJob {
 }
 
 impl StreamJob {
+    /// Runs the job, reporting output to `observer`, and records an exec in the
+    /// sandbox's history. Also the CLI's local streaming path, so that a streamed
+    /// command runs the same way whoever watches it.
+    pub fn execute(
+        &self,
+        context: &Context,
+        observer: &mut dyn Observer,
+    ) -> crate::error::Result<CommandResult> {
+        match self {
+            StreamJob::Run(request) => crate::run::run(
+                &context.docker,
+                &context.config,
+                &context.pool,
+                request,
+                observer,
+            ),
+            StreamJob::Exec(name, spec) => {
+                let result =
+                    crate::sandbox::exec(&context.docker, &context.config, name, spec, observer)?;
+                context.history.exec(name, &spec.argv, &result);
+                Ok(result)
+            }
+        }
+    }
+
     fn command(&self) -> &[String] {
         match self {
             StreamJob::Run(request) => &request.command.argv,
@@ -121,23 +146,8 @@ fn produce(
         connection,
         carry: [Vec::new(), Vec::new()],
     };
-    let result = match &job {
-        StreamJob::Run(request) => crate::run::run(
-            &context.docker,
-            &context.config,
-            &context.pool,
-            request,
-            &mut observer,
-        ),
-        StreamJob::Exec(name, spec) => {
-            crate::sandbox::exec(&context.docker, &context.config, name, spec, &mut observer)
-        }
-    };
-    let last = match result {
+    let last = match job.execute(context, &mut observer) {
         Ok(result) => {
-            if let StreamJob::Exec(name, spec) = &job {
-                context.history.exec(name, &spec.argv, &result);
-            }
             let _ = observer.flush_carry();
             event(
                 "done",

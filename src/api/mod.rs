@@ -60,7 +60,6 @@ impl Context {
 pub struct ApiRequest {
     pub method: String,
     pub url: String,
-    pub route: Route,
     pub api_key: Option<String>,
     pub body: Vec<u8>,
 }
@@ -184,7 +183,7 @@ fn serve_one(context: &Context, mut request: Request) {
     let method = request.method().as_str().to_string();
     let url = request.url().to_string();
     let reply = match read_request(context, &mut request) {
-        Ok(api_request) => guarded(|| handle(context, &api_request)),
+        Ok((api_request, route)) => guarded(|| dispatch(context, route, &api_request.body)),
         Err(error) => error.reply(),
     };
     let path = url.split('?').next().unwrap_or(&url).to_string();
@@ -214,8 +213,8 @@ fn guarded(handler: impl FnOnce() -> Result<Reply, ApiError>) -> Reply {
     }
 }
 
-/// Checks the key and reads the body within the limit.
-fn read_request(context: &Context, request: &mut Request) -> Result<ApiRequest, ApiError> {
+/// Checks the key, routes the request, and reads its body within the route's limit.
+fn read_request(context: &Context, request: &mut Request) -> Result<(ApiRequest, Route), ApiError> {
     let mut api_key = None;
     for header in request.headers() {
         let field = header.field.as_str().as_str();
@@ -255,13 +254,13 @@ fn read_request(context: &Context, request: &mut Request) -> Result<ApiRequest, 
     if body.len() as u64 > limit {
         return Err(ApiError::BodyTooLarge { limit });
     }
-    Ok(ApiRequest {
+    let api_request = ApiRequest {
         method: request.method().as_str().to_string(),
         url: request.url().to_string(),
-        route,
         api_key,
         body,
-    })
+    };
+    Ok((api_request, route))
 }
 
 /// The largest body a route accepts: file uploads carry a whole file (in base64), every
@@ -273,11 +272,16 @@ fn body_limit(config: &Config, route: &Route) -> u64 {
     }
 }
 
-/// Runs the handler of a routed request: the single `match` from route to handler.
+/// Routes a request and runs its handler (for callers that did not route it yet, as
+/// the command line's local mode).
 pub fn handle(context: &Context, request: &ApiRequest) -> Result<Reply, ApiError> {
+    let route = routes::parse(&request.method, &request.url)?;
+    dispatch(context, route, &request.body)
+}
+
+/// Runs the handler of a routed request: the single `match` from route to handler.
+fn dispatch(context: &Context, route: Route, body: &[u8]) -> Result<Reply, ApiError> {
     use handlers::*;
-    let route = request.route.clone();
-    let body = &request.body;
     match route {
         Route::Health => get_health(context),
         Route::Pool => get_pool(context),

@@ -111,8 +111,9 @@ pub struct HostSettings {
     pub cap_add: Vec<String>,
     /// Mount point → tmpfs option string (`rw,size=64m,mode=1777`).
     pub tmpfs: BTreeMap<String, String>,
-    /// `host:container:ro` bind strings.
-    pub binds: Vec<String>,
+    /// Read-only bind mounts: (host path, container path). Given as `Mounts`, not
+    /// `Binds` strings, so that no character of a path can change their meaning.
+    pub read_only_mounts: Vec<(PathBuf, String)>,
     pub init: bool,
 }
 
@@ -683,7 +684,7 @@ fn api_error(status: u16, body: &[u8]) -> DockerError {
 
 fn create_body(spec: &ContainerSpec) -> Value {
     let host = &spec.host;
-    let mut host_config = json!({
+    let host_config = json!({
         "Memory": host.memory_bytes,
         // Equal to Memory: no swap on top of the limit.
         "MemorySwap": host.memory_bytes,
@@ -696,13 +697,15 @@ fn create_body(spec: &ContainerSpec) -> Value {
         "SecurityOpt": ["no-new-privileges"],
         "Privileged": false,
         "Tmpfs": host.tmpfs,
-        "Binds": host.binds,
+        "Mounts": host.read_only_mounts.iter().map(|(source, target)| json!({
+            "Type": "bind",
+            "Source": source,
+            "Target": target,
+            "ReadOnly": true,
+        })).collect::<Vec<Value>>(),
         "Init": host.init,
         "AutoRemove": spec.auto_remove,
     });
-    if host.binds.is_empty() {
-        host_config["Binds"] = Value::Null;
-    }
     let mut body = json!({
         "Image": spec.image,
         "Labels": spec.labels,
@@ -818,6 +821,17 @@ mod tests {
         assert_eq!(body["HostConfig"]["NetworkMode"], json!("none"));
         assert_eq!(body["HostConfig"]["Privileged"], json!(false));
         assert!(body.get("Entrypoint").is_none());
+        let spec = ContainerSpec {
+            host: HostSettings {
+                read_only_mounts: vec![("/opt/a:b,c".into(), "/.x/y".into())],
+                ..HostSettings::default()
+            },
+            ..ContainerSpec::default()
+        };
+        assert_eq!(
+            create_body(&spec)["HostConfig"]["Mounts"],
+            json!([{"Type": "bind", "Source": "/opt/a:b,c", "Target": "/.x/y", "ReadOnly": true}])
+        );
     }
 
     #[test]

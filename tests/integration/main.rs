@@ -4,6 +4,7 @@
 mod harness;
 
 mod api;
+mod cli;
 mod files;
 mod isolation;
 mod lifecycle;
