@@ -160,7 +160,7 @@ pub const SERVE: Topic = Topic {
                     [--default-profile P] [--max-body-bytes N]
                     [--pool IMAGE[:PROFILE]=N]... [--pool-size N] [--pool-dynamic-size N]
                     [--no-stub] [--default-timeout-ms N] [--max-timeout-ms N]
-                    [--max-output-bytes N]",
+                    [--max-output-bytes N] [--max-file-bytes N]",
     details: "\
 Serves the HTTP API on 127.0.0.1:8080 until SIGTERM or SIGINT. See README.md.
 ",
@@ -174,6 +174,8 @@ pub enum Command {
     Stub {
         idle: bool,
     },
+    /// A file operation of the in-container stub (internal, like `Stub`).
+    StubFile(crate::stub::FileOp),
     /// A client command: where it goes, and what it asks.
     Client {
         target: Target,
@@ -365,9 +367,44 @@ enum Parsed {
 }
 
 fn parse_stub(parser: &mut lexopt::Parser) -> Result<Command, Misuse> {
+    let flag = match parser.next()? {
+        None => return Ok(Command::Stub { idle: false }),
+        Some(Long(flag)) => flag.to_string(),
+        Some(other) => return Err(other.unexpected().into()),
+    };
+    match flag.as_str() {
+        "idle" => Ok(Command::Stub { idle: true }),
+        "cat" | "untar" | "rm" => parse_stub_file(&flag, parser),
+        _ => Err(Misuse(format!("invalid option '--{flag}'"))),
+    }
+}
+
+/// `--cat PATH MAX`, `--untar DIR MAX` or `--rm PATH`, and nothing after.
+fn parse_stub_file(op: &str, parser: &mut lexopt::Parser) -> Result<Command, Misuse> {
+    use crate::stub::FileOp;
+    let path = parser.value()?.string()?;
+    let op = match op {
+        "cat" => FileOp::Cat {
+            path,
+            max: parser.value()?.parse()?,
+        },
+        "untar" => FileOp::Untar {
+            dir: path,
+            max: parser.value()?.parse()?,
+        },
+        _ => FileOp::Rm { path },
+    };
+    let path = match &op {
+        FileOp::Cat { path, .. } | FileOp::Rm { path } => path,
+        FileOp::Untar { dir, .. } => dir,
+    };
+    if !path.starts_with('/') {
+        return Err(Misuse(format!(
+            "stub file operations take absolute paths, got '{path}'"
+        )));
+    }
     match parser.next()? {
-        None => Ok(Command::Stub { idle: false }),
-        Some(Long("idle")) => Ok(Command::Stub { idle: true }),
+        None => Ok(Command::StubFile(op)),
         Some(other) => Err(other.unexpected().into()),
     }
 }
@@ -647,6 +684,12 @@ fn parse_serve(parser: &mut lexopt::Parser, env: &dyn Environment) -> Result<Com
                     Profile::parse(&parser.value()?.string()?).map_err(Misuse)?
             }
             Long("max-body-bytes") => config.max_body_bytes = parser.value()?.parse()?,
+            Long("max-file-bytes") => {
+                config.max_file_bytes = parser.value()?.parse()?;
+                if config.max_file_bytes == 0 {
+                    return Err(Misuse("--max-file-bytes must be at least 1".into()));
+                }
+            }
             Long("pool") => {
                 let text = parser.value()?.string()?;
                 let entry = parse_pool(&text, config.default_profile)?;
@@ -714,6 +757,7 @@ pub fn run(command: Command) -> i32 {
         Command::Serve(config) => serve(*config),
         Command::Stub { idle: false } => crate::stub::main(),
         Command::Stub { idle: true } => crate::stub::idle(),
+        Command::StubFile(op) => crate::stub::file_op(op),
         Command::Client { target, action, .. } => {
             let backend = match target {
                 Target::Local(config) => Backend::local(*config),
@@ -1184,6 +1228,47 @@ mod tests {
 
     fn parse_words(words: &[&str]) -> Result<Command, UsageError> {
         parse(words.iter().map(OsString::from), &NoEnvironment)
+    }
+
+    #[test]
+    fn stub_file_operations_take_absolute_paths_and_limits() {
+        use crate::stub::FileOp;
+        let parsed = |words: &[&str]| match parse_words(words) {
+            Ok(Command::StubFile(op)) => Ok(op),
+            Ok(other) => panic!("{words:?} parsed as {other:?}"),
+            Err(error) => Err(error),
+        };
+        assert_eq!(
+            parsed(&["stub", "--cat", "/tmp/x", "16"]),
+            Ok(FileOp::Cat {
+                path: "/tmp/x".into(),
+                max: 16
+            })
+        );
+        assert_eq!(
+            parsed(&["stub", "--untar", "/", "5"]),
+            Ok(FileOp::Untar {
+                dir: "/".into(),
+                max: 5
+            })
+        );
+        assert_eq!(
+            parsed(&["stub", "--rm", "/-odd name"]),
+            Ok(FileOp::Rm {
+                path: "/-odd name".into()
+            })
+        );
+        assert!(parsed(&["stub", "--cat", "relative", "1"]).is_err());
+        assert!(parsed(&["stub", "--cat", "/x"]).is_err());
+        assert!(parsed(&["stub", "--cat", "/x", "many"]).is_err());
+        assert!(parsed(&["stub", "--rm", "/x", "extra"]).is_err());
+        assert!(parsed(&["stub", "--bogus"]).is_err());
+        let Command::Serve(config) = parse_words(&["serve", "--max-file-bytes", "1000"]).unwrap()
+        else {
+            panic!("expected serve");
+        };
+        assert_eq!(config.max_file_bytes, 1000);
+        assert!(parse_words(&["serve", "--max-file-bytes", "0"]).is_err());
     }
 
     #[test]

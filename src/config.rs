@@ -25,6 +25,8 @@ pub struct Config {
     pub images: ImageTable,
     pub default_profile: Profile,
     pub max_body_bytes: u64,
+    /// Largest file the files API reads or writes (413 above it).
+    pub max_file_bytes: u64,
     pub default_timeout_ms: u64,
     pub max_timeout_ms: u64,
     pub default_max_output_bytes: u64,
@@ -60,6 +62,7 @@ impl Default for Config {
             images: ImageTable::default(),
             default_profile: Profile::Moderate,
             max_body_bytes: 1024 * 1024,
+            max_file_bytes: 16 * 1024 * 1024,
             default_timeout_ms: 30_000,
             max_timeout_ms: 3_600_000,
             default_max_output_bytes: 1024 * 1024,
@@ -92,6 +95,14 @@ impl Environment for ProcessEnvironment {
 }
 
 impl Config {
+    /// The body limit of file uploads: a file of `max_file_bytes` in base64 (4/3 of its
+    /// size) plus room for the JSON around it, and never below the ordinary limit.
+    pub fn max_upload_body_bytes(&self) -> u64 {
+        (self.max_file_bytes.saturating_mul(4) / 3)
+            .saturating_add(64 * 1024)
+            .max(self.max_body_bytes)
+    }
+
     /// The pool keys to keep warm from start-up.
     pub fn pool_keys(&self) -> Vec<(PoolKey, usize)> {
         self.pool.clone().unwrap_or_else(|| {

@@ -18,6 +18,22 @@ pub enum Error {
     SandboxNotRunning(String),
     /// The image is not in the local engine; we never pull.
     ImageMissing(String),
+    /// No file at this path in the sandbox.
+    FileNotFound { sandbox: String, path: String },
+    /// The path exists but is not a regular file; `what` says what it is instead
+    /// ("a directory", "a special file").
+    NotAFile { path: String, what: &'static str },
+    /// The file is larger than the configured limit for file transfers.
+    FileTooLarge { path: String, limit: u64 },
+    /// A write to the root filesystem of a sandbox whose profile makes it read-only.
+    ReadOnlyRoot { path: String, profile: String },
+    /// The sandbox's user may not do this to the path; `reason` is the system's word.
+    FileAccessDenied { path: String, reason: String },
+    /// The filesystem holding the path (a size-capped tmpfs, usually) is full.
+    NoSpace { path: String },
+    /// The path can only be reached inside the running container (a tmpfs, or any
+    /// delete), and the sandbox is stopped.
+    FileNeedsRunning { sandbox: String, path: String },
     /// The engine failed or is unreachable.
     Engine(DockerError),
 }
@@ -35,6 +51,33 @@ impl fmt::Display for Error {
                 f,
                 "image '{image}' is not present in the local engine (nothing is pulled: \
                  load or build it first)"
+            ),
+            Error::FileNotFound { sandbox, path } => {
+                write!(f, "File '{path}' not found in sandbox '{sandbox}'")
+            }
+            Error::NotAFile { path, what } => {
+                write!(f, "'{path}' is {what}, not a regular file")
+            }
+            Error::FileTooLarge { path, limit } => write!(
+                f,
+                "File '{path}' is larger than the {limit} byte limit for file transfers"
+            ),
+            Error::ReadOnlyRoot { path, profile } => write!(
+                f,
+                "Cannot write '{path}': the root filesystem is read-only under the \
+                 '{profile}' profile (write under /tmp instead)"
+            ),
+            Error::FileAccessDenied { path, reason } => {
+                write!(f, "Cannot access '{path}' in the sandbox: {reason}")
+            }
+            Error::NoSpace { path } => write!(
+                f,
+                "Cannot write '{path}': no space left on its filesystem in the sandbox"
+            ),
+            Error::FileNeedsRunning { sandbox, path } => write!(
+                f,
+                "Sandbox '{sandbox}' is stopped: start it to reach '{path}' (tmpfs paths and \
+                 deletes need the running container)"
             ),
             Error::Engine(error) => error.fmt(f),
         }

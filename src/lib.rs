@@ -4,12 +4,14 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod base64;
 pub mod cli;
 pub mod client;
 pub mod command;
 pub mod config;
 pub mod docker;
 pub mod error;
+pub mod files;
 pub mod history;
 pub mod labels;
 pub mod pool;

@@ -101,7 +101,11 @@ pub fn list(docker: &Docker, config: &Config) -> Result<Vec<Sandbox>> {
 
 /// Inspects the sandbox's container, treating containers that are not ours (another
 /// namespace, another kind, or no labels at all) as not found.
-fn inspect_ours(docker: &Docker, config: &Config, name: &SandboxName) -> Result<ContainerInspect> {
+pub(crate) fn inspect_ours(
+    docker: &Docker,
+    config: &Config,
+    name: &SandboxName,
+) -> Result<ContainerInspect> {
     let container = container_name(&config.namespace, name);
     let inspect = docker.container_inspect(&container).map_err(|error| {
         if error.is_not_found() {

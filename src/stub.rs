@@ -17,6 +17,14 @@
 //! at the deadline whatever the command does; output past the cap is read and dropped.
 //! In a persistent sandbox (run by `docker exec`), background processes of a command
 //! that ended normally are left alone, as a shell would.
+//!
+//! File operations (`stub --cat PATH MAX`, `stub --untar DIR MAX`, `stub --rm PATH`) are
+//! a second, record-free mode: run by plain `docker exec` as the container's user, for
+//! the paths the Engine's archive endpoints cannot see (tmpfs mounts) and for deletes.
+//! Data goes through stdout or stdin raw (a tar for `--untar`); failure is an exit code
+//! from `file_exit` and one line `PATH<TAB>message` on stderr. They are bounded by MAX,
+//! checked from the file's size or the tar header before data is moved, touch regular
+//! files only, and refuse member names that are absolute or contain `..`.
 
 use std::io::{self, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -150,6 +158,178 @@ pub fn idle() -> i32 {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// A file operation of the stub; see the module comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileOp {
+    /// Writes the regular file at `path` to stdout, if it holds at most `max` bytes.
+    Cat { path: String, max: u64 },
+    /// Extracts the regular files of the tar on stdin under `dir` (parents created), each
+    /// at most `max` bytes.
+    Untar { dir: String, max: u64 },
+    /// Removes the file or symlink at `path`; never a directory.
+    Rm { path: String },
+}
+
+/// Exit codes of the file operations. 1 and 2 keep their usual meaning (failure, usage)
+/// so these start at 10.
+pub mod file_exit {
+    pub const OK: i32 = 0;
+    /// Any other failure; the message says what.
+    pub const FAILED: i32 = 1;
+    pub const NOT_FOUND: i32 = 10;
+    pub const IS_DIRECTORY: i32 = 11;
+    /// A device, FIFO or socket.
+    pub const NOT_REGULAR: i32 = 12;
+    /// EACCES or EPERM.
+    pub const PERMISSION_DENIED: i32 = 13;
+    pub const TOO_LARGE: i32 = 14;
+    /// A parent of the path is a file.
+    pub const NOT_A_DIRECTORY: i32 = 15;
+    pub const READ_ONLY: i32 = 16;
+    pub const NO_SPACE: i32 = 17;
+    /// The tar on stdin is unreadable, or holds a non-file or an unsafe name.
+    pub const BAD_INPUT: i32 = 18;
+}
+
+/// A failed file operation: exit code, the path it concerns, and the message.
+type FileFailure = (i32, String, String);
+
+/// Runs one file operation; returns the exit code after writing any failure to stderr.
+pub fn file_op(op: FileOp) -> i32 {
+    let result = match &op {
+        FileOp::Cat { path, max } => cat_file(path, *max),
+        FileOp::Untar { dir, max } => untar(dir, *max),
+        FileOp::Rm { path } => remove_file(path),
+    };
+    match result {
+        Ok(()) => file_exit::OK,
+        Err((code, path, message)) => {
+            eprintln!("{path}\t{message}");
+            code
+        }
+    }
+}
+
+/// The exit code for an I/O error, and its message without the `(os error N)` tail.
+fn io_failure(path: &str, error: &io::Error) -> FileFailure {
+    use io::ErrorKind::*;
+    let code = match error.kind() {
+        NotFound => file_exit::NOT_FOUND,
+        PermissionDenied => file_exit::PERMISSION_DENIED,
+        IsADirectory => file_exit::IS_DIRECTORY,
+        NotADirectory => file_exit::NOT_A_DIRECTORY,
+        ReadOnlyFilesystem => file_exit::READ_ONLY,
+        StorageFull | QuotaExceeded => file_exit::NO_SPACE,
+        FileTooLarge => file_exit::TOO_LARGE,
+        _ => file_exit::FAILED,
+    };
+    let text = error.to_string();
+    let message = match text.find(" (os error") {
+        Some(end) => text[..end].to_string(),
+        None => text,
+    };
+    (code, path.to_string(), message.to_lowercase())
+}
+
+fn cat_file(path: &str, max: u64) -> Result<(), FileFailure> {
+    // Checked before opening: opening a FIFO for reading would block.
+    let metadata = std::fs::metadata(path).map_err(|e| io_failure(path, &e))?;
+    if metadata.is_dir() {
+        return Err((
+            file_exit::IS_DIRECTORY,
+            path.into(),
+            "is a directory".into(),
+        ));
+    }
+    if !metadata.is_file() {
+        let message = "is not a regular file".to_string();
+        return Err((file_exit::NOT_REGULAR, path.into(), message));
+    }
+    if metadata.len() > max {
+        let message = format!("holds {} bytes, more than {max}", metadata.len());
+        return Err((file_exit::TOO_LARGE, path.into(), message));
+    }
+    let file = std::fs::File::open(path).map_err(|e| io_failure(path, &e))?;
+    // Files may grow, and /proc files report size 0: the read itself is bounded too.
+    let mut stdout = io::stdout().lock();
+    let copied =
+        io::copy(&mut file.take(max + 1), &mut stdout).map_err(|e| io_failure(path, &e))?;
+    if copied > max {
+        let message = format!("holds more than {max} bytes");
+        return Err((file_exit::TOO_LARGE, path.into(), message));
+    }
+    stdout.flush().map_err(|e| io_failure(path, &e))
+}
+
+fn untar(dir: &str, max: u64) -> Result<(), FileFailure> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let bad_input = |message: String| (file_exit::BAD_INPUT, dir.to_string(), message);
+    let mut stdin = io::stdin().lock();
+    loop {
+        let entry = match crate::tar::read_first_entry(&mut stdin, max) {
+            Ok(entry) => entry,
+            Err(crate::tar::TarError::Empty) => return Ok(()),
+            Err(error @ crate::tar::TarError::TooLarge { .. }) => {
+                return Err((file_exit::TOO_LARGE, dir.to_string(), error.to_string()))
+            }
+            Err(error) => return Err(bad_input(error.to_string())),
+        };
+        let name = entry.name.trim_start_matches("./");
+        let safe = !name.is_empty()
+            && !name.starts_with('/')
+            && !name.contains('\0')
+            && !name.split('/').any(|part| part == "..");
+        if !safe {
+            return Err(bad_input(format!("unsafe member name {:?}", entry.name)));
+        }
+        let target = std::path::Path::new(dir).join(name);
+        let shown = target.display().to_string();
+        if entry.kind != crate::tar::EntryKind::File {
+            return Err(bad_input(format!("member {name:?} is not a regular file")));
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io_failure(&shown, &e))?;
+        }
+        // A symlink is replaced, not written through, as the Engine's extraction does.
+        let existing = std::fs::symlink_metadata(&target).ok();
+        if existing
+            .as_ref()
+            .is_some_and(|m| m.file_type().is_symlink())
+        {
+            std::fs::remove_file(&target).map_err(|e| io_failure(&shown, &e))?;
+        }
+        let created = existing.is_none_or(|m| m.file_type().is_symlink());
+        let mode = entry.mode & 0o7777;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&target)
+            .map_err(|e| io_failure(&shown, &e))?;
+        file.write_all(&entry.data)
+            .map_err(|e| io_failure(&shown, &e))?;
+        if created {
+            // The umask narrowed the mode given at creation; a file we did not create
+            // keeps its mode (we may not own it).
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|e| io_failure(&shown, &e))?;
+        }
+    }
+}
+
+fn remove_file(path: &str) -> Result<(), FileFailure> {
+    let metadata = std::fs::symlink_metadata(path).map_err(|e| io_failure(path, &e))?;
+    if metadata.is_dir() {
+        return Err((
+            file_exit::IS_DIRECTORY,
+            path.into(),
+            "is a directory".into(),
+        ));
+    }
+    std::fs::remove_file(path).map_err(|e| io_failure(path, &e))
 }
 
 /// The environment variable that marks every process of one run.

@@ -1,6 +1,7 @@
 //! Handlers: plain functions from (context, typed input) to a reply, named after their
 //! routes. Request bodies are parsed here into domain types (`RunRequest`,
-//! `CreateSandbox`, `CommandSpec`) so that the code below never re-validates.
+//! `CreateSandbox`, `CommandSpec`, `SandboxPath` and file bytes) so that the code below
+//! never re-validates.
 //!
 //! Invariants: unknown body fields are refused (400), except those the published SDKs
 //! send, which must then be null or a value we honour; explicit JSON `null` means
@@ -16,6 +17,7 @@ use serde_json::{json, Value};
 use crate::command::{CommandSpec, NoObserver};
 use crate::config::Config;
 use crate::error::Error;
+use crate::files::{self, SandboxPath};
 use crate::labels::SandboxName;
 use crate::profile::{check_bound, Limits, Profile, MEMORY_MB_RANGE, PIDS_RANGE, VCPUS_RANGE};
 use crate::run::RunRequest;
@@ -419,4 +421,164 @@ pub fn post_batch_run(context: &Context, body: &[u8]) -> Result<Reply, ApiError>
         })
         .collect();
     Ok(Reply::ok(json!({ "results": results })))
+}
+
+/// Most files in one `POST /sandboxes/{name}/files`.
+const MAX_BATCH_FILES: usize = 10_000;
+
+/// `GET /sandboxes/{name}/files/{path}`: the content as text when it is UTF-8, else as
+/// base64; `size` is the file's byte count either way.
+pub fn get_sandbox_file(
+    context: &Context,
+    name: &SandboxName,
+    path: &SandboxPath,
+) -> Result<Reply, ApiError> {
+    let data = files::read_file(&context.docker, &context.config, name, path)?;
+    let size = data.len();
+    let (content, encoding) = match String::from_utf8(data) {
+        Ok(text) => (text, "utf8"),
+        Err(error) => (crate::base64::encode(error.as_bytes()), "base64"),
+    };
+    Ok(Reply::ok(
+        json!({ "content": content, "encoding": encoding, "size": size }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutFileBody {
+    content: Option<String>,
+    encoding: Option<String>,
+}
+
+/// A file body's content as bytes: `utf8` (the default) as is, `base64` decoded.
+fn file_bytes(content: String, encoding: Option<&str>) -> Result<Vec<u8>, ApiError> {
+    match encoding {
+        None | Some("utf8" | "utf-8") => Ok(content.into_bytes()),
+        Some("base64") => crate::base64::decode(&content)
+            .map_err(|error| ApiError::BadBody(format!("content: {error}"))),
+        Some(other) => Err(ApiError::BadBody(format!(
+            "unknown encoding '{}': expected utf8 or base64",
+            other.escape_debug()
+        ))),
+    }
+}
+
+/// `PUT /sandboxes/{name}/files/{path}` with `{"content", "encoding"}`.
+pub fn put_sandbox_file(
+    context: &Context,
+    name: &SandboxName,
+    path: &SandboxPath,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let body: PutFileBody = parse_body(body)?;
+    let content = body
+        .content
+        .ok_or_else(|| ApiError::BadBody("content is required: a string".into()))?;
+    let data = file_bytes(content, body.encoding.as_deref())?;
+    let size = data.len();
+    let files = [(path.clone(), data)];
+    files::write_files(&context.docker, &context.config, name, &files)?;
+    Ok(Reply::ok(json!({ "path": path.as_str(), "size": size })))
+}
+
+/// `DELETE /sandboxes/{name}/files/{path}`.
+pub fn delete_sandbox_file(
+    context: &Context,
+    name: &SandboxName,
+    path: &SandboxPath,
+) -> Result<Reply, ApiError> {
+    files::delete_file(&context.docker, &context.config, name, path)?;
+    Ok(Reply::ok(json!({ "path": path.as_str(), "deleted": true })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostFilesBody {
+    files: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// A batch body as (path, bytes) pairs: keys go through the same path rules as URLs
+/// (without percent-decoding); two keys naming the same path keep the later one in
+/// key order.
+fn parse_files(body: &[u8]) -> Result<Vec<(SandboxPath, Vec<u8>)>, ApiError> {
+    let body: PostFilesBody = parse_body(body)?;
+    let files = body.files.ok_or_else(|| {
+        ApiError::BadBody("files is required: an object of path to UTF-8 content".into())
+    })?;
+    if files.is_empty() || files.len() > MAX_BATCH_FILES {
+        return Err(ApiError::BadBody(format!(
+            "files must hold between 1 and {MAX_BATCH_FILES} entries, got {}",
+            files.len()
+        )));
+    }
+    let mut parsed = std::collections::BTreeMap::new();
+    for (key, content) in files {
+        let path = SandboxPath::parse(&key)
+            .map_err(|error| ApiError::BadBody(format!("files: {error}")))?;
+        parsed.insert(path, content.into_bytes());
+    }
+    Ok(parsed.into_iter().collect())
+}
+
+/// `POST /sandboxes/{name}/files` with `{"files": {path: content}}`: one upload for all.
+pub fn post_sandbox_files(
+    context: &Context,
+    name: &SandboxName,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let files = parse_files(body)?;
+    let written = files::write_files(&context.docker, &context.config, name, &files)?;
+    Ok(Reply::ok(json!({ "written": written })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_bodies_decode_by_encoding() {
+        assert_eq!(
+            file_bytes("héllo".into(), None).unwrap(),
+            "héllo".as_bytes()
+        );
+        assert_eq!(file_bytes("x".into(), Some("utf8")).unwrap(), b"x");
+        assert_eq!(
+            file_bytes("AP8=".into(), Some("base64")).unwrap(),
+            vec![0x00, 0xff]
+        );
+        let error = file_bytes("A!".into(), Some("base64")).unwrap_err();
+        assert!(matches!(error, ApiError::BadBody(m) if m.contains("'!'")));
+        let error = file_bytes("x".into(), Some("hex")).unwrap_err();
+        assert!(matches!(error, ApiError::BadBody(m) if m.contains("'hex'")));
+    }
+
+    #[test]
+    fn put_bodies_need_content_and_know_their_fields() {
+        let parse = |text: &str| parse_body::<PutFileBody>(text.as_bytes());
+        let body = parse(r#"{"content":"x","encoding":null}"#).unwrap();
+        assert_eq!((body.content.as_deref(), body.encoding), (Some("x"), None));
+        assert!(parse(r#"{"content":"x","mode":"0755"}"#).is_err());
+        assert!(parse(r#"{"content":5}"#).is_err());
+    }
+
+    #[test]
+    fn batch_keys_are_sandbox_paths() {
+        let files = parse_files(br#"{"files":{"tmp/b":"2","/tmp/a":"1","//tmp//b":"3"}}"#).unwrap();
+        let paths: Vec<&str> = files.iter().map(|(path, _)| path.as_str()).collect();
+        assert_eq!(paths, ["/tmp/a", "/tmp/b"]);
+        for (body, expected) in [
+            (r#"{"files":{"/tmp/../x":"1"}}"#, "'..'"),
+            (r#"{"files":{}}"#, "between 1 and"),
+            (r#"{}"#, "files is required"),
+            (r#"{"files":{"/x":1}}"#, "invalid request body"),
+        ] {
+            match parse_files(body.as_bytes()) {
+                Err(ApiError::BadBody(message)) => {
+                    assert!(message.contains(expected), "{body}: {message}")
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
 }

@@ -4,8 +4,9 @@
 //! Invariants: only this module (and its children) knows tiny_http and status codes;
 //! the queue is bounded and a full queue answers 503 at once, from the accept loop;
 //! every request is answered, with a JSON envelope, exactly once (a panic in a handler
-//! becomes a 500 and the worker lives on); bodies over the limit are refused from their
-//! declared length before being read; API keys and bodies are never logged.
+//! becomes a 500 and the worker lives on); a request is routed before its body is read,
+//! and bodies over the route's limit are refused from their declared length before being
+//! read; API keys and bodies are never logged.
 
 pub mod events;
 pub mod handlers;
@@ -182,7 +183,7 @@ fn serve_one(context: &Context, mut request: Request) {
     let method = request.method().as_str().to_string();
     let url = request.url().to_string();
     let reply = match read_request(context, &mut request) {
-        Ok(api_request) => guarded(|| handle(context, &api_request)),
+        Ok((api_request, route)) => guarded(|| dispatch(context, route, &api_request.body)),
         Err(error) => error.reply(),
     };
     let path = url.split('?').next().unwrap_or(&url).to_string();
@@ -212,8 +213,8 @@ fn guarded(handler: impl FnOnce() -> Result<Reply, ApiError>) -> Reply {
     }
 }
 
-/// Checks the key and reads the body within the limit.
-fn read_request(context: &Context, request: &mut Request) -> Result<ApiRequest, ApiError> {
+/// Checks the key, routes the request, and reads its body within the route's limit.
+fn read_request(context: &Context, request: &mut Request) -> Result<(ApiRequest, Route), ApiError> {
     let mut api_key = None;
     for header in request.headers() {
         let field = header.field.as_str().as_str();
@@ -235,7 +236,9 @@ fn read_request(context: &Context, request: &mut Request) -> Result<ApiRequest, 
             return Err(ApiError::Unauthorized);
         }
     }
-    let limit = context.config.max_body_bytes;
+    // Routed before the body is read: the route decides the body's limit.
+    let route = routes::parse(request.method().as_str(), request.url())?;
+    let limit = body_limit(&context.config, &route);
     if request
         .body_length()
         .is_some_and(|length| length as u64 > limit)
@@ -251,19 +254,34 @@ fn read_request(context: &Context, request: &mut Request) -> Result<ApiRequest, 
     if body.len() as u64 > limit {
         return Err(ApiError::BodyTooLarge { limit });
     }
-    Ok(ApiRequest {
+    let api_request = ApiRequest {
         method: request.method().as_str().to_string(),
         url: request.url().to_string(),
         api_key,
         body,
-    })
+    };
+    Ok((api_request, route))
 }
 
-/// Routes one request: the single `match` from route to handler.
+/// The largest body a route accepts: file uploads carry a whole file (in base64), every
+/// other body is small.
+fn body_limit(config: &Config, route: &Route) -> u64 {
+    match route {
+        Route::PutSandboxFile(..) | Route::PostSandboxFiles(_) => config.max_upload_body_bytes(),
+        _ => config.max_body_bytes,
+    }
+}
+
+/// Routes a request and runs its handler (for callers that did not route it yet, as
+/// the command line's local mode).
 pub fn handle(context: &Context, request: &ApiRequest) -> Result<Reply, ApiError> {
-    use handlers::*;
     let route = routes::parse(&request.method, &request.url)?;
-    let body = &request.body;
+    dispatch(context, route, &request.body)
+}
+
+/// Runs the handler of a routed request: the single `match` from route to handler.
+fn dispatch(context: &Context, route: Route, body: &[u8]) -> Result<Reply, ApiError> {
+    use handlers::*;
     match route {
         Route::Health => get_health(context),
         Route::Pool => get_pool(context),
@@ -279,6 +297,10 @@ pub fn handle(context: &Context, request: &ApiRequest) -> Result<Reply, ApiError
         Route::StartSandbox(name) => post_sandbox_start(context, &name),
         Route::StopSandbox(name) => post_sandbox_stop(context, &name),
         Route::SandboxLogs(name) => get_sandbox_logs(context, &name),
+        Route::GetSandboxFile(name, path) => get_sandbox_file(context, &name, &path),
+        Route::PutSandboxFile(name, path) => put_sandbox_file(context, &name, &path, body),
+        Route::DeleteSandboxFile(name, path) => delete_sandbox_file(context, &name, &path),
+        Route::PostSandboxFiles(name) => post_sandbox_files(context, &name, body),
     }
 }
 

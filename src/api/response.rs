@@ -131,8 +131,16 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
         ApiError::Domain(error) => {
             let status = match error {
                 Error::Invalid(_) => 400,
-                Error::SandboxNotFound(_) | Error::ImageMissing(_) => 404,
-                Error::SandboxExists(_) | Error::SandboxNotRunning(_) => 409,
+                Error::NotAFile { .. } => 400,
+                Error::FileAccessDenied { .. } | Error::ReadOnlyRoot { .. } => 403,
+                Error::SandboxNotFound(_) | Error::ImageMissing(_) | Error::FileNotFound { .. } => {
+                    404
+                }
+                Error::SandboxExists(_)
+                | Error::SandboxNotRunning(_)
+                | Error::FileNeedsRunning { .. } => 409,
+                Error::FileTooLarge { .. } => 413,
+                Error::NoSpace { .. } => 507,
                 Error::Engine(DockerError::Unreachable { .. } | DockerError::Io { .. }) => 503,
                 Error::Engine(DockerError::Api { .. } | DockerError::Protocol(_)) => 502,
             };
@@ -165,6 +173,54 @@ mod tests {
             (Error::SandboxExists("x".into()), 409),
             (Error::SandboxNotRunning("x".into()), 409),
             (
+                Error::FileNotFound {
+                    sandbox: "s".into(),
+                    path: "/x".into(),
+                },
+                404,
+            ),
+            (
+                Error::NotAFile {
+                    path: "/etc".into(),
+                    what: "a directory",
+                },
+                400,
+            ),
+            (
+                Error::FileTooLarge {
+                    path: "/x".into(),
+                    limit: 1,
+                },
+                413,
+            ),
+            (
+                Error::ReadOnlyRoot {
+                    path: "/etc/x".into(),
+                    profile: "restrictive".into(),
+                },
+                403,
+            ),
+            (
+                Error::FileAccessDenied {
+                    path: "/x".into(),
+                    reason: "permission denied".into(),
+                },
+                403,
+            ),
+            (
+                Error::NoSpace {
+                    path: "/tmp/x".into(),
+                },
+                507,
+            ),
+            (
+                Error::FileNeedsRunning {
+                    sandbox: "s".into(),
+                    path: "/tmp/x".into(),
+                },
+                409,
+            ),
+            (
                 Error::Engine(DockerError::Unreachable {
                     socket: "/nope.sock".into(),
                     source: std::io::Error::from(std::io::ErrorKind::NotFound),
@@ -191,6 +247,19 @@ mod tests {
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         })));
         assert!(message.contains("/nope.sock"), "{message}");
+        let (_, message) = status_of(&ApiError::Domain(Error::FileNotFound {
+            sandbox: "box".into(),
+            path: "/x".into(),
+        }));
+        assert_eq!(message, "File '/x' not found in sandbox 'box'");
+        let (_, message) = status_of(&ApiError::Domain(Error::ReadOnlyRoot {
+            path: "/etc/x".into(),
+            profile: "restrictive".into(),
+        }));
+        assert!(
+            message.contains("'/etc/x'") && message.contains("read-only"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Invariants: path parameters come out already validated (a `SandboxName` is a valid
 //! name), so handlers never see raw strings; the query string is ignored.
 
+use crate::files::SandboxPath;
 use crate::labels::SandboxName;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,10 @@ pub enum Route {
     StartSandbox(SandboxName),
     StopSandbox(SandboxName),
     SandboxLogs(SandboxName),
+    GetSandboxFile(SandboxName, SandboxPath),
+    PutSandboxFile(SandboxName, SandboxPath),
+    DeleteSandboxFile(SandboxName, SandboxPath),
+    PostSandboxFiles(SandboxName),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +55,13 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
         .split('/')
         .collect();
     let name = |text: &str| SandboxName::parse(text).map_err(RouteError::BadParameter);
+    // A file path keeps its own slashes (and empty segments): it is all of the path after
+    // `/sandboxes/{name}/files/`, percent-decoded, which `SandboxPath` then normalises.
+    let file = |sandbox: &str| {
+        let relative = trimmed.strip_prefix('/').unwrap_or(trimmed);
+        let start = "sandboxes/".len() + sandbox.len() + "/files/".len();
+        SandboxPath::from_url(&relative[start..]).map_err(RouteError::BadParameter)
+    };
     let not_allowed = |allowed: &'static str| RouteError::MethodNotAllowed {
         method: method.to_string(),
         path: path.to_string(),
@@ -82,6 +94,18 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
         (_, ["sandboxes", _, "exec", "stream"]) => Err(not_allowed("POST")),
         ("GET", ["sandboxes", sandbox, "logs"]) => Ok(Route::SandboxLogs(name(sandbox)?)),
         (_, ["sandboxes", _, "logs"]) => Err(not_allowed("GET")),
+        ("POST", ["sandboxes", sandbox, "files"]) => Ok(Route::PostSandboxFiles(name(sandbox)?)),
+        (_, ["sandboxes", _, "files"]) => Err(not_allowed("POST")),
+        ("GET", ["sandboxes", sandbox, "files", _, ..]) => {
+            Ok(Route::GetSandboxFile(name(sandbox)?, file(sandbox)?))
+        }
+        ("PUT", ["sandboxes", sandbox, "files", _, ..]) => {
+            Ok(Route::PutSandboxFile(name(sandbox)?, file(sandbox)?))
+        }
+        ("DELETE", ["sandboxes", sandbox, "files", _, ..]) => {
+            Ok(Route::DeleteSandboxFile(name(sandbox)?, file(sandbox)?))
+        }
+        (_, ["sandboxes", _, "files", _, ..]) => Err(not_allowed("GET, PUT, DELETE")),
         _ => Err(RouteError::NotFound(path.to_string())),
     }
 }
@@ -149,6 +173,72 @@ mod tests {
             parse("PUT", "/sandboxes/b"),
             Err(RouteError::MethodNotAllowed {
                 allowed: "GET, DELETE",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn file_routes_take_the_rest_of_the_path_as_an_absolute_path() {
+        let file = |text: &str| SandboxPath::parse(text).unwrap();
+        let cases = [
+            (
+                "GET",
+                "/sandboxes/b/files/tmp/x",
+                Route::GetSandboxFile(name("b"), file("/tmp/x")),
+            ),
+            (
+                "GET",
+                "/sandboxes/b/files//tmp/x",
+                Route::GetSandboxFile(name("b"), file("/tmp/x")),
+            ),
+            (
+                "PUT",
+                "/sandboxes/b/files/tmp/a%20b/./c/?q=1",
+                Route::PutSandboxFile(name("b"), file("/tmp/a b/c")),
+            ),
+            (
+                "DELETE",
+                "/sandboxes/b/files/files/x",
+                Route::DeleteSandboxFile(name("b"), file("/files/x")),
+            ),
+            (
+                "POST",
+                "/sandboxes/b/files",
+                Route::PostSandboxFiles(name("b")),
+            ),
+            (
+                "POST",
+                "/sandboxes/b/files/",
+                Route::PostSandboxFiles(name("b")),
+            ),
+        ];
+        for (method, url, route) in cases {
+            assert_eq!(parse(method, url), Ok(route), "{method} {url}");
+        }
+        for url in [
+            "/sandboxes/b/files/tmp/../etc/passwd",
+            "/sandboxes/b/files/tmp/%2e%2e/x",
+            "/sandboxes/b/files/tmp/%00",
+            "/sandboxes/b/files//",
+            "/sandboxes/-b/files/tmp/x",
+        ] {
+            assert!(
+                matches!(parse("GET", url), Err(RouteError::BadParameter(_))),
+                "{url}"
+            );
+        }
+        assert!(matches!(
+            parse("POST", "/sandboxes/b/files/tmp/x"),
+            Err(RouteError::MethodNotAllowed {
+                allowed: "GET, PUT, DELETE",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse("GET", "/sandboxes/b/files"),
+            Err(RouteError::MethodNotAllowed {
+                allowed: "POST",
                 ..
             })
         ));

@@ -164,6 +164,63 @@ pub struct InspectHostConfig {
     pub network_mode: String,
     #[serde(default)]
     pub readonly_rootfs: bool,
+    /// Mount point → options of the container's tmpfs mounts.
+    #[serde(default)]
+    pub tmpfs: Option<BTreeMap<String, String>>,
+}
+
+/// What `HEAD /containers/{id}/archive` says about one path, from its
+/// `X-Docker-Container-Path-Stat` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathStat {
+    pub kind: PathKind,
+    /// Size in bytes (for a symlink, the length of its target).
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathKind {
+    File,
+    Directory,
+    /// A symbolic link and the target the engine reports for it.
+    Symlink(String),
+    /// A device, FIFO, socket or other irregular file.
+    Other,
+}
+
+impl PathStat {
+    /// Decodes the header: base64 of `{"name","size","mode","mtime","linkTarget"}`, where
+    /// `mode` is a Go `FileMode` (permission bits plus type bits at the top).
+    pub fn from_header(value: &str) -> Result<PathStat> {
+        #[derive(Deserialize)]
+        struct Raw {
+            size: i64,
+            mode: u64,
+            #[serde(rename = "linkTarget", default)]
+            link_target: String,
+        }
+        const MODE_DIR: u64 = 1 << 31;
+        const MODE_SYMLINK: u64 = 1 << 27;
+        // Go's ModeType: dir, symlink, named pipe, socket, device, char device, irregular.
+        const MODE_TYPE: u64 =
+            MODE_DIR | MODE_SYMLINK | 1 << 25 | 1 << 24 | 1 << 26 | 1 << 21 | 1 << 19;
+        let bad = |why: String| DockerError::Protocol(format!("path stat header: {why}"));
+        let json = crate::base64::decode(value.trim()).map_err(bad)?;
+        let raw: Raw = serde_json::from_slice(&json).map_err(|e| bad(e.to_string()))?;
+        let kind = if raw.mode & MODE_DIR != 0 {
+            PathKind::Directory
+        } else if raw.mode & MODE_SYMLINK != 0 {
+            PathKind::Symlink(raw.link_target)
+        } else if raw.mode & MODE_TYPE != 0 {
+            PathKind::Other
+        } else {
+            PathKind::File
+        };
+        Ok(PathStat {
+            kind,
+            size: raw.size.max(0) as u64,
+        })
+    }
 }
 
 /// One entry of `GET /containers/json`.
@@ -543,10 +600,31 @@ impl Docker {
         }
     }
 
-    /// Extracts a tar archive into the existing directory `dir`.
-    pub fn archive_put(&self, id: &str, dir: &str, tar: &[u8]) -> Result<()> {
+    /// Describes `path` in the container's filesystem as the engine sees it (the rootfs
+    /// and volumes, not tmpfs mounts); `None` when it does not exist.
+    pub fn archive_stat(&self, id: &str, path: &str) -> Result<Option<PathStat>> {
         let path = format!(
             "/containers/{}/archive?path={}",
+            encode_component(id),
+            encode_component(path)
+        );
+        let (head, _) = match self.call("HEAD", &path, None, &[200], Some(self.timeout)) {
+            Ok(answer) => answer,
+            Err(error) if error.is_not_found() => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let header = head
+            .header("x-docker-container-path-stat")
+            .ok_or_else(|| DockerError::Protocol("HEAD archive without a path stat".into()))?;
+        PathStat::from_header(header).map(Some)
+    }
+
+    /// Extracts a tar archive into the existing directory `dir`. A member may not replace
+    /// a directory with a file or the other way round (`noOverwriteDirNonDir`): without
+    /// that flag, a file named like an existing directory would delete the directory.
+    pub fn archive_put(&self, id: &str, dir: &str, tar: &[u8]) -> Result<()> {
+        let path = format!(
+            "/containers/{}/archive?noOverwriteDirNonDir=1&path={}",
             encode_component(id),
             encode_component(dir)
         );
@@ -754,5 +832,35 @@ mod tests {
             create_body(&spec)["HostConfig"]["Mounts"],
             json!([{"Type": "bind", "Source": "/opt/a:b,c", "Target": "/.x/y", "ReadOnly": true}])
         );
+    }
+
+    #[test]
+    fn path_stat_headers_decode_go_file_modes() {
+        let header = |json: &str| crate::base64::encode(json.as_bytes());
+        let file = r#"{"name":"hello.txt","size":12,"mode":420,"mtime":"2023-11-14T22:13:20Z","linkTarget":""}"#;
+        assert_eq!(
+            PathStat::from_header(&header(file)).unwrap(),
+            PathStat {
+                kind: PathKind::File,
+                size: 12
+            }
+        );
+        let dir = r#"{"name":"etc","size":4096,"mode":2147484141,"linkTarget":""}"#;
+        assert_eq!(
+            PathStat::from_header(&header(dir)).unwrap().kind,
+            PathKind::Directory
+        );
+        let link = r#"{"name":"sh","size":7,"mode":134218239,"linkTarget":"/bin/busybox"}"#;
+        assert_eq!(
+            PathStat::from_header(&header(link)).unwrap().kind,
+            PathKind::Symlink("/bin/busybox".into())
+        );
+        // A named pipe: 1<<25 | 0644.
+        let fifo = format!(r#"{{"name":"p","size":0,"mode":{}}}"#, (1u64 << 25) | 0o644);
+        assert_eq!(
+            PathStat::from_header(&header(&fifo)).unwrap().kind,
+            PathKind::Other
+        );
+        assert!(PathStat::from_header("not base64!").is_err());
     }
 }

@@ -5,6 +5,7 @@ mod harness;
 
 mod api;
 mod cli;
+mod files;
 mod isolation;
 mod lifecycle;
 mod pool;

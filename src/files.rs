@@ -1,0 +1,671 @@
+//! Files inside a sandbox: read, write (one or many) and delete, by absolute path.
+//!
+//! Reads and writes go through the Engine's archive endpoints (a tar out, a tar in,
+//! built and read by `tar.rs`), which work on stopped sandboxes too. Those endpoints see
+//! only the container's root filesystem and volumes: a tmpfs mount (every profile's
+//! `/tmp`), `/proc`, `/sys`, `/dev` and the engine's bind-mounted `/etc/hosts` files
+//! exist only inside the running container, and an upload there "succeeds" into the
+//! directory hidden under the mount. Such paths, and every delete (the archive API has
+//! none), go through the in-container stub instead (`stub --cat/--untar/--rm`, run by
+//! `docker exec` as the sandbox's own user), which needs the sandbox running.
+//!
+//! Invariants: a `SandboxPath` is absolute, normalised (no empty, `.` or `..`
+//! segments), free of NUL and bounded, so nothing below re-checks it; no file larger
+//! than `Config::max_file_bytes` is buffered, decided from the stat size, the tar
+//! header or the stub's own check before its data moves; a batch write is one archive
+//! upload and at most one stub exec, whatever the number of files; archive uploads
+//! never replace a directory with a file (`noOverwriteDirNonDir`). This module knows no
+//! HTTP status codes.
+//!
+//! Known limits: a batch is not atomic (a failure can leave earlier files written);
+//! the tmpfs check is lexical, so a rootfs symlink into `/tmp` used as a parent
+//! directory of a write is not followed; sandboxes created without the stub answer
+//! paths on a tmpfs and deletes with `Error::Invalid`.
+
+use std::fmt;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::command::{self, CommandResult, CommandSpec, NoObserver};
+use crate::config::Config;
+use crate::docker::{Docker, DockerError, PathKind};
+use crate::error::{Error, Result};
+use crate::labels::{self, SandboxName};
+use crate::stub::{self, file_exit};
+use crate::tar::{self, EntryKind, FileEntry, TarError};
+
+/// Linux's PATH_MAX and NAME_MAX: no longer path can be opened anyway.
+const MAX_PATH_BYTES: usize = 4096;
+const MAX_SEGMENT_BYTES: usize = 255;
+/// How many symlinks a read follows on the archive path, like a small ELOOP bound.
+const MAX_SYMLINK_HOPS: usize = 8;
+/// Room in a downloaded tar for headers, PAX records and padding around the data.
+const TAR_OVERHEAD_BYTES: u64 = 1024 * 1024 + 64 * 1024;
+/// Bound on the stub's stderr and on the stdout of operations that print nothing.
+const STUB_MESSAGE_BYTES: u64 = 64 * 1024;
+/// Mode of written files: what a shell's `umask 022` gives.
+const FILE_MODE: u32 = 0o644;
+
+/// Mounts every container has that the archive endpoints do not see, besides the
+/// sandbox's own tmpfs mounts (read from inspect).
+const CONTAINER_ONLY_MOUNTS: &[&str] = &[
+    "/dev",
+    "/proc",
+    "/sys",
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/.agentkernel",
+];
+
+/// An absolute, normalised path inside a sandbox: `/` followed by segments that are
+/// neither empty, `.` nor `..`, with no NUL, at most 4096 bytes (segments at most 255).
+/// Never the root itself: files are what this API reads and writes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SandboxPath(String);
+
+impl SandboxPath {
+    /// Takes `text` as absolute whether or not it starts with `/` (clients send both),
+    /// collapses empty segments, drops `.` segments and refuses `..`.
+    pub fn parse(text: &str) -> std::result::Result<SandboxPath, String> {
+        let shown = text.escape_debug();
+        if text.contains('\0') {
+            return Err(format!(
+                "invalid file path '{shown}': it contains a NUL byte"
+            ));
+        }
+        let mut normalized = String::with_capacity(text.len() + 1);
+        for segment in text.split('/') {
+            match segment {
+                "" | "." => {}
+                ".." => {
+                    return Err(format!(
+                        "invalid file path '{shown}': '..' segments are not allowed"
+                    ))
+                }
+                _ if segment.len() > MAX_SEGMENT_BYTES => {
+                    return Err(format!(
+                        "invalid file path '{shown}': a segment is longer than \
+                         {MAX_SEGMENT_BYTES} bytes"
+                    ))
+                }
+                _ => {
+                    normalized.push('/');
+                    normalized.push_str(segment);
+                }
+            }
+        }
+        if normalized.is_empty() {
+            return Err(format!(
+                "invalid file path '{shown}': it names the root directory, not a file"
+            ));
+        }
+        if normalized.len() > MAX_PATH_BYTES {
+            return Err(format!(
+                "invalid file path: longer than {MAX_PATH_BYTES} bytes"
+            ));
+        }
+        Ok(SandboxPath(normalized))
+    }
+
+    /// The raw (percent-encoded) URL path after `/files/`, decoded, then `parse`d.
+    pub fn from_url(encoded: &str) -> std::result::Result<SandboxPath, String> {
+        SandboxPath::parse(&percent_decode(encoded)?)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The path without its leading `/`: the tar member name for an extraction at `/`.
+    fn relative(&self) -> &str {
+        &self.0[1..]
+    }
+
+    /// Whether this path is `mount` or lies below it.
+    fn is_within(&self, mount: &str) -> bool {
+        let mount = mount.trim_end_matches('/');
+        mount.is_empty()
+            || self.0 == mount
+            || (self.0.starts_with(mount) && self.0.as_bytes()[mount.len()] == b'/')
+    }
+
+    /// Where a symlink at this path leads: `target` taken relative to this path's
+    /// directory unless absolute, with `.` and `..` resolved lexically (`..` stops at
+    /// the root, as the kernel's does). `None` when it leads to the root.
+    fn follow(&self, target: &str) -> Option<SandboxPath> {
+        let parent = &self.0[..self.0.rfind('/').unwrap_or(0)];
+        let joined = if target.starts_with('/') {
+            target.to_string()
+        } else {
+            format!("{parent}/{target}")
+        };
+        let mut segments: Vec<&str> = Vec::new();
+        for segment in joined.split('/') {
+            match segment {
+                "" | "." => {}
+                ".." => {
+                    segments.pop();
+                }
+                other => segments.push(other),
+            }
+        }
+        SandboxPath::parse(&segments.join("/")).ok()
+    }
+}
+
+impl fmt::Display for SandboxPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Decodes `%XX` escapes; the result must be UTF-8.
+fn percent_decode(text: &str) -> std::result::Result<String, String> {
+    let hex = |byte: u8| match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    };
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let pair = bytes
+                .get(index + 1)
+                .copied()
+                .and_then(hex)
+                .zip(bytes.get(index + 2).copied().and_then(hex));
+            let Some((high, low)) = pair else {
+                return Err(format!(
+                    "invalid file path '{}': '%' must start a %XX escape",
+                    text.escape_debug()
+                ));
+            };
+            decoded.push(high << 4 | low);
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(decoded).map_err(|_| {
+        format!(
+            "invalid file path '{}': not UTF-8 once percent-decoded",
+            text.escape_debug()
+        )
+    })
+}
+
+/// What the file operations need to know about a sandbox's container.
+struct Container<'a> {
+    name: &'a SandboxName,
+    id: String,
+    running: bool,
+    has_stub: bool,
+    read_only_root: bool,
+    profile: String,
+    /// Mount points of its tmpfs mounts.
+    tmpfs: Vec<String>,
+    /// Numeric owner for archive uploads: the configured user when numeric, else root.
+    uid: u32,
+    gid: u32,
+    /// `Config::max_file_bytes`.
+    limit: u64,
+}
+
+impl<'a> Container<'a> {
+    fn open(docker: &Docker, config: &Config, name: &'a SandboxName) -> Result<Container<'a>> {
+        let inspect = crate::sandbox::inspect_ours(docker, config, name)?;
+        let labels = inspect.config.labels.unwrap_or_default();
+        let (uid, gid) = numeric_owner(&inspect.config.user);
+        Ok(Container {
+            name,
+            id: inspect.id,
+            running: inspect.state.running,
+            has_stub: labels.get(labels::STUB).map(String::as_str) == Some("1"),
+            read_only_root: inspect.host_config.readonly_rootfs,
+            profile: labels.get(labels::PROFILE).cloned().unwrap_or_default(),
+            tmpfs: inspect
+                .host_config
+                .tmpfs
+                .unwrap_or_default()
+                .into_keys()
+                .collect(),
+            uid,
+            gid,
+            limit: config.max_file_bytes,
+        })
+    }
+
+    /// Whether only the running container sees `path` (the archive endpoints do not).
+    fn container_only(&self, path: &SandboxPath) -> bool {
+        let mounts = self.tmpfs.iter().map(String::as_str);
+        mounts
+            .chain(CONTAINER_ONLY_MOUNTS.iter().copied())
+            .any(|mount| path.is_within(mount))
+    }
+
+    /// The stub can reach `path` now: the sandbox runs and has the stub mounted.
+    fn require_stub(&self, path: &SandboxPath) -> Result<()> {
+        if !self.has_stub {
+            return Err(Error::Invalid(format!(
+                "'{path}' can only be reached inside the running container (a tmpfs path, or \
+                 a delete), which is not supported for sandbox '{}': it was created without \
+                 the agentkernel stub",
+                self.name
+            )));
+        }
+        if !self.running {
+            return Err(self.needs_running(path));
+        }
+        Ok(())
+    }
+
+    fn needs_running(&self, path: &SandboxPath) -> Error {
+        Error::FileNeedsRunning {
+            sandbox: self.name.to_string(),
+            path: path.to_string(),
+        }
+    }
+
+    fn not_found(&self, path: &str) -> Error {
+        Error::FileNotFound {
+            sandbox: self.name.to_string(),
+            path: path.to_string(),
+        }
+    }
+
+    fn read_only(&self, path: &str) -> Error {
+        Error::ReadOnlyRoot {
+            path: path.to_string(),
+            profile: self.profile.clone(),
+        }
+    }
+
+    /// Engine errors of a call on this container, in the sandbox's terms.
+    fn engine_error(&self, error: Error, path: &SandboxPath) -> Error {
+        match error {
+            Error::Engine(engine) if engine.is_not_found() => {
+                Error::SandboxNotFound(self.name.to_string())
+            }
+            // A container that stopped or paused between inspect and exec.
+            Error::Engine(engine) if engine.is_conflict() => self.needs_running(path),
+            other => other,
+        }
+    }
+
+    /// Runs `agentkernel stub ARGS...` by `docker exec`, as the container's user.
+    fn stub_exec(
+        &self,
+        docker: &Docker,
+        config: &Config,
+        path: &SandboxPath,
+        args: &[&str],
+        stdin: Option<Vec<u8>>,
+        max_stdout: u64,
+    ) -> Result<CommandResult> {
+        let mut argv = vec![stub::STUB_PATH.to_string(), "stub".to_string()];
+        argv.extend(args.iter().map(|arg| arg.to_string()));
+        let spec = CommandSpec::new(
+            argv,
+            Vec::new(),
+            None,
+            stdin,
+            config.docker_timeout,
+            max_stdout.max(STUB_MESSAGE_BYTES),
+        )
+        .map_err(Error::Invalid)?;
+        let result =
+            crate::run::exec_direct(docker, &self.id, &spec, Instant::now(), &mut NoObserver)
+                .map_err(|error| self.engine_error(error, path))?;
+        self.stub_outcome(&result, path)?;
+        Ok(result)
+    }
+
+    /// The stub's exit code and `PATH<TAB>message` stderr line as a domain error.
+    fn stub_outcome(&self, result: &CommandResult, requested: &SandboxPath) -> Result<()> {
+        let code = match result.exit_code {
+            Some(0) => return Ok(()),
+            Some(code) => code,
+            None => {
+                return Err(Error::Engine(DockerError::Io {
+                    operation: "stub file operation".into(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the in-container stub did not finish in time",
+                    ),
+                }))
+            }
+        };
+        let stderr = command::text(&result.stderr);
+        let line = stderr.lines().next().unwrap_or_default();
+        let (path, message) = line.split_once('\t').unwrap_or((requested.as_str(), line));
+        let path = path.to_string();
+        let on_root = SandboxPath::parse(&path).map_or(true, |p| !self.container_only(&p));
+        Err(match i32::try_from(code).unwrap_or(file_exit::FAILED) {
+            file_exit::NOT_FOUND => self.not_found(&path),
+            file_exit::IS_DIRECTORY => Error::NotAFile {
+                path,
+                what: "a directory",
+            },
+            file_exit::NOT_REGULAR => Error::NotAFile {
+                path,
+                what: "a special file",
+            },
+            file_exit::TOO_LARGE => Error::FileTooLarge {
+                path,
+                limit: self.limit,
+            },
+            file_exit::PERMISSION_DENIED => Error::FileAccessDenied {
+                path,
+                reason: "permission denied for the sandbox's user".into(),
+            },
+            file_exit::NOT_A_DIRECTORY => Error::Invalid(format!(
+                "Cannot reach '{path}': one of its parents is a file, not a directory"
+            )),
+            file_exit::READ_ONLY if self.read_only_root && on_root => self.read_only(&path),
+            file_exit::READ_ONLY => Error::FileAccessDenied {
+                path,
+                reason: "it lies on a read-only filesystem".into(),
+            },
+            file_exit::NO_SPACE => Error::NoSpace { path },
+            _ => Error::Engine(DockerError::Protocol(format!(
+                "the in-container stub failed on '{path}' (exit {code}): {message}"
+            ))),
+        })
+    }
+}
+
+/// `uid[:gid]` when numeric; any other part (a name, or nothing) counts as 0.
+fn numeric_owner(user: &str) -> (u32, u32) {
+    let (uid, gid) = user.split_once(':').unwrap_or((user, ""));
+    (uid.parse().unwrap_or(0), gid.parse().unwrap_or(0))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// Reads the regular file at `path`, following symlinks.
+pub fn read_file(
+    docker: &Docker,
+    config: &Config,
+    name: &SandboxName,
+    path: &SandboxPath,
+) -> Result<Vec<u8>> {
+    let container = Container::open(docker, config, name)?;
+    let limit = config.max_file_bytes;
+    let too_large = || Error::FileTooLarge {
+        path: path.to_string(),
+        limit,
+    };
+    let mut current = path.clone();
+    for _ in 0..=MAX_SYMLINK_HOPS {
+        if container.container_only(&current) {
+            container.require_stub(path)?;
+            let max = limit.to_string();
+            let args = ["--cat", current.as_str(), &max];
+            let result = container.stub_exec(docker, config, path, &args, None, limit)?;
+            return Ok(result.stdout);
+        }
+        let stat = docker
+            .archive_stat(&container.id, current.as_str())
+            .map_err(|error| container.engine_error(error.into(), path))?
+            .ok_or_else(|| container.not_found(path.as_str()))?;
+        match stat.kind {
+            PathKind::File if stat.size > limit => return Err(too_large()),
+            PathKind::File => {
+                let archive = docker
+                    .archive_get(&container.id, current.as_str(), limit + TAR_OVERHEAD_BYTES)
+                    .map_err(|error| container.engine_error(error.into(), path))?;
+                let entry =
+                    tar::read_first_entry(&mut archive.as_slice(), limit).map_err(|error| {
+                        match error {
+                            TarError::TooLarge { .. } => too_large(),
+                            other => Error::Engine(DockerError::Protocol(format!(
+                                "the archive of '{path}': {other}"
+                            ))),
+                        }
+                    })?;
+                if entry.kind != EntryKind::File {
+                    // Replaced between the stat and the download.
+                    return Err(Error::NotAFile {
+                        path: path.to_string(),
+                        what: "not a regular file any more",
+                    });
+                }
+                return Ok(entry.data);
+            }
+            PathKind::Directory => {
+                return Err(Error::NotAFile {
+                    path: path.to_string(),
+                    what: "a directory",
+                })
+            }
+            PathKind::Other => {
+                return Err(Error::NotAFile {
+                    path: path.to_string(),
+                    what: "a special file",
+                })
+            }
+            PathKind::Symlink(target) => {
+                current = current.follow(&target).ok_or_else(|| Error::NotAFile {
+                    path: path.to_string(),
+                    what: "a directory",
+                })?;
+            }
+        }
+    }
+    Err(Error::Invalid(format!(
+        "Cannot read '{path}': more than {MAX_SYMLINK_HOPS} symlinks lead from it"
+    )))
+}
+
+/// Writes files (mode 0644, replacing what is there, parents created); returns how
+/// many. Files on the root filesystem go in one archive upload, the others in one stub
+/// exec; every size and precondition is checked before anything is written.
+pub fn write_files(
+    docker: &Docker,
+    config: &Config,
+    name: &SandboxName,
+    files: &[(SandboxPath, Vec<u8>)],
+) -> Result<usize> {
+    let limit = config.max_file_bytes;
+    if let Some((path, _)) = files.iter().find(|(_, data)| data.len() as u64 > limit) {
+        return Err(Error::FileTooLarge {
+            path: path.to_string(),
+            limit,
+        });
+    }
+    if files.is_empty() {
+        return Ok(0);
+    }
+    let container = Container::open(docker, config, name)?;
+    let (inside, on_root): (Vec<_>, Vec<_>) = files
+        .iter()
+        .partition(|(path, _)| container.container_only(path));
+    if let Some((path, _)) = inside.first() {
+        container.require_stub(path)?;
+    }
+    if let Some((path, _)) = on_root.first() {
+        if container.read_only_root {
+            return Err(container.read_only(path.as_str()));
+        }
+    }
+    let mtime = unix_now();
+    let archive_of = |files: &[&(SandboxPath, Vec<u8>)]| {
+        let entries: Vec<FileEntry<'_>> = files
+            .iter()
+            .map(|(path, data)| FileEntry {
+                name: path.relative(),
+                data,
+                mode: FILE_MODE,
+                mtime,
+                uid: container.uid,
+                gid: container.gid,
+            })
+            .collect();
+        tar::write_archive(&entries).map_err(|error| Error::Invalid(error.to_string()))
+    };
+    if !on_root.is_empty() {
+        let archive = archive_of(&on_root)?;
+        docker
+            .archive_put(&container.id, "/", &archive)
+            .map_err(|error| upload_error(&container, error, &on_root))?;
+    }
+    if let Some((path, _)) = inside.first() {
+        let archive = archive_of(&inside)?;
+        let max = limit.to_string();
+        let args = ["--untar", "/", &max];
+        container.stub_exec(docker, config, path, &args, Some(archive), 0)?;
+    }
+    log::debug!(
+        "wrote {} files to sandbox {name} ({} through the stub)",
+        files.len(),
+        inside.len()
+    );
+    Ok(files.len())
+}
+
+/// An archive upload's failure, naming the file it concerns where the engine says.
+fn upload_error(
+    container: &Container<'_>,
+    error: DockerError,
+    files: &[&(SandboxPath, Vec<u8>)],
+) -> Error {
+    let DockerError::Api { message, .. } = &error else {
+        return Error::Engine(error);
+    };
+    // The engine quotes paths ("/etc") or ends them with a colon (open /a/b: ...).
+    let path = files
+        .iter()
+        .map(|(path, _)| path.as_str())
+        .find(|path| {
+            message.contains(&format!("\"{path}\"")) || message.contains(&format!("{path}:"))
+        })
+        .or_else(|| files.first().map(|(path, _)| path.as_str()))
+        .unwrap_or("/")
+        .to_string();
+    if error.is_not_found() {
+        Error::SandboxNotFound(container.name.to_string())
+    } else if message.contains("cannot overwrite directory") {
+        Error::NotAFile {
+            path,
+            what: "a directory",
+        }
+    } else if message.contains("not a directory") {
+        Error::Invalid(format!(
+            "Cannot write '{path}': one of its parents is a file, not a directory"
+        ))
+    } else if message.contains("read-only") {
+        container.read_only(&path)
+    } else {
+        Error::Engine(error)
+    }
+}
+
+/// Removes the file (or symlink) at `path`; never a directory. Needs the sandbox
+/// running: the archive endpoints cannot delete.
+pub fn delete_file(
+    docker: &Docker,
+    config: &Config,
+    name: &SandboxName,
+    path: &SandboxPath,
+) -> Result<()> {
+    let container = Container::open(docker, config, name)?;
+    container.require_stub(path)?;
+    container.stub_exec(docker, config, path, &["--rm", path.as_str()], None, 0)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(text: &str) -> String {
+        SandboxPath::parse(text).unwrap().as_str().to_string()
+    }
+
+    #[test]
+    fn paths_are_absolute_and_collapsed() {
+        assert_eq!(path("/tmp/x"), "/tmp/x");
+        assert_eq!(path("tmp/x"), "/tmp/x");
+        assert_eq!(path("//tmp//x/"), "/tmp/x");
+        assert_eq!(path("/./tmp/./x"), "/tmp/x");
+        assert_eq!(path("/tmp/x.d/..x/..."), "/tmp/x.d/..x/...");
+        assert_eq!(path("/tmp/a b/ü"), "/tmp/a b/ü");
+    }
+
+    #[test]
+    fn paths_refuse_dotdot_nul_root_and_overlong() {
+        for (bad, expected) in [
+            ("/tmp/../etc/passwd", "'..'"),
+            ("..", "'..'"),
+            ("/tmp/x/..", "'..'"),
+            ("/tmp/\0x", "NUL"),
+            ("", "root directory"),
+            ("/", "root directory"),
+            ("//./", "root directory"),
+        ] {
+            let error = SandboxPath::parse(bad).unwrap_err();
+            assert!(error.contains(expected), "{bad:?}: {error}");
+        }
+        let long_segment = format!("/{}", "x".repeat(256));
+        assert!(SandboxPath::parse(&long_segment).is_err());
+        assert!(SandboxPath::parse(&format!("/{}", "x".repeat(255))).is_ok());
+        let long_path = "/abcdefgh".repeat(456);
+        assert!(long_path.len() > MAX_PATH_BYTES);
+        assert!(SandboxPath::parse(&long_path).is_err());
+    }
+
+    #[test]
+    fn url_paths_are_percent_decoded_before_they_are_checked() {
+        let decoded = |text: &str| SandboxPath::from_url(text).map(|p| p.as_str().to_string());
+        assert_eq!(decoded("tmp/a%20b.txt").unwrap(), "/tmp/a b.txt");
+        assert_eq!(decoded("/tmp%2Fx").unwrap(), "/tmp/x");
+        assert_eq!(decoded("tmp/%C3%BC").unwrap(), "/tmp/ü");
+        assert_eq!(decoded("tmp/a+b").unwrap(), "/tmp/a+b");
+        assert!(decoded("tmp/%2E%2E/etc").unwrap_err().contains("'..'"));
+        assert!(decoded("tmp/%00").unwrap_err().contains("NUL"));
+        assert!(decoded("tmp/%zz").unwrap_err().contains("%XX"));
+        assert!(decoded("tmp/%+1").unwrap_err().contains("%XX"));
+        assert!(decoded("tmp/%4").unwrap_err().contains("%XX"));
+        assert!(decoded("tmp/%ff").unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn mounts_contain_their_own_subtree_only() {
+        let tmp_file = SandboxPath::parse("/tmp/x").unwrap();
+        assert!(tmp_file.is_within("/tmp"));
+        assert!(tmp_file.is_within("/tmp/"));
+        assert!(tmp_file.is_within("/"));
+        assert!(SandboxPath::parse("/tmp").unwrap().is_within("/tmp"));
+        assert!(!SandboxPath::parse("/tmpfoo/x").unwrap().is_within("/tmp"));
+        assert!(!SandboxPath::parse("/var/tmp/x").unwrap().is_within("/tmp"));
+    }
+
+    #[test]
+    fn symlinks_are_followed_lexically() {
+        let link = SandboxPath::parse("/usr/bin/python").unwrap();
+        let follow = |target: &str| link.follow(target).map(|p| p.as_str().to_string());
+        assert_eq!(follow("python3").as_deref(), Some("/usr/bin/python3"));
+        assert_eq!(follow("/bin/busybox").as_deref(), Some("/bin/busybox"));
+        assert_eq!(follow("../lib/./x").as_deref(), Some("/usr/lib/x"));
+        assert_eq!(follow("../../../../etc/x").as_deref(), Some("/etc/x"));
+        assert_eq!(follow("/"), None);
+        assert_eq!(follow(".."), Some("/usr".to_string()));
+    }
+
+    #[test]
+    fn owners_come_from_numeric_users_only() {
+        assert_eq!(numeric_owner("65534:65534"), (65534, 65534));
+        assert_eq!(numeric_owner("1000"), (1000, 0));
+        assert_eq!(numeric_owner(""), (0, 0));
+        assert_eq!(numeric_owner("node"), (0, 0));
+        assert_eq!(numeric_owner("node:100"), (0, 100));
+    }
+}

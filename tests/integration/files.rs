@@ -1,0 +1,439 @@
+//! The files API: reads and writes through the archive endpoints (root filesystem) and
+//! through the stub (tmpfs), byte-exact binary content, batches, path rules, limits,
+//! read-only roots and stopped sandboxes.
+
+use std::time::{Duration, Instant};
+
+use agentkernel::base64;
+use serde_json::{json, Value};
+
+use crate::harness::{Options, Server};
+
+fn create(server: &Server, body: &str) {
+    let (status, answer) = server.post("/sandboxes", body);
+    assert_eq!(status, 201, "{answer}");
+}
+
+fn put(server: &Server, path: &str, body: &Value) -> (u16, Value) {
+    server.request("PUT", path, Some(&body.to_string()), &[])
+}
+
+fn exec_output(server: &Server, sandbox: &str, script: &str) -> String {
+    let body = json!({ "command": ["sh", "-c", script] }).to_string();
+    let (status, answer) = server.post(&format!("/sandboxes/{sandbox}/exec"), &body);
+    assert_eq!(status, 200, "{answer}");
+    answer["data"]["output"].as_str().unwrap().to_string()
+}
+
+/// Every byte value, then `extra` bytes of a fixed xorshift sequence.
+fn binary_content(extra: usize) -> Vec<u8> {
+    let mut bytes: Vec<u8> = (0..=255).collect();
+    let mut state: u32 = 0x9e37_79b9;
+    for _ in 0..extra {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        bytes.push(state as u8);
+    }
+    bytes
+}
+
+#[test]
+fn text_round_trips_on_the_root_filesystem_and_in_tmp() {
+    let server = Server::start();
+    create(&server, r#"{"name":"text"}"#);
+    for (url, path) in [
+        (
+            "/sandboxes/text/files/root/notes/a.txt",
+            "/root/notes/a.txt",
+        ),
+        ("/sandboxes/text/files/tmp/notes/a.txt", "/tmp/notes/a.txt"),
+    ] {
+        let content = format!("héllo from {path}\nline two\n");
+        let (status, answer) = put(&server, url, &json!({ "content": content }));
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(
+            answer["data"],
+            json!({ "path": path, "size": content.len() })
+        );
+        let (status, answer) = server.get(url);
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(
+            answer["data"],
+            json!({ "content": content, "encoding": "utf8", "size": content.len() })
+        );
+        // The running container sees what was written (the tmpfs pitfall: an archive
+        // upload to /tmp would land hidden under the mount).
+        assert_eq!(
+            exec_output(&server, "text", &format!("cat {path}")),
+            content
+        );
+    }
+    // Written from inside, read through both URL spellings.
+    exec_output(&server, "text", "printf inside > /tmp/x");
+    for url in [
+        "/sandboxes/text/files//tmp/x",
+        "/sandboxes/text/files/tmp/x",
+    ] {
+        let (status, answer) = server.get(url);
+        assert_eq!(status, 200, "{url}: {answer}");
+        assert_eq!(answer["data"]["content"], json!("inside"));
+    }
+    // An explicit null encoding is the default.
+    let body = json!({ "content": "v2", "encoding": null });
+    let (status, _) = put(&server, "/sandboxes/text/files//tmp/x", &body);
+    assert_eq!(status, 200);
+    assert_eq!(exec_output(&server, "text", "cat /tmp/x"), "v2");
+
+    for (url, path) in [
+        ("/sandboxes/text/files/tmp/x", "/tmp/x"),
+        (
+            "/sandboxes/text/files/root/notes/a.txt",
+            "/root/notes/a.txt",
+        ),
+    ] {
+        let (status, answer) = server.delete(url);
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["data"], json!({ "path": path, "deleted": true }));
+        let (status, answer) = server.get(url);
+        assert_eq!(status, 404, "{answer}");
+        assert_eq!(
+            answer["error"],
+            json!(format!("File '{path}' not found in sandbox 'text'"))
+        );
+        let (status, _) = server.delete(url);
+        assert_eq!(status, 404);
+    }
+    server.delete("/sandboxes/text");
+    server.finish();
+}
+
+#[test]
+fn binary_files_round_trip_byte_exact_through_base64() {
+    let server = Server::start();
+    create(&server, r#"{"name":"bin"}"#);
+    let content = binary_content(64 * 1024);
+    let encoded = base64::encode(&content);
+    for path in ["/root/blob.bin", "/tmp/blob.bin"] {
+        let url = format!("/sandboxes/bin/files{path}");
+        let body = json!({ "content": encoded, "encoding": "base64" });
+        let (status, answer) = put(&server, &url, &body);
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["data"]["size"], json!(content.len()));
+        let (status, answer) = server.get(&url);
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["data"]["encoding"], json!("base64"));
+        assert_eq!(answer["data"]["size"], json!(content.len()));
+        let read = base64::decode(answer["data"]["content"].as_str().unwrap()).unwrap();
+        assert!(read == content, "{path} did not round-trip byte-exact");
+        // The container's own view: same size, same first bytes.
+        let listed = exec_output(
+            &server,
+            "bin",
+            &format!("wc -c < {path}; od -An -tx1 -N4 {path}"),
+        );
+        assert_eq!(
+            listed.split_whitespace().collect::<Vec<_>>(),
+            [&content.len().to_string(), "00", "01", "02", "03"],
+            "{path}"
+        );
+    }
+    // Written inside as bytes that are not UTF-8, read back as base64.
+    exec_output(&server, "bin", "printf '\\377\\376A' > /tmp/raw");
+    let (_, answer) = server.get("/sandboxes/bin/files/tmp/raw");
+    assert_eq!(
+        answer["data"],
+        json!({ "content": "//5B", "encoding": "base64", "size": 3 })
+    );
+    server.delete("/sandboxes/bin");
+    server.finish();
+}
+
+#[test]
+fn a_hundred_files_in_one_batch() {
+    let server = Server::start();
+    create(&server, r#"{"name":"many"}"#);
+    for dir in ["/tmp/many", "root/many"] {
+        let files: serde_json::Map<String, Value> = (0..100)
+            .map(|index| {
+                (
+                    format!("{dir}/{index}.txt"),
+                    json!(format!("file {index}\n")),
+                )
+            })
+            .collect();
+        let body = json!({ "files": files }).to_string();
+        let started = Instant::now();
+        let (status, answer) = server.post("/sandboxes/many/files", &body);
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["data"], json!({ "written": 100 }));
+        // One upload, not a hundred: well under a second even on a slow machine.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "batch took {:?}",
+            started.elapsed()
+        );
+        let absolute = format!("/{}", dir.trim_start_matches('/'));
+        let counted = exec_output(&server, "many", &format!("ls {absolute} | wc -l"));
+        assert_eq!(counted.trim(), "100", "{dir}");
+        for index in [0, 42, 99] {
+            let (status, answer) =
+                server.get(&format!("/sandboxes/many/files{absolute}/{index}.txt"));
+            assert_eq!(status, 200, "{answer}");
+            assert_eq!(answer["data"]["content"], json!(format!("file {index}\n")));
+        }
+    }
+    // Keys go through the path rules: one bad key refuses the whole batch.
+    let (status, answer) = server.post(
+        "/sandboxes/many/files",
+        r#"{"files":{"/tmp/ok":"1","/tmp/../etc/x":"2"}}"#,
+    );
+    assert_eq!(status, 400, "{answer}");
+    let (status, _) = server.get("/sandboxes/many/files/tmp/ok");
+    assert_eq!(status, 404, "nothing of a refused batch is written");
+    server.delete("/sandboxes/many");
+    server.finish();
+}
+
+#[test]
+fn paths_and_errors_name_the_thing() {
+    let server = Server::start();
+    create(&server, r#"{"name":"errs"}"#);
+    // Raw request lines: HTTP clients would remove the dot segments themselves.
+    for target in [
+        "/sandboxes/errs/files/tmp/../etc/passwd",
+        "/sandboxes/errs/files/tmp/%2e%2e/etc/passwd",
+        "/sandboxes/errs/files/tmp/%00",
+    ] {
+        let answer = server.raw(
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer}");
+    }
+    let cases = [
+        (
+            "/sandboxes/errs/files/nope.txt",
+            404,
+            "File '/nope.txt' not found in sandbox 'errs'",
+        ),
+        (
+            "/sandboxes/errs/files/tmp/nope",
+            404,
+            "File '/tmp/nope' not found",
+        ),
+        ("/sandboxes/errs/files/etc", 400, "'/etc' is a directory"),
+        ("/sandboxes/errs/files/tmp", 400, "'/tmp' is a directory"),
+        (
+            "/sandboxes/ghost/files/tmp/x",
+            404,
+            "Sandbox 'ghost' not found",
+        ),
+    ];
+    for (url, expected_status, expected) in cases {
+        let (status, answer) = server.get(url);
+        assert_eq!(status, expected_status, "{url}: {answer}");
+        let message = answer["error"].as_str().unwrap();
+        assert!(message.contains(expected), "{url}: {message}");
+    }
+    // Symlinks are followed on the root filesystem.
+    exec_output(
+        &server,
+        "errs",
+        "echo target > /root/t && ln -s t /root/link",
+    );
+    let (_, answer) = server.get("/sandboxes/errs/files/root/link");
+    assert_eq!(answer["data"]["content"], json!("target\n"));
+    // A file never replaces a directory.
+    let (status, answer) = put(
+        &server,
+        "/sandboxes/errs/files/etc",
+        &json!({"content": "x"}),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(
+        exec_output(&server, "errs", "test -f /etc/passwd && echo kept"),
+        "kept\n"
+    );
+    for (body, expected) in [
+        (
+            json!({ "content": "%%", "encoding": "base64" }),
+            "invalid base64",
+        ),
+        (
+            json!({ "content": "x", "encoding": "hex" }),
+            "unknown encoding 'hex'",
+        ),
+        (json!({ "encoding": "utf8" }), "content is required"),
+        (json!({ "content": "x", "mode": 493 }), "unknown field"),
+    ] {
+        let (status, answer) = put(&server, "/sandboxes/errs/files/tmp/x", &body);
+        assert_eq!(status, 400, "{body}: {answer}");
+        let message = answer["error"].as_str().unwrap();
+        assert!(message.contains(expected), "{body}: {message}");
+    }
+    let (status, answer) = server.request("PATCH", "/sandboxes/errs/files/tmp/x", None, &[]);
+    assert_eq!(status, 405, "{answer}");
+    let (status, _) = server.get("/sandboxes/errs/files");
+    assert_eq!(status, 405);
+    server.delete("/sandboxes/errs");
+    server.finish();
+}
+
+#[test]
+fn files_over_the_limit_are_413() {
+    let server = Server::start_with(Options {
+        args: vec!["--max-file-bytes".into(), "1000".into()],
+        ..Options::default()
+    });
+    create(&server, r#"{"name":"big"}"#);
+    for dir in ["/root", "/tmp"] {
+        let url = format!("/sandboxes/big/files{dir}/f");
+        let (status, answer) = put(&server, &url, &json!({ "content": "x".repeat(1000) }));
+        assert_eq!(status, 200, "{answer}");
+        let (status, answer) = put(&server, &url, &json!({ "content": "x".repeat(1001) }));
+        assert_eq!(status, 413, "{answer}");
+        let message = answer["error"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("'{dir}/f'")) && message.contains("1000"),
+            "{message}"
+        );
+        // A file made inside is refused on the way out.
+        exec_output(
+            &server,
+            "big",
+            &format!("head -c 5000 /dev/zero > {dir}/made"),
+        );
+        let (status, answer) = server.get(&format!("/sandboxes/big/files{dir}/made"));
+        assert_eq!(status, 413, "{dir}: {answer}");
+    }
+    let body = json!({ "files": { "/tmp/a": "ok", "/tmp/b": "y".repeat(1001) } }).to_string();
+    let (status, _) = server.post("/sandboxes/big/files", &body);
+    assert_eq!(status, 413);
+    // A body over the upload limit is refused from its Content-Length, unread.
+    let answer = server.raw(
+        b"PUT /sandboxes/big/files/tmp/x HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    server.delete("/sandboxes/big");
+    server.finish();
+}
+
+#[test]
+fn uploads_may_be_larger_than_ordinary_bodies() {
+    let server = Server::start();
+    create(&server, r#"{"name":"upload"}"#);
+    // 2 MiB of content is past the 1 MiB body limit of other routes.
+    let content = binary_content(2 * 1024 * 1024);
+    let body = json!({ "content": base64::encode(&content), "encoding": "base64" });
+    let (status, answer) = put(&server, "/sandboxes/upload/files/root/large", &body);
+    assert_eq!(status, 200, "{answer}");
+    let (_, answer) = server.get("/sandboxes/upload/files/root/large");
+    let read = base64::decode(answer["data"]["content"].as_str().unwrap()).unwrap();
+    assert!(read == content);
+    let (status, _) = server.post("/sandboxes/upload/exec", &body.to_string());
+    assert_eq!(status, 413, "other routes keep the ordinary limit");
+    server.delete("/sandboxes/upload");
+    server.finish();
+}
+
+#[test]
+fn restrictive_sandboxes_write_to_tmp_but_not_to_their_read_only_root() {
+    let server = Server::start();
+    create(&server, r#"{"name":"locked","profile":"restrictive"}"#);
+    let (status, answer) = put(
+        &server,
+        "/sandboxes/locked/files/etc/x",
+        &json!({"content": "x"}),
+    );
+    assert_eq!(status, 403, "{answer}");
+    let message = answer["error"].as_str().unwrap();
+    assert!(
+        message.contains("'/etc/x'")
+            && message.contains("read-only")
+            && message.contains("restrictive"),
+        "{message}"
+    );
+    let (status, answer) = put(
+        &server,
+        "/sandboxes/locked/files/tmp/x",
+        &json!({"content": "ok"}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let (_, answer) = server.get("/sandboxes/locked/files/tmp/x");
+    assert_eq!(answer["data"]["content"], json!("ok"));
+    // Written as the profile's user, not as root.
+    assert_eq!(
+        exec_output(&server, "locked", "stat -c %u:%g /tmp/x"),
+        "65534:65534\n"
+    );
+    let (status, answer) = server.delete("/sandboxes/locked/files/etc/passwd");
+    assert_eq!(status, 403, "{answer}");
+    let (status, answer) = server.post(
+        "/sandboxes/locked/files",
+        r#"{"files":{"/tmp/a":"1","/etc/b":"2"}}"#,
+    );
+    assert_eq!(status, 403, "{answer}");
+    // Reading the root filesystem is fine.
+    let (status, answer) = server.get("/sandboxes/locked/files/etc/passwd");
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["data"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("nobody"));
+    server.delete("/sandboxes/locked");
+    server.finish();
+}
+
+#[test]
+fn stopped_sandboxes_serve_their_root_filesystem_but_not_tmpfs() {
+    let server = Server::start();
+    create(&server, r#"{"name":"sleepy"}"#);
+    put(
+        &server,
+        "/sandboxes/sleepy/files/root/a",
+        &json!({"content": "a"}),
+    );
+    put(
+        &server,
+        "/sandboxes/sleepy/files/tmp/t",
+        &json!({"content": "t"}),
+    );
+    let (status, _) = server.post("/sandboxes/sleepy/stop", "");
+    assert_eq!(status, 200);
+
+    let (status, answer) = server.get("/sandboxes/sleepy/files/root/a");
+    assert_eq!(
+        (status, &answer["data"]["content"]),
+        (200, &json!("a")),
+        "{answer}"
+    );
+    let (status, answer) = put(
+        &server,
+        "/sandboxes/sleepy/files/root/b",
+        &json!({"content": "b"}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    for (method, url) in [
+        ("GET", "/sandboxes/sleepy/files/tmp/t"),
+        ("DELETE", "/sandboxes/sleepy/files/root/a"),
+    ] {
+        let (status, answer) = server.request(method, url, None, &[]);
+        assert_eq!(status, 409, "{method} {url}: {answer}");
+        assert!(answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("'sleepy' is stopped"));
+    }
+    let (status, _) = put(
+        &server,
+        "/sandboxes/sleepy/files/tmp/u",
+        &json!({"content": "u"}),
+    );
+    assert_eq!(status, 409);
+
+    let (status, _) = server.post("/sandboxes/sleepy/start", "");
+    assert_eq!(status, 200);
+    assert_eq!(exec_output(&server, "sleepy", "cat /root/a /root/b"), "ab");
+    server.delete("/sandboxes/sleepy");
+    server.finish();
+}
