@@ -19,8 +19,8 @@ run: build
 test: lint
 	bash scripts/check-engine.sh
 	bash scripts/build-busybox-image.sh
-	cargo test
-	bash scripts/check-leftovers.sh
+	export AK_TEST_RUN=$$$$ && cargo test && bash scripts/sdk-test.sh && \
+		bash scripts/check-leftovers.sh
 
 lint:
 	cargo fmt --check

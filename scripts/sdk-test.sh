@@ -14,7 +14,7 @@ image="${AK_TEST_IMAGE:-agentkernel/busybox:latest}"
 "$venv/bin/pip" install --quiet --disable-pip-version-check "agentkernel-sdk==$SDK_VERSION"
 [ -x "$binary" ] || cargo build --quiet
 
-namespace="t-sdk-$$"
+namespace="t-${AK_TEST_RUN:-0}-sdk-$$"
 key="sdk-key-$$"
 log=$(mktemp)
 data=$(mktemp -d)

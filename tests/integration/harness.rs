@@ -30,11 +30,14 @@ pub fn data_dir() -> PathBuf {
     std::env::temp_dir().join("agentkernel-test-data")
 }
 
-/// A namespace no other test uses: `t-<pid>-<n>`.
+/// A namespace no other test uses: `t-<run>-<pid>-<n>`.
 pub fn fresh_namespace() -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    // `AK_TEST_RUN` (set by `make test`) lets the leftover check look at this run's
+    // namespaces only, whatever other suites share the engine.
+    let run = std::env::var("AK_TEST_RUN").unwrap_or_else(|_| "0".into());
     format!(
-        "t-{}-{}",
+        "t-{run}-{}-{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::SeqCst)
     )
