@@ -146,7 +146,10 @@ impl std::fmt::Debug for WarmSlot {
 }
 
 pub struct Pool {
-    pub launcher: Launcher,
+    launcher: Launcher,
+    /// Set when the engine could not mount our executable (a remote engine, or the
+    /// executable was deleted since start): from then on, the exec launcher.
+    stub_unusable: AtomicBool,
     keys: Mutex<BTreeMap<PoolKey, KeyState>>,
     wake: Condvar,
     shutdown: AtomicBool,
@@ -184,6 +187,7 @@ impl Pool {
         let (reap_sender, reap_receiver) = bounded(4096);
         Pool {
             launcher,
+            stub_unusable: AtomicBool::new(false),
             keys: Mutex::new(keys),
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
@@ -193,6 +197,53 @@ impl Pool {
             reap_receiver,
             reaping: AtomicUsize::new(0),
             inline_reaping: false,
+        }
+    }
+
+    /// How commands reach temporary containers now.
+    pub fn launcher(&self) -> Launcher {
+        if self.stub_unusable.load(Ordering::SeqCst) {
+            Launcher::Exec {
+                reason: "the engine cannot mount our executable".into(),
+            }
+        } else {
+            self.launcher.clone()
+        }
+    }
+
+    /// Whether `error` says the engine cannot mount our executable; if so, says so once
+    /// and switches to the exec launcher for good.
+    pub fn stub_mount_failed(&self, error: &Error) -> bool {
+        let mount_error = matches!(
+            error,
+            Error::Engine(DockerError::Api { message, .. })
+                if message.contains("bind source path does not exist")
+                    || message.contains("invalid mount config")
+        );
+        if mount_error
+            && matches!(self.launcher, Launcher::Stub { .. })
+            && !self.stub_unusable.swap(true, Ordering::SeqCst)
+        {
+            log::warn!("in-container stub unavailable ({error}): runs use docker exec from now on");
+        }
+        mount_error && matches!(self.launcher, Launcher::Stub { .. })
+    }
+
+    /// Launches a temporary container with the current launcher, falling back to exec
+    /// once if the engine cannot mount the stub.
+    pub fn launch(
+        &self,
+        docker: &Docker,
+        config: &Config,
+        key: &PoolKey,
+        kind: Kind,
+        workdir: Option<&str>,
+    ) -> Result<Warm> {
+        match launch(docker, config, &self.launcher(), key, kind, workdir) {
+            Err(error) if self.stub_mount_failed(&error) => {
+                launch(docker, config, &self.launcher(), key, kind, workdir)
+            }
+            other => other,
         }
     }
 
@@ -273,7 +324,7 @@ impl Pool {
             })
             .collect();
         json!({
-            "launcher": match &self.launcher {
+            "launcher": match self.launcher() {
                 Launcher::Stub { .. } => "stub",
                 Launcher::Exec { .. } => "exec",
             },
@@ -315,7 +366,7 @@ impl Pool {
                         .0;
                 }
             };
-            let launched = launch(docker, config, &self.launcher, &key, Kind::Pool, None);
+            let launched = self.launch(docker, config, &key, Kind::Pool, None);
             let mut keys = self.lock();
             let Some(state) = keys.get_mut(&key) else {
                 continue;

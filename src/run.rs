@@ -67,7 +67,7 @@ pub fn run(
                 return Err(Error::ImageMissing(request.image.clone()));
             }
             let workdir = request.command.workdir.as_deref();
-            let warm = pool::launch(docker, config, &pool.launcher, &key, Kind::Run, workdir)?;
+            let warm = pool.launch(docker, config, &key, Kind::Run, workdir)?;
             if request.fast {
                 pool.note_used(&key);
             }

@@ -255,12 +255,11 @@ pub fn post_sandboxes(context: &Context, body: &[u8]) -> Result<Reply, ApiError>
         profile,
         limits,
     };
-    let created = sandbox::create(
-        &context.docker,
-        &context.config,
-        &context.pool.launcher,
-        &request,
-    )?;
+    let create = |launcher| sandbox::create(&context.docker, &context.config, &launcher, &request);
+    let created = match create(context.pool.launcher()) {
+        Err(error) if context.pool.stub_mount_failed(&error) => create(context.pool.launcher()),
+        other => other,
+    }?;
     context.history.event(&request.name, "created");
     Ok(Reply::created(sandbox_data(&created)))
 }

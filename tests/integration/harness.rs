@@ -82,6 +82,8 @@ pub struct Server {
 #[derive(Default)]
 pub struct Options {
     pub namespace: Option<String>,
+    /// Another copy of the binary to run (default: the one cargo built).
+    pub binary: Option<PathBuf>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
 }
@@ -93,7 +95,10 @@ impl Server {
 
     pub fn start_with(options: Options) -> Server {
         let namespace = options.namespace.unwrap_or_else(fresh_namespace);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_agentkernel"));
+        let binary = options
+            .binary
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_agentkernel")));
+        let mut command = Command::new(binary);
         command
             .args(["serve", "--port", "0", "--namespace", &namespace])
             .args(["--default-image", &image()])

@@ -193,3 +193,38 @@ fn without_the_stub_runs_go_through_docker_exec() {
     assert_eq!(data["exit_code"], json!(127), "{data}");
     server.finish();
 }
+
+#[test]
+fn the_exec_launcher_takes_over_when_the_engine_cannot_mount_the_stub() {
+    // A copy of the binary deleted after start: the engine can no longer mount it, as
+    // with an engine on another host.
+    let copy =
+        std::env::temp_dir().join(format!("ak-deleted-{}", crate::harness::fresh_namespace()));
+    std::fs::copy(env!("CARGO_BIN_EXE_agentkernel"), &copy).unwrap();
+    let server = Server::start_with(Options {
+        binary: Some(copy.clone()),
+        args: vec!["--pool-size".into(), "1".into()],
+        ..Options::default()
+    });
+    std::fs::remove_file(&copy).unwrap();
+    // Use up whatever the pool made before the file went away.
+    run(&server, json!({"command": ["true"]}));
+    for fast in [false, true] {
+        let data = run(
+            &server,
+            json!({"command": ["sh", "-c", "echo ok; exit 4"], "fast": fast}),
+        );
+        assert_eq!(data["stdout"], json!("ok\n"), "fast={fast}: {data}");
+        assert_eq!(data["exit_code"], json!(4));
+    }
+    assert_eq!(server.get("/pool").1["data"]["launcher"], json!("exec"));
+    let (status, body) = server.post("/sandboxes", r#"{"name":"nostub"}"#);
+    assert_eq!(status, 201, "{body}");
+    let (_, body) = server.post("/sandboxes/nostub/exec", r#"{"command":["echo","in"]}"#);
+    assert_eq!(body["data"]["stdout"], json!("in\n"));
+    assert_eq!(server.delete("/sandboxes/nostub").0, 200);
+    assert!(server
+        .wait_for_log("runs use docker exec", Duration::from_secs(5))
+        .is_some());
+    server.finish();
+}
