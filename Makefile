@@ -19,8 +19,11 @@ run: build
 test: lint
 	bash scripts/check-engine.sh
 	bash scripts/build-busybox-image.sh
-	export AK_TEST_RUN=$$$$ && cargo test && bash scripts/sdk-test.sh && \
-		bash scripts/check-leftovers.sh
+	export AK_TEST_RUN=$$$$; status=0; \
+		cargo test || status=$$?; \
+		bash scripts/sdk-test.sh || status=$$?; \
+		bash scripts/check-leftovers.sh || status=$$?; \
+		exit $$status
 
 lint:
 	cargo fmt --check

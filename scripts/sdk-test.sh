@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Installs the published Python SDK (agentkernel-sdk, from PyPI) into a scratch venv
+# Installs the published Python SDK (agentkernel-sdk, from PyPI) into a fresh scratch venv
 # and drives a live server through it (tests/sdk/drive.py), with an API key set so
 # the SDK's Bearer auth is exercised. A failure to install is a failure, not a skip.
 set -euo pipefail
 cd "$(dirname "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")")"
 
 SDK_VERSION="${AK_SDK_VERSION:-0.21.0}"
-venv=target/sdk-venv
+venv=$(mktemp -d)
 binary=target/x86_64-unknown-linux-gnu/debug/agentkernel
 image="${AK_TEST_IMAGE:-agentkernel/busybox:latest}"
 
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check "agentkernel-sdk==$SDK_VERSION"
 [ -x "$binary" ] || cargo build --quiet
 
@@ -25,7 +25,7 @@ server=$!
 cleanup() {
 	kill -TERM "$server" 2>/dev/null || true
 	wait "$server" 2>/dev/null || true
-	rm -rf "$log" "$data"
+	rm -rf "$log" "$data" "$venv"
 }
 trap cleanup EXIT
 
@@ -47,7 +47,7 @@ AGENTKERNEL_URL="http://127.0.0.1:$port" AGENTKERNEL_API_KEY="$key" \
 kill -TERM "$server"
 wait "$server"
 trap - EXIT
-rm -rf "$log" "$data"
+rm -rf "$log" "$data" "$venv"
 left=$(docker ps -aq --filter "label=agentkernel.namespace=$namespace" | wc -l)
 if [ "$left" -ne 0 ]; then
 	echo "sdk-test: $left containers left in namespace $namespace" >&2

@@ -160,7 +160,7 @@ pub const SERVE: Topic = Topic {
                     [--default-profile P] [--max-body-bytes N]
                     [--pool IMAGE[:PROFILE]=N]... [--pool-size N] [--pool-dynamic-size N]
                     [--no-stub] [--default-timeout-ms N] [--max-timeout-ms N]
-                    [--max-output-bytes N] [--max-file-bytes N]",
+                    [--max-output-bytes N] [--max-file-bytes N] [--client-timeout-secs N]",
     details: "\
 Serves the HTTP API on 127.0.0.1:8080 until SIGTERM or SIGINT. See README.md.
 ",
@@ -698,6 +698,13 @@ fn parse_serve(parser: &mut lexopt::Parser, env: &dyn Environment) -> Result<Com
             Long("pool-size") => config.pool_default_size = parser.value()?.parse()?,
             Long("pool-dynamic-size") => config.pool_dynamic_size = parser.value()?.parse()?,
             Long("no-stub") => config.stub = false,
+            Long("client-timeout-secs") => {
+                let seconds: u64 = parser.value()?.parse()?;
+                if seconds == 0 {
+                    return Err(Misuse("--client-timeout-secs must be at least 1".into()));
+                }
+                config.client_timeout = std::time::Duration::from_secs(seconds);
+            }
             Long("default-timeout-ms") => config.default_timeout_ms = parser.value()?.parse()?,
             Long("max-timeout-ms") => config.max_timeout_ms = parser.value()?.parse()?,
             Long("max-output-bytes") => config.max_output_bytes_limit = parser.value()?.parse()?,
@@ -1171,7 +1178,6 @@ fn serve(config: Config) -> i32 {
                 "Docker Engine API {version} at {}",
                 docker.socket().display()
             );
-            crate::sweep::remove_temporary(&docker, &config);
         }
         Err(error) => log::warn!("{error}; requests will answer 503 until it is reachable"),
     }

@@ -40,6 +40,8 @@ pub struct Config {
     pub pool_dynamic_size: usize,
     /// Use the in-container stub where possible (else always `docker exec`).
     pub stub: bool,
+    /// Bound on each read from and write to a client (and on reading a whole body).
+    pub client_timeout: Duration,
     /// Where sandbox history is kept; `None` keeps none.
     pub data_dir: Option<PathBuf>,
     pub history_max_bytes: u64,
@@ -66,12 +68,13 @@ impl Default for Config {
             default_timeout_ms: 30_000,
             max_timeout_ms: 3_600_000,
             default_max_output_bytes: 1024 * 1024,
-            max_output_bytes_limit: 64 * 1024 * 1024,
+            max_output_bytes_limit: 16 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
             pool: None,
             pool_default_size: 4,
             pool_dynamic_size: 2,
             stub: true,
+            client_timeout: Duration::from_secs(30),
             data_dir: None,
             history_max_bytes: 8 * 1024 * 1024,
             max_batch: 64,

@@ -34,6 +34,9 @@ pub enum Error {
     /// The path can only be reached inside the running container (a tmpfs, or any
     /// delete), and the sandbox is stopped.
     FileNeedsRunning { sandbox: String, path: String },
+    /// A run's connection to its container broke off before the result: the command
+    /// may or may not have run to its end.
+    RunLost(String),
     /// The engine failed or is unreachable.
     Engine(DockerError),
 }
@@ -79,6 +82,7 @@ impl fmt::Display for Error {
                 "Sandbox '{sandbox}' is stopped: start it to reach '{path}' (tmpfs paths and \
                  deletes need the running container)"
             ),
+            Error::RunLost(message) => f.write_str(message),
             Error::Engine(error) => error.fmt(f),
         }
     }

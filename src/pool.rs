@@ -123,6 +123,26 @@ pub struct Warm {
     stream: Option<StubStream>,
 }
 
+impl Warm {
+    /// Whether the stub is still there: after its hello it sends nothing until it gets
+    /// a spec, so a readable connection means it closed (or broke the protocol).
+    fn is_alive(&self) -> bool {
+        let Some(stream) = &self.stream else {
+            return true;
+        };
+        let socket = &stream.hijacked.stdin;
+        if socket.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let quiet = matches!(
+            (&*socket).read(&mut byte),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock
+        );
+        socket.set_nonblocking(false).is_ok() && quiet
+    }
+}
+
 #[derive(Debug, Default)]
 struct KeyState {
     target: usize,
@@ -252,10 +272,19 @@ impl Pool {
     }
 
     /// A warm container for `key`, if one is ready; never waits.
-    pub fn take(&self, key: &PoolKey) -> Option<Warm> {
+    /// Containers that died while waiting (killed, engine restarted) are passed over
+    /// and handed to `dead` for removal.
+    pub fn take(&self, key: &PoolKey, mut dead: impl FnMut(String)) -> Option<Warm> {
         let mut keys = self.lock();
         let state = keys.get_mut(key)?;
-        let taken = state.ready.pop_front().map(|slot| slot.0);
+        let mut taken = None;
+        while let Some(WarmSlot(warm)) = state.ready.pop_front() {
+            if warm.is_alive() {
+                taken = Some(warm);
+                break;
+            }
+            dead(warm.id.clone());
+        }
         match taken {
             Some(_) => state.in_use += 1,
             None => state.fallbacks += 1,
@@ -447,7 +476,7 @@ pub fn launch(
         Launcher::Stub { .. } => (vec![stub::STUB_PATH.to_string(), "stub".to_string()], true),
         Launcher::Exec { .. } => (crate::sandbox::idle_command(), false),
     };
-    let spec = ContainerSpec {
+    let mut spec = ContainerSpec {
         name: None,
         image: key.image.clone(),
         labels: labels::labels(&config.namespace, kind, &key.image, profile.name(), None),
@@ -464,6 +493,10 @@ pub fn launch(
             launcher.stub_mounts(),
         ),
     };
+    // The stub is the container's init itself (it reaps orphans): no other process
+    // holds the container's stdout, so nothing but the stub can write records there,
+    // and as PID 1 the command cannot kill it from inside.
+    spec.host.init = !matches!(launcher, Launcher::Stub { .. });
     let id = docker.container_create(&spec).map_err(|error| {
         if error.is_not_found() {
             Error::ImageMissing(key.image.clone())
@@ -508,12 +541,7 @@ pub fn run_in(
     sink: OutputSink<'_>,
 ) -> Result<CommandResult> {
     match warm.stream.as_mut() {
-        Some(stream) => stream.run(spec, started, sink).map_err(|source| {
-            Error::Engine(DockerError::Io {
-                operation: "stub stream".into(),
-                source,
-            })
-        }),
+        Some(stream) => stream.run(spec, started, sink).map_err(run_lost),
         None => crate::run::exec_direct(docker, &warm.id, spec, started, sink),
     }
 }
@@ -533,14 +561,17 @@ pub fn exec_via_stub(
     };
     let exec_id = docker.exec_create(container, &exec_spec)?;
     let mut stream = StubStream::new(docker.exec_start(&exec_id)?);
-    let io_error = |source| {
-        Error::Engine(DockerError::Io {
-            operation: "stub exec stream".into(),
-            source,
-        })
-    };
-    stream.read_hello().map_err(io_error)?;
-    stream.run(spec, started, sink).map_err(io_error)
+    stream.read_hello().map_err(run_lost)?;
+    stream.run(spec, started, sink).map_err(run_lost)
+}
+
+/// A stub conversation that broke off: the engine answered, so this is not an
+/// unreachable engine (503) but a run whose result is unknown.
+fn run_lost(error: io::Error) -> Error {
+    Error::RunLost(format!(
+        "the command's supervisor ended before reporting a result ({error}): the command \
+         or its container was killed, ran out of memory, or its client went away"
+    ))
 }
 
 /// The stub's records, read out of the stdout frames of an attach connection.
@@ -603,11 +634,8 @@ impl StubStream {
             argv: spec.argv.clone(),
             env: spec.env.clone(),
             workdir: spec.workdir.clone(),
-            timeout_ms: spec
-                .timeout
-                .saturating_sub(started.elapsed())
-                .as_millis()
-                .max(1) as u64,
+            // The command's own time: a cold container's start does not count against it.
+            timeout_ms: spec.timeout.as_millis().max(1) as u64,
             max_output_bytes: spec.max_output_bytes,
             stdin: spec.stdin.is_some(),
         };
@@ -620,7 +648,7 @@ impl StubStream {
             .stdin
             .as_deref()
             .map(|data| (self.hijacked.stdin.try_clone(), data));
-        let backstop = started + spec.timeout + BACKSTOP;
+        let backstop = Instant::now() + spec.timeout + BACKSTOP;
         crate::run::with_records_fed(feed, || self.collect(spec, started, backstop, sink))
     }
 
@@ -669,10 +697,12 @@ impl StubStream {
                     return Ok(result_from_exit(exit, collected, started));
                 }
                 Some(_) => {}
-                None => return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the container ended before the command's result (killed, or out of memory)",
-                )),
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the stream ended before the exit record",
+                    ))
+                }
             }
         }
     }

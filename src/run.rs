@@ -55,7 +55,7 @@ pub fn run(
         profile: request.profile,
     };
     let pooled = if request.fast && pool_can_serve(request) {
-        pool.take(&key)
+        pool.take(&key, |id| pool.reap(docker, id))
     } else {
         None
     };
@@ -92,9 +92,14 @@ pub fn exec_direct(
     started: Instant,
     sink: OutputSink<'_>,
 ) -> Result<CommandResult> {
+    // Every process of this exec carries the token, so that a deadline can find them
+    // all (the engine's exec has no kill of its own).
+    let token = format!("x{}-{}", std::process::id(), started.elapsed().as_nanos());
+    let mut env = spec.env.clone();
+    env.push(format!("{EXEC_TOKEN}={token}"));
     let exec_spec = ExecSpec {
         cmd: spec.argv.clone(),
-        env: spec.env.clone(),
+        env,
         working_dir: spec.workdir.clone(),
         user: None,
         attach_stdin: spec.stdin.is_some(),
@@ -112,9 +117,9 @@ pub fn exec_direct(
     let collected = with_feeder(feed, || {
         collect_stream(
             &mut hijacked,
-            started + spec.timeout,
+            Instant::now() + spec.timeout,
             spec.max_output_bytes,
-            || log::warn!("exec in container {container} passed its deadline"),
+            || kill_exec_tree(docker, container, &token),
             sink,
         )
     })
@@ -152,6 +157,41 @@ pub fn exec_direct(
         status,
         duration: started.elapsed(),
     })
+}
+
+/// The environment variable that marks the processes of one `docker exec`.
+const EXEC_TOKEN: &str = "AGENTKERNEL_RUN";
+
+/// Kills every process of an exec from a second exec, as the same user, by the token
+/// in their environment (notes §5: a dropped exec connection does not stop anything).
+/// Needs a shell in the image: without the stub, containers run an idle shell anyway.
+fn kill_exec_tree(docker: &Docker, container: &str, token: &str) {
+    const SCRIPT: &str = "t=\"$0=$1\"; for round in 1 2 3; do for d in /proc/[0-9]*; do \
+        grep -qzx \"$t\" \"$d/environ\" 2>/dev/null && kill -KILL \"${d#/proc/}\" 2>/dev/null; \
+        done; done; true";
+    let killer = ExecSpec {
+        cmd: vec![
+            "sh".into(),
+            "-c".into(),
+            SCRIPT.into(),
+            EXEC_TOKEN.into(),
+            token.into(),
+        ],
+        ..ExecSpec::default()
+    };
+    let killed = docker
+        .exec_create(container, &killer)
+        .and_then(|id| docker.exec_start(&id))
+        .map(|mut hijacked| {
+            let _ = hijacked.set_read_timeout(Some(Duration::from_secs(5)));
+            crate::docker::drain_frames(&mut hijacked.frames, |_, _| {})
+        });
+    match killed {
+        Ok(_) => log::info!("exec in container {container} passed its deadline: killed"),
+        Err(error) => {
+            log::warn!("exec in container {container} passed its deadline; cannot kill it: {error}")
+        }
+    }
 }
 
 /// Polls exec inspect until the process is gone: the stream can end a moment before

@@ -24,7 +24,9 @@ const STOP_GRACE_SECONDS: u32 = 5;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sandbox {
     pub name: String,
+    /// The container's short id, and its full id (the SDKs' `uuid`).
     pub id: String,
+    pub uuid: String,
     pub status: SandboxStatus,
     pub image: String,
     pub profile: String,
@@ -87,6 +89,7 @@ pub fn list(docker: &Docker, config: &Config) -> Result<Vec<Sandbox>> {
             Some(Sandbox {
                 name: labels.get(labels::SANDBOX)?.clone(),
                 id: short_id(&summary.id),
+                uuid: summary.id.clone(),
                 status: SandboxStatus::from_engine(&summary.state),
                 image: labels.get(labels::IMAGE).cloned().unwrap_or(summary.image),
                 profile: labels.get(labels::PROFILE).cloned().unwrap_or_default(),
@@ -131,6 +134,7 @@ fn from_inspect(inspect: &ContainerInspect) -> Sandbox {
     Sandbox {
         name: labels.get(labels::SANDBOX).cloned().unwrap_or_default(),
         id: short_id(&inspect.id),
+        uuid: inspect.id.clone(),
         status: SandboxStatus::from_engine(&inspect.state.status),
         image: labels
             .get(labels::IMAGE)
@@ -143,6 +147,20 @@ fn from_inspect(inspect: &ContainerInspect) -> Sandbox {
             millicpus: (host.nano_cpus.max(0) as u64) / 1_000_000,
             pids: host.pids_limit.unwrap_or(0).max(0) as u64,
         }),
+    }
+}
+
+/// The sandbox whose container id is `uuid` (the full id, or a prefix of 12 or more).
+pub fn find_by_uuid(docker: &Docker, config: &Config, uuid: &str) -> Result<Sandbox> {
+    let found = list(docker, config)?
+        .into_iter()
+        .find(|sandbox| uuid.len() >= 12 && sandbox.uuid.starts_with(uuid));
+    match found {
+        Some(sandbox) => {
+            let name = SandboxName::parse(&sandbox.name).map_err(Error::Invalid)?;
+            get(docker, config, &name)
+        }
+        None => Err(Error::SandboxNotFound(uuid.to_string())),
     }
 }
 
@@ -176,7 +194,7 @@ pub fn create(
     if !mounts.is_empty() {
         labels.insert(labels::STUB.to_string(), "1".to_string());
     }
-    let spec = ContainerSpec {
+    let mut spec = ContainerSpec {
         name: Some(container_name(&config.namespace, &request.name)),
         image: request.image.clone(),
         labels,
@@ -189,6 +207,8 @@ pub fn create(
         auto_remove: false,
         host: request.profile.host_settings(request.limits, "/", mounts),
     };
+    // The idle stub is the sandbox's init: it reaps orphans and handles SIGTERM.
+    spec.host.init = !matches!(launcher, Launcher::Stub { .. });
     let id = docker.container_create(&spec).map_err(|error| {
         if error.is_conflict() {
             Error::SandboxExists(request.name.to_string())

@@ -27,8 +27,9 @@
 //! files only, and refuse member names that are absolute or contain `..`.
 
 use std::io::{self, Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -115,49 +116,120 @@ pub fn read_record(reader: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> 
     Ok(Some((header[0], payload)))
 }
 
+/// How long the exit record may wait for the output, held by a relay that is blocked
+/// on a full pipe because the server stopped reading.
+const EXIT_WRITE_WAIT: Duration = Duration::from_secs(2);
+
 /// The stub's output side: records written whole, one at a time, and the one exit.
 struct Output {
-    stdout: Mutex<(io::Stdout, bool)>,
+    stdout: Mutex<io::Stdout>,
+    /// Set by whoever ends the run; no output record is written after it.
+    claimed: AtomicBool,
 }
 
 impl Output {
-    fn record(&self, kind: u8, payload: &[u8]) {
-        let mut guard = self.stdout.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.1 {
-            return;
+    fn new() -> Output {
+        Output {
+            stdout: Mutex::new(io::stdout()),
+            claimed: AtomicBool::new(false),
         }
-        let _ = guard.0.write_all(&encode_record(kind, payload));
-        let _ = guard.0.flush();
     }
 
-    /// Writes the exit record once and ends the process: as the child of a temporary
-    /// container's init, our exit takes every other process there with it.
+    fn record(&self, kind: u8, payload: &[u8]) {
+        if self.claimed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut stdout = self.stdout.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = stdout.write_all(&encode_record(kind, payload));
+        let _ = stdout.flush();
+    }
+
+    /// Writes the exit record once and ends the process: as the container's init, our
+    /// exit takes every other process there with it.
     fn finish(&self, exit: &StubExit) -> ! {
         self.finish_after(|| {}, || exit.clone())
     }
 
-    /// The first caller claims the end: runs `before` (killing the tree) and writes the
-    /// exit record while holding the output, so a later caller (the command's own exit,
-    /// caused by that kill) can neither report first nor end the process mid-kill.
+    /// The first caller claims the end and runs `before` (killing the tree) before it
+    /// touches the output, so neither a relay blocked on a full pipe nor the command's
+    /// own exit (caused by that kill) can delay the kill or report first. A later
+    /// caller waits for the first to end the process.
     fn finish_after(&self, before: impl FnOnce(), exit: impl FnOnce() -> StubExit) -> ! {
-        let mut guard = self.stdout.lock().unwrap_or_else(|e| e.into_inner());
-        if !guard.1 {
-            guard.1 = true;
-            before();
-            let payload = serde_json::to_vec(&exit()).expect("exit record serializes");
-            let _ = guard.0.write_all(&encode_record(EXIT, &payload));
-            let _ = guard.0.flush();
+        if self.claimed.swap(true, Ordering::SeqCst) {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        before();
+        let payload = serde_json::to_vec(&exit()).expect("exit record serializes");
+        let give_up = Instant::now() + EXIT_WRITE_WAIT;
+        loop {
+            match self.stdout.try_lock() {
+                Ok(mut stdout) => {
+                    let _ = stdout.write_all(&encode_record(EXIT, &payload));
+                    let _ = stdout.flush();
+                    break;
+                }
+                Err(_) if Instant::now() < give_up => std::thread::sleep(Duration::from_millis(5)),
+                // Nobody is reading: the server's own deadline will report the run.
+                Err(_) => break,
+            }
         }
         std::process::exit(0)
     }
 }
 
-/// `agentkernel stub --idle`: the main process of a persistent sandbox; sleeps until
-/// the container is stopped (SIGTERM from the container's init ends it).
-pub fn idle() -> i32 {
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
+/// Hides our memory and file descriptors from the command: a process that is not
+/// dumpable has its `/proc/PID` entries owned by root and refuses ptrace, so a
+/// command running as the same user cannot write forged records into our stdout
+/// through `/proc/PID/fd/1`.
+fn protect_self() {
+    if let Err(error) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        eprintln!("agentkernel stub: cannot make the stub non-dumpable: {error}");
     }
+}
+
+/// Waits for every child, not only the command: as the container's init, the orphans
+/// its background processes leave are ours to reap. Sends the command's own status.
+fn reap_children(command: u32, status: mpsc::Sender<rustix::process::WaitStatus>) {
+    use rustix::process::{wait, WaitOptions};
+    loop {
+        match wait(WaitOptions::empty()) {
+            Ok(Some((pid, wait_status))) => {
+                if pid.as_raw_nonzero().get() as u32 == command {
+                    let _ = status.send(wait_status);
+                }
+            }
+            Ok(None) | Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// `agentkernel stub --idle`: the init of a persistent sandbox. It reaps the orphans
+/// that commands leave behind and ends on SIGTERM or SIGINT (`docker stop`): as PID 1,
+/// signals without a handler would be ignored.
+pub fn idle() -> i32 {
+    protect_self();
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(error) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            eprintln!("agentkernel stub: cannot handle signals: {error}");
+            return 1;
+        }
+    }
+    std::thread::spawn(|| loop {
+        // Reap whatever is left; nothing here waits for a particular child.
+        match rustix::process::wait(rustix::process::WaitOptions::empty()) {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    });
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    0
 }
 
 /// A file operation of the stub; see the module comment.
@@ -335,8 +407,10 @@ fn remove_file(path: &str) -> Result<(), FileFailure> {
 /// The environment variable that marks every process of one run.
 const RUN_TOKEN: &str = "AGENTKERNEL_RUN";
 
-/// Kills a run's process group, then any process still marked with its token, until
-/// none is left (a fork racing the first pass is caught by the next).
+/// Kills a run's whole tree: its process group, every descendant of the stub (the
+/// stub is a child subreaper, so orphans of `setsid` and double forks stay below it),
+/// and any process still marked with the run's token; round after round until none is
+/// left (a fork racing one round is caught by the next).
 fn kill_tree(group: u32, token: &str) {
     use rustix::process::{kill_process, kill_process_group, Pid, Signal};
     if let Some(pid) = Pid::from_raw(group as i32) {
@@ -344,30 +418,27 @@ fn kill_tree(group: u32, token: &str) {
     }
     let marker = format!("{RUN_TOKEN}={token}");
     let own = std::process::id();
-    for _ in 0..5 {
-        let mut found = false;
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if pid == own {
-                continue;
+    for _ in 0..10 {
+        let processes = list_processes();
+        let mut ours = std::collections::HashSet::from([own]);
+        // Parents before children is not guaranteed: grow the set until it is stable.
+        loop {
+            let before = ours.len();
+            for process in &processes {
+                if ours.contains(&process.parent) {
+                    ours.insert(process.pid);
+                }
             }
-            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-                continue;
-            };
-            if environ
-                .split(|&b| b == 0)
-                .any(|entry| entry == marker.as_bytes())
-            {
-                if let Some(pid) = Pid::from_raw(pid as i32) {
+            if ours.len() == before {
+                break;
+            }
+        }
+        let mut found = false;
+        for process in &processes {
+            let marked = std::fs::read(format!("/proc/{}/environ", process.pid))
+                .is_ok_and(|environ| environ.split(|&b| b == 0).any(|e| e == marker.as_bytes()));
+            if process.pid != own && (ours.contains(&process.pid) || marked) {
+                if let Some(pid) = Pid::from_raw(process.pid as i32) {
                     found |= kill_process(pid, Signal::KILL).is_ok();
                 }
             }
@@ -379,11 +450,39 @@ fn kill_tree(group: u32, token: &str) {
     }
 }
 
+struct ProcessEntry {
+    pid: u32,
+    parent: u32,
+}
+
+/// Every process we can see, with its parent, from `/proc/PID/stat`.
+fn list_processes() -> Vec<ProcessEntry> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+            let after_comm = &stat[stat.rfind(')')? + 1..];
+            let parent = after_comm.split_whitespace().nth(1)?.parse().ok()?;
+            Some(ProcessEntry { pid, parent })
+        })
+        .collect()
+}
+
 /// `agentkernel stub`: serves one command, then exits.
 pub fn main() -> i32 {
-    let output = Arc::new(Output {
-        stdout: Mutex::new((io::stdout(), false)),
-    });
+    protect_self();
+    // Orphans of the command (`setsid`, double forks) become our children, not the
+    // container init's, so the whole tree stays findable below us.
+    let subreaper = rustix::process::Pid::from_raw(1);
+    if let Err(error) = rustix::process::set_child_subreaper(subreaper) {
+        eprintln!("agentkernel stub: cannot become a child subreaper: {error}");
+    }
+    let output = Arc::new(Output::new());
     let hello = serde_json::json!({ "version": PROTOCOL_VERSION }).to_string();
     output.record(HELLO, hello.as_bytes());
     let mut stdin = io::stdin();
@@ -530,7 +629,9 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
         });
     }
 
-    let status = child.wait();
+    let (status_sender, status) = mpsc::channel();
+    std::thread::spawn(move || reap_children(group, status_sender));
+    let status = status.recv();
     // Output still in the pipes belongs to the result; wait for both relays, but not
     // for background children that hold the pipes open.
     let drain_until = (Instant::now() + DRAIN_GRACE).min(deadline);
@@ -546,14 +647,14 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
     };
     let exit = match status {
         Ok(status) => StubExit {
-            exit_code: status.code().map(i64::from),
-            signal: status.signal(),
+            exit_code: status.exit_status().map(i64::from),
+            signal: status.terminating_signal(),
             timed_out: false,
             oom_killed,
             truncated: *truncated.lock().unwrap_or_else(|e| e.into_inner()),
             error: None,
         },
-        Err(error) => failure(format!("cannot wait for the command: {error}"), 125),
+        Err(_) => failure("lost track of the command's exit".into(), 125),
     };
     output.finish(&exit)
 }

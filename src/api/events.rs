@@ -13,6 +13,7 @@
 
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,8 @@ use crate::run::RunRequest;
 use super::Context;
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long past the command's deadline a client may leave its events unread.
+const SLOW_CLIENT_GRACE: Duration = Duration::from_secs(5);
 
 /// What a streaming answer runs, decided (and validated) by its handler.
 #[derive(Debug)]
@@ -58,6 +61,13 @@ impl StreamJob {
                 context.history.exec(name, &spec.argv, &result);
                 Ok(result)
             }
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        match self {
+            StreamJob::Run(request) => request.command.timeout,
+            StreamJob::Exec(_, spec) => spec.timeout,
         }
     }
 
@@ -95,13 +105,20 @@ pub fn stream(context: &Context, mut writer: Box<dyn Write + Send>, job: StreamJ
         return 499;
     }
     let (sender, receiver) = bounded::<Vec<u8>>(64);
-    let connection: Arc<Mutex<Option<UnixStream>>> = Arc::new(Mutex::new(None));
+    let connection: Arc<Mutex<Cut>> = Arc::new(Mutex::new(Cut::default()));
     std::thread::scope(|scope| {
         let producer_connection = Arc::clone(&connection);
         let producer = std::thread::Builder::new()
             .name("stream-producer".into())
             .spawn_scoped(scope, move || {
-                produce(context, job, sender, producer_connection)
+                let fallback = sender.clone();
+                let run = AssertUnwindSafe(|| produce(context, job, sender, producer_connection));
+                if catch_unwind(run).is_err() {
+                    log::error!("a stream producer panicked");
+                    let message =
+                        json!({ "message": "internal error: the command's runner failed" });
+                    let _ = fallback.send(event("error", &message));
+                }
             });
         if let Err(error) = producer {
             log::error!("cannot start a stream producer: {error}");
@@ -121,9 +138,7 @@ pub fn stream(context: &Context, mut writer: Box<dyn Write + Send>, job: StreamJ
         }
         if client_gone {
             log::info!("stream client went away: stopping its command");
-            if let Some(connection) = connection.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                let _ = connection.shutdown(std::net::Shutdown::Both);
-            }
+            connection.lock().unwrap_or_else(|e| e.into_inner()).cut();
         } else {
             let _ = writer.write_all(b"0\r\n\r\n").and_then(|()| writer.flush());
         }
@@ -137,11 +152,12 @@ fn produce(
     context: &Context,
     job: StreamJob,
     sender: Sender<Vec<u8>>,
-    connection: Arc<Mutex<Option<UnixStream>>>,
+    connection: Arc<Mutex<Cut>>,
 ) {
     let started = Instant::now();
     let _ = sender.send(event("started", &json!({ "command": job.command() })));
     let mut observer = EventObserver {
+        deadline: started + job.timeout() + SLOW_CLIENT_GRACE,
         sender: sender.clone(),
         connection,
         carry: [Vec::new(), Vec::new()],
@@ -170,10 +186,29 @@ fn produce(
     let _ = sender.send(last);
 }
 
+/// How the worker stops a command whose client went away: by cutting its connection
+/// (the stub then kills it), now or as soon as there is one.
+#[derive(Default)]
+struct Cut {
+    gone: bool,
+    connection: Option<UnixStream>,
+}
+
+impl Cut {
+    fn cut(&mut self) {
+        self.gone = true;
+        if let Some(connection) = self.connection.take() {
+            let _ = connection.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
 /// Turns output into `output` events.
 struct EventObserver {
+    /// Past this, a client that does not take its events is treated as gone.
+    deadline: Instant,
     sender: Sender<Vec<u8>>,
-    connection: Arc<Mutex<Option<UnixStream>>>,
+    connection: Arc<Mutex<Cut>>,
     /// Per stream (stdout, stderr): the start of a UTF-8 sequence cut by a chunk end.
     carry: [Vec<u8>; 2],
 }
@@ -184,9 +219,18 @@ impl EventObserver {
             return Ok(());
         }
         let stream = if index == 0 { "stdout" } else { "stderr" };
+        let left = self.deadline.saturating_duration_since(Instant::now());
         self.sender
-            .send(event("output", &json!({ "stream": stream, "data": text })))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "stream client went away"))
+            .send_timeout(
+                event("output", &json!({ "stream": stream, "data": text })),
+                left,
+            )
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the stream's client went away or stopped reading",
+                )
+            })
     }
 
     fn flush_carry(&mut self) -> io::Result<()> {
@@ -214,7 +258,11 @@ impl Observer for EventObserver {
     }
 
     fn connected(&mut self, connection: &UnixStream) {
-        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = connection.try_clone().ok();
+        let mut cut = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        cut.connection = connection.try_clone().ok();
+        if cut.gone {
+            cut.cut();
+        }
     }
 }
 
@@ -266,8 +314,9 @@ mod tests {
     fn joins_a_character_split_across_chunks() {
         let (sender, receiver) = bounded(8);
         let mut observer = EventObserver {
+            deadline: Instant::now() + Duration::from_secs(5),
             sender,
-            connection: Arc::new(Mutex::new(None)),
+            connection: Arc::new(Mutex::new(Cut::default())),
             carry: [Vec::new(), Vec::new()],
         };
         let euro = "x€y".as_bytes();

@@ -24,7 +24,7 @@ use crate::run::RunRequest;
 use crate::sandbox::{self, CreateSandbox};
 
 use super::events::StreamJob;
-use super::response::{ApiError, Reply};
+use super::response::{status_of, ApiError, Reply};
 use super::views::{command_data, sandbox_data};
 use super::Context;
 
@@ -366,18 +366,15 @@ pub fn post_batch_run(context: &Context, body: &[u8]) -> Result<Reply, ApiError>
             commands.len()
         )));
     }
-    let mut requests = Vec::with_capacity(commands.len());
-    for (index, item) in commands.into_iter().enumerate() {
-        let body: RunBody = serde_json::from_value(item)
-            .map_err(|error| ApiError::BadBody(format!("commands[{index}]: {error}")))?;
-        let request = run_request(context, body).map_err(|error| match error {
-            ApiError::BadBody(message) => {
-                ApiError::BadBody(format!("commands[{index}]: {message}"))
-            }
-            other => other,
-        })?;
-        requests.push(request);
-    }
+    // An entry that does not validate is that entry's failure, like one that cannot run.
+    let requests: Vec<Result<RunRequest, String>> = commands
+        .into_iter()
+        .map(|item| {
+            let body: RunBody = serde_json::from_value(item)
+                .map_err(|error| format!("invalid command entry: {error}"))?;
+            run_request(context, body).map_err(|error| status_of(&error).1)
+        })
+        .collect();
     let results: Vec<Mutex<Option<Value>>> = requests.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     let threads = context.config.batch_concurrency.clamp(1, requests.len());
@@ -389,6 +386,14 @@ pub fn post_batch_run(context: &Context, body: &[u8]) -> Result<Reply, ApiError>
                     let item = next.fetch_add(1, Ordering::SeqCst);
                     let Some(request) = requests.get(item) else {
                         return;
+                    };
+                    let request = match request {
+                        Ok(request) => request,
+                        Err(message) => {
+                            let value = json!({ "output": null, "error": message });
+                            *results[item].lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+                            continue;
+                        }
                     };
                     let value = match crate::run::run(
                         &context.docker,
@@ -580,4 +585,72 @@ mod tests {
             }
         }
     }
+}
+
+/// `GET /backends`, as the published SDKs ask it: one backend, docker, usable when
+/// the engine answers.
+pub fn get_backends(context: &Context) -> Result<Reply, ApiError> {
+    let (usable, reason) = match context.docker.ping() {
+        Ok(version) => (
+            true,
+            format!(
+                "Docker Engine API {version} at {}",
+                context.docker.socket().display()
+            ),
+        ),
+        Err(error) => (false, error.to_string()),
+    };
+    let capabilities = json!({
+        "mount_cwd": false, "mount_home": false, "attach": false, "host_volumes": false,
+        "ssh": false, "proxy_secret_bindings": false, "secret_files": false,
+        "snapshots": false, "resume": true, "full_state_pause_resume": false,
+        "full_state_fork": false, "endpoints": false,
+    });
+    Ok(Reply::ok(json!({
+        "default_backend": "docker",
+        "backends": [{
+            "backend": "docker",
+            "configured": true,
+            "usable": usable,
+            "readiness_reason": reason,
+            "capabilities": capabilities,
+        }],
+    })))
+}
+
+pub fn get_sandbox_by_uuid(context: &Context, uuid: &str) -> Result<Reply, ApiError> {
+    let found = sandbox::find_by_uuid(&context.docker, &context.config, uuid)?;
+    Ok(Reply::ok(sandbox_data(&found)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExtendBody {
+    by: Option<String>,
+}
+
+/// `POST /sandboxes/{name}/extend`: sandboxes here never expire, so any extension is
+/// already granted; the answer says so (`expires_at: null`) rather than pretend a time.
+pub fn post_sandbox_extend(
+    context: &Context,
+    name: &SandboxName,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let body: ExtendBody = parse_body(body)?;
+    let by = body.by.unwrap_or_default();
+    let valid = by.len() >= 2
+        && by.is_ascii()
+        && by[..by.len() - 1].bytes().all(|b| b.is_ascii_digit())
+        && matches!(by.as_bytes()[by.len() - 1], b's' | b'm' | b'h' | b'd');
+    if !valid {
+        return Err(ApiError::BadBody(format!(
+            "by must be a duration like 30m, 2h or 1d, got '{by}'"
+        )));
+    }
+    sandbox::get(&context.docker, &context.config, name)?;
+    Ok(Reply::ok(json!({
+        "name": name.as_str(),
+        "expires_at": null,
+        "message": "sandboxes on this server do not expire",
+    })))
 }

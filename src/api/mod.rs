@@ -68,8 +68,11 @@ pub struct ApiRequest {
 pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), String> {
     let config = &context.config;
     let address = format!("{}:{}", config.host, config.port);
-    let server =
-        Server::http(&address).map_err(|error| format!("cannot listen on {address}: {error}"))?;
+    let server = listen(&address, config.client_timeout)
+        .map_err(|error| format!("cannot listen on {address}: {error}"))?;
+    // Only once the port is ours: a second server started by mistake on the same port
+    // must fail before it touches the first one's containers.
+    crate::sweep::remove_temporary(&context.docker, &context.config);
     let local = server
         .server_addr()
         .to_ip()
@@ -201,6 +204,18 @@ fn serve_one(context: &Context, mut request: Request) {
     );
 }
 
+/// Binds the listener with read and write timeouts that every accepted connection
+/// inherits (Linux copies them from the listening socket), so that a client that
+/// stops sending or reading cannot hold a connection, or a worker, for ever.
+fn listen(address: &str, timeout: Duration) -> Result<Server, String> {
+    use rustix::net::sockopt::{set_socket_timeout, Timeout};
+    let listener = std::net::TcpListener::bind(address).map_err(|error| error.to_string())?;
+    for kind in [Timeout::Recv, Timeout::Send] {
+        set_socket_timeout(&listener, kind, Some(timeout)).map_err(|error| error.to_string())?;
+    }
+    Server::from_listener(listener, None).map_err(|error| error.to_string())
+}
+
 /// Runs a handler so that a panic becomes a 500 answer and the worker lives on.
 fn guarded(handler: impl FnOnce() -> Result<Reply, ApiError>) -> Reply {
     match catch_unwind(AssertUnwindSafe(handler)) {
@@ -222,11 +237,11 @@ fn read_request(context: &Context, request: &mut Request) -> Result<(ApiRequest,
             api_key = Some(header.value.as_str().to_string());
         } else if field.eq_ignore_ascii_case("authorization") && api_key.is_none() {
             let value = header.value.as_str();
-            if let Some(token) = value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-            {
-                api_key = Some(token.trim().to_string());
+            // The scheme name is case-insensitive (RFC 9110).
+            if let Some((scheme, token)) = value.split_once(' ') {
+                if scheme.eq_ignore_ascii_case("bearer") {
+                    api_key = Some(token.trim().to_string());
+                }
             }
         }
     }
@@ -245,12 +260,29 @@ fn read_request(context: &Context, request: &mut Request) -> Result<(ApiRequest,
     {
         return Err(ApiError::BodyTooLarge { limit });
     }
+    // Each read is bounded by the socket's timeout, the whole body by the same time:
+    // a client dribbling a byte at a time cannot hold a worker.
+    let give_up = Instant::now() + context.config.client_timeout;
     let mut body = Vec::new();
-    request
-        .as_reader()
-        .take(limit + 1)
-        .read_to_end(&mut body)
-        .map_err(|error| ApiError::BadBody(format!("could not read request body: {error}")))?;
+    let mut reader = request.as_reader().take(limit + 1);
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        if Instant::now() > give_up {
+            return Err(ApiError::BadBody(
+                "request body took too long to arrive".into(),
+            ));
+        }
+        match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(count) => body.extend_from_slice(&buffer[..count]),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => {
+                return Err(ApiError::BadBody(format!(
+                    "could not read request body: {error}"
+                )))
+            }
+        }
+    }
     if body.len() as u64 > limit {
         return Err(ApiError::BodyTooLarge { limit });
     }
@@ -285,6 +317,9 @@ fn dispatch(context: &Context, route: Route, body: &[u8]) -> Result<Reply, ApiEr
     match route {
         Route::Health => get_health(context),
         Route::Pool => get_pool(context),
+        Route::Backends => get_backends(context),
+        Route::GetSandboxByUuid(uuid) => get_sandbox_by_uuid(context, &uuid),
+        Route::ExtendSandbox(name) => post_sandbox_extend(context, &name, body),
         Route::Run => post_run(context, body),
         Route::RunStream => post_run_stream(context, body),
         Route::BatchRun => post_batch_run(context, body),

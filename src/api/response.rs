@@ -143,6 +143,7 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
                 Error::NoSpace { .. } => 507,
                 Error::Engine(DockerError::Unreachable { .. } | DockerError::Io { .. }) => 503,
                 Error::Engine(DockerError::Api { .. } | DockerError::Protocol(_)) => 502,
+                Error::RunLost(_) => 502,
             };
             (status, error.to_string())
         }

@@ -10,6 +10,7 @@ use crate::labels::SandboxName;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Health,
+    Backends,
     Pool,
     Run,
     RunStream,
@@ -17,6 +18,8 @@ pub enum Route {
     ListSandboxes,
     CreateSandbox,
     GetSandbox(SandboxName),
+    GetSandboxByUuid(String),
+    ExtendSandbox(SandboxName),
     DeleteSandbox(SandboxName),
     ExecSandbox(SandboxName),
     ExecSandboxStream(SandboxName),
@@ -40,6 +43,11 @@ pub enum RouteError {
     },
     /// A path parameter is malformed (a bad sandbox name).
     BadParameter(String),
+}
+
+/// A container id or a prefix of one: 12 to 64 lowercase hex digits.
+fn is_hex_id(text: &str) -> bool {
+    (12..=64).contains(&text.len()) && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
@@ -70,6 +78,8 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
     match (method, segments.as_slice()) {
         ("GET" | "HEAD", ["health"]) => Ok(Route::Health),
         (_, ["health"]) => Err(not_allowed("GET")),
+        ("GET", ["backends"]) => Ok(Route::Backends),
+        (_, ["backends"]) => Err(not_allowed("GET")),
         ("GET", ["pool"]) => Ok(Route::Pool),
         (_, ["pool"]) => Err(not_allowed("GET")),
         ("POST", ["run"]) => Ok(Route::Run),
@@ -81,6 +91,11 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
         ("GET", ["sandboxes"]) => Ok(Route::ListSandboxes),
         ("POST", ["sandboxes"]) => Ok(Route::CreateSandbox),
         (_, ["sandboxes"]) => Err(not_allowed("GET, POST")),
+        ("GET", ["sandboxes", "by-uuid", uuid]) if is_hex_id(uuid) => {
+            Ok(Route::GetSandboxByUuid(uuid.to_string()))
+        }
+        ("POST", ["sandboxes", sandbox, "extend"]) => Ok(Route::ExtendSandbox(name(sandbox)?)),
+        (_, ["sandboxes", _, "extend"]) => Err(not_allowed("POST")),
         ("GET", ["sandboxes", sandbox]) => Ok(Route::GetSandbox(name(sandbox)?)),
         ("DELETE", ["sandboxes", sandbox]) => Ok(Route::DeleteSandbox(name(sandbox)?)),
         (_, ["sandboxes", _]) => Err(not_allowed("GET, DELETE")),
@@ -123,6 +138,22 @@ mod tests {
         let cases = [
             ("GET", "/health", Route::Health),
             ("GET", "/pool", Route::Pool),
+            ("GET", "/backends", Route::Backends),
+            (
+                "GET",
+                "/sandboxes/by-uuid/0123456789ab",
+                Route::GetSandboxByUuid("0123456789ab".into()),
+            ),
+            (
+                "GET",
+                "/sandboxes/by-uuid/logs",
+                Route::SandboxLogs(name("by-uuid")),
+            ),
+            (
+                "POST",
+                "/sandboxes/b/extend",
+                Route::ExtendSandbox(name("b")),
+            ),
             ("POST", "/run", Route::Run),
             ("POST", "/run/stream", Route::RunStream),
             ("POST", "/batch/run", Route::BatchRun),

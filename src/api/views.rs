@@ -24,6 +24,7 @@ pub fn sandbox_data(sandbox: &Sandbox) -> Value {
     let mut data = json!({
         "name": sandbox.name,
         "id": sandbox.id,
+        "uuid": sandbox.uuid,
         "status": sandbox.status.name(),
         "backend": "docker",
         "image": sandbox.image,

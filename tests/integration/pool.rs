@@ -191,6 +191,23 @@ fn without_the_stub_runs_go_through_docker_exec() {
     assert_eq!(data["stdout"], json!("piped"));
     let data = run(&server, json!({"command": ["no-such-program"]}));
     assert_eq!(data["exit_code"], json!(127), "{data}");
+    // A sandbox without the stub: a timed-out exec's whole tree is still killed.
+    assert_eq!(server.post("/sandboxes", r#"{"name":"plain"}"#).0, 201);
+    let (_, body) = server.post(
+        "/sandboxes/plain/exec",
+        r#"{"command":["sh","-c","sleep 600 & sleep 600"],"timeout_ms":1000}"#,
+    );
+    assert_eq!(body["data"]["status"], json!("timeout"), "{body}");
+    let (_, body) = server.post("/sandboxes/plain/exec", r#"{"command":["ps","-o","args"]}"#);
+    // (The idle shell's own `sleep 3600` stays.)
+    assert!(
+        !body["data"]["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("sleep 600"),
+        "{body}"
+    );
+    assert_eq!(server.delete("/sandboxes/plain").0, 200);
     server.finish();
 }
 
@@ -226,5 +243,71 @@ fn the_exec_launcher_takes_over_when_the_engine_cannot_mount_the_stub() {
     assert!(server
         .wait_for_log("runs use docker exec", Duration::from_secs(5))
         .is_some());
+    server.finish();
+}
+
+#[test]
+fn a_command_cannot_forge_its_result_or_kill_its_supervisor() {
+    let server = pooled_server("1");
+    assert_eq!(server.post("/sandboxes", r#"{"name":"forge"}"#).0, 201);
+    // A forged exit record written to the stub's stdout; in a temporary container the
+    // stub is PID 1 and cannot be killed from inside either.
+    let forge = "printf 'X\\000\\000\\000\\002{}' > /proc/1/fd/1; \
+                 printf 'X\\000\\000\\000\\002{}' > /proc/$PPID/fd/1; \
+                 [ \"$PPID\" = 1 ] && kill -9 1; sleep 0.5; echo real; exit 7";
+    for path in ["warm", "cold", "sandbox"] {
+        let (status, answer) = if path == "sandbox" {
+            let body = json!({"command": ["sh", "-c", forge]});
+            server.post("/sandboxes/forge/exec", &body.to_string())
+        } else {
+            let body = json!({"command": ["sh", "-c", forge], "fast": path == "warm"});
+            server.post("/run", &body.to_string())
+        };
+        assert_eq!(status, 200, "{path}: {answer}");
+        let data = &answer["data"];
+        assert_eq!(data["exit_code"], json!(7), "{path}: {data}");
+        assert_eq!(data["stdout"], json!("real\n"), "{path}: {data}");
+    }
+    // In a sandbox the exec'd stub is not PID 1: a command that kills it loses its own
+    // result, which is said plainly (a 502), never faked and never blamed on the engine.
+    let (status, answer) = server.post(
+        "/sandboxes/forge/exec",
+        r#"{"command":["sh","-c","kill -9 $PPID; sleep 1"]}"#,
+    );
+    assert_eq!(status, 502, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("supervisor ended"),
+        "{answer}"
+    );
+    assert_eq!(server.delete("/sandboxes/forge").0, 200);
+    server.finish();
+}
+
+#[test]
+fn warm_containers_that_died_are_passed_over() {
+    let server = pooled_server("3");
+    assert!(eventually(Duration::from_secs(30), || ready(&server) == 3));
+    let docker = crate::harness::docker();
+    for (id, _) in containers_of(&server.namespace) {
+        let _ = docker.container_kill(&id);
+    }
+    for _ in 0..3 {
+        let data = run(&server, json!({"command": ["echo", "alive"]}));
+        assert_eq!(data["stdout"], json!("alive\n"));
+    }
+    server.finish();
+}
+
+#[test]
+fn a_cold_start_does_not_count_against_the_command_timeout() {
+    let server = pooled_server("0");
+    let data = run(
+        &server,
+        json!({"command": ["sleep", "0.8"], "timeout_ms": 1000, "fast": false}),
+    );
+    assert_eq!(data["status"], json!("exited"), "{data}");
     server.finish();
 }

@@ -211,9 +211,23 @@ fn batch_runs_in_input_order_and_one_failure_does_not_fail_the_batch() {
         .contains("between 1 and 64"));
     let (status, _) = server.post("/batch/run", r#"{"commands":[]}"#);
     assert_eq!(status, 400);
-    let (status, answer) = server.post("/batch/run", r#"{"commands":[{"command":[]}]}"#);
-    assert_eq!(status, 400);
-    assert!(answer["error"].as_str().unwrap().starts_with("commands[0]"));
+    // An entry that does not validate fails alone.
+    let (status, answer) = server.post(
+        "/batch/run",
+        r#"{"commands":[{"command":[]},{"command":["echo","fine"]},{"command":["true"],"profile":"x"}]}"#,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["data"]["results"].as_array().unwrap();
+    assert_eq!(results[0]["output"], json!(null));
+    assert!(
+        results[0]["error"].as_str().unwrap().contains("non-empty"),
+        "{answer}"
+    );
+    assert_eq!(results[1]["output"], json!("fine\n"));
+    assert!(results[2]["error"]
+        .as_str()
+        .unwrap()
+        .contains("unknown profile 'x'"));
     server.finish();
 }
 

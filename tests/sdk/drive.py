@@ -21,6 +21,9 @@ def check(step, condition, detail=""):
 
 def main(client):
     check("health", client.health() == "ok")
+    backends = client.get_backends()
+    check("get_backends", backends.default_backend == "docker"
+          and backends.backends[0].usable, repr(backends))
 
     run = client.run(["echo", "hi"])
     check("run", run.output == "hi\n", repr(run.output))
@@ -65,6 +68,10 @@ def main(client):
             check("deleted file is gone", False, "read succeeded")
         except NotFoundError:
             check("deleted file is gone", True)
+
+        by_uuid = client.get_sandbox_by_uuid(got.uuid)
+        check("get_sandbox_by_uuid", by_uuid.name == name, repr(by_uuid))
+        check("extend_ttl", client.extend_ttl(name, by="1h") is None)
 
         logs = client.get_sandbox_logs(name)
         check("get_sandbox_logs", any(e.get("event") == "exec" for e in logs), repr(logs))
