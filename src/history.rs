@@ -87,19 +87,20 @@ impl History {
         self.append(json!({
             "sandbox": sandbox.as_str(),
             "event": "exec",
-            "command": command,
+            "command": shortened(command),
             "exit_code": result.exit_code,
             "status": result.status.name(),
             "duration_ms": result.duration.as_millis() as u64,
         }));
     }
 
-    /// The newest entries of one sandbox, oldest first.
+    /// The newest entries of one sandbox, oldest first. Reads take no lock: appends are
+    /// whole lines, so a reader sees a line entirely or not at all, and a read never
+    /// stalls the execs that are recording meanwhile.
     pub fn read(&self, sandbox: &SandboxName) -> Vec<Value> {
         if self.path.as_os_str().is_empty() {
             return Vec::new();
         }
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut entries = std::collections::VecDeque::new();
         for path in [self.rotated(), self.path.clone()] {
             let Ok(file) = fs::File::open(&path) else {
@@ -119,6 +120,28 @@ impl History {
         }
         entries.into_iter().collect()
     }
+}
+
+/// Most bytes of a command kept in one history entry: a command's arguments may be
+/// up to a megabyte, and history is for reading, not for replaying.
+const MAX_COMMAND_BYTES: usize = 1024;
+
+/// The command as recorded: whole arguments while they fit, then a marker.
+fn shortened(command: &[String]) -> Vec<String> {
+    let mut kept = Vec::new();
+    let mut used = 0;
+    for argument in command {
+        if used + argument.len() > MAX_COMMAND_BYTES {
+            kept.push(format!(
+                "... ({} more bytes)",
+                command.iter().map(String::len).sum::<usize>() - used
+            ));
+            break;
+        }
+        used += argument.len();
+        kept.push(argument.clone());
+    }
+    kept
 }
 
 #[cfg(test)]
@@ -162,6 +185,14 @@ mod tests {
         let again = History::new(Some(dir.clone()), &namespace, 1 << 20);
         assert_eq!(again.read(&one).len(), 2);
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn long_commands_are_shortened() {
+        let long = vec!["sh".to_string(), "-c".to_string(), "x".repeat(5000)];
+        assert_eq!(shortened(&long), ["sh", "-c", "... (5000 more bytes)"]);
+        let short = vec!["ls".to_string(), "-l".to_string()];
+        assert_eq!(shortened(&short), short);
     }
 
     #[test]

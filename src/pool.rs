@@ -41,6 +41,23 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
 const BACKSTOP: Duration = Duration::from_secs(5);
 /// Longest pause between refill attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a key that requests added may go unused before it is dropped.
+const DYNAMIC_IDLE: Duration = Duration::from_secs(600);
+/// How long without a take counts as a quiet moment for refills and teardowns.
+const QUIET: Duration = Duration::from_millis(150);
+/// Most used containers held for a quiet moment, and longest hold.
+const MAX_HELD: usize = 32;
+const MAX_HOLD: Duration = Duration::from_secs(10);
+
+/// Lets a used container go: closing the connection ends its stub (and so the
+/// container, which removes itself), and the explicit removal makes sure of it.
+fn remove_warm(docker: &Docker, warm: Warm) {
+    let id = warm.id.clone();
+    drop(warm);
+    if let Err(error) = docker.container_remove(&id) {
+        log::warn!("could not remove container {id}: {error}");
+    }
+}
 
 /// What a pool holds containers for.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -154,6 +171,9 @@ struct KeyState {
     fallbacks: u64,
     failures_in_a_row: u32,
     retry_at: Option<Instant>,
+    /// For keys added because a request used them: when one last did. Such a key is
+    /// dropped, with its warm containers, once idle for `DYNAMIC_IDLE`.
+    last_used: Option<Instant>,
 }
 
 /// `Warm` is not `Debug`; the pool's bookkeeping is.
@@ -176,10 +196,12 @@ pub struct Pool {
     /// Target for keys added because requests used them.
     dynamic_target: usize,
     max_keys: usize,
-    reap_sender: Sender<String>,
-    reap_receiver: Receiver<String>,
+    reap_sender: Sender<Warm>,
+    reap_receiver: Receiver<Warm>,
     /// Containers queued for removal or being removed.
     reaping: AtomicUsize,
+    /// When a request last took a warm container.
+    last_take: Mutex<Option<Instant>>,
     /// Remove used containers on the caller's thread (no reaper thread runs).
     inline_reaping: bool,
 }
@@ -216,6 +238,7 @@ impl Pool {
             reap_sender,
             reap_receiver,
             reaping: AtomicUsize::new(0),
+            last_take: Mutex::new(None),
             inline_reaping: false,
         }
     }
@@ -274,16 +297,20 @@ impl Pool {
     /// A warm container for `key`, if one is ready; never waits.
     /// Containers that died while waiting (killed, engine restarted) are passed over
     /// and handed to `dead` for removal.
-    pub fn take(&self, key: &PoolKey, mut dead: impl FnMut(String)) -> Option<Warm> {
+    pub fn take(&self, key: &PoolKey, mut dead: impl FnMut(Warm)) -> Option<Warm> {
         let mut keys = self.lock();
         let state = keys.get_mut(key)?;
+        if state.last_used.is_some() {
+            state.last_used = Some(Instant::now());
+        }
+        *self.last_take.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let mut taken = None;
         while let Some(WarmSlot(warm)) = state.ready.pop_front() {
             if warm.is_alive() {
                 taken = Some(warm);
                 break;
             }
-            dead(warm.id.clone());
+            dead(warm);
         }
         match taken {
             Some(_) => state.in_use += 1,
@@ -309,6 +336,7 @@ impl Pool {
                 key.clone(),
                 KeyState {
                     target: self.dynamic_target,
+                    last_used: Some(Instant::now()),
                     ..KeyState::default()
                 },
             );
@@ -317,20 +345,39 @@ impl Pool {
         }
     }
 
+    /// Drops the request-added keys nobody used for `DYNAMIC_IDLE`, so that requests
+    /// naming many images cannot pin warm containers for good; returns their
+    /// containers for removal.
+    fn expire_idle_keys(&self) -> Vec<Warm> {
+        let mut keys = self.lock();
+        let idle: Vec<PoolKey> = keys
+            .iter()
+            .filter(|(_, state)| {
+                state.in_use == 0
+                    && state.creating == 0
+                    && state
+                        .last_used
+                        .is_some_and(|at| at.elapsed() > DYNAMIC_IDLE)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        idle.iter()
+            .filter_map(|key| keys.remove(key))
+            .flat_map(|state| state.ready.into_iter().map(|slot| slot.0))
+            .collect()
+    }
+
     /// Removes a used container in the background (inline if the queue is full).
-    pub fn reap(&self, docker: &Docker, id: String) {
+    pub fn reap(&self, docker: &Docker, warm: Warm) {
         self.reaping.fetch_add(1, Ordering::SeqCst);
         let queued = if self.inline_reaping {
-            Err(crossbeam_channel::TrySendError::Full(id))
+            Err(crossbeam_channel::TrySendError::Full(warm))
         } else {
-            self.reap_sender.try_send(id)
+            self.reap_sender.try_send(warm)
         };
         if let Err(error) = queued {
+            remove_warm(docker, error.into_inner());
             self.reaping.fetch_sub(1, Ordering::SeqCst);
-            let id = error.into_inner();
-            if let Err(error) = docker.container_remove(&id) {
-                log::warn!("could not remove container {id}: {error}");
-            }
         }
     }
 
@@ -365,6 +412,9 @@ impl Pool {
     /// The `pool-refill` thread's body: tops up every key until shutdown.
     pub fn refill_loop(&self, docker: &Docker, config: &Config) {
         loop {
+            for warm in self.expire_idle_keys() {
+                self.reap(docker, warm);
+            }
             let key = {
                 let mut keys = self.lock();
                 loop {
@@ -372,8 +422,17 @@ impl Pool {
                         return;
                     }
                     let now = Instant::now();
+                    // Starting a container is heavy work for the engine, and it slows
+                    // the runs going on meanwhile: while requests keep coming, only a
+                    // key down to a quarter of its target is refilled at once; the
+                    // rest waits for a quiet moment.
+                    let last_take = *self.last_take.lock().unwrap_or_else(|e| e.into_inner());
+                    let quiet_at = last_take.map(|at| at + QUIET).filter(|at| *at > now);
                     let wanted = keys.iter().find(|(_, state)| {
-                        state.ready.len() + state.creating < state.target
+                        let have = state.ready.len() + state.creating;
+                        let urgent = have < state.target.div_ceil(4);
+                        have < state.target
+                            && (urgent || quiet_at.is_none())
                             && state.retry_at.is_none_or(|at| at <= now)
                     });
                     if let Some((key, _)) = wanted {
@@ -384,6 +443,7 @@ impl Pool {
                     let next_retry = keys
                         .values()
                         .filter_map(|state| state.retry_at)
+                        .chain(quiet_at)
                         .filter(|at| *at > now)
                         .min()
                         .map(|at| at - now)
@@ -428,16 +488,33 @@ impl Pool {
     /// The `reaper` thread's body: removes used containers until shutdown has been
     /// asked and the queue is empty.
     pub fn reap_loop(&self, docker: &Docker) {
+        // Used containers wait here, their stub idle and holding them open, until a
+        // quiet moment: a teardown is heavy work for the engine and would slow the
+        // runs going on meanwhile. Never more than `MAX_HELD`, never longer than
+        // `MAX_HOLD`.
+        let mut held: VecDeque<(Instant, Warm)> = VecDeque::new();
         loop {
-            match self.reap_receiver.recv_timeout(Duration::from_millis(200)) {
-                Ok(id) => {
-                    if let Err(error) = docker.container_remove(&id) {
-                        log::warn!("reaper: could not remove {id}: {error}");
-                    }
-                    self.reaping.fetch_sub(1, Ordering::SeqCst);
-                }
-                Err(_) if self.shutdown.load(Ordering::SeqCst) => return,
+            match self.reap_receiver.recv_timeout(Duration::from_millis(50)) {
+                Ok(warm) => held.push_back((Instant::now(), warm)),
+                Err(_) if self.shutdown.load(Ordering::SeqCst) && held.is_empty() => return,
                 Err(_) => {}
+            }
+            let quiet = self
+                .last_take
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none_or(|at| at.elapsed() >= QUIET);
+            while let Some((since, _)) = held.front() {
+                let due = quiet
+                    || held.len() > MAX_HELD
+                    || since.elapsed() >= MAX_HOLD
+                    || self.shutdown.load(Ordering::SeqCst);
+                if !due {
+                    break;
+                }
+                let (_, warm) = held.pop_front().expect("front exists");
+                remove_warm(docker, warm);
+                self.reaping.fetch_sub(1, Ordering::SeqCst);
             }
         }
     }

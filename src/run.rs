@@ -78,9 +78,7 @@ pub fn run(
     if from_pool {
         pool.release(&key);
     }
-    let id = container.id.clone();
-    drop(container);
-    pool.reap(docker, id);
+    pool.reap(docker, container);
     result
 }
 
@@ -217,11 +215,18 @@ where
     let Some((writer, feed)) = feed else {
         return read();
     };
+    // A handle of our own to cut the connection: once reading is over (the command
+    // ended, timed out or was cut), a feeder still blocked on a full pipe must not hold
+    // the request for its write timeout.
+    let cutter = writer.as_ref().ok().and_then(|w| w.try_clone().ok());
     std::thread::scope(|scope| {
         let feeder = std::thread::Builder::new()
             .name("stdin-feeder".into())
             .spawn_scoped(scope, move || feed(writer?));
         let result = read();
+        if let Some(cutter) = &cutter {
+            let _ = cutter.shutdown(std::net::Shutdown::Write);
+        }
         if let Ok(handle) = feeder {
             match handle.join() {
                 Ok(Err(error)) => log::debug!("stdin feeder stopped early: {error}"),

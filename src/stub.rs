@@ -154,6 +154,11 @@ impl Output {
     /// touches the output, so neither a relay blocked on a full pipe nor the command's
     /// own exit (caused by that kill) can delay the kill or report first. A later
     /// caller waits for the first to end the process.
+    ///
+    /// As a container's init, the stub then stays (with nothing else left running)
+    /// until the server closes its stdin: the container's teardown is heavy work for
+    /// the engine, and the server schedules it for a quiet moment. Run by `docker exec`
+    /// in a sandbox, it ends at once, which ends the exec.
     fn finish_after(&self, before: impl FnOnce(), exit: impl FnOnce() -> StubExit) -> ! {
         if self.claimed.swap(true, Ordering::SeqCst) {
             loop {
@@ -173,6 +178,11 @@ impl Output {
                 Err(_) if Instant::now() < give_up => std::thread::sleep(Duration::from_millis(5)),
                 // Nobody is reading: the server's own deadline will report the run.
                 Err(_) => break,
+            }
+        }
+        if std::process::id() == 1 {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
             }
         }
         std::process::exit(0)
@@ -600,6 +610,11 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
         let token = token.clone();
         std::thread::spawn(move || {
             forward_stdin(&mut stdin, child_stdin);
+            if output.claimed.load(Ordering::SeqCst) {
+                // The result is out and the server let go of the container: done.
+                kill_tree(group, &token);
+                std::process::exit(0);
+            }
             output.finish_after(
                 || kill_tree(group, &token),
                 || {
@@ -613,6 +628,7 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
     {
         let output = Arc::clone(&output);
         let truncated = Arc::clone(&truncated);
+        let token = token.clone();
         std::thread::spawn(move || {
             std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
             output.finish_after(
@@ -645,6 +661,11 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
         (Some(before), Some(after)) => after > before,
         _ => false,
     };
+    if std::process::id() == 1 {
+        // A temporary container serves one command: what it left running in the
+        // background ends with it, now rather than at the container's teardown.
+        kill_tree(group, &token);
+    }
     let exit = match status {
         Ok(status) => StubExit {
             exit_code: status.exit_status().map(i64::from),

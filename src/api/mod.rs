@@ -204,15 +204,18 @@ fn serve_one(context: &Context, mut request: Request) {
     );
 }
 
-/// Binds the listener with read and write timeouts that every accepted connection
-/// inherits (Linux copies them from the listening socket), so that a client that
-/// stops sending or reading cannot hold a connection, or a worker, for ever.
+/// Binds the listener with a send timeout that every accepted connection inherits
+/// (Linux copies it from the listening socket), so that a client that stops reading
+/// (a large answer, an event stream) cannot hold a worker for ever.
+///
+/// Not a receive timeout: on a listening socket it also bounds `accept`, and
+/// tiny_http's accept thread ends at its first error, so an idle server would stop
+/// accepting. Reads are bounded by the whole-body deadline in `read_request` instead.
 fn listen(address: &str, timeout: Duration) -> Result<Server, String> {
     use rustix::net::sockopt::{set_socket_timeout, Timeout};
     let listener = std::net::TcpListener::bind(address).map_err(|error| error.to_string())?;
-    for kind in [Timeout::Recv, Timeout::Send] {
-        set_socket_timeout(&listener, kind, Some(timeout)).map_err(|error| error.to_string())?;
-    }
+    set_socket_timeout(&listener, Timeout::Send, Some(timeout))
+        .map_err(|error| error.to_string())?;
     Server::from_listener(listener, None).map_err(|error| error.to_string())
 }
 

@@ -15,7 +15,7 @@ pub mod stream;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -264,17 +264,13 @@ pub struct Hijacked {
 }
 
 impl Hijacked {
-    /// Half-closes our sending side: the process reads EOF on its stdin.
-    pub fn close_stdin(&self) -> io::Result<()> {
-        self.stdin.shutdown(std::net::Shutdown::Write)
-    }
-
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.stdin.set_read_timeout(timeout)
     }
 }
 
 /// A body to send: JSON or raw bytes with a content type.
+#[derive(Clone)]
 enum Body<'a> {
     Json(Value),
     Raw(&'a str, &'a [u8]),
@@ -410,12 +406,24 @@ impl Docker {
         timeout: Option<Duration>,
     ) -> Result<(Head, Vec<u8>)> {
         let full_path = format!("{}{path}", self.prefix()?);
-        let (head, bytes) = self.send_raw(method, &full_path, body, &[], timeout)?;
+        let (head, bytes) = self.send_raw(method, &full_path, body.clone(), &[], timeout)?;
         if ok_statuses.contains(&head.status) {
-            Ok((head, bytes))
-        } else {
-            Err(api_error(head.status, &bytes))
+            return Ok((head, bytes));
         }
+        let error = api_error(head.status, &bytes);
+        // The engine was upgraded or downgraded under us: negotiate again, once.
+        if matches!(&error, DockerError::Api { status: 400, message } if message.contains("client version"))
+        {
+            log::info!("docker: {error}; negotiating the API version again");
+            *self.api_prefix.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            let full_path = format!("{}{path}", self.prefix()?);
+            let (head, bytes) = self.send_raw(method, &full_path, body, &[], timeout)?;
+            if ok_statuses.contains(&head.status) {
+                return Ok((head, bytes));
+            }
+            return Err(api_error(head.status, &bytes));
+        }
+        Err(error)
     }
 
     fn call_json<T: for<'de> Deserialize<'de>>(
@@ -762,12 +770,6 @@ pub fn drain_frames(
         sink(kind, &payload);
     }
     Ok(())
-}
-
-/// Writes all of `data` and then half-closes, on the caller's thread.
-pub fn write_all_and_close(stdin: &mut UnixStream, data: &[u8]) -> io::Result<()> {
-    stdin.write_all(data)?;
-    stdin.shutdown(std::net::Shutdown::Write)
 }
 
 #[cfg(test)]

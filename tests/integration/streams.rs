@@ -269,3 +269,48 @@ fn sandbox_history_is_recorded_and_survives_a_restart() {
     assert_eq!(second.delete("/sandboxes/h").0, 200);
     second.finish();
 }
+
+#[test]
+fn a_client_that_stops_reading_cannot_keep_its_command_running() {
+    let server = Server::start_with(crate::harness::Options {
+        args: ["--pool-size", "0", "--client-timeout-secs", "2"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let body = r#"{"command":["yes"],"timeout_ms":60000,"max_output_bytes":16777216}"#;
+    write!(
+        stream,
+        "POST /run/stream HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(15), || !containers_of(
+        &server.namespace
+    )
+    .is_empty()));
+    // Never read: the server's writes fill the socket, time out, and the command is cut.
+    assert!(
+        eventually(Duration::from_secs(30), || containers_of(&server.namespace)
+            .is_empty()
+            && server.get("/health").0 == 200),
+        "a stalled client kept its command: {:?}",
+        containers_of(&server.namespace)
+    );
+    drop(stream);
+    server.finish();
+}
+
+#[test]
+fn an_idle_server_keeps_accepting() {
+    let server = Server::start_with(crate::harness::Options {
+        args: ["--pool-size", "0", "--client-timeout-secs", "1"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(server.get("/health").0, 200);
+    server.finish();
+}
