@@ -176,6 +176,8 @@ pub enum Command {
     },
     /// A file operation of the in-container stub (internal, like `Stub`).
     StubFile(crate::stub::FileOp),
+    /// A detached-exec operation of the stub (internal).
+    StubDetached(crate::detached::DetachedOp),
     /// A client command: where it goes, and what it asks.
     Client {
         target: Target,
@@ -375,8 +377,47 @@ fn parse_stub(parser: &mut lexopt::Parser) -> Result<Command, Misuse> {
     match flag.as_str() {
         "idle" => Ok(Command::Stub { idle: true }),
         "cat" | "untar" | "rm" => parse_stub_file(&flag, parser),
+        "detach" | "supervise" | "detached-status" | "detached-list" | "detached-kill"
+        | "detached-logs" => parse_stub_detached(&flag, parser),
         _ => Err(Misuse(format!("invalid option '--{flag}'"))),
     }
+}
+
+/// `--detach ID -- ARGV...`, `--supervise ID -- ARGV...`, `--detached-list`, or
+/// `--detached-status|kill|logs ID`.
+fn parse_stub_detached(op: &str, parser: &mut lexopt::Parser) -> Result<Command, Misuse> {
+    use crate::detached::{valid_id, DetachedOp};
+    if op == "detached-list" {
+        return match parser.next()? {
+            None => Ok(Command::StubDetached(DetachedOp::List)),
+            Some(other) => Err(other.unexpected().into()),
+        };
+    }
+    let id = parser.value()?.string()?;
+    if !valid_id(&id) {
+        return Err(Misuse(format!("invalid detached command id '{id}'")));
+    }
+    let op = match op {
+        "detach" | "supervise" => {
+            let argv: Vec<String> = parser
+                .raw_args()?
+                .skip_while(|arg| arg == "--")
+                .map(|arg| arg.to_string_lossy().into_owned())
+                .collect();
+            if argv.is_empty() {
+                return Err(Misuse("a detached command needs a program".into()));
+            }
+            if op == "detach" {
+                DetachedOp::Start { id, argv }
+            } else {
+                DetachedOp::Supervise { id, argv }
+            }
+        }
+        "detached-status" => DetachedOp::Status { id },
+        "detached-kill" => DetachedOp::Kill { id },
+        _ => DetachedOp::Logs { id },
+    };
+    Ok(Command::StubDetached(op))
 }
 
 /// `--cat PATH MAX`, `--untar DIR MAX` or `--rm PATH`, and nothing after.
@@ -765,6 +806,7 @@ pub fn run(command: Command) -> i32 {
         Command::Stub { idle: false } => crate::stub::main(),
         Command::Stub { idle: true } => crate::stub::idle(),
         Command::StubFile(op) => crate::stub::file_op(op),
+        Command::StubDetached(op) => crate::detached::run_op(op),
         Command::Client { target, action, .. } => {
             let backend = match target {
                 Target::Local(config) => Backend::local(*config),

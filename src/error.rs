@@ -34,6 +34,8 @@ pub enum Error {
     /// The path can only be reached inside the running container (a tmpfs, or any
     /// delete), and the sandbox is stopped.
     FileNeedsRunning { sandbox: String, path: String },
+    /// No detached command of that id in the sandbox.
+    DetachedNotFound { sandbox: String, id: String },
     /// A run's connection to its container broke off before the result: the command
     /// may or may not have run to its end.
     RunLost(String),
@@ -83,6 +85,12 @@ impl fmt::Display for Error {
                  deletes need the running container)"
             ),
             Error::RunLost(message) => f.write_str(message),
+            Error::DetachedNotFound { sandbox, id } => {
+                write!(
+                    f,
+                    "Detached command '{id}' not found in sandbox '{sandbox}'"
+                )
+            }
             Error::Engine(error) => error.fmt(f),
         }
     }

@@ -94,6 +94,16 @@ impl History {
         }));
     }
 
+    /// A detached exec started (its end is not recorded: it happens without us).
+    pub fn append_detached(&self, sandbox: &SandboxName, command: &[String], record: &Value) {
+        self.append(json!({
+            "sandbox": sandbox.as_str(),
+            "event": "exec_detached",
+            "command": shortened(command),
+            "id": record["id"],
+        }));
+    }
+
     /// The newest entries of one sandbox, oldest first. Reads take no lock: appends are
     /// whole lines, so a reader sees a line entirely or not at all, and a read never
     /// stalls the execs that are recording meanwhile.

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod command;
 pub mod config;
+pub mod detached;
 pub mod docker;
 pub mod error;
 pub mod files;

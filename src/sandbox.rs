@@ -104,7 +104,7 @@ pub fn list(docker: &Docker, config: &Config) -> Result<Vec<Sandbox>> {
 
 /// Inspects the sandbox's container, treating containers that are not ours (another
 /// namespace, another kind, or no labels at all) as not found.
-pub(crate) fn inspect_ours(
+pub fn inspect_ours(
     docker: &Docker,
     config: &Config,
     name: &SandboxName,

@@ -654,3 +654,44 @@ pub fn post_sandbox_extend(
         "message": "sandboxes on this server do not expire",
     })))
 }
+
+/// `POST /sandboxes/{name}/exec/detach`: starts the command and answers at once with
+/// its record (`id`, `pid`, `status`, ...); it runs on in the sandbox.
+pub fn post_sandbox_exec_detach(
+    context: &Context,
+    name: &SandboxName,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let spec = parse_exec(context, body)?;
+    let record = crate::detached::start_in(&context.docker, &context.config, name, &spec)?;
+    context.history.append_detached(name, &spec.argv, &record);
+    Ok(Reply::ok(record))
+}
+
+pub fn get_detached_list(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
+    let records = crate::detached::list_in(&context.docker, &context.config, name)?;
+    Ok(Reply::ok(records))
+}
+
+pub fn get_detached(context: &Context, name: &SandboxName, id: &str) -> Result<Reply, ApiError> {
+    let record = crate::detached::status(&context.docker, &context.config, name, id)?;
+    Ok(Reply::ok(record))
+}
+
+pub fn delete_detached(context: &Context, name: &SandboxName, id: &str) -> Result<Reply, ApiError> {
+    let message = crate::detached::kill_in(&context.docker, &context.config, name, id)?;
+    Ok(Reply::ok(message))
+}
+
+pub fn get_detached_logs(
+    context: &Context,
+    name: &SandboxName,
+    id: &str,
+    stderr_only: bool,
+) -> Result<Reply, ApiError> {
+    let mut logs = crate::detached::logs_of(&context.docker, &context.config, name, id)?;
+    if stderr_only {
+        logs["stdout"] = Value::Null;
+    }
+    Ok(Reply::ok(logs))
+}

@@ -144,6 +144,7 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
                 Error::Engine(DockerError::Unreachable { .. } | DockerError::Io { .. }) => 503,
                 Error::Engine(DockerError::Api { .. } | DockerError::Protocol(_)) => 502,
                 Error::RunLost(_) => 502,
+                Error::DetachedNotFound { .. } => 404,
             };
             (status, error.to_string())
         }

@@ -23,6 +23,16 @@ pub enum Route {
     DeleteSandbox(SandboxName),
     ExecSandbox(SandboxName),
     ExecSandboxStream(SandboxName),
+    ExecDetach(SandboxName),
+    DetachedList(SandboxName),
+    DetachedStatus(SandboxName, String),
+    DetachedKill(SandboxName, String),
+    /// `stderr_only` from `?stream=stderr`, as the SDKs ask.
+    DetachedLogs {
+        sandbox: SandboxName,
+        id: String,
+        stderr_only: bool,
+    },
     StartSandbox(SandboxName),
     StopSandbox(SandboxName),
     SandboxLogs(SandboxName),
@@ -107,6 +117,28 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
             Ok(Route::ExecSandboxStream(name(sandbox)?))
         }
         (_, ["sandboxes", _, "exec", "stream"]) => Err(not_allowed("POST")),
+        ("POST", ["sandboxes", sandbox, "exec", "detach"]) => Ok(Route::ExecDetach(name(sandbox)?)),
+        (_, ["sandboxes", _, "exec", "detach"]) => Err(not_allowed("POST")),
+        ("GET", ["sandboxes", sandbox, "exec", "detached"]) => {
+            Ok(Route::DetachedList(name(sandbox)?))
+        }
+        (_, ["sandboxes", _, "exec", "detached"]) => Err(not_allowed("GET")),
+        ("GET", ["sandboxes", sandbox, "exec", "detached", id]) => {
+            Ok(Route::DetachedStatus(name(sandbox)?, id.to_string()))
+        }
+        ("DELETE", ["sandboxes", sandbox, "exec", "detached", id]) => {
+            Ok(Route::DetachedKill(name(sandbox)?, id.to_string()))
+        }
+        (_, ["sandboxes", _, "exec", "detached", _]) => Err(not_allowed("GET, DELETE")),
+        ("GET", ["sandboxes", sandbox, "exec", "detached", id, "logs"]) => {
+            let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
+            Ok(Route::DetachedLogs {
+                sandbox: name(sandbox)?,
+                id: id.to_string(),
+                stderr_only: query.split('&').any(|pair| pair == "stream=stderr"),
+            })
+        }
+        (_, ["sandboxes", _, "exec", "detached", _, "logs"]) => Err(not_allowed("GET")),
         ("GET", ["sandboxes", sandbox, "logs"]) => Ok(Route::SandboxLogs(name(sandbox)?)),
         (_, ["sandboxes", _, "logs"]) => Err(not_allowed("GET")),
         ("POST", ["sandboxes", sandbox, "files"]) => Ok(Route::PostSandboxFiles(name(sandbox)?)),

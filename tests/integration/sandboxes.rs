@@ -153,3 +153,54 @@ fn sdk_create_with_nulls_and_limit_overrides_read_back_from_the_engine() {
     server.delete("/sandboxes/lim");
     server.finish();
 }
+
+#[test]
+fn detached_execs_run_on_and_report_status_logs_and_kill() {
+    let server = Server::start();
+    assert_eq!(server.post("/sandboxes", r#"{"name":"bg"}"#).0, 201);
+    let (status, body) = server.post(
+        "/sandboxes/bg/exec/detach",
+        r#"{"command":["sh","-c","echo $X; echo e >&2; sleep 1; exit 3"],"env":["X=out"]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let id = body["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(body["data"]["status"], json!("running"));
+    assert_eq!(body["data"]["sandbox"], json!("bg"));
+    let path = format!("/sandboxes/bg/exec/detached/{id}");
+    assert!(crate::harness::eventually(
+        std::time::Duration::from_secs(10),
+        || { server.get(&path).1["data"]["status"] != json!("running") }
+    ));
+    let (_, body) = server.get(&path);
+    assert_eq!(body["data"]["status"], json!("failed"));
+    assert_eq!(body["data"]["exit_code"], json!(3));
+    let (_, body) = server.get(&format!("{path}/logs"));
+    assert_eq!(body["data"], json!({"stdout": "out\n", "stderr": "e\n"}));
+    let (_, body) = server.get(&format!("{path}/logs?stream=stderr"));
+    assert_eq!(body["data"]["stdout"], json!(null));
+    let (_, body) = server.get("/sandboxes/bg/exec/detached");
+    assert_eq!(body["data"].as_array().unwrap().len(), 1);
+
+    let (_, body) = server.post(
+        "/sandboxes/bg/exec/detach",
+        r#"{"command":["sleep","600"]}"#,
+    );
+    let sleeper = body["data"]["id"].as_str().unwrap().to_string();
+    let (status, _) = server.delete(&format!("/sandboxes/bg/exec/detached/{sleeper}"));
+    assert_eq!(status, 200);
+    assert!(crate::harness::eventually(
+        std::time::Duration::from_secs(5),
+        || {
+            server
+                .get(&format!("/sandboxes/bg/exec/detached/{sleeper}"))
+                .1["data"]["exit_code"]
+                == json!(137)
+        }
+    ));
+    let (status, _) = server.get("/sandboxes/bg/exec/detached/0123456789abcdef");
+    assert_eq!(status, 404);
+    let (status, _) = server.get("/sandboxes/bg/exec/detached/nothex");
+    assert_eq!(status, 400);
+    assert_eq!(server.delete("/sandboxes/bg").0, 200);
+    server.finish();
+}

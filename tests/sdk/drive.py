@@ -73,6 +73,27 @@ def main(client):
         check("get_sandbox_by_uuid", by_uuid.name == name, repr(by_uuid))
         check("extend_ttl", client.extend_ttl(name, by="1h") is None)
 
+        detached = client.exec_detached(name, ["sh", "-c", "echo bg; echo err >&2; sleep 0.5"])
+        check("exec_detached", detached.status == "running" and len(detached.id) == 16,
+              repr(detached))
+        import time
+        for _ in range(50):
+            status = client.detached_status(name, detached.id)
+            if status.status != "running":
+                break
+            time.sleep(0.1)
+        check("detached_status", status.status == "completed" and status.exit_code == 0,
+              repr(status))
+        check("detached_list", [d.id for d in client.detached_list(name)] == [detached.id])
+        logs = client.detached_logs(name, detached.id)
+        check("detached_logs", logs.stdout == "bg\n" and logs.stderr == "err\n", repr(logs))
+        check("detached_logs stderr", client.detached_logs(name, detached.id,
+              stream="stderr").stdout is None)
+        sleeper = client.exec_detached(name, ["sleep", "600"])
+        client.detached_kill(name, sleeper.id)
+        time.sleep(0.3)
+        check("detached_kill", client.detached_status(name, sleeper.id).status == "failed")
+
         logs = client.get_sandbox_logs(name)
         check("get_sandbox_logs", any(e.get("event") == "exec" for e in logs), repr(logs))
     finally:

@@ -1,0 +1,405 @@
+//! Detached execs: commands started in a persistent sandbox that outlive the request,
+//! the published SDKs' `exec_detached` family. All their state lives inside the
+//! sandbox, under `/tmp/.agentkernel-detached/<id>/` (the command line, the pid, its
+//! stdout and stderr, and its exit once known), so it survives a server restart and
+//! goes away with the sandbox. The in-container side runs as our stub (`agentkernel
+//! stub --detach ...`), as the sandbox's user; the server side turns each operation
+//! into one `docker exec` of it.
+//!
+//! Invariants: ids are 16 lowercase hex digits, checked on both sides, so an id never
+//! names a path outside the state directory; a detached command runs in its own
+//! process group, under a supervisor that records its exit; output is bounded by the
+//! size of the sandbox's `/tmp` tmpfs, and reads of it by `MAX_LOG_BYTES`.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{json, Value};
+
+use crate::command::{CommandSpec, NoObserver};
+use crate::config::Config;
+use crate::docker::Docker;
+use crate::error::{Error, Result};
+use crate::labels::{rfc3339, SandboxName};
+use crate::stub::STUB_PATH;
+
+const STATE_DIR: &str = "/tmp/.agentkernel-detached";
+/// Most bytes of each stream a logs read returns (the newest ones).
+pub const MAX_LOG_BYTES: u64 = 1024 * 1024;
+/// Exit code of the in-container side for an unknown id.
+const NOT_FOUND: i32 = 10;
+
+/// An in-container operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DetachedOp {
+    /// Starts `argv` under a supervisor and prints the command's record.
+    Start {
+        id: String,
+        argv: Vec<String>,
+    },
+    /// The supervisor itself (internal).
+    Supervise {
+        id: String,
+        argv: Vec<String>,
+    },
+    Status {
+        id: String,
+    },
+    List,
+    Kill {
+        id: String,
+    },
+    Logs {
+        id: String,
+    },
+}
+
+pub fn valid_id(id: &str) -> bool {
+    id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn new_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:016x}",
+        (nanos as u64) ^ (u64::from(std::process::id()) << 48)
+    )
+}
+
+fn dir(id: &str) -> PathBuf {
+    PathBuf::from(STATE_DIR).join(id)
+}
+
+// ---- In the container -----------------------------------------------------------
+
+/// Runs an operation inside the container; prints JSON on stdout; returns the exit
+/// code (0, `NOT_FOUND`, or 1 with a message on stderr).
+pub fn run_op(op: DetachedOp) -> i32 {
+    let result = match op {
+        DetachedOp::Start { id, argv } => start(&id, &argv),
+        DetachedOp::Supervise { id, argv } => supervise(&id, &argv),
+        DetachedOp::Status { id } => record(&id).map(|r| r.to_string()),
+        DetachedOp::List => list().map(|r| r.to_string()),
+        DetachedOp::Kill { id } => kill(&id),
+        DetachedOp::Logs { id } => logs(&id).map(|r| r.to_string()),
+    };
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            0
+        }
+        Err((code, message)) => {
+            eprintln!("{message}");
+            code
+        }
+    }
+}
+
+type OpResult<T> = std::result::Result<T, (i32, String)>;
+
+fn failed(error: impl std::fmt::Display) -> (i32, String) {
+    (1, error.to_string())
+}
+
+fn start(id: &str, argv: &[String]) -> OpResult<String> {
+    let dir = dir(id);
+    std::fs::create_dir_all(&dir).map_err(failed)?;
+    let meta = json!({ "command": argv, "started_at": rfc3339(SystemTime::now()) });
+    std::fs::write(dir.join("command.json"), meta.to_string()).map_err(failed)?;
+    // The supervisor is our own executable again, in a session of its own with no
+    // stdio, so that the exec ends at once while the command runs on.
+    let own = std::env::current_exe().unwrap_or_else(|_| STUB_PATH.into());
+    Command::new(own)
+        .args(["stub", "--supervise", id, "--"])
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(failed)?;
+    // Wait (briefly) for the supervisor to have started the command.
+    let until = Instant::now() + Duration::from_secs(5);
+    while !dir.join("pid").exists() && !dir.join("exit.json").exists() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    record(id).map(|r| r.to_string())
+}
+
+fn supervise(id: &str, argv: &[String]) -> OpResult<String> {
+    let dir = dir(id);
+    let stdout = std::fs::File::create(dir.join("stdout")).map_err(failed)?;
+    let stderr = std::fs::File::create(dir.join("stderr")).map_err(failed)?;
+    let spawned = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(error) => {
+            let code = if error.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            let _ = writeln!(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(dir.join("stderr"))
+                    .map_err(failed)?,
+                "agentkernel: cannot run '{}': {error}",
+                argv[0]
+            );
+            let exit = json!({ "exit_code": code, "signal": null });
+            std::fs::write(dir.join("exit.json"), exit.to_string()).map_err(failed)?;
+            return Ok(String::new());
+        }
+    };
+    std::fs::write(dir.join("pid"), child.id().to_string()).map_err(failed)?;
+    let status = child.wait().map_err(failed)?;
+    use std::os::unix::process::ExitStatusExt;
+    let exit = json!({ "exit_code": status.code(), "signal": status.signal() });
+    std::fs::write(dir.join("exit.json"), exit.to_string()).map_err(failed)?;
+    Ok(String::new())
+}
+
+/// The SDKs' `DetachedCommand`.
+fn record(id: &str) -> OpResult<Value> {
+    let dir = dir(id);
+    let meta: Value = std::fs::read(dir.join("command.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .ok_or_else(|| (NOT_FOUND, format!("no detached command '{id}'")))?;
+    let pid: Option<i64> = std::fs::read_to_string(dir.join("pid"))
+        .ok()
+        .and_then(|text| text.trim().parse().ok());
+    let exit: Option<Value> = std::fs::read(dir.join("exit.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let (status, exit_code) = match &exit {
+        Some(exit) => {
+            let code = exit["exit_code"]
+                .as_i64()
+                .or_else(|| exit["signal"].as_i64().map(|signal| 128 + signal));
+            (
+                if code == Some(0) {
+                    "completed"
+                } else {
+                    "failed"
+                },
+                code,
+            )
+        }
+        None if pid.is_some_and(|pid| PathBuf::from(format!("/proc/{pid}")).exists()) => {
+            ("running", None)
+        }
+        None if pid.is_none() => ("running", None),
+        // The supervisor vanished without recording an exit.
+        None => ("failed", None),
+    };
+    Ok(json!({
+        "id": id,
+        "command": meta["command"],
+        "pid": pid.unwrap_or(0),
+        "status": status,
+        "exit_code": exit_code,
+        "started_at": meta["started_at"],
+    }))
+}
+
+fn list() -> OpResult<Value> {
+    let mut records = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(STATE_DIR) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if valid_id(&name) {
+                if let Ok(record) = record(&name) {
+                    records.push(record);
+                }
+            }
+        }
+    }
+    records.sort_by(|a, b| a["started_at"].as_str().cmp(&b["started_at"].as_str()));
+    Ok(Value::Array(records))
+}
+
+fn kill(id: &str) -> OpResult<String> {
+    let record = record(id)?;
+    if record["status"] == json!("running") {
+        let pid = record["pid"].as_i64().unwrap_or(0) as i32;
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            rustix::process::kill_process_group(pid, rustix::process::Signal::KILL)
+                .map_err(failed)?;
+        }
+        return Ok(json!(format!("Killed detached command '{id}'")).to_string());
+    }
+    Ok(json!(format!("Detached command '{id}' was not running")).to_string())
+}
+
+fn logs(id: &str) -> OpResult<Value> {
+    record(id)?;
+    let read = |name: &str| -> Value {
+        let path = dir(id).join(name);
+        let Ok(bytes) = std::fs::read(&path) else {
+            return Value::Null;
+        };
+        let start = bytes.len().saturating_sub(MAX_LOG_BYTES as usize);
+        json!(String::from_utf8_lossy(&bytes[start..]))
+    };
+    Ok(json!({ "stdout": read("stdout"), "stderr": read("stderr") }))
+}
+
+// ---- On the server ----------------------------------------------------------------
+
+/// Runs one operation in the sandbox's container; its JSON answer, or the error.
+fn exec_op(
+    docker: &Docker,
+    container: &str,
+    sandbox: &SandboxName,
+    id: &str,
+    args: Vec<String>,
+    env: Vec<String>,
+    workdir: Option<String>,
+) -> Result<Value> {
+    let mut argv = vec![STUB_PATH.to_string(), "stub".to_string()];
+    argv.extend(args);
+    let spec = CommandSpec::new(
+        argv,
+        env,
+        workdir,
+        None,
+        Duration::from_secs(20),
+        4 * MAX_LOG_BYTES,
+    )
+    .map_err(Error::Invalid)?;
+    let result =
+        crate::run::exec_direct(docker, container, &spec, Instant::now(), &mut NoObserver)?;
+    match result.exit_code {
+        Some(0) => serde_json::from_slice(&result.stdout).map_err(|error| {
+            Error::RunLost(format!(
+                "unreadable answer from the sandbox's stub: {error}"
+            ))
+        }),
+        Some(code) if code == i64::from(NOT_FOUND) => Err(Error::DetachedNotFound {
+            sandbox: sandbox.to_string(),
+            id: id.to_string(),
+        }),
+        _ => Err(Error::RunLost(format!(
+            "detached command operation failed in sandbox '{sandbox}': {}",
+            String::from_utf8_lossy(&result.stderr).trim()
+        ))),
+    }
+}
+
+/// The running sandbox's container id, if it has our stub.
+fn container(docker: &Docker, config: &Config, name: &SandboxName) -> Result<String> {
+    let inspect = crate::sandbox::inspect_ours(docker, config, name)?;
+    if !inspect.state.running {
+        return Err(Error::SandboxNotRunning(name.to_string()));
+    }
+    let has_stub = inspect
+        .config
+        .labels
+        .as_ref()
+        .is_some_and(|labels| labels.get(crate::labels::STUB).map(String::as_str) == Some("1"));
+    if !has_stub {
+        return Err(Error::Invalid(format!(
+            "sandbox '{name}' was created without the stub: detached execs need it"
+        )));
+    }
+    Ok(inspect.id)
+}
+
+fn checked(id: &str) -> Result<&str> {
+    if valid_id(id) {
+        Ok(id)
+    } else {
+        Err(Error::Invalid(format!(
+            "invalid detached command id '{id}'"
+        )))
+    }
+}
+
+pub fn start_in(
+    docker: &Docker,
+    config: &Config,
+    name: &SandboxName,
+    spec: &CommandSpec,
+) -> Result<Value> {
+    let id = container(docker, config, name)?;
+    let detached = new_id();
+    let mut args = vec!["--detach".to_string(), detached.clone(), "--".to_string()];
+    args.extend(spec.argv.iter().cloned());
+    let env = spec.env.clone();
+    let mut record = exec_op(
+        docker,
+        &id,
+        name,
+        &detached,
+        args,
+        env,
+        spec.workdir.clone(),
+    )?;
+    record["sandbox"] = json!(name.as_str());
+    Ok(record)
+}
+
+pub fn status(docker: &Docker, config: &Config, name: &SandboxName, id: &str) -> Result<Value> {
+    let container = container(docker, config, name)?;
+    let args = vec!["--detached-status".to_string(), checked(id)?.to_string()];
+    let mut record = exec_op(docker, &container, name, id, args, Vec::new(), None)?;
+    record["sandbox"] = json!(name.as_str());
+    Ok(record)
+}
+
+pub fn list_in(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Value> {
+    let container = container(docker, config, name)?;
+    let args = vec!["--detached-list".to_string()];
+    let mut records = exec_op(docker, &container, name, "", args, Vec::new(), None)?;
+    if let Some(records) = records.as_array_mut() {
+        for record in records {
+            record["sandbox"] = json!(name.as_str());
+        }
+    }
+    Ok(records)
+}
+
+pub fn kill_in(docker: &Docker, config: &Config, name: &SandboxName, id: &str) -> Result<Value> {
+    let container = container(docker, config, name)?;
+    let args = vec!["--detached-kill".to_string(), checked(id)?.to_string()];
+    exec_op(docker, &container, name, id, args, Vec::new(), None)
+}
+
+pub fn logs_of(docker: &Docker, config: &Config, name: &SandboxName, id: &str) -> Result<Value> {
+    let container = container(docker, config, name)?;
+    let args = vec!["--detached-logs".to_string(), checked(id)?.to_string()];
+    exec_op(docker, &container, name, id, args, Vec::new(), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_sixteen_hex_digits() {
+        assert!(valid_id(&new_id()), "{}", new_id());
+        for bad in [
+            "",
+            "../../etc/passwd",
+            "0123456789ABCDEF",
+            "0123456789abcde",
+            "0123456789abcdef0",
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+    }
+}
