@@ -368,8 +368,12 @@ impl Pool {
     }
 
     /// Removes a used container in the background (inline if the queue is full).
-    pub fn reap(&self, docker: &Docker, warm: Warm) {
-        self.reaping.fetch_add(1, Ordering::SeqCst);
+    pub fn reap(&self, docker: &Docker, mut warm: Warm) {
+        // Past what the reaper holds, let the container end now (its stub exits when
+        // the connection closes): the queue must not keep containers alive.
+        if self.reaping.fetch_add(1, Ordering::SeqCst) >= MAX_HELD {
+            warm.stream = None;
+        }
         let queued = if self.inline_reaping {
             Err(crossbeam_channel::TrySendError::Full(warm))
         } else {

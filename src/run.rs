@@ -92,7 +92,12 @@ pub fn exec_direct(
 ) -> Result<CommandResult> {
     // Every process of this exec carries the token, so that a deadline can find them
     // all (the engine's exec has no kill of its own).
-    let token = format!("x{}-{}", std::process::id(), started.elapsed().as_nanos());
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let token = format!(
+        "x{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
     let mut env = spec.env.clone();
     env.push(format!("{EXEC_TOKEN}={token}"));
     let exec_spec = ExecSpec {

@@ -181,6 +181,14 @@ impl Output {
             }
         }
         if std::process::id() == 1 {
+            // Read stdin to its end ourselves: on the early paths (a bad spec, a
+            // program that cannot start) no other thread watches it, and a server that
+            // died must still take the container with it.
+            std::thread::spawn(|| {
+                let mut sink = [0u8; 4096];
+                while matches!(io::stdin().read(&mut sink), Ok(count) if count > 0) {}
+                std::process::exit(0)
+            });
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
             }
@@ -212,7 +220,8 @@ fn reap_children(command: u32, status: mpsc::Sender<rustix::process::WaitStatus>
                     let _ = status.send(wait_status);
                 }
             }
-            Ok(None) | Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            // No child at all: nothing can end before the next look.
+            Ok(None) | Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }
 }
@@ -611,9 +620,16 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
         std::thread::spawn(move || {
             forward_stdin(&mut stdin, child_stdin);
             if output.claimed.load(Ordering::SeqCst) {
-                // The result is out and the server let go of the container: done.
-                kill_tree(group, &token);
-                std::process::exit(0);
+                // The result is out (or going out) and the server let go. As a
+                // container's init, ending takes everything with it; run by `docker exec`
+                // in a sandbox, the main thread ends the exec itself, and what the
+                // command left in the background stays, as a shell would leave it.
+                if std::process::id() == 1 {
+                    std::process::exit(0);
+                }
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
             }
             output.finish_after(
                 || kill_tree(group, &token),

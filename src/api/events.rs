@@ -157,6 +157,7 @@ fn produce(
     let started = Instant::now();
     let _ = sender.send(event("started", &json!({ "command": job.command() })));
     let mut observer = EventObserver {
+        timeout: job.timeout(),
         deadline: started + job.timeout() + SLOW_CLIENT_GRACE,
         sender: sender.clone(),
         connection,
@@ -207,6 +208,9 @@ impl Cut {
 struct EventObserver {
     /// Past this, a client that does not take its events is treated as gone.
     deadline: Instant,
+    /// The command's own time: the deadline restarts from its connection, so a cold
+    /// start does not eat into the client's allowance.
+    timeout: Duration,
     sender: Sender<Vec<u8>>,
     connection: Arc<Mutex<Cut>>,
     /// Per stream (stdout, stderr): the start of a UTF-8 sequence cut by a chunk end.
@@ -258,6 +262,7 @@ impl Observer for EventObserver {
     }
 
     fn connected(&mut self, connection: &UnixStream) {
+        self.deadline = Instant::now() + self.timeout + SLOW_CLIENT_GRACE;
         let mut cut = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         cut.connection = connection.try_clone().ok();
         if cut.gone {
@@ -315,6 +320,7 @@ mod tests {
         let (sender, receiver) = bounded(8);
         let mut observer = EventObserver {
             deadline: Instant::now() + Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
             sender,
             connection: Arc::new(Mutex::new(Cut::default())),
             carry: [Vec::new(), Vec::new()],

@@ -127,13 +127,31 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     }
     drop(done_sender);
 
+    let keeper = {
+        let shutdown = Arc::clone(&shutdown);
+        let address = server.server_addr().to_ip();
+        let timeout = config.client_timeout;
+        std::thread::Builder::new()
+            .name("accept-keeper".into())
+            .spawn(move || {
+                if let Some(address) = address {
+                    keep_accepting(address, timeout, &shutdown);
+                }
+            })
+            .map_err(|error| format!("cannot start the accept keeper: {error}"))?
+    };
+    let mut accept_failure = None;
     while !shutdown.load(Ordering::SeqCst) {
         let request = match server.recv_timeout(Duration::from_millis(100)) {
             Ok(Some(request)) => request,
             Ok(None) => continue,
             Err(error) => {
-                log::error!("accept failed: {error}");
-                continue;
+                // tiny_http's accept thread is gone: nothing will be accepted again.
+                // Crash-only: stop cleanly and exit non-zero for a supervisor to see.
+                log::error!("the accept loop ended: {error}; shutting down");
+                accept_failure = Some(error.to_string());
+                shutdown.store(true, Ordering::SeqCst);
+                break;
             }
         };
         match sender.try_send(request) {
@@ -176,8 +194,12 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     let _ = refill.join();
     let _ = reaper.join();
     crate::sweep::remove_temporary(&context.docker, &context.config);
+    let _ = keeper.join();
     log::info!("stopped");
-    Ok(())
+    match accept_failure {
+        Some(error) => Err(format!("the accept loop ended: {error}")),
+        None => Ok(()),
+    }
 }
 
 /// Reads, handles and answers one request; never panics, always answers.
@@ -204,19 +226,45 @@ fn serve_one(context: &Context, mut request: Request) {
     );
 }
 
-/// Binds the listener with a send timeout that every accepted connection inherits
-/// (Linux copies it from the listening socket), so that a client that stops reading
-/// (a large answer, an event stream) cannot hold a worker for ever.
+/// Binds the listener with receive and send timeouts that every accepted connection
+/// inherits (Linux copies them from the listening socket): a client that stops
+/// sending (headers, a body) or reading (a large answer, an event stream) cannot hold
+/// a connection thread or a worker for ever.
 ///
-/// Not a receive timeout: on a listening socket it also bounds `accept`, and
-/// tiny_http's accept thread ends at its first error, so an idle server would stop
-/// accepting. Reads are bounded by the whole-body deadline in `read_request` instead.
+/// On a listening socket the receive timeout also bounds `accept`, and tiny_http's
+/// accept thread ends at its first error; `keep_accepting` therefore connects to the
+/// listener well within the timeout, so that `accept` never waits that long.
 fn listen(address: &str, timeout: Duration) -> Result<Server, String> {
     use rustix::net::sockopt::{set_socket_timeout, Timeout};
     let listener = std::net::TcpListener::bind(address).map_err(|error| error.to_string())?;
-    set_socket_timeout(&listener, Timeout::Send, Some(timeout))
-        .map_err(|error| error.to_string())?;
+    for kind in [Timeout::Recv, Timeout::Send] {
+        set_socket_timeout(&listener, kind, Some(timeout)).map_err(|error| error.to_string())?;
+    }
     Server::from_listener(listener, None).map_err(|error| error.to_string())
+}
+
+/// The `accept-keeper` thread: a connection to our own listener every third of the
+/// client timeout, opened and closed at once, until shutdown.
+fn keep_accepting(address: std::net::SocketAddr, timeout: Duration, shutdown: &AtomicBool) {
+    let mut target = address;
+    if target.ip().is_unspecified() {
+        target.set_ip(match target {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let pause = (timeout / 3).max(Duration::from_millis(100));
+    let mut slept = Duration::ZERO;
+    while !shutdown.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        slept += Duration::from_millis(100);
+        if slept >= pause {
+            slept = Duration::ZERO;
+            if let Err(error) = std::net::TcpStream::connect_timeout(&target, timeout) {
+                log::warn!("accept-keeper: cannot reach our own listener: {error}");
+            }
+        }
+    }
 }
 
 /// Runs a handler so that a panic becomes a 500 answer and the worker lives on.

@@ -191,3 +191,31 @@ fn an_unreachable_engine_is_a_503_naming_the_socket() {
     assert_eq!(status, 200);
     server.finish();
 }
+
+#[test]
+fn a_client_that_stalls_mid_body_cannot_hold_a_worker() {
+    let server = Server::start_with(Options {
+        args: ["--workers", "1", "--client-timeout-secs", "2"]
+            .map(String::from)
+            .to_vec(),
+        ..Options::default()
+    });
+    // Promises a body and sends none of it.
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    std::io::Write::write_all(
+        &mut stalled,
+        b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{\"comm",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let (status, _) = server.get("/health");
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(stalled);
+    server.finish();
+}

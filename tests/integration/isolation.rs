@@ -143,7 +143,14 @@ fn a_fork_bomb_stays_within_the_pids_limit_and_the_server_stays_healthy() {
         for path in ["warm", "sandbox"] {
             let started = Instant::now();
             let data = run_on(&server, path, profile, bomb.clone());
-            assert_eq!(data["status"], json!("timeout"), "{profile} {path}: {data}");
+            // The bomb either runs into its timeout or its first shell dies when a fork
+            // is refused; either way it ends, bounded, and the server stays up.
+            let status = data["status"].as_str().unwrap_or_default();
+            assert!(
+                status == "timeout" || status == "exited",
+                "{profile} {path}: status {status}, exit {}",
+                data["exit_code"]
+            );
             assert!(started.elapsed() < Duration::from_secs(10));
             assert_eq!(server.get("/health").0, 200);
         }

@@ -311,3 +311,23 @@ fn a_cold_start_does_not_count_against_the_command_timeout() {
     assert_eq!(data["status"], json!("exited"), "{data}");
     server.finish();
 }
+
+#[test]
+fn a_server_killed_mid_run_leaves_nothing_running() {
+    let mut server = pooled_server("1");
+    assert!(eventually(Duration::from_secs(30), || ready(&server) == 1));
+    let url = server.url("/run");
+    let _in_flight = std::thread::spawn(move || {
+        let _ = ureq::post(&url)
+            .set("Content-Type", "application/json")
+            .send_string(r#"{"command":["sleep","60"]}"#);
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    server.crash();
+    assert!(
+        eventually(Duration::from_secs(30), || containers_of(&server.namespace)
+            .is_empty()),
+        "left: {:?}",
+        containers_of(&server.namespace)
+    );
+}
