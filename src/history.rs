@@ -130,6 +130,16 @@ impl History {
         }
         entries.into_iter().collect()
     }
+
+    /// The history of the sandbox that exists now under that name: entries from its
+    /// last `created` on, so a name used again does not inherit an old sandbox's past.
+    pub fn read_current(&self, sandbox: &SandboxName) -> Vec<Value> {
+        let mut entries = self.read(sandbox);
+        if let Some(start) = entries.iter().rposition(|e| e["event"] == json!("created")) {
+            entries.drain(..start);
+        }
+        entries
+    }
 }
 
 /// Most bytes of a command kept in one history entry: a command's arguments may be
@@ -194,6 +204,25 @@ mod tests {
         // A new History on the same directory (a restart) sees the same entries.
         let again = History::new(Some(dir.clone()), &namespace, 1 << 20);
         assert_eq!(again.read(&one).len(), 2);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_name_used_again_starts_a_new_history() {
+        let dir = temp_dir("again");
+        let history = History::new(Some(dir.clone()), &Namespace::parse("ns").unwrap(), 1 << 20);
+        let name = SandboxName::parse("re").unwrap();
+        for event in ["created", "stopped", "removed", "created", "started"] {
+            history.event(&name, event);
+        }
+        let events = |entries: Vec<Value>| -> Vec<String> {
+            entries
+                .iter()
+                .map(|e| e["event"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(events(history.read_current(&name)), ["created", "started"]);
+        assert_eq!(events(history.read(&name)).len(), 5);
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -337,12 +337,21 @@ pub fn post_sandbox_exec_stream(
     Ok(Reply::events(StreamJob::Exec(name.clone(), spec)))
 }
 
+/// The history of the sandbox of that name: the current one's when it exists (from
+/// its creation on), else everything recorded under the name (a removed sandbox's
+/// past); 404 when there is neither.
 pub fn get_sandbox_logs(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
-    let entries = context.history.read(name);
-    if entries.is_empty() {
-        // No history: say whether the sandbox exists at all.
-        sandbox::get(&context.docker, &context.config, name)?;
-    }
+    let entries = match sandbox::get(&context.docker, &context.config, name) {
+        Ok(_) => context.history.read_current(name),
+        Err(Error::SandboxNotFound(_)) => {
+            let entries = context.history.read(name);
+            if entries.is_empty() {
+                return Err(Error::SandboxNotFound(name.to_string()).into());
+            }
+            entries
+        }
+        Err(error) => return Err(error.into()),
+    };
     Ok(Reply::ok(Value::Array(entries)))
 }
 
