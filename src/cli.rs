@@ -525,7 +525,14 @@ impl CommandArgs {
         match flag {
             CommandFlag::Env => {
                 let entry = parser.value()?.string()?;
-                self.env.extend(env_entry(entry, env));
+                if let Some(entry) = env_entry(entry, env) {
+                    if !crate::command::valid_env_entry(&entry) {
+                        return Err(Misuse(format!(
+                            "-e '{entry}': expected KEY=VALUE with KEY of letters, digits and '_'"
+                        )));
+                    }
+                    self.env.push(entry);
+                }
             }
             CommandFlag::Workdir => self.workdir = Some(parser.value()?.string()?),
             CommandFlag::Timeout => {
@@ -1395,6 +1402,8 @@ mod tests {
         assert!(parse_words(&["serve", "--namespace", "Bad_NS"]).is_err());
         assert!(parse_words(&["serve", "--pool", "img"]).is_err());
         assert!(parse_words(&["serve", "--pool", "img=x"]).is_err());
+        let error = parse_words(&["run", "-e", "BAD KEY=1", "--", "true"]).unwrap_err();
+        assert!(error.message.contains("BAD KEY=1"), "{}", error.message);
     }
 
     struct Vars(Vec<(&'static str, &'static str)>);

@@ -48,15 +48,7 @@ impl CommandSpec {
             return Err("command arguments must not contain NUL bytes".into());
         }
         for entry in &env {
-            let valid = match entry.split_once('=') {
-                Some((key, _)) => {
-                    !key.is_empty()
-                        && !key.bytes().next().is_some_and(|b| b.is_ascii_digit())
-                        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                }
-                None => false,
-            };
-            if !valid || entry.contains('\0') {
+            if !valid_env_entry(entry) {
                 return Err(format!(
                     "env entry '{entry}' is invalid: expected KEY=VALUE with KEY of \
                      letters, digits and '_'"
@@ -77,6 +69,17 @@ impl CommandSpec {
             max_output_bytes,
         })
     }
+}
+
+/// `KEY=VALUE` with a KEY of letters, digits and `_`, not starting with a digit, and
+/// no NUL anywhere.
+pub fn valid_env_entry(entry: &str) -> bool {
+    let valid_key = |key: &str| {
+        !key.is_empty()
+            && !key.bytes().next().is_some_and(|b| b.is_ascii_digit())
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    !entry.contains('\0') && entry.split_once('=').is_some_and(|(key, _)| valid_key(key))
 }
 
 /// What happened to the command.
