@@ -75,23 +75,23 @@ impl<R: Read> FrameReader<R> {
     }
 }
 
-/// Encodes one frame; used by tests and by the fake engine.
-pub fn encode_frame(kind: StreamKind, payload: &[u8]) -> Vec<u8> {
-    let type_byte = match kind {
-        StreamKind::Stdin => 0,
-        StreamKind::Stdout => 1,
-        StreamKind::Stderr => 2,
-    };
-    let mut frame = vec![type_byte, 0, 0, 0];
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(payload);
-    frame
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::docker::http::tests::Trickle;
+
+    /// Encodes one frame, as the engine would.
+    fn encode_frame(kind: StreamKind, payload: &[u8]) -> Vec<u8> {
+        let type_byte = match kind {
+            StreamKind::Stdin => 0,
+            StreamKind::Stdout => 1,
+            StreamKind::Stderr => 2,
+        };
+        let mut frame = vec![type_byte, 0, 0, 0];
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    }
 
     fn collect(raw: &[u8], pieces: &[usize]) -> io::Result<Vec<(StreamKind, Vec<u8>)>> {
         let mut reader = FrameReader::new(Trickle::new(raw, pieces));
