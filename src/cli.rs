@@ -160,7 +160,8 @@ pub const SERVE: Topic = Topic {
                     [--default-profile P] [--max-body-bytes N]
                     [--pool IMAGE[:PROFILE]=N]... [--pool-size N] [--pool-dynamic-size N]
                     [--no-stub] [--default-timeout-ms N] [--max-timeout-ms N]
-                    [--max-output-bytes N] [--max-file-bytes N] [--client-timeout-secs N]",
+                    [--max-output-bytes N] [--max-file-bytes N] [--client-timeout-secs N]
+                    [--max-connections N] [--idle-timeout-secs N] [--head-timeout-secs N]",
     details: "\
 Serves the HTTP API on 127.0.0.1:8080 until SIGTERM or SIGINT. See README.md.
 ",
@@ -752,6 +753,17 @@ fn parse_serve(parser: &mut lexopt::Parser, env: &dyn Environment) -> Result<Com
                     return Err(Misuse("--client-timeout-secs must be at least 1".into()));
                 }
                 config.client_timeout = std::time::Duration::from_secs(seconds);
+            }
+            Long("max-connections") => {
+                config.max_connections = positive(parser.value()?.parse()?, "--max-connections")?
+            }
+            Long("idle-timeout-secs") => {
+                let seconds = positive(parser.value()?.parse()?, "--idle-timeout-secs")?;
+                config.idle_timeout = std::time::Duration::from_secs(seconds as u64);
+            }
+            Long("head-timeout-secs") => {
+                let seconds = positive(parser.value()?.parse()?, "--head-timeout-secs")?;
+                config.head_timeout = std::time::Duration::from_secs(seconds as u64);
             }
             Long("default-timeout-ms") => config.default_timeout_ms = parser.value()?.parse()?,
             Long("max-timeout-ms") => config.max_timeout_ms = parser.value()?.parse()?,

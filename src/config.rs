@@ -40,8 +40,18 @@ pub struct Config {
     pub pool_dynamic_size: usize,
     /// Use the in-container stub where possible (else always `docker exec`).
     pub stub: bool,
-    /// Bound on each read from and write to a client (and on reading a whole body).
+    /// Bound on each write to a client, and on reading a whole request body.
     pub client_timeout: Duration,
+    /// Most open client connections; past it new ones get a 503 and are closed at once.
+    /// Lowered at start-up to what the open-files limit leaves room for.
+    pub max_connections: usize,
+    /// How long a kept-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// From a request's first byte to the end of its head.
+    pub head_timeout: Duration,
+    /// Honour the `X-Agentkernel-Test-Panic` header (tests of panic containment only;
+    /// set by `AGENTKERNEL_TEST_HOOKS=1`, never by default).
+    pub test_hooks: bool,
     /// Where sandbox history is kept; `None` keeps none.
     pub data_dir: Option<PathBuf>,
     pub history_max_bytes: u64,
@@ -75,6 +85,10 @@ impl Default for Config {
             pool_dynamic_size: 2,
             stub: true,
             client_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(15),
+            head_timeout: Duration::from_secs(10),
+            test_hooks: false,
             data_dir: None,
             history_max_bytes: 8 * 1024 * 1024,
             max_batch: 64,
@@ -142,6 +156,7 @@ impl Config {
                 env.var("HOME")
                     .map(|home| PathBuf::from(home).join(".local/state/agentkernel"))
             });
+        config.test_hooks = env.var("AGENTKERNEL_TEST_HOOKS").as_deref() == Some("1");
         if env.var("AGENTKERNEL_STUB").as_deref() == Some("off") {
             config.stub = false;
         }

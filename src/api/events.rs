@@ -84,8 +84,13 @@ pub fn event(name: &str, data: &Value) -> Vec<u8> {
     format!("event: {name}\ndata: {data}\n\n").into_bytes()
 }
 
-/// Writes one HTTP chunk and flushes it.
-fn write_chunk(writer: &mut dyn Write, bytes: &[u8]) -> io::Result<()> {
+/// Writes one HTTP chunk and flushes it (for HTTP/1.0, the bytes as they are: the
+/// stream then ends with the connection).
+fn write_chunk(writer: &mut dyn Write, bytes: &[u8], chunked: bool) -> io::Result<()> {
+    if !chunked {
+        writer.write_all(bytes)?;
+        return writer.flush();
+    }
     write!(writer, "{:x}\r\n", bytes.len())?;
     writer.write_all(bytes)?;
     writer.write_all(b"\r\n")?;
@@ -93,10 +98,19 @@ fn write_chunk(writer: &mut dyn Write, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Answers a request with an event stream; returns the status for the log line.
-pub fn stream(context: &Context, mut writer: Box<dyn Write + Send>, job: StreamJob) -> u16 {
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
-                Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\
-                X-Accel-Buffering: no\r\n\r\n";
+/// The connection closes after the stream.
+pub fn stream(context: &Context, writer: &mut dyn Write, job: StreamJob, http10: bool) -> u16 {
+    let chunked = !http10;
+    let framing = if chunked {
+        "Transfer-Encoding: chunked\r\n"
+    } else {
+        ""
+    };
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+         Cache-Control: no-cache\r\n{framing}Connection: close\r\n\
+         X-Accel-Buffering: no\r\n\r\n"
+    );
     if writer
         .write_all(head.as_bytes())
         .and_then(|()| writer.flush())
@@ -131,7 +145,7 @@ pub fn stream(context: &Context, mut writer: Box<dyn Write + Send>, job: StreamJ
                 Err(RecvTimeoutError::Timeout) => b": keepalive\n\n".to_vec(),
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            if write_chunk(&mut *writer, &chunk).is_err() {
+            if write_chunk(writer, &chunk, chunked).is_err() {
                 client_gone = true;
                 break;
             }
@@ -139,7 +153,7 @@ pub fn stream(context: &Context, mut writer: Box<dyn Write + Send>, job: StreamJ
         if client_gone {
             log::info!("stream client went away: stopping its command");
             connection.lock().unwrap_or_else(|e| e.into_inner()).cut();
-        } else {
+        } else if chunked {
             let _ = writer.write_all(b"0\r\n\r\n").and_then(|()| writer.flush());
         }
         // Unblocks a producer waiting on a full channel.
@@ -300,7 +314,7 @@ mod tests {
             b"event: output\ndata: {\"data\":\"a\\nb\",\"stream\":\"stdout\"}\n\n"
         );
         let mut out = Vec::new();
-        write_chunk(&mut out, b"hello").unwrap();
+        write_chunk(&mut out, b"hello", true).unwrap();
         assert_eq!(out, b"5\r\nhello\r\n");
     }
 

@@ -102,9 +102,20 @@ fn parse_profile(name: Option<String>, config: &Config) -> Result<Profile, ApiEr
     }
 }
 
-pub fn get_health(_context: &Context) -> Result<Reply, ApiError> {
+/// `data` stays the string `"ok"` the SDKs expect; what the edge counts rides beside it.
+pub fn get_health(context: &Context) -> Result<Reply, ApiError> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let edge = &context.edge;
     let mut reply = Reply::ok(json!("ok"));
     reply.body["status"] = json!("ok");
+    reply.body["workers"] = json!({
+        "configured": edge.workers,
+        "alive": edge.workers_alive.load(SeqCst),
+    });
+    reply.body["connections"] = json!({
+        "open": edge.connections.load(SeqCst),
+        "max": edge.max_connections.load(SeqCst),
+    });
     Ok(reply)
 }
 

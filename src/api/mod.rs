@@ -1,33 +1,40 @@
-//! The HTTP server: a tiny_http accept loop feeding a bounded crossbeam channel that a
-//! fixed pool of named worker threads serves.
+//! The HTTP server: an accept loop, one `conn` thread per open client connection (a
+//! bounded number of them) that reads requests under the edge's bounds, and a fixed
+//! pool of named worker threads, fed through a bounded crossbeam channel, that runs the
+//! handlers.
 //!
-//! Invariants: only this module (and its children) knows tiny_http and status codes;
-//! the queue is bounded and a full queue answers 503 at once, from the accept loop;
-//! every request is answered, with a JSON envelope, exactly once (a panic in a handler
-//! becomes a 500 and the worker lives on); a request is routed before its body is read,
-//! and bodies over the route's limit are refused from their declared length before being
-//! read; API keys and bodies are never logged.
+//! Invariants: only this module (and its children) knows HTTP and status codes; the
+//! queue is bounded and a full queue answers 503 at once; at most `max_connections`
+//! connections are open (past it: 503 and close, at once); a worker only ever sees a
+//! request whose head and body have fully arrived, so a slow client holds its own
+//! `conn` thread, never a worker; every request is answered, with a JSON envelope,
+//! exactly once (a panic in a handler becomes a 500; a panic anywhere else closes that
+//! connection; neither costs a worker); a request is authenticated and routed before
+//! its body is read, and an answer given before reading a body closes the connection
+//! rather than wait for it; API keys and bodies are never logged; the accept loop ends
+//! only on shutdown.
 
 pub mod events;
 pub mod handlers;
+pub mod http;
 pub mod response;
 pub mod routes;
 pub mod views;
 
-use std::io::{Cursor, Read};
+use std::net::{TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, TrySendError};
-use tiny_http::{Header, Request, Response, Server};
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 use crate::config::Config;
 use crate::docker::Docker;
 use crate::history::History;
 use crate::pool::Pool;
 
+use self::http::{Answer, BodyError, Connection, Framing, Head, HeadError, Limits};
 use self::response::{ApiError, Reply};
 use self::routes::Route;
 
@@ -37,6 +44,8 @@ pub struct Context {
     pub docker: Docker,
     pub pool: Pool,
     pub history: History,
+    /// Counters of the HTTP edge, for `/health`.
+    pub edge: EdgeStats,
 }
 
 impl Context {
@@ -47,6 +56,7 @@ impl Context {
             config.history_max_bytes,
         );
         Context {
+            edge: EdgeStats::new(config.workers),
             config,
             docker,
             pool,
@@ -55,7 +65,29 @@ impl Context {
     }
 }
 
-/// A request as handlers see it: no tiny_http types.
+/// What the edge counts: live workers and open connections.
+#[derive(Debug)]
+pub struct EdgeStats {
+    pub workers: usize,
+    pub workers_alive: AtomicUsize,
+    pub connections: AtomicUsize,
+    /// The connection limit in force (the configured one, lowered to fit the
+    /// open-files limit); 0 until the server listens.
+    pub max_connections: AtomicUsize,
+}
+
+impl EdgeStats {
+    fn new(workers: usize) -> EdgeStats {
+        EdgeStats {
+            workers,
+            workers_alive: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            max_connections: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// A request as handlers see it: no HTTP types.
 #[derive(Debug, Clone)]
 pub struct ApiRequest {
     pub method: String,
@@ -64,25 +96,56 @@ pub struct ApiRequest {
     pub body: Vec<u8>,
 }
 
+/// A request whose head and body have arrived, on its way to a worker with the
+/// connection to answer on.
+struct Job {
+    route: Route,
+    body: Vec<u8>,
+    head: Head,
+    connection: Connection,
+    done: Sender<Handled>,
+}
+
+/// What a worker hands back to the connection's thread.
+enum Handled {
+    /// An answer for the connection's thread to write.
+    Reply(Connection, Box<Reply>),
+    /// An event stream the worker wrote itself; the connection is closed.
+    Streamed(u16),
+}
+
+/// Where threads of the server find what they share.
+struct Shared {
+    context: Arc<Context>,
+    jobs: Sender<Job>,
+    limits: Limits,
+    shutdown: Arc<AtomicBool>,
+}
+
 /// Binds, serves until `shutdown` turns true, then drains and cleans up.
 pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), String> {
     let config = &context.config;
     let address = format!("{}:{}", config.host, config.port);
-    let server = listen(&address, config.client_timeout)
-        .map_err(|error| format!("cannot listen on {address}: {error}"))?;
+    let listener =
+        listen(&address).map_err(|error| format!("cannot listen on {address}: {error}"))?;
     // Only once the port is ours: a second server started by mistake on the same port
     // must fail before it touches the first one's containers.
     crate::sweep::remove_temporary(&context.docker, &context.config);
-    let local = server
-        .server_addr()
-        .to_ip()
+    let local = listener
+        .local_addr()
         .map(|a| a.to_string())
         .unwrap_or(address.clone());
+    let max_connections = connection_limit(config);
+    context
+        .edge
+        .max_connections
+        .store(max_connections, Ordering::SeqCst);
     log::info!(
-        "listening on http://{local} (namespace '{}', {} workers, queue {}, engine {})",
+        "listening on http://{local} (namespace '{}', {} workers, queue {}, {} connections, engine {})",
         config.namespace.as_str(),
         config.workers,
         config.queue,
+        max_connections,
         config.docker_socket.display()
     );
     if config.api_key.is_none() && config.host != "127.0.0.1" && config.host != "localhost" {
@@ -94,177 +157,507 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
 
     let refill = {
         let context = Arc::clone(&context);
-        std::thread::Builder::new()
-            .name("pool-refill".into())
-            .spawn(move || context.pool.refill_loop(&context.docker, &context.config))
-            .map_err(|error| format!("cannot start pool thread: {error}"))?
+        spawn("pool-refill", move || {
+            context.pool.refill_loop(&context.docker, &context.config)
+        })?
     };
     let reaper = {
         let context = Arc::clone(&context);
-        std::thread::Builder::new()
-            .name("reaper".into())
-            .spawn(move || context.pool.reap_loop(&context.docker))
-            .map_err(|error| format!("cannot start reaper thread: {error}"))?
+        spawn("reaper", move || context.pool.reap_loop(&context.docker))?
     };
 
-    let (sender, receiver) = bounded::<Request>(config.queue);
-    let (done_sender, done_receiver) = bounded::<()>(config.workers);
-    let mut workers = Vec::new();
+    let (jobs, receiver) = bounded::<Job>(config.queue);
+    let (done_sender, done_receiver) = bounded::<()>(config.workers * 2);
     for index in 0..config.workers {
-        let receiver: Receiver<Request> = receiver.clone();
-        let context = Arc::clone(&context);
-        let done = done_sender.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("worker-{index}"))
-            .spawn(move || {
-                for request in receiver {
-                    serve_one(&context, request);
-                }
-                let _ = done.send(());
-            })
-            .map_err(|error| format!("cannot start worker thread: {error}"))?;
-        workers.push(handle);
+        spawn_worker(
+            index,
+            Arc::clone(&context),
+            receiver.clone(),
+            done_sender.clone(),
+            Arc::clone(&shutdown),
+        )?;
     }
+    drop(receiver);
     drop(done_sender);
-
-    let keeper = {
-        let shutdown = Arc::clone(&shutdown);
-        let address = server.server_addr().to_ip();
-        let timeout = config.client_timeout;
-        std::thread::Builder::new()
-            .name("accept-keeper".into())
-            .spawn(move || {
-                if let Some(address) = address {
-                    keep_accepting(address, timeout, &shutdown);
-                }
-            })
-            .map_err(|error| format!("cannot start the accept keeper: {error}"))?
-    };
-    let mut accept_failure = None;
-    while !shutdown.load(Ordering::SeqCst) {
-        let request = match server.recv_timeout(Duration::from_millis(100)) {
-            Ok(Some(request)) => request,
-            Ok(None) => continue,
-            Err(error) => {
-                // tiny_http's accept thread is gone: nothing will be accepted again.
-                // Crash-only: stop cleanly and exit non-zero for a supervisor to see.
-                log::error!("the accept loop ended: {error}; shutting down");
-                accept_failure = Some(error.to_string());
-                shutdown.store(true, Ordering::SeqCst);
-                break;
-            }
-        };
-        match sender.try_send(request) {
-            Ok(()) => {}
-            Err(TrySendError::Full(request)) => {
-                log::warn!("{} {} 503 (queue full)", request.method(), request.url());
-                respond(request, &ApiError::Busy.reply());
-            }
-            Err(TrySendError::Disconnected(request)) => {
-                respond(request, &ApiError::Panic.reply());
-            }
+    let (refusals, refused) = bounded::<TcpStream>(64);
+    let refuser = spawn("refuser", move || {
+        for stream in refused {
+            refuse(stream);
         }
-    }
+    })?;
+
+    let shared = Arc::new(Shared {
+        context: Arc::clone(&context),
+        jobs,
+        limits: Limits {
+            head_timeout: config.head_timeout,
+            idle_timeout: config.idle_timeout,
+            body_timeout: config.client_timeout,
+            write_timeout: config.client_timeout,
+            ..Limits::default()
+        },
+        shutdown: Arc::clone(&shutdown),
+    });
+    accept_loop(&listener, &shared, &refusals, max_connections);
 
     log::info!("shutting down: finishing in-flight requests");
-    drop(sender);
+    drop(listener);
+    drop(refusals);
     let deadline = Instant::now() + config.shutdown_grace;
+    // Connections end when idle (they watch `shutdown`) or when their request is done;
+    // the workers end once every connection has let go of the queue.
+    drop(shared);
     let mut finished = 0;
-    while finished < workers.len() {
+    while finished < config.workers {
         let left = deadline.saturating_duration_since(Instant::now());
         match done_receiver.recv_timeout(left) {
             Ok(()) => finished += 1,
             Err(_) => {
                 log::warn!(
                     "{} workers still busy after {:?}; exiting without them",
-                    workers.len() - finished,
+                    config.workers - finished,
                     config.shutdown_grace
                 );
                 break;
             }
         }
     }
-    if finished == workers.len() {
-        for worker in workers {
-            let _ = worker.join();
-        }
-    }
-    drop(server);
     context.pool.shut_down(&context.docker);
     let _ = refill.join();
     let _ = reaper.join();
+    let _ = refuser.join();
     crate::sweep::remove_temporary(&context.docker, &context.config);
-    let _ = keeper.join();
     log::info!("stopped");
-    match accept_failure {
-        Some(error) => Err(format!("the accept loop ended: {error}")),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
-/// Reads, handles and answers one request; never panics, always answers.
-fn serve_one(context: &Context, mut request: Request) {
-    let started = Instant::now();
-    let method = request.method().as_str().to_string();
-    let url = request.url().to_string();
-    let reply = match read_request(context, &mut request) {
-        Ok((api_request, route)) => guarded(|| dispatch(context, route, &api_request.body)),
-        Err(error) => error.reply(),
-    };
-    let path = url.split('?').next().unwrap_or(&url).to_string();
-    let status = match reply.stream {
-        Some(job) => events::stream(context, request.into_writer(), job),
-        None => {
-            let status = reply.status;
-            respond(request, &reply);
-            status
+fn spawn<F: FnOnce() + Send + 'static>(
+    name: &str,
+    body: F,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(body)
+        .map_err(|error| format!("cannot start thread {name}: {error}"))
+}
+
+/// Binds the listener with a short receive timeout, which on Linux bounds `accept`: the
+/// accept loop wakes at least that often to notice shutdown.
+fn listen(address: &str) -> Result<TcpListener, String> {
+    use rustix::net::sockopt::{set_socket_timeout, Timeout};
+    let listener = TcpListener::bind(address).map_err(|error| error.to_string())?;
+    set_socket_timeout(&listener, Timeout::Recv, Some(Duration::from_millis(200)))
+        .map_err(|error| error.to_string())?;
+    Ok(listener)
+}
+
+/// The configured connection limit, lowered so that connections cannot use up the
+/// open-files limit the engine connections (every worker's, every warm container's)
+/// also need.
+fn connection_limit(config: &Config) -> usize {
+    let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let pool: usize = config.pool_keys().iter().map(|(_, size)| size).sum();
+    let reserve = (config.workers * 8 + pool * 2 + config.pool_dynamic_size * 8 + 64) as u64;
+    let room = open_files.saturating_sub(reserve).max(16);
+    let limit = (config.max_connections as u64).min(room) as usize;
+    if limit < config.max_connections {
+        log::warn!(
+            "at most {limit} client connections: the open-files limit is {open_files} \
+             (raise it with ulimit -n for more)"
+        );
+    }
+    limit
+}
+
+/// Accepts until shutdown. Never ends on an error: out of file descriptors, it closes a
+/// spare one to accept and refuse the waiting connection, then pauses; anything else is
+/// logged and retried.
+fn accept_loop(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    refusals: &Sender<TcpStream>,
+    max_connections: usize,
+) {
+    let edge = &shared.context.edge;
+    let mut spare = std::fs::File::open("/dev/null").ok();
+    let mut last_warning: Option<Instant> = None;
+    let mut warn = |message: String| {
+        if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
+            log::warn!("{message}");
+            last_warning = Some(Instant::now());
         }
     };
-    log::info!(
-        "{method} {path} {status} {}ms",
-        started.elapsed().as_millis()
-    );
+    while !shared.shutdown.load(Ordering::SeqCst) {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(error) if is_transient(&error) => continue,
+            Err(error) if is_out_of_files(&error) => {
+                warn(format!(
+                    "cannot accept a connection: {error}; refusing until some close"
+                ));
+                drop(spare.take());
+                if let Ok((stream, _)) = listener.accept() {
+                    drop(stream);
+                }
+                spare = std::fs::File::open("/dev/null").ok();
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            Err(error) => {
+                warn(format!("cannot accept a connection: {error}"));
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if edge.connections.load(Ordering::SeqCst) >= max_connections {
+            warn(format!(
+                "{max_connections} connections are open: refusing new ones"
+            ));
+            let _ = refusals.try_send(stream);
+            continue;
+        }
+        edge.connections.fetch_add(1, Ordering::SeqCst);
+        let for_thread = Arc::clone(shared);
+        let spawned = std::thread::Builder::new()
+            .name("conn".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let shared = for_thread;
+                let _open = OpenConnection(&shared.context.edge);
+                let connection = Connection::new(stream);
+                if catch_unwind(AssertUnwindSafe(|| serve_connection(&shared, connection))).is_err()
+                {
+                    log::error!("a connection's thread panicked; the connection is closed");
+                }
+            });
+        if let Err(error) = spawned {
+            // The connection went with the closure: it is closed.
+            edge.connections.fetch_sub(1, Ordering::SeqCst);
+            warn(format!("cannot start a connection thread: {error}"));
+        }
+    }
 }
 
-/// Binds the listener with receive and send timeouts that every accepted connection
-/// inherits (Linux copies them from the listening socket): a client that stops
-/// sending (headers, a body) or reading (a large answer, an event stream) cannot hold
-/// a connection thread or a worker for ever.
-///
-/// On a listening socket the receive timeout also bounds `accept`, and tiny_http's
-/// accept thread ends at its first error; `keep_accepting` therefore connects to the
-/// listener well within the timeout, so that `accept` never waits that long.
-fn listen(address: &str, timeout: Duration) -> Result<Server, String> {
-    use rustix::net::sockopt::{set_socket_timeout, Timeout};
-    let listener = std::net::TcpListener::bind(address).map_err(|error| error.to_string())?;
-    for kind in [Timeout::Recv, Timeout::Send] {
-        set_socket_timeout(&listener, kind, Some(timeout)).map_err(|error| error.to_string())?;
+/// Counts a connection as open for as long as its thread holds this.
+struct OpenConnection<'a>(&'a EdgeStats);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
     }
-    Server::from_listener(listener, None).map_err(|error| error.to_string())
 }
 
-/// The `accept-keeper` thread: a connection to our own listener every third of the
-/// client timeout, opened and closed at once, until shutdown.
-fn keep_accepting(address: std::net::SocketAddr, timeout: Duration, shutdown: &AtomicBool) {
-    let mut target = address;
-    if target.ip().is_unspecified() {
-        target.set_ip(match target {
-            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
+fn is_transient(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        error.kind(),
+        WouldBlock | TimedOut | Interrupted | ConnectionAborted | ConnectionReset
+    )
+}
+
+fn is_out_of_files(error: &std::io::Error) -> bool {
+    let code = error.raw_os_error();
+    code == Some(rustix::io::Errno::MFILE.raw_os_error())
+        || code == Some(rustix::io::Errno::NFILE.raw_os_error())
+        || code == Some(rustix::io::Errno::NOBUFS.raw_os_error())
+        || code == Some(rustix::io::Errno::NOMEM.raw_os_error())
+}
+
+/// The `refuser` thread's work: a 503 to a connection over the limit, then close.
+fn refuse(stream: TcpStream) {
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+    let mut connection = Connection::new(stream);
+    let reply = ApiError::TooManyConnections.reply();
+    let bytes = reply.bytes();
+    let _ = answer_of(&reply, &bytes, false, true).write_to(&mut connection.stream);
+    connection.linger_close(Duration::from_millis(100));
+}
+
+/// Starts worker `index`. A worker that dies anyway (a panic outside the guarded
+/// handler that `catch_unwind` could not stop) is replaced by its guard.
+fn spawn_worker(
+    index: usize,
+    context: Arc<Context>,
+    receiver: Receiver<Job>,
+    done: Sender<()>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<(), String> {
+    spawn(&format!("worker-{index}"), move || {
+        let guard = WorkerGuard {
+            index,
+            context: Arc::clone(&context),
+            receiver: receiver.clone(),
+            done: done.clone(),
+            shutdown,
+        };
+        guard.started();
+        for job in receiver {
+            if catch_unwind(AssertUnwindSafe(|| work(&context, job))).is_err() {
+                log::error!("worker-{index}: a request panicked outside its handler");
+            }
+        }
+        drop(guard);
+        let _ = done.send(());
+    })
+    .map(|_| ())
+}
+
+/// Keeps the count of live workers, and replaces a worker whose thread unwinds.
+struct WorkerGuard {
+    index: usize,
+    context: Arc<Context>,
+    receiver: Receiver<Job>,
+    done: Sender<()>,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl WorkerGuard {
+    fn started(&self) {
+        self.context
+            .edge
+            .workers_alive
+            .fetch_add(1, Ordering::SeqCst);
     }
-    let pause = (timeout / 3).max(Duration::from_millis(100));
-    let mut slept = Duration::ZERO;
-    while !shutdown.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(100));
-        slept += Duration::from_millis(100);
-        if slept >= pause {
-            slept = Duration::ZERO;
-            if let Err(error) = std::net::TcpStream::connect_timeout(&target, timeout) {
-                log::warn!("accept-keeper: cannot reach our own listener: {error}");
+}
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        self.context
+            .edge
+            .workers_alive
+            .fetch_sub(1, Ordering::SeqCst);
+        if std::thread::panicking() && !self.shutdown.load(Ordering::SeqCst) {
+            log::error!("worker-{} died; starting a new one", self.index);
+            let _ = spawn_worker(
+                self.index,
+                Arc::clone(&self.context),
+                self.receiver.clone(),
+                self.done.clone(),
+                Arc::clone(&self.shutdown),
+            );
+        }
+    }
+}
+
+/// A worker's part of a request: the handler, and writing an event stream.
+fn work(context: &Context, job: Job) {
+    let Job {
+        route,
+        body,
+        head,
+        mut connection,
+        done,
+    } = job;
+    let hook = test_hook(context, &head);
+    let reply = guarded(|| {
+        if hook == Some("handler") {
+            panic!("test hook: panic in a handler");
+        }
+        dispatch(context, route, &body)
+    });
+    match reply.stream {
+        Some(stream_job) => {
+            if hook == Some("stream") {
+                let _ = std::io::Write::write_all(
+                    &mut connection.stream,
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n",
+                );
+                panic!("test hook: panic while writing an event stream");
+            }
+            let status = events::stream(context, &mut connection.stream, stream_job, head.http10);
+            let _ = done.send(Handled::Streamed(status));
+        }
+        None => {
+            let _ = done.send(Handled::Reply(connection, Box::new(reply)));
+        }
+    }
+}
+
+/// The `X-Agentkernel-Test-Panic` header's value, when test hooks are on.
+fn test_hook<'a>(context: &Context, head: &'a Head) -> Option<&'a str> {
+    if context.config.test_hooks {
+        head.header("x-agentkernel-test-panic")
+    } else {
+        None
+    }
+}
+
+/// A `conn` thread's work: requests in, answers out, until the client closes, stays
+/// idle too long, breaks a bound, or the server shuts down.
+fn serve_connection(shared: &Shared, mut connection: Connection) {
+    let context = &shared.context;
+    let limits = &shared.limits;
+    let _ = connection
+        .stream
+        .set_write_timeout(Some(limits.write_timeout));
+    let _ = connection.stream.set_nodelay(true);
+    loop {
+        let stop = || shared.shutdown.load(Ordering::SeqCst);
+        let head = match connection.read_head(limits, &stop) {
+            Ok(head) => head,
+            Err(HeadError::Closed) => return,
+            Err(error) => {
+                let error = ApiError::from(error);
+                finish_early(connection, None, &error, Instant::now());
+                return;
+            }
+        };
+        let started = Instant::now();
+        let route = match admit(context, &head) {
+            Ok(route) => route,
+            Err(error) => {
+                // An answer before the body: unless there is no body, close rather
+                // than read (or wait for) one we will not use.
+                if head.framing == Framing::Empty && head.keep_alive && !stop() {
+                    let reply = error.reply();
+                    if write_reply(&mut connection, &head, &reply, false).is_err() {
+                        return;
+                    }
+                    log_request(&head, reply.status, started);
+                    continue;
+                }
+                finish_early(connection, Some(&head), &error, started);
+                return;
+            }
+        };
+        let limit = body_limit(&context.config, &route);
+        if matches!(head.framing, Framing::Length(length) if length > limit) {
+            finish_early(
+                connection,
+                Some(&head),
+                &ApiError::BodyTooLarge { limit },
+                started,
+            );
+            return;
+        }
+        if head.expect_continue && head.framing != Framing::Empty && !head.http10 {
+            let go_ahead = b"HTTP/1.1 100 Continue\r\n\r\n";
+            if std::io::Write::write_all(&mut connection.stream, go_ahead).is_err() {
+                return;
+            }
+        }
+        let body = match connection.read_body(&head, limit, limits.body_timeout) {
+            Ok(body) => body,
+            Err(BodyError::Closed) => return,
+            Err(error) => {
+                let error = match error {
+                    BodyError::TooLarge => ApiError::BodyTooLarge { limit },
+                    BodyError::TimedOut => ApiError::RequestTimeout("body"),
+                    BodyError::Bad(message) => {
+                        ApiError::BadBody(format!("Malformed chunked body: {message}"))
+                    }
+                    BodyError::Closed => unreachable!("handled above"),
+                };
+                finish_early(connection, Some(&head), &error, started);
+                return;
+            }
+        };
+        let keep_alive = head.keep_alive;
+        let (done, handled) = bounded::<Handled>(1);
+        let job = Job {
+            route,
+            body,
+            head: head.clone(),
+            connection,
+            done,
+        };
+        match shared.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                let mut connection = job.connection;
+                let reply = ApiError::Busy.reply();
+                let _ = write_reply(&mut connection, &head, &reply, true);
+                log_request(&head, reply.status, started);
+                connection.linger_close(Duration::from_millis(200));
+                return;
+            }
+        }
+        match handled.recv() {
+            Ok(Handled::Reply(mut back, reply)) => {
+                let hook = test_hook(context, &head);
+                let close = !keep_alive || stop();
+                let written = catch_unwind(AssertUnwindSafe(|| {
+                    if hook == Some("write") {
+                        panic!("test hook: panic while writing an answer");
+                    }
+                    write_reply(&mut back, &head, &reply, close)
+                }));
+                log_request(&head, reply.status, started);
+                match written {
+                    Ok(Ok(())) if !close => connection = back,
+                    Ok(_) => return,
+                    Err(_) => {
+                        log::error!("writing an answer panicked; the connection is closed");
+                        return;
+                    }
+                }
+            }
+            Ok(Handled::Streamed(status)) => {
+                log_request(&head, status, started);
+                return;
+            }
+            // The worker's request panicked outside its handler: the connection went
+            // with it.
+            Err(_) => {
+                log_request(&head, 500, started);
+                return;
             }
         }
     }
+}
+
+/// Answers an error found before the body was read, then closes.
+fn finish_early(
+    mut connection: Connection,
+    head: Option<&Head>,
+    error: &ApiError,
+    started: Instant,
+) {
+    let reply = error.reply();
+    let bytes = reply.bytes();
+    let head_only = head.is_some_and(|head| head.method == "HEAD");
+    let _ = answer_of(&reply, &bytes, head_only, true).write_to(&mut connection.stream);
+    match head {
+        Some(head) => log_request(head, reply.status, started),
+        None => log::info!("- - {} (bad request head)", reply.status),
+    }
+    connection.linger_close(Duration::from_millis(500));
+}
+
+fn write_reply(
+    connection: &mut Connection,
+    head: &Head,
+    reply: &Reply,
+    close: bool,
+) -> std::io::Result<()> {
+    let bytes = reply.bytes();
+    let mut answer = answer_of(reply, &bytes, head.method == "HEAD", close);
+    answer.keep_alive_10 = head.http10 && !close;
+    answer.write_to(&mut connection.stream)
+}
+
+fn answer_of<'a>(reply: &'a Reply, bytes: &'a [u8], head_only: bool, close: bool) -> Answer<'a> {
+    Answer {
+        status: reply.status,
+        content_type: "application/json",
+        headers: &reply.headers,
+        body: bytes,
+        head_only,
+        close,
+        keep_alive_10: false,
+    }
+}
+
+/// One info line per request: method, path (no query: it may hold secrets), status, time.
+fn log_request(head: &Head, status: u16, started: Instant) {
+    let path = head.target.split('?').next().unwrap_or_default();
+    log::info!(
+        "{} {path} {status} {}ms",
+        head.method,
+        started.elapsed().as_millis()
+    );
 }
 
 /// Runs a handler so that a panic becomes a 500 answer and the worker lives on.
@@ -279,71 +672,38 @@ fn guarded(handler: impl FnOnce() -> Result<Reply, ApiError>) -> Reply {
     }
 }
 
-/// Checks the key, routes the request, and reads its body within the route's limit.
-fn read_request(context: &Context, request: &mut Request) -> Result<(ApiRequest, Route), ApiError> {
-    let mut api_key = None;
-    for header in request.headers() {
-        let field = header.field.as_str().as_str();
-        if field.eq_ignore_ascii_case("x-api-key") {
-            api_key = Some(header.value.as_str().to_string());
-        } else if field.eq_ignore_ascii_case("authorization") && api_key.is_none() {
-            let value = header.value.as_str();
-            // The scheme name is case-insensitive (RFC 9110).
-            if let Some((scheme, token)) = value.split_once(' ') {
-                if scheme.eq_ignore_ascii_case("bearer") {
-                    api_key = Some(token.trim().to_string());
-                }
-            }
-        }
+/// The API key a request carries: `X-API-Key`, else `Authorization: Bearer`.
+fn api_key_of(head: &Head) -> Option<&str> {
+    if let Some(key) = head.header("x-api-key") {
+        return Some(key);
+    }
+    let value = head.header("authorization")?;
+    // The scheme name is case-insensitive (RFC 9110).
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// Decides everything that needs no body, before any of it is read: a declared length
+/// over the limit (413, whoever asks: the number alone settles it), the key (401), the
+/// route (404, 405, 400).
+fn admit(context: &Context, head: &Head) -> Result<Route, ApiError> {
+    let route = routes::parse(&head.method, &head.target);
+    let limit = match &route {
+        Ok(route) => body_limit(&context.config, route),
+        Err(_) => context.config.max_body_bytes,
+    };
+    if matches!(head.framing, Framing::Length(length) if length > limit) {
+        return Err(ApiError::BodyTooLarge { limit });
     }
     if let Some(expected) = &context.config.api_key {
-        let given = api_key.as_deref().unwrap_or_default();
+        let given = api_key_of(head).unwrap_or_default();
         if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
             return Err(ApiError::Unauthorized);
         }
     }
-    // Routed before the body is read: the route decides the body's limit.
-    let route = routes::parse(request.method().as_str(), request.url())?;
-    let limit = body_limit(&context.config, &route);
-    if request
-        .body_length()
-        .is_some_and(|length| length as u64 > limit)
-    {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-    // Each read is bounded by the socket's timeout, the whole body by the same time:
-    // a client dribbling a byte at a time cannot hold a worker.
-    let give_up = Instant::now() + context.config.client_timeout;
-    let mut body = Vec::new();
-    let mut reader = request.as_reader().take(limit + 1);
-    let mut buffer = [0u8; 16 * 1024];
-    loop {
-        if Instant::now() > give_up {
-            return Err(ApiError::BadBody(
-                "request body took too long to arrive".into(),
-            ));
-        }
-        match reader.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(count) => body.extend_from_slice(&buffer[..count]),
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(error) => {
-                return Err(ApiError::BadBody(format!(
-                    "could not read request body: {error}"
-                )))
-            }
-        }
-    }
-    if body.len() as u64 > limit {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-    let api_request = ApiRequest {
-        method: request.method().as_str().to_string(),
-        url: request.url().to_string(),
-        api_key,
-        body,
-    };
-    Ok((api_request, route))
+    Ok(route?)
 }
 
 /// The largest body a route accepts: file uploads carry a whole file (in base64), every
@@ -396,24 +756,6 @@ fn dispatch(context: &Context, route: Route, body: &[u8]) -> Result<Reply, ApiEr
         Route::PutSandboxFile(name, path) => put_sandbox_file(context, &name, &path, body),
         Route::DeleteSandboxFile(name, path) => delete_sandbox_file(context, &name, &path),
         Route::PostSandboxFiles(name) => post_sandbox_files(context, &name, body),
-    }
-}
-
-fn respond(request: Request, reply: &Reply) {
-    let mut response = Response::new(
-        tiny_http::StatusCode(reply.status),
-        vec![Header::from_bytes("Content-Type", "application/json").expect("valid header")],
-        Cursor::new(reply.bytes()),
-        None,
-        None,
-    );
-    for (name, value) in &reply.headers {
-        if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            response.add_header(header);
-        }
-    }
-    if let Err(error) = request.respond(response) {
-        log::debug!("could not send response: {error}");
     }
 }
 

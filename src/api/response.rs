@@ -80,6 +80,16 @@ pub enum ApiError {
     BadBody(String),
     /// The work queue is full.
     Busy,
+    /// Every client connection the server allows is open.
+    TooManyConnections,
+    /// The request head or body did not arrive in time.
+    RequestTimeout(&'static str),
+    /// The request line is longer than the limit.
+    UriTooLong(usize),
+    /// A header line, the head or the header count is over its limit.
+    HeadersTooLarge(String),
+    /// A transfer coding we do not decode.
+    NotImplemented(String),
     /// A handler panicked.
     Panic,
     Domain(Error),
@@ -124,6 +134,17 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
             503,
             "Server busy: the request queue is full, retry shortly".into(),
         ),
+        ApiError::TooManyConnections => (
+            503,
+            "Server busy: too many open connections, retry shortly".into(),
+        ),
+        ApiError::RequestTimeout(what) => (408, format!("Request {what} took too long to arrive")),
+        ApiError::UriTooLong(limit) => (
+            414,
+            format!("Request line is longer than the {limit} byte limit"),
+        ),
+        ApiError::HeadersTooLarge(message) => (431, message.clone()),
+        ApiError::NotImplemented(message) => (501, message.clone()),
         ApiError::Panic => (
             500,
             "Internal server error (the request handler failed)".into(),

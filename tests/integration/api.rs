@@ -11,7 +11,12 @@ fn health_answers_both_documented_and_sdk_shapes() {
     let server = Server::start();
     let (status, body) = server.get("/health");
     assert_eq!(status, 200);
-    assert_eq!(body, json!({"success": true, "data": "ok", "status": "ok"}));
+    assert_eq!(body["success"], json!(true));
+    assert_eq!(body["data"], json!("ok"));
+    assert_eq!(body["status"], json!("ok"));
+    assert_eq!(body["workers"], json!({"configured": 8, "alive": 8}));
+    assert!(body["connections"]["open"].as_u64().unwrap() >= 1);
+    assert!(body["connections"]["max"].as_u64().unwrap() >= 16);
     server.finish();
 }
 

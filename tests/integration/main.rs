@@ -6,6 +6,7 @@ mod harness;
 mod api;
 mod cli;
 mod files;
+mod hostile;
 mod isolation;
 mod lifecycle;
 mod pool;
