@@ -384,6 +384,10 @@ fn spawn_worker(
     done: Sender<()>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<(), String> {
+    // Counted before the thread runs, so that `/health` never sees a pool still starting
+    // as a shrunken one; the guard takes it back when the thread ends.
+    context.edge.workers_alive.fetch_add(1, Ordering::SeqCst);
+    let edge_context = Arc::clone(&context);
     spawn(&format!("worker-{index}"), move || {
         let guard = WorkerGuard {
             index,
@@ -392,7 +396,6 @@ fn spawn_worker(
             done: done.clone(),
             shutdown,
         };
-        guard.started();
         for job in receiver {
             if catch_unwind(AssertUnwindSafe(|| work(&context, job))).is_err() {
                 log::error!("worker-{index}: a request panicked outside its handler");
@@ -402,6 +405,12 @@ fn spawn_worker(
         let _ = done.send(());
     })
     .map(|_| ())
+    .inspect_err(|_| {
+        edge_context
+            .edge
+            .workers_alive
+            .fetch_sub(1, Ordering::SeqCst);
+    })
 }
 
 /// Keeps the count of live workers, and replaces a worker whose thread unwinds.
@@ -411,15 +420,6 @@ struct WorkerGuard {
     receiver: Receiver<Job>,
     done: Sender<()>,
     shutdown: Arc<AtomicBool>,
-}
-
-impl WorkerGuard {
-    fn started(&self) {
-        self.context
-            .edge
-            .workers_alive
-            .fetch_add(1, Ordering::SeqCst);
-    }
 }
 
 impl Drop for WorkerGuard {
