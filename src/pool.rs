@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 
 use crate::command::{Collected, CommandResult, CommandSpec, OutputSink, Status};
 use crate::config::Config;
+use crate::docker::reference::ImageRef;
 use crate::docker::stream::StreamKind;
 use crate::docker::{ContainerSpec, Docker, DockerError, ExecSpec, Hijacked};
 use crate::error::{Error, Result};
@@ -68,12 +69,13 @@ pub struct PoolKey {
 
 impl PoolKey {
     /// `image[:profile]`, where the profile is recognised by name after the last `:`.
+    /// The image must be a valid reference (`ImageRef`).
     pub fn parse(text: &str, default_profile: Profile) -> std::result::Result<PoolKey, String> {
         if let Some((image, profile)) = text.rsplit_once(':') {
             if let Ok(profile) = Profile::parse(profile) {
                 if !image.is_empty() {
                     return Ok(PoolKey {
-                        image: image.to_string(),
+                        image: ImageRef::parse(image)?.to_string(),
                         profile,
                     });
                 }
@@ -83,7 +85,7 @@ impl PoolKey {
             return Err("empty pool image".into());
         }
         Ok(PoolKey {
-            image: text.to_string(),
+            image: ImageRef::parse(text)?.to_string(),
             profile: default_profile,
         })
     }
@@ -596,9 +598,17 @@ pub fn launch(
             return Ok(None);
         };
         let mut stream = StubStream::new(hijacked);
-        stream.read_hello().map_err(|source| DockerError::Io {
-            operation: "stub hello".into(),
-            source,
+        stream.read_hello().map_err(|source| {
+            match source
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<EngineSaid>())
+            {
+                Some(EngineSaid(message)) => DockerError::InStream(message.clone()),
+                None => DockerError::Io {
+                    operation: "stub hello".into(),
+                    source,
+                },
+            }
         })?;
         Ok(Some(stream))
     })();
@@ -642,8 +652,34 @@ pub fn exec_via_stub(
     };
     let exec_id = docker.exec_create(container, &exec_spec)?;
     let mut stream = StubStream::new(docker.exec_start(&exec_id)?);
-    stream.read_hello().map_err(run_lost)?;
+    stream.read_hello().map_err(hello_failed)?;
     stream.run(spec, started, sink).map_err(run_lost)
+}
+
+/// How long the rest of an engine's in-stream error message may take to arrive.
+const ENGINE_TEXT_WAIT: Duration = Duration::from_millis(500);
+
+/// What the engine wrote into a hijacked stream in place of the stub's hello.
+#[derive(Debug)]
+struct EngineSaid(String);
+
+impl std::fmt::Display for EngineSaid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EngineSaid {}
+
+/// A failed hello: the engine's own refusal, or a stub that broke off.
+fn hello_failed(error: io::Error) -> Error {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<EngineSaid>())
+    {
+        Some(EngineSaid(message)) => Error::Engine(DockerError::InStream(message.clone())),
+        None => run_lost(error),
+    }
 }
 
 /// A stub conversation that broke off: the engine answered, so this is not an
@@ -692,7 +728,25 @@ impl StubStream {
 
     fn read_hello(&mut self) -> io::Result<()> {
         self.hijacked.set_read_timeout(Some(HELLO_TIMEOUT))?;
-        match stub::read_record(self)? {
+        let mut kind = [0u8; 1];
+        if self.read(&mut kind)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the stub exited before saying hello",
+            ));
+        }
+        if kind[0] != stub::HELLO {
+            // Not our stub: once it has hijacked the connection, the engine reports a
+            // failure to start the process (its container stopped or went away) as text
+            // in the stream. Never read that as records.
+            let mut text = kind.to_vec();
+            self.hijacked.set_read_timeout(Some(ENGINE_TEXT_WAIT))?;
+            let _ = self.by_ref().take(4096).read_to_end(&mut text);
+            return Err(io::Error::other(EngineSaid(
+                String::from_utf8_lossy(&text).trim().to_string(),
+            )));
+        }
+        match stub::read_record(&mut (&kind[..]).chain(&mut *self))? {
             Some((stub::HELLO, _)) => Ok(()),
             Some((kind, _)) => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -849,6 +903,8 @@ mod tests {
             ("busybox", Profile::Permissive)
         );
         assert!(PoolKey::parse("", Profile::Moderate).is_err());
+        assert!(PoolKey::parse("../../etc", Profile::Moderate).is_err());
+        assert!(PoolKey::parse("/:restrictive", Profile::Moderate).is_err());
     }
 
     #[test]
