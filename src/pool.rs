@@ -46,6 +46,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const DYNAMIC_IDLE: Duration = Duration::from_secs(600);
 /// How long without a take counts as a quiet moment for refills and teardowns.
 const QUIET: Duration = Duration::from_millis(150);
+/// How long after a take even an urgent refill waits (see `refill_loop`).
+const SETTLE: Duration = Duration::from_millis(50);
 /// Most used containers held for a quiet moment, and longest hold.
 const MAX_HELD: usize = 32;
 const MAX_HOLD: Duration = Duration::from_secs(10);
@@ -202,6 +204,8 @@ pub struct Pool {
     reap_receiver: Receiver<Warm>,
     /// Containers queued for removal or being removed.
     reaping: AtomicUsize,
+    /// Requests launching a container of their own right now (the cold path).
+    cold_starts: AtomicUsize,
     /// When a request last took a warm container.
     last_take: Mutex<Option<Instant>>,
     /// Remove used containers on the caller's thread (no reaper thread runs).
@@ -240,6 +244,7 @@ impl Pool {
             reap_sender,
             reap_receiver,
             reaping: AtomicUsize::new(0),
+            cold_starts: AtomicUsize::new(0),
             last_take: Mutex::new(None),
             inline_reaping: false,
         }
@@ -290,6 +295,15 @@ impl Pool {
             }
             other => other,
         }
+    }
+
+    /// Marks a request's own container start (the cold path) until the guard drops.
+    /// Refills wait for it: the engine serializes part of every container start (its
+    /// network setup), so a refill started at the same moment, as the take that
+    /// emptied the pool asks for, would put the request's start behind the pool's.
+    pub fn cold_start(&self) -> ColdStart<'_> {
+        self.cold_starts.fetch_add(1, Ordering::SeqCst);
+        ColdStart(self)
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<PoolKey, KeyState>> {
@@ -432,12 +446,20 @@ impl Pool {
                     // the runs going on meanwhile: while requests keep coming, only a
                     // key down to a quarter of its target is refilled at once; the
                     // rest waits for a quiet moment.
+                    // Even an urgent refill waits a moment after a take, so that requests
+                    // arriving together have marked their cold starts (below) first.
                     let last_take = *self.last_take.lock().unwrap_or_else(|e| e.into_inner());
                     let quiet_at = last_take.map(|at| at + QUIET).filter(|at| *at > now);
+                    let settled_at = last_take.map(|at| at + SETTLE).filter(|at| *at > now);
+                    // No refill starts while a request launches its own container:
+                    // the request's start would queue behind ours in the engine.
+                    let cold_starts = self.cold_starts.load(Ordering::SeqCst);
                     let wanted = keys.iter().find(|(_, state)| {
                         let have = state.ready.len() + state.creating;
                         let urgent = have < state.target.div_ceil(4);
-                        have < state.target
+                        cold_starts == 0
+                            && settled_at.is_none()
+                            && have < state.target
                             && (urgent || quiet_at.is_none())
                             && state.retry_at.is_none_or(|at| at <= now)
                     });
@@ -450,6 +472,7 @@ impl Pool {
                         .values()
                         .filter_map(|state| state.retry_at)
                         .chain(quiet_at)
+                        .chain(settled_at)
                         .filter(|at| *at > now)
                         .min()
                         .map(|at| at - now)
@@ -541,6 +564,20 @@ impl Pool {
                 log::warn!("could not remove warm container {id}: {error}");
             }
         }
+    }
+}
+
+/// A request's cold start in progress; see `Pool::cold_start`.
+pub struct ColdStart<'a>(&'a Pool);
+
+impl Drop for ColdStart<'_> {
+    fn drop(&mut self) {
+        // Under the lock, so that the refill thread cannot miss the wake-up between
+        // its look at the count and its wait.
+        let keys = self.0.lock();
+        self.0.cold_starts.fetch_sub(1, Ordering::SeqCst);
+        drop(keys);
+        self.0.wake.notify_all();
     }
 }
 

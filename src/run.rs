@@ -64,6 +64,8 @@ pub fn run(
     let mut container = match pooled {
         Some(warm) => warm,
         None => {
+            // Refills wait until this start is done (see `Pool::cold_start`).
+            let _cold = pool.cold_start();
             if !docker.image_exists(request.image.as_str())? {
                 return Err(Error::ImageMissing(request.image.to_string()));
             }

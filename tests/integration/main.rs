@@ -12,3 +12,4 @@ mod pool;
 mod runs;
 mod sandboxes;
 mod streams;
+mod validation;
