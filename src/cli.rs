@@ -726,7 +726,10 @@ fn parse_serve(parser: &mut lexopt::Parser, env: &dyn Environment) -> Result<Com
             Long("namespace") => {
                 config.namespace = Namespace::parse(&parser.value()?.string()?).map_err(Misuse)?
             }
-            Long("default-image") => config.images.default_image = parser.value()?.string()?,
+            Long("default-image") => config
+                .images
+                .set_default(&parser.value()?.string()?)
+                .map_err(Misuse)?,
             Long("image") => set_image(&mut config.images, &parser.value()?.string()?)?,
             Long("default-profile") => {
                 config.default_profile =

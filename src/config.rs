@@ -161,7 +161,7 @@ impl Config {
             config.stub = false;
         }
         if let Some(image) = env.var("AGENTKERNEL_DEFAULT_IMAGE") {
-            config.images.default_image = image;
+            config.images.set_default(&image)?;
         }
         for runtime in RUNTIMES {
             let variable = format!("AGENTKERNEL_IMAGE_{}", runtime.name.to_ascii_uppercase());
@@ -284,7 +284,15 @@ impl ImageTable {
         if image.is_empty() {
             return Err(format!("empty image for runtime '{runtime}'"));
         }
+        crate::docker::reference::ImageRef::parse(image)?;
         self.overrides.insert(known.name, image.to_string());
+        Ok(())
+    }
+
+    /// Sets the image of commands of no known runtime; it must be a valid reference.
+    pub fn set_default(&mut self, image: &str) -> Result<(), String> {
+        crate::docker::reference::ImageRef::parse(image)?;
+        self.default_image = image.to_string();
         Ok(())
     }
 
@@ -348,6 +356,8 @@ mod tests {
         assert_eq!(config.api_key.as_deref(), Some("k"));
         assert_eq!(config.docker_socket, PathBuf::from("/run/d.sock"));
         assert!(ImageTable::default().set("cobol", "x").is_err());
+        assert!(ImageTable::default().set("python", "../../etc").is_err());
+        assert!(ImageTable::default().set_default("/").is_err());
     }
 
     #[test]

@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 
 use crate::command::{Collected, CommandResult, CommandSpec, OutputSink, Status};
 use crate::config::Config;
+use crate::docker::reference::ImageRef;
 use crate::docker::stream::StreamKind;
 use crate::docker::{ContainerSpec, Docker, DockerError, ExecSpec, Hijacked};
 use crate::error::{Error, Result};
@@ -45,6 +46,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const DYNAMIC_IDLE: Duration = Duration::from_secs(600);
 /// How long without a take counts as a quiet moment for refills and teardowns.
 const QUIET: Duration = Duration::from_millis(150);
+/// How long after a take even an urgent refill waits (see `refill_loop`).
+const SETTLE: Duration = Duration::from_millis(50);
 /// Most used containers held for a quiet moment, and longest hold.
 const MAX_HELD: usize = 32;
 const MAX_HOLD: Duration = Duration::from_secs(10);
@@ -68,12 +71,13 @@ pub struct PoolKey {
 
 impl PoolKey {
     /// `image[:profile]`, where the profile is recognised by name after the last `:`.
+    /// The image must be a valid reference (`ImageRef`).
     pub fn parse(text: &str, default_profile: Profile) -> std::result::Result<PoolKey, String> {
         if let Some((image, profile)) = text.rsplit_once(':') {
             if let Ok(profile) = Profile::parse(profile) {
                 if !image.is_empty() {
                     return Ok(PoolKey {
-                        image: image.to_string(),
+                        image: ImageRef::parse(image)?.to_string(),
                         profile,
                     });
                 }
@@ -83,7 +87,7 @@ impl PoolKey {
             return Err("empty pool image".into());
         }
         Ok(PoolKey {
-            image: text.to_string(),
+            image: ImageRef::parse(text)?.to_string(),
             profile: default_profile,
         })
     }
@@ -200,6 +204,8 @@ pub struct Pool {
     reap_receiver: Receiver<Warm>,
     /// Containers queued for removal or being removed.
     reaping: AtomicUsize,
+    /// Requests launching a container of their own right now (the cold path).
+    cold_starts: AtomicUsize,
     /// When a request last took a warm container.
     last_take: Mutex<Option<Instant>>,
     /// Remove used containers on the caller's thread (no reaper thread runs).
@@ -238,6 +244,7 @@ impl Pool {
             reap_sender,
             reap_receiver,
             reaping: AtomicUsize::new(0),
+            cold_starts: AtomicUsize::new(0),
             last_take: Mutex::new(None),
             inline_reaping: false,
         }
@@ -288,6 +295,15 @@ impl Pool {
             }
             other => other,
         }
+    }
+
+    /// Marks a request's own container start (the cold path) until the guard drops.
+    /// Refills wait for it: the engine serializes part of every container start (its
+    /// network setup), so a refill started at the same moment, as the take that
+    /// emptied the pool asks for, would put the request's start behind the pool's.
+    pub fn cold_start(&self) -> ColdStart<'_> {
+        self.cold_starts.fetch_add(1, Ordering::SeqCst);
+        ColdStart(self)
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<PoolKey, KeyState>> {
@@ -430,12 +446,20 @@ impl Pool {
                     // the runs going on meanwhile: while requests keep coming, only a
                     // key down to a quarter of its target is refilled at once; the
                     // rest waits for a quiet moment.
+                    // Even an urgent refill waits a moment after a take, so that requests
+                    // arriving together have marked their cold starts (below) first.
                     let last_take = *self.last_take.lock().unwrap_or_else(|e| e.into_inner());
                     let quiet_at = last_take.map(|at| at + QUIET).filter(|at| *at > now);
+                    let settled_at = last_take.map(|at| at + SETTLE).filter(|at| *at > now);
+                    // No refill starts while a request launches its own container:
+                    // the request's start would queue behind ours in the engine.
+                    let cold_starts = self.cold_starts.load(Ordering::SeqCst);
                     let wanted = keys.iter().find(|(_, state)| {
                         let have = state.ready.len() + state.creating;
                         let urgent = have < state.target.div_ceil(4);
-                        have < state.target
+                        cold_starts == 0
+                            && settled_at.is_none()
+                            && have < state.target
                             && (urgent || quiet_at.is_none())
                             && state.retry_at.is_none_or(|at| at <= now)
                     });
@@ -448,6 +472,7 @@ impl Pool {
                         .values()
                         .filter_map(|state| state.retry_at)
                         .chain(quiet_at)
+                        .chain(settled_at)
                         .filter(|at| *at > now)
                         .min()
                         .map(|at| at - now)
@@ -542,6 +567,20 @@ impl Pool {
     }
 }
 
+/// A request's cold start in progress; see `Pool::cold_start`.
+pub struct ColdStart<'a>(&'a Pool);
+
+impl Drop for ColdStart<'_> {
+    fn drop(&mut self) {
+        // Under the lock, so that the refill thread cannot miss the wake-up between
+        // its look at the count and its wait.
+        let keys = self.0.lock();
+        self.0.cold_starts.fetch_sub(1, Ordering::SeqCst);
+        drop(keys);
+        self.0.wake.notify_all();
+    }
+}
+
 /// Creates, attaches and starts a temporary container for `key`. `workdir` is given on
 /// the cold path so that a read-only profile gets a writable workdir.
 pub fn launch(
@@ -596,9 +635,17 @@ pub fn launch(
             return Ok(None);
         };
         let mut stream = StubStream::new(hijacked);
-        stream.read_hello().map_err(|source| DockerError::Io {
-            operation: "stub hello".into(),
-            source,
+        stream.read_hello().map_err(|source| {
+            match source
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<EngineSaid>())
+            {
+                Some(EngineSaid(message)) => DockerError::InStream(message.clone()),
+                None => DockerError::Io {
+                    operation: "stub hello".into(),
+                    source,
+                },
+            }
         })?;
         Ok(Some(stream))
     })();
@@ -642,8 +689,34 @@ pub fn exec_via_stub(
     };
     let exec_id = docker.exec_create(container, &exec_spec)?;
     let mut stream = StubStream::new(docker.exec_start(&exec_id)?);
-    stream.read_hello().map_err(run_lost)?;
+    stream.read_hello().map_err(hello_failed)?;
     stream.run(spec, started, sink).map_err(run_lost)
+}
+
+/// How long the rest of an engine's in-stream error message may take to arrive.
+const ENGINE_TEXT_WAIT: Duration = Duration::from_millis(500);
+
+/// What the engine wrote into a hijacked stream in place of the stub's hello.
+#[derive(Debug)]
+struct EngineSaid(String);
+
+impl std::fmt::Display for EngineSaid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EngineSaid {}
+
+/// A failed hello: the engine's own refusal, or a stub that broke off.
+fn hello_failed(error: io::Error) -> Error {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<EngineSaid>())
+    {
+        Some(EngineSaid(message)) => Error::Engine(DockerError::InStream(message.clone())),
+        None => run_lost(error),
+    }
 }
 
 /// A stub conversation that broke off: the engine answered, so this is not an
@@ -692,7 +765,25 @@ impl StubStream {
 
     fn read_hello(&mut self) -> io::Result<()> {
         self.hijacked.set_read_timeout(Some(HELLO_TIMEOUT))?;
-        match stub::read_record(self)? {
+        let mut kind = [0u8; 1];
+        if self.read(&mut kind)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the stub exited before saying hello",
+            ));
+        }
+        if kind[0] != stub::HELLO {
+            // Not our stub: once it has hijacked the connection, the engine reports a
+            // failure to start the process (its container stopped or went away) as text
+            // in the stream. Never read that as records.
+            let mut text = kind.to_vec();
+            self.hijacked.set_read_timeout(Some(ENGINE_TEXT_WAIT))?;
+            let _ = self.by_ref().take(4096).read_to_end(&mut text);
+            return Err(io::Error::other(EngineSaid(
+                String::from_utf8_lossy(&text).trim().to_string(),
+            )));
+        }
+        match stub::read_record(&mut (&kind[..]).chain(&mut *self))? {
             Some((stub::HELLO, _)) => Ok(()),
             Some((kind, _)) => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -849,6 +940,8 @@ mod tests {
             ("busybox", Profile::Permissive)
         );
         assert!(PoolKey::parse("", Profile::Moderate).is_err());
+        assert!(PoolKey::parse("../../etc", Profile::Moderate).is_err());
+        assert!(PoolKey::parse("/:restrictive", Profile::Moderate).is_err());
     }
 
     #[test]

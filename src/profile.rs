@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::docker::HostSettings;
+use crate::docker::{HostResources, HostSettings};
 
 /// The unprivileged user restrictive containers run as (`nobody` in most images).
 pub const UNPRIVILEGED_USER: &str = "65534:65534";
@@ -125,6 +125,45 @@ impl Profile {
         }
     }
 
+    /// Checks a run's workdir against this profile. Where the root is read-only, a
+    /// cold container gets a tmpfs at its workdir, and the engine (runc) fails to start
+    /// a container with a tmpfs over what it manages itself: `/proc`, `/sys`, `/dev`,
+    /// its `/etc` files, and our own stub's directory. The path must also be plain
+    /// (no `.` or `..` parts), since it becomes a mount point.
+    pub fn check_workdir(self, workdir: &str) -> Result<(), String> {
+        if !self.read_only_root() {
+            return Ok(());
+        }
+        const RESERVED_TREES: [&str; 4] = ["/proc", "/sys", "/dev", "/.agentkernel"];
+        const RESERVED_FILES: [&str; 3] = ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
+        let refuse = |why: &str| {
+            Err(format!(
+                "workdir '{workdir}' cannot be used under the '{}' profile: {why}",
+                self.name()
+            ))
+        };
+        let plain = workdir.trim_end_matches('/');
+        if plain
+            .split('/')
+            .skip(1)
+            .any(|part| part == "." || part == ".." || part.is_empty())
+        {
+            return refuse("it must be a plain absolute path, without '.', '..' or '//'");
+        }
+        let under = |tree: &str| {
+            plain == tree
+                || plain
+                    .strip_prefix(tree)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        };
+        if RESERVED_TREES.iter().any(|tree| under(tree)) || RESERVED_FILES.contains(&plain) {
+            return refuse(
+                "the read-only root gets a writable tmpfs there, and the engine manages                  that path itself",
+            );
+        }
+        Ok(())
+    }
+
     /// The engine settings for this profile with these limits. `workdir` is made a
     /// writable tmpfs where the root is read-only; `mounts` are our own read-only binds
     /// (the stub), the only host paths a container ever sees.
@@ -174,6 +213,32 @@ pub fn check_bound(field: &str, value: u64, (low, high): (u64, u64)) -> Result<u
         ))
     } else {
         Ok(value)
+    }
+}
+
+/// Checks requested CPUs against the engine's host: the engine refuses a container more
+/// CPUs than its host has, and that refusal is the request's fault, not the engine's.
+pub fn check_host_cpus(vcpus: u64, host: HostResources) -> Result<u64, String> {
+    if vcpus > host.cpus {
+        Err(format!(
+            "vcpus {vcpus} exceeds the {} CPUs of the engine's host",
+            host.cpus
+        ))
+    } else {
+        Ok(vcpus)
+    }
+}
+
+/// Checks requested memory against the engine's host: a limit above what the host has
+/// is no limit at all.
+pub fn check_host_memory(memory_mb: u64, host: HostResources) -> Result<u64, String> {
+    let host_mb = host.memory_bytes / (1024 * 1024);
+    if memory_mb > host_mb {
+        Err(format!(
+            "memory_mb {memory_mb} exceeds the {host_mb} MiB of memory of the engine's host"
+        ))
+    } else {
+        Ok(memory_mb)
     }
 }
 
@@ -228,5 +293,48 @@ mod tests {
         assert_eq!(check_bound("memory_mb", 64, MEMORY_MB_RANGE), Ok(64));
         let error = check_bound("memory_mb", 1, MEMORY_MB_RANGE).unwrap_err();
         assert_eq!(error, "memory_mb must be between 16 and 16384, got 1");
+    }
+
+    #[test]
+    fn read_only_workdirs_stay_off_what_the_engine_manages() {
+        let restrictive = Profile::Restrictive;
+        for good in [
+            "/", "/work", "/tmp", "/tmp/a", "/sysroot", "/etc/x", "/home/u/",
+        ] {
+            assert_eq!(restrictive.check_workdir(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "/proc",
+            "/proc/x",
+            "/sys/fs",
+            "/dev",
+            "/etc/hosts",
+            "/.agentkernel",
+            "/a/../b",
+            "/a/./b",
+            "/a//b",
+        ] {
+            let error = restrictive.check_workdir(bad).unwrap_err();
+            assert!(error.contains(&format!("'{bad}'")), "{error}");
+        }
+        assert_eq!(Profile::Moderate.check_workdir("/proc"), Ok(()));
+    }
+
+    #[test]
+    fn host_bounds_name_the_host() {
+        let host = HostResources {
+            cpus: 2,
+            memory_bytes: 1024 * 1024 * 1024,
+        };
+        assert_eq!(check_host_cpus(2, host), Ok(2));
+        assert_eq!(
+            check_host_cpus(16, host).unwrap_err(),
+            "vcpus 16 exceeds the 2 CPUs of the engine's host"
+        );
+        assert_eq!(check_host_memory(1024, host), Ok(1024));
+        assert_eq!(
+            check_host_memory(1025, host).unwrap_err(),
+            "memory_mb 1025 exceeds the 1024 MiB of memory of the engine's host"
+        );
     }
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::command::{collect_stream, CommandResult, CommandSpec, OutputSink, Status};
 use crate::config::Config;
+use crate::docker::reference::ImageRef;
 use crate::docker::{Docker, DockerError, ExecSpec};
 use crate::error::{Error, Result};
 use crate::labels::Kind;
@@ -26,7 +27,7 @@ use crate::stub;
 /// A validated `/run` request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRequest {
-    pub image: String,
+    pub image: ImageRef,
     pub profile: Profile,
     pub fast: bool,
     pub command: CommandSpec,
@@ -51,7 +52,7 @@ pub fn run(
 ) -> Result<CommandResult> {
     let started = Instant::now();
     let key = PoolKey {
-        image: request.image.clone(),
+        image: request.image.to_string(),
         profile: request.profile,
     };
     let pooled = if request.fast && pool_can_serve(request) {
@@ -63,8 +64,10 @@ pub fn run(
     let mut container = match pooled {
         Some(warm) => warm,
         None => {
-            if !docker.image_exists(&request.image)? {
-                return Err(Error::ImageMissing(request.image.clone()));
+            // Refills wait until this start is done (see `Pool::cold_start`).
+            let _cold = pool.cold_start();
+            if !docker.image_exists(request.image.as_str())? {
+                return Err(Error::ImageMissing(request.image.to_string()));
             }
             let workdir = request.command.workdir.as_deref();
             let warm = pool.launch(docker, config, &key, Kind::Run, workdir)?;

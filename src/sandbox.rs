@@ -6,11 +6,12 @@
 //! the truth; limits reported are read back from the engine, never echoed from the
 //! request; a failed create leaves no container behind.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::command::{CommandResult, CommandSpec, OutputSink};
 use crate::config::Config;
-use crate::docker::{ContainerInspect, ContainerSpec, Docker};
+use crate::docker::reference::ImageRef;
+use crate::docker::{ContainerInspect, ContainerSpec, Docker, DockerError};
 use crate::error::{Error, Result};
 use crate::labels::{self, container_name, Kind, SandboxName};
 use crate::pool::Launcher;
@@ -19,6 +20,8 @@ use crate::stub;
 
 /// How long a stopping sandbox gets between SIGTERM and SIGKILL.
 const STOP_GRACE_SECONDS: u32 = 5;
+/// How long an exec the engine refused waits for the sandbox's state to say why.
+const EXEC_STATE_SETTLE: Duration = Duration::from_secs(2);
 
 /// A sandbox as the API reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,7 +67,7 @@ impl SandboxStatus {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateSandbox {
     pub name: SandboxName,
-    pub image: String,
+    pub image: ImageRef,
     pub profile: Profile,
     pub limits: Limits,
 }
@@ -174,8 +177,8 @@ pub fn create(
     launcher: &Launcher,
     request: &CreateSandbox,
 ) -> Result<Sandbox> {
-    if !docker.image_exists(&request.image)? {
-        return Err(Error::ImageMissing(request.image.clone()));
+    if !docker.image_exists(request.image.as_str())? {
+        return Err(Error::ImageMissing(request.image.to_string()));
     }
     // With the stub mounted, it is also the sandbox's idle main process, so images
     // without a shell work too.
@@ -187,7 +190,7 @@ pub fn create(
     let mut labels = labels::labels(
         &config.namespace,
         Kind::Sandbox,
-        &request.image,
+        request.image.as_str(),
         request.profile.name(),
         Some(&request.name),
     );
@@ -196,7 +199,7 @@ pub fn create(
     }
     let mut spec = ContainerSpec {
         name: Some(container_name(&config.namespace, &request.name)),
-        image: request.image.clone(),
+        image: request.image.to_string(),
         labels,
         entrypoint: Some(entrypoint),
         cmd: None,
@@ -213,7 +216,7 @@ pub fn create(
         if error.is_conflict() {
             Error::SandboxExists(request.name.to_string())
         } else if error.is_not_found() {
-            Error::ImageMissing(request.image.clone())
+            Error::ImageMissing(request.image.to_string())
         } else {
             Error::Engine(error)
         }
@@ -271,11 +274,58 @@ pub fn exec(
     } else {
         crate::run::exec_direct(docker, &inspect.id, spec, started, sink)
     };
-    result.map_err(|error| match error {
-        Error::Engine(engine) if engine.is_conflict() => Error::SandboxNotRunning(name.to_string()),
-        Error::Engine(engine) if engine.is_not_found() => Error::SandboxNotFound(name.to_string()),
-        other => other,
-    })
+    result.map_err(|error| explain_exec_failure(docker, config, name, error))
+}
+
+/// Why an exec failed, when the sandbox itself is the reason: an exec racing a delete
+/// or a stop meets the engine's 404 or 409, its in-stream refusal, or a stream cut
+/// short. Whichever it met, the sandbox's state now says what happened: gone (or being
+/// removed) is a `SandboxNotFound`, not running a `SandboxNotRunning`. Otherwise the
+/// error stands.
+pub fn explain_exec_failure(
+    docker: &Docker,
+    config: &Config,
+    name: &SandboxName,
+    error: Error,
+) -> Error {
+    if !matches!(error, Error::Engine(_) | Error::RunLost(_)) {
+        return error;
+    }
+    // The engine refuses an exec in a container it is already killing (or cuts its
+    // stream) a moment before inspect stops calling it running: give the state that
+    // moment to catch up.
+    let settle = matches!(
+        error,
+        Error::Engine(DockerError::InStream(_)) | Error::RunLost(_)
+    );
+    let give_up = Instant::now() + EXEC_STATE_SETTLE;
+    let state = loop {
+        let state = inspect_ours(docker, config, name);
+        let running = matches!(&state, Ok(inspect) if inspect.state.running
+            && !matches!(inspect.state.status.as_str(), "removing" | "dead"));
+        if !settle || !running || Instant::now() >= give_up {
+            break state;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    match state {
+        Err(Error::SandboxNotFound(_)) => Error::SandboxNotFound(name.to_string()),
+        Ok(inspect) if matches!(inspect.state.status.as_str(), "removing" | "dead") => {
+            Error::SandboxNotFound(name.to_string())
+        }
+        Ok(inspect) if !inspect.state.running => Error::SandboxNotRunning(name.to_string()),
+        // The sandbox is there and running (or the engine cannot say): the exec's own
+        // failure, with the engine's typed answers kept typed.
+        _ => match error {
+            Error::Engine(engine) if engine.is_not_found() => {
+                Error::SandboxNotFound(name.to_string())
+            }
+            Error::Engine(engine) if engine.is_conflict() => {
+                Error::SandboxNotRunning(name.to_string())
+            }
+            other => other,
+        },
+    }
 }
 
 fn short_id(id: &str) -> String {

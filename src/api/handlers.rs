@@ -16,10 +16,14 @@ use serde_json::{json, Value};
 
 use crate::command::{CommandSpec, NoObserver};
 use crate::config::Config;
+use crate::docker::reference::ImageRef;
 use crate::error::Error;
 use crate::files::{self, SandboxPath};
 use crate::labels::SandboxName;
-use crate::profile::{check_bound, Limits, Profile, MEMORY_MB_RANGE, PIDS_RANGE, VCPUS_RANGE};
+use crate::profile::{
+    check_bound, check_host_cpus, check_host_memory, Limits, Profile, MEMORY_MB_RANGE, PIDS_RANGE,
+    VCPUS_RANGE,
+};
 use crate::run::RunRequest;
 use crate::sandbox::{self, CreateSandbox};
 
@@ -95,6 +99,19 @@ impl CommandFields {
     }
 }
 
+/// The image a body names, else `default` (configured, so already valid).
+fn parse_image(image: Option<String>, default: &str) -> Result<ImageRef, ApiError> {
+    match image {
+        Some(image) if image.trim().is_empty() => {
+            Err(ApiError::BadBody("image must not be empty".into()))
+        }
+        Some(image) => ImageRef::parse(&image).map_err(ApiError::BadBody),
+        None => ImageRef::parse(default).map_err(|error| {
+            ApiError::Domain(Error::Invalid(format!("configured default {error}")))
+        }),
+    }
+}
+
 fn parse_profile(name: Option<String>, config: &Config) -> Result<Profile, ApiError> {
     match name {
         None => Ok(config.default_profile),
@@ -141,17 +158,13 @@ pub fn parse_run(context: &Context, body: &[u8]) -> Result<RunRequest, ApiError>
 fn run_request(context: &Context, body: RunBody) -> Result<RunRequest, ApiError> {
     let profile = parse_profile(body.profile, &context.config)?;
     let command = body.command.into_spec(&context.config)?;
-    let image = match body.image {
-        Some(image) if image.trim().is_empty() => {
-            return Err(ApiError::BadBody("image must not be empty".into()))
-        }
-        Some(image) => image,
-        None => context
-            .config
-            .images
-            .image_for(&command.argv[0])
-            .to_string(),
-    };
+    if let Some(workdir) = &command.workdir {
+        profile.check_workdir(workdir).map_err(ApiError::BadBody)?;
+    }
+    let image = parse_image(
+        body.image,
+        context.config.images.image_for(&command.argv[0]),
+    )?;
     Ok(RunRequest {
         image,
         profile,
@@ -177,10 +190,10 @@ pub fn post_run_stream(context: &Context, body: &[u8]) -> Result<Reply, ApiError
     // Errors that have a status code are answered before the stream starts.
     if !context
         .docker
-        .image_exists(&request.image)
+        .image_exists(request.image.as_str())
         .map_err(Error::from)?
     {
-        return Err(Error::ImageMissing(request.image).into());
+        return Err(Error::ImageMissing(request.image.to_string()).into());
     }
     Ok(Reply::events(StreamJob::Run(request)))
 }
@@ -237,14 +250,21 @@ pub fn post_sandboxes(context: &Context, body: &[u8]) -> Result<Reply, ApiError>
     }
     let profile = parse_profile(body.profile, &context.config)?;
     let defaults = profile.default_limits();
+    let image = parse_image(body.image, &context.config.images.default_image)?;
+    // What the engine's host has bounds an override too (asked once, then cached).
+    let host = || context.docker.host_resources().map_err(Error::from);
     let limits = Limits {
         memory_mb: match body.memory_mb {
-            Some(mb) => check_bound("memory_mb", mb, MEMORY_MB_RANGE).map_err(ApiError::BadBody)?,
+            Some(mb) => {
+                check_bound("memory_mb", mb, MEMORY_MB_RANGE).map_err(ApiError::BadBody)?;
+                check_host_memory(mb, host()?).map_err(ApiError::BadBody)?
+            }
             None => defaults.memory_mb,
         },
         millicpus: match body.vcpus {
             Some(cpus) => {
-                check_bound("vcpus", cpus, VCPUS_RANGE).map_err(ApiError::BadBody)? * 1000
+                check_bound("vcpus", cpus, VCPUS_RANGE).map_err(ApiError::BadBody)?;
+                check_host_cpus(cpus, host()?).map_err(ApiError::BadBody)? * 1000
             }
             None => defaults.millicpus,
         },
@@ -252,13 +272,6 @@ pub fn post_sandboxes(context: &Context, body: &[u8]) -> Result<Reply, ApiError>
             Some(pids) => check_bound("pids", pids, PIDS_RANGE).map_err(ApiError::BadBody)?,
             None => defaults.pids,
         },
-    };
-    let image = match body.image {
-        Some(image) if image.trim().is_empty() => {
-            return Err(ApiError::BadBody("image must not be empty".into()))
-        }
-        Some(image) => image,
-        None => context.config.images.default_image.clone(),
     };
     let request = CreateSandbox {
         name,

@@ -163,7 +163,9 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
                 Error::FileTooLarge { .. } => 413,
                 Error::NoSpace { .. } => 507,
                 Error::Engine(DockerError::Unreachable { .. } | DockerError::Io { .. }) => 503,
-                Error::Engine(DockerError::Api { .. } | DockerError::Protocol(_)) => 502,
+                Error::Engine(
+                    DockerError::Api { .. } | DockerError::Protocol(_) | DockerError::InStream(_),
+                ) => 502,
                 Error::RunLost(_) => 502,
                 Error::DetachedNotFound { .. } => 404,
             };

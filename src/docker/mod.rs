@@ -11,6 +11,7 @@
 //! at all (the air-gap invariant: a missing image is an error, never a download).
 
 pub mod http;
+pub mod reference;
 pub mod stream;
 
 use std::collections::BTreeMap;
@@ -19,7 +20,7 @@ use std::io::{self, BufReader, Read};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -46,6 +47,10 @@ pub enum DockerError {
     Api { status: u16, message: String },
     /// The engine's answer could not be understood.
     Protocol(String),
+    /// After hijacking an attach or exec connection, the engine wrote this error text
+    /// into the stream instead of the process's output (it could not start the process:
+    /// its container stopped or went away).
+    InStream(String),
 }
 
 impl fmt::Display for DockerError {
@@ -64,6 +69,12 @@ impl fmt::Display for DockerError {
             }
             DockerError::Protocol(message) => {
                 write!(f, "unexpected answer from the Docker Engine: {message}")
+            }
+            DockerError::InStream(message) => {
+                write!(
+                    f,
+                    "the Docker Engine could not start the process: {message}"
+                )
             }
         }
     }
@@ -276,12 +287,24 @@ enum Body<'a> {
     Raw(&'a str, &'a [u8]),
 }
 
+/// What the engine's host has, from `GET /info`: the ceiling of any container's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostResources {
+    pub cpus: u64,
+    pub memory_bytes: u64,
+}
+
+/// How long `host_resources` trusts its last answer.
+const HOST_RESOURCES_TTL: Duration = Duration::from_secs(600);
+
 /// The client. Cheap to share between threads (`&Docker` is all a caller needs).
 pub struct Docker {
     socket: PathBuf,
     timeout: Duration,
     /// `/v1.NN` once negotiated; negotiation is retried while the engine is away.
     api_prefix: Mutex<Option<String>>,
+    /// The last `/info` answer and when it came.
+    host_resources: Mutex<Option<(Instant, HostResources)>>,
 }
 
 impl Docker {
@@ -291,6 +314,7 @@ impl Docker {
             socket,
             timeout,
             api_prefix: Mutex::new(None),
+            host_resources: Mutex::new(None),
         }
     }
 
@@ -436,6 +460,38 @@ impl Docker {
         let (_, bytes) = self.call(method, path, body, ok_statuses, Some(self.timeout))?;
         serde_json::from_slice(&bytes)
             .map_err(|error| DockerError::Protocol(format!("{method} {path}: {error}")))
+    }
+
+    /// The CPUs and memory of the engine's host. Asked once and kept for
+    /// `HOST_RESOURCES_TTL`, so requests that check their limits against it cost no
+    /// engine call; the lock is not held across the call (two threads may both ask).
+    pub fn host_resources(&self) -> Result<HostResources> {
+        let cached = *self
+            .host_resources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((at, resources)) = cached {
+            if at.elapsed() < HOST_RESOURCES_TTL {
+                return Ok(resources);
+            }
+        }
+        #[derive(Deserialize)]
+        struct Info {
+            #[serde(rename = "NCPU")]
+            ncpu: u64,
+            #[serde(rename = "MemTotal")]
+            mem_total: u64,
+        }
+        let info: Info = self.call_json("GET", "/info", None, &[200])?;
+        let resources = HostResources {
+            cpus: info.ncpu,
+            memory_bytes: info.mem_total,
+        };
+        *self
+            .host_resources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), resources));
+        Ok(resources)
     }
 
     pub fn image_exists(&self, image: &str) -> Result<bool> {

@@ -13,3 +13,4 @@ mod pool;
 mod runs;
 mod sandboxes;
 mod streams;
+mod validation;

@@ -1,0 +1,216 @@
+//! Hostile clients: what the client got wrong is a 4xx from our own validation, never an
+//! engine error passed through; an exec racing its sandbox's delete is a 404 or 409; and
+//! no request waits for another one.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::{docker, Server};
+
+/// A request from any thread (`Server` itself stays on the test's thread).
+fn send(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(120))
+        .build();
+    let request = agent.request(method, url);
+    let result = match body {
+        Some(body) => request
+            .set("Content-Type", "application/json")
+            .send_string(body),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("{method} {url}: {error}"),
+    };
+    let status = response.status();
+    let text = response.into_string().unwrap();
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("{method} {url} answered non-JSON: {text:?}"));
+    (status, value)
+}
+
+fn error_of(body: &Value) -> &str {
+    body["error"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn invalid_image_references_are_400s_naming_them_everywhere() {
+    let server = Server::start();
+    for image in [
+        "/",
+        "../../etc",
+        "Busybox",
+        "busybox:",
+        "a//b",
+        "x@sha256:abc",
+    ] {
+        let run = json!({"image": image, "command": ["true"]}).to_string();
+        for path in ["/run", "/run/stream"] {
+            let (status, body) = server.post(path, &run);
+            assert_eq!(status, 400, "{path} {image}: {body}");
+            assert!(
+                error_of(&body).contains(&format!("image '{image}'")),
+                "{path} {image}: {body}"
+            );
+        }
+        let create = json!({"name": "bad-image", "image": image}).to_string();
+        let (status, body) = server.post("/sandboxes", &create);
+        assert_eq!(status, 400, "sandbox {image}: {body}");
+        assert!(
+            error_of(&body).contains(&format!("image '{image}'")),
+            "{body}"
+        );
+
+        let batch = json!({"commands": [{"image": image, "command": ["true"]}]}).to_string();
+        let (status, body) = server.post("/batch/run", &batch);
+        assert_eq!(status, 200, "{body}");
+        let entry = &body["data"]["results"][0];
+        assert!(
+            entry["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("image '{image}'")),
+            "batch {image}: {body}"
+        );
+    }
+    // A valid reference that is not there is still the 404 it was.
+    let (status, body) = server.post("/run", r#"{"image":"nosuch/img:1","command":["true"]}"#);
+    assert_eq!(status, 404, "{body}");
+    server.finish();
+}
+
+#[test]
+fn limits_above_the_engines_host_are_400s_naming_the_host() {
+    let server = Server::start();
+    let host = docker().host_resources().expect("engine info");
+    if host.cpus < 16 {
+        let (status, body) = server.post("/sandboxes", r#"{"name":"cpus","vcpus":16}"#);
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(
+            error_of(&body),
+            format!(
+                "vcpus 16 exceeds the {} CPUs of the engine's host",
+                host.cpus
+            )
+        );
+    }
+    let host_mb = host.memory_bytes / (1024 * 1024);
+    if host_mb < 16 * 1024 {
+        let (status, body) = server.post("/sandboxes", r#"{"name":"mem","memory_mb":16384}"#);
+        assert_eq!(status, 400, "{body}");
+        assert!(error_of(&body).contains("of the engine's host"), "{body}");
+    }
+    // Within the host's limits, the override is honoured.
+    let (status, body) = server.post("/sandboxes", r#"{"name":"one-cpu","vcpus":1}"#);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(server.delete("/sandboxes/one-cpu").0, 200);
+    server.finish();
+}
+
+#[test]
+fn workdirs_the_engine_would_refuse_are_400s() {
+    let server = Server::start();
+    for workdir in ["/proc", "/dev", "/etc/hosts", "/a/../b"] {
+        let body = json!({"profile": "restrictive", "fast": false, "command": ["true"],
+                          "workdir": workdir})
+        .to_string();
+        let (status, answer) = server.post("/run", &body);
+        assert_eq!(status, 400, "{workdir}: {answer}");
+        assert!(
+            error_of(&answer).contains(&format!("'{workdir}'")),
+            "{answer}"
+        );
+    }
+    for (field, value) in [("workdir", json!("relative")), ("env", json!(["1X=y"]))] {
+        let mut body = json!({"command": ["true"]});
+        body[field] = value;
+        let (status, answer) = server.post("/run", &body.to_string());
+        assert_eq!(status, 400, "{field}: {answer}");
+    }
+    server.finish();
+}
+
+#[test]
+fn execs_racing_a_delete_answer_200_404_or_409() {
+    let server = Server::start();
+    for round in 0..3 {
+        let name = format!("race-{round}");
+        let (status, body) = server.post("/sandboxes", &json!({"name": name}).to_string());
+        assert_eq!(status, 201, "{body}");
+        let path = format!("/sandboxes/{name}/exec");
+        let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+            let execs: Vec<_> = (0..10)
+                .map(|index| {
+                    let url = server.url(&path);
+                    scope.spawn(move || {
+                        std::thread::sleep(Duration::from_millis(15 * index));
+                        send("POST", &url, Some(r#"{"command":["sh","-c","echo hi"]}"#))
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(60));
+            let (status, body) = server.delete(&format!("/sandboxes/{name}"));
+            assert_eq!(status, 200, "{body}");
+            execs.into_iter().map(|exec| exec.join().unwrap()).collect()
+        });
+        for (status, body) in &answers {
+            assert!(
+                matches!(status, 200 | 404 | 409),
+                "round {round}: {status} {body}"
+            );
+            if *status == 200 {
+                assert_eq!(body["data"]["stdout"], json!("hi\n"), "{body}");
+            } else {
+                assert!(error_of(body).contains(&format!("'{name}'")), "{body}");
+            }
+        }
+    }
+    server.finish();
+}
+
+/// Two runs at once on an idle server each take their own time, not the other's too:
+/// with a pool of one, the second goes cold, and must not wait for the first.
+#[test]
+fn two_concurrent_runs_never_wait_for_each_other() {
+    let server = Server::start();
+    // The pool's one container is ready: the server is idle.
+    assert!(crate::harness::eventually(Duration::from_secs(30), || {
+        server.get("/pool").1["data"]["keys"][0]["ready"] == json!(1)
+    }));
+    const SLEEP: Duration = Duration::from_secs(2);
+    // A cold start on a busy 2-core machine, with room to spare, yet less than SLEEP:
+    // waiting for the other run would put its whole SLEEP on top.
+    const MARGIN: Duration = Duration::from_millis(1900);
+    for trial in 0..10 {
+        let took: Vec<(Duration, u16, Value)> = std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..2)
+                .map(|_| {
+                    let url = server.url("/run");
+                    scope.spawn(move || {
+                        let started = Instant::now();
+                        let (status, body) =
+                            send("POST", &url, Some(r#"{"command":["sleep","2"]}"#));
+                        (started.elapsed(), status, body)
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|run| run.join().unwrap()).collect()
+        });
+        if took.iter().any(|t| t.0 > SLEEP + MARGIN) {
+            while let Ok(line) = server.log.try_recv() {
+                eprintln!("LOG {line}");
+            }
+        }
+        for (elapsed, status, body) in &took {
+            assert_eq!(*status, 200, "trial {trial}: {body}");
+            assert!(
+                *elapsed < SLEEP + MARGIN,
+                "trial {trial}: a run took {elapsed:?}: {:?}",
+                took.iter().map(|t| t.0).collect::<Vec<_>>()
+            );
+        }
+    }
+    server.finish();
+}
