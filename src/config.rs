@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::pool::PoolKey;
-use crate::profile::Profile;
+use crate::containers::pool::PoolKey;
+use crate::containers::profile::Profile;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -137,7 +137,7 @@ impl Config {
     pub fn from_env(env: &dyn Environment) -> Result<Config, String> {
         let mut config = Config {
             api_key: env.var("AGENTKERNEL_API_KEY"),
-            docker_socket: crate::docker::Docker::socket_from_env(
+            docker_socket: crate::engine::Docker::socket_from_env(
                 env.var("DOCKER_HOST").as_deref(),
             )?,
             ..Config::default()

@@ -19,13 +19,15 @@ use std::time::Duration;
 use lexopt::prelude::*;
 use serde_json::{json, Map, Value};
 
-use crate::client::{self, Backend};
-use crate::command::Observer;
+pub mod backend;
+
+use self::backend::Backend;
 use crate::config::{Config, Environment, ImageTable, Namespace};
-use crate::docker::stream::StreamKind;
-use crate::labels::SandboxName;
-use crate::pool::PoolKey;
-use crate::profile::Profile;
+use crate::containers::labels::SandboxName;
+use crate::containers::pool::PoolKey;
+use crate::containers::profile::Profile;
+use crate::engine::frames::StreamKind;
+use crate::exec::Observer;
 
 /// The help of one command: its usage line(s), printed alone on a usage error, and the
 /// details `--help` adds.
@@ -527,7 +529,7 @@ impl CommandArgs {
             CommandFlag::Env => {
                 let entry = parser.value()?.string()?;
                 if let Some(entry) = env_entry(entry, env) {
-                    if !crate::command::valid_env_entry(&entry) {
+                    if !crate::exec::valid_env_entry(&entry) {
                         return Err(Misuse(format!(
                             "-e '{entry}': expected KEY=VALUE with KEY of letters, digits and '_'"
                         )));
@@ -1071,7 +1073,7 @@ fn run_command(backend: &Backend, call: Call, command: &CommandArgs, failed: i32
     let timeout = Some(
         command
             .timeout_ms
-            .map_or(client::UNKNOWN_COMMAND_TIMEOUT, Duration::from_millis),
+            .map_or(backend::UNKNOWN_COMMAND_TIMEOUT, Duration::from_millis),
     );
     if command.json {
         // Not streamed: the API's own non-streaming answer, printed as it is.
@@ -1232,7 +1234,7 @@ fn serve(config: Config) -> i32 {
             return 1;
         }
     }
-    let docker = crate::docker::Docker::new(config.docker_socket.clone(), config.docker_timeout);
+    let docker = crate::engine::Docker::new(config.docker_socket.clone(), config.docker_timeout);
     match docker.ping() {
         Ok(version) => {
             log::info!(
@@ -1242,10 +1244,11 @@ fn serve(config: Config) -> i32 {
         }
         Err(error) => log::warn!("{error}; requests will answer 503 until it is reachable"),
     }
-    let launcher = crate::pool::Launcher::detect(config.stub);
-    let pool = crate::pool::Pool::new(launcher, &config.pool_keys(), config.pool_dynamic_size);
-    let context = Arc::new(crate::api::Context::new(config, docker, pool));
-    match crate::api::serve(context, shutdown) {
+    let launcher = crate::containers::pool::Launcher::detect(config.stub);
+    let pool =
+        crate::containers::pool::Pool::new(launcher, &config.pool_keys(), config.pool_dynamic_size);
+    let context = Arc::new(crate::server::Context::new(config, docker, pool));
+    match crate::server::serve(context, shutdown) {
         Ok(()) => 0,
         Err(error) => {
             eprintln!("agentkernel: {error}");

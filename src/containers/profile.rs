@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::docker::HostSettings;
+use crate::engine::HostSettings;
 
 /// The unprivileged user restrictive containers run as (`nobody` in most images).
 pub const UNPRIVILEGED_USER: &str = "65534:65534";
