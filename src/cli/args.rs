@@ -25,7 +25,7 @@ impl Misuse {
     fn of(self, topic: Topic) -> UsageError {
         UsageError {
             message: self.0,
-            usage: topic.usage,
+            usage: topic.usage(),
         }
     }
 }
@@ -317,12 +317,15 @@ pub(super) fn parse_run(
     let (mut image, mut profile, mut fast) = (None, None, true);
     let mut command = CommandArgs::default();
     while let Some(arg) = parser.next()? {
-        if let Some(flag) = command_flag(&arg) {
-            command.apply(flag, parser, env)?;
-            continue;
-        }
         if let Some(flag) = global_flag(&arg) {
             globals.apply(flag, parser)?;
+            continue;
+        }
+        if !RUN.accepts(&arg) {
+            return Err(arg.unexpected().into());
+        }
+        if let Some(flag) = command_flag(&arg) {
+            command.apply(flag, parser, env)?;
             continue;
         }
         match arg {
@@ -356,12 +359,15 @@ pub(super) fn parse_exec(
     let mut name = None;
     let mut command = CommandArgs::default();
     while let Some(arg) = parser.next()? {
-        if let Some(flag) = command_flag(&arg) {
-            command.apply(flag, parser, env)?;
-            continue;
-        }
         if let Some(flag) = global_flag(&arg) {
             globals.apply(flag, parser)?;
+            continue;
+        }
+        if !EXEC.accepts(&arg) {
+            return Err(arg.unexpected().into());
+        }
+        if let Some(flag) = command_flag(&arg) {
+            command.apply(flag, parser, env)?;
             continue;
         }
         match arg {
@@ -389,6 +395,9 @@ pub(super) fn parse_health(
         if let Some(flag) = global_flag(&arg) {
             globals.apply(flag, parser)?;
             continue;
+        }
+        if !HEALTH.accepts(&arg) {
+            return Err(arg.unexpected().into());
         }
         match arg {
             Long("help") | Short('h') => return Ok(Parsed::Help),
@@ -440,6 +449,9 @@ pub(super) fn parse_sandbox(
                 globals.apply(flag, parser)?;
                 continue;
             }
+            if !topic.accepts(&arg) {
+                return Err(arg.unexpected().into());
+            }
             match arg {
                 Long("help") | Short('h') => return Ok(Parsed::Help),
                 Long("json") => json = true,
@@ -479,6 +491,9 @@ pub(super) fn parse_serve(
 ) -> Result<Command, Misuse> {
     let mut config = Config::from_env(env).map_err(Misuse)?;
     while let Some(arg) = parser.next()? {
+        if !SERVE.accepts(&arg) {
+            return Err(arg.unexpected().into());
+        }
         match arg {
             Long("host") => config.host = parser.value()?.string()?,
             Long("port") => config.port = parser.value()?.parse()?,

@@ -118,7 +118,7 @@ pub enum Verb {
 #[derive(Debug, PartialEq)]
 pub struct UsageError {
     pub message: String,
-    pub usage: &'static str,
+    pub usage: String,
 }
 
 /// Runs the command; returns the process exit code.

@@ -363,7 +363,7 @@ fn usage_errors_name_the_commands_usage() {
     ];
     for (words, topic, needle) in cases {
         let error = parse_words(words).unwrap_err();
-        assert_eq!(error.usage, topic.usage, "{words:?}");
+        assert_eq!(error.usage, topic.usage(), "{words:?}");
         assert!(
             error.message.contains(needle),
             "{words:?}: {}",
@@ -539,5 +539,74 @@ fn log_level_from_the_environment_moved_by_flags() {
     assert_eq!(
         command(&["-q", "health"]).log_level(&debug),
         log::LevelFilter::Info
+    );
+}
+
+#[test]
+fn every_flag_in_the_help_is_one_the_parser_takes() {
+    let sample = |placeholder: &str| match placeholder {
+        "I" | "IMAGE" => "busybox",
+        "P" => "moderate",
+        "SECS" | "N" => "4",
+        "K=V" => "A=1",
+        "DIR" => "/tmp",
+        "ADDR" => "127.0.0.1",
+        "NS" => "ns",
+        "RUNTIME=IMAGE" => "python=busybox",
+        "IMAGE[:PROFILE]=N" => "busybox=1",
+        other => panic!("no sample value for {other}"),
+    };
+    let topics: [(Topic, &[&str], &[&str]); 7] = [
+        (RUN, &["run"], &["true"]),
+        (EXEC, &["exec"], &["box", "true"]),
+        (SANDBOX_CREATE, &["sandbox", "create"], &["box"]),
+        (SANDBOX_LIST, &["sandbox", "list"], &[]),
+        (SANDBOX_INFO, &["sandbox", "info"], &["box"]),
+        (SANDBOX_CHANGE, &["sandbox", "start"], &["box"]),
+        (SERVE, &["serve"], &[]),
+    ];
+    for (topic, command, operands) in topics {
+        assert!(topic.help().contains(&topic.usage()));
+        for flag in topic.flags {
+            let long = format!("--{}", flag.long);
+            let short = flag.short.map(|c| format!("-{c}"));
+            for name in std::iter::once(long).chain(short) {
+                assert!(
+                    topic.usage().contains(&name) || topic.help().contains(&name),
+                    "{name} missing from the help of {}",
+                    topic.command
+                );
+                let mut words: Vec<&str> = command.to_vec();
+                words.push(&name);
+                if let Some(value) = flag.value {
+                    words.push(sample(value));
+                }
+                words.extend_from_slice(operands);
+                let parsed = parse_words(&words);
+                assert!(parsed.is_ok(), "{words:?}: {:?}", parsed.err());
+            }
+        }
+        // And nothing else: an option no table lists is refused.
+        let mut words: Vec<&str> = command.to_vec();
+        words.push("--no-such-flag");
+        words.extend_from_slice(operands);
+        assert!(parse_words(&words).is_err(), "{words:?}");
+    }
+}
+
+#[test]
+fn usage_lines_wrap_under_the_command() {
+    let usage = SERVE.usage();
+    assert!(usage.starts_with("agentkernel serve [--host ADDR] [--port N]"));
+    for line in usage.lines() {
+        assert!(line.len() <= 88, "{line}");
+    }
+    assert!(usage
+        .lines()
+        .skip(1)
+        .all(|line| line.starts_with("                  [")));
+    assert_eq!(
+        RUN.usage(),
+        "agentkernel run [--image I] [--profile P] [--no-fast] [--timeout SECS] [-e K=V]...\n                [-w DIR] [--json] [--] CMD [ARGS...]"
     );
 }
