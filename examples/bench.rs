@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentkernel::config::Namespace;
-use agentkernel::docker::{ContainerSpec, Docker, ExecSpec};
-use agentkernel::labels::{self, Kind};
-use agentkernel::profile::Profile;
+use agentkernel::containers::labels::{self, Kind};
+use agentkernel::containers::profile::Profile;
+use agentkernel::engine::{ContainerSpec, Docker, ExecSpec};
 use serde_json::{json, Value};
 
 const ROUNDS: usize = 60;
@@ -285,7 +285,7 @@ fn raw_exec_once(docker: &Docker, container: &str) {
     let id = docker.exec_create(container, &spec).unwrap();
     let mut hijacked = docker.exec_start(&id).unwrap();
     let mut out = Vec::new();
-    agentkernel::docker::drain_frames(&mut hijacked.frames, |_, bytes| {
+    agentkernel::engine::drain_frames(&mut hijacked.frames, |_, bytes| {
         out.extend_from_slice(bytes)
     })
     .unwrap();
@@ -299,7 +299,7 @@ fn raw_cold_once(
     docker: &Docker,
     namespace: &Namespace,
     image: &str,
-    host: &agentkernel::docker::HostSettings,
+    host: &agentkernel::engine::HostSettings,
 ) {
     let spec = ContainerSpec {
         image: image.to_string(),
@@ -312,7 +312,7 @@ fn raw_cold_once(
     let mut hijacked = docker.container_attach(&id, false).unwrap();
     docker.container_start(&id).unwrap();
     let mut out = Vec::new();
-    agentkernel::docker::drain_frames(&mut hijacked.frames, |_, bytes| {
+    agentkernel::engine::drain_frames(&mut hijacked.frames, |_, bytes| {
         out.extend_from_slice(bytes)
     })
     .unwrap();

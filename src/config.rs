@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::pool::PoolKey;
-use crate::profile::Profile;
+use crate::containers::pool::PoolKey;
+use crate::containers::profile::Profile;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -137,7 +137,7 @@ impl Config {
     pub fn from_env(env: &dyn Environment) -> Result<Config, String> {
         let mut config = Config {
             api_key: env.var("AGENTKERNEL_API_KEY"),
-            docker_socket: crate::docker::Docker::socket_from_env(
+            docker_socket: crate::engine::Docker::socket_from_env(
                 env.var("DOCKER_HOST").as_deref(),
             )?,
             ..Config::default()
@@ -284,14 +284,14 @@ impl ImageTable {
         if image.is_empty() {
             return Err(format!("empty image for runtime '{runtime}'"));
         }
-        crate::docker::reference::ImageRef::parse(image)?;
+        crate::engine::reference::ImageRef::parse(image)?;
         self.overrides.insert(known.name, image.to_string());
         Ok(())
     }
 
     /// Sets the image of commands of no known runtime; it must be a valid reference.
     pub fn set_default(&mut self, image: &str) -> Result<(), String> {
-        crate::docker::reference::ImageRef::parse(image)?;
+        crate::engine::reference::ImageRef::parse(image)?;
         self.default_image = image.to_string();
         Ok(())
     }

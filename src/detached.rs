@@ -19,11 +19,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
-use crate::command::{CommandSpec, NoObserver};
 use crate::config::Config;
-use crate::docker::Docker;
+use crate::containers::labels::{rfc3339, SandboxName};
+use crate::engine::Docker;
 use crate::error::{Error, Result};
-use crate::labels::{rfc3339, SandboxName};
+use crate::exec::{CommandSpec, NoObserver};
 use crate::stub::STUB_PATH;
 
 const STATE_DIR: &str = "/tmp/.agentkernel-detached";
@@ -306,11 +306,12 @@ fn container(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Str
     if !inspect.state.running {
         return Err(Error::SandboxNotRunning(name.to_string()));
     }
-    let has_stub = inspect
-        .config
-        .labels
-        .as_ref()
-        .is_some_and(|labels| labels.get(crate::labels::STUB).map(String::as_str) == Some("1"));
+    let has_stub = inspect.config.labels.as_ref().is_some_and(|labels| {
+        labels
+            .get(crate::containers::labels::STUB)
+            .map(String::as_str)
+            == Some("1")
+    });
     if !has_stub {
         return Err(Error::Invalid(format!(
             "sandbox '{name}' was created without the stub: detached execs need it"

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::docker::DockerError;
+use crate::engine::DockerError;
 
 #[derive(Debug)]
 pub enum Error {

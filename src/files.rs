@@ -25,13 +25,13 @@
 use std::fmt;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::command::{self, CommandResult, CommandSpec, NoObserver};
+use crate::codec::tar::{self, EntryKind, FileEntry, TarError};
 use crate::config::Config;
-use crate::docker::{Docker, DockerError, PathKind};
+use crate::containers::labels::{self, SandboxName};
+use crate::engine::{Docker, DockerError, PathKind};
 use crate::error::{Error, Result};
-use crate::labels::{self, SandboxName};
+use crate::exec::{CommandResult, CommandSpec, NoObserver};
 use crate::stub::{self, file_exit};
-use crate::tar::{self, EntryKind, FileEntry, TarError};
 
 /// Linux's PATH_MAX and NAME_MAX: no longer path can be opened anyway.
 const MAX_PATH_BYTES: usize = 4096;
@@ -339,7 +339,7 @@ impl<'a> Container<'a> {
                 }))
             }
         };
-        let stderr = command::text(&result.stderr);
+        let stderr = crate::exec::text(&result.stderr);
         let line = stderr.lines().next().unwrap_or_default();
         let (path, message) = line.split_once('\t').unwrap_or((requested.as_str(), line));
         let path = path.to_string();

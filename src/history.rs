@@ -16,9 +16,9 @@ use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
-use crate::command::CommandResult;
 use crate::config::Namespace;
-use crate::labels::{rfc3339, SandboxName};
+use crate::containers::labels::{rfc3339, SandboxName};
+use crate::exec::CommandResult;
 
 /// Most entries one read returns (the newest ones).
 pub const MAX_ENTRIES: usize = 1000;
@@ -167,7 +167,7 @@ fn shortened(command: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::Status;
+    use crate::exec::Status;
     use std::time::Duration;
 
     fn temp_dir(name: &str) -> PathBuf {

@@ -3,22 +3,17 @@
 
 #![forbid(unsafe_code)]
 
-pub mod api;
-pub mod base64;
 pub mod cli;
-pub mod client;
-pub mod command;
+pub mod codec;
 pub mod config;
+pub mod containers;
 pub mod detached;
-pub mod docker;
+pub mod engine;
 pub mod error;
+pub mod exec;
 pub mod files;
 pub mod history;
-pub mod labels;
-pub mod pool;
-pub mod profile;
 pub mod run;
 pub mod sandbox;
+pub mod server;
 pub mod stub;
-pub mod sweep;
-pub mod tar;

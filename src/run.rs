@@ -14,14 +14,14 @@ use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use crate::command::{collect_stream, CommandResult, CommandSpec, OutputSink, Status};
 use crate::config::Config;
-use crate::docker::reference::ImageRef;
-use crate::docker::{Docker, DockerError, ExecSpec};
+use crate::containers::labels::Kind;
+use crate::containers::pool::{self, Pool, PoolKey};
+use crate::containers::profile::Profile;
+use crate::engine::reference::ImageRef;
+use crate::engine::{Docker, DockerError, ExecSpec};
 use crate::error::{Error, Result};
-use crate::labels::Kind;
-use crate::pool::{self, Pool, PoolKey};
-use crate::profile::Profile;
+use crate::exec::{collect_stream, CommandResult, CommandSpec, OutputSink, Status};
 use crate::stub;
 
 /// A validated `/run` request.
@@ -190,7 +190,7 @@ fn kill_exec_tree(docker: &Docker, container: &str, token: &str) {
         .and_then(|id| docker.exec_start(&id))
         .map(|mut hijacked| {
             let _ = hijacked.set_read_timeout(Some(Duration::from_secs(5)));
-            crate::docker::drain_frames(&mut hijacked.frames, |_, _| {})
+            crate::engine::drain_frames(&mut hijacked.frames, |_, _| {})
         });
     match killed {
         Ok(_) => log::info!("exec in container {container} passed its deadline: killed"),

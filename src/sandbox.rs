@@ -8,14 +8,14 @@
 
 use std::time::{Duration, Instant};
 
-use crate::command::{CommandResult, CommandSpec, OutputSink};
 use crate::config::Config;
-use crate::docker::reference::ImageRef;
-use crate::docker::{ContainerInspect, ContainerSpec, Docker, DockerError};
+use crate::containers::labels::{self, container_name, Kind, SandboxName};
+use crate::containers::pool::Launcher;
+use crate::containers::profile::{Limits, Profile};
+use crate::engine::reference::ImageRef;
+use crate::engine::{ContainerInspect, ContainerSpec, Docker, DockerError};
 use crate::error::{Error, Result};
-use crate::labels::{self, container_name, Kind, SandboxName};
-use crate::pool::Launcher;
-use crate::profile::{Limits, Profile};
+use crate::exec::{CommandResult, CommandSpec, OutputSink};
 use crate::stub;
 
 /// How long a stopping sandbox gets between SIGTERM and SIGKILL.
@@ -270,7 +270,7 @@ pub fn exec(
         .as_ref()
         .is_some_and(|labels| labels.get(labels::STUB).map(String::as_str) == Some("1"));
     let result = if has_stub {
-        crate::pool::exec_via_stub(docker, &inspect.id, spec, started, sink)
+        crate::containers::pool::exec_via_stub(docker, &inspect.id, spec, started, sink)
     } else {
         crate::run::exec_direct(docker, &inspect.id, spec, started, sink)
     };

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use agentkernel::base64;
+use agentkernel::codec::base64;
 use serde_json::{json, Value};
 
 use crate::harness::{Options, Server};

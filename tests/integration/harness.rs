@@ -10,8 +10,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use agentkernel::config::Namespace;
-use agentkernel::docker::Docker;
-use agentkernel::labels;
+use agentkernel::containers::labels;
+use agentkernel::engine::Docker;
 use serde_json::Value;
 
 /// The local image every test runs in (built by scripts/build-busybox-image.sh).

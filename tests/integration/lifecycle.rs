@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agentkernel::config::Namespace;
-use agentkernel::docker::ContainerSpec;
-use agentkernel::labels::{self, Kind, SandboxName};
+use agentkernel::containers::labels::{self, Kind, SandboxName};
+use agentkernel::engine::ContainerSpec;
 use serde_json::json;
 
 use crate::harness::{containers_of, docker, fresh_namespace, image, Options, Server};

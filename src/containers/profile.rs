@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::docker::{HostResources, HostSettings};
+use crate::engine::{HostResources, HostSettings};
 
 /// The unprivileged user restrictive containers run as (`nobody` in most images).
 pub const UNPRIVILEGED_USER: &str = "65534:65534";

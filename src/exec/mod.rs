@@ -11,8 +11,8 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use crate::docker::stream::StreamKind;
-use crate::docker::Hijacked;
+use crate::engine::frames::StreamKind;
+use crate::engine::Hijacked;
 
 /// How long a stream may keep going after the deadline passed and the kill was sent.
 const KILL_GRACE: Duration = Duration::from_secs(3);

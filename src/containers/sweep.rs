@@ -3,8 +3,8 @@
 //! shutdown. Persistent sandboxes are never touched here.
 
 use crate::config::Config;
-use crate::docker::Docker;
-use crate::labels::{self, Kind};
+use crate::containers::labels::{self, Kind};
+use crate::engine::Docker;
 
 /// Removes our namespace's temporary containers; returns how many went. Failures are
 /// logged, not fatal: the next sweep tries again.

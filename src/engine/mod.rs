@@ -10,9 +10,9 @@
 //! through an unversioned `/_ping` and never hard-coded; there is no image pull call
 //! at all (the air-gap invariant: a missing image is an error, never a download).
 
+pub mod frames;
 pub mod http;
 pub mod reference;
-pub mod stream;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use self::frames::FrameReader;
 use self::http::{body_framing, read_body, read_head, write_request, Head};
-use self::stream::FrameReader;
 
 /// Newest API version we speak; older daemons get their own version.
 const CLIENT_MAX_API: (u32, u32) = (1, 47);
@@ -216,7 +216,7 @@ impl PathStat {
         const MODE_TYPE: u64 =
             MODE_DIR | MODE_SYMLINK | 1 << 25 | 1 << 24 | 1 << 26 | 1 << 21 | 1 << 19;
         let bad = |why: String| DockerError::Protocol(format!("path stat header: {why}"));
-        let json = crate::base64::decode(value.trim()).map_err(bad)?;
+        let json = crate::codec::base64::decode(value.trim()).map_err(bad)?;
         let raw: Raw = serde_json::from_slice(&json).map_err(|e| bad(e.to_string()))?;
         let kind = if raw.mode & MODE_DIR != 0 {
             PathKind::Directory
@@ -819,7 +819,7 @@ pub fn encode_component(text: &str) -> String {
 /// caller needs no incremental control.
 pub fn drain_frames(
     frames: &mut FrameReader<impl Read>,
-    mut sink: impl FnMut(stream::StreamKind, &[u8]),
+    mut sink: impl FnMut(frames::StreamKind, &[u8]),
 ) -> io::Result<()> {
     let mut payload = Vec::new();
     while let Some(kind) = frames.next_frame(&mut payload)? {
@@ -894,7 +894,7 @@ mod tests {
 
     #[test]
     fn path_stat_headers_decode_go_file_modes() {
-        let header = |json: &str| crate::base64::encode(json.as_bytes());
+        let header = |json: &str| crate::codec::base64::encode(json.as_bytes());
         let file = r#"{"name":"hello.txt","size":12,"mode":420,"mtime":"2023-11-14T22:13:20Z","linkTarget":""}"#;
         assert_eq!(
             PathStat::from_header(&header(file)).unwrap(),

@@ -20,13 +20,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::api::response::{status_of, ApiError, Reply};
-use crate::api::{views, ApiRequest, Context};
-use crate::command::Observer;
 use crate::config::Config;
-use crate::docker::stream::StreamKind;
-use crate::docker::Docker;
-use crate::pool::{Launcher, Pool};
+use crate::containers::pool::{Launcher, Pool};
+use crate::engine::frames::StreamKind;
+use crate::engine::Docker;
+use crate::exec::Observer;
+use crate::server::response::{status_of, ApiError, Reply};
+use crate::server::{views, ApiRequest, Context};
 
 /// How long a remote call that does not run a command may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -163,7 +163,7 @@ impl Backend {
                     body: body.unwrap_or_default().to_vec(),
                 };
                 check_body_size(&context.config, &request.body)?;
-                let reply = match crate::api::handle(context, &request) {
+                let reply = match crate::server::handle(context, &request) {
                     Ok(reply) => reply,
                     Err(error) => error.reply(),
                 };
@@ -227,7 +227,7 @@ fn stream_local(
         api_key: None,
         body: body.to_vec(),
     };
-    let mut reply = match crate::api::handle(context, &request) {
+    let mut reply = match crate::server::handle(context, &request) {
         Ok(reply) => reply,
         Err(error) => error.reply(),
     };

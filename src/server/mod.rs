@@ -14,11 +14,11 @@
 //! rather than wait for it; API keys and bodies are never logged; the accept loop ends
 //! only on shutdown.
 
-pub mod events;
 pub mod handlers;
 pub mod http;
 pub mod response;
 pub mod routes;
+pub mod sse;
 pub mod views;
 
 use std::net::{TcpListener, TcpStream};
@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 use crate::config::Config;
-use crate::docker::Docker;
+use crate::containers::pool::Pool;
+use crate::engine::Docker;
 use crate::history::History;
-use crate::pool::Pool;
 
 use self::http::{Answer, BodyError, Connection, Framing, Head, HeadError, Limits};
 use self::response::{ApiError, Reply};
@@ -130,7 +130,7 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
         listen(&address).map_err(|error| format!("cannot listen on {address}: {error}"))?;
     // Only once the port is ours: a second server started by mistake on the same port
     // must fail before it touches the first one's containers.
-    crate::sweep::remove_temporary(&context.docker, &context.config);
+    crate::containers::sweep::remove_temporary(&context.docker, &context.config);
     let local = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -226,7 +226,7 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     let _ = refill.join();
     let _ = reaper.join();
     let _ = refuser.join();
-    crate::sweep::remove_temporary(&context.docker, &context.config);
+    crate::containers::sweep::remove_temporary(&context.docker, &context.config);
     log::info!("stopped");
     Ok(())
 }
@@ -466,7 +466,7 @@ fn work(context: &Context, job: Job) {
                 );
                 panic!("test hook: panic while writing an event stream");
             }
-            let status = events::stream(context, &mut connection.stream, stream_job, head.http10);
+            let status = sse::stream(context, &mut connection.stream, stream_job, head.http10);
             let _ = done.send(Handled::Streamed(status));
         }
         None => {

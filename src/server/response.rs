@@ -6,11 +6,11 @@
 
 use serde_json::{json, Value};
 
-use crate::docker::DockerError;
+use crate::engine::DockerError;
 use crate::error::Error;
 
-use super::events::StreamJob;
 use super::routes::RouteError;
+use super::sse::StreamJob;
 
 /// What a handler answers.
 #[derive(Debug)]

@@ -359,10 +359,10 @@ fn untar(dir: &str, max: u64) -> Result<(), FileFailure> {
     let bad_input = |message: String| (file_exit::BAD_INPUT, dir.to_string(), message);
     let mut stdin = io::stdin().lock();
     loop {
-        let entry = match crate::tar::read_first_entry(&mut stdin, max) {
+        let entry = match crate::codec::tar::read_first_entry(&mut stdin, max) {
             Ok(entry) => entry,
-            Err(crate::tar::TarError::Empty) => return Ok(()),
-            Err(error @ crate::tar::TarError::TooLarge { .. }) => {
+            Err(crate::codec::tar::TarError::Empty) => return Ok(()),
+            Err(error @ crate::codec::tar::TarError::TooLarge { .. }) => {
                 return Err((file_exit::TOO_LARGE, dir.to_string(), error.to_string()))
             }
             Err(error) => return Err(bad_input(error.to_string())),
@@ -377,7 +377,7 @@ fn untar(dir: &str, max: u64) -> Result<(), FileFailure> {
         }
         let target = std::path::Path::new(dir).join(name);
         let shown = target.display().to_string();
-        if entry.kind != crate::tar::EntryKind::File {
+        if entry.kind != crate::codec::tar::EntryKind::File {
             return Err(bad_input(format!("member {name:?} is not a regular file")));
         }
         if let Some(parent) = target.parent() {
@@ -783,7 +783,7 @@ pub fn is_static_executable(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::http::tests::Trickle;
+    use crate::engine::http::tests::Trickle;
 
     #[test]
     fn records_are_byte_exact_and_survive_any_split() {

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use serde_json::{json, Value};
 
-use crate::command::{CommandResult, CommandSpec, Observer};
-use crate::docker::stream::StreamKind;
-use crate::labels::SandboxName;
+use crate::containers::labels::SandboxName;
+use crate::engine::frames::StreamKind;
+use crate::exec::{CommandResult, CommandSpec, Observer};
 use crate::run::RunRequest;
 
 use super::Context;

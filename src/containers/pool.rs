@@ -26,14 +26,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde_json::{json, Value};
 
-use crate::command::{Collected, CommandResult, CommandSpec, OutputSink, Status};
 use crate::config::Config;
-use crate::docker::reference::ImageRef;
-use crate::docker::stream::StreamKind;
-use crate::docker::{ContainerSpec, Docker, DockerError, ExecSpec, Hijacked};
+use crate::containers::labels::{self, Kind};
+use crate::containers::profile::Profile;
+use crate::engine::frames::StreamKind;
+use crate::engine::reference::ImageRef;
+use crate::engine::{ContainerSpec, Docker, DockerError, ExecSpec, Hijacked};
 use crate::error::{Error, Result};
-use crate::labels::{self, Kind};
-use crate::profile::Profile;
+use crate::exec::{Collected, CommandResult, CommandSpec, OutputSink, Status};
 use crate::stub::{self, StubExit, StubSpec};
 
 /// How long a new stub may take to say hello.

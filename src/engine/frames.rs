@@ -78,7 +78,7 @@ impl<R: Read> FrameReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::http::tests::Trickle;
+    use crate::engine::http::tests::Trickle;
 
     /// Encodes one frame, as the engine would.
     fn encode_frame(kind: StreamKind, payload: &[u8]) -> Vec<u8> {

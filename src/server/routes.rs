@@ -4,8 +4,8 @@
 //! Invariants: path parameters come out already validated (a `SandboxName` is a valid
 //! name), so handlers never see raw strings; the query string is ignored.
 
+use crate::containers::labels::SandboxName;
 use crate::files::SandboxPath;
-use crate::labels::SandboxName;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::command::{text, CommandResult};
+use crate::exec::{text, CommandResult};
 use crate::sandbox::Sandbox;
 
 /// `data` of `/run` and exec answers.

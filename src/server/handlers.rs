@@ -14,21 +14,21 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::command::{CommandSpec, NoObserver};
 use crate::config::Config;
-use crate::docker::reference::ImageRef;
-use crate::error::Error;
-use crate::files::{self, SandboxPath};
-use crate::labels::SandboxName;
-use crate::profile::{
+use crate::containers::labels::SandboxName;
+use crate::containers::profile::{
     check_bound, check_host_cpus, check_host_memory, Limits, Profile, MEMORY_MB_RANGE, PIDS_RANGE,
     VCPUS_RANGE,
 };
+use crate::engine::reference::ImageRef;
+use crate::error::Error;
+use crate::exec::{CommandSpec, NoObserver};
+use crate::files::{self, SandboxPath};
 use crate::run::RunRequest;
 use crate::sandbox::{self, CreateSandbox};
 
-use super::events::StreamJob;
 use super::response::{status_of, ApiError, Reply};
+use super::sse::StreamJob;
 use super::views::{command_data, sandbox_data};
 use super::Context;
 
@@ -474,7 +474,7 @@ pub fn get_sandbox_file(
     let size = data.len();
     let (content, encoding) = match String::from_utf8(data) {
         Ok(text) => (text, "utf8"),
-        Err(error) => (crate::base64::encode(error.as_bytes()), "base64"),
+        Err(error) => (crate::codec::base64::encode(error.as_bytes()), "base64"),
     };
     Ok(Reply::ok(
         json!({ "content": content, "encoding": encoding, "size": size }),
@@ -492,7 +492,7 @@ struct PutFileBody {
 fn file_bytes(content: String, encoding: Option<&str>) -> Result<Vec<u8>, ApiError> {
     match encoding {
         None | Some("utf8" | "utf-8") => Ok(content.into_bytes()),
-        Some("base64") => crate::base64::decode(&content)
+        Some("base64") => crate::codec::base64::decode(&content)
             .map_err(|error| ApiError::BadBody(format!("content: {error}"))),
         Some(other) => Err(ApiError::BadBody(format!(
             "unknown encoding '{}': expected utf8 or base64",

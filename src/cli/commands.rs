@@ -1,0 +1,280 @@
+//! Client commands turned into API requests (`Action::call`) and run through a
+//! `Backend`; stdin; exit codes.
+
+use std::io::{self, IsTerminal, Read, Write};
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use super::backend::{self, Backend};
+use super::output::*;
+use super::*;
+use crate::containers::labels::SandboxName;
+
+/// An API request, as both modes send it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub method: &'static str,
+    pub path: String,
+    pub body: Option<Value>,
+}
+
+impl Action {
+    /// The request this action is. `stdin` is what to feed a run or exec command.
+    pub fn call(&self, stdin: Option<String>) -> Call {
+        let post = |path: String, body: Option<Value>| Call {
+            method: "POST",
+            path,
+            body,
+        };
+        match self {
+            Action::Run {
+                image,
+                profile,
+                fast,
+                command,
+            } => {
+                let mut body = command_body(command, stdin);
+                insert_some(&mut body, "image", image.clone().map(Value::from));
+                insert_some(&mut body, "profile", profile.clone().map(Value::from));
+                if !fast {
+                    body.insert("fast".into(), json!(false));
+                }
+                post("/run".into(), Some(Value::Object(body)))
+            }
+            Action::Exec { name, command } => post(
+                format!("/sandboxes/{name}/exec"),
+                Some(Value::Object(command_body(command, stdin))),
+            ),
+            Action::Create {
+                name,
+                image,
+                profile,
+                memory_mb,
+                vcpus,
+                pids,
+                ..
+            } => {
+                let mut body = Map::new();
+                body.insert("name".into(), json!(name));
+                insert_some(&mut body, "image", image.clone().map(Value::from));
+                insert_some(&mut body, "profile", profile.clone().map(Value::from));
+                insert_some(&mut body, "memory_mb", memory_mb.map(Value::from));
+                insert_some(&mut body, "vcpus", vcpus.map(Value::from));
+                insert_some(&mut body, "pids", pids.map(Value::from));
+                post("/sandboxes".into(), Some(Value::Object(body)))
+            }
+            Action::List { .. } => Call {
+                method: "GET",
+                path: "/sandboxes".into(),
+                body: None,
+            },
+            Action::Info { name, .. } => Call {
+                method: "GET",
+                path: format!("/sandboxes/{name}"),
+                body: None,
+            },
+            Action::Change {
+                verb: Verb::Remove,
+                name,
+                ..
+            } => Call {
+                method: "DELETE",
+                path: format!("/sandboxes/{name}"),
+                body: None,
+            },
+            Action::Change { verb, name, .. } => {
+                let verb = if *verb == Verb::Start {
+                    "start"
+                } else {
+                    "stop"
+                };
+                post(format!("/sandboxes/{name}/{verb}"), None)
+            }
+            Action::Health => Call {
+                method: "GET",
+                path: "/health".into(),
+                body: None,
+            },
+        }
+    }
+
+    /// The sandbox this action names, if any.
+    fn sandbox(&self) -> Option<&str> {
+        match self {
+            Action::Exec { name, .. }
+            | Action::Create { name, .. }
+            | Action::Info { name, .. }
+            | Action::Change { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    fn runs_a_command(&self) -> Option<&CommandArgs> {
+        match self {
+            Action::Run { command, .. } | Action::Exec { command, .. } => Some(command),
+            _ => None,
+        }
+    }
+}
+
+pub(super) fn insert_some(body: &mut Map<String, Value>, key: &str, value: Option<Value>) {
+    if let Some(value) = value {
+        body.insert(key.to_string(), value);
+    }
+}
+
+/// The body fields of `/run` and exec; fields not given are left out, so the server's
+/// defaults apply.
+pub(super) fn command_body(command: &CommandArgs, stdin: Option<String>) -> Map<String, Value> {
+    let mut body = Map::new();
+    body.insert("command".into(), json!(command.argv));
+    if !command.env.is_empty() {
+        body.insert("env".into(), json!(command.env));
+    }
+    insert_some(
+        &mut body,
+        "workdir",
+        command.workdir.clone().map(Value::from),
+    );
+    insert_some(&mut body, "timeout_ms", command.timeout_ms.map(Value::from));
+    insert_some(&mut body, "stdin", stdin.map(Value::from));
+    body
+}
+
+/// The exit code a command's `data` calls for, the way `docker run` reports it.
+pub fn exit_code_of(data: &Value) -> i32 {
+    let status = data["status"].as_str().unwrap_or_default();
+    let code = data["exit_code"].as_i64();
+    match (status, data["signal"].as_i64(), code) {
+        ("timeout", _, _) => 124,
+        ("signaled", Some(signal), _) if (1..128).contains(&signal) => 128 + signal as i32,
+        (_, _, Some(code)) if (0..=255).contains(&code) => code as i32,
+        // Killed for memory without an exit status: what SIGKILL would have said.
+        ("oom_killed", _, _) => 137,
+        _ => 125,
+    }
+}
+
+/// Most stdin we pass through (the server's body limit is usually far lower).
+pub(super) const MAX_STDIN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Our stdin, when it is not a terminal and has something in it.
+pub(super) fn read_stdin() -> Result<Option<String>, String> {
+    let stdin = io::stdin();
+    if stdin.is_terminal() {
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    if let Err(error) = stdin
+        .lock()
+        .take(MAX_STDIN_BYTES + 1)
+        .read_to_end(&mut bytes)
+    {
+        // A closed stdin (`<&-`) is no input, not a failure.
+        log::debug!("not passing stdin through: {error}");
+        return Ok(None);
+    }
+    if bytes.len() as u64 > MAX_STDIN_BYTES {
+        return Err(format!(
+            "stdin is larger than {MAX_STDIN_BYTES} bytes: pass big inputs as files"
+        ));
+    }
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| "stdin is not UTF-8 text (the API carries stdin as a JSON string)".into())
+}
+
+/// Runs a client action; prints what it says; returns the exit code.
+pub(super) fn run_client(backend: &Backend, action: &Action) -> i32 {
+    // A failure of agentkernel itself: 125 where the exit code is the command's.
+    let failed = if action.runs_a_command().is_some() {
+        125
+    } else {
+        1
+    };
+    let fail = |message: &dyn std::fmt::Display| {
+        eprintln!("agentkernel: {message}");
+        failed
+    };
+    // Names become URL paths: only valid ones may, so that no path normalisation
+    // (`..`) can make the two modes see different requests.
+    if let Some(Err(message)) = action.sandbox().map(SandboxName::parse) {
+        return fail(&message);
+    }
+    if let Some(command) = action.runs_a_command() {
+        let stdin = match read_stdin() {
+            Ok(stdin) => stdin,
+            Err(message) => return fail(&message),
+        };
+        return run_command(backend, action.call(stdin), command, failed);
+    }
+    if *action == Action::Health {
+        if let Err(error) = backend.engine_reachable() {
+            return fail(&error);
+        }
+    }
+    let call = action.call(None);
+    let body = call.body.as_ref().map(|body| body.to_string().into_bytes());
+    let data = match backend
+        .request(call.method, &call.path, body.as_deref(), None)
+        .and_then(|answer| answer.data())
+    {
+        Ok(data) => data,
+        Err(error) => return fail(&error),
+    };
+    let text = match action {
+        Action::List { json: false } => sandbox_table(&data),
+        Action::Info { json: false, .. } => sandbox_fields(&data),
+        Action::Create { json: false, .. } | Action::Change { json: false, .. } => {
+            format!("{}\n", action.sandbox().unwrap_or_default())
+        }
+        Action::Health => format!("{}\n", data.as_str().unwrap_or("ok")),
+        _ => format!("{data}\n"),
+    };
+    match io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => 0,
+        Err(error) => fail(&format!("cannot write output: {error}")),
+    }
+}
+
+pub(super) fn run_command(
+    backend: &Backend,
+    call: Call,
+    command: &CommandArgs,
+    failed: i32,
+) -> i32 {
+    let body = call.body.unwrap_or_default().to_string().into_bytes();
+    let timeout = Some(
+        command
+            .timeout_ms
+            .map_or(backend::UNKNOWN_COMMAND_TIMEOUT, Duration::from_millis),
+    );
+    if command.json {
+        // Not streamed: the API's own non-streaming answer, printed as it is.
+        let answer = backend.request(call.method, &call.path, Some(&body), timeout);
+        return match answer.and_then(|answer| answer.data()) {
+            Ok(data) => {
+                println!("{data}");
+                exit_code_of(&data)
+            }
+            Err(error) => {
+                eprintln!("agentkernel: {error}");
+                failed
+            }
+        };
+    }
+    let mut console = Console::default();
+    match backend.stream(&call.path, &body, timeout, &mut console) {
+        Ok(data) => exit_code_of(&data),
+        // Our reader left (`| head`): end quietly, as a tool killed by SIGPIPE would.
+        Err(_) if console.broken_pipe => 141,
+        Err(error) => {
+            eprintln!("agentkernel: {error}");
+            failed
+        }
+    }
+}

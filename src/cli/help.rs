@@ -1,0 +1,418 @@
+//! Help text and the flags each command takes, defined once: the usage line, the
+//! option list of `--help` and the set of flags the parser accepts all come from the
+//! same `Flag` table, so help and parser cannot drift (`Topic::accepts` guards every
+//! parser loop; a unit test parses every listed flag).
+
+use lexopt::Arg;
+
+/// One option of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flag {
+    pub long: &'static str,
+    pub short: Option<char>,
+    /// The value's placeholder, for flags that take one.
+    pub value: Option<&'static str>,
+    /// May be given more than once.
+    pub repeats: bool,
+    pub help: &'static str,
+}
+
+const fn flag(long: &'static str, value: Option<&'static str>, help: &'static str) -> Flag {
+    Flag {
+        long,
+        short: None,
+        value,
+        repeats: false,
+        help,
+    }
+}
+
+/// The help of one command: its usage line(s), printed alone on a usage error, and the
+/// details `--help` adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Topic {
+    /// `run`, `sandbox create`, ...; empty for the top level.
+    pub command: &'static str,
+    pub flags: &'static [Flag],
+    /// What follows the flags in the usage line (`NAME [--] CMD [ARGS...]`).
+    pub operands: &'static str,
+    /// A paragraph before the option list.
+    pub about: &'static str,
+    /// Text after the option list.
+    pub more: &'static str,
+}
+
+impl Topic {
+    /// `agentkernel COMMAND [--flag V]... OPERANDS`, wrapped under the command.
+    pub fn usage(&self) -> String {
+        let mut words: Vec<String> = self
+            .flags
+            .iter()
+            .map(|flag| {
+                let name = match flag.short {
+                    Some(short) => format!("-{short}"),
+                    None => format!("--{}", flag.long),
+                };
+                let value = flag.value.map(|v| format!(" {v}")).unwrap_or_default();
+                let repeats = if flag.repeats { "..." } else { "" };
+                format!("[{name}{value}]{repeats}")
+            })
+            .collect();
+        if !self.operands.is_empty() {
+            words.push(self.operands.to_string());
+        }
+        let lead = if self.command.is_empty() {
+            "agentkernel".to_string()
+        } else {
+            format!("agentkernel {}", self.command)
+        };
+        let indent = " ".repeat(lead.len() + 1);
+        let mut usage = lead;
+        let mut line_length = usage.len();
+        for word in words {
+            if line_length + 1 + word.len() > 88 {
+                usage.push('\n');
+                usage.push_str(&indent);
+                usage.push_str(&word);
+                line_length = indent.len() + word.len();
+            } else {
+                usage.push(' ');
+                usage.push_str(&word);
+                line_length += 1 + word.len();
+            }
+        }
+        usage
+    }
+
+    pub fn help(&self) -> String {
+        let mut text = format!("Usage: {}\n\n{}", self.usage(), self.about);
+        if !self.flags.is_empty() {
+            text.push_str("\nOptions:\n");
+            for flag in self.flags {
+                let mut name = match flag.short {
+                    Some(short) => format!("-{short}, --{}", flag.long),
+                    None => format!("--{}", flag.long),
+                };
+                if let Some(value) = flag.value {
+                    name.push(' ');
+                    name.push_str(value);
+                }
+                if name.len() > 24 {
+                    text.push_str(&format!("  {name}\n  {:24} {}\n", "", flag.help));
+                } else {
+                    text.push_str(&format!("  {name:24} {}\n", flag.help));
+                }
+            }
+        }
+        if !self.more.is_empty() {
+            text.push('\n');
+            text.push_str(self.more);
+        }
+        text
+    }
+
+    /// Whether the parser of this command may take `arg`: operands always, options
+    /// only when listed (`--help` everywhere).
+    pub fn accepts(&self, arg: &Arg) -> bool {
+        match arg {
+            Arg::Value(_) => true,
+            Arg::Long("help") | Arg::Short('h') => true,
+            Arg::Long(long) => self.flags.iter().any(|flag| flag.long == *long),
+            Arg::Short(short) => self.flags.iter().any(|flag| flag.short == Some(*short)),
+        }
+    }
+}
+
+pub const MAIN: Topic = Topic {
+    command: "",
+    flags: &[],
+    operands: "[--server URL] [-v|-q] COMMAND [ARGS...]",
+    about: "\
+Run untrusted commands in isolated Docker containers.
+
+Commands:
+  run [OPTIONS] [--] CMD [ARGS...]        run a command in a fresh container
+  exec [OPTIONS] NAME [--] CMD [ARGS...]  run a command in a running sandbox
+  sandbox create|list|info|start|stop|remove
+                                          manage persistent sandboxes
+  health                                  check that the engine (or server) answers
+  serve [OPTIONS]                         serve the HTTP API
+
+Options, before or after the command:
+  --server URL     send every command to a running server over HTTP instead of
+                   driving the local Docker Engine (also AGENTKERNEL_URL)
+  -v, --verbose    more log output on stderr (-vv for debug)
+  -q, --quiet      only errors in the log
+  -h, --help       this help; `agentkernel COMMAND --help` for one command
+  -V, --version    the version
+
+Exit status: 0 success, 1 failure, 2 usage error. run and exec exit with the
+command's code: 124 on timeout, 128+N on signal N, 125 if agentkernel failed.
+
+Environment:
+  AGENTKERNEL_URL            server to use (same as --server)
+  AGENTKERNEL_API_KEY        serve: require this key; clients: send it as X-API-Key
+  AGENTKERNEL_NAMESPACE      namespace of our containers (default: default)
+  AGENTKERNEL_DEFAULT_IMAGE  image for commands of no known runtime (default: alpine:3.20)
+  AGENTKERNEL_IMAGE_<RUNTIME> image for a runtime, e.g. AGENTKERNEL_IMAGE_PYTHON
+  AGENTKERNEL_STUB=off       never use the in-container stub (docker exec instead)
+  AGENTKERNEL_LOG            log level: error, warn, info, debug, trace
+                             (default: info for serve, warn otherwise)
+  DOCKER_HOST                unix:///path/to/docker.sock (default: /var/run/docker.sock)
+",
+    more: "",
+};
+
+const ENV: Flag = Flag {
+    long: "env",
+    short: Some('e'),
+    value: Some("K=V"),
+    repeats: true,
+    help: "set an environment variable (-e K passes our own K)",
+};
+const WORKDIR: Flag = Flag {
+    long: "workdir",
+    short: Some('w'),
+    value: Some("DIR"),
+    repeats: false,
+    help: "absolute working directory",
+};
+const TIMEOUT: Flag = flag(
+    "timeout",
+    Some("SECS"),
+    "kill the command after SECS seconds (default: 30)",
+);
+const JSON: Flag = flag(
+    "json",
+    None,
+    "print the API's result object instead of text",
+);
+
+pub const RUN: Topic = Topic {
+    command: "run",
+    flags: &[
+        flag(
+            "image",
+            Some("I"),
+            "image (default: chosen from CMD's name, else the default image)",
+        ),
+        flag(
+            "profile",
+            Some("P"),
+            "permissive, moderate (default) or restrictive",
+        ),
+        flag(
+            "no-fast",
+            None,
+            "a freshly started container instead of a warm one",
+        ),
+        TIMEOUT,
+        ENV,
+        WORKDIR,
+        JSON,
+    ],
+    operands: "[--] CMD [ARGS...]",
+    about: "\
+Runs CMD with exactly these arguments (no shell) in a fresh container, removed
+afterwards. Its stdout and stderr arrive on ours as it produces them; stdin is
+passed through when it is not a terminal. Exits with the command's exit code:
+124 on timeout, 128+N if killed by signal N, 125 if agentkernel itself failed.
+",
+    more: "",
+};
+
+pub const EXEC: Topic = Topic {
+    command: "exec",
+    flags: &[ENV, WORKDIR, TIMEOUT, JSON],
+    operands: "NAME [--] CMD [ARGS...]",
+    about: "\
+Runs CMD in the running sandbox NAME, streaming its output; exit codes as for run.
+",
+    more: "",
+};
+
+pub const SANDBOX: Topic = Topic {
+    command: "sandbox",
+    flags: &[],
+    operands: "create|list|info|start|stop|remove ...",
+    about: "\
+Persistent sandboxes: containers that keep their files across stop and start.
+
+  agentkernel sandbox create NAME [--image I] [--profile P] [--memory-mb N]
+                                  [--vcpus N] [--pids N] [--json]
+  agentkernel sandbox list [--json]        an aligned table, or the API's JSON
+  agentkernel sandbox info NAME [--json]
+  agentkernel sandbox start|stop|remove NAME [--json]
+",
+    more: "",
+};
+
+pub const SANDBOX_CREATE: Topic = Topic {
+    command: "sandbox create",
+    flags: &[
+        flag("image", Some("I"), "image (default: the default image)"),
+        flag(
+            "profile",
+            Some("P"),
+            "permissive, moderate (default) or restrictive",
+        ),
+        flag("memory-mb", Some("N"), "memory limit, 16-16384 MiB"),
+        flag("vcpus", Some("N"), "CPUs, 1-16 (at most the engine host's)"),
+        flag("pids", Some("N"), "process limit, 16-4096"),
+        JSON,
+    ],
+    operands: "NAME",
+    about: "\
+Creates and starts a sandbox; prints its name (or the API's object with --json).
+Limits default to the profile's.
+",
+    more: "",
+};
+
+pub const SANDBOX_LIST: Topic = Topic {
+    command: "sandbox list",
+    flags: &[JSON],
+    operands: "",
+    about: "Lists the sandboxes of the namespace as an aligned table.\n",
+    more: "",
+};
+
+pub const SANDBOX_INFO: Topic = Topic {
+    command: "sandbox info",
+    flags: &[JSON],
+    operands: "NAME",
+    about: "One sandbox, with the limits the engine applied, as `key  value` lines.\n",
+    more: "",
+};
+
+pub const SANDBOX_CHANGE: Topic = Topic {
+    command: "sandbox start|stop|remove",
+    flags: &[JSON],
+    operands: "NAME",
+    about: "Starts, stops (files are kept) or removes a sandbox; prints its name.\n",
+    more: "",
+};
+
+pub const HEALTH: Topic = Topic {
+    command: "health",
+    flags: &[],
+    operands: "",
+    about: "\
+Prints ok when the Docker Engine answers (local mode) or the server does (--server).
+",
+    more: "",
+};
+
+pub const SERVE: Topic = Topic {
+    command: "serve",
+    flags: &[
+        flag("host", Some("ADDR"), "address to bind (default: 127.0.0.1)"),
+        flag(
+            "port",
+            Some("N"),
+            "port to bind, 0 for any free one (default: 8080)",
+        ),
+        flag(
+            "workers",
+            Some("N"),
+            "worker threads running handlers (default: 8)",
+        ),
+        flag(
+            "queue",
+            Some("N"),
+            "requests waiting for a worker; past it 503 (default: 64)",
+        ),
+        flag(
+            "namespace",
+            Some("NS"),
+            "namespace of our containers (default: default)",
+        ),
+        flag(
+            "default-image",
+            Some("IMAGE"),
+            "image for commands of no known runtime",
+        ),
+        Flag {
+            long: "image",
+            short: None,
+            value: Some("RUNTIME=IMAGE"),
+            repeats: true,
+            help: "image of one runtime (python, node, go, ...)",
+        },
+        flag(
+            "default-profile",
+            Some("P"),
+            "profile of requests that name none (default: moderate)",
+        ),
+        flag(
+            "max-body-bytes",
+            Some("N"),
+            "largest request body (default: 1048576)",
+        ),
+        Flag {
+            long: "pool",
+            short: None,
+            value: Some("IMAGE[:PROFILE]=N"),
+            repeats: true,
+            help: "keep N warm containers of this image and profile",
+        },
+        flag(
+            "pool-size",
+            Some("N"),
+            "warm containers of the default image (default: 4)",
+        ),
+        flag(
+            "pool-dynamic-size",
+            Some("N"),
+            "warm containers of keys requests use (default: 2)",
+        ),
+        flag(
+            "no-stub",
+            None,
+            "never use the in-container stub (docker exec instead)",
+        ),
+        flag(
+            "default-timeout-ms",
+            Some("N"),
+            "command timeout when a request names none (default: 30000)",
+        ),
+        flag(
+            "max-timeout-ms",
+            Some("N"),
+            "largest command timeout (default: 3600000)",
+        ),
+        flag(
+            "max-output-bytes",
+            Some("N"),
+            "largest output a command may keep (default: 16777216)",
+        ),
+        flag(
+            "max-file-bytes",
+            Some("N"),
+            "largest file the files API moves (default: 16777216)",
+        ),
+        flag(
+            "client-timeout-secs",
+            Some("N"),
+            "body arrival and each write to a client (default: 30)",
+        ),
+        flag(
+            "max-connections",
+            Some("N"),
+            "open client connections; past it 503 (default: 1024)",
+        ),
+        flag(
+            "idle-timeout-secs",
+            Some("N"),
+            "kept-alive connection's wait for a request (default: 15)",
+        ),
+        flag(
+            "head-timeout-secs",
+            Some("N"),
+            "a request head's arrival (default: 10)",
+        ),
+    ],
+    operands: "",
+    about: "Serves the HTTP API until SIGTERM or SIGINT. See README.md.\n",
+    more: "",
+};

@@ -1,0 +1,37 @@
+//! `agentkernel serve`: signals, the engine check, the pool, then the server.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::config::Config;
+
+pub(super) fn serve(config: Config) -> i32 {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(error) = signal_hook::flag::register(signal, Arc::clone(&shutdown)) {
+            eprintln!("agentkernel: cannot install signal handler: {error}");
+            return 1;
+        }
+    }
+    let docker = crate::engine::Docker::new(config.docker_socket.clone(), config.docker_timeout);
+    match docker.ping() {
+        Ok(version) => {
+            log::info!(
+                "Docker Engine API {version} at {}",
+                docker.socket().display()
+            );
+        }
+        Err(error) => log::warn!("{error}; requests will answer 503 until it is reachable"),
+    }
+    let launcher = crate::containers::pool::Launcher::detect(config.stub);
+    let pool =
+        crate::containers::pool::Pool::new(launcher, &config.pool_keys(), config.pool_dynamic_size);
+    let context = Arc::new(crate::server::Context::new(config, docker, pool));
+    match crate::server::serve(context, shutdown) {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("agentkernel: {error}");
+            1
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Byte formats we read and write ourselves: tar for the engine's archive endpoints,
+//! base64 for file contents and the engine's path-stat header. Pure functions of bytes;
+//! they know nothing of the engine or HTTP.
+
+pub mod base64;
+pub mod tar;

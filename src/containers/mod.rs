@@ -1,0 +1,7 @@
+//! What our containers are: profiles (the isolation settings), labels and names, the
+//! warm pool with its launcher and reaper, and the sweep of what a crash left behind.
+
+pub mod labels;
+pub mod pool;
+pub mod profile;
+pub mod sweep;
