@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::containers::pool::PoolKey;
 use crate::containers::profile::Profile;
+use crate::engine::reference::ImageRef;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -314,6 +314,37 @@ impl ImageTable {
     }
 }
 
+/// What a pool holds containers for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PoolKey {
+    pub image: String,
+    pub profile: Profile,
+}
+
+impl PoolKey {
+    /// `image[:profile]`, where the profile is recognised by name after the last `:`.
+    /// The image must be a valid reference (`ImageRef`).
+    pub fn parse(text: &str, default_profile: Profile) -> std::result::Result<PoolKey, String> {
+        if let Some((image, profile)) = text.rsplit_once(':') {
+            if let Ok(profile) = Profile::parse(profile) {
+                if !image.is_empty() {
+                    return Ok(PoolKey {
+                        image: ImageRef::parse(image)?.to_string(),
+                        profile,
+                    });
+                }
+            }
+        }
+        if text.is_empty() {
+            return Err("empty pool image".into());
+        }
+        Ok(PoolKey {
+            image: ImageRef::parse(text)?.to_string(),
+            profile: default_profile,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,5 +397,23 @@ mod tests {
         for bad in ["", "a_b", "a.b", "UPPER", &"x".repeat(33)] {
             assert!(Namespace::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn parses_pool_keys() {
+        let key = PoolKey::parse("agentkernel/busybox:latest", Profile::Moderate).unwrap();
+        assert_eq!(key.image, "agentkernel/busybox:latest");
+        assert_eq!(key.profile, Profile::Moderate);
+        let key = PoolKey::parse("alpine:3.20:restrictive", Profile::Moderate).unwrap();
+        assert_eq!(key.image, "alpine:3.20");
+        assert_eq!(key.profile, Profile::Restrictive);
+        let key = PoolKey::parse("busybox:permissive", Profile::Moderate).unwrap();
+        assert_eq!(
+            (key.image.as_str(), key.profile),
+            ("busybox", Profile::Permissive)
+        );
+        assert!(PoolKey::parse("", Profile::Moderate).is_err());
+        assert!(PoolKey::parse("../../etc", Profile::Moderate).is_err());
+        assert!(PoolKey::parse("/:restrictive", Profile::Moderate).is_err());
     }
 }

@@ -281,8 +281,13 @@ fn exec_op(
         4 * MAX_LOG_BYTES,
     )
     .map_err(Error::Invalid)?;
-    let result =
-        crate::run::exec_direct(docker, container, &spec, Instant::now(), &mut NoObserver)?;
+    let result = crate::exec::docker_exec::exec_direct(
+        docker,
+        container,
+        &spec,
+        Instant::now(),
+        &mut NoObserver,
+    )?;
     match result.exit_code {
         Some(0) => serde_json::from_slice(&result.stdout).map_err(|error| {
             Error::RunLost(format!(

@@ -317,9 +317,14 @@ impl<'a> Container<'a> {
             max_stdout.max(STUB_MESSAGE_BYTES),
         )
         .map_err(Error::Invalid)?;
-        let result =
-            crate::run::exec_direct(docker, &self.id, &spec, Instant::now(), &mut NoObserver)
-                .map_err(|error| self.engine_error(error, path))?;
+        let result = crate::exec::docker_exec::exec_direct(
+            docker,
+            &self.id,
+            &spec,
+            Instant::now(),
+            &mut NoObserver,
+        )
+        .map_err(|error| self.engine_error(error, path))?;
         self.stub_outcome(&result, path)?;
         Ok(result)
     }

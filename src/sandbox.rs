@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::containers::labels::{self, container_name, Kind, SandboxName};
-use crate::containers::pool::Launcher;
+use crate::containers::launcher::{idle_command, Launcher};
 use crate::containers::profile::{Limits, Profile};
 use crate::engine::reference::ImageRef;
 use crate::engine::{ContainerInspect, ContainerSpec, Docker, DockerError};
@@ -70,16 +70,6 @@ pub struct CreateSandbox {
     pub image: ImageRef,
     pub profile: Profile,
     pub limits: Limits,
-}
-
-/// The command that keeps a sandbox alive: a shell loop that `docker-init` can stop
-/// with SIGTERM at once.
-pub fn idle_command() -> Vec<String> {
-    vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done".into(),
-    ]
 }
 
 pub fn list(docker: &Docker, config: &Config) -> Result<Vec<Sandbox>> {
@@ -270,9 +260,9 @@ pub fn exec(
         .as_ref()
         .is_some_and(|labels| labels.get(labels::STUB).map(String::as_str) == Some("1"));
     let result = if has_stub {
-        crate::containers::pool::exec_via_stub(docker, &inspect.id, spec, started, sink)
+        crate::exec::stub::exec_via_stub(docker, &inspect.id, spec, started, sink)
     } else {
-        crate::run::exec_direct(docker, &inspect.id, spec, started, sink)
+        crate::exec::docker_exec::exec_direct(docker, &inspect.id, spec, started, sink)
     };
     result.map_err(|error| explain_exec_failure(docker, config, name, error))
 }

@@ -7,8 +7,8 @@ use lexopt::prelude::*;
 
 use super::help::*;
 use super::*;
+use crate::config::PoolKey;
 use crate::config::{Config, Environment, ImageTable, Namespace};
-use crate::containers::pool::PoolKey;
 use crate::containers::profile::Profile;
 
 /// What a sub-parser found wrong; the caller knows which usage to attach.

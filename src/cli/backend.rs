@@ -21,7 +21,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::containers::pool::{Launcher, Pool};
+use crate::containers::launcher::Launcher;
+use crate::containers::pool::Pool;
 use crate::engine::frames::StreamKind;
 use crate::engine::Docker;
 use crate::exec::Observer;

@@ -33,6 +33,8 @@ const fn flag(long: &'static str, value: Option<&'static str>, help: &'static st
 pub struct Topic {
     /// `run`, `sandbox create`, ...; empty for the top level.
     pub command: &'static str,
+    /// Operands before the flags in the usage line (`NAME`).
+    pub lead: &'static str,
     pub flags: &'static [Flag],
     /// What follows the flags in the usage line (`NAME [--] CMD [ARGS...]`).
     pub operands: &'static str,
@@ -60,6 +62,9 @@ impl Topic {
             .collect();
         if !self.operands.is_empty() {
             words.push(self.operands.to_string());
+        }
+        if !self.lead.is_empty() {
+            words.insert(0, self.lead.to_string());
         }
         let lead = if self.command.is_empty() {
             "agentkernel".to_string()
@@ -125,6 +130,7 @@ impl Topic {
 
 pub const MAIN: Topic = Topic {
     command: "",
+    lead: "",
     flags: &[],
     operands: "[--server URL] [-v|-q] COMMAND [ARGS...]",
     about: "\
@@ -190,6 +196,7 @@ const JSON: Flag = flag(
 
 pub const RUN: Topic = Topic {
     command: "run",
+    lead: "",
     flags: &[
         flag(
             "image",
@@ -223,6 +230,7 @@ passed through when it is not a terminal. Exits with the command's exit code:
 
 pub const EXEC: Topic = Topic {
     command: "exec",
+    lead: "",
     flags: &[ENV, WORKDIR, TIMEOUT, JSON],
     operands: "NAME [--] CMD [ARGS...]",
     about: "\
@@ -233,6 +241,7 @@ Runs CMD in the running sandbox NAME, streaming its output; exit codes as for ru
 
 pub const SANDBOX: Topic = Topic {
     command: "sandbox",
+    lead: "",
     flags: &[],
     operands: "create|list|info|start|stop|remove ...",
     about: "\
@@ -249,6 +258,7 @@ Persistent sandboxes: containers that keep their files across stop and start.
 
 pub const SANDBOX_CREATE: Topic = Topic {
     command: "sandbox create",
+    lead: "NAME",
     flags: &[
         flag("image", Some("I"), "image (default: the default image)"),
         flag(
@@ -261,7 +271,7 @@ pub const SANDBOX_CREATE: Topic = Topic {
         flag("pids", Some("N"), "process limit, 16-4096"),
         JSON,
     ],
-    operands: "NAME",
+    operands: "",
     about: "\
 Creates and starts a sandbox; prints its name (or the API's object with --json).
 Limits default to the profile's.
@@ -271,6 +281,7 @@ Limits default to the profile's.
 
 pub const SANDBOX_LIST: Topic = Topic {
     command: "sandbox list",
+    lead: "",
     flags: &[JSON],
     operands: "",
     about: "Lists the sandboxes of the namespace as an aligned table.\n",
@@ -279,22 +290,25 @@ pub const SANDBOX_LIST: Topic = Topic {
 
 pub const SANDBOX_INFO: Topic = Topic {
     command: "sandbox info",
+    lead: "NAME",
     flags: &[JSON],
-    operands: "NAME",
+    operands: "",
     about: "One sandbox, with the limits the engine applied, as `key  value` lines.\n",
     more: "",
 };
 
 pub const SANDBOX_CHANGE: Topic = Topic {
     command: "sandbox start|stop|remove",
+    lead: "NAME",
     flags: &[JSON],
-    operands: "NAME",
+    operands: "",
     about: "Starts, stops (files are kept) or removes a sandbox; prints its name.\n",
     more: "",
 };
 
 pub const HEALTH: Topic = Topic {
     command: "health",
+    lead: "",
     flags: &[],
     operands: "",
     about: "\
@@ -305,6 +319,7 @@ Prints ok when the Docker Engine answers (local mode) or the server does (--serv
 
 pub const SERVE: Topic = Topic {
     command: "serve",
+    lead: "",
     flags: &[
         flag("host", Some("ADDR"), "address to bind (default: 127.0.0.1)"),
         flag(

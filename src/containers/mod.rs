@@ -2,6 +2,7 @@
 //! warm pool with its launcher and reaper, and the sweep of what a crash left behind.
 
 pub mod labels;
+pub mod launcher;
 pub mod pool;
 pub mod profile;
 pub mod sweep;

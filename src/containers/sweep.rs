@@ -29,5 +29,21 @@ pub fn remove_temporary(docker: &Docker, config: &Config) -> usize {
     if removed > 0 {
         log::info!("sweep: removed {removed} temporary containers");
     }
+    // A removal the engine already had in progress (an `AutoRemove` container whose
+    // stub just exited) answers at once but takes a moment: wait for it, briefly, so
+    // that "swept" means gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        let left = [Kind::Run, Kind::Pool].iter().any(|kind| {
+            docker
+                .container_list(&labels::filters(&config.namespace, Some(*kind)))
+                .map(|containers| !containers.is_empty())
+                .unwrap_or(false)
+        });
+        if !left {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     removed
 }

@@ -185,7 +185,10 @@ fn detached_execs_run_on_and_report_status_logs_and_kill() {
         "/sandboxes/bg/exec/detach",
         r#"{"command":["sleep","600"]}"#,
     );
-    let sleeper = body["data"]["id"].as_str().unwrap().to_string();
+    let sleeper = body["data"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("detach answered {body}"))
+        .to_string();
     let (status, _) = server.delete(&format!("/sandboxes/bg/exec/detached/{sleeper}"));
     assert_eq!(status, 200);
     assert!(crate::harness::eventually(

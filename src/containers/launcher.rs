@@ -1,0 +1,185 @@
+//! How commands reach temporary containers (`Launcher`: the stub, or `docker exec`
+//! where the stub cannot serve), and the launching of one: create, attach, start, and
+//! the stub's hello. The pool and the cold path of `/run` both launch here, so warm
+//! and cold containers are the same.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::config::PoolKey;
+use crate::containers::labels::{self, Kind};
+use crate::engine::{ContainerSpec, Docker};
+use crate::error::{Error, Result};
+use crate::exec::stub::StubStream;
+use crate::exec::{CommandResult, CommandSpec, OutputSink};
+use crate::stub;
+
+/// How commands reach temporary containers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Launcher {
+    /// Our static executable, mounted at `stub::STUB_PATH` from this host path.
+    Stub { host_path: PathBuf },
+    /// `docker exec` into an idle container; the reason the stub is not used.
+    Exec { reason: String },
+}
+
+impl Launcher {
+    /// The read-only mount that puts the stub into a container (none under exec).
+    pub fn stub_mounts(&self) -> Vec<(PathBuf, String)> {
+        match self {
+            Launcher::Stub { host_path } => vec![(host_path.clone(), stub::STUB_PATH.to_string())],
+            Launcher::Exec { .. } => Vec::new(),
+        }
+    }
+
+    /// The stub where our own executable can serve as one, else exec (said once, here).
+    pub fn detect(allow_stub: bool) -> Launcher {
+        let launcher = if !allow_stub {
+            Launcher::Exec {
+                reason: "disabled by configuration".into(),
+            }
+        } else {
+            match std::env::current_exe().and_then(|path| Ok((std::fs::read(&path)?, path))) {
+                Ok((bytes, path)) if stub::is_static_executable(&bytes) => {
+                    Launcher::Stub { host_path: path }
+                }
+                Ok((_, path)) => Launcher::Exec {
+                    reason: format!("{} is not a static executable", path.display()),
+                },
+                Err(error) => Launcher::Exec {
+                    reason: format!("cannot read our own executable: {error}"),
+                },
+            }
+        };
+        if let Launcher::Exec { reason } = &launcher {
+            log::warn!("in-container stub unavailable ({reason}): runs use docker exec");
+        }
+        launcher
+    }
+}
+
+/// A started temporary container, ready for one command.
+pub struct Warm {
+    pub id: String,
+    /// The attach connection to its stub (none under the exec launcher).
+    pub(crate) stream: Option<StubStream>,
+}
+
+impl Warm {
+    /// Whether the stub is still there: after its hello it sends nothing until it gets
+    /// a spec, so a readable connection means it closed (or broke the protocol).
+    pub(crate) fn is_alive(&self) -> bool {
+        let Some(stream) = &self.stream else {
+            return true;
+        };
+        stream.is_quiet()
+    }
+}
+
+/// Lets a used container go: closing the connection ends its stub (and so the
+/// container, which removes itself), and the explicit removal makes sure of it.
+pub(crate) fn remove_warm(docker: &Docker, warm: Warm) {
+    let id = warm.id.clone();
+    drop(warm);
+    if let Err(error) = docker.container_remove(&id) {
+        log::warn!("could not remove container {id}: {error}");
+    }
+}
+
+/// The command that keeps a sandbox alive: a shell loop that `docker-init` can stop
+/// with SIGTERM at once.
+pub fn idle_command() -> Vec<String> {
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done".into(),
+    ]
+}
+
+/// Creates, attaches and starts a temporary container for `key`. `workdir` is given on
+/// the cold path so that a read-only profile gets a writable workdir.
+pub fn launch(
+    docker: &Docker,
+    config: &Config,
+    launcher: &Launcher,
+    key: &PoolKey,
+    kind: Kind,
+    workdir: Option<&str>,
+) -> Result<Warm> {
+    let profile = key.profile;
+    let (entrypoint, open_stdin) = match launcher {
+        Launcher::Stub { .. } => (vec![stub::STUB_PATH.to_string(), "stub".to_string()], true),
+        Launcher::Exec { .. } => (idle_command(), false),
+    };
+    let mut spec = ContainerSpec {
+        name: None,
+        image: key.image.clone(),
+        labels: labels::labels(&config.namespace, kind, &key.image, profile.name(), None),
+        entrypoint: Some(entrypoint),
+        cmd: None,
+        env: Vec::new(),
+        working_dir: None,
+        user: profile.user().map(str::to_string),
+        open_stdin,
+        auto_remove: open_stdin,
+        host: profile.host_settings(
+            profile.default_limits(),
+            workdir.unwrap_or("/"),
+            launcher.stub_mounts(),
+        ),
+    };
+    // The stub is the container's init itself (it reaps orphans): no other process
+    // holds the container's stdout, so nothing but the stub can write records there,
+    // and as PID 1 the command cannot kill it from inside.
+    spec.host.init = !matches!(launcher, Launcher::Stub { .. });
+    let id = docker.container_create(&spec).map_err(|error| {
+        if error.is_not_found() {
+            Error::ImageMissing(key.image.clone())
+        } else {
+            Error::Engine(error)
+        }
+    })?;
+    let attached = (|| {
+        let stream = if open_stdin {
+            Some(docker.container_attach(&id, true)?)
+        } else {
+            None
+        };
+        docker.container_start(&id)?;
+        let Some(hijacked) = stream else {
+            return Ok(None);
+        };
+        let mut stream = StubStream::new(hijacked);
+        stream
+            .read_hello()
+            .map_err(crate::exec::stub::hello_docker_error)?;
+        Ok(Some(stream))
+    })();
+    match attached {
+        Ok(stream) => Ok(Warm { id, stream }),
+        Err(error) => {
+            if let Err(cleanup) = docker.container_remove(&id) {
+                log::warn!("could not remove failed container {id}: {cleanup}");
+            }
+            Err(Error::Engine(error))
+        }
+    }
+}
+
+/// Runs one command in a started temporary container: through its attached stub,
+/// else by `docker exec`.
+pub fn run_in(
+    docker: &Docker,
+    warm: &mut Warm,
+    spec: &CommandSpec,
+    started: Instant,
+    sink: OutputSink<'_>,
+) -> Result<CommandResult> {
+    match warm.stream.as_mut() {
+        Some(stream) => stream
+            .run(spec, started, sink)
+            .map_err(crate::exec::stub::run_lost),
+        None => crate::exec::docker_exec::exec_direct(docker, &warm.id, spec, started, sink),
+    }
+}

@@ -1,0 +1,355 @@
+//! The server side of the stub protocol: a spec record out, output and exit records in,
+//! over an attach connection (a warm container's) or a `docker exec` of the mounted stub
+//! (a sandbox's). The in-container side is `crate::stub`; the record format is shared.
+//!
+//! Invariants: the stub's first message must be its hello, so that an engine's refusal
+//! written into the stream is never read as records; every read has a deadline (the
+//! command's own plus `BACKSTOP`); a result is honest about how the command ended.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use crate::engine::frames::StreamKind;
+use crate::engine::{Docker, DockerError, ExecSpec, Hijacked};
+use crate::error::{Error, Result};
+use crate::exec::{Collected, CommandResult, CommandSpec, OutputSink, Status};
+use crate::stub::{self, StubExit, StubSpec};
+
+/// How long a new stub may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long past the command's deadline the server waits for the stub's own answer.
+const BACKSTOP: Duration = Duration::from_secs(5);
+
+/// Runs one command in a running container by `docker exec` of its mounted stub.
+pub fn exec_via_stub(
+    docker: &Docker,
+    container: &str,
+    spec: &CommandSpec,
+    started: Instant,
+    sink: OutputSink<'_>,
+) -> Result<CommandResult> {
+    let exec_spec = ExecSpec {
+        cmd: vec![stub::STUB_PATH.to_string(), "stub".to_string()],
+        attach_stdin: true,
+        ..ExecSpec::default()
+    };
+    let exec_id = docker.exec_create(container, &exec_spec)?;
+    let mut stream = StubStream::new(docker.exec_start(&exec_id)?);
+    stream.read_hello().map_err(hello_failed)?;
+    stream.run(spec, started, sink).map_err(run_lost)
+}
+
+/// How long the rest of an engine's in-stream error message may take to arrive.
+const ENGINE_TEXT_WAIT: Duration = Duration::from_millis(500);
+
+/// What the engine wrote into a hijacked stream in place of the stub's hello.
+#[derive(Debug)]
+struct EngineSaid(String);
+
+impl std::fmt::Display for EngineSaid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EngineSaid {}
+
+/// A failed hello as an engine error: the engine's own refusal, or an I/O failure.
+pub fn hello_docker_error(source: io::Error) -> DockerError {
+    match source
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<EngineSaid>())
+    {
+        Some(EngineSaid(message)) => DockerError::InStream(message.clone()),
+        None => DockerError::Io {
+            operation: "stub hello".into(),
+            source,
+        },
+    }
+}
+
+/// A failed hello: the engine's own refusal, or a stub that broke off.
+fn hello_failed(error: io::Error) -> Error {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<EngineSaid>())
+    {
+        Some(EngineSaid(message)) => Error::Engine(DockerError::InStream(message.clone())),
+        None => run_lost(error),
+    }
+}
+
+/// A stub conversation that broke off: the engine answered, so this is not an
+/// unreachable engine (503) but a run whose result is unknown.
+pub fn run_lost(error: io::Error) -> Error {
+    Error::RunLost(format!(
+        "the command's supervisor ended before reporting a result ({error}): the command \
+         or its container was killed, ran out of memory, or its client went away"
+    ))
+}
+
+/// The stub's records, read out of the stdout frames of an attach connection.
+pub struct StubStream {
+    hijacked: Hijacked,
+    frame: Vec<u8>,
+    position: usize,
+}
+
+impl Read for StubStream {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.position == self.frame.len() {
+            match self.hijacked.frames.next_frame(&mut self.frame)? {
+                None => return Ok(0),
+                Some(StreamKind::Stdout) => self.position = 0,
+                Some(_) => {
+                    log::debug!("stub: {}", String::from_utf8_lossy(&self.frame).trim_end());
+                    self.position = self.frame.len();
+                }
+            }
+        }
+        let count = out.len().min(self.frame.len() - self.position);
+        out[..count].copy_from_slice(&self.frame[self.position..self.position + count]);
+        self.position += count;
+        Ok(count)
+    }
+}
+
+impl StubStream {
+    /// Whether nothing is waiting to be read: after its hello a stub sends nothing until
+    /// it gets a spec, so a readable connection means it closed (or broke the protocol).
+    pub fn is_quiet(&self) -> bool {
+        let socket = &self.hijacked.stdin;
+        if socket.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let quiet = matches!(
+            (&*socket).read(&mut byte),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock
+        );
+        socket.set_nonblocking(false).is_ok() && quiet
+    }
+
+    pub fn new(hijacked: Hijacked) -> StubStream {
+        StubStream {
+            hijacked,
+            frame: Vec::new(),
+            position: 0,
+        }
+    }
+
+    pub fn read_hello(&mut self) -> io::Result<()> {
+        self.hijacked.set_read_timeout(Some(HELLO_TIMEOUT))?;
+        let mut kind = [0u8; 1];
+        if self.read(&mut kind)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the stub exited before saying hello",
+            ));
+        }
+        if kind[0] != stub::HELLO {
+            // Not our stub: once it has hijacked the connection, the engine reports a
+            // failure to start the process (its container stopped or went away) as text
+            // in the stream. Never read that as records.
+            let mut text = kind.to_vec();
+            self.hijacked.set_read_timeout(Some(ENGINE_TEXT_WAIT))?;
+            let _ = self.by_ref().take(4096).read_to_end(&mut text);
+            return Err(io::Error::other(EngineSaid(
+                String::from_utf8_lossy(&text).trim().to_string(),
+            )));
+        }
+        match stub::read_record(&mut (&kind[..]).chain(&mut *self))? {
+            Some((stub::HELLO, _)) => Ok(()),
+            Some((kind, _)) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("stub sent record {kind} before hello"),
+            )),
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the stub exited before saying hello",
+            )),
+        }
+    }
+
+    pub fn run(
+        &mut self,
+        spec: &CommandSpec,
+        started: Instant,
+        sink: OutputSink<'_>,
+    ) -> io::Result<CommandResult> {
+        let stub_spec = StubSpec {
+            argv: spec.argv.clone(),
+            env: spec.env.clone(),
+            workdir: spec.workdir.clone(),
+            // The command's own time: a cold container's start does not count against it.
+            timeout_ms: spec.timeout.as_millis().max(1) as u64,
+            max_output_bytes: spec.max_output_bytes,
+            stdin: spec.stdin.is_some(),
+        };
+        sink.connected(&self.hijacked.stdin);
+        let payload = serde_json::to_vec(&stub_spec).expect("spec serializes");
+        self.hijacked
+            .stdin
+            .write_all(&stub::encode_record(stub::SPEC, &payload))?;
+        let feed = spec
+            .stdin
+            .as_deref()
+            .map(|data| (self.hijacked.stdin.try_clone(), data));
+        let backstop = Instant::now() + spec.timeout + BACKSTOP;
+        with_records_fed(feed, || self.collect(spec, started, backstop, sink))
+    }
+
+    fn collect(
+        &mut self,
+        spec: &CommandSpec,
+        started: Instant,
+        backstop: Instant,
+        sink: OutputSink<'_>,
+    ) -> io::Result<CommandResult> {
+        let mut collected = Collected::default();
+        loop {
+            let left = backstop.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(timeout_result(collected, started));
+            }
+            self.hijacked.set_read_timeout(Some(left))?;
+            let record = match stub::read_record(self) {
+                Ok(record) => record,
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(timeout_result(collected, started));
+                }
+                Err(error) => return Err(error),
+            };
+            match record {
+                Some((kind @ (stub::STDOUT | stub::STDERR), bytes)) => {
+                    let kind = if kind == stub::STDOUT {
+                        StreamKind::Stdout
+                    } else {
+                        StreamKind::Stderr
+                    };
+                    let kept = collected.push(kind, &bytes, spec.max_output_bytes);
+                    if !kept.is_empty() {
+                        sink.output(kind, kept)?;
+                    }
+                }
+                Some((stub::EXIT, payload)) => {
+                    let exit: StubExit = serde_json::from_slice(&payload).map_err(|error| {
+                        io::Error::new(io::ErrorKind::InvalidData, format!("exit record: {error}"))
+                    })?;
+                    return Ok(result_from_exit(exit, collected, started));
+                }
+                Some(_) => {}
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the stream ended before the exit record",
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn timeout_result(collected: Collected, started: Instant) -> CommandResult {
+    CommandResult {
+        output: collected.output,
+        stdout: collected.stdout,
+        stderr: collected.stderr,
+        exit_code: None,
+        signal: None,
+        status: Status::Timeout,
+        duration: started.elapsed(),
+    }
+}
+
+/// The honest status: timeout, then OOM, then signal, then truncation, else exited.
+pub fn result_from_exit(exit: StubExit, collected: Collected, started: Instant) -> CommandResult {
+    let status = if exit.timed_out {
+        Status::Timeout
+    } else if exit.oom_killed {
+        Status::OomKilled
+    } else if exit.signal.is_some() {
+        Status::Signaled
+    } else if exit.truncated || collected.truncated {
+        Status::OutputTruncated
+    } else {
+        Status::Exited
+    };
+    let exit_code = if exit.timed_out {
+        None
+    } else {
+        exit.exit_code
+            .or(exit.signal.map(|signal| 128 + i64::from(signal)))
+    };
+    CommandResult {
+        output: collected.output,
+        stdout: collected.stdout,
+        stderr: collected.stderr,
+        exit_code,
+        signal: exit.signal,
+        status,
+        duration: started.elapsed(),
+    }
+}
+
+/// Feeds stdin to a stub as records: data in chunks, then the end mark.
+pub fn with_records_fed<T>(
+    feed: Option<(io::Result<UnixStream>, &[u8])>,
+    read: impl FnOnce() -> T,
+) -> T {
+    let feed = feed.map(|(writer, data)| {
+        (writer, move |mut writer: UnixStream| {
+            for chunk in data.chunks(32 * 1024) {
+                writer.write_all(&stub::encode_record(stub::STDIN, chunk))?;
+            }
+            writer.write_all(&stub::encode_record(stub::STDIN_END, &[]))
+        })
+    });
+    crate::exec::docker_exec::with_feeder(feed, read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::Status;
+
+    #[test]
+    fn exit_records_become_honest_statuses() {
+        let exit = |code: Option<i64>, signal: Option<i32>| StubExit {
+            exit_code: code,
+            signal,
+            timed_out: false,
+            oom_killed: false,
+            truncated: false,
+            error: None,
+        };
+        let now = Instant::now();
+        let result = result_from_exit(exit(Some(42), None), Collected::default(), now);
+        assert_eq!(
+            (result.status, result.exit_code),
+            (Status::Exited, Some(42))
+        );
+        let result = result_from_exit(exit(None, Some(9)), Collected::default(), now);
+        assert_eq!(
+            (result.status, result.exit_code),
+            (Status::Signaled, Some(137))
+        );
+        assert_eq!(result.signal, Some(9));
+        let mut oom = exit(None, Some(9));
+        oom.oom_killed = true;
+        assert_eq!(
+            result_from_exit(oom, Collected::default(), now).status,
+            Status::OomKilled
+        );
+        let mut late = exit(None, None);
+        late.timed_out = true;
+        let result = result_from_exit(late, Collected::default(), now);
+        assert_eq!((result.status, result.exit_code), (Status::Timeout, None));
+    }
+}
