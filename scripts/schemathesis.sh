@@ -74,8 +74,8 @@ status=0
 	--header "X-API-Key: $key" \
 	--checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,unsupported_method,allow_header_conformance,ignored_auth \
 	--phases examples,coverage,fuzzing \
-	--max-examples "$examples" --max-time "$seconds" --request-timeout 20 \
-	--workers 2 --seed 1 || status=$?
+	--max-examples "$examples" --max-time "$seconds" --request-timeout 60 \
+	--workers 1 --seed 1 || status=$?
 
 # Every sandbox the run created, through the API; then the server must leave nothing.
 for name in $(api "$base/sandboxes" | python3 -c 'import json,sys; print(" ".join(s["name"] for s in json.load(sys.stdin)["data"]))'); do
