@@ -3,7 +3,7 @@ TARGET   := x86_64-unknown-linux-gnu
 RELEASE  := target/$(TARGET)/release/agentkernel
 PORT     ?= 8080
 
-.PHONY: build run test lint unit integration static bench images clean
+.PHONY: build run test lint unit integration static bench images clean fuzz
 
 build:
 	cargo build --release
@@ -22,6 +22,7 @@ test: lint
 	export AK_TEST_RUN=$$$$; status=0; \
 		cargo test || status=$$?; \
 		bash scripts/sdk-test.sh || status=$$?; \
+		bash scripts/schemathesis.sh || status=$$?; \
 		bash scripts/check-leftovers.sh || status=$$?; \
 		exit $$status
 
@@ -38,6 +39,11 @@ integration:
 # A static binary: musl where that target is installed, else glibc crt-static.
 static:
 	bash scripts/build-static.sh
+
+# Every cargo-fuzz target (fuzz/) for FUZZ_SECONDS each.
+FUZZ_SECONDS ?= 30
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
 
 images:
 	bash scripts/build-busybox-image.sh

@@ -726,6 +726,7 @@ pub fn handle(context: &Context, request: &ApiRequest) -> Result<Reply, ApiError
 fn dispatch(context: &Context, route: Route, body: &[u8]) -> Result<Reply, ApiError> {
     use handlers::*;
     match route {
+        Route::OpenApi => get_openapi(context),
         Route::Health => get_health(context),
         Route::Pool => get_pool(context),
         Route::Backends => get_backends(context),

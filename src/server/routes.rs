@@ -9,6 +9,8 @@ use crate::files::SandboxPath;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
+    /// The OpenAPI description of the server (`src/server/openapi.json`).
+    OpenApi,
     Health,
     Backends,
     Pool,
@@ -86,6 +88,8 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
         allowed,
     };
     match (method, segments.as_slice()) {
+        ("GET", ["openapi.json"]) => Ok(Route::OpenApi),
+        (_, ["openapi.json"]) => Err(not_allowed("GET")),
         ("GET" | "HEAD", ["health"]) => Ok(Route::Health),
         (_, ["health"]) => Err(not_allowed("GET")),
         ("GET", ["backends"]) => Ok(Route::Backends),
@@ -320,5 +324,142 @@ mod tests {
                 "{url}"
             );
         }
+    }
+
+    /// The OpenAPI operation a route is: (method, path template). An exhaustive `match`,
+    /// so that a new variant does not compile until it is placed in the document.
+    fn operation_of(route: &Route) -> (&'static str, &'static str) {
+        match route {
+            Route::OpenApi => ("get", "/openapi.json"),
+            Route::Health => ("get", "/health"),
+            Route::Backends => ("get", "/backends"),
+            Route::Pool => ("get", "/pool"),
+            Route::Run => ("post", "/run"),
+            Route::RunStream => ("post", "/run/stream"),
+            Route::BatchRun => ("post", "/batch/run"),
+            Route::ListSandboxes => ("get", "/sandboxes"),
+            Route::CreateSandbox => ("post", "/sandboxes"),
+            Route::GetSandbox(_) => ("get", "/sandboxes/{name}"),
+            Route::GetSandboxByUuid(_) => ("get", "/sandboxes/by-uuid/{uuid}"),
+            Route::ExtendSandbox(_) => ("post", "/sandboxes/{name}/extend"),
+            Route::DeleteSandbox(_) => ("delete", "/sandboxes/{name}"),
+            Route::ExecSandbox(_) => ("post", "/sandboxes/{name}/exec"),
+            Route::ExecSandboxStream(_) => ("post", "/sandboxes/{name}/exec/stream"),
+            Route::ExecDetach(_) => ("post", "/sandboxes/{name}/exec/detach"),
+            Route::DetachedList(_) => ("get", "/sandboxes/{name}/exec/detached"),
+            Route::DetachedStatus(..) => ("get", "/sandboxes/{name}/exec/detached/{id}"),
+            Route::DetachedKill(..) => ("delete", "/sandboxes/{name}/exec/detached/{id}"),
+            Route::DetachedLogs { .. } => ("get", "/sandboxes/{name}/exec/detached/{id}/logs"),
+            Route::StartSandbox(_) => ("post", "/sandboxes/{name}/start"),
+            Route::StopSandbox(_) => ("post", "/sandboxes/{name}/stop"),
+            Route::SandboxLogs(_) => ("get", "/sandboxes/{name}/logs"),
+            Route::GetSandboxFile(..) => ("get", "/sandboxes/{name}/files/{path}"),
+            Route::PutSandboxFile(..) => ("put", "/sandboxes/{name}/files/{path}"),
+            Route::DeleteSandboxFile(..) => ("delete", "/sandboxes/{name}/files/{path}"),
+            Route::PostSandboxFiles(_) => ("post", "/sandboxes/{name}/files"),
+        }
+    }
+
+    /// Every (method, path template) of the document, with `head` where a `get` also
+    /// answers it.
+    fn documented_operations() -> Vec<(String, String)> {
+        let document: serde_json::Value =
+            serde_json::from_str(crate::api::handlers::OPENAPI).expect("openapi.json is JSON");
+        assert_eq!(document["openapi"], "3.1.0");
+        let mut operations = Vec::new();
+        for (template, item) in document["paths"].as_object().expect("paths") {
+            for (method, _) in item.as_object().expect("a path item") {
+                operations.push((method.clone(), template.clone()));
+            }
+        }
+        operations.sort();
+        operations
+    }
+
+    /// A path template with example parameters.
+    fn example_url(template: &str) -> String {
+        template
+            .replace("{name}", "st-box")
+            .replace("{uuid}", "0123456789ab")
+            .replace("{id}", "0123456789abcdef")
+            .replace("{path}", "tmp/dir/hello.txt")
+    }
+
+    #[test]
+    fn every_documented_operation_is_routed_to_itself() {
+        let operations = documented_operations();
+        assert!(operations.len() > 20, "{operations:?}");
+        for (method, template) in &operations {
+            let url = example_url(template);
+            let route = parse(&method.to_uppercase(), &url)
+                .unwrap_or_else(|error| panic!("{method} {url}: {error:?}"));
+            let expected = if method == "head" { "get" } else { method };
+            assert_eq!(
+                operation_of(&route),
+                (expected, template.as_str()),
+                "{method} {url}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_route_is_documented() {
+        let operations = documented_operations();
+        // One request per variant: `operation_of` is exhaustive, so a variant added
+        // without a sample here is caught by the comparison below.
+        let samples = [
+            ("GET", "/openapi.json"),
+            ("GET", "/health"),
+            ("GET", "/backends"),
+            ("GET", "/pool"),
+            ("POST", "/run"),
+            ("POST", "/run/stream"),
+            ("POST", "/batch/run"),
+            ("GET", "/sandboxes"),
+            ("POST", "/sandboxes"),
+            ("GET", "/sandboxes/b"),
+            ("GET", "/sandboxes/by-uuid/0123456789abcdef"),
+            ("POST", "/sandboxes/b/extend"),
+            ("DELETE", "/sandboxes/b"),
+            ("POST", "/sandboxes/b/exec"),
+            ("POST", "/sandboxes/b/exec/stream"),
+            ("POST", "/sandboxes/b/exec/detach"),
+            ("GET", "/sandboxes/b/exec/detached"),
+            ("GET", "/sandboxes/b/exec/detached/0123456789abcdef"),
+            ("DELETE", "/sandboxes/b/exec/detached/0123456789abcdef"),
+            (
+                "GET",
+                "/sandboxes/b/exec/detached/0123456789abcdef/logs?stream=stderr",
+            ),
+            ("POST", "/sandboxes/b/start"),
+            ("POST", "/sandboxes/b/stop"),
+            ("GET", "/sandboxes/b/logs"),
+            ("GET", "/sandboxes/b/files/tmp/x"),
+            ("PUT", "/sandboxes/b/files/tmp/x"),
+            ("DELETE", "/sandboxes/b/files/tmp/x"),
+            ("POST", "/sandboxes/b/files"),
+        ];
+        let mut routed: Vec<(String, String)> = samples
+            .iter()
+            .map(|(method, url)| {
+                let route = parse(method, url).unwrap_or_else(|e| panic!("{method} {url}: {e:?}"));
+                let (method, template) = operation_of(&route);
+                (method.to_string(), template.to_string())
+            })
+            .collect();
+        routed.push(("head".into(), "/health".into()));
+        routed.sort();
+        routed.dedup();
+        assert_eq!(routed.len(), samples.len() + 1, "two samples, one route");
+        assert_eq!(routed, operations);
+    }
+
+    #[test]
+    fn the_document_is_served_by_its_own_route() {
+        assert_eq!(parse("GET", "/openapi.json"), Ok(Route::OpenApi));
+        assert!(matches!(
+            parse("POST", "/openapi.json"),
+            Err(RouteError::MethodNotAllowed { allowed: "GET", .. })
+        ));
     }
 }

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Checks a live server against its own OpenAPI document (GET /openapi.json) with
+# schemathesis (pinned, from PyPI, in a venv kept at target/venv-schemathesis): no 5xx,
+# every status, content type and body as documented. The server runs with an API key,
+# a fresh namespace and short command timeouts (generated commands are arbitrary); the
+# sandboxes the run creates are removed through the API, and no container of the
+# namespace may be left. Bounded: AK_SCHEMATHESIS_EXAMPLES per operation (default 10)
+# and AK_SCHEMATHESIS_SECONDS in all (default 240).
+set -euo pipefail
+cd "$(dirname "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")")"
+
+SCHEMATHESIS_VERSION=4.32.5
+venv=target/venv-schemathesis
+binary=target/x86_64-unknown-linux-gnu/debug/agentkernel
+image="${AK_TEST_IMAGE:-agentkernel/busybox:latest}"
+examples="${AK_SCHEMATHESIS_EXAMPLES:-10}"
+seconds="${AK_SCHEMATHESIS_SECONDS:-240}"
+started=$SECONDS
+
+# Reused while it holds the pinned version; a failure to install is a failure.
+if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+	rm -rf "$venv"
+	# Python 3.11's ast.parse can fail deep in hypothesis' recursion ("AST constructor
+	# recursion depth mismatch"): a newer Python where there is one.
+	python=python3
+	for candidate in python3.13 python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[23]*/bin/python3; do
+		if "$candidate" -c '' 2>/dev/null; then
+			python=$candidate
+			break
+		fi
+	done
+	"$python" -m venv "$venv"
+	"$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+cargo build --quiet
+bash scripts/build-busybox-image.sh "$image" >/dev/null
+
+namespace="t-${AK_TEST_RUN:-0}-st-$$"
+key="st-key-$$"
+log=$(mktemp)
+data=$(mktemp -d)
+report=$(mktemp -d)
+AGENTKERNEL_API_KEY="$key" AGENTKERNEL_DATA_DIR="$data" \
+	"$binary" serve --port 0 --namespace "$namespace" --default-image "$image" \
+	--pool-size 1 --default-timeout-ms 2000 --max-timeout-ms 2000 2>"$log" &
+server=$!
+cleanup() {
+	kill -TERM "$server" 2>/dev/null || true
+	wait "$server" 2>/dev/null || true
+	docker ps -aq --filter "label=agentkernel.namespace=$namespace" | xargs -r docker rm -f >/dev/null
+	rm -rf "$log" "$data" "$report"
+}
+trap cleanup EXIT
+
+port=""
+for _ in $(seq 1 100); do
+	port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -n 1)
+	[ -n "$port" ] && break
+	sleep 0.1
+done
+if [ -z "$port" ]; then
+	echo "schemathesis: the server did not start:" >&2
+	cat "$log" >&2
+	exit 1
+fi
+base="http://127.0.0.1:$port"
+api() { curl -sS -H "X-API-Key: $key" "$@"; }
+
+# The document's example sandbox name, so that the examples reach a real sandbox.
+api -X POST "$base/sandboxes" -d '{"name":"st-box"}' >/dev/null
+
+status=0
+"$venv/bin/st" run "$base/openapi.json" \
+	--header "X-API-Key: $key" \
+	--checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,unsupported_method,allow_header_conformance,ignored_auth \
+	--phases examples,coverage,fuzzing \
+	--max-examples "$examples" --max-time "$seconds" --request-timeout 60 \
+	--workers 1 --seed 1 || status=$?
+
+# Every sandbox the run created, through the API; then the server must leave nothing.
+for name in $(api "$base/sandboxes" | python3 -c 'import json,sys; print(" ".join(s["name"] for s in json.load(sys.stdin)["data"]))'); do
+	api -X DELETE "$base/sandboxes/$name" >/dev/null || status=1
+done
+kill -TERM "$server"
+wait "$server" || status=1
+trap - EXIT
+left=$(docker ps -aq --filter "label=agentkernel.namespace=$namespace" | wc -l)
+if [ "$left" -ne 0 ]; then
+	echo "schemathesis: $left containers left in namespace $namespace" >&2
+	docker ps -aq --filter "label=agentkernel.namespace=$namespace" | xargs -r docker rm -f >/dev/null
+	status=1
+fi
+if [ "$status" -ne 0 ]; then
+	echo "schemathesis: the server's log:" >&2
+	grep -v ' INFO ' "$log" | tail -n 40 >&2 || true
+fi
+rm -rf "$log" "$data" "$report"
+echo "schemathesis: $SCHEMATHESIS_VERSION, $((SECONDS - started)) s, status $status"
+exit "$status"
