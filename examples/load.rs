@@ -161,10 +161,21 @@ fn main() {
          workers + queue + 8: the server admits {} requests at once and answers the rest 503.",
         WORKERS + QUEUE
     );
-    for row in rows.iter().filter(|row| row.slowest_is_first) {
+    println!(
+        "\nslowest first request of a client (connect included) against the slowest later one:"
+    );
+    for row in &rows {
         println!(
-            "{} at {} clients: the slowest request was its client's first (connect included)",
-            row.name, row.clients
+            "  {} at {} clients: first {:.1} ms; later {:.1} ms, later 503 {}",
+            row.name,
+            row.clients,
+            row.first_max,
+            row.later_max,
+            if row.later_busy_max > 0.0 {
+                format!("{:.1} ms", row.later_busy_max)
+            } else {
+                "-".into()
+            }
         );
     }
     for row in &rows {
@@ -299,8 +310,12 @@ struct Row {
     peak_rss_kib: u64,
     fallbacks: Option<u64>,
     left: Option<usize>,
-    /// Whether the slowest request was its client's first (which includes the connect).
-    slowest_is_first: bool,
+    /// The slowest first request of a client (it includes the connect).
+    first_max: f64,
+    /// The slowest later request (on an open keep-alive connection), not a 503.
+    later_max: f64,
+    /// The slowest later 503.
+    later_busy_max: f64,
 }
 
 impl Row {
@@ -399,14 +414,18 @@ fn measure(
         peak_rss_kib,
         fallbacks: None,
         left: None,
-        slowest_is_first: false,
+        first_max: 0.0,
+        later_max: 0.0,
+        later_busy_max: 0.0,
     };
-    let mut slowest = 0.0;
     for (ms, first, outcome) in outcomes {
-        if ms > slowest {
-            slowest = ms;
-            row.slowest_is_first = first;
-        }
+        let busy = matches!(outcome, Outcome::Busy);
+        let slowest = match (first, busy) {
+            (true, _) => &mut row.first_max,
+            (false, false) => &mut row.later_max,
+            (false, true) => &mut row.later_busy_max,
+        };
+        *slowest = slowest.max(ms);
         match outcome {
             Outcome::Ok => row.answered.push(ms),
             Outcome::Wrong(body) => {
