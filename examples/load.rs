@@ -223,8 +223,12 @@ fn main() {
             sixteen.peak_rss_kib <= RSS_TARGET_KIB,
         ),
         (
-            format!("overload: answers are 2xx or a 503 within {BUSY_TARGET_MS} ms, nothing else"),
-            overload.other == 0
+            format!(
+                "overload: 503s seen ({}), each within {BUSY_TARGET_MS} ms; nothing but 2xx and 503",
+                overload.busy.len()
+            ),
+            !overload.busy.is_empty()
+                && overload.other == 0
                 && overload.wrong == 0
                 && overload.busy.iter().all(|&ms| ms <= BUSY_TARGET_MS),
         ),
