@@ -3,7 +3,7 @@ TARGET   := x86_64-unknown-linux-gnu
 RELEASE  := target/$(TARGET)/release/agentkernel
 PORT     ?= 8080
 
-.PHONY: build run test lint unit integration static bench images clean fuzz
+.PHONY: build run test lint unit integration static bench load images clean fuzz
 
 build:
 	cargo build --release
@@ -56,3 +56,11 @@ bench:
 	bash scripts/build-busybox-image.sh
 	cargo build --release
 	cargo run --release --example bench
+
+# Sustained load (GET /health, POST /run at 1-16 clients, overload) for LOAD_SECONDS
+# per phase (default 20); see examples/load.rs.
+load:
+	bash scripts/check-engine.sh
+	bash scripts/build-busybox-image.sh
+	cargo build --release
+	cargo run --release --example load
