@@ -29,6 +29,7 @@ test: lint
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	python3 scripts/check-modules.py src
 
 unit:
 	cargo test --lib

@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentkernel::config::Namespace;
-use agentkernel::docker::Docker;
-use agentkernel::labels;
+use agentkernel::engine::Docker;
+use agentkernel::containers::labels;
 use serde_json::{json, Value};
 
 const WORKERS: usize = 8;
@@ -518,7 +518,7 @@ impl Server {
         server
     }
 
-    fn containers(&self) -> Vec<agentkernel::docker::ContainerSummary> {
+    fn containers(&self) -> Vec<agentkernel::engine::ContainerSummary> {
         self.docker
             .container_list(&labels::filters(&self.namespace, None))
             .unwrap_or_default()

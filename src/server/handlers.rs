@@ -40,13 +40,21 @@ fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
             "request body must be a JSON object".into(),
         ));
     }
-    serde_json::from_slice(body).map_err(|error| {
+    let malformed = |error: serde_json::Error| {
         ApiError::BadBody(if error.is_syntax() || error.is_eof() {
             format!("malformed JSON in request body: {error}")
         } else {
             format!("invalid request body: {error}")
         })
-    })
+    };
+    // serde takes a sequence for a struct; our bodies are objects, always.
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(malformed)?;
+    if !value.is_object() {
+        return Err(ApiError::BadBody(
+            "request body must be a JSON object".into(),
+        ));
+    }
+    serde_json::from_value(value).map_err(malformed)
 }
 
 /// The per-command fields shared by `/run` and exec.

@@ -364,7 +364,7 @@ mod tests {
     /// answers it.
     fn documented_operations() -> Vec<(String, String)> {
         let document: serde_json::Value =
-            serde_json::from_str(crate::api::handlers::OPENAPI).expect("openapi.json is JSON");
+            serde_json::from_str(crate::server::handlers::OPENAPI).expect("openapi.json is JSON");
         assert_eq!(document["openapi"], "3.1.0");
         let mut operations = Vec::new();
         for (template, item) in document["paths"].as_object().expect("paths") {

@@ -107,6 +107,7 @@ fn malformed_bodies_get_400_naming_the_problem() {
     let cases = [
         ("{not json", "malformed JSON"),
         ("", "JSON object"),
+        (r#"[["echo","hi"]]"#, "JSON object"),
         (r#"{"command":"echo hi"}"#, "invalid type"),
         (r#"{"command":[1,2]}"#, "invalid type"),
         (r#"{"command":[]}"#, "non-empty"),

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Checks that no two modules of the crate import each other, directly or through
+others: builds the graph of `crate::`, `super::` and `self::` paths between module files
+(test modules excluded) and prints every cycle. Exit 1 if there is one."""
+import os, re, sys
+
+ROOT = sys.argv[1] if len(sys.argv) > 1 else "src"
+
+def module_of(path):
+    parts = os.path.relpath(path, ROOT)[:-3].split("/")
+    if parts[-1] == "mod":
+        parts = parts[:-1]
+    return tuple(parts)
+
+modules = {}
+for folder, _, files in os.walk(ROOT):
+    for name in files:
+        if name.endswith(".rs"):
+            path = os.path.join(folder, name)
+            module = module_of(path)
+            if module in (("main",), ("lib",)):
+                continue
+            modules[module] = path
+
+def resolve(segments):
+    """The deepest module named by a path's leading segments."""
+    for length in range(len(segments), 0, -1):
+        if tuple(segments[:length]) in modules:
+            return tuple(segments[:length])
+    return None
+
+def strip_tests(text):
+    index = text.find("#[cfg(test)]\nmod tests")
+    return text if index < 0 else text[:index]
+
+PATH = re.compile(r"\b(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)+)")
+GROUP = re.compile(r"\b(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)*)::\{([^{}]*)\}")
+
+graph = {module: set() for module in modules}
+for module, path in modules.items():
+    text = strip_tests(open(path).read())
+    is_mod_file = path.endswith("mod.rs")
+    here = list(module) if is_mod_file else list(module)
+    def base(kind):
+        if kind == "crate":
+            return []
+        own = list(module)
+        if kind == "self":
+            return own if is_mod_file else own[:-1] + [own[-1]] if False else (own if is_mod_file else own)
+        # super: the parent of this module
+        return own[:-1]
+    found = []
+    for kind, rest, items in GROUP.findall(text):
+        prefix = base(kind) + [s for s in rest.split("::") if s]
+        for item in items.split(","):
+            item = item.strip().split(" as ")[0].strip()
+            if item and item != "self":
+                found.append(prefix + [s for s in item.split("::") if s])
+            elif item == "self":
+                found.append(prefix)
+    for kind, rest in PATH.findall(text):
+        found.append(base(kind) + [s for s in rest.split("::") if s])
+    for segments in found:
+        target = resolve(segments)
+        if target and target != module and not module[: len(target)] == target:
+            graph[module].add(target)
+
+# Tarjan's strongly connected components.
+index, low, stack, on_stack, sccs, counter = {}, {}, [], set(), [], [0]
+def connect(node):
+    index[node] = low[node] = counter[0]
+    counter[0] += 1
+    stack.append(node)
+    on_stack.add(node)
+    for other in graph[node]:
+        if other not in index:
+            connect(other)
+            low[node] = min(low[node], low[other])
+        elif other in on_stack:
+            low[node] = min(low[node], index[other])
+    if low[node] == index[node]:
+        component = []
+        while True:
+            other = stack.pop()
+            on_stack.discard(other)
+            component.append(other)
+            if other == node:
+                break
+        if len(component) > 1:
+            sccs.append(component)
+sys.setrecursionlimit(10000)
+for node in sorted(graph):
+    if node not in index:
+        connect(node)
+name = lambda m: "::".join(m)
+if "--graph" in sys.argv:
+    for node in sorted(graph):
+        print(f"{name(node)} -> {', '.join(sorted(name(t) for t in graph[node]))}")
+if sccs:
+    for component in sccs:
+        members = set(component)
+        print("import cycle among: " + ", ".join(sorted(name(m) for m in component)))
+        for m in sorted(component):
+            inside = sorted(name(t) for t in graph[m] if t in members)
+            print(f"  {name(m)} -> {', '.join(inside)}")
+    sys.exit(1)
+print(f"check-modules: {len(graph)} modules, no import cycle")
