@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentkernel::config::Namespace;
-use agentkernel::engine::Docker;
 use agentkernel::containers::labels;
+use agentkernel::engine::Docker;
 use serde_json::{json, Value};
 
 const WORKERS: usize = 8;
