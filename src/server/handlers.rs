@@ -134,7 +134,7 @@ pub fn get_health(context: &Context) -> Result<Reply, ApiError> {
     let mut reply = Reply::ok(json!("ok"));
     reply.body["status"] = json!("ok");
     reply.body["workers"] = json!({
-        "configured": edge.workers,
+        "configured": context.config.workers,
         "alive": edge.workers_alive.load(SeqCst),
     });
     reply.body["connections"] = json!({

@@ -191,39 +191,59 @@ pub fn parse_head(bytes: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>
 /// us buffer a whole head's worth of one line: the first line (414) and every header
 /// line (431), including the one still arriving.
 fn check_lines(bytes: &[u8], limits: &Limits) -> Result<(), HeadError> {
-    let mut start = 0;
-    let mut first = true;
-    loop {
-        let end = bytes[start..].iter().position(|&b| b == b'\n');
-        let length = match end {
-            Some(offset) => offset + 1,
-            None => bytes.len() - start,
-        };
-        if length > limits.max_line {
-            return Err(if first {
-                HeadError::UriTooLong(limits.max_line)
-            } else {
-                HeadError::HeadersTooLarge(format!(
-                    "A header line is longer than the {} byte limit",
-                    limits.max_line
-                ))
-            });
+    scan_lines(bytes, limits, &mut LineScan::default())
+}
+
+/// How far the line check of a head has gone, so that a head arriving in many reads is
+/// scanned once, not once per read.
+#[derive(Debug, Default, Clone, Copy)]
+struct LineScan {
+    /// Where the line being read starts.
+    line_start: usize,
+    /// Up to here the line being read has no line end.
+    scanned: usize,
+    /// The request line is behind us (blank lines before it are skipped).
+    past_first: bool,
+    /// The blank line that ends the head was seen.
+    ended: bool,
+}
+
+/// Checks the lines of `bytes` from where `scan` stopped; see `check_lines`.
+fn scan_lines(bytes: &[u8], limits: &Limits, scan: &mut LineScan) -> Result<(), HeadError> {
+    let too_long = |past_first: bool| {
+        if past_first {
+            HeadError::HeadersTooLarge(format!(
+                "A header line is longer than the {} byte limit",
+                limits.max_line
+            ))
+        } else {
+            HeadError::UriTooLong(limits.max_line)
         }
-        match end {
-            // An empty line ends the head: what follows is body or the next request.
-            Some(offset) if offset == 0 || (offset == 1 && bytes[start] == b'\r') => {
-                if !first {
-                    return Ok(());
-                }
-                start += offset + 1;
+    };
+    while !scan.ended {
+        let Some(offset) = bytes[scan.scanned..].iter().position(|&b| b == b'\n') else {
+            scan.scanned = bytes.len();
+            if bytes.len() - scan.line_start > limits.max_line {
+                return Err(too_long(scan.past_first));
             }
-            Some(offset) => {
-                start += offset + 1;
-                first = false;
-            }
-            None => return Ok(()),
+            return Ok(());
+        };
+        let end = scan.scanned + offset;
+        if end + 1 - scan.line_start > limits.max_line {
+            return Err(too_long(scan.past_first));
+        }
+        // An empty line ends the head: what follows is body or the next request.
+        let blank = end == scan.line_start
+            || (end == scan.line_start + 1 && bytes[scan.line_start] == b'\r');
+        scan.line_start = end + 1;
+        scan.scanned = end + 1;
+        if !blank {
+            scan.past_first = true;
+        } else if scan.past_first {
+            scan.ended = true;
         }
     }
+    Ok(())
 }
 
 /// How the body is framed (RFC 9112 section 6), refusing the ambiguous shapes that
@@ -431,12 +451,18 @@ impl Connection {
     ) -> Result<Head, HeadError> {
         let idle_until = Instant::now() + limits.idle_timeout;
         let mut head_until: Option<Instant> = None;
+        let mut scan = LineScan::default();
         loop {
             if !self.buffer.is_empty() {
                 let until = *head_until.get_or_insert_with(|| Instant::now() + limits.head_timeout);
-                if let Some((head, length)) = parse_head(&self.buffer, limits)? {
-                    self.buffer.drain(..length);
-                    return Ok(head);
+                // Parsed only once the head can be complete (or is too large): a head
+                // sent a byte at a time costs a scan of each byte, not a parse per byte.
+                scan_lines(&self.buffer, limits, &mut scan)?;
+                if scan.ended || self.buffer.len() >= limits.max_head {
+                    if let Some((head, length)) = parse_head(&self.buffer, limits)? {
+                        self.buffer.drain(..length);
+                        return Ok(head);
+                    }
                 }
                 if Instant::now() >= until {
                     return Err(HeadError::TimedOut);
@@ -790,6 +816,23 @@ mod tests {
             "d".repeat(9000)
         );
         assert!(parse(with_body.as_bytes()).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_head_scanned_a_byte_at_a_time_ends_where_a_whole_scan_does() {
+        let head = b"\r\nGET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\nBODY";
+        let mut scan = LineScan::default();
+        for length in 1..=head.len() {
+            scan_lines(&head[..length], &limits(), &mut scan).unwrap();
+            assert_eq!(scan.ended, length >= head.len() - 4, "{length}");
+        }
+        assert_eq!(scan.line_start, head.len() - 4);
+        let long = format!("GET / HTTP/1.1\r\nX: {}", "b".repeat(9000));
+        let mut scan = LineScan::default();
+        let result = (1..=long.len())
+            .map(|length| scan_lines(&long.as_bytes()[..length], &limits(), &mut scan))
+            .find(Result::is_err);
+        assert!(matches!(result, Some(Err(HeadError::HeadersTooLarge(_)))));
     }
 
     #[test]

@@ -56,7 +56,7 @@ impl Context {
             config.history_max_bytes,
         );
         Context {
-            edge: EdgeStats::new(config.workers),
+            edge: EdgeStats::default(),
             config,
             docker,
             pool,
@@ -66,25 +66,13 @@ impl Context {
 }
 
 /// What the edge counts: live workers and open connections.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct EdgeStats {
-    pub workers: usize,
     pub workers_alive: AtomicUsize,
     pub connections: AtomicUsize,
     /// The connection limit in force (the configured one, lowered to fit the
     /// open-files limit); 0 until the server listens.
     pub max_connections: AtomicUsize,
-}
-
-impl EdgeStats {
-    fn new(workers: usize) -> EdgeStats {
-        EdgeStats {
-            workers,
-            workers_alive: AtomicUsize::new(0),
-            connections: AtomicUsize::new(0),
-            max_connections: AtomicUsize::new(0),
-        }
-    }
 }
 
 /// A request as handlers see it: no HTTP types.
@@ -505,8 +493,8 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
             }
         };
         let started = Instant::now();
-        let route = match admit(context, &head) {
-            Ok(route) => route,
+        let (route, limit) = match admit(context, &head) {
+            Ok(admitted) => admitted,
             Err(error) => {
                 // An answer before the body: unless there is no body, close rather
                 // than read (or wait for) one we will not use.
@@ -522,16 +510,6 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                 return;
             }
         };
-        let limit = body_limit(&context.config, &route);
-        if matches!(head.framing, Framing::Length(length) if length > limit) {
-            finish_early(
-                connection,
-                Some(&head),
-                &ApiError::BodyTooLarge { limit },
-                started,
-            );
-            return;
-        }
         if head.expect_continue && head.framing != Framing::Empty && !head.http10 {
             let go_ahead = b"HTTP/1.1 100 Continue\r\n\r\n";
             if std::io::Write::write_all(&mut connection.stream, go_ahead).is_err() {
@@ -687,8 +665,8 @@ fn api_key_of(head: &Head) -> Option<&str> {
 
 /// Decides everything that needs no body, before any of it is read: a declared length
 /// over the limit (413, whoever asks: the number alone settles it), the key (401), the
-/// route (404, 405, 400).
-fn admit(context: &Context, head: &Head) -> Result<Route, ApiError> {
+/// route (404, 405, 400). Gives the route and its body limit.
+fn admit(context: &Context, head: &Head) -> Result<(Route, u64), ApiError> {
     let route = routes::parse(&head.method, &head.target);
     let limit = match &route {
         Ok(route) => body_limit(&context.config, route),
@@ -703,7 +681,7 @@ fn admit(context: &Context, head: &Head) -> Result<Route, ApiError> {
             return Err(ApiError::Unauthorized);
         }
     }
-    Ok(route?)
+    Ok((route?, limit))
 }
 
 /// The largest body a route accepts: file uploads carry a whole file (in base64), every
