@@ -565,7 +565,13 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                 log_request(&head, reply.status, started);
                 match written {
                     Ok(Ok(())) if !close => connection = back,
-                    Ok(_) => return,
+                    // Closed after a whole answer: linger, so that what the client sent
+                    // after this request does not reset the answer away unread.
+                    Ok(Ok(())) => {
+                        back.linger_close(Duration::from_millis(500));
+                        return;
+                    }
+                    Ok(Err(_)) => return,
                     Err(_) => {
                         log::error!("writing an answer panicked; the connection is closed");
                         return;
