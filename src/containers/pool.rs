@@ -362,13 +362,13 @@ impl Pool {
                         .0;
                 }
             };
-            let mut launched = self.launch(docker, config, &key, Kind::Pool, None);
+            let launched = self.launch(docker, config, &key, Kind::Pool, None);
             if self.shutdown.load(Ordering::SeqCst) {
                 // `shut_down` has already emptied the pool: this one would be missed.
                 if let Ok(warm) = launched {
                     remove_warm(docker, warm);
                 }
-                launched = Err(Error::Invalid("the pool is shutting down".into()));
+                return;
             }
             let mut keys = self.lock();
             let Some(state) = keys.get_mut(&key) else {
