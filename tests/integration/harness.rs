@@ -185,29 +185,7 @@ impl Server {
         body: Option<&str>,
         headers: &[(&str, &str)],
     ) -> (u16, Value) {
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(120))
-            .build();
-        let mut request = agent.request(method, &self.url(path));
-        for (name, value) in headers {
-            request = request.set(name, value);
-        }
-        let result = match body {
-            Some(body) => request
-                .set("Content-Type", "application/json")
-                .send_string(body),
-            None => request.call(),
-        };
-        let response = match result {
-            Ok(response) => response,
-            Err(ureq::Error::Status(_, response)) => response,
-            Err(error) => panic!("{method} {path}: {error}"),
-        };
-        let status = response.status();
-        let text = response.into_string().unwrap();
-        let value = serde_json::from_str(&text)
-            .unwrap_or_else(|_| panic!("{method} {path} answered non-JSON: {text:?}"));
-        (status, value)
+        request_url(method, &self.url(path), body, headers)
     }
 
     /// Writes raw bytes and returns the raw answer (until the server closes or 10 s).
@@ -285,6 +263,39 @@ impl Drop for Server {
             let _ = std::fs::remove_file(&history);
         }
     }
+}
+
+/// Any request to a full URL, from any thread (`Server` itself stays on the test's
+/// thread); any status is returned, never an error.
+pub fn request_url(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(120))
+        .build();
+    let mut request = agent.request(method, url);
+    for (name, value) in headers {
+        request = request.set(name, value);
+    }
+    let result = match body {
+        Some(body) => request
+            .set("Content-Type", "application/json")
+            .send_string(body),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("{method} {url}: {error}"),
+    };
+    let status = response.status();
+    let text = response.into_string().unwrap();
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("{method} {url} answered non-JSON: {text:?}"));
+    (status, value)
 }
 
 pub fn signal(pid: u32, name: &str) {

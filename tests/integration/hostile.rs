@@ -428,10 +428,8 @@ fn panics_never_shrink_the_worker_pool() {
         .map(|_| {
             let url = server.url("/run");
             std::thread::spawn(move || {
-                ureq::post(&url)
-                    .send_string(r#"{"command":["echo","x"]}"#)
-                    .map(|r| r.status())
-                    .unwrap_or(0)
+                crate::harness::request_url("POST", &url, Some(r#"{"command":["echo","x"]}"#), &[])
+                    .0
             })
         })
         .collect();

@@ -10,25 +10,7 @@ use crate::harness::{docker, Server};
 
 /// A request from any thread (`Server` itself stays on the test's thread).
 fn send(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(120))
-        .build();
-    let request = agent.request(method, url);
-    let result = match body {
-        Some(body) => request
-            .set("Content-Type", "application/json")
-            .send_string(body),
-        None => request.call(),
-    };
-    let response = match result {
-        Ok(response) | Err(ureq::Error::Status(_, response)) => response,
-        Err(error) => panic!("{method} {url}: {error}"),
-    };
-    let status = response.status();
-    let text = response.into_string().unwrap();
-    let value = serde_json::from_str(&text)
-        .unwrap_or_else(|_| panic!("{method} {url} answered non-JSON: {text:?}"));
-    (status, value)
+    crate::harness::request_url(method, url, body, &[])
 }
 
 fn error_of(body: &Value) -> &str {
