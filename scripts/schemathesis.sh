@@ -52,17 +52,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=""
-for _ in $(seq 1 100); do
-	port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -n 1)
-	[ -n "$port" ] && break
-	sleep 0.1
-done
-if [ -z "$port" ]; then
-	echo "schemathesis: the server did not start:" >&2
-	cat "$log" >&2
-	exit 1
-fi
+# shellcheck source=scripts/server-port.sh
+. scripts/server-port.sh
+port=$(server_port "$log" schemathesis)
 base="http://127.0.0.1:$port"
 api() { curl -sS -H "X-API-Key: $key" "$@"; }
 
