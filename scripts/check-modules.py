@@ -30,7 +30,7 @@ def resolve(segments):
     return None
 
 def strip_tests(text):
-    index = text.find("#[cfg(test)]\nmod tests")
+    index = text.find("#[cfg(test)]\nmod tests {")
     return text if index < 0 else text[:index]
 
 PATH = re.compile(r"\b(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)+)")
@@ -39,16 +39,9 @@ GROUP = re.compile(r"\b(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)*)::\{([^{
 graph = {module: set() for module in modules}
 for module, path in modules.items():
     text = strip_tests(open(path).read())
-    is_mod_file = path.endswith("mod.rs")
-    here = list(module) if is_mod_file else list(module)
     def base(kind):
-        if kind == "crate":
-            return []
-        own = list(module)
-        if kind == "self":
-            return own if is_mod_file else own[:-1] + [own[-1]] if False else (own if is_mod_file else own)
-        # super: the parent of this module
-        return own[:-1]
+        """The module a path starting with `crate`, `self` or `super` is relative to."""
+        return {"crate": [], "self": list(module), "super": list(module[:-1])}[kind]
     found = []
     for kind, rest, items in GROUP.findall(text):
         prefix = base(kind) + [s for s in rest.split("::") if s]
@@ -62,7 +55,8 @@ for module, path in modules.items():
         found.append(base(kind) + [s for s in rest.split("::") if s])
     for segments in found:
         target = resolve(segments)
-        if target and target != module and not module[: len(target)] == target:
+        # A module's own parents (`super::` items of a `mod.rs`) are not imports of it.
+        if target and module[: len(target)] != target:
             graph[module].add(target)
 
 # Tarjan's strongly connected components.
