@@ -568,14 +568,17 @@ impl Connection {
     /// Closes after an answer that left a body unread: stops sending, then reads and
     /// drops what the client still sends for a short, bounded while, so that the kernel
     /// does not answer the unread bytes with a reset that destroys our answer before the
-    /// client reads it.
+    /// client reads it. The time is the bound (through an 8 KiB scratch buffer, so no
+    /// memory is at stake); the byte cap only stops a fast sender early, and sits above
+    /// any body a client might still be writing when it reads our answer (a client that
+    /// writes its whole body first, as most do without `Expect`, must get to the end).
     pub fn linger_close(mut self, linger: Duration) {
         let _ = self.stream.flush();
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
         let until = Instant::now() + linger;
         let mut scratch = [0u8; 8192];
         let mut drained = 0usize;
-        while drained < 1024 * 1024 {
+        while drained < 64 * 1024 * 1024 {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;

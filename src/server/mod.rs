@@ -84,6 +84,13 @@ pub struct ApiRequest {
     pub body: Vec<u8>,
 }
 
+/// How long a closing connection reads and drops what its client still sends (see
+/// `Connection::linger_close`): long enough for a client that writes a whole body
+/// before it reads our early answer, even on a busy machine.
+const LINGER: Duration = Duration::from_secs(1);
+/// The `refuser` thread lingers less: it serves every refused connection in turn.
+const REFUSED_LINGER: Duration = Duration::from_millis(100);
+
 /// A request whose head and body have arrived, on its way to a worker with the
 /// connection to answer on.
 struct Job {
@@ -360,7 +367,7 @@ fn refuse(stream: TcpStream) {
     let reply = ApiError::TooManyConnections.reply();
     let bytes = reply.bytes();
     let _ = answer_of(&reply, &bytes, false, true).write_to(&mut connection.stream);
-    connection.linger_close(Duration::from_millis(100));
+    connection.linger_close(REFUSED_LINGER);
 }
 
 /// Starts worker `index`. A worker that dies anyway (a panic outside the guarded
@@ -548,7 +555,7 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                 let reply = ApiError::Busy.reply();
                 let _ = write_reply(&mut connection, &head, &reply, true);
                 log_request(&head, reply.status, started);
-                connection.linger_close(Duration::from_millis(200));
+                connection.linger_close(LINGER);
                 return;
             }
         }
@@ -568,7 +575,7 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                     // Closed after a whole answer: linger, so that what the client sent
                     // after this request does not reset the answer away unread.
                     Ok(Ok(())) => {
-                        back.linger_close(Duration::from_millis(500));
+                        back.linger_close(LINGER);
                         return;
                     }
                     Ok(Err(_)) => return,
@@ -607,7 +614,7 @@ fn finish_early(
         Some(head) => log_request(head, reply.status, started),
         None => log::info!("- - {} (bad request head)", reply.status),
     }
-    connection.linger_close(Duration::from_millis(500));
+    connection.linger_close(LINGER);
 }
 
 fn write_reply(
