@@ -27,6 +27,9 @@ pub struct Config {
     pub max_body_bytes: u64,
     /// Largest file the files API reads or writes (413 above it).
     pub max_file_bytes: u64,
+    /// Most request-body bytes held in memory at once, over all connections; a body
+    /// that does not fit gets a 503 before it is read. Never below one upload's limit.
+    pub max_body_memory_bytes: u64,
     pub default_timeout_ms: u64,
     pub max_timeout_ms: u64,
     pub default_max_output_bytes: u64,
@@ -75,6 +78,7 @@ impl Default for Config {
             default_profile: Profile::Moderate,
             max_body_bytes: 1024 * 1024,
             max_file_bytes: 16 * 1024 * 1024,
+            max_body_memory_bytes: 256 * 1024 * 1024,
             default_timeout_ms: 30_000,
             max_timeout_ms: 3_600_000,
             default_max_output_bytes: 1024 * 1024,
@@ -118,6 +122,12 @@ impl Config {
         (self.max_file_bytes.saturating_mul(4) / 3)
             .saturating_add(64 * 1024)
             .max(self.max_body_bytes)
+    }
+
+    /// The body memory budget in force: the configured one, but room for at least one
+    /// upload of the largest size we accept.
+    pub fn body_memory_budget(&self) -> u64 {
+        self.max_body_memory_bytes.max(self.max_upload_body_bytes())
     }
 
     /// The pool keys to keep warm from start-up.

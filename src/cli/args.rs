@@ -512,6 +512,9 @@ pub(super) fn parse_serve(
                     Profile::parse(&parser.value()?.string()?).map_err(Misuse)?
             }
             Long("max-body-bytes") => config.max_body_bytes = parser.value()?.parse()?,
+            Long("max-body-memory-bytes") => {
+                config.max_body_memory_bytes = parser.value()?.parse()?
+            }
             Long("max-file-bytes") => {
                 config.max_file_bytes = parser.value()?.parse()?;
                 if config.max_file_bytes == 0 {

@@ -407,6 +407,11 @@ pub const SERVE: Topic = Topic {
             "largest file the files API moves (default: 16777216)",
         ),
         flag(
+            "max-body-memory-bytes",
+            Some("N"),
+            "request bodies held at once; past it 503 (default: 268435456)",
+        ),
+        flag(
             "client-timeout-secs",
             Some("N"),
             "body arrival and each write to a client (default: 30)",

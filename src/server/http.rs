@@ -425,7 +425,12 @@ pub enum BodyError {
     TimedOut,
     /// The client went away.
     Closed,
+    /// The server is shutting down (503).
+    Stopped,
 }
+
+/// How often a read waiting on a client checks whether the server is stopping.
+const STOP_CHECK: Duration = Duration::from_millis(250);
 
 /// A client connection: the socket and what was read past the last request.
 pub struct Connection {
@@ -442,8 +447,8 @@ impl Connection {
         }
     }
 
-    /// Reads the next request's head. Waits up to `idle_timeout` for its first byte
-    /// (checking `stop` in between), then up to `head_timeout` for the rest.
+    /// Reads the next request's head. Waits up to `idle_timeout` for its first byte,
+    /// then up to `head_timeout` for the rest, checking `stop` in between.
     pub fn read_head(
         &mut self,
         limits: &Limits,
@@ -467,19 +472,19 @@ impl Connection {
                 if Instant::now() >= until {
                     return Err(HeadError::TimedOut);
                 }
-            } else if stop() || Instant::now() >= idle_until {
+            } else if Instant::now() >= idle_until {
+                return Err(HeadError::Closed);
+            }
+            // Shutdown drops a connection between requests and a request whose head is
+            // not yet whole alike: neither is waited for.
+            if stop() {
                 return Err(HeadError::Closed);
             }
             let deadline = head_until.unwrap_or(idle_until);
-            // Short slices while idle, so that shutdown is noticed.
-            let slice = if head_until.is_none() {
-                Duration::from_millis(250)
-            } else {
-                Duration::from_secs(3600)
-            };
+            // Short slices, so that shutdown is noticed.
             let wait = deadline
                 .saturating_duration_since(Instant::now())
-                .min(slice)
+                .min(STOP_CHECK)
                 .max(Duration::from_millis(1));
             let _ = self.stream.set_read_timeout(Some(wait));
             let room = (limits.max_head + 1)
@@ -500,12 +505,14 @@ impl Connection {
         }
     }
 
-    /// Reads the body the head announced, at most `limit` bytes, within `timeout`.
+    /// Reads the body the head announced, at most `limit` bytes, within `timeout`;
+    /// gives up (`Stopped`) once `stop` turns true.
     pub fn read_body(
         &mut self,
         head: &Head,
         limit: u64,
         timeout: Duration,
+        stop: &dyn Fn() -> bool,
     ) -> Result<Vec<u8>, BodyError> {
         let deadline = Instant::now() + timeout;
         match head.framing {
@@ -520,7 +527,7 @@ impl Connection {
                 let from_buffer = self.buffer.len().min(length);
                 body.extend(self.buffer.drain(..from_buffer));
                 while body.len() < length {
-                    self.wait_until(deadline)?;
+                    self.wait_until(deadline, stop)?;
                     let room = (length - body.len()).min(64 * 1024);
                     match read_some(&mut self.stream, &mut body, room) {
                         Ok(0) => return Err(BodyError::Closed),
@@ -544,7 +551,7 @@ impl Connection {
                         return Ok(decoder.body);
                     }
                     pending.clear();
-                    self.wait_until(deadline)?;
+                    self.wait_until(deadline, stop)?;
                     match read_some(&mut self.stream, &mut pending, 64 * 1024) {
                         Ok(0) => return Err(BodyError::Closed),
                         Ok(_) => {}
@@ -556,12 +563,17 @@ impl Connection {
         }
     }
 
-    fn wait_until(&mut self, deadline: Instant) -> Result<(), BodyError> {
+    /// Sets the next read's timeout: the time left before `deadline`, in slices short
+    /// enough to notice `stop`.
+    fn wait_until(&mut self, deadline: Instant, stop: &dyn Fn() -> bool) -> Result<(), BodyError> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(BodyError::TimedOut);
         }
-        let _ = self.stream.set_read_timeout(Some(left));
+        if stop() {
+            return Err(BodyError::Stopped);
+        }
+        let _ = self.stream.set_read_timeout(Some(left.min(STOP_CHECK)));
         Ok(())
     }
 

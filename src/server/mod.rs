@@ -23,7 +23,7 @@ pub mod views;
 
 use std::net::{TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,46 @@ pub struct EdgeStats {
     /// The connection limit in force (the configured one, lowered to fit the
     /// open-files limit); 0 until the server listens.
     pub max_connections: AtomicUsize,
+    /// Request-body bytes held (or promised to bodies on their way) right now, and the
+    /// most there may be (`Config::body_memory_budget`).
+    pub body_bytes: AtomicU64,
+    pub body_budget: AtomicU64,
+}
+
+/// A request body's share of the body memory budget, given back when dropped.
+struct BodyLease<'a> {
+    edge: &'a EdgeStats,
+    bytes: u64,
+}
+
+impl<'a> BodyLease<'a> {
+    /// Takes `bytes` of the budget, or nothing if they do not fit.
+    fn take(edge: &'a EdgeStats, bytes: u64) -> Option<BodyLease<'a>> {
+        let budget = edge.body_budget.load(Ordering::SeqCst);
+        edge.body_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(bytes).filter(|total| *total <= budget)
+            })
+            .ok()
+            .map(|_| BodyLease { edge, bytes })
+    }
+
+    /// Gives back what a body turned out not to need (a chunked body holds its route's
+    /// whole limit while it arrives).
+    fn shrink_to(&mut self, bytes: u64) {
+        if bytes < self.bytes {
+            self.edge
+                .body_bytes
+                .fetch_sub(self.bytes - bytes, Ordering::SeqCst);
+            self.bytes = bytes;
+        }
+    }
+}
+
+impl Drop for BodyLease<'_> {
+    fn drop(&mut self) {
+        self.edge.body_bytes.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
 }
 
 /// A request as handlers see it: no HTTP types.
@@ -90,6 +130,8 @@ pub struct ApiRequest {
 const LINGER: Duration = Duration::from_secs(1);
 /// The `refuser` thread lingers less: it serves every refused connection in turn.
 const REFUSED_LINGER: Duration = Duration::from_millis(100);
+/// Connections over the limit waiting for the `refuser`; past it they are closed unanswered.
+const REFUSER_QUEUE: usize = 64;
 
 /// A request whose head and body have arrived, on its way to a worker with the
 /// connection to answer on.
@@ -135,6 +177,10 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
         .edge
         .max_connections
         .store(max_connections, Ordering::SeqCst);
+    context
+        .edge
+        .body_budget
+        .store(config.body_memory_budget(), Ordering::SeqCst);
     log::info!(
         "listening on http://{local} (namespace '{}', {} workers, queue {}, {} connections, engine {})",
         config.namespace.as_str(),
@@ -174,7 +220,7 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     }
     drop(receiver);
     drop(done_sender);
-    let (refusals, refused) = bounded::<TcpStream>(64);
+    let (refusals, refused) = bounded::<TcpStream>(REFUSER_QUEUE);
     let refuser = spawn("refuser", move || {
         for stream in refused {
             refuse(stream);
@@ -209,8 +255,11 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
             Ok(()) => finished += 1,
             Err(_) => {
                 log::warn!(
-                    "{} workers still busy after {:?}; exiting without them",
+                    "{} of {} workers not finished and {} connections still open after {:?}; \
+                     exiting without them",
                     config.workers - finished,
+                    config.workers,
+                    context.edge.connections.load(Ordering::SeqCst),
                     config.shutdown_grace
                 );
                 break;
@@ -254,7 +303,12 @@ fn connection_limit(config: &Config) -> usize {
         .current
         .unwrap_or(u64::MAX);
     let pool: usize = config.pool_keys().iter().map(|(_, size)| size).sum();
-    let reserve = (config.workers * 8 + pool * 2 + config.pool_dynamic_size * 8 + 64) as u64;
+    // Engine connections, warm containers' stub streams, the refused connections
+    // waiting for the refuser, and a margin for files, the listener and the spare fd.
+    let reserve =
+        (config.workers * 8 + pool * 2 + config.pool_dynamic_size * 8 + REFUSER_QUEUE + 1 + 64)
+            as u64;
+    // Fewer than 16 connections is no server at all; that low, the engine's share gives.
     let room = open_files.saturating_sub(reserve).max(16);
     let limit = (config.max_connections as u64).min(room) as usize;
     if limit < config.max_connections {
@@ -454,14 +508,22 @@ fn work(context: &Context, job: Job) {
     });
     match reply.stream {
         Some(stream_job) => {
-            if hook == Some("stream") {
-                let _ = std::io::Write::write_all(
-                    &mut connection.stream,
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n",
-                );
-                panic!("test hook: panic while writing an event stream");
-            }
-            let status = sse::stream(context, &mut connection.stream, stream_job, head.http10);
+            // Past the stream's head no error answer can be sent: a panic closes the
+            // connection (the client sees the stream end without its `done` event).
+            let streamed = catch_unwind(AssertUnwindSafe(|| {
+                if hook == Some("stream") {
+                    let _ = std::io::Write::write_all(
+                        &mut connection.stream,
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n",
+                    );
+                    panic!("test hook: panic while writing an event stream");
+                }
+                sse::stream(context, &mut connection.stream, stream_job, head.http10)
+            }));
+            let status = streamed.unwrap_or_else(|_| {
+                log::error!("writing an event stream panicked; the connection is closed");
+                500
+            });
             let _ = done.send(Handled::Streamed(status));
         }
         None => {
@@ -517,19 +579,31 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                 return;
             }
         };
+        // The body's room in memory is promised before any of it is read (and before
+        // `100 Continue`): past the budget, a fast 503 instead of one more buffer.
+        let promised = match head.framing {
+            Framing::Empty => 0,
+            Framing::Length(length) => length.min(limit),
+            Framing::Chunked => limit,
+        };
+        let Some(mut lease) = BodyLease::take(&context.edge, promised) else {
+            finish_early(connection, Some(&head), &ApiError::BodiesInFlight, started);
+            return;
+        };
         if head.expect_continue && head.framing != Framing::Empty && !head.http10 {
             let go_ahead = b"HTTP/1.1 100 Continue\r\n\r\n";
             if std::io::Write::write_all(&mut connection.stream, go_ahead).is_err() {
                 return;
             }
         }
-        let body = match connection.read_body(&head, limit, limits.body_timeout) {
+        let body = match connection.read_body(&head, limit, limits.body_timeout, &stop) {
             Ok(body) => body,
             Err(BodyError::Closed) => return,
             Err(error) => {
                 let error = match error {
                     BodyError::TooLarge => ApiError::BodyTooLarge { limit },
                     BodyError::TimedOut => ApiError::RequestTimeout("body"),
+                    BodyError::Stopped => ApiError::ShuttingDown,
                     BodyError::Bad(message) => {
                         ApiError::BadBody(format!("Malformed chunked body: {message}"))
                     }
@@ -539,6 +613,7 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                 return;
             }
         };
+        lease.shrink_to(body.len() as u64);
         let keep_alive = head.keep_alive;
         let (done, handled) = bounded::<Handled>(1);
         let job = Job {

@@ -82,6 +82,10 @@ pub enum ApiError {
     Busy,
     /// Every client connection the server allows is open.
     TooManyConnections,
+    /// The request bodies in flight use up the body memory budget.
+    BodiesInFlight,
+    /// The server stopped while the request was still arriving.
+    ShuttingDown,
     /// The request head or body did not arrive in time.
     RequestTimeout(&'static str),
     /// The request line is longer than the limit.
@@ -137,6 +141,11 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
         ApiError::TooManyConnections => (
             503,
             "Server busy: too many open connections, retry shortly".into(),
+        ),
+        ApiError::ShuttingDown => (503, "Server is shutting down".into()),
+        ApiError::BodiesInFlight => (
+            503,
+            "Server busy: too many request bodies are arriving at once, retry shortly".into(),
         ),
         ApiError::RequestTimeout(what) => (408, format!("Request {what} took too long to arrive")),
         ApiError::UriTooLong(limit) => (

@@ -547,3 +547,92 @@ fn pipelined_and_a_thousand_kept_alive_requests_are_all_answered() {
     }
     server.finish();
 }
+
+/// Sends a `POST /run` head that declares `length` bytes, and `sent` of them.
+fn start_body(server: &Server, length: usize, sent: usize) -> TcpStream {
+    let mut stream = connect(server);
+    let head = format!("POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&vec![b' '; sent]).unwrap();
+    stream
+}
+
+#[test]
+fn request_bodies_in_memory_at_once_are_bounded() {
+    // 1 MiB per body, 2,000,000 bytes for all of them (the file limit is set low so that
+    // one upload's limit does not raise the budget).
+    let server = Server::start_with(Options {
+        args: [
+            "--max-body-memory-bytes",
+            "2000000",
+            "--max-file-bytes",
+            "65536",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Options::default()
+    });
+    let held: Vec<TcpStream> = (0..2).map(|_| start_body(&server, 900_000, 100)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // A third large body does not fit: 503 before any of it is sent, and closed.
+    let started = Instant::now();
+    let mut third = start_body(&server, 900_000, 0);
+    let answer = read_answer(&mut BufReader::new(third.try_clone().unwrap())).expect("an answer");
+    assert_eq!(answer.status, 503);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        answer.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("request bodies"),
+        "{:?}",
+        answer.json()
+    );
+    assert!(closed_within(&mut third, Duration::from_secs(3)));
+    // A small body still fits, and the server answers it.
+    let small = exchange(
+        &server,
+        b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    assert_eq!(small.status, 400, "{:?}", small.json());
+    // Once the held bodies' clients go away, their share is free again.
+    drop(held);
+    let back = crate::harness::eventually(Duration::from_secs(5), || {
+        let mut stream = start_body(&server, 900_000, 0);
+        let mut body = vec![b' '; 900_000 - 2];
+        body.extend_from_slice(b"{}");
+        stream.write_all(&body).unwrap();
+        read_answer(&mut BufReader::new(stream)).is_some_and(|answer| answer.status == 400)
+    });
+    assert!(back, "the budget was not given back");
+    server.finish();
+}
+
+#[test]
+fn shutdown_does_not_wait_for_requests_still_arriving() {
+    let mut server = Server::start_with(Options {
+        args: ["--head-timeout-secs", "120", "--client-timeout-secs", "120"]
+            .map(String::from)
+            .to_vec(),
+        ..Options::default()
+    });
+    let mut half_head = connect(&server);
+    half_head
+        .write_all(b"POST /run HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let half_body = start_body(&server, 1000, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = server.terminate();
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown waited {:?} for requests still arriving",
+        started.elapsed()
+    );
+    let answer = read_answer(&mut BufReader::new(half_body)).expect("an answer");
+    assert_eq!(answer.status, 503);
+    assert!(closed_within(&mut half_head, Duration::from_secs(1)));
+    let left = crate::harness::containers_of(&server.namespace);
+    assert!(left.is_empty(), "containers left behind: {left:?}");
+}
