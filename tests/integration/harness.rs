@@ -102,8 +102,9 @@ impl Server {
         command
             .args(["serve", "--port", "0", "--namespace", &namespace])
             .args(["--default-image", &image()])
-            // Small pools keep the suite light on a 2-core machine; pool tests set their own.
-            .args(["--pool-size", "1"])
+            // No warm pool: runs start their container cold, and no server builds
+            // containers nobody uses. Tests that measure or need the pool set their own.
+            .args(["--pool-size", "0", "--pool-dynamic-size", "0"])
             .args(&options.args)
             .env_remove("AGENTKERNEL_API_KEY")
             .env("AGENTKERNEL_LOG", "info")

@@ -156,7 +156,10 @@ fn execs_racing_a_delete_answer_200_404_or_409() {
 /// with a pool of one, the second goes cold, and must not wait for the first.
 #[test]
 fn two_concurrent_runs_never_wait_for_each_other() {
-    let server = Server::start();
+    let server = Server::start_with(crate::harness::Options {
+        args: ["--pool-size", "1"].map(String::from).to_vec(),
+        ..Default::default()
+    });
     // The pool's one container is ready: the server is idle.
     assert!(crate::harness::eventually(Duration::from_secs(30), || {
         server.get("/pool").1["data"]["keys"][0]["ready"] == json!(1)
