@@ -117,15 +117,6 @@ impl Drop for BodyLease<'_> {
     }
 }
 
-/// A request as handlers see it: no HTTP types.
-#[derive(Debug, Clone)]
-pub struct ApiRequest {
-    pub method: String,
-    pub url: String,
-    pub api_key: Option<String>,
-    pub body: Vec<u8>,
-}
-
 /// How long a closing connection reads and drops what its client still sends (see
 /// `Connection::linger_close`): long enough for a client that writes a whole body
 /// before it reads our early answer, even on a busy machine.
@@ -781,13 +772,6 @@ fn body_limit(config: &Config, route: &Route) -> u64 {
         Route::PutSandboxFile(..) | Route::PostSandboxFiles(_) => config.max_upload_body_bytes(),
         _ => config.max_body_bytes,
     }
-}
-
-/// Routes a request, parses it and runs its handler (for callers that did not route it
-/// yet, as the command line's local mode).
-pub fn handle(context: &Context, request: &ApiRequest) -> Result<Reply, ApiError> {
-    let route = routes::parse(&request.method, &request.url)?;
-    handlers::dispatch(context, Request::parse(route, &request.body)?)
 }
 
 /// Compares without an early exit, so the time taken does not reveal how much of a
