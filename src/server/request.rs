@@ -583,6 +583,211 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::containers::launcher::Launcher;
+    use crate::containers::pool::Pool;
+    use crate::engine::Docker;
+    use crate::server::{handlers, routes, Context};
+
+    /// Where the tests' engine would be: nowhere. Whatever these tests see answered
+    /// other than a 503 was decided before the engine was asked.
+    const NO_ENGINE: &str = "/nonexistent/agentkernel-unit-test.sock";
+
+    fn context() -> Context {
+        let config = Config {
+            docker_socket: NO_ENGINE.into(),
+            ..Config::default()
+        };
+        let docker = Docker::new(config.docker_socket.clone(), Duration::from_millis(100));
+        Context::new(config, docker, Pool::local(Launcher::detect(false)))
+    }
+
+    /// The status and envelope a server with no engine answers: routed, parsed and
+    /// dispatched as a worker does it.
+    fn answer(method: &str, url: &str, body: &str) -> (u16, Value) {
+        let context = context();
+        let reply = routes::parse(method, url)
+            .map_err(ApiError::from)
+            .and_then(|route| Request::parse(route, body.as_bytes()))
+            .and_then(|request| handlers::dispatch(&context, request))
+            .unwrap_or_else(|error| error.reply());
+        assert!(reply.stream.is_none(), "{method} {url}: an event stream");
+        (reply.status, reply.body)
+    }
+
+    fn error_of(body: &Value) -> &str {
+        body["error"].as_str().unwrap_or_default()
+    }
+
+    /// Asserts a 400 (or `status`) whose message contains `expected`.
+    fn assert_refused(method: &str, url: &str, body: &str, status: u16, expected: &str) {
+        let (got, answer) = answer(method, url, body);
+        assert_eq!(got, status, "{method} {url} {body}: {answer}");
+        assert_eq!(answer["success"], json!(false), "{answer}");
+        assert!(
+            error_of(&answer).contains(expected),
+            "{method} {url} {body}: {answer}"
+        );
+    }
+
+    // Moved from the integration tests (api.rs).
+    #[test]
+    fn malformed_bodies_get_400_naming_the_problem() {
+        let cases = [
+            ("{not json", "malformed JSON"),
+            ("", "JSON object"),
+            (r#"[["echo","hi"]]"#, "JSON object"),
+            (r#"{"command":"echo hi"}"#, "invalid type"),
+            (r#"{"command":[1,2]}"#, "invalid type"),
+            (r#"{"command":[]}"#, "non-empty"),
+            (r#"{"image":"x"}"#, "command is required"),
+            (
+                r#"{"command":["true"],"profile":"root"}"#,
+                "unknown profile 'root'",
+            ),
+            (r#"{"command":["true"],"fast":"yes"}"#, "invalid type"),
+            (r#"{"command":["true"],"env":["NOEQ"]}"#, "env entry 'NOEQ'"),
+            (r#"{"command":["true"],"workdir":"rel"}"#, "absolute"),
+            (r#"{"command":["true"],"timeout_ms":0}"#, "timeout_ms"),
+            (r#"{"command":["true"],"extra":1}"#, "unknown field `extra`"),
+        ];
+        for (body, expected) in cases {
+            assert_refused("POST", "/run", body, 400, expected);
+        }
+    }
+
+    // Moved from the integration tests (validation.rs); that a valid reference which
+    // is not there stays a 404 is in runs.rs and streams.rs.
+    #[test]
+    fn invalid_image_references_are_400s_naming_them_everywhere() {
+        for image in [
+            "/",
+            "../../etc",
+            "Busybox",
+            "busybox:",
+            "a//b",
+            "x@sha256:abc",
+        ] {
+            let expected = format!("image '{image}'");
+            let run = json!({"image": image, "command": ["true"]}).to_string();
+            for path in ["/run", "/run/stream"] {
+                assert_refused("POST", path, &run, 400, &expected);
+            }
+            let create = json!({"name": "bad-image", "image": image}).to_string();
+            assert_refused("POST", "/sandboxes", &create, 400, &expected);
+            let batch = json!({"commands": [{"image": image, "command": ["true"]}]});
+            let (status, body) = answer("POST", "/batch/run", &batch.to_string());
+            assert_eq!(status, 200, "{body}");
+            let entry = &body["data"]["results"][0];
+            assert_eq!(entry["output"], json!(null), "{body}");
+            assert!(error_of(entry).contains(&expected), "batch {image}: {body}");
+        }
+    }
+
+    // Moved from the integration tests (validation.rs).
+    #[test]
+    fn workdirs_the_engine_would_refuse_are_400s() {
+        for workdir in ["/proc", "/dev", "/etc/hosts", "/a/../b"] {
+            let body = json!({"profile": "restrictive", "fast": false, "command": ["true"],
+                              "workdir": workdir});
+            let expected = format!("'{workdir}'");
+            assert_refused("POST", "/run", &body.to_string(), 400, &expected);
+        }
+        for (field, value) in [("workdir", json!("relative")), ("env", json!(["1X=y"]))] {
+            let mut body = json!({"command": ["true"]});
+            body[field] = value;
+            assert_refused("POST", "/run", &body.to_string(), 400, "");
+        }
+    }
+
+    // Moved from the integration tests (sandboxes.rs); the one case that needs the
+    // engine, a missing image (404), is in runs.rs.
+    #[test]
+    fn invalid_create_requests_are_400s() {
+        let long_name = format!(r#"{{"name":"{}"}}"#, "n".repeat(64));
+        let cases = [
+            (r#"{}"#, "name is required"),
+            (r#"{"name":"-bad"}"#, "invalid sandbox name"),
+            (r#"{"name":"a/b"}"#, "invalid sandbox name"),
+            (&*long_name, "invalid sandbox name"),
+            (r#"{"name":"ok","profile":"x"}"#, "unknown profile 'x'"),
+            (
+                r#"{"name":"ok","memory_mb":1}"#,
+                "memory_mb must be between 16 and 16384",
+            ),
+            (r#"{"name":"ok","vcpus":99}"#, "vcpus must be between"),
+            (
+                r#"{"name":"ok","backend":"firecracker"}"#,
+                "backend 'firecracker'",
+            ),
+            (
+                r#"{"name":"ok","volumes":["/:/host"]}"#,
+                "volumes is not supported",
+            ),
+        ];
+        for (body, expected) in cases {
+            assert_refused("POST", "/sandboxes", body, 400, expected);
+        }
+    }
+
+    // Moved from the integration tests (files.rs): the body is refused before the
+    // sandbox is looked at.
+    #[test]
+    fn file_bodies_are_400s_naming_the_problem() {
+        for (body, expected) in [
+            (
+                json!({ "content": "%%", "encoding": "base64" }),
+                "invalid base64",
+            ),
+            (
+                json!({ "content": "x", "encoding": "hex" }),
+                "unknown encoding 'hex'",
+            ),
+            (json!({ "encoding": "utf8" }), "content is required"),
+            (json!({ "content": "x", "mode": 493 }), "unknown field"),
+        ] {
+            let url = "/sandboxes/errs/files/tmp/x";
+            assert_refused("PUT", url, &body.to_string(), 400, expected);
+        }
+    }
+
+    /// The other side of the matrices above: what validates goes on to the engine (here
+    /// a 503 naming its socket), so validation refuses no more than it should.
+    #[test]
+    fn valid_bodies_get_past_validation_to_the_engine() {
+        for (method, url, body) in [
+            ("POST", "/run", r#"{"command":["true"],"image":null}"#),
+            ("POST", "/run/stream", r#"{"command":["true"]}"#),
+            ("POST", "/sandboxes", r#"{"name":"ok","backend":"docker"}"#),
+            ("POST", "/sandboxes", r#"{"name":"ok","vcpus":2}"#),
+            ("POST", "/sandboxes/b/exec", r#"{"command":["true"]}"#),
+            (
+                "POST",
+                "/sandboxes/b/exec/stream",
+                r#"{"command":["true"]}"#,
+            ),
+            (
+                "POST",
+                "/sandboxes/b/exec/detach",
+                r#"{"command":["true"]}"#,
+            ),
+            ("POST", "/sandboxes/b/extend", r#"{"by":"2h"}"#),
+            ("PUT", "/sandboxes/b/files/tmp/x", r#"{"content":"x"}"#),
+            ("POST", "/sandboxes/b/files", r#"{"files":{"/tmp/x":"1"}}"#),
+            ("POST", "/sandboxes/b/start", ""),
+        ] {
+            assert_refused(method, url, body, 503, NO_ENGINE);
+        }
+        let (status, body) = answer(
+            "POST",
+            "/batch/run",
+            r#"{"commands":[{"command":["true"]}]}"#,
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            error_of(&body["data"]["results"][0]).contains(NO_ENGINE),
+            "{body}"
+        );
+    }
 
     #[test]
     fn bodies_survive_serializing_and_parsing_again() {

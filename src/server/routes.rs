@@ -534,6 +534,43 @@ mod tests {
         ));
     }
 
+    /// The answer a refused route gets: status, envelope and headers.
+    fn refusal(method: &str, url: &str) -> crate::server::response::Reply {
+        let error = parse(method, url).expect_err("a refused route");
+        crate::server::response::ApiError::from(error).reply()
+    }
+
+    // Moved from the integration tests (`api.rs`: unknown routes and wrong methods;
+    // `sandboxes.rs`: a bad name; `files.rs`: methods on file paths): the router alone
+    // decides these, before any body or engine.
+    #[test]
+    fn unknown_routes_wrong_methods_and_bad_names_are_json_404_405_and_400() {
+        let reply = refusal("GET", "/nope");
+        assert_eq!(reply.status, 404);
+        assert_eq!(reply.body["success"], serde_json::json!(false));
+        assert_eq!(reply.body["error"], serde_json::json!("No route for /nope"));
+        for (method, url, allowed) in [
+            ("GET", "/run", "POST"),
+            ("PUT", "/sandboxes/x", "GET, DELETE"),
+            ("PATCH", "/health", "GET"),
+            ("PATCH", "/sandboxes/errs/files/tmp/x", "GET, PUT, DELETE"),
+            ("GET", "/sandboxes/errs/files", "POST"),
+        ] {
+            let reply = refusal(method, url);
+            assert_eq!(reply.status, 405, "{method} {url}");
+            assert_eq!(reply.body["success"], serde_json::json!(false));
+            assert_eq!(
+                reply.headers,
+                vec![("Allow", allowed.to_string())],
+                "{method} {url}"
+            );
+        }
+        let reply = refusal("GET", "/sandboxes/bad%2Fname");
+        assert_eq!(reply.status, 400);
+        let message = reply.body["error"].as_str().unwrap();
+        assert!(message.contains("invalid sandbox name"), "{message}");
+    }
+
     #[test]
     fn targets_are_routed_back_to_their_routes() {
         let name = name("box-1");
