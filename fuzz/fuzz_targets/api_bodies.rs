@@ -1,5 +1,6 @@
-//! Request bodies through the API's own routing and handlers (`api::handle`): the first
-//! byte picks a route, the rest is its body. The engine's socket does not exist, so a
+//! Request bodies through the API's own routing, request parser and handlers
+//! (`routes::parse`, `Request::parse`, `handlers::dispatch`, as a worker runs them): the
+//! first byte picks a route, the rest is its body. The engine's socket does not exist, so a
 //! body that validates ends in a 503 at its first engine call; whatever the bytes, the
 //! answer is a status and an envelope, never a panic. (The HTTP request edge gets its
 //! own target with the new server: see fuzz/README.md.)
@@ -8,8 +9,10 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use agentkernel::server::handlers::dispatch;
+use agentkernel::server::request::Request;
 use agentkernel::server::response::status_of;
-use agentkernel::server::{handle, ApiRequest, Context};
+use agentkernel::server::{routes, Context};
 use agentkernel::config::Config;
 use agentkernel::engine::Docker;
 use agentkernel::containers::launcher::Launcher;
@@ -48,13 +51,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (method, url) = ROUTES[usize::from(selector) % ROUTES.len()];
-    let request = ApiRequest {
-        method: method.into(),
-        url: url.into(),
-        api_key: None,
-        body: body.to_vec(),
-    };
-    let status = match handle(context(), &request) {
+    let route = routes::parse(method, url).expect("a routed sample");
+    let answer = Request::parse(route, body).and_then(|request| dispatch(context(), request));
+    let status = match answer {
         Ok(reply) => reply.status,
         Err(error) => status_of(&error).0,
     };

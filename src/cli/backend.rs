@@ -1,18 +1,22 @@
 //! The CLI's way to the API: a `Backend` that is either this process (local mode) or a
 //! running server (remote mode), and that answers every command the same way.
 //!
-//! Local mode builds the same `api::Context` the server builds and calls `api::handle`
-//! in process with the request the server would have received, so both modes go
-//! through the same routes, body parsing, validation, domain code and error mapping:
-//! their answers are the same JSON by construction, not by care. Streaming run and
-//! exec go through the server's streaming routes (`/run/stream`,
-//! `/sandboxes/{name}/exec/stream`) the same way: in process, the handler's job runs
-//! with our observer where the server would write events (`StreamJob::execute`);
-//! remotely, we read the server's events.
+//! Commands arrive here as the server's own typed requests (`server::request::Request`).
+//! Local mode builds the same `server::Context` the server builds and hands the request
+//! to `handlers::dispatch` in process; remote mode sends it over HTTP, to the path of
+//! its route (`Route::target`) with its body serialized (`Request::body`), which the
+//! server parses back into the same value. Both modes thus go through the same
+//! validation, domain code and error mapping: their answers are the same JSON by
+//! construction, not by care. Streaming run and exec are the streaming routes'
+//! requests (`/run/stream`, `/sandboxes/{name}/exec/stream`): in process, the handler's
+//! job runs with our observer where the server would write events
+//! (`StreamJob::execute`); remotely, we read the server's events.
 //!
-//! Invariants: both modes send the same method, path and body bytes; an error becomes
-//! one `ClientError` whose message is the API's own; every remote call has a deadline
-//! and every answer read has a bound. Only this file and `api/` know HTTP.
+//! Invariants: both modes send the same request (a body serialized and parsed again is
+//! the same body, and local mode refuses a body over the limit as the server does); an
+//! error becomes one `ClientError` whose message is the API's own; every remote call has
+//! a deadline and every answer read has a bound. Only this file and `server/` know
+//! HTTP.
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};
@@ -26,8 +30,10 @@ use crate::containers::pool::Pool;
 use crate::engine::frames::StreamKind;
 use crate::engine::Docker;
 use crate::exec::Observer;
+use crate::server::handlers::dispatch;
+use crate::server::request::Request;
 use crate::server::response::{status_of, ApiError, Reply};
-use crate::server::{views, ApiRequest, Context};
+use crate::server::{views, Context};
 
 /// How long a remote call that does not run a command may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -148,45 +154,33 @@ impl Backend {
     /// One request, answered with its status and envelope, whatever the status.
     /// `timeout` is the command's, for a request that runs one: the call may then take
     /// that long and a grace; other calls get a fixed bound.
-    pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&[u8]>,
-        timeout: Option<Duration>,
-    ) -> Result<Answer, ClientError> {
+    pub fn send(&self, request: Request, timeout: Option<Duration>) -> Result<Answer, ClientError> {
         match self {
             Backend::Local(context) => {
-                let request = ApiRequest {
-                    method: method.to_string(),
-                    url: path.to_string(),
-                    api_key: None,
-                    body: body.unwrap_or_default().to_vec(),
-                };
-                check_body_size(&context.config, &request.body)?;
-                let reply = match crate::server::handle(context, &request) {
+                check_body_size(&context.config, &request)?;
+                let reply = match dispatch(context, request) {
                     Ok(reply) => reply,
                     Err(error) => error.reply(),
                 };
                 Ok(Answer::from_reply(reply))
             }
-            Backend::Remote(remote) => remote.request(method, path, body, timeout),
+            Backend::Remote(remote) => remote.send(&request, timeout),
         }
     }
 
-    /// Runs a command through a streaming route (`/run`, `/sandboxes/{name}/exec`):
-    /// output goes to `observer` as it is produced; the answer is the command's `data`
-    /// (at least `exit_code`, `status`, `signal`, `duration_ms`).
+    /// Runs a command through a streaming route's request (`Request::RunStream`,
+    /// `Request::ExecSandboxStream`): output goes to `observer` as it is produced; the
+    /// answer is the command's `data` (at least `exit_code`, `status`, `signal`,
+    /// `duration_ms`).
     pub fn stream(
         &self,
-        path: &str,
-        body: &[u8],
+        request: Request,
         timeout: Option<Duration>,
         observer: &mut dyn Observer,
     ) -> Result<Value, ClientError> {
         match self {
-            Backend::Local(context) => stream_local(context, path, body, observer),
-            Backend::Remote(remote) => remote.stream(path, body, timeout, observer),
+            Backend::Local(context) => stream_local(context, request, observer),
+            Backend::Remote(remote) => remote.stream(&request, timeout, observer),
         }
     }
 
@@ -203,38 +197,34 @@ impl Backend {
     }
 }
 
-/// The server refuses bodies over its limit before reading them; so does local mode.
-fn check_body_size(config: &Config, body: &[u8]) -> Result<(), ClientError> {
+/// The server refuses bodies over its limit before reading them; so does local mode,
+/// measuring the body remote mode would send.
+fn check_body_size(config: &Config, request: &Request) -> Result<(), ClientError> {
     let limit = config.max_body_bytes;
-    if body.len() as u64 > limit {
+    let length = request.body().map_or(0, |body| body.len());
+    if length as u64 > limit {
         return Err(ApiError::BodyTooLarge { limit }.into());
     }
     Ok(())
 }
 
-/// A streaming request answered in process: the server's own route and handler decide
-/// (and check) what runs, as for `POST {path}/stream`; the job then runs with our
-/// observer where the server would put its event stream.
+/// A streaming request answered in process: the server's own handler decides (and
+/// checks) what runs; the job then runs with our observer where the server would put
+/// its event stream.
 fn stream_local(
     context: &Context,
-    path: &str,
-    body: &[u8],
+    request: Request,
     observer: &mut dyn Observer,
 ) -> Result<Value, ClientError> {
-    check_body_size(&context.config, body)?;
-    let request = ApiRequest {
-        method: "POST".into(),
-        url: format!("{path}/stream"),
-        api_key: None,
-        body: body.to_vec(),
-    };
-    let mut reply = match crate::server::handle(context, &request) {
+    check_body_size(&context.config, &request)?;
+    let (_, path) = request.route().target();
+    let mut reply = match dispatch(context, request) {
         Ok(reply) => reply,
         Err(error) => error.reply(),
     };
     let Some(job) = reply.stream.take() else {
         return Err(Answer::from_reply(reply).data().err().unwrap_or_else(|| {
-            ClientError::Protocol(format!("{path}/stream answered without a stream"))
+            ClientError::Protocol(format!("{path} answered without a stream"))
         }));
     };
     let result = job.execute(context, observer).map_err(ApiError::from)?;
@@ -270,16 +260,11 @@ impl Remote {
         }
     }
 
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&[u8]>,
-        timeout: Option<Duration>,
-    ) -> Result<Answer, ClientError> {
+    fn send(&self, request: &Request, timeout: Option<Duration>) -> Result<Answer, ClientError> {
+        let (method, path) = request.route().target();
         let url = format!("{}{path}", self.base);
         let timeout = timeout.map_or(CALL_TIMEOUT, |t| t + COMMAND_GRACE);
-        let response = self.call(method, &url, body, timeout)?;
+        let response = self.call(method, &url, request.body().as_deref(), timeout)?;
         self.read_answer(response)
     }
 
@@ -305,14 +290,14 @@ impl Remote {
 
     fn stream(
         &self,
-        path: &str,
-        body: &[u8],
+        request: &Request,
         timeout: Option<Duration>,
         observer: &mut dyn Observer,
     ) -> Result<Value, ClientError> {
-        let url = format!("{}{path}/stream", self.base);
+        let (method, path) = request.route().target();
+        let url = format!("{}{path}", self.base);
         let timeout = timeout.unwrap_or(UNKNOWN_COMMAND_TIMEOUT) + COMMAND_GRACE;
-        let response = self.call("POST", &url, Some(body), timeout)?;
+        let response = self.call(method, &url, request.body().as_deref(), timeout)?;
         if response.status() != 200 {
             return Err(self.read_answer(response)?.data().err().unwrap_or_else(|| {
                 ClientError::Protocol("a success envelope instead of an event stream".into())

@@ -1,50 +1,40 @@
-//! Client commands turned into API requests (`Action::call`) and run through a
-//! `Backend`; stdin; exit codes.
+//! Client commands turned into typed API requests (`Action::request`, the server's own
+//! `Request` values) and run through a `Backend`; stdin; exit codes.
 
 use std::io::{self, IsTerminal, Read, Write};
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use super::backend::{self, Backend};
 use super::output::*;
 use super::*;
 use crate::containers::labels::SandboxName;
-
-/// An API request, as both modes send it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Call {
-    pub method: &'static str,
-    pub path: String,
-    pub body: Option<Value>,
-}
+use crate::server::request::{CommandFields, CreateBody, ExecBody, Request, RunBody};
 
 impl Action {
-    /// The request this action is. `stdin` is what to feed a run or exec command.
-    pub fn call(&self, stdin: Option<String>) -> Call {
-        let post = |path: String, body: Option<Value>| Call {
-            method: "POST",
-            path,
-            body,
-        };
-        match self {
+    /// The request this action is. `stdin` is what to feed a run or exec command. Fails
+    /// only on an invalid sandbox name.
+    pub fn request(&self, stdin: Option<String>) -> Result<Request, String> {
+        Ok(match self {
             Action::Run {
                 image,
                 profile,
                 fast,
                 command,
-            } => {
-                let mut body = command_body(command, stdin);
-                insert_some(&mut body, "image", image.clone().map(Value::from));
-                insert_some(&mut body, "profile", profile.clone().map(Value::from));
-                if !fast {
-                    body.insert("fast".into(), json!(false));
-                }
-                post("/run".into(), Some(Value::Object(body)))
-            }
-            Action::Exec { name, command } => post(
-                format!("/sandboxes/{name}/exec"),
-                Some(Value::Object(command_body(command, stdin))),
+            } => Request::Run(RunBody {
+                image: image.clone(),
+                profile: profile.clone(),
+                // Left out when it is the server's default, as every field not given.
+                fast: (!fast).then_some(false),
+                command: command_fields(command, stdin),
+            }),
+            Action::Exec { name, command } => Request::ExecSandbox(
+                SandboxName::parse(name)?,
+                ExecBody {
+                    sudo: None,
+                    command: command_fields(command, stdin),
+                },
             ),
             Action::Create {
                 name,
@@ -54,49 +44,27 @@ impl Action {
                 vcpus,
                 pids,
                 ..
-            } => {
-                let mut body = Map::new();
-                body.insert("name".into(), json!(name));
-                insert_some(&mut body, "image", image.clone().map(Value::from));
-                insert_some(&mut body, "profile", profile.clone().map(Value::from));
-                insert_some(&mut body, "memory_mb", memory_mb.map(Value::from));
-                insert_some(&mut body, "vcpus", vcpus.map(Value::from));
-                insert_some(&mut body, "pids", pids.map(Value::from));
-                post("/sandboxes".into(), Some(Value::Object(body)))
-            }
-            Action::List { .. } => Call {
-                method: "GET",
-                path: "/sandboxes".into(),
-                body: None,
-            },
-            Action::Info { name, .. } => Call {
-                method: "GET",
-                path: format!("/sandboxes/{name}"),
-                body: None,
-            },
-            Action::Change {
-                verb: Verb::Remove,
-                name,
-                ..
-            } => Call {
-                method: "DELETE",
-                path: format!("/sandboxes/{name}"),
-                body: None,
-            },
+            } => Request::CreateSandbox(CreateBody {
+                name: Some(name.clone()),
+                image: image.clone(),
+                profile: profile.clone(),
+                memory_mb: *memory_mb,
+                vcpus: *vcpus,
+                pids: *pids,
+                ..CreateBody::default()
+            }),
+            Action::List { .. } => Request::ListSandboxes,
+            Action::Info { name, .. } => Request::GetSandbox(SandboxName::parse(name)?),
             Action::Change { verb, name, .. } => {
-                let verb = if *verb == Verb::Start {
-                    "start"
-                } else {
-                    "stop"
-                };
-                post(format!("/sandboxes/{name}/{verb}"), None)
+                let name = SandboxName::parse(name)?;
+                match verb {
+                    Verb::Start => Request::StartSandbox(name),
+                    Verb::Stop => Request::StopSandbox(name),
+                    Verb::Remove => Request::DeleteSandbox(name),
+                }
             }
-            Action::Health => Call {
-                method: "GET",
-                path: "/health".into(),
-                body: None,
-            },
-        }
+            Action::Health => Request::Health,
+        })
     }
 
     /// The sandbox this action names, if any.
@@ -118,28 +86,27 @@ impl Action {
     }
 }
 
-pub(super) fn insert_some(body: &mut Map<String, Value>, key: &str, value: Option<Value>) {
-    if let Some(value) = value {
-        body.insert(key.to_string(), value);
+/// The body fields of `/run` and exec; fields not given are left out, so the server's
+/// defaults apply.
+fn command_fields(command: &CommandArgs, stdin: Option<String>) -> CommandFields {
+    CommandFields {
+        command: Some(command.argv.clone()),
+        env: (!command.env.is_empty()).then(|| command.env.clone()),
+        workdir: command.workdir.clone(),
+        stdin,
+        timeout_ms: command.timeout_ms,
+        max_output_bytes: None,
     }
 }
 
-/// The body fields of `/run` and exec; fields not given are left out, so the server's
-/// defaults apply.
-pub(super) fn command_body(command: &CommandArgs, stdin: Option<String>) -> Map<String, Value> {
-    let mut body = Map::new();
-    body.insert("command".into(), json!(command.argv));
-    if !command.env.is_empty() {
-        body.insert("env".into(), json!(command.env));
+/// The streaming form of a run or exec request (`/run/stream`,
+/// `/sandboxes/{name}/exec/stream`): the same body, output as it comes.
+fn streamed(request: Request) -> Request {
+    match request {
+        Request::Run(body) => Request::RunStream(body),
+        Request::ExecSandbox(name, body) => Request::ExecSandboxStream(name, body),
+        other => other,
     }
-    insert_some(
-        &mut body,
-        "workdir",
-        command.workdir.clone().map(Value::from),
-    );
-    insert_some(&mut body, "timeout_ms", command.timeout_ms.map(Value::from));
-    insert_some(&mut body, "stdin", stdin.map(Value::from));
-    body
 }
 
 /// The exit code a command's `data` calls for, the way `docker run` reports it.
@@ -210,19 +177,21 @@ pub(super) fn run_client(backend: &Backend, action: &Action) -> i32 {
             Ok(stdin) => stdin,
             Err(message) => return fail(&message),
         };
-        return run_command(backend, action.call(stdin), command, failed);
+        return match action.request(stdin) {
+            Ok(request) => run_command(backend, request, command, failed),
+            Err(message) => fail(&message),
+        };
     }
     if *action == Action::Health {
         if let Err(error) = backend.engine_reachable() {
             return fail(&error);
         }
     }
-    let call = action.call(None);
-    let body = call.body.as_ref().map(|body| body.to_string().into_bytes());
-    let data = match backend
-        .request(call.method, &call.path, body.as_deref(), None)
-        .and_then(|answer| answer.data())
-    {
+    let request = match action.request(None) {
+        Ok(request) => request,
+        Err(message) => return fail(&message),
+    };
+    let data = match backend.send(request, None).and_then(|answer| answer.data()) {
         Ok(data) => data,
         Err(error) => return fail(&error),
     };
@@ -243,11 +212,10 @@ pub(super) fn run_client(backend: &Backend, action: &Action) -> i32 {
 
 pub(super) fn run_command(
     backend: &Backend,
-    call: Call,
+    request: Request,
     command: &CommandArgs,
     failed: i32,
 ) -> i32 {
-    let body = call.body.unwrap_or_default().to_string().into_bytes();
     let timeout = Some(
         command
             .timeout_ms
@@ -255,7 +223,7 @@ pub(super) fn run_command(
     );
     if command.json {
         // Not streamed: the API's own non-streaming answer, printed as it is.
-        let answer = backend.request(call.method, &call.path, Some(&body), timeout);
+        let answer = backend.send(request, timeout);
         return match answer.and_then(|answer| answer.data()) {
             Ok(data) => {
                 println!("{data}");
@@ -268,7 +236,7 @@ pub(super) fn run_command(
         };
     }
     let mut console = Console::default();
-    match backend.stream(&call.path, &body, timeout, &mut console) {
+    match backend.stream(streamed(request), timeout, &mut console) {
         Ok(data) => exit_code_of(&data),
         // Our reader left (`| head`): end quietly, as a tool killed by SIGPIPE would.
         Err(_) if console.broken_pipe => 141,

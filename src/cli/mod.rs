@@ -1,10 +1,10 @@
 //! The command line: `main` calls `run(parse(args))`. The parser takes explicit
 //! arguments and environment so it is unit-testable; errors are printed once.
 //!
-//! Client commands (`run`, `exec`, `sandbox ...`, `health`) become an API request
-//! (method, path, JSON body) built here and sent through a `client::Backend`, local or
-//! remote; what they print is computed from the API's `data` alone, so both modes print
-//! the same thing. `serve` and `stub` are the server and its in-container helper.
+//! Client commands (`run`, `exec`, `sandbox ...`, `health`) become the server's own
+//! typed API request (`server::request::Request`), built here and sent through a
+//! `backend::Backend`, local or remote; what they print is computed from the API's
+//! `data` alone, so both modes print the same thing. `serve` and `stub` are the server and its in-container helper.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error. `run` and `exec` exit with the
 //! command's own code instead: 124 on timeout, 128+N when killed by signal N, and 125
@@ -23,7 +23,7 @@ use crate::config::{Config, Environment};
 
 pub use self::args::parse;
 use self::backend::Backend;
-pub use self::commands::{exit_code_of, Call};
+pub use self::commands::exit_code_of;
 pub use self::help::Topic;
 
 /// What the command line asked for.

@@ -396,6 +396,20 @@ fn help_on_every_level() {
     assert!(matches!(parse_words(&["--version"]), Ok(Command::Version)));
 }
 
+/// What remote mode sends for an action: method, path and body (as JSON); and the
+/// server parses that body back into the very request local mode dispatches.
+fn sent(action: &Action, stdin: Option<String>) -> (&'static str, String, Option<Value>) {
+    use crate::server::{request::Request, routes};
+    let request = action.request(stdin).expect("a valid request");
+    let (method, path) = request.route().target();
+    let body = request.body();
+    let route = routes::parse(method, &path).expect("a routed path");
+    let parsed = Request::parse(route, body.as_deref().unwrap_or_default());
+    assert_eq!(parsed.ok(), Some(request), "{method} {path}");
+    let body = body.map(|bytes| serde_json::from_slice(&bytes).expect("JSON"));
+    (method, path, body)
+}
+
 #[test]
 fn actions_become_the_api_requests_the_server_documents() {
     let (run, _) = client(
@@ -413,31 +427,28 @@ fn actions_become_the_api_requests_the_server_documents() {
         &NoEnvironment,
     );
     assert_eq!(
-        run.call(Some("input".into())),
-        Call {
-            method: "POST",
-            path: "/run".into(),
-            body: Some(json!({
+        sent(&run, Some("input".into())),
+        (
+            "POST",
+            "/run".into(),
+            Some(json!({
                 "command": ["echo", "hi"],
                 "env": ["A=1"],
                 "timeout_ms": 2000,
                 "fast": false,
                 "stdin": "input",
             })),
-        }
+        )
     );
     let (run, _) = client(&["run", "true"], &NoEnvironment);
-    assert_eq!(run.call(None).body, Some(json!({"command": ["true"]})));
+    assert_eq!(sent(&run, None).2, Some(json!({"command": ["true"]})));
     let (exec, _) = client(&["exec", "b", "-w", "/w", "pwd"], &NoEnvironment);
-    let call = exec.call(None);
-    assert_eq!(call.path, "/sandboxes/b/exec");
-    assert_eq!(
-        call.body,
-        Some(json!({"command": ["pwd"], "workdir": "/w"}))
-    );
+    let (_, path, body) = sent(&exec, None);
+    assert_eq!(path, "/sandboxes/b/exec");
+    assert_eq!(body, Some(json!({"command": ["pwd"], "workdir": "/w"})));
     let (create, _) = client(&["sandbox", "create", "b", "--pids", "64"], &NoEnvironment);
     assert_eq!(
-        create.call(None).body,
+        sent(&create, None).2,
         Some(json!({"name": "b", "pids": 64}))
     );
     let routes = [
@@ -449,9 +460,15 @@ fn actions_become_the_api_requests_the_server_documents() {
         (&["health"], "GET", "/health"),
     ];
     for (words, method, path) in routes {
-        let call = client(words, &NoEnvironment).0.call(None);
-        assert_eq!((call.method, call.path.as_str()), (method, path));
+        let (sent_method, sent_path, body) = sent(&client(words, &NoEnvironment).0, None);
+        assert_eq!((sent_method, sent_path.as_str()), (method, path));
+        assert_eq!(body, None, "{words:?}");
     }
+    let info = Action::Info {
+        name: "-bad".into(),
+        json: false,
+    };
+    assert!(info.request(None).is_err());
 }
 
 #[test]

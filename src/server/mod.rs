@@ -16,6 +16,7 @@
 
 pub mod handlers;
 pub mod http;
+pub mod request;
 pub mod response;
 pub mod routes;
 pub mod sse;
@@ -35,6 +36,7 @@ use crate::engine::Docker;
 use crate::history::History;
 
 use self::http::{Answer, BodyError, Connection, Framing, Head, HeadError, Limits};
+use self::request::Request;
 use self::response::{ApiError, Reply};
 use self::routes::Route;
 
@@ -113,15 +115,6 @@ impl Drop for BodyLease<'_> {
     fn drop(&mut self) {
         self.edge.body_bytes.fetch_sub(self.bytes, Ordering::SeqCst);
     }
-}
-
-/// A request as handlers see it: no HTTP types.
-#[derive(Debug, Clone)]
-pub struct ApiRequest {
-    pub method: String,
-    pub url: String,
-    pub api_key: Option<String>,
-    pub body: Vec<u8>,
 }
 
 /// How long a closing connection reads and drops what its client still sends (see
@@ -504,7 +497,7 @@ fn work(context: &Context, job: Job) {
         if hook == Some("handler") {
             panic!("test hook: panic in a handler");
         }
-        dispatch(context, route, &body)
+        Request::parse(route, &body).and_then(|request| handlers::dispatch(context, request))
     });
     match reply.stream {
         Some(stream_job) => {
@@ -778,51 +771,6 @@ fn body_limit(config: &Config, route: &Route) -> u64 {
     match route {
         Route::PutSandboxFile(..) | Route::PostSandboxFiles(_) => config.max_upload_body_bytes(),
         _ => config.max_body_bytes,
-    }
-}
-
-/// Routes a request and runs its handler (for callers that did not route it yet, as
-/// the command line's local mode).
-pub fn handle(context: &Context, request: &ApiRequest) -> Result<Reply, ApiError> {
-    let route = routes::parse(&request.method, &request.url)?;
-    dispatch(context, route, &request.body)
-}
-
-/// Runs the handler of a routed request: the single `match` from route to handler.
-fn dispatch(context: &Context, route: Route, body: &[u8]) -> Result<Reply, ApiError> {
-    use handlers::*;
-    match route {
-        Route::OpenApi => get_openapi(context),
-        Route::Health => get_health(context),
-        Route::Pool => get_pool(context),
-        Route::Backends => get_backends(context),
-        Route::GetSandboxByUuid(uuid) => get_sandbox_by_uuid(context, &uuid),
-        Route::ExtendSandbox(name) => post_sandbox_extend(context, &name, body),
-        Route::Run => post_run(context, body),
-        Route::RunStream => post_run_stream(context, body),
-        Route::BatchRun => post_batch_run(context, body),
-        Route::ListSandboxes => get_sandboxes(context),
-        Route::CreateSandbox => post_sandboxes(context, body),
-        Route::GetSandbox(name) => get_sandbox(context, &name),
-        Route::DeleteSandbox(name) => delete_sandbox(context, &name),
-        Route::ExecSandbox(name) => post_sandbox_exec(context, &name, body),
-        Route::ExecSandboxStream(name) => post_sandbox_exec_stream(context, &name, body),
-        Route::ExecDetach(name) => post_sandbox_exec_detach(context, &name, body),
-        Route::DetachedList(name) => get_detached_list(context, &name),
-        Route::DetachedStatus(name, id) => get_detached(context, &name, &id),
-        Route::DetachedKill(name, id) => delete_detached(context, &name, &id),
-        Route::DetachedLogs {
-            sandbox,
-            id,
-            stderr_only,
-        } => get_detached_logs(context, &sandbox, &id, stderr_only),
-        Route::StartSandbox(name) => post_sandbox_start(context, &name),
-        Route::StopSandbox(name) => post_sandbox_stop(context, &name),
-        Route::SandboxLogs(name) => get_sandbox_logs(context, &name),
-        Route::GetSandboxFile(name, path) => get_sandbox_file(context, &name, &path),
-        Route::PutSandboxFile(name, path) => put_sandbox_file(context, &name, &path, body),
-        Route::DeleteSandboxFile(name, path) => delete_sandbox_file(context, &name, &path),
-        Route::PostSandboxFiles(name) => post_sandbox_files(context, &name, body),
     }
 }
 

@@ -44,6 +44,77 @@ pub enum Route {
     PostSandboxFiles(SandboxName),
 }
 
+impl Route {
+    /// The method and path that `parse` turns into this route (`GET` for `Health`, which
+    /// `HEAD` reaches too): how the command line's remote mode sends a request.
+    pub fn target(&self) -> (&'static str, String) {
+        let sandbox = |name: &SandboxName, rest: &str| format!("/sandboxes/{name}{rest}");
+        let file = |name: &SandboxName, path: &SandboxPath| {
+            sandbox(
+                name,
+                &format!("/files{}", percent_encode_path(path.as_str())),
+            )
+        };
+        match self {
+            Route::OpenApi => ("GET", "/openapi.json".into()),
+            Route::Health => ("GET", "/health".into()),
+            Route::Backends => ("GET", "/backends".into()),
+            Route::Pool => ("GET", "/pool".into()),
+            Route::Run => ("POST", "/run".into()),
+            Route::RunStream => ("POST", "/run/stream".into()),
+            Route::BatchRun => ("POST", "/batch/run".into()),
+            Route::ListSandboxes => ("GET", "/sandboxes".into()),
+            Route::CreateSandbox => ("POST", "/sandboxes".into()),
+            Route::GetSandbox(name) => ("GET", sandbox(name, "")),
+            Route::GetSandboxByUuid(uuid) => ("GET", format!("/sandboxes/by-uuid/{uuid}")),
+            Route::ExtendSandbox(name) => ("POST", sandbox(name, "/extend")),
+            Route::DeleteSandbox(name) => ("DELETE", sandbox(name, "")),
+            Route::ExecSandbox(name) => ("POST", sandbox(name, "/exec")),
+            Route::ExecSandboxStream(name) => ("POST", sandbox(name, "/exec/stream")),
+            Route::ExecDetach(name) => ("POST", sandbox(name, "/exec/detach")),
+            Route::DetachedList(name) => ("GET", sandbox(name, "/exec/detached")),
+            Route::DetachedStatus(name, id) => {
+                ("GET", sandbox(name, &format!("/exec/detached/{id}")))
+            }
+            Route::DetachedKill(name, id) => {
+                ("DELETE", sandbox(name, &format!("/exec/detached/{id}")))
+            }
+            Route::DetachedLogs {
+                sandbox: name,
+                id,
+                stderr_only,
+            } => {
+                let query = if *stderr_only { "?stream=stderr" } else { "" };
+                (
+                    "GET",
+                    sandbox(name, &format!("/exec/detached/{id}/logs{query}")),
+                )
+            }
+            Route::StartSandbox(name) => ("POST", sandbox(name, "/start")),
+            Route::StopSandbox(name) => ("POST", sandbox(name, "/stop")),
+            Route::SandboxLogs(name) => ("GET", sandbox(name, "/logs")),
+            Route::GetSandboxFile(name, path) => ("GET", file(name, path)),
+            Route::PutSandboxFile(name, path) => ("PUT", file(name, path)),
+            Route::DeleteSandboxFile(name, path) => ("DELETE", file(name, path)),
+            Route::PostSandboxFiles(name) => ("POST", sandbox(name, "/files")),
+        }
+    }
+}
+
+/// A path with every byte but `/` and RFC 3986's unreserved ones percent-encoded, so
+/// that `parse` (which decodes file paths) reads back the same path.
+fn percent_encode_path(path: &str) -> String {
+    let mut encoded = String::with_capacity(path.len());
+    for byte in path.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'/' | b'-' | b'.' | b'_' | b'~') {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteError {
     NotFound(String),
@@ -461,5 +532,100 @@ mod tests {
             parse("POST", "/openapi.json"),
             Err(RouteError::MethodNotAllowed { allowed: "GET", .. })
         ));
+    }
+
+    /// The answer a refused route gets: status, envelope and headers.
+    fn refusal(method: &str, url: &str) -> crate::server::response::Reply {
+        let error = parse(method, url).expect_err("a refused route");
+        crate::server::response::ApiError::from(error).reply()
+    }
+
+    // Moved from the integration tests (`api.rs`: unknown routes and wrong methods;
+    // `sandboxes.rs`: a bad name; `files.rs`: methods on file paths): the router alone
+    // decides these, before any body or engine.
+    #[test]
+    fn unknown_routes_wrong_methods_and_bad_names_are_json_404_405_and_400() {
+        let reply = refusal("GET", "/nope");
+        assert_eq!(reply.status, 404);
+        assert_eq!(reply.body["success"], serde_json::json!(false));
+        assert_eq!(reply.body["error"], serde_json::json!("No route for /nope"));
+        for (method, url, allowed) in [
+            ("GET", "/run", "POST"),
+            ("PUT", "/sandboxes/x", "GET, DELETE"),
+            ("PATCH", "/health", "GET"),
+            ("PATCH", "/sandboxes/errs/files/tmp/x", "GET, PUT, DELETE"),
+            ("GET", "/sandboxes/errs/files", "POST"),
+        ] {
+            let reply = refusal(method, url);
+            assert_eq!(reply.status, 405, "{method} {url}");
+            assert_eq!(reply.body["success"], serde_json::json!(false));
+            assert_eq!(
+                reply.headers,
+                vec![("Allow", allowed.to_string())],
+                "{method} {url}"
+            );
+        }
+        let reply = refusal("GET", "/sandboxes/bad%2Fname");
+        assert_eq!(reply.status, 400);
+        let message = reply.body["error"].as_str().unwrap();
+        assert!(message.contains("invalid sandbox name"), "{message}");
+    }
+
+    #[test]
+    fn targets_are_routed_back_to_their_routes() {
+        let name = name("box-1");
+        let file = |text: &str| SandboxPath::parse(text).unwrap();
+        let routes = [
+            Route::OpenApi,
+            Route::Health,
+            Route::Backends,
+            Route::Pool,
+            Route::Run,
+            Route::RunStream,
+            Route::BatchRun,
+            Route::ListSandboxes,
+            Route::CreateSandbox,
+            Route::GetSandbox(name.clone()),
+            Route::GetSandboxByUuid("0123456789abcdef".into()),
+            Route::ExtendSandbox(name.clone()),
+            Route::DeleteSandbox(name.clone()),
+            Route::ExecSandbox(name.clone()),
+            Route::ExecSandboxStream(name.clone()),
+            Route::ExecDetach(name.clone()),
+            Route::DetachedList(name.clone()),
+            Route::DetachedStatus(name.clone(), "0123456789abcdef".into()),
+            Route::DetachedKill(name.clone(), "0123456789abcdef".into()),
+            Route::DetachedLogs {
+                sandbox: name.clone(),
+                id: "0123456789abcdef".into(),
+                stderr_only: false,
+            },
+            Route::DetachedLogs {
+                sandbox: name.clone(),
+                id: "0123456789abcdef".into(),
+                stderr_only: true,
+            },
+            Route::StartSandbox(name.clone()),
+            Route::StopSandbox(name.clone()),
+            Route::SandboxLogs(name.clone()),
+            Route::GetSandboxFile(name.clone(), file("/tmp/x")),
+            Route::PutSandboxFile(name.clone(), file("/tmp/a b/%41?#€")),
+            Route::DeleteSandboxFile(name.clone(), file("/files/x")),
+            Route::PostSandboxFiles(name.clone()),
+        ];
+        // And every documented operation (every variant: see `every_route_is_documented`).
+        let documented = documented_operations()
+            .into_iter()
+            .map(|(method, template)| {
+                parse(&method.to_uppercase(), &example_url(&template)).unwrap()
+            });
+        for route in routes.into_iter().chain(documented) {
+            let (method, path) = route.target();
+            assert_eq!(parse(method, &path), Ok(route), "{method} {path}");
+        }
+        assert_eq!(
+            Route::PutSandboxFile(name, file("/tmp/a b")).target().1,
+            "/sandboxes/box-1/files/tmp/a%20b"
+        );
     }
 }

@@ -254,27 +254,6 @@ fn paths_and_errors_name_the_thing() {
         exec_output(&server, "errs", "test -f /etc/passwd && echo kept"),
         "kept\n"
     );
-    for (body, expected) in [
-        (
-            json!({ "content": "%%", "encoding": "base64" }),
-            "invalid base64",
-        ),
-        (
-            json!({ "content": "x", "encoding": "hex" }),
-            "unknown encoding 'hex'",
-        ),
-        (json!({ "encoding": "utf8" }), "content is required"),
-        (json!({ "content": "x", "mode": 493 }), "unknown field"),
-    ] {
-        let (status, answer) = put(&server, "/sandboxes/errs/files/tmp/x", &body);
-        assert_eq!(status, 400, "{body}: {answer}");
-        let message = answer["error"].as_str().unwrap();
-        assert!(message.contains(expected), "{body}: {message}");
-    }
-    let (status, answer) = server.request("PATCH", "/sandboxes/errs/files/tmp/x", None, &[]);
-    assert_eq!(status, 405, "{answer}");
-    let (status, _) = server.get("/sandboxes/errs/files");
-    assert_eq!(status, 405);
     server.delete("/sandboxes/errs");
     server.finish();
 }

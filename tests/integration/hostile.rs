@@ -487,6 +487,14 @@ fn framings_work_or_get_a_clean_4xx() {
             String::from_utf8_lossy(&answer.body)
         );
     }
+    // A 405 names the allowed methods in its `Allow` header (which methods: unit tests
+    // of `server::routes`).
+    let answer = exchange(
+        &server,
+        b"PATCH /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(answer.status, 405);
+    assert_eq!(answer.header("allow"), Some("GET"));
     // Not HTTP at all (a TLS hello).
     let answer = exchange(
         &server,

@@ -116,6 +116,16 @@ fn missing_images_are_404_naming_the_image_and_never_pulled() {
         .as_str()
         .unwrap()
         .contains("'agentkernel-test/nope:1'"));
+    // A sandbox of a missing image, likewise.
+    let (status, body) = server.post(
+        "/sandboxes",
+        r#"{"name":"ok","image":"agentkernel-test/none:0"}"#,
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("'agentkernel-test/none:0'"));
     let pulled = crate::harness::docker()
         .image_exists("agentkernel-test/nope:1")
         .unwrap();
