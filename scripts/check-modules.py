@@ -30,8 +30,18 @@ def resolve(segments):
     return None
 
 def strip_tests(text):
-    index = text.find("#[cfg(test)]\nmod tests {")
-    return text if index < 0 else text[:index]
+    """The text without its `#[cfg(test)] mod tests { ... }` blocks (braces matched, so
+    code after a test module is still read)."""
+    marker = "#[cfg(test)]\nmod tests {"
+    while (start := text.find(marker)) >= 0:
+        depth, end = 0, start + len(marker) - 1
+        while end < len(text):
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            end += 1
+            if depth == 0:
+                break
+        text = text[:start] + text[end:]
+    return text
 
 PATH = re.compile(r"\b(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)+)")
 GROUP = re.compile(r"\b(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)*)::\{([^{}]*)\}")
