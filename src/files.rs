@@ -536,41 +536,41 @@ pub fn write_files(
     Ok(files.len())
 }
 
-/// An archive upload's failure, naming the file it concerns where the engine says.
+/// An archive upload's failure, in the sandbox's terms.
 fn upload_error(
     container: &Container<'_>,
     error: DockerError,
     files: &[&(SandboxPath, Vec<u8>)],
 ) -> Error {
-    let DockerError::Api { message, .. } = &error else {
-        return Error::Engine(error);
-    };
-    // The engine quotes paths ("/etc") or ends them with a colon (open /a/b: ...).
-    let path = files
-        .iter()
-        .map(|(path, _)| path.as_str())
-        .find(|path| {
-            message.contains(&format!("\"{path}\"")) || message.contains(&format!("{path}:"))
-        })
-        .or_else(|| files.first().map(|(path, _)| path.as_str()))
-        .unwrap_or("/")
-        .to_string();
-    if error.is_not_found() {
-        Error::SandboxNotFound(container.name.to_string())
-    } else if message.contains("cannot overwrite directory") {
-        Error::NotAFile {
-            path,
+    match error {
+        error if error.is_not_found() => Error::SandboxNotFound(container.name.to_string()),
+        DockerError::WouldReplaceDirectory { path } => Error::NotAFile {
+            path: named_file(files, Some(&path)),
             what: "a directory",
+        },
+        DockerError::NotADirectory { path } => Error::Invalid(format!(
+            "Cannot write '{}': one of its parents is a file, not a directory",
+            named_file(files, Some(&path))
+        )),
+        DockerError::ReadOnlyFilesystem { path } => {
+            container.read_only(&named_file(files, path.as_deref()))
         }
-    } else if message.contains("not a directory") {
-        Error::Invalid(format!(
-            "Cannot write '{path}': one of its parents is a file, not a directory"
-        ))
-    } else if message.contains("read-only") {
-        container.read_only(&path)
-    } else {
-        Error::Engine(error)
+        other => Error::Engine(other),
     }
+}
+
+/// The file of a batch that a path in an engine error concerns: the file at that path,
+/// else one below it (the engine named a parent), else the batch's first.
+fn named_file(files: &[&(SandboxPath, Vec<u8>)], engine_path: Option<&str>) -> String {
+    let paths = || files.iter().map(|(path, _)| path);
+    engine_path
+        .and_then(|engine_path| {
+            paths()
+                .find(|path| path.as_str() == engine_path)
+                .or_else(|| paths().find(|path| path.is_within(engine_path)))
+        })
+        .or_else(|| paths().next())
+        .map_or_else(|| "/".to_string(), SandboxPath::to_string)
 }
 
 /// Removes the file (or symlink) at `path`; never a directory. Needs the sandbox
@@ -663,6 +663,20 @@ mod tests {
         assert_eq!(follow("../../../../etc/x").as_deref(), Some("/etc/x"));
         assert_eq!(follow("/"), None);
         assert_eq!(follow(".."), Some("/usr".to_string()));
+    }
+
+    #[test]
+    fn engine_paths_name_the_file_of_a_batch() {
+        let batch: Vec<(SandboxPath, Vec<u8>)> = ["/root/a", "/root/f/x", "/etc"]
+            .iter()
+            .map(|path| (SandboxPath::parse(path).unwrap(), Vec::new()))
+            .collect();
+        let files: Vec<&(SandboxPath, Vec<u8>)> = batch.iter().collect();
+        assert_eq!(named_file(&files, Some("/etc")), "/etc");
+        assert_eq!(named_file(&files, Some("/root/f")), "/root/f/x");
+        assert_eq!(named_file(&files, Some("/elsewhere")), "/root/a");
+        assert_eq!(named_file(&files, None), "/root/a");
+        assert_eq!(named_file(&[], None), "/");
     }
 
     #[test]

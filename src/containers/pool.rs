@@ -144,9 +144,7 @@ impl Pool {
     pub fn stub_mount_failed(&self, error: &Error) -> bool {
         let mount_error = matches!(
             error,
-            Error::Engine(DockerError::Api { message, .. })
-                if message.contains("bind source path does not exist")
-                    || message.contains("invalid mount config")
+            Error::Engine(DockerError::MountSourceMissing { .. } | DockerError::MountInvalid(_))
         );
         if mount_error
             && matches!(self.launcher, Launcher::Stub { .. })

@@ -10,12 +10,14 @@
 //! through an unversioned `/_ping` and never hard-coded; there is no image pull call
 //! at all (the air-gap invariant: a missing image is an error, never a download).
 
+mod errors;
 pub mod frames;
 pub mod http;
 pub mod reference;
 
+pub use self::errors::{exec_refusal, DockerError};
+
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::{self, BufReader, Read};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -32,65 +34,6 @@ use self::http::{body_framing, read_body, read_head, write_request, Head};
 const CLIENT_MAX_API: (u32, u32) = (1, 47);
 /// Largest JSON answer we accept from the engine (a long container list is ~1 KiB each).
 const MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
-
-/// Everything that can go wrong talking to the engine.
-#[derive(Debug)]
-pub enum DockerError {
-    /// The socket could not be connected to: no daemon, wrong path or no permission.
-    Unreachable { socket: PathBuf, source: io::Error },
-    /// A connected call failed or timed out while sending or receiving.
-    Io {
-        operation: String,
-        source: io::Error,
-    },
-    /// The engine answered with an error status and this message.
-    Api { status: u16, message: String },
-    /// The engine's answer could not be understood.
-    Protocol(String),
-    /// After hijacking an attach or exec connection, the engine wrote this error text
-    /// into the stream instead of the process's output (it could not start the process:
-    /// its container stopped or went away).
-    InStream(String),
-}
-
-impl fmt::Display for DockerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DockerError::Unreachable { socket, source } => write!(
-                f,
-                "Docker Engine unreachable at {}: {source}",
-                socket.display()
-            ),
-            DockerError::Io { operation, source } => {
-                write!(f, "Docker Engine call {operation} failed: {source}")
-            }
-            DockerError::Api { status, message } => {
-                write!(f, "Docker Engine answered {status}: {message}")
-            }
-            DockerError::Protocol(message) => {
-                write!(f, "unexpected answer from the Docker Engine: {message}")
-            }
-            DockerError::InStream(message) => {
-                write!(
-                    f,
-                    "the Docker Engine could not start the process: {message}"
-                )
-            }
-        }
-    }
-}
-
-impl std::error::Error for DockerError {}
-
-impl DockerError {
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, DockerError::Api { status: 404, .. })
-    }
-
-    pub fn is_conflict(&self) -> bool {
-        matches!(self, DockerError::Api { status: 409, .. })
-    }
-}
 
 pub type Result<T> = std::result::Result<T, DockerError>;
 
@@ -434,7 +377,7 @@ impl Docker {
         if ok_statuses.contains(&head.status) {
             return Ok((head, bytes));
         }
-        let error = api_error(head.status, &bytes);
+        let error = DockerError::from_answer(head.status, &bytes);
         // The engine was upgraded or downgraded under us: negotiate again, once.
         if matches!(&error, DockerError::Api { status: 400, message } if message.contains("client version"))
         {
@@ -445,7 +388,7 @@ impl Docker {
             if ok_statuses.contains(&head.status) {
                 return Ok((head, bytes));
             }
-            return Err(api_error(head.status, &bytes));
+            return Err(DockerError::from_answer(head.status, &bytes));
         }
         Err(error)
     }
@@ -660,7 +603,7 @@ impl Docker {
         if head.status == 200 {
             Ok(bytes)
         } else {
-            Err(api_error(head.status, &bytes))
+            Err(DockerError::from_answer(head.status, &bytes))
         }
     }
 
@@ -723,7 +666,7 @@ impl Docker {
         if head.status != 101 && head.status != 200 {
             let framing = body_framing("POST", &head).map_err(io_error)?;
             let bytes = read_body(&mut reader, framing, 64 * 1024).unwrap_or_default();
-            return Err(api_error(head.status, &bytes));
+            return Err(DockerError::from_answer(head.status, &bytes));
         }
         writer.set_read_timeout(None).map_err(io_error)?;
         Ok(Hijacked {
@@ -731,19 +674,6 @@ impl Docker {
             stdin: writer,
         })
     }
-}
-
-/// `{"message": "..."}` → Api error; anything else is quoted as text.
-fn api_error(status: u16, body: &[u8]) -> DockerError {
-    #[derive(Deserialize)]
-    struct Message {
-        message: String,
-    }
-    let message = match serde_json::from_slice::<Message>(body) {
-        Ok(parsed) => parsed.message,
-        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
-    };
-    DockerError::Api { status, message }
 }
 
 fn create_body(spec: &ContainerSpec) -> Value {

@@ -65,12 +65,12 @@ pub fn exec_direct(
     } else {
         wait_exec_exit(docker, &exec_id)?
     };
-    // The runtime reports a program it cannot find as 126 with its message on stdout;
-    // a shell would say 127.
-    if exit_code == Some(126)
-        && String::from_utf8_lossy(&collected.stdout).contains("executable file not found")
-    {
-        exit_code = Some(127);
+    match crate::engine::exec_refusal(exit_code, &collected.stdout, &collected.stderr) {
+        None => {}
+        // A program that is not there is the command's own outcome, as a shell (and
+        // the stub) report it: 127, with the engine's words as its output.
+        Some(DockerError::ExecutableNotFound { .. }) => exit_code = Some(127),
+        Some(refusal) => return Err(Error::Engine(refusal)),
     }
     let status = if collected.timed_out {
         Status::Timeout

@@ -61,7 +61,7 @@ pub fn hello_docker_error(source: io::Error) -> DockerError {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<EngineSaid>())
     {
-        Some(EngineSaid(message)) => DockerError::InStream(message.clone()),
+        Some(EngineSaid(message)) => DockerError::from_in_stream(message),
         None => DockerError::Io {
             operation: "stub hello".into(),
             source,
@@ -75,7 +75,7 @@ fn hello_failed(error: io::Error) -> Error {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<EngineSaid>())
     {
-        Some(EngineSaid(message)) => Error::Engine(DockerError::InStream(message.clone())),
+        Some(EngineSaid(message)) => Error::Engine(DockerError::from_in_stream(message)),
         None => run_lost(error),
     }
 }

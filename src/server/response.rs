@@ -172,9 +172,8 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
                 Error::FileTooLarge { .. } => 413,
                 Error::NoSpace { .. } => 507,
                 Error::Engine(DockerError::Unreachable { .. } | DockerError::Io { .. }) => 503,
-                Error::Engine(
-                    DockerError::Api { .. } | DockerError::Protocol(_) | DockerError::InStream(_),
-                ) => 502,
+                // What the engine refused and domain code did not trace to the client.
+                Error::Engine(_) => 502,
                 Error::RunLost(_) => 502,
                 Error::DetachedNotFound { .. } => 404,
             };

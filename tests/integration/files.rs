@@ -251,9 +251,29 @@ fn paths_and_errors_name_the_thing() {
     );
     assert_eq!(status, 400, "{answer}");
     assert_eq!(
+        answer["error"],
+        json!("'/etc' is a directory, not a regular file")
+    );
+    assert_eq!(
         exec_output(&server, "errs", "test -f /etc/passwd && echo kept"),
         "kept\n"
     );
+    // Nor is a file made a directory (the engine names the path, its error is typed).
+    exec_output(&server, "errs", "echo plain > /root/plain");
+    for url in ["/root/plain/x", "/root/plain/deeper/x"] {
+        let (status, answer) = put(
+            &server,
+            &format!("/sandboxes/errs/files{url}"),
+            &json!({"content": "x"}),
+        );
+        assert_eq!(status, 400, "{url}: {answer}");
+        assert_eq!(
+            answer["error"],
+            json!(format!(
+                "Cannot write '{url}': one of its parents is a file, not a directory"
+            ))
+        );
+    }
     server.delete("/sandboxes/errs");
     server.finish();
 }

@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Checks that only src/engine/ looks into the engine's error texts (ARCHITECTURE.md,
+invariants): elsewhere, code matches `DockerError` variants, never their words. Flags,
+in every module outside engine/ (test modules excluded):
+
+- a `DockerError::Api { ... }` pattern or value that names its `message` (match on
+  `Api { status, .. }`, or ask engine/ for a typed variant);
+- `DockerError::InStream(...)` or `DockerError::MountInvalid(...)` with anything but `_`
+  (they only carry text; engine/ builds them);
+- a text search (`.contains(`, `.starts_with(`, `.find(`, ...) on an error's
+  `.to_string()`, or on a command's output decoded with `from_utf8_lossy` (where the
+  engine writes why it could not start a process: `engine::exec_refusal` reads it).
+
+Usage: check-engine-errors.py [SRC]. Exit 1 with one line per finding."""
+import os, re, sys
+
+ROOT = sys.argv[1] if len(sys.argv) > 1 else "src"
+ENGINE = os.path.join(ROOT, "engine")
+
+SEARCH = r"\.\s*(?:contains|starts_with|ends_with|find|rfind|matches|split_once|strip_prefix|strip_suffix)\s*\("
+RULES = [
+    (re.compile(r"DockerError::Api\s*\{[^}]*\bmessage\b[^}]*\}", re.S),
+     "names the text of an engine error answer (DockerError::Api's message)"),
+    (re.compile(r"DockerError::(?:InStream|MountInvalid)\s*\((?!\s*_\s*\))", re.S),
+     "takes or builds the text of an engine error (only engine/ may)"),
+    (re.compile(r"\b\w*(?:err|error|engine)\w*\b(?:\.\w+\(\))*\.to_string\(\)\s*" + SEARCH, re.S | re.I),
+     "searches an error's text"),
+    (re.compile(r"from_utf8_lossy\s*\([^;]*?\)\s*" + SEARCH, re.S),
+     "searches a command's output for the engine's words (use engine::exec_refusal)"),
+]
+
+def strip_tests(text):
+    index = text.find("#[cfg(test)]\nmod tests {")
+    return text if index < 0 else text[:index]
+
+findings = []
+for folder, _, files in os.walk(ROOT):
+    if os.path.commonpath([os.path.abspath(folder), os.path.abspath(ENGINE)]) == os.path.abspath(ENGINE):
+        continue
+    for name in sorted(files):
+        if not name.endswith(".rs"):
+            continue
+        path = os.path.join(folder, name)
+        text = strip_tests(open(path).read())
+        for pattern, why in RULES:
+            for match in pattern.finditer(text):
+                line = text.count("\n", 0, match.start()) + 1
+                findings.append(f"{path}:{line}: {why}: {' '.join(match.group(0).split())[:90]}")
+
+for finding in sorted(findings):
+    print(finding)
+if findings:
+    print("check-engine-errors: engine error text is read outside src/engine/ "
+          "(decide there, as a typed DockerError variant)")
+    sys.exit(1)
+print("check-engine-errors: no engine error text is read outside src/engine/")
