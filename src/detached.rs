@@ -24,6 +24,7 @@ use crate::containers::labels::{rfc3339, SandboxName};
 use crate::engine::Docker;
 use crate::error::{Error, Result};
 use crate::exec::{CommandSpec, NoObserver};
+use crate::sandbox::{exec_in, ExecTarget, Via};
 use crate::stub::STUB_PATH;
 
 const STATE_DIR: &str = "/tmp/.agentkernel-detached";
@@ -260,16 +261,19 @@ fn logs(id: &str) -> OpResult<Value> {
 
 // ---- On the server ----------------------------------------------------------------
 
-/// Runs one operation in the sandbox's container; its JSON answer, or the error.
+/// Runs one operation in the sandbox's running container (through the one exec path,
+/// so a sandbox stopped or deleted under it, or a missing workdir, is explained); its
+/// JSON answer, or the error.
 fn exec_op(
     docker: &Docker,
-    container: &str,
-    sandbox: &SandboxName,
+    config: &Config,
+    target: ExecTarget<'_>,
     id: &str,
     args: Vec<String>,
     env: Vec<String>,
     workdir: Option<String>,
 ) -> Result<Value> {
+    let sandbox = target.sandbox;
     let mut argv = vec![STUB_PATH.to_string(), "stub".to_string()];
     argv.extend(args);
     let spec = CommandSpec::new(
@@ -281,27 +285,42 @@ fn exec_op(
         4 * MAX_LOG_BYTES,
     )
     .map_err(Error::Invalid)?;
-    let result = crate::exec::docker_exec::exec_direct(
+    exec_in(
         docker,
-        container,
+        config,
+        target,
         &spec,
-        Instant::now(),
         &mut NoObserver,
-    )?;
-    match result.exit_code {
-        Some(0) => serde_json::from_slice(&result.stdout).map_err(|error| {
-            Error::RunLost(format!(
-                "unreadable answer from the sandbox's stub: {error}"
-            ))
-        }),
-        Some(code) if code == i64::from(NOT_FOUND) => Err(Error::DetachedNotFound {
-            sandbox: sandbox.to_string(),
-            id: id.to_string(),
-        }),
-        _ => Err(Error::RunLost(format!(
-            "detached command operation failed in sandbox '{sandbox}': {}",
-            String::from_utf8_lossy(&result.stderr).trim()
-        ))),
+        |result| match result.exit_code {
+            Some(0) => serde_json::from_slice(&result.stdout).map_err(|error| {
+                Error::RunLost(format!(
+                    "unreadable answer from the sandbox's stub: {error}"
+                ))
+            }),
+            Some(code) if code == i64::from(NOT_FOUND) => Err(Error::DetachedNotFound {
+                sandbox: sandbox.to_string(),
+                id: id.to_string(),
+            }),
+            code => Err(Error::RunLost(format!(
+                "detached command operation failed in sandbox '{sandbox}': {}",
+                failure_text(code, &result.stderr, &result.stdout)
+            ))),
+        },
+    )
+}
+
+/// What a failed operation said: its stderr, else its stdout, else how it ended.
+fn failure_text(code: Option<i64>, stderr: &[u8], stdout: &[u8]) -> String {
+    let said = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
+    let (stderr, stdout) = (said(stderr), said(stdout));
+    if !stderr.is_empty() {
+        stderr
+    } else if !stdout.is_empty() {
+        stdout
+    } else if let Some(code) = code {
+        format!("the stub exited with {code} and said nothing")
+    } else {
+        "the stub did not finish in time".to_string()
     }
 }
 
@@ -311,18 +330,21 @@ fn container(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Str
     if !inspect.state.running {
         return Err(Error::SandboxNotRunning(name.to_string()));
     }
-    let has_stub = inspect.config.labels.as_ref().is_some_and(|labels| {
-        labels
-            .get(crate::containers::labels::STUB)
-            .map(String::as_str)
-            == Some("1")
-    });
-    if !has_stub {
+    if !crate::sandbox::has_stub(&inspect) {
         return Err(Error::Invalid(format!(
             "sandbox '{name}' was created without the stub: detached execs need it"
         )));
     }
     Ok(inspect.id)
+}
+
+/// Operations go by plain `docker exec` of the stub, which answers in JSON.
+fn stub_target<'a>(sandbox: &'a SandboxName, container: &'a str) -> ExecTarget<'a> {
+    ExecTarget {
+        sandbox,
+        container,
+        via: Via::DockerExec,
+    }
 }
 
 fn checked(id: &str) -> Result<&str> {
@@ -341,20 +363,14 @@ pub fn start_in(
     name: &SandboxName,
     spec: &CommandSpec,
 ) -> Result<Value> {
-    let id = container(docker, config, name)?;
+    let container = container(docker, config, name)?;
     let detached = new_id();
     let mut args = vec!["--detach".to_string(), detached.clone(), "--".to_string()];
     args.extend(spec.argv.iter().cloned());
     let env = spec.env.clone();
-    let mut record = exec_op(
-        docker,
-        &id,
-        name,
-        &detached,
-        args,
-        env,
-        spec.workdir.clone(),
-    )?;
+    let workdir = spec.workdir.clone();
+    let target = stub_target(name, &container);
+    let mut record = exec_op(docker, config, target, &detached, args, env, workdir)?;
     record["sandbox"] = json!(name.as_str());
     Ok(record)
 }
@@ -362,7 +378,8 @@ pub fn start_in(
 pub fn status(docker: &Docker, config: &Config, name: &SandboxName, id: &str) -> Result<Value> {
     let container = container(docker, config, name)?;
     let args = vec!["--detached-status".to_string(), checked(id)?.to_string()];
-    let mut record = exec_op(docker, &container, name, id, args, Vec::new(), None)?;
+    let target = stub_target(name, &container);
+    let mut record = exec_op(docker, config, target, id, args, Vec::new(), None)?;
     record["sandbox"] = json!(name.as_str());
     Ok(record)
 }
@@ -370,7 +387,8 @@ pub fn status(docker: &Docker, config: &Config, name: &SandboxName, id: &str) ->
 pub fn list_in(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Value> {
     let container = container(docker, config, name)?;
     let args = vec!["--detached-list".to_string()];
-    let mut records = exec_op(docker, &container, name, "", args, Vec::new(), None)?;
+    let target = stub_target(name, &container);
+    let mut records = exec_op(docker, config, target, "", args, Vec::new(), None)?;
     if let Some(records) = records.as_array_mut() {
         for record in records {
             record["sandbox"] = json!(name.as_str());
@@ -382,18 +400,37 @@ pub fn list_in(docker: &Docker, config: &Config, name: &SandboxName) -> Result<V
 pub fn kill_in(docker: &Docker, config: &Config, name: &SandboxName, id: &str) -> Result<Value> {
     let container = container(docker, config, name)?;
     let args = vec!["--detached-kill".to_string(), checked(id)?.to_string()];
-    exec_op(docker, &container, name, id, args, Vec::new(), None)
+    let target = stub_target(name, &container);
+    exec_op(docker, config, target, id, args, Vec::new(), None)
 }
 
 pub fn logs_of(docker: &Docker, config: &Config, name: &SandboxName, id: &str) -> Result<Value> {
     let container = container(docker, config, name)?;
     let args = vec!["--detached-logs".to_string(), checked(id)?.to_string()];
-    exec_op(docker, &container, name, id, args, Vec::new(), None)
+    let target = stub_target(name, &container);
+    exec_op(docker, config, target, id, args, Vec::new(), None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_operations_never_say_nothing() {
+        assert_eq!(failure_text(Some(1), b" oops\n", b"out"), "oops");
+        assert_eq!(
+            failure_text(Some(126), b"", b"engine words\r\n"),
+            "engine words"
+        );
+        assert_eq!(
+            failure_text(Some(137), b"", b""),
+            "the stub exited with 137 and said nothing"
+        );
+        assert_eq!(
+            failure_text(None, b"", b""),
+            "the stub did not finish in time"
+        );
+    }
 
     #[test]
     fn ids_are_sixteen_hex_digits() {

@@ -34,6 +34,9 @@ pub enum Error {
     /// The path can only be reached inside the running container (a tmpfs, or any
     /// delete), and the sandbox is stopped.
     FileNeedsRunning { sandbox: String, path: String },
+    /// The command's working directory cannot be entered in the container (it does not
+    /// exist, or is a file); `reason` is the system's word.
+    WorkdirUnusable { dir: String, reason: String },
     /// No detached command of that id in the sandbox.
     DetachedNotFound { sandbox: String, id: String },
     /// A run's connection to its container broke off before the result: the command
@@ -84,6 +87,9 @@ impl fmt::Display for Error {
                 "Sandbox '{sandbox}' is stopped: start it to reach '{path}' (tmpfs paths and \
                  deletes need the running container)"
             ),
+            Error::WorkdirUnusable { dir, reason } => {
+                write!(f, "Cannot run the command in workdir '{dir}': {reason}")
+            }
             Error::RunLost(message) => f.write_str(message),
             Error::DetachedNotFound { sandbox, id } => {
                 write!(

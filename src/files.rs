@@ -23,7 +23,7 @@
 //! paths on a tmpfs and deletes with `Error::Invalid`.
 
 use std::fmt;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::codec::tar::{self, EntryKind, FileEntry, TarError};
 use crate::config::Config;
@@ -31,6 +31,7 @@ use crate::containers::labels::{self, SandboxName};
 use crate::engine::{Docker, DockerError, PathKind};
 use crate::error::{Error, Result};
 use crate::exec::{CommandResult, CommandSpec, NoObserver};
+use crate::sandbox::{exec_in, ExecTarget, Via};
 use crate::stub::{self, file_exit};
 
 /// Linux's PATH_MAX and NAME_MAX: no longer path can be opened anyway.
@@ -218,13 +219,14 @@ struct Container<'a> {
 impl<'a> Container<'a> {
     fn open(docker: &Docker, config: &Config, name: &'a SandboxName) -> Result<Container<'a>> {
         let inspect = crate::sandbox::inspect_ours(docker, config, name)?;
+        let has_stub = crate::sandbox::has_stub(&inspect);
         let labels = inspect.config.labels.unwrap_or_default();
         let (uid, gid) = numeric_owner(&inspect.config.user);
         Ok(Container {
             name,
             id: inspect.id,
             running: inspect.state.running,
-            has_stub: labels.get(labels::STUB).map(String::as_str) == Some("1"),
+            has_stub,
             read_only_root: inspect.host_config.readonly_rootfs,
             profile: labels.get(labels::PROFILE).cloned().unwrap_or_default(),
             tmpfs: inspect
@@ -284,19 +286,20 @@ impl<'a> Container<'a> {
         }
     }
 
-    /// Engine errors of a call on this container, in the sandbox's terms.
+    /// Engine errors of an archive call on this container, in the sandbox's terms.
     fn engine_error(&self, error: Error, path: &SandboxPath) -> Error {
         match error {
             Error::Engine(engine) if engine.is_not_found() => {
                 Error::SandboxNotFound(self.name.to_string())
             }
-            // A container that stopped or paused between inspect and exec.
             Error::Engine(engine) if engine.is_conflict() => self.needs_running(path),
             other => other,
         }
     }
 
-    /// Runs `agentkernel stub ARGS...` by `docker exec`, as the container's user.
+    /// Runs `agentkernel stub ARGS...` by `docker exec`, as the container's user,
+    /// through the one exec path into a sandbox (so a sandbox stopped or deleted under
+    /// the operation is explained as such), and reads its outcome.
     fn stub_exec(
         &self,
         docker: &Docker,
@@ -317,16 +320,18 @@ impl<'a> Container<'a> {
             max_stdout.max(STUB_MESSAGE_BYTES),
         )
         .map_err(Error::Invalid)?;
-        let result = crate::exec::docker_exec::exec_direct(
-            docker,
-            &self.id,
-            &spec,
-            Instant::now(),
-            &mut NoObserver,
+        let target = ExecTarget {
+            sandbox: self.name,
+            container: &self.id,
+            via: Via::DockerExec,
+        };
+        let outcome = |result: CommandResult| self.stub_outcome(&result, path).map(|()| result);
+        exec_in(docker, config, target, &spec, &mut NoObserver, outcome).map_err(
+            |error| match error {
+                Error::SandboxNotRunning(_) => self.needs_running(path),
+                other => other,
+            },
         )
-        .map_err(|error| self.engine_error(error, path))?;
-        self.stub_outcome(&result, path)?;
-        Ok(result)
     }
 
     /// The stub's exit code and `PATH<TAB>message` stderr line as a domain error.
@@ -376,8 +381,17 @@ impl<'a> Container<'a> {
                 reason: "it lies on a read-only filesystem".into(),
             },
             file_exit::NO_SPACE => Error::NoSpace { path },
+            // Killed, by a stop of the sandbox or the kernel: the operation broke off.
+            _ if code >= 128 => Error::RunLost(format!(
+                "the in-container stub was killed (exit {code}) while working on '{path}'"
+            )),
             _ => Error::Engine(DockerError::Protocol(format!(
-                "the in-container stub failed on '{path}' (exit {code}): {message}"
+                "the in-container stub failed on '{path}' (exit {code}): {}",
+                if message.is_empty() {
+                    "it said nothing"
+                } else {
+                    message
+                }
             ))),
         })
     }

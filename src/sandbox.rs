@@ -4,7 +4,10 @@
 //! Invariants: a sandbox is exactly a container in our namespace labelled
 //! `kind=sandbox`; nothing about it is kept in server memory, so the engine is always
 //! the truth; limits reported are read back from the engine, never echoed from the
-//! request; a failed create leaves no container behind.
+//! request; a failed create leaves no container behind; every command that enters a
+//! sandbox's container (an exec, a detached exec's operation, a file operation of the
+//! stub) goes through `exec_in`, so its failures are always told in the sandbox's
+//! terms.
 
 use std::time::{Duration, Instant};
 
@@ -239,9 +242,63 @@ pub fn delete(docker: &Docker, config: &Config, name: &SandboxName) -> Result<()
     Ok(())
 }
 
-/// Runs a command in a running sandbox: through the stub where the sandbox has it (so
-/// the deadline, the output cap and the status are enforced inside), else plain
-/// `docker exec`.
+/// Whether the sandbox's container has our stub mounted (the `stub` label).
+pub fn has_stub(inspect: &ContainerInspect) -> bool {
+    inspect
+        .config
+        .labels
+        .as_ref()
+        .is_some_and(|labels| labels.get(labels::STUB).map(String::as_str) == Some("1"))
+}
+
+/// How a command reaches a sandbox's container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A `docker exec` of the mounted stub, which runs the command from a spec record,
+    /// so that the deadline, the output cap and the status are enforced inside.
+    StubProtocol,
+    /// A plain `docker exec` of the command.
+    DockerExec,
+}
+
+/// Where an exec goes: a sandbox, by name and container id.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecTarget<'a> {
+    pub sandbox: &'a SandboxName,
+    pub container: &'a str,
+    pub via: Via,
+}
+
+/// Runs `spec` in a sandbox's container: the one way into a sandbox, taken by execs
+/// (plain and streamed), detached execs and the files API's stub operations.
+/// `outcome` reads the result (a stub operation's exit code, say). Every failure, of
+/// the run or of `outcome`, is explained in the sandbox's terms: a sandbox stopped or
+/// deleted under the exec is a `SandboxNotRunning` or `SandboxNotFound`, a missing
+/// workdir a `WorkdirUnusable`; only what remains is the engine's fault.
+pub fn exec_in<T>(
+    docker: &Docker,
+    config: &Config,
+    target: ExecTarget<'_>,
+    spec: &CommandSpec,
+    sink: OutputSink<'_>,
+    outcome: impl FnOnce(CommandResult) -> Result<T>,
+) -> Result<T> {
+    let started = Instant::now();
+    let result = match target.via {
+        Via::StubProtocol => {
+            crate::exec::stub::exec_via_stub(docker, target.container, spec, started, sink)
+        }
+        Via::DockerExec => {
+            crate::exec::docker_exec::exec_direct(docker, target.container, spec, started, sink)
+        }
+    };
+    result
+        .and_then(outcome)
+        .map_err(|error| explain_exec_failure(docker, config, target.sandbox, error))
+}
+
+/// Runs a command in a running sandbox: through the stub where the sandbox has it, else
+/// plain `docker exec`.
 pub fn exec(
     docker: &Docker,
     config: &Config,
@@ -253,47 +310,46 @@ pub fn exec(
     if !inspect.state.running {
         return Err(Error::SandboxNotRunning(name.to_string()));
     }
-    let started = Instant::now();
-    let has_stub = inspect
-        .config
-        .labels
-        .as_ref()
-        .is_some_and(|labels| labels.get(labels::STUB).map(String::as_str) == Some("1"));
-    let result = if has_stub {
-        crate::exec::stub::exec_via_stub(docker, &inspect.id, spec, started, sink)
-    } else {
-        crate::exec::docker_exec::exec_direct(docker, &inspect.id, spec, started, sink)
+    let target = ExecTarget {
+        sandbox: name,
+        container: &inspect.id,
+        via: if has_stub(&inspect) {
+            Via::StubProtocol
+        } else {
+            Via::DockerExec
+        },
     };
-    result.map_err(|error| explain_exec_failure(docker, config, name, error))
+    exec_in(docker, config, target, spec, sink, Ok)
 }
 
 /// Why an exec failed, when the sandbox itself is the reason: an exec racing a delete
-/// or a stop meets the engine's 404 or 409, its in-stream refusal, or a stream cut
-/// short. Whichever it met, the sandbox's state now says what happened: gone (or being
-/// removed) is a `SandboxNotFound`, not running a `SandboxNotRunning`. Otherwise the
-/// error stands.
-pub fn explain_exec_failure(
+/// or a stop meets the engine's 404 or 409, its in-stream refusal, a stream cut short
+/// or a killed process. Whichever it met, the sandbox's state now says what happened:
+/// gone (or being removed) is a `SandboxNotFound`, not running a `SandboxNotRunning`.
+/// Otherwise the error stands.
+fn explain_exec_failure(
     docker: &Docker,
     config: &Config,
     name: &SandboxName,
     error: Error,
 ) -> Error {
-    if !matches!(error, Error::Engine(_) | Error::RunLost(_)) {
+    // Only the engine's answers and broken-off runs may have the sandbox as their
+    // reason; an engine that cannot be reached cannot say.
+    if !matches!(error, Error::Engine(_) | Error::RunLost(_))
+        || matches!(error, Error::Engine(DockerError::Unreachable { .. }))
+    {
         return error;
     }
     // The engine refuses an exec in a container it is already killing (or cuts its
-    // stream) a moment before inspect stops calling it running: give the state that
-    // moment to catch up.
-    let settle = matches!(
-        error,
-        Error::Engine(DockerError::InStream(_)) | Error::RunLost(_)
-    );
+    // stream, or forgets its execs) a moment before inspect stops calling it running:
+    // give the state that moment to catch up. Only a sandbox that keeps running costs
+    // the wait, and then the failure is the engine's own, which is rare.
     let give_up = Instant::now() + EXEC_STATE_SETTLE;
     let state = loop {
         let state = inspect_ours(docker, config, name);
         let running = matches!(&state, Ok(inspect) if inspect.state.running
             && !matches!(inspect.state.status.as_str(), "removing" | "dead"));
-        if !settle || !running || Instant::now() >= give_up {
+        if !running || Instant::now() >= give_up {
             break state;
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -70,6 +70,9 @@ pub fn exec_direct(
         // A program that is not there is the command's own outcome, as a shell (and
         // the stub) report it: 127, with the engine's words as its output.
         Some(DockerError::ExecutableNotFound { .. }) => exit_code = Some(127),
+        Some(DockerError::WorkdirUnusable { dir, reason }) => {
+            return Err(Error::WorkdirUnusable { dir, reason })
+        }
         Some(refusal) => return Err(Error::Engine(refusal)),
     }
     let status = if collected.timed_out {

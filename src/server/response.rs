@@ -160,8 +160,7 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
         ),
         ApiError::Domain(error) => {
             let status = match error {
-                Error::Invalid(_) => 400,
-                Error::NotAFile { .. } => 400,
+                Error::Invalid(_) | Error::NotAFile { .. } | Error::WorkdirUnusable { .. } => 400,
                 Error::FileAccessDenied { .. } | Error::ReadOnlyRoot { .. } => 403,
                 Error::SandboxNotFound(_) | Error::ImageMissing(_) | Error::FileNotFound { .. } => {
                     404
@@ -259,6 +258,19 @@ mod tests {
                     source: std::io::Error::from(std::io::ErrorKind::NotFound),
                 }),
                 503,
+            ),
+            (
+                Error::WorkdirUnusable {
+                    dir: "/nope".into(),
+                    reason: "no such file or directory".into(),
+                },
+                400,
+            ),
+            (
+                Error::Engine(DockerError::MountSourceMissing {
+                    path: "/gone".into(),
+                }),
+                502,
             ),
         ];
         for (error, status) in cases {

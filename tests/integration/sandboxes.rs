@@ -161,3 +161,21 @@ fn detached_execs_run_on_and_report_status_logs_and_kill() {
     assert_eq!(server.delete("/sandboxes/bg").0, 200);
     server.finish();
 }
+
+#[test]
+fn detached_execs_with_a_missing_workdir_are_400s_naming_it() {
+    let server = Server::start();
+    assert_eq!(server.post("/sandboxes", r#"{"name":"nowhere"}"#).0, 201);
+    for workdir in ["/no/such/dir", "/etc/passwd"] {
+        let body = json!({"command": ["true"], "workdir": workdir}).to_string();
+        let (status, answer) = server.post("/sandboxes/nowhere/exec/detach", &body);
+        assert_eq!(status, 400, "{workdir}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.contains(&format!("workdir '{workdir}'")), "{answer}");
+    }
+    // Nothing was started.
+    let (_, answer) = server.get("/sandboxes/nowhere/exec/detached");
+    assert_eq!(answer["data"], json!([]), "{answer}");
+    assert_eq!(server.delete("/sandboxes/nowhere").0, 200);
+    server.finish();
+}

@@ -84,6 +84,64 @@ fn execs_racing_a_delete_answer_200_404_or_409() {
     server.finish();
 }
 
+/// Execs, detached execs and tmpfs writes that meet a stop of their sandbox: each
+/// either ran (200) or is a 409 saying that the sandbox is stopped, never a 502; once
+/// it is stopped, each is a 409.
+#[test]
+fn execs_detaches_and_file_writes_racing_a_stop_answer_200_or_409() {
+    let server = Server::start();
+    let requests: [(&str, &str, &str); 3] = [
+        ("POST", "exec", r#"{"command":["sh","-c","echo hi"]}"#),
+        ("POST", "exec/detach", r#"{"command":["true"]}"#),
+        ("PUT", "files/tmp/f", r#"{"content":"x"}"#),
+    ];
+    for round in 0..3 {
+        let name = format!("halt-{round}");
+        let (status, body) = server.post("/sandboxes", &json!({"name": name}).to_string());
+        assert_eq!(status, 201, "{body}");
+        let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+            let calls: Vec<_> = (0..12)
+                .map(|index| {
+                    let (method, route, body) = requests[index % requests.len()];
+                    let url = server.url(&format!("/sandboxes/{name}/{route}"));
+                    scope.spawn(move || {
+                        std::thread::sleep(Duration::from_millis(15 * index as u64));
+                        crate::harness::request_url(method, &url, Some(body), &[])
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(60));
+            let (status, body) = server.post(&format!("/sandboxes/{name}/stop"), "");
+            assert_eq!(status, 200, "{body}");
+            calls.into_iter().map(|call| call.join().unwrap()).collect()
+        });
+        for (status, body) in &answers {
+            assert!(
+                matches!(status, 200 | 409),
+                "round {round}: {status} {body}"
+            );
+            if *status == 409 {
+                let error = error_of(body);
+                assert!(
+                    error.contains(&format!("'{name}' is stopped")),
+                    "round {round}: {body}"
+                );
+            }
+        }
+        for (method, route, body) in requests {
+            let path = format!("/sandboxes/{name}/{route}");
+            let (status, answer) = server.request(method, &path, Some(body), &[]);
+            assert_eq!(status, 409, "{method} {path}: {answer}");
+            assert!(
+                error_of(&answer).contains(&format!("'{name}' is stopped")),
+                "{answer}"
+            );
+        }
+        assert_eq!(server.delete(&format!("/sandboxes/{name}")).0, 200);
+    }
+    server.finish();
+}
+
 /// Two runs at once on an idle server each take their own time, not the other's too:
 /// with a pool of one, the second goes cold, and must not wait for the first.
 #[test]
