@@ -1,6 +1,10 @@
 //! Commands by `docker exec`: where the stub cannot be used (a container without it,
-//! a sandbox made by an older release). Deadlines are kept from outside: every process
-//! of an exec carries a token in its environment, and a second exec kills them all.
+//! a sandbox made by an older release), and the stub's own file and detached operations.
+//! Deadlines and cancellations are kept from outside: every process of an exec carries a
+//! token in its environment, and a second exec kills them all (a dropped connection
+//! does not stop them). When the engine could not start the process, what it wrote in
+//! the stream is read by `engine::exec_refusal`, never here: a missing program is the
+//! command's exit 127, an unusable workdir an `Error::WorkdirUnusable`.
 
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
@@ -37,7 +41,7 @@ pub fn exec_direct(
     };
     let exec_id = docker.exec_create(container, &exec_spec)?;
     let mut hijacked = docker.exec_start(&exec_id)?;
-    sink.connected(&hijacked.stdin);
+    crate::exec::connected(sink, &hijacked);
     let feed = spec.stdin.as_deref().map(|data| {
         let writer = hijacked.stdin.try_clone();
         (writer, move |mut writer: UnixStream| {
@@ -53,8 +57,17 @@ pub fn exec_direct(
             || kill_exec_tree(docker, container, &token),
             sink,
         )
-    })
-    .map_err(|source| {
+    });
+    // Processes of a `docker exec` outlive its connection: when the observer cancelled
+    // the command (or the stream broke), kill them from outside.
+    if crate::exec::cancelled(sink) {
+        kill_exec_tree(docker, container, &token);
+        return Err(Error::RunLost(
+            "the command was stopped: its client went away".into(),
+        ));
+    }
+    let collected = collected.map_err(|source| {
+        kill_exec_tree(docker, container, &token);
         Error::Engine(DockerError::Io {
             operation: "exec stream".into(),
             source,

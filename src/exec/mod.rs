@@ -1,6 +1,7 @@
 //! One command to run and what came of it: the typed, validated request (`CommandSpec`)
-//! and the honest result (`CommandResult`), plus the reader that collects a hijacked
-//! stream under a deadline and an output cap.
+//! and the honest result (`CommandResult`), the `Observer` that watches it run and its
+//! `Cancel` handle, plus the reader that collects a hijacked stream under a deadline and
+//! an output cap. The two transports are `stub` and `docker_exec`.
 //!
 //! Invariants: a `CommandSpec` is valid by construction (non-empty argv, `K=V` env
 //! entries, absolute workdir, bounded timeout and cap), so nothing below re-checks it;
@@ -8,8 +9,11 @@
 //! gigabytes costs no memory; a stream is never read past its deadline plus a short
 //! grace, whatever the command does.
 
+mod cancel;
 pub mod docker_exec;
 pub mod stub;
+
+pub use self::cancel::Cancel;
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -124,12 +128,33 @@ pub struct CommandResult {
 /// collected into the result.
 pub trait Observer {
     /// Output as it arrives. An error means the observer went away: the command is
-    /// stopped (its connection dropped, so the stub kills it) and the run fails.
+    /// stopped (its connection dropped: the stub kills it, and the `docker exec`
+    /// transport kills its processes) and the run fails.
     fn output(&mut self, kind: StreamKind, bytes: &[u8]) -> io::Result<()>;
 
-    /// The connection the command runs on, once there is one, so that an observer on
-    /// another thread can cut it (`shutdown`) when its client disconnects.
-    fn connected(&mut self, _connection: &std::os::unix::net::UnixStream) {}
+    /// The command has its connection and starts now (a cold container's start is
+    /// over).
+    fn started(&mut self) {}
+
+    /// The handle through which another thread may stop the command; the transport
+    /// arms it with the command's connection.
+    fn cancel(&self) -> Option<&Cancel> {
+        None
+    }
+}
+
+/// What every transport does once the command has its connection: arms the observer's
+/// cancel handle with it and says that the command starts.
+fn connected(sink: OutputSink<'_>, hijacked: &Hijacked) {
+    if let Some(cancel) = sink.cancel() {
+        cancel.arm(hijacked);
+    }
+    sink.started();
+}
+
+/// Whether the observer's cancel handle was used.
+fn cancelled(sink: OutputSink<'_>) -> bool {
+    sink.cancel().is_some_and(Cancel::is_cancelled)
 }
 
 /// Watches nothing: for callers that only want the final result.

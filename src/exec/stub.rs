@@ -187,7 +187,7 @@ impl StubStream {
             max_output_bytes: spec.max_output_bytes,
             stdin: spec.stdin.is_some(),
         };
-        sink.connected(&self.hijacked.stdin);
+        crate::exec::connected(sink, &self.hijacked);
         let payload = serde_json::to_vec(&stub_spec).expect("spec serializes");
         self.hijacked
             .stdin

@@ -7,14 +7,13 @@
 //! Invariants: one event per `data:` line of one-line JSON, every event ends with a
 //! blank line; the stream ends with exactly one `done` or `error`; a comment heartbeat
 //! goes out after a second of silence, so a client that went away is noticed within a
-//! second, and then the command's connection is cut (the stub kills the command and the
-//! container is removed); UTF-8 sequences split across output chunks are joined, never
+//! second, and then the command is cancelled through its `exec::Cancel` handle (the
+//! command is killed and the container removed; this module never touches the
+//! engine's connections); UTF-8 sequences split across output chunks are joined, never
 //! mangled.
 
 use std::io::{self, Write};
-use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
@@ -22,7 +21,7 @@ use serde_json::{json, Value};
 
 use crate::containers::labels::SandboxName;
 use crate::engine::frames::StreamKind;
-use crate::exec::{CommandResult, CommandSpec, Observer};
+use crate::exec::{Cancel, CommandResult, CommandSpec, Observer};
 use crate::run::RunRequest;
 
 use super::Context;
@@ -119,14 +118,14 @@ pub fn stream(context: &Context, writer: &mut dyn Write, job: StreamJob, http10:
         return 499;
     }
     let (sender, receiver) = bounded::<Vec<u8>>(64);
-    let connection: Arc<Mutex<Cut>> = Arc::new(Mutex::new(Cut::default()));
+    let cancel = Cancel::new();
     std::thread::scope(|scope| {
-        let producer_connection = Arc::clone(&connection);
+        let producer_cancel = cancel.clone();
         let producer = std::thread::Builder::new()
             .name("stream-producer".into())
             .spawn_scoped(scope, move || {
                 let fallback = sender.clone();
-                let run = AssertUnwindSafe(|| produce(context, job, sender, producer_connection));
+                let run = AssertUnwindSafe(|| produce(context, job, sender, producer_cancel));
                 if catch_unwind(run).is_err() {
                     log::error!("a stream producer panicked");
                     let message =
@@ -152,7 +151,7 @@ pub fn stream(context: &Context, writer: &mut dyn Write, job: StreamJob, http10:
         }
         if client_gone {
             log::info!("stream client went away: stopping its command");
-            connection.lock().unwrap_or_else(|e| e.into_inner()).cut();
+            cancel.cancel();
         } else if chunked {
             let _ = writer.write_all(b"0\r\n\r\n").and_then(|()| writer.flush());
         }
@@ -162,19 +161,14 @@ pub fn stream(context: &Context, writer: &mut dyn Write, job: StreamJob, http10:
     200
 }
 
-fn produce(
-    context: &Context,
-    job: StreamJob,
-    sender: Sender<Vec<u8>>,
-    connection: Arc<Mutex<Cut>>,
-) {
+fn produce(context: &Context, job: StreamJob, sender: Sender<Vec<u8>>, cancel: Cancel) {
     let started = Instant::now();
     let _ = sender.send(event("started", &json!({ "command": job.command() })));
     let mut observer = EventObserver {
         timeout: job.timeout(),
         deadline: started + job.timeout() + SLOW_CLIENT_GRACE,
         sender: sender.clone(),
-        connection,
+        cancel,
         carry: [Vec::new(), Vec::new()],
     };
     let last = match job.execute(context, &mut observer) {
@@ -201,32 +195,16 @@ fn produce(
     let _ = sender.send(last);
 }
 
-/// How the worker stops a command whose client went away: by cutting its connection
-/// (the stub then kills it), now or as soon as there is one.
-#[derive(Default)]
-struct Cut {
-    gone: bool,
-    connection: Option<UnixStream>,
-}
-
-impl Cut {
-    fn cut(&mut self) {
-        self.gone = true;
-        if let Some(connection) = self.connection.take() {
-            let _ = connection.shutdown(std::net::Shutdown::Both);
-        }
-    }
-}
-
 /// Turns output into `output` events.
 struct EventObserver {
     /// Past this, a client that does not take its events is treated as gone.
     deadline: Instant,
-    /// The command's own time: the deadline restarts from its connection, so a cold
-    /// start does not eat into the client's allowance.
+    /// The command's own time: the deadline restarts when the command starts, so a
+    /// cold start does not eat into the client's allowance.
     timeout: Duration,
     sender: Sender<Vec<u8>>,
-    connection: Arc<Mutex<Cut>>,
+    /// Used by the worker when the client went away.
+    cancel: Cancel,
     /// Per stream (stdout, stderr): the start of a UTF-8 sequence cut by a chunk end.
     carry: [Vec<u8>; 2],
 }
@@ -275,13 +253,12 @@ impl Observer for EventObserver {
         self.send_output(index, &text)
     }
 
-    fn connected(&mut self, connection: &UnixStream) {
+    fn started(&mut self) {
         self.deadline = Instant::now() + self.timeout + SLOW_CLIENT_GRACE;
-        let mut cut = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        cut.connection = connection.try_clone().ok();
-        if cut.gone {
-            cut.cut();
-        }
+    }
+
+    fn cancel(&self) -> Option<&Cancel> {
+        Some(&self.cancel)
     }
 }
 
@@ -336,7 +313,7 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(5),
             timeout: Duration::from_secs(1),
             sender,
-            connection: Arc::new(Mutex::new(Cut::default())),
+            cancel: Cancel::new(),
             carry: [Vec::new(), Vec::new()],
         };
         let euro = "x€y".as_bytes();

@@ -177,6 +177,51 @@ fn a_client_that_disconnects_gets_its_command_killed_and_container_removed() {
     server.finish();
 }
 
+/// The same in a sandbox, through the stub and through plain `docker exec` (whose
+/// processes outlive their connection, so they are killed from outside).
+#[test]
+fn a_sandbox_exec_stream_client_that_disconnects_gets_its_command_killed() {
+    for args in [vec![], vec!["--no-stub".to_string()]] {
+        let server = Server::start_with(crate::harness::Options {
+            args: [args.clone(), vec!["--pool-size".into(), "0".into()]].concat(),
+            ..Default::default()
+        });
+        assert_eq!(server.post("/sandboxes", r#"{"name":"gone"}"#).0, 201);
+        let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        let body = r#"{"command":["sh","-c","echo started; sleep 617"],"timeout_ms":600000}"#;
+        write!(
+            stream,
+            "POST /sandboxes/gone/exec/stream HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut seen = String::new();
+        while !seen.contains("started\\n") {
+            let mut line = String::new();
+            assert!(reader.read_line(&mut line).unwrap() > 0, "{args:?}: {seen}");
+            seen.push_str(&line);
+        }
+        let sleeping = || {
+            let (status, body) = server.post(
+                "/sandboxes/gone/exec",
+                r#"{"command":["sh","-c","ps -o args | grep -c '^sleep 617' || true"]}"#,
+            );
+            assert_eq!(status, 200, "{body}");
+            body["data"]["stdout"] != json!("0\n")
+        };
+        assert!(sleeping(), "{args:?}");
+        drop(reader);
+        drop(stream);
+        assert!(
+            eventually(Duration::from_secs(15), || !sleeping()),
+            "{args:?}: the command outlived its client"
+        );
+        assert_eq!(server.delete("/sandboxes/gone").0, 200);
+        server.finish();
+    }
+}
+
 #[test]
 fn batch_runs_in_input_order_and_one_failure_does_not_fail_the_batch() {
     let server = Server::start();
