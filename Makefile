@@ -36,7 +36,7 @@ lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	python3 scripts/check-modules.py src
-	python3 scripts/check-engine-errors.py src
+	python3 scripts/check-engine-boundary.py src
 
 unit:
 	cargo test --lib

@@ -9,7 +9,7 @@
 //! only ever shown.
 //!
 //! Invariant: no code outside `engine/` looks into an engine error's text. Callers match
-//! variants; `scripts/check-engine-errors.py` (in `make lint`) checks it.
+//! variants; `scripts/check-engine-boundary.py` (in `make lint`) checks it.
 
 use std::fmt;
 use std::io;

@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
-"""Checks that only src/engine/ looks into the engine's error texts (ARCHITECTURE.md,
-invariants): elsewhere, code matches `DockerError` variants, never their words. Flags,
-in every module outside engine/ (test modules excluded):
+"""Checks two of ARCHITECTURE.md's invariants at the engine's boundary.
+
+Only src/engine/ and src/exec/ name the engine's connections (`UnixStream`,
+`Hijacked`): anything else, server/ in particular, stops a command through its
+`exec::Cancel`.
+
+Only src/engine/ looks into the engine's error texts: elsewhere, code matches
+`DockerError` variants, never their words. Flags, in every module outside engine/
+(test modules excluded):
 
 - a `DockerError::Api { ... }` pattern or value that names its `message` (match on
   `Api { status, .. }`, or ask engine/ for a typed variant);
@@ -11,11 +17,13 @@ in every module outside engine/ (test modules excluded):
   `.to_string()`, or on a command's output decoded with `from_utf8_lossy` (where the
   engine writes why it could not start a process: `engine::exec_refusal` reads it).
 
-Usage: check-engine-errors.py [SRC]. Exit 1 with one line per finding."""
+Usage: check-engine-boundary.py [SRC]. Exit 1 with one line per finding."""
 import os, re, sys
 
 ROOT = sys.argv[1] if len(sys.argv) > 1 else "src"
 ENGINE = os.path.join(ROOT, "engine")
+EXEC = os.path.join(ROOT, "exec")
+CONNECTION = re.compile(r"\b(?:UnixStream|Hijacked)\b")
 
 SEARCH = r"\.\s*(?:contains|starts_with|ends_with|find|rfind|matches|split_once|strip_prefix|strip_suffix)\s*\("
 RULES = [
@@ -33,16 +41,23 @@ def strip_tests(text):
     index = text.find("#[cfg(test)]\nmod tests {")
     return text if index < 0 else text[:index]
 
+def within(folder, top):
+    folder, top = os.path.abspath(folder), os.path.abspath(top)
+    return os.path.commonpath([folder, top]) == top
+
 findings = []
 for folder, _, files in os.walk(ROOT):
-    if os.path.commonpath([os.path.abspath(folder), os.path.abspath(ENGINE)]) == os.path.abspath(ENGINE):
+    if within(folder, ENGINE):
         continue
+    rules = RULES
+    if not within(folder, EXEC):
+        rules = RULES + [(CONNECTION, "names an engine connection (stop commands through exec::Cancel)")]
     for name in sorted(files):
         if not name.endswith(".rs"):
             continue
         path = os.path.join(folder, name)
         text = strip_tests(open(path).read())
-        for pattern, why in RULES:
+        for pattern, why in rules:
             for match in pattern.finditer(text):
                 line = text.count("\n", 0, match.start()) + 1
                 findings.append(f"{path}:{line}: {why}: {' '.join(match.group(0).split())[:90]}")
@@ -50,7 +65,8 @@ for folder, _, files in os.walk(ROOT):
 for finding in sorted(findings):
     print(finding)
 if findings:
-    print("check-engine-errors: engine error text is read outside src/engine/ "
-          "(decide there, as a typed DockerError variant)")
+    print("check-engine-boundary: engine error texts or connections are used outside "
+          "src/engine/ (and src/exec/ for connections)")
     sys.exit(1)
-print("check-engine-errors: no engine error text is read outside src/engine/")
+print("check-engine-boundary: no engine error text read, no engine connection named, "
+      "outside their modules")
