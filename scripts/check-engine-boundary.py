@@ -38,8 +38,18 @@ RULES = [
 ]
 
 def strip_tests(text):
-    index = text.find("#[cfg(test)]\nmod tests {")
-    return text if index < 0 else text[:index]
+    """The text with its `#[cfg(test)] mod tests { ... }` blocks blanked (braces matched,
+    so code after a test module is still read; newlines kept, so lines still count)."""
+    marker = "#[cfg(test)]\nmod tests {"
+    while (start := text.find(marker)) >= 0:
+        depth, end = 0, start + len(marker) - 1
+        while end < len(text):
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            end += 1
+            if depth == 0:
+                break
+        text = text[:start] + "\n" * text.count("\n", start, end) + text[end:]
+    return text
 
 def within(folder, top):
     folder, top = os.path.abspath(folder), os.path.abspath(top)
