@@ -11,7 +11,7 @@ cd "$(dirname "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")")"
 
 SCHEMATHESIS_VERSION=4.32.5
 venv=target/venv-schemathesis
-binary=target/x86_64-unknown-linux-gnu/debug/agentkernel
+binary="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/debug/agentkernel"
 image="${AK_TEST_IMAGE:-agentkernel/busybox:latest}"
 examples="${AK_SCHEMATHESIS_EXAMPLES:-10}"
 seconds="${AK_SCHEMATHESIS_SECONDS:-240}"
