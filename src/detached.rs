@@ -35,14 +35,17 @@ const NOT_FOUND: i32 = 10;
 /// An in-container operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DetachedOp {
-    /// Starts `argv` under a supervisor and prints the command's record.
+    /// Starts `argv` under a supervisor, in `workdir` if one is given, and prints
+    /// the command's record.
     Start {
         id: String,
+        workdir: Option<String>,
         argv: Vec<String>,
     },
     /// The supervisor itself (internal).
     Supervise {
         id: String,
+        workdir: Option<String>,
         argv: Vec<String>,
     },
     Status {
@@ -82,8 +85,8 @@ fn dir(id: &str) -> PathBuf {
 /// code (0, `NOT_FOUND`, or 1 with a message on stderr).
 pub fn run_op(op: DetachedOp) -> i32 {
     let result = match op {
-        DetachedOp::Start { id, argv } => start(&id, &argv),
-        DetachedOp::Supervise { id, argv } => supervise(&id, &argv),
+        DetachedOp::Start { id, workdir, argv } => start(&id, workdir.as_deref(), &argv),
+        DetachedOp::Supervise { id, workdir, argv } => supervise(&id, workdir.as_deref(), &argv),
         DetachedOp::Status { id } => record(&id).map(|r| r.to_string()),
         DetachedOp::List => list().map(|r| r.to_string()),
         DetachedOp::Kill { id } => kill(&id),
@@ -107,7 +110,7 @@ fn failed(error: impl std::fmt::Display) -> (i32, String) {
     (1, error.to_string())
 }
 
-fn start(id: &str, argv: &[String]) -> OpResult<String> {
+fn start(id: &str, workdir: Option<&str>, argv: &[String]) -> OpResult<String> {
     let dir = dir(id);
     std::fs::create_dir_all(&dir).map_err(failed)?;
     let meta = json!({ "command": argv, "started_at": rfc3339(SystemTime::now()) });
@@ -115,8 +118,13 @@ fn start(id: &str, argv: &[String]) -> OpResult<String> {
     // The supervisor is our own executable again, in a session of its own with no
     // stdio, so that the exec ends at once while the command runs on.
     let own = std::env::current_exe().unwrap_or_else(|_| STUB_PATH.into());
-    Command::new(own)
-        .args(["stub", "--supervise", id, "--"])
+    let mut supervisor = Command::new(own);
+    supervisor.args(["stub", "--supervise", id]);
+    if let Some(workdir) = workdir {
+        supervisor.args(["--workdir", workdir]);
+    }
+    supervisor
+        .arg("--")
         .args(argv)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -132,18 +140,45 @@ fn start(id: &str, argv: &[String]) -> OpResult<String> {
     record(id).map(|r| r.to_string())
 }
 
-fn supervise(id: &str, argv: &[String]) -> OpResult<String> {
+/// Runs the command and records its exit. A command that cannot start (its workdir
+/// cannot be made, its program cannot run) is recorded as exited 126 or 127 with the
+/// reason on its stderr, as a one-shot run or an exec reports it.
+fn supervise(id: &str, workdir: Option<&str>, argv: &[String]) -> OpResult<String> {
     let dir = dir(id);
     let stdout = std::fs::File::create(dir.join("stdout")).map_err(failed)?;
     let stderr = std::fs::File::create(dir.join("stderr")).map_err(failed)?;
-    let spawned = Command::new(&argv[0])
+    let cannot_start = |message: String, code: i32| -> OpResult<String> {
+        let _ = writeln!(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("stderr"))
+                .map_err(failed)?,
+            "{message}"
+        );
+        let exit = json!({ "exit_code": code, "signal": null });
+        std::fs::write(dir.join("exit.json"), exit.to_string()).map_err(failed)?;
+        Ok(String::new())
+    };
+    let mut command = Command::new(&argv[0]);
+    command
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
-        .process_group(0)
-        .spawn();
-    let mut child = match spawned {
+        .process_group(0);
+    // Made here like the stub makes an exec's workdir, rather than given to the engine
+    // as the exec's WorkingDir: the runtime refuses a missing one before any of our
+    // code runs, and the command would have no record at all.
+    if let Some(workdir) = workdir {
+        if let Err(error) = std::fs::create_dir_all(workdir) {
+            return cannot_start(
+                format!("agentkernel: cannot use workdir '{workdir}': {error}"),
+                126,
+            );
+        }
+        command.current_dir(workdir);
+    }
+    let mut child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
             let code = if error.kind() == std::io::ErrorKind::NotFound {
@@ -151,17 +186,10 @@ fn supervise(id: &str, argv: &[String]) -> OpResult<String> {
             } else {
                 126
             };
-            let _ = writeln!(
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(dir.join("stderr"))
-                    .map_err(failed)?,
-                "agentkernel: cannot run '{}': {error}",
-                argv[0]
+            return cannot_start(
+                format!("agentkernel: cannot run '{}': {error}", argv[0]),
+                code,
             );
-            let exit = json!({ "exit_code": code, "signal": null });
-            std::fs::write(dir.join("exit.json"), exit.to_string()).map_err(failed)?;
-            return Ok(String::new());
         }
     };
     std::fs::write(dir.join("pid"), child.id().to_string()).map_err(failed)?;
@@ -268,14 +296,13 @@ fn exec_op(
     id: &str,
     args: Vec<String>,
     env: Vec<String>,
-    workdir: Option<String>,
 ) -> Result<Value> {
     let mut argv = vec![STUB_PATH.to_string(), "stub".to_string()];
     argv.extend(args);
     let spec = CommandSpec::new(
         argv,
         env,
-        workdir,
+        None,
         None,
         Duration::from_secs(20),
         4 * MAX_LOG_BYTES,
@@ -298,9 +325,11 @@ fn exec_op(
             sandbox: sandbox.to_string(),
             id: id.to_string(),
         }),
+        // The stub says why on stderr; the runtime, when it could not start the stub
+        // at all, on stdout.
         _ => Err(Error::RunLost(format!(
             "detached command operation failed in sandbox '{sandbox}': {}",
-            String::from_utf8_lossy(&result.stderr).trim()
+            String::from_utf8_lossy(&result.output).trim()
         ))),
     }
 }
@@ -343,18 +372,13 @@ pub fn start_in(
 ) -> Result<Value> {
     let id = container(docker, config, name)?;
     let detached = new_id();
-    let mut args = vec!["--detach".to_string(), detached.clone(), "--".to_string()];
+    let mut args = vec!["--detach".to_string(), detached.clone()];
+    if let Some(workdir) = &spec.workdir {
+        args.extend(["--workdir".to_string(), workdir.clone()]);
+    }
+    args.push("--".to_string());
     args.extend(spec.argv.iter().cloned());
-    let env = spec.env.clone();
-    let mut record = exec_op(
-        docker,
-        &id,
-        name,
-        &detached,
-        args,
-        env,
-        spec.workdir.clone(),
-    )?;
+    let mut record = exec_op(docker, &id, name, &detached, args, spec.env.clone())?;
     record["sandbox"] = json!(name.as_str());
     Ok(record)
 }
@@ -362,7 +386,7 @@ pub fn start_in(
 pub fn status(docker: &Docker, config: &Config, name: &SandboxName, id: &str) -> Result<Value> {
     let container = container(docker, config, name)?;
     let args = vec!["--detached-status".to_string(), checked(id)?.to_string()];
-    let mut record = exec_op(docker, &container, name, id, args, Vec::new(), None)?;
+    let mut record = exec_op(docker, &container, name, id, args, Vec::new())?;
     record["sandbox"] = json!(name.as_str());
     Ok(record)
 }
@@ -370,7 +394,7 @@ pub fn status(docker: &Docker, config: &Config, name: &SandboxName, id: &str) ->
 pub fn list_in(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Value> {
     let container = container(docker, config, name)?;
     let args = vec!["--detached-list".to_string()];
-    let mut records = exec_op(docker, &container, name, "", args, Vec::new(), None)?;
+    let mut records = exec_op(docker, &container, name, "", args, Vec::new())?;
     if let Some(records) = records.as_array_mut() {
         for record in records {
             record["sandbox"] = json!(name.as_str());
@@ -382,13 +406,13 @@ pub fn list_in(docker: &Docker, config: &Config, name: &SandboxName) -> Result<V
 pub fn kill_in(docker: &Docker, config: &Config, name: &SandboxName, id: &str) -> Result<Value> {
     let container = container(docker, config, name)?;
     let args = vec!["--detached-kill".to_string(), checked(id)?.to_string()];
-    exec_op(docker, &container, name, id, args, Vec::new(), None)
+    exec_op(docker, &container, name, id, args, Vec::new())
 }
 
 pub fn logs_of(docker: &Docker, config: &Config, name: &SandboxName, id: &str) -> Result<Value> {
     let container = container(docker, config, name)?;
     let args = vec!["--detached-logs".to_string(), checked(id)?.to_string()];
-    exec_op(docker, &container, name, id, args, Vec::new(), None)
+    exec_op(docker, &container, name, id, args, Vec::new())
 }
 
 #[cfg(test)]

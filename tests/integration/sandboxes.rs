@@ -207,3 +207,49 @@ fn detached_execs_run_on_and_report_status_logs_and_kill() {
     assert_eq!(server.delete("/sandboxes/bg").0, 200);
     server.finish();
 }
+
+/// A workdir is made if missing, as for an exec; one that cannot be used is the
+/// command's failure (126, the reason on its stderr), never a 502 (schemathesis found
+/// that a missing workdir, given to the engine, failed the exec before our stub ran).
+#[test]
+fn detached_execs_make_their_workdir_or_fail_as_commands() {
+    let server = Server::start();
+    assert_eq!(server.post("/sandboxes", r#"{"name":"bgw"}"#).0, 201);
+    let finished = |body: &serde_json::Value| {
+        let id = body["data"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("detach answered {body}"))
+            .to_string();
+        let path = format!("/sandboxes/bgw/exec/detached/{id}");
+        assert!(crate::harness::eventually(
+            std::time::Duration::from_secs(10),
+            || server.get(&path).1["data"]["status"] != json!("running")
+        ));
+        (server.get(&path).1, server.get(&format!("{path}/logs")).1)
+    };
+
+    let (status, body) = server.post(
+        "/sandboxes/bgw/exec/detach",
+        r#"{"command":["sh","-c","pwd"],"workdir":"/new/dir"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (record, logs) = finished(&body);
+    assert_eq!(record["data"]["exit_code"], json!(0), "{record}");
+    assert_eq!(logs["data"]["stdout"], json!("/new/dir\n"));
+
+    let (status, body) = server.post(
+        "/sandboxes/bgw/exec/detach",
+        r#"{"command":["pwd"],"workdir":"/etc/passwd"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (record, logs) = finished(&body);
+    assert_eq!(record["data"]["status"], json!("failed"));
+    assert_eq!(record["data"]["exit_code"], json!(126));
+    let stderr = logs["data"]["stderr"].as_str().unwrap();
+    assert!(
+        stderr.contains("cannot use workdir '/etc/passwd'"),
+        "{stderr}"
+    );
+    assert_eq!(server.delete("/sandboxes/bgw").0, 200);
+    server.finish();
+}
