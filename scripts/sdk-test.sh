@@ -7,7 +7,7 @@ cd "$(dirname "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")")"
 
 SDK_VERSION="${AK_SDK_VERSION:-0.21.0}"
 venv=$(mktemp -d)
-binary=target/x86_64-unknown-linux-gnu/debug/agentkernel
+binary="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/debug/agentkernel"
 image="${AK_TEST_IMAGE:-agentkernel/busybox:latest}"
 
 python3 -m venv "$venv"

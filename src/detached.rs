@@ -36,14 +36,17 @@ const NOT_FOUND: i32 = 10;
 /// An in-container operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DetachedOp {
-    /// Starts `argv` under a supervisor and prints the command's record.
+    /// Starts `argv` under a supervisor, in `workdir` if one is given, and prints
+    /// the command's record.
     Start {
         id: String,
+        workdir: Option<String>,
         argv: Vec<String>,
     },
     /// The supervisor itself (internal).
     Supervise {
         id: String,
+        workdir: Option<String>,
         argv: Vec<String>,
     },
     Status {
@@ -83,8 +86,8 @@ fn dir(id: &str) -> PathBuf {
 /// code (0, `NOT_FOUND`, or 1 with a message on stderr).
 pub fn run_op(op: DetachedOp) -> i32 {
     let result = match op {
-        DetachedOp::Start { id, argv } => start(&id, &argv),
-        DetachedOp::Supervise { id, argv } => supervise(&id, &argv),
+        DetachedOp::Start { id, workdir, argv } => start(&id, workdir.as_deref(), &argv),
+        DetachedOp::Supervise { id, workdir, argv } => supervise(&id, workdir.as_deref(), &argv),
         DetachedOp::Status { id } => record(&id).map(|r| r.to_string()),
         DetachedOp::List => list().map(|r| r.to_string()),
         DetachedOp::Kill { id } => kill(&id),
@@ -108,7 +111,7 @@ fn failed(error: impl std::fmt::Display) -> (i32, String) {
     (1, error.to_string())
 }
 
-fn start(id: &str, argv: &[String]) -> OpResult<String> {
+fn start(id: &str, workdir: Option<&str>, argv: &[String]) -> OpResult<String> {
     let dir = dir(id);
     std::fs::create_dir_all(&dir).map_err(failed)?;
     let meta = json!({ "command": argv, "started_at": rfc3339(SystemTime::now()) });
@@ -116,8 +119,13 @@ fn start(id: &str, argv: &[String]) -> OpResult<String> {
     // The supervisor is our own executable again, in a session of its own with no
     // stdio, so that the exec ends at once while the command runs on.
     let own = std::env::current_exe().unwrap_or_else(|_| STUB_PATH.into());
-    Command::new(own)
-        .args(["stub", "--supervise", id, "--"])
+    let mut supervisor = Command::new(own);
+    supervisor.args(["stub", "--supervise", id]);
+    if let Some(workdir) = workdir {
+        supervisor.args(["--workdir", workdir]);
+    }
+    supervisor
+        .arg("--")
         .args(argv)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -133,18 +141,45 @@ fn start(id: &str, argv: &[String]) -> OpResult<String> {
     record(id).map(|r| r.to_string())
 }
 
-fn supervise(id: &str, argv: &[String]) -> OpResult<String> {
+/// Runs the command and records its exit. A command that cannot start (its workdir
+/// cannot be made, its program cannot run) is recorded as exited 126 or 127 with the
+/// reason on its stderr, as a one-shot run or an exec reports it.
+fn supervise(id: &str, workdir: Option<&str>, argv: &[String]) -> OpResult<String> {
     let dir = dir(id);
     let stdout = std::fs::File::create(dir.join("stdout")).map_err(failed)?;
     let stderr = std::fs::File::create(dir.join("stderr")).map_err(failed)?;
-    let spawned = Command::new(&argv[0])
+    let cannot_start = |message: String, code: i32| -> OpResult<String> {
+        let _ = writeln!(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("stderr"))
+                .map_err(failed)?,
+            "{message}"
+        );
+        let exit = json!({ "exit_code": code, "signal": null });
+        std::fs::write(dir.join("exit.json"), exit.to_string()).map_err(failed)?;
+        Ok(String::new())
+    };
+    let mut command = Command::new(&argv[0]);
+    command
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
-        .process_group(0)
-        .spawn();
-    let mut child = match spawned {
+        .process_group(0);
+    // Made here like the stub makes an exec's workdir, rather than given to the engine
+    // as the exec's WorkingDir: the runtime refuses a missing one before any of our
+    // code runs, and the command would have no record at all.
+    if let Some(workdir) = workdir {
+        if let Err(error) = std::fs::create_dir_all(workdir) {
+            return cannot_start(
+                format!("agentkernel: cannot use workdir '{workdir}': {error}"),
+                126,
+            );
+        }
+        command.current_dir(workdir);
+    }
+    let mut child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
             let code = if error.kind() == std::io::ErrorKind::NotFound {
@@ -152,17 +187,10 @@ fn supervise(id: &str, argv: &[String]) -> OpResult<String> {
             } else {
                 126
             };
-            let _ = writeln!(
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(dir.join("stderr"))
-                    .map_err(failed)?,
-                "agentkernel: cannot run '{}': {error}",
-                argv[0]
+            return cannot_start(
+                format!("agentkernel: cannot run '{}': {error}", argv[0]),
+                code,
             );
-            let exit = json!({ "exit_code": code, "signal": null });
-            std::fs::write(dir.join("exit.json"), exit.to_string()).map_err(failed)?;
-            return Ok(String::new());
         }
     };
     std::fs::write(dir.join("pid"), child.id().to_string()).map_err(failed)?;
@@ -271,15 +299,16 @@ fn exec_op(
     id: &str,
     args: Vec<String>,
     env: Vec<String>,
-    workdir: Option<String>,
 ) -> Result<Value> {
     let sandbox = target.sandbox;
     let mut argv = vec![STUB_PATH.to_string(), "stub".to_string()];
     argv.extend(args);
+    // No workdir for the exec itself: a detached command's workdir goes to the stub
+    // (`--workdir`), which creates it as an exec's stub does.
     let spec = CommandSpec::new(
         argv,
         env,
-        workdir,
+        None,
         None,
         Duration::from_secs(20),
         4 * MAX_LOG_BYTES,
@@ -365,12 +394,15 @@ pub fn start_in(
 ) -> Result<Value> {
     let container = container(docker, config, name)?;
     let detached = new_id();
-    let mut args = vec!["--detach".to_string(), detached.clone(), "--".to_string()];
+    let mut args = vec!["--detach".to_string(), detached.clone()];
+    if let Some(workdir) = &spec.workdir {
+        args.extend(["--workdir".to_string(), workdir.clone()]);
+    }
+    args.push("--".to_string());
     args.extend(spec.argv.iter().cloned());
     let env = spec.env.clone();
-    let workdir = spec.workdir.clone();
     let target = stub_target(name, &container);
-    let mut record = exec_op(docker, config, target, &detached, args, env, workdir)?;
+    let mut record = exec_op(docker, config, target, &detached, args, env)?;
     record["sandbox"] = json!(name.as_str());
     Ok(record)
 }
@@ -379,7 +411,7 @@ pub fn status(docker: &Docker, config: &Config, name: &SandboxName, id: &str) ->
     let container = container(docker, config, name)?;
     let args = vec!["--detached-status".to_string(), checked(id)?.to_string()];
     let target = stub_target(name, &container);
-    let mut record = exec_op(docker, config, target, id, args, Vec::new(), None)?;
+    let mut record = exec_op(docker, config, target, id, args, Vec::new())?;
     record["sandbox"] = json!(name.as_str());
     Ok(record)
 }
@@ -388,7 +420,7 @@ pub fn list_in(docker: &Docker, config: &Config, name: &SandboxName) -> Result<V
     let container = container(docker, config, name)?;
     let args = vec!["--detached-list".to_string()];
     let target = stub_target(name, &container);
-    let mut records = exec_op(docker, config, target, "", args, Vec::new(), None)?;
+    let mut records = exec_op(docker, config, target, "", args, Vec::new())?;
     if let Some(records) = records.as_array_mut() {
         for record in records {
             record["sandbox"] = json!(name.as_str());
@@ -401,14 +433,14 @@ pub fn kill_in(docker: &Docker, config: &Config, name: &SandboxName, id: &str) -
     let container = container(docker, config, name)?;
     let args = vec!["--detached-kill".to_string(), checked(id)?.to_string()];
     let target = stub_target(name, &container);
-    exec_op(docker, config, target, id, args, Vec::new(), None)
+    exec_op(docker, config, target, id, args, Vec::new())
 }
 
 pub fn logs_of(docker: &Docker, config: &Config, name: &SandboxName, id: &str) -> Result<Value> {
     let container = container(docker, config, name)?;
     let args = vec!["--detached-logs".to_string(), checked(id)?.to_string()];
     let target = stub_target(name, &container);
-    exec_op(docker, config, target, id, args, Vec::new(), None)
+    exec_op(docker, config, target, id, args, Vec::new())
 }
 
 #[cfg(test)]

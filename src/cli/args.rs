@@ -133,8 +133,8 @@ pub(super) fn parse_stub(parser: &mut lexopt::Parser) -> Result<Command, Misuse>
     }
 }
 
-/// `--detach ID -- ARGV...`, `--supervise ID -- ARGV...`, `--detached-list`, or
-/// `--detached-status|kill|logs ID`.
+/// `--detach ID [--workdir DIR] -- ARGV...`, `--supervise ID [--workdir DIR] -- ARGV...`,
+/// `--detached-list`, or `--detached-status|kill|logs ID`.
 pub(super) fn parse_stub_detached(
     op: &str,
     parser: &mut lexopt::Parser,
@@ -152,18 +152,28 @@ pub(super) fn parse_stub_detached(
     }
     let op = match op {
         "detach" | "supervise" => {
-            let argv: Vec<String> = parser
-                .raw_args()?
-                .skip_while(|arg| arg == "--")
-                .map(|arg| arg.to_string_lossy().into_owned())
-                .collect();
+            let mut raw = parser.raw_args()?;
+            let workdir = match raw.next_if(|arg| arg == "--workdir") {
+                None => None,
+                Some(_) => match raw.next() {
+                    Some(dir) if dir.to_string_lossy().starts_with('/') => {
+                        Some(dir.to_string_lossy().into_owned())
+                    }
+                    _ => return Err(Misuse("--workdir needs an absolute path".into())),
+                },
+            };
+            // Exactly one separator: the command itself may begin with "--".
+            if raw.next_if(|arg| arg == "--").is_none() {
+                return Err(Misuse("a detached command comes after '--'".into()));
+            }
+            let argv: Vec<String> = raw.map(|arg| arg.to_string_lossy().into_owned()).collect();
             if argv.is_empty() {
                 return Err(Misuse("a detached command needs a program".into()));
             }
             if op == "detach" {
-                DetachedOp::Start { id, argv }
+                DetachedOp::Start { id, workdir, argv }
             } else {
-                DetachedOp::Supervise { id, argv }
+                DetachedOp::Supervise { id, workdir, argv }
             }
         }
         "detached-status" => DetachedOp::Status { id },

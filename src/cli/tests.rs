@@ -64,6 +64,48 @@ fn stub_file_operations_take_absolute_paths_and_limits() {
 }
 
 #[test]
+fn stub_detached_starts_take_a_workdir_and_one_separator() {
+    use crate::detached::DetachedOp;
+    let parsed = |words: &[&str]| match parse_words(words) {
+        Ok(Command::StubDetached(op)) => Ok(op),
+        Ok(other) => panic!("{words:?} parsed as {other:?}"),
+        Err(error) => Err(error),
+    };
+    let id = "0123456789abcdef";
+    let argv = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        parsed(&["stub", "--detach", id, "--", "echo", "hi"]),
+        Ok(DetachedOp::Start {
+            id: id.into(),
+            workdir: None,
+            argv: argv(&["echo", "hi"]),
+        })
+    );
+    assert_eq!(
+        parsed(&[
+            "stub",
+            "--supervise",
+            id,
+            "--workdir",
+            "/w d",
+            "--",
+            "--",
+            "x"
+        ]),
+        Ok(DetachedOp::Supervise {
+            id: id.into(),
+            workdir: Some("/w d".into()),
+            argv: argv(&["--", "x"]),
+        })
+    );
+    assert!(parsed(&["stub", "--detach", id, "--workdir", "rel", "--", "x"]).is_err());
+    assert!(parsed(&["stub", "--detach", id, "--workdir"]).is_err());
+    assert!(parsed(&["stub", "--detach", id, "echo"]).is_err());
+    assert!(parsed(&["stub", "--detach", id, "--"]).is_err());
+    assert!(parsed(&["stub", "--detach", "nothex", "--", "x"]).is_err());
+}
+
+#[test]
 fn serve_defaults_to_loopback_8080() {
     let Command::Serve(config) = parse_words(&["serve"]).unwrap() else {
         panic!("expected serve");

@@ -19,7 +19,32 @@ fn health_answers_both_documented_and_sdk_shapes() {
     assert_eq!(body["workers"], json!({"configured": 8, "alive": 8}));
     assert!(body["connections"]["open"].as_u64().unwrap() >= 1);
     assert!(body["connections"]["max"].as_u64().unwrap() >= 16);
+    // The document describes exactly these fields (its schema allows no others).
+    let (status, document) = server.get("/openapi.json");
+    assert_eq!(status, 200);
+    assert_same_fields(&document["components"]["schemas"]["HealthEnvelope"], &body);
     server.finish();
+}
+
+/// `value` has the fields `schema` lists, all of them and no other, at every level.
+fn assert_same_fields(schema: &serde_json::Value, value: &serde_json::Value) {
+    let Some(properties) = schema["properties"].as_object() else {
+        return;
+    };
+    let mut documented: Vec<&String> = properties.keys().collect();
+    let mut answered: Vec<&String> = value.as_object().expect("an object").keys().collect();
+    documented.sort();
+    answered.sort();
+    assert_eq!(answered, documented, "{value} against {schema}");
+    let required = schema["required"].as_array().map_or(0, Vec::len);
+    assert_eq!(
+        required,
+        documented.len(),
+        "every field is always there: {schema}"
+    );
+    for (name, property) in properties {
+        assert_same_fields(property, &value[name]);
+    }
 }
 
 #[test]
