@@ -3,10 +3,21 @@
 # must clean up what it creates. With a run id (AK_TEST_RUN, set by make test) only
 # that run's namespaces ("t-<run>-...") count, so suites sharing an engine do not
 # blame each other; without one, every "t-" namespace does.
+# A server shared by several tests (tests/integration/harness.rs `shared`) is stopped
+# when the test process exits, so its shutdown may still be removing containers: what
+# is left is looked at again for up to 15 s before it counts.
 set -euo pipefail
 
-left=$(docker ps -a --filter label=agentkernel.managed=true \
-	--format '{{.Label "agentkernel.namespace"}} {{.Names}} {{.Status}}' | grep "^t-${AK_TEST_RUN:+$AK_TEST_RUN-}" || true)
+left_now() {
+	docker ps -a --filter label=agentkernel.managed=true \
+		--format '{{.Label "agentkernel.namespace"}} {{.Names}} {{.Status}}' | grep "^t-${AK_TEST_RUN:+$AK_TEST_RUN-}" || true
+}
+left=$(left_now)
+for _ in $(seq 15); do
+	[ -z "$left" ] && break
+	sleep 1
+	left=$(left_now)
+done
 if [ -n "$left" ]; then
 	echo "check-leftovers: containers left behind by the tests:" >&2
 	echo "$left" >&2

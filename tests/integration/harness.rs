@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::Duration;
 
 use agentkernel::config::Namespace;
@@ -73,7 +73,7 @@ pub struct Server {
     pub namespace: String,
     pub port: u16,
     child: Option<Child>,
-    pub log: mpsc::Receiver<String>,
+    pub log: Mutex<mpsc::Receiver<String>>,
     /// Remove the namespace's containers on drop (off for restart tests that hand the
     /// namespace to a second server).
     pub cleanup: bool,
@@ -86,6 +86,23 @@ pub struct Options {
     pub binary: Option<PathBuf>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Run the server under a shell that stops it (SIGTERM) once this test process
+    /// has exited, however it exits: see `shared`.
+    pub until_exit: bool,
+}
+
+/// One server for the tests that leave nothing behind (one-shot runs, reads): started
+/// on first use, stopped when the test process ends. Tests on it never stop it, and
+/// must not depend on its pid, memory or log. Its namespace is a fresh one like any
+/// other, so the leftover check (`scripts/check-leftovers.sh`) still covers it.
+pub fn shared() -> &'static Server {
+    static SHARED: OnceLock<Server> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        Server::start_with(Options {
+            until_exit: true,
+            ..Options::default()
+        })
+    })
 }
 
 impl Server {
@@ -98,7 +115,24 @@ impl Server {
         let binary = options
             .binary
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_agentkernel")));
-        let mut command = Command::new(binary);
+        let mut command = if options.until_exit {
+            // The shell waits for our end of its stdin to close, which happens when
+            // this process exits, then stops the server as SIGTERM would.
+            let mut shell = Command::new("sh");
+            shell
+                .args([
+                    "-c",
+                    "\"$@\" & server=$!; cat >/dev/null; kill -TERM $server; wait $server",
+                ])
+                .arg("sh")
+                .arg(binary)
+                .stdin(Stdio::piped());
+            shell
+        } else {
+            let mut command = Command::new(binary);
+            command.stdin(Stdio::null());
+            command
+        };
         command
             .args(["serve", "--port", "0", "--namespace", &namespace])
             .args(["--default-image", &image()])
@@ -109,7 +143,6 @@ impl Server {
             .env_remove("AGENTKERNEL_API_KEY")
             .env("AGENTKERNEL_LOG", "info")
             .env("AGENTKERNEL_DATA_DIR", data_dir())
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (key, value) in &options.env {
@@ -130,7 +163,7 @@ impl Server {
             namespace,
             port: 0,
             child: Some(child),
-            log,
+            log: Mutex::new(log),
             cleanup: true,
         };
         server.port = server
@@ -154,7 +187,11 @@ impl Server {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.log.recv_timeout(left) {
+            let log = self
+                .log
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match log.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return Some(line),
                 Ok(_) => {}
                 Err(_) => return None,

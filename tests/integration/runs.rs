@@ -1,12 +1,13 @@
-//! `POST /run`: one-shot commands in fresh containers.
+//! `POST /run`: one-shot commands in fresh containers. Most tests share one server
+//! (`harness::shared`): a run leaves nothing behind.
 
 use serde_json::json;
 
-use crate::harness::{image, Server};
+use crate::harness::{image, shared, Server};
 
 #[test]
 fn run_returns_output_streams_exit_code_and_duration() {
-    let server = Server::start();
+    let server = shared();
     let (status, body) = server.post(
         "/run",
         r#"{"command":["sh","-c","echo out; echo err >&2; exit 3"]}"#,
@@ -24,12 +25,11 @@ fn run_returns_output_streams_exit_code_and_duration() {
         "{output}"
     );
     assert!(data["duration_ms"].as_u64().unwrap() > 0);
-    server.finish();
 }
 
 #[test]
 fn arguments_arrive_exactly_without_a_shell() {
-    let server = Server::start();
+    let server = shared();
     let args = ["a b", "'q'", "\"dq\"", "$HOME", ";", ">", "*", "\\", "ünï"];
     let mut command = vec!["printf".to_string(), "[%s]".to_string()];
     command.extend(args.iter().map(|s| s.to_string()));
@@ -37,12 +37,11 @@ fn arguments_arrive_exactly_without_a_shell() {
     assert_eq!(status, 200, "{body}");
     let expected: String = args.iter().map(|a| format!("[{a}]")).collect();
     assert_eq!(body["data"]["stdout"], json!(expected));
-    server.finish();
 }
 
 #[test]
 fn sdk_style_nulls_mean_not_given() {
-    let server = Server::start();
+    let server = shared();
     let (status, body) = server.post(
         "/run",
         r#"{"command":["echo","hi"],"image":null,"profile":null,"fast":true,"env":null}"#,
@@ -52,24 +51,22 @@ fn sdk_style_nulls_mean_not_given() {
     let (status, body) = server.post("/run", r#"{"command":["echo","cold"],"fast":false}"#);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["output"], json!("cold\n"));
-    server.finish();
 }
 
 #[test]
 fn non_zero_exits_are_still_200_and_not_found_programs_are_127() {
-    let server = Server::start();
+    let server = shared();
     let (status, body) = server.post("/run", r#"{"command":["false"]}"#);
     assert_eq!(status, 200);
     assert_eq!(body["data"]["exit_code"], json!(1));
     let (status, body) = server.post("/run", r#"{"command":["no-such-program"]}"#);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["exit_code"], json!(127));
-    server.finish();
 }
 
 #[test]
 fn env_workdir_and_stdin_reach_the_command() {
-    let server = Server::start();
+    let server = shared();
     let body = json!({
         "command": ["sh", "-c", "echo $GREETING; pwd; cat"],
         "env": ["GREETING=hello there"],
@@ -82,21 +79,19 @@ fn env_workdir_and_stdin_reach_the_command() {
         answer["data"]["stdout"],
         json!("hello there\n/tmp\nfrom stdin\n")
     );
-    server.finish();
 }
 
 #[test]
 fn output_that_is_not_utf8_never_breaks_the_response() {
-    let server = Server::start();
+    let server = shared();
     let (status, body) = server.post("/run", r#"{"command":["printf","ok\\377\\376end"]}"#);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["stdout"], json!("ok\u{fffd}\u{fffd}end"));
-    server.finish();
 }
 
 #[test]
 fn missing_images_are_404_naming_the_image_and_never_pulled() {
-    let server = Server::start();
+    let server = shared();
     // Auto-detected from the program name.
     let (status, body) = server.post("/run", r#"{"command":["python3","-c","print(1)"]}"#);
     assert_eq!(status, 404, "{body}");
@@ -130,7 +125,6 @@ fn missing_images_are_404_naming_the_image_and_never_pulled() {
         .image_exists("agentkernel-test/nope:1")
         .unwrap();
     assert!(!pulled);
-    server.finish();
 }
 
 #[test]
@@ -159,7 +153,7 @@ fn a_timeout_is_reported_and_the_container_removed() {
 
 #[test]
 fn every_profile_runs() {
-    let server = Server::start();
+    let server = shared();
     for profile in ["permissive", "moderate", "restrictive"] {
         let body = json!({"command": ["id", "-u"], "profile": profile});
         let (status, answer) = server.post("/run", &body.to_string());
@@ -175,5 +169,4 @@ fn every_profile_runs() {
             assert_eq!(uid, "0");
         }
     }
-    server.finish();
 }

@@ -174,7 +174,7 @@ fn two_concurrent_runs_never_wait_for_each_other() {
             runs.into_iter().map(|run| run.join().unwrap()).collect()
         });
         if took.iter().any(|t| t.0 > SLEEP + MARGIN) {
-            while let Ok(line) = server.log.try_recv() {
+            while let Ok(line) = server.log.lock().unwrap().try_recv() {
                 eprintln!("LOG {line}");
             }
         }
