@@ -39,6 +39,7 @@ lint:
 	cargo clippy --all-targets -- -D warnings
 	python3 scripts/check-modules.py src
 	python3 scripts/check-engine-boundary.py src
+	python3 scripts/check-invariants.py src
 
 unit:
 	cargo test --lib

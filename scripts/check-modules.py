@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Checks that no two modules of the crate import each other, directly or through
-others: builds the graph of `crate::`, `super::` and `self::` paths between module files
-(test modules excluded) and prints every cycle. Exit 1 if there is one."""
+"""Checks the crate's layering: builds the graph of `crate::`, `super::` and `self::`
+paths between module files (test modules excluded), prints every import cycle, and
+every import of a higher layer by a lower one (LAYERS, ARCHITECTURE.md's code map from
+the bottom up). Exit 1 if there is either. `--graph` prints the graph."""
 import os, re, sys
 
 ROOT = sys.argv[1] if len(sys.argv) > 1 else "src"
@@ -69,6 +70,38 @@ for module, path in modules.items():
         if target and module[: len(target)] != target:
             graph[module].add(target)
 
+# The layers, from the bottom up: a module may import its own layer and those below.
+LAYERS = [
+    ("codec",),
+    ("engine", "stub", "cli/help"),
+    ("error", "containers/profile"),
+    ("config", "exec"),
+    ("containers",),
+    ("run", "sandbox", "files", "detached", "history"),
+    ("server",),
+    ("cli",),
+]
+
+def layer(module):
+    """The layer of a module: that of its longest listed prefix."""
+    best = None
+    for rank, names in enumerate(LAYERS):
+        for entry in names:
+            parts = tuple(entry.split("/"))
+            if module[: len(parts)] == parts and (best is None or len(parts) > best[1]):
+                best = (rank, len(parts))
+    return None if best is None else best[0]
+
+upward = []
+for module in sorted(graph):
+    if layer(module) is None:
+        upward.append(f"{'::'.join(module)} is in no layer (add it to LAYERS)")
+        continue
+    for target in sorted(graph[module]):
+        if layer(target) is not None and layer(target) > layer(module):
+            upward.append(f"{'::'.join(module)} (layer {layer(module)}) imports "
+                          f"{'::'.join(target)} (layer {layer(target)})")
+
 # Tarjan's strongly connected components.
 index, low, stack, on_stack, sccs, counter = {}, {}, [], set(), [], [0]
 def connect(node):
@@ -100,6 +133,8 @@ name = lambda m: "::".join(m)
 if "--graph" in sys.argv:
     for node in sorted(graph):
         print(f"{name(node)} -> {', '.join(sorted(name(t) for t in graph[node]))}")
+for line in upward:
+    print("layering: " + line)
 if sccs:
     for component in sccs:
         members = set(component)
@@ -108,4 +143,7 @@ if sccs:
             inside = sorted(name(t) for t in graph[m] if t in members)
             print(f"  {name(m)} -> {', '.join(inside)}")
     sys.exit(1)
-print(f"check-modules: {len(graph)} modules, no import cycle")
+if upward:
+    sys.exit(1)
+print(f"check-modules: {len(graph)} modules in {len(LAYERS)} layers, no import cycle, "
+      "no import of a higher layer")
