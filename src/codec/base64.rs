@@ -32,6 +32,17 @@ pub fn encode(bytes: &[u8]) -> String {
     text
 }
 
+/// Writes what `encode` makes of `bytes` to `out`, a block at a time, so that the
+/// whole encoding is never held at once.
+pub fn encode_to(out: &mut dyn std::io::Write, bytes: &[u8]) -> std::io::Result<()> {
+    // A multiple of three: blocks encode without padding, except the last.
+    const BLOCK: usize = 3 * 1024;
+    for block in bytes.chunks(BLOCK) {
+        out.write_all(encode(block).as_bytes())?;
+    }
+    Ok(())
+}
+
 /// Decodes base64 text; the error says what is wrong and where.
 pub fn decode(text: &str) -> Result<Vec<u8>, String> {
     let bytes = text.as_bytes();
@@ -106,6 +117,16 @@ mod tests {
             // Unpadded input decodes the same.
             let unpadded = encoded.trim_end_matches('=');
             assert_eq!(decode(unpadded).unwrap(), plain.as_bytes(), "{unpadded:?}");
+        }
+    }
+
+    #[test]
+    fn block_encoding_is_the_whole_encoding() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for length in [0, 1, 3071, 3072, 3073, 6144, 10_000] {
+            let mut out = Vec::new();
+            encode_to(&mut out, &data[..length]).unwrap();
+            assert_eq!(out, encode(&data[..length]).as_bytes(), "{length}");
         }
     }
 
