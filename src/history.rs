@@ -186,7 +186,7 @@ mod tests {
         history.event(&one, "created");
         history.event(&two, "created");
         let result = CommandResult {
-            output: Vec::new(),
+            output: Default::default(),
             stdout: Vec::new(),
             stderr: Vec::new(),
             exit_code: Some(3),

@@ -1,18 +1,24 @@
 //! One command to run and what came of it: the typed, validated request (`CommandSpec`)
 //! and the honest result (`CommandResult`), the `Observer` that watches it run and its
 //! `Cancel` handle, plus the reader that collects a hijacked stream under a deadline and
-//! an output cap. The two transports are `stub` and `docker_exec`.
+//! an output cap, within the request's output budget (`budget`). The two transports are
+//! `stub` and `docker_exec`.
 //!
 //! Invariants: a `CommandSpec` is valid by construction (non-empty argv, `K=V` env
 //! entries, absolute workdir, bounded timeout and cap), so nothing below re-checks it;
 //! output past the cap is read and dropped, never buffered, so a command that prints
-//! gigabytes costs no memory; a stream is never read past its deadline plus a short
-//! grace, whatever the command does.
+//! gigabytes costs no memory; a result keeps each byte of output once (stdout and
+//! stderr, with the order they came in as runs over them, never an interleaved copy),
+//! and no more than its observer's `Keep` allows; a result says which stream was cut
+//! and by what; a stream is never read past its deadline plus a short grace, whatever
+//! the command does.
 
+pub mod budget;
 mod cancel;
 pub mod docker_exec;
 pub mod stub;
 
+pub use self::budget::{OutputBudget, OutputMemory};
 pub use self::cancel::Cancel;
 
 use std::io;
@@ -113,14 +119,131 @@ impl Status {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandResult {
-    /// stdout and stderr interleaved in the order received.
-    pub output: Vec<u8>,
+    /// How stdout and stderr interleaved, in the order received (read with
+    /// `output_pieces`), and what was cut.
+    pub output: Interleaving,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub exit_code: Option<i64>,
     pub signal: Option<i32>,
     pub status: Status,
     pub duration: Duration,
+}
+
+impl CommandResult {
+    /// stdout and stderr interleaved in the order received, piece by piece.
+    pub fn output_pieces(&self) -> impl Iterator<Item = &[u8]> {
+        self.output.pieces(&self.stdout, &self.stderr)
+    }
+
+    /// The interleaved output in one buffer: a copy, for small results and tests.
+    pub fn output_bytes(&self) -> Vec<u8> {
+        self.output_pieces().collect::<Vec<_>>().concat()
+    }
+}
+
+/// What cut a stream's output short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The command's own `max_output_bytes` for that stream.
+    MaxOutputBytes,
+    /// The request's output budget, which all of its commands share.
+    RequestBudget,
+}
+
+impl Cut {
+    pub fn name(self) -> &'static str {
+        match self {
+            Cut::MaxOutputBytes => "max_output_bytes",
+            Cut::RequestBudget => "request_budget",
+        }
+    }
+}
+
+/// How a result's stdout and stderr came in: runs of each, in the order received, over
+/// the two buffers, so that the interleaved output is read through them and never kept
+/// as a third copy; and which stream was cut, by what.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Interleaving {
+    runs: Vec<Run>,
+    /// Per stream (stdout, stderr): what cut it first, if anything did.
+    pub cut: [Option<Cut>; 2],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Run {
+    stderr: bool,
+    length: u32,
+}
+
+/// What one more run costs a budget: a switch between the streams is kept as this
+/// much bookkeeping besides its bytes.
+pub const RUN_BYTES: u64 = std::mem::size_of::<Run>() as u64;
+
+impl Interleaving {
+    /// Whether `length` more bytes of stream `index` need a new run.
+    fn starts_run(&self, index: usize, length: usize) -> bool {
+        match self.runs.last() {
+            Some(run) => {
+                run.stderr != (index == 1)
+                    || u32::try_from(length)
+                        .ok()
+                        .and_then(|length| run.length.checked_add(length))
+                        .is_none()
+            }
+            None => true,
+        }
+    }
+
+    fn push(&mut self, index: usize, length: usize) {
+        if self.starts_run(index, length) {
+            let length = u32::try_from(length).expect("a chunk is smaller than 4 GiB");
+            self.runs.push(Run {
+                stderr: index == 1,
+                length,
+            });
+        } else if let Some(run) = self.runs.last_mut() {
+            run.length += length as u32;
+        }
+    }
+
+    /// The interleaved output, read over the two streams' buffers.
+    pub fn pieces<'a>(
+        &'a self,
+        stdout: &'a [u8],
+        stderr: &'a [u8],
+    ) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let mut offsets = [0usize; 2];
+        self.runs.iter().map(move |run| {
+            let (buffer, offset) = if run.stderr {
+                (stderr, &mut offsets[1])
+            } else {
+                (stdout, &mut offsets[0])
+            };
+            let start = (*offset).min(buffer.len());
+            let end = (start + run.length as usize).min(buffer.len());
+            *offset = end;
+            &buffer[start..end]
+        })
+    }
+
+    /// Which stream was cut, by what: `(stdout, stderr)`.
+    pub fn cut_streams(&self) -> (Option<Cut>, Option<Cut>) {
+        (self.cut[0], self.cut[1])
+    }
+}
+
+/// How much output a command's result keeps; the per-stream caps apply either way.
+#[derive(Debug, Clone, Default)]
+pub enum Keep {
+    /// All of it, within the caps (the server's own operations in a sandbox, whose
+    /// callers bound what they ask for).
+    #[default]
+    All,
+    /// What the request's output budget still has room for.
+    Within(OutputBudget),
+    /// None: the observer took every byte as it came (an event stream, the console).
+    Nothing,
 }
 
 /// Who watches a command as it runs: the SSE stream, or the CLI's own stdout and
@@ -140,6 +263,11 @@ pub trait Observer {
     /// arms it with the command's connection.
     fn cancel(&self) -> Option<&Cancel> {
         None
+    }
+
+    /// How much of the output the result keeps.
+    fn keep(&self) -> Keep {
+        Keep::All
     }
 }
 
@@ -166,35 +294,92 @@ impl Observer for NoObserver {
     }
 }
 
+/// Watches nothing; the result keeps what the request's budget has room for.
+pub struct KeepWithin(pub OutputBudget);
+
+impl Observer for KeepWithin {
+    fn output(&mut self, _: StreamKind, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn keep(&self) -> Keep {
+        Keep::Within(self.0.clone())
+    }
+}
+
 pub type OutputSink<'a> = &'a mut dyn Observer;
 
-/// Output read from a stream, within the cap.
+/// Output read from a stream, within the cap and what the observer lets it keep.
 #[derive(Debug, Default)]
 pub struct Collected {
-    pub output: Vec<u8>,
+    pub output: Interleaving,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// Some output was dropped, by a stream's cap or by the budget.
     pub truncated: bool,
     pub timed_out: bool,
+    /// Bytes let through per stream (stdout, stderr), within its cap, kept or not.
+    passed: [u64; 2],
+    keep: Keep,
 }
 
 impl Collected {
-    /// Keeps what fits under the per-stream cap, notes that something was dropped, and
-    /// returns what was kept.
+    pub fn new(keep: Keep) -> Collected {
+        Collected {
+            keep,
+            ..Collected::default()
+        }
+    }
+
+    /// Lets through what fits under the stream's cap, keeps what the budget allows of
+    /// it, notes what was dropped and why, and returns what was let through (what the
+    /// observer sees).
     pub fn push<'b>(&mut self, kind: StreamKind, bytes: &'b [u8], cap: u64) -> &'b [u8] {
-        let target = match kind {
-            StreamKind::Stdout => &mut self.stdout,
-            StreamKind::Stderr => &mut self.stderr,
+        let index = match kind {
+            StreamKind::Stdout => 0,
+            StreamKind::Stderr => 1,
             StreamKind::Stdin => return &[],
         };
-        let room = (cap as usize).saturating_sub(target.len());
-        let kept = &bytes[..bytes.len().min(room)];
-        if kept.len() < bytes.len() {
-            self.truncated = true;
+        let room = cap.saturating_sub(self.passed[index]);
+        let passed = &bytes[..bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
+        self.passed[index] += passed.len() as u64;
+        let kept = match &self.keep {
+            Keep::All => passed.len(),
+            Keep::Nothing => 0,
+            Keep::Within(budget) => {
+                let overhead = if self.output.starts_run(index, passed.len()) {
+                    RUN_BYTES
+                } else {
+                    0
+                };
+                let kept = budget.take(passed.len() as u64, overhead) as usize;
+                if kept < passed.len() {
+                    self.cut(index, Cut::RequestBudget);
+                }
+                kept
+            }
+        };
+        if kept > 0 {
+            let target = if index == 0 {
+                &mut self.stdout
+            } else {
+                &mut self.stderr
+            };
+            target.extend_from_slice(&passed[..kept]);
+            self.output.push(index, kept);
         }
-        target.extend_from_slice(kept);
-        self.output.extend_from_slice(kept);
-        kept
+        // After the budget's cut: within one piece, that one comes first in the stream.
+        if passed.len() < bytes.len() {
+            self.cut(index, Cut::MaxOutputBytes);
+        }
+        passed
+    }
+
+    /// Notes that stream `index` lost output; the first cause (the earliest byte
+    /// dropped) is the one reported.
+    fn cut(&mut self, index: usize, cause: Cut) {
+        self.truncated = true;
+        self.output.cut[index].get_or_insert(cause);
     }
 }
 
@@ -207,7 +392,7 @@ pub fn collect_stream(
     mut on_deadline: impl FnMut(),
     sink: OutputSink<'_>,
 ) -> io::Result<Collected> {
-    let mut collected = Collected::default();
+    let mut collected = Collected::new(sink.keep());
     let mut payload = Vec::new();
     let mut hard_deadline = None;
     loop {
@@ -286,10 +471,84 @@ mod tests {
         let mut collected = Collected::default();
         collected.push(StreamKind::Stdout, b"abc", 4);
         collected.push(StreamKind::Stderr, b"E", 4);
-        collected.push(StreamKind::Stdout, b"def", 4);
+        assert_eq!(collected.push(StreamKind::Stdout, b"def", 4), b"d");
         assert_eq!(collected.stdout, b"abcd");
         assert_eq!(collected.stderr, b"E");
-        assert_eq!(collected.output, b"abcEd");
-        assert!(collected.truncated);
+        let result = result_of(collected);
+        assert_eq!(result.output_bytes(), b"abcEd");
+        assert_eq!(
+            result.output.cut_streams(),
+            (Some(Cut::MaxOutputBytes), None)
+        );
+    }
+
+    fn result_of(collected: Collected) -> CommandResult {
+        assert!(collected.truncated || collected.output.cut == [None, None]);
+        CommandResult {
+            output: collected.output,
+            stdout: collected.stdout,
+            stderr: collected.stderr,
+            exit_code: Some(0),
+            signal: None,
+            status: Status::Exited,
+            duration: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_shared_budget_cuts_whichever_command_finds_it_spent() {
+        let budget = OutputBudget::new(2 * RUN_BYTES + 5);
+        let mut first = Collected::new(Keep::Within(budget.clone()));
+        let mut second = Collected::new(Keep::Within(budget.clone()));
+        // What the observer sees is the cap's business only.
+        assert_eq!(first.push(StreamKind::Stdout, b"abc", 100), b"abc");
+        assert_eq!(second.push(StreamKind::Stderr, b"XYZ", 100), b"XYZ");
+        assert_eq!(first.push(StreamKind::Stdout, b"d", 100), b"d");
+        assert_eq!(budget.kept(), budget.limit());
+        assert_eq!(
+            (first.stdout.as_slice(), second.stderr.as_slice()),
+            (&b"abc"[..], &b"XY"[..])
+        );
+        let (first, second) = (result_of(first), result_of(second));
+        assert_eq!(first.output.cut_streams(), (Some(Cut::RequestBudget), None));
+        assert_eq!(
+            second.output.cut_streams(),
+            (None, Some(Cut::RequestBudget))
+        );
+        assert_eq!(second.output_bytes(), b"XY");
+    }
+
+    #[test]
+    fn the_earliest_byte_dropped_names_the_cause() {
+        let budget = OutputBudget::new(RUN_BYTES + 3);
+        let mut collected = Collected::new(Keep::Within(budget));
+        // The cap lets 5 bytes through; the budget keeps 3 of them.
+        assert_eq!(collected.push(StreamKind::Stdout, b"abcdefgh", 5), b"abcde");
+        assert_eq!(collected.stdout, b"abc");
+        assert_eq!(collected.output.cut[0], Some(Cut::RequestBudget));
+    }
+
+    #[test]
+    fn each_switch_between_the_streams_costs_a_run() {
+        let budget = OutputBudget::new(1000);
+        let mut collected = Collected::new(Keep::Within(budget.clone()));
+        for _ in 0..3 {
+            collected.push(StreamKind::Stdout, b"o", 100);
+            collected.push(StreamKind::Stdout, b"o", 100);
+            collected.push(StreamKind::Stderr, b"e", 100);
+        }
+        assert_eq!(budget.kept(), 9 + 6 * RUN_BYTES);
+        assert_eq!(result_of(collected).output_bytes(), b"ooeooeooe");
+    }
+
+    #[test]
+    fn an_observer_that_takes_everything_leaves_nothing_to_keep() {
+        let mut collected = Collected::new(Keep::Nothing);
+        assert_eq!(collected.push(StreamKind::Stdout, b"abcdef", 4), b"abcd");
+        assert!(collected.stdout.is_empty() && collected.truncated);
+        assert_eq!(
+            collected.output.cut_streams(),
+            (Some(Cut::MaxOutputBytes), None)
+        );
     }
 }

@@ -184,7 +184,8 @@ impl StubStream {
             workdir: spec.workdir.clone(),
             // The command's own time: a cold container's start does not count against it.
             timeout_ms: spec.timeout.as_millis().max(1) as u64,
-            max_output_bytes: spec.max_output_bytes,
+            // One byte over the cap: the server sees which stream went past it.
+            max_output_bytes: spec.max_output_bytes.saturating_add(1),
             stdin: spec.stdin.is_some(),
         };
         crate::exec::connected(sink, &self.hijacked);
@@ -207,7 +208,7 @@ impl StubStream {
         backstop: Instant,
         sink: OutputSink<'_>,
     ) -> io::Result<CommandResult> {
-        let mut collected = Collected::default();
+        let mut collected = Collected::new(sink.keep());
         loop {
             let left = backstop.saturating_duration_since(Instant::now());
             if left.is_zero() {

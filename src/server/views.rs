@@ -1,22 +1,81 @@
 //! The JSON shapes of the API's `data`, shared by the server and the CLI (whose
 //! `--json` prints exactly these), so that both always say the same thing.
+//!
+//! Command results are written rather than built: their texts (`output`, `stdout`,
+//! `stderr`) are escaped straight from the result's buffers as the answer goes out, so
+//! an answer never holds a second copy of a command's output.
+
+use std::io::{self, Write};
 
 use serde_json::{json, Value};
 
-use crate::exec::{text, CommandResult};
+use crate::codec::json::write_text;
+use crate::exec::{CommandResult, Cut};
 use crate::sandbox::Sandbox;
 
-/// `data` of `/run` and exec answers.
+/// Writes `data` of `/run` and exec answers: the keys in the order serde_json keeps
+/// them (sorted), like every other answer. A batch entry also says `error: null`.
+pub fn write_command_data(
+    out: &mut dyn Write,
+    result: &CommandResult,
+    batch_entry: bool,
+) -> io::Result<()> {
+    let (stdout_cut, stderr_cut) = result.output.cut_streams();
+    let truncated = json!({
+        "stdout": stdout_cut.map(Cut::name),
+        "stderr": stderr_cut.map(Cut::name),
+    });
+    write!(
+        out,
+        "{{\"duration_ms\":{}",
+        result.duration.as_millis() as u64
+    )?;
+    if batch_entry {
+        out.write_all(b",\"error\":null")?;
+    }
+    out.write_all(b",\"exit_code\":")?;
+    serde_json::to_writer(&mut *out, &result.exit_code)?;
+    out.write_all(b",\"output\":")?;
+    write_text(out, result.output_pieces())?;
+    out.write_all(b",\"signal\":")?;
+    serde_json::to_writer(&mut *out, &result.signal)?;
+    out.write_all(b",\"status\":")?;
+    serde_json::to_writer(&mut *out, result.status.name())?;
+    out.write_all(b",\"stderr\":")?;
+    write_text(out, [result.stderr.as_slice()])?;
+    out.write_all(b",\"stdout\":")?;
+    write_text(out, [result.stdout.as_slice()])?;
+    out.write_all(b",\"truncated\":")?;
+    serde_json::to_writer(&mut *out, &truncated)?;
+    out.write_all(b"}")
+}
+
+/// Writes `data` of `/batch/run`: one entry per command, in order; a command that could
+/// not run is its error.
+pub fn write_batch_data(
+    out: &mut dyn Write,
+    results: &[Result<CommandResult, String>],
+) -> io::Result<()> {
+    out.write_all(b"{\"results\":[")?;
+    for (index, entry) in results.iter().enumerate() {
+        if index > 0 {
+            out.write_all(b",")?;
+        }
+        match entry {
+            Ok(result) => write_command_data(out, result, true)?,
+            Err(message) => {
+                serde_json::to_writer(&mut *out, &json!({ "output": null, "error": message }))?
+            }
+        }
+    }
+    out.write_all(b"]}")
+}
+
+/// `data` of `/run` and exec answers as a value (the CLI's streamed commands).
 pub fn command_data(result: &CommandResult) -> Value {
-    json!({
-        "output": text(&result.output),
-        "stdout": text(&result.stdout),
-        "stderr": text(&result.stderr),
-        "exit_code": result.exit_code,
-        "signal": result.signal,
-        "status": result.status.name(),
-        "duration_ms": result.duration.as_millis() as u64,
-    })
+    let mut bytes = Vec::new();
+    write_command_data(&mut bytes, result, false).expect("writing to memory never fails");
+    serde_json::from_slice(&bytes).expect("command data is JSON")
 }
 
 /// `data` of a sandbox answer.
@@ -44,4 +103,80 @@ pub fn sandbox_data(sandbox: &Sandbox) -> Value {
         });
     }
     data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::frames::StreamKind;
+    use crate::exec::{Collected, Keep, OutputBudget, Status};
+
+    fn result(pushes: &[(StreamKind, &[u8])], keep: Keep) -> CommandResult {
+        let mut collected = Collected::new(keep);
+        for (kind, bytes) in pushes {
+            collected.push(*kind, bytes, 8);
+        }
+        CommandResult {
+            output: collected.output,
+            stdout: collected.stdout,
+            stderr: collected.stderr,
+            exit_code: Some(1),
+            signal: None,
+            status: Status::OutputTruncated,
+            duration: std::time::Duration::from_millis(7),
+        }
+    }
+
+    #[test]
+    fn command_data_is_what_json_would_build_from_copies() {
+        let split = "é".as_bytes();
+        let result = result(
+            &[
+                (StreamKind::Stdout, &[b'a', split[0]]),
+                (StreamKind::Stderr, b"E\"\n"),
+                (StreamKind::Stdout, &[split[1], 0xff]),
+                (StreamKind::Stdout, b"123456789"),
+            ],
+            Keep::All,
+        );
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let expected = json!({
+            "duration_ms": 7,
+            "exit_code": 1,
+            "output": text(&result.output_bytes()),
+            "signal": null,
+            "status": "output_truncated",
+            "stderr": "E\"\n",
+            "stdout": text(&result.stdout),
+            "truncated": {"stdout": "max_output_bytes", "stderr": null},
+        });
+        let mut written = Vec::new();
+        write_command_data(&mut written, &result, false).unwrap();
+        assert_eq!(written, serde_json::to_vec(&expected).unwrap());
+        assert_eq!(command_data(&result), expected);
+        // The stdout piece that held half of "é" and the one that held the rest are
+        // joined in stdout, and cut apart by stderr in the interleaving.
+        assert_eq!(expected["stdout"], json!("aé\u{fffd}1234"));
+        assert_eq!(
+            expected["output"],
+            json!("a\u{fffd}E\"\n\u{fffd}\u{fffd}1234")
+        );
+    }
+
+    #[test]
+    fn batch_entries_are_results_or_errors() {
+        let budget = OutputBudget::new(crate::exec::RUN_BYTES + 2);
+        let kept = result(&[(StreamKind::Stdout, b"abc")], Keep::Within(budget));
+        let mut written = Vec::new();
+        write_batch_data(&mut written, &[Ok(kept), Err("no such image".into())]).unwrap();
+        let data: Value = serde_json::from_slice(&written).unwrap();
+        let results = data["results"].as_array().unwrap();
+        assert_eq!(results[0]["stdout"], json!("ab"));
+        assert_eq!(results[0]["error"], Value::Null);
+        assert_eq!(results[0]["truncated"]["stdout"], json!("request_budget"));
+        assert_eq!(
+            results[1],
+            json!({"output": null, "error": "no such image"})
+        );
+    }
 }
