@@ -34,6 +34,15 @@ pub struct Config {
     pub max_timeout_ms: u64,
     pub default_max_output_bytes: u64,
     pub max_output_bytes_limit: u64,
+    /// Most output one request keeps for its answer: stdout and stderr of all its
+    /// commands together (a batch's commands share it); each command's own
+    /// `max_output_bytes` still caps each of its streams within it.
+    pub max_request_output_bytes: u64,
+    /// Most output held in memory at once over all requests (kept output, event
+    /// streams' events in flight, file contents, detached logs); a request that finds
+    /// no room for what it may need is answered 503 before it runs. Never below one
+    /// request's budget or one largest read (`server::output_memory_limit`).
+    pub max_output_memory_bytes: u64,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
     /// Warm pool keys kept from start-up; `None` means the default image and profile.
@@ -83,6 +92,8 @@ impl Default for Config {
             max_timeout_ms: 3_600_000,
             default_max_output_bytes: 1024 * 1024,
             max_output_bytes_limit: 16 * 1024 * 1024,
+            max_request_output_bytes: 16 * 1024 * 1024,
+            max_output_memory_bytes: 64 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
             pool: None,
             pool_default_size: 4,

@@ -9,9 +9,12 @@
 //! Invariants: ids are 16 lowercase hex digits, checked on both sides, so an id never
 //! names a path outside the state directory; a detached command runs in its own
 //! process group, under a supervisor that records its exit; output is bounded by the
-//! size of the sandbox's `/tmp` tmpfs, and reads of it by `MAX_LOG_BYTES`.
+//! size of the sandbox's `/tmp` tmpfs, and reads of it by `MAX_LOG_BYTES` (the newest
+//! bytes of each stream, read from the end of the file, never the whole file) and by
+//! `MAX_LOG_JSON_BYTES` once escaped, so a logs answer always fits what the server
+//! reads of it (`LOGS_ANSWER_BYTES`): a larger log is cut and says so, never fails.
 
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -23,13 +26,22 @@ use crate::config::Config;
 use crate::containers::labels::{rfc3339, SandboxName};
 use crate::engine::Docker;
 use crate::error::{Error, Result};
-use crate::exec::{CommandSpec, NoObserver};
+use crate::exec::{CommandSpec, Cut, KeepWithin, NoObserver, Observer, OutputBudget};
 use crate::sandbox::{exec_in, ExecTarget, Via};
 use crate::stub::STUB_PATH;
 
 const STATE_DIR: &str = "/tmp/.agentkernel-detached";
 /// Most bytes of each stream a logs read returns (the newest ones).
 pub const MAX_LOG_BYTES: u64 = 1024 * 1024;
+/// Most bytes each stream's text takes in the stub's JSON answer: a control byte
+/// escapes to six, so output full of them is cut further, to fewer of its newest bytes.
+const MAX_LOG_JSON_BYTES: usize = 2 * MAX_LOG_BYTES as usize;
+/// Most bytes the server reads of an operation's answer: a logs answer (two texts,
+/// their keys and `truncated`) always fits.
+const ANSWER_BYTES: u64 = 2 * MAX_LOG_JSON_BYTES as u64 + 64 * 1024;
+/// What a logs read holds on the server at most: the stub's answer, and the value
+/// parsed from it.
+pub const LOGS_MEMORY_BYTES: u64 = 2 * ANSWER_BYTES;
 /// Exit code of the in-container side for an unknown id.
 const NOT_FOUND: i32 = 10;
 
@@ -276,22 +288,61 @@ fn kill(id: &str) -> OpResult<String> {
 
 fn logs(id: &str) -> OpResult<Value> {
     record(id)?;
-    let read = |name: &str| -> Value {
-        let path = dir(id).join(name);
-        let Ok(bytes) = std::fs::read(&path) else {
-            return Value::Null;
-        };
-        let start = bytes.len().saturating_sub(MAX_LOG_BYTES as usize);
-        json!(String::from_utf8_lossy(&bytes[start..]))
+    let (stdout, stdout_cut) = newest_text(&dir(id).join("stdout"));
+    let (stderr, stderr_cut) = newest_text(&dir(id).join("stderr"));
+    let cut = |cut: bool| cut.then_some("max_log_bytes");
+    Ok(json!({
+        "stdout": stdout,
+        "stderr": stderr,
+        "truncated": { "stdout": cut(stdout_cut), "stderr": cut(stderr_cut) },
+    }))
+}
+
+/// The newest bytes of a log as text (`null` when it cannot be read): at most
+/// `MAX_LOG_BYTES` of them, read from the end of the file, and fewer when their text
+/// would escape to more than `MAX_LOG_JSON_BYTES`; and whether older bytes were left out.
+fn newest_text(path: &std::path::Path) -> (Value, bool) {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return (Value::Null, false);
     };
-    Ok(json!({ "stdout": read("stdout"), "stderr": read("stderr") }))
+    let length = file.metadata().map_or(0, |meta| meta.len());
+    let start = length.saturating_sub(MAX_LOG_BYTES);
+    let mut bytes = Vec::new();
+    let read = file
+        .seek(std::io::SeekFrom::Start(start))
+        .and_then(|_| file.take(MAX_LOG_BYTES).read_to_end(&mut bytes));
+    if read.is_err() {
+        return (Value::Null, false);
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let kept = newest_within(&text, MAX_LOG_JSON_BYTES);
+    (json!(kept), start > 0 || kept.len() < text.len())
+}
+
+/// The longest end of `text` whose JSON string (quotes aside) takes at most `limit`
+/// bytes.
+fn newest_within(text: &str, limit: usize) -> &str {
+    let mut size = 0;
+    for (index, character) in text.char_indices().rev() {
+        size += match character {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            control if u32::from(control) < 0x20 => 6,
+            other => other.len_utf8(),
+        };
+        if size > limit {
+            return &text[index + character.len_utf8()..];
+        }
+    }
+    text
 }
 
 // ---- On the server ----------------------------------------------------------------
 
 /// Runs one operation in the sandbox's running container (through the one exec path,
 /// so a sandbox stopped or deleted under it, or a missing workdir, is explained); its
-/// JSON answer, or the error.
+/// JSON answer, or the error. With a budget, the answer and the value parsed from it
+/// are taken from it first (`Error::OutputMemoryFull` when there is no room), and the
+/// answer's bytes given back once parsed.
 fn exec_op(
     docker: &Docker,
     config: &Config,
@@ -299,33 +350,49 @@ fn exec_op(
     id: &str,
     args: Vec<String>,
     env: Vec<String>,
+    budget: Option<&OutputBudget>,
 ) -> Result<Value> {
     let sandbox = target.sandbox;
     let mut argv = vec![STUB_PATH.to_string(), "stub".to_string()];
     argv.extend(args);
     // No workdir for the exec itself: a detached command's workdir goes to the stub
     // (`--workdir`), which creates it as an exec's stub does.
-    let spec = CommandSpec::new(
-        argv,
-        env,
-        None,
-        None,
-        Duration::from_secs(20),
-        4 * MAX_LOG_BYTES,
-    )
-    .map_err(Error::Invalid)?;
+    let spec = CommandSpec::new(argv, env, None, None, Duration::from_secs(20), ANSWER_BYTES)
+        .map_err(Error::Invalid)?;
+    let no_room = |budget: &OutputBudget| Error::OutputMemoryFull {
+        limit: budget.memory_limit(),
+    };
+    let mut observer: Box<dyn Observer> = match budget {
+        Some(budget) => Box::new(KeepWithin(budget.clone())),
+        None => Box::new(NoObserver),
+    };
     exec_in(
         docker,
         config,
         target,
         &spec,
-        &mut NoObserver,
+        observer.as_mut(),
         |result| match result.exit_code {
-            Some(0) => serde_json::from_slice(&result.stdout).map_err(|error| {
-                Error::RunLost(format!(
-                    "unreadable answer from the sandbox's stub: {error}"
-                ))
-            }),
+            Some(0) => {
+                let answer = result.stdout.len() as u64;
+                if let Some(budget) = budget {
+                    // Room for the value, about the size of the JSON it comes from.
+                    let cut = result.output.cut[0] == Some(Cut::RequestBudget);
+                    if cut || budget.take(answer, 0) < answer {
+                        return Err(no_room(budget));
+                    }
+                }
+                let value = serde_json::from_slice(&result.stdout).map_err(|error| {
+                    Error::RunLost(format!(
+                        "unreadable answer from the sandbox's stub: {error}"
+                    ))
+                });
+                drop(result);
+                if let Some(budget) = budget {
+                    budget.release(answer);
+                }
+                value
+            }
             Some(code) if code == i64::from(NOT_FOUND) => Err(Error::DetachedNotFound {
                 sandbox: sandbox.to_string(),
                 id: id.to_string(),
@@ -402,7 +469,7 @@ pub fn start_in(
     args.extend(spec.argv.iter().cloned());
     let env = spec.env.clone();
     let target = stub_target(name, &container);
-    let mut record = exec_op(docker, config, target, &detached, args, env)?;
+    let mut record = exec_op(docker, config, target, &detached, args, env, None)?;
     record["sandbox"] = json!(name.as_str());
     Ok(record)
 }
@@ -411,7 +478,7 @@ pub fn status(docker: &Docker, config: &Config, name: &SandboxName, id: &str) ->
     let container = container(docker, config, name)?;
     let args = vec!["--detached-status".to_string(), checked(id)?.to_string()];
     let target = stub_target(name, &container);
-    let mut record = exec_op(docker, config, target, id, args, Vec::new())?;
+    let mut record = exec_op(docker, config, target, id, args, Vec::new(), None)?;
     record["sandbox"] = json!(name.as_str());
     Ok(record)
 }
@@ -420,7 +487,7 @@ pub fn list_in(docker: &Docker, config: &Config, name: &SandboxName) -> Result<V
     let container = container(docker, config, name)?;
     let args = vec!["--detached-list".to_string()];
     let target = stub_target(name, &container);
-    let mut records = exec_op(docker, config, target, "", args, Vec::new())?;
+    let mut records = exec_op(docker, config, target, "", args, Vec::new(), None)?;
     if let Some(records) = records.as_array_mut() {
         for record in records {
             record["sandbox"] = json!(name.as_str());
@@ -433,14 +500,22 @@ pub fn kill_in(docker: &Docker, config: &Config, name: &SandboxName, id: &str) -
     let container = container(docker, config, name)?;
     let args = vec!["--detached-kill".to_string(), checked(id)?.to_string()];
     let target = stub_target(name, &container);
-    exec_op(docker, config, target, id, args, Vec::new())
+    exec_op(docker, config, target, id, args, Vec::new(), None)
 }
 
-pub fn logs_of(docker: &Docker, config: &Config, name: &SandboxName, id: &str) -> Result<Value> {
+/// The newest output of a detached command; what the read holds is taken from
+/// `budget` (at most `LOGS_MEMORY_BYTES`), and the value stays counted there.
+pub fn logs_of(
+    docker: &Docker,
+    config: &Config,
+    name: &SandboxName,
+    id: &str,
+    budget: &OutputBudget,
+) -> Result<Value> {
     let container = container(docker, config, name)?;
     let args = vec!["--detached-logs".to_string(), checked(id)?.to_string()];
     let target = stub_target(name, &container);
-    exec_op(docker, config, target, id, args, Vec::new())
+    exec_op(docker, config, target, id, args, Vec::new(), Some(budget))
 }
 
 #[cfg(test)]
@@ -462,6 +537,42 @@ mod tests {
             failure_text(None, b"", b""),
             "the stub did not finish in time"
         );
+    }
+
+    #[test]
+    fn log_texts_are_cut_to_their_newest_part_that_fits_escaped() {
+        assert_eq!(newest_within("abc", 3), "abc");
+        assert_eq!(newest_within("abc", 2), "bc");
+        assert_eq!(newest_within("a\u{1}b", 6), "b");
+        assert_eq!(newest_within("a\u{1}b", 7), "\u{1}b");
+        assert_eq!(newest_within("x\n€", 5), "\n€");
+        assert_eq!(newest_within("x\n€", 4), "€");
+        let text = "\u{0}".repeat(1000);
+        let kept = newest_within(&text, MAX_LOG_JSON_BYTES);
+        assert_eq!(kept.len(), 1000);
+        let escaped = serde_json::to_string(&newest_within(&text, 600)).unwrap();
+        assert_eq!(escaped.len(), 600 + 2);
+    }
+
+    #[test]
+    fn a_logs_answer_fits_what_the_server_reads_of_it() {
+        let dir = std::env::temp_dir().join(format!("ak-logs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stdout");
+        // Older bytes, then a megabyte of NULs: six bytes each once escaped.
+        let mut content = b"old ".repeat(100_000);
+        content.extend(std::iter::repeat_n(0u8, MAX_LOG_BYTES as usize));
+        std::fs::write(&path, &content).unwrap();
+        let (text, cut) = newest_text(&path);
+        assert!(cut);
+        let answer = json!({ "stdout": text, "stderr": text, "truncated": {
+            "stdout": "max_log_bytes", "stderr": "max_log_bytes" } });
+        assert!(answer.to_string().len() as u64 <= ANSWER_BYTES);
+        assert_eq!(text.as_str().unwrap().len(), MAX_LOG_JSON_BYTES / 6);
+        std::fs::write(&path, b"short\n").unwrap();
+        assert_eq!(newest_text(&path), (json!("short\n"), false));
+        assert_eq!(newest_text(&dir.join("missing")), (Value::Null, false));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

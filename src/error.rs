@@ -42,6 +42,9 @@ pub enum Error {
     /// A run's connection to its container broke off before the result: the command
     /// may or may not have run to its end.
     RunLost(String),
+    /// The output other requests hold fills the output memory: this request's output
+    /// (or file, or logs) would not fit. Nothing was run or read.
+    OutputMemoryFull { limit: u64 },
     /// The engine failed or is unreachable.
     Engine(DockerError),
 }
@@ -97,6 +100,11 @@ impl fmt::Display for Error {
                     "Detached command '{id}' not found in sandbox '{sandbox}'"
                 )
             }
+            Error::OutputMemoryFull { limit } => write!(
+                f,
+                "Server busy: the output held for requests in progress fills the output \
+                 memory ({limit} bytes, --max-output-memory-bytes); retry shortly"
+            ),
             Error::Engine(error) => error.fmt(f),
         }
     }

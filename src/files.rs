@@ -12,7 +12,10 @@
 //! Invariants: a `SandboxPath` is absolute, normalised (no empty, `.` or `..`
 //! segments), free of NUL and bounded, so nothing below re-checks it; no file larger
 //! than `Config::max_file_bytes` is buffered, decided from the stat size, the tar
-//! header or the stub's own check before its data moves; a batch write is one archive
+//! header or the stub's own check before its data moves; what a read buffers is taken
+//! from the request's output budget first (from the stat's size before the download,
+//! or as the stub's bytes arrive), so that reads held at once stay within the output
+//! memory; a batch write is one archive
 //! upload and at most one stub exec, whatever the number of files; archive uploads
 //! never replace a directory with a file (`noOverwriteDirNonDir`). This module knows no
 //! HTTP status codes.
@@ -30,7 +33,7 @@ use crate::config::Config;
 use crate::containers::labels::{self, SandboxName};
 use crate::engine::{Docker, DockerError, PathKind};
 use crate::error::{Error, Result};
-use crate::exec::{CommandResult, CommandSpec, NoObserver};
+use crate::exec::{CommandResult, CommandSpec, Cut, KeepWithin, NoObserver, OutputBudget};
 use crate::sandbox::{exec_in, ExecTarget, Via};
 use crate::stub::{self, file_exit};
 
@@ -299,7 +302,9 @@ impl<'a> Container<'a> {
 
     /// Runs `agentkernel stub ARGS...` by `docker exec`, as the container's user,
     /// through the one exec path into a sandbox (so a sandbox stopped or deleted under
-    /// the operation is explained as such), and reads its outcome.
+    /// the operation is explained as such), and reads its outcome. What it prints is
+    /// kept within `budget` when one is given.
+    #[allow(clippy::too_many_arguments)]
     fn stub_exec(
         &self,
         docker: &Docker,
@@ -308,6 +313,7 @@ impl<'a> Container<'a> {
         args: &[&str],
         stdin: Option<Vec<u8>>,
         max_stdout: u64,
+        budget: Option<&OutputBudget>,
     ) -> Result<CommandResult> {
         let mut argv = vec![stub::STUB_PATH.to_string(), "stub".to_string()];
         argv.extend(args.iter().map(|arg| arg.to_string()));
@@ -326,12 +332,17 @@ impl<'a> Container<'a> {
             via: Via::DockerExec,
         };
         let outcome = |result: CommandResult| self.stub_outcome(&result, path).map(|()| result);
-        exec_in(docker, config, target, &spec, &mut NoObserver, outcome).map_err(
-            |error| match error {
-                Error::SandboxNotRunning(_) => self.needs_running(path),
-                other => other,
-            },
-        )
+        let run = |observer: &mut dyn crate::exec::Observer| {
+            exec_in(docker, config, target, &spec, observer, outcome)
+        };
+        let result = match budget {
+            Some(budget) => run(&mut KeepWithin(budget.clone())),
+            None => run(&mut NoObserver),
+        };
+        result.map_err(|error| match error {
+            Error::SandboxNotRunning(_) => self.needs_running(path),
+            other => other,
+        })
     }
 
     /// The stub's exit code and `PATH<TAB>message` stderr line as a domain error.
@@ -409,12 +420,24 @@ fn unix_now() -> u64 {
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
-/// Reads the regular file at `path`, following symlinks.
+/// The most a read takes from its budget: the engine's archive of the largest file,
+/// and the content taken out of it.
+pub fn read_memory_bound(config: &Config) -> u64 {
+    config
+        .max_file_bytes
+        .saturating_mul(2)
+        .saturating_add(TAR_OVERHEAD_BYTES)
+}
+
+/// Reads the regular file at `path`, following symlinks; what it buffers is taken from
+/// `budget` first (`Error::OutputMemoryFull` when there is no room), and the content
+/// stays counted there.
 pub fn read_file(
     docker: &Docker,
     config: &Config,
     name: &SandboxName,
     path: &SandboxPath,
+    budget: &OutputBudget,
 ) -> Result<Vec<u8>> {
     let container = Container::open(docker, config, name)?;
     let limit = config.max_file_bytes;
@@ -428,7 +451,13 @@ pub fn read_file(
             container.require_stub(path)?;
             let max = limit.to_string();
             let args = ["--cat", current.as_str(), &max];
-            let result = container.stub_exec(docker, config, path, &args, None, limit)?;
+            let result =
+                container.stub_exec(docker, config, path, &args, None, limit, Some(budget))?;
+            if result.output.cut[0] == Some(Cut::RequestBudget) {
+                return Err(Error::OutputMemoryFull {
+                    limit: budget.memory_limit(),
+                });
+            }
             return Ok(result.stdout);
         }
         let stat = docker
@@ -438,6 +467,10 @@ pub fn read_file(
         match stat.kind {
             PathKind::File if stat.size > limit => return Err(too_large()),
             PathKind::File => {
+                // The archive and the content taken out of it, held for a moment
+                // together: both are taken now, before anything is downloaded.
+                let archive_bytes = stat.size + TAR_OVERHEAD_BYTES;
+                take_all(budget, archive_bytes + stat.size)?;
                 let archive = docker
                     .archive_get(&container.id, current.as_str(), limit + TAR_OVERHEAD_BYTES)
                     .map_err(|error| container.engine_error(error.into(), path))?;
@@ -456,6 +489,15 @@ pub fn read_file(
                         path: path.to_string(),
                         what: "not a regular file any more",
                     });
+                }
+                drop(archive);
+                budget.release(archive_bytes);
+                // A file that changed since its stat: count what it is now.
+                let size = entry.data.len() as u64;
+                if size > stat.size {
+                    take_all(budget, size - stat.size)?;
+                } else {
+                    budget.release(stat.size - size);
                 }
                 return Ok(entry.data);
             }
@@ -482,6 +524,16 @@ pub fn read_file(
     Err(Error::Invalid(format!(
         "Cannot read '{path}': more than {MAX_SYMLINK_HOPS} symlinks lead from it"
     )))
+}
+
+/// Takes `bytes` from the budget, all of them, or fails the read.
+fn take_all(budget: &OutputBudget, bytes: u64) -> Result<()> {
+    if budget.take(bytes, 0) < bytes {
+        return Err(Error::OutputMemoryFull {
+            limit: budget.memory_limit(),
+        });
+    }
+    Ok(())
 }
 
 /// Writes files (mode 0644, replacing what is there, parents created); returns how
@@ -540,7 +592,7 @@ pub fn write_files(
         let archive = archive_of(&inside)?;
         let max = limit.to_string();
         let args = ["--untar", "/", &max];
-        container.stub_exec(docker, config, path, &args, Some(archive), 0)?;
+        container.stub_exec(docker, config, path, &args, Some(archive), 0, None)?;
     }
     log::debug!(
         "wrote {} files to sandbox {name} ({} through the stub)",
@@ -597,7 +649,15 @@ pub fn delete_file(
 ) -> Result<()> {
     let container = Container::open(docker, config, name)?;
     container.require_stub(path)?;
-    container.stub_exec(docker, config, path, &["--rm", path.as_str()], None, 0)?;
+    container.stub_exec(
+        docker,
+        config,
+        path,
+        &["--rm", path.as_str()],
+        None,
+        0,
+        None,
+    )?;
     Ok(())
 }
 

@@ -560,6 +560,12 @@ pub(super) fn parse_serve(
             Long("default-timeout-ms") => config.default_timeout_ms = parser.value()?.parse()?,
             Long("max-timeout-ms") => config.max_timeout_ms = parser.value()?.parse()?,
             Long("max-output-bytes") => config.max_output_bytes_limit = parser.value()?.parse()?,
+            Long("max-request-output-bytes") => {
+                config.max_request_output_bytes = parser.value()?.parse()?
+            }
+            Long("max-output-memory-bytes") => {
+                config.max_output_memory_bytes = parser.value()?.parse()?
+            }
             Long("help") | Short('h') => return Ok(Command::Help(SERVE)),
             _ => return Err(arg.unexpected().into()),
         }

@@ -89,7 +89,7 @@ impl Answer {
     fn from_reply(reply: Reply) -> Answer {
         Answer {
             status: reply.status,
-            envelope: reply.body,
+            envelope: reply.into_envelope(),
         }
     }
 }

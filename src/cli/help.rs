@@ -402,6 +402,16 @@ pub const SERVE: Topic = Topic {
             "largest output a command may keep (default: 16777216)",
         ),
         flag(
+            "max-request-output-bytes",
+            Some("N"),
+            "output one request keeps, all its commands (default: 16777216)",
+        ),
+        flag(
+            "max-output-memory-bytes",
+            Some("N"),
+            "output held at once, all requests; past it 503 (default: 67108864)",
+        ),
+        flag(
             "max-file-bytes",
             Some("N"),
             "largest file the files API moves (default: 16777216)",

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use serde_json::Value;
 
 use crate::engine::frames::StreamKind;
-use crate::exec::Observer;
+use crate::exec::{Keep, Observer};
 
 /// Writes a command's output to our own stdout and stderr as it arrives.
 #[derive(Default)]
@@ -32,6 +32,11 @@ impl Observer for Console {
             self.broken_pipe = error.kind() == io::ErrorKind::BrokenPipe;
         }
         written
+    }
+
+    /// Printed as it came: the result keeps none of it.
+    fn keep(&self) -> Keep {
+        Keep::Nothing
     }
 }
 

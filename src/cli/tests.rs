@@ -61,6 +61,35 @@ fn stub_file_operations_take_absolute_paths_and_limits() {
     };
     assert_eq!(config.max_file_bytes, 1000);
     assert!(parse_words(&["serve", "--max-file-bytes", "0"]).is_err());
+    use crate::server::output_memory_limit;
+    let words = [
+        "serve",
+        "--max-request-output-bytes",
+        "5000000",
+        "--max-output-memory-bytes",
+        "6000000",
+        "--max-file-bytes",
+        "1000",
+    ];
+    let Command::Serve(config) = parse_words(&words).unwrap() else {
+        panic!("expected serve");
+    };
+    assert_eq!(config.max_request_output_bytes, 5_000_000);
+    assert_eq!(output_memory_limit(&config), 8 * 1024 * 1024 + 128 * 1024);
+    let words = ["serve", "--max-output-memory-bytes", "60000000"];
+    let Command::Serve(config) = parse_words(&words).unwrap() else {
+        panic!("expected serve");
+    };
+    assert_eq!(output_memory_limit(&config), 60_000_000);
+    let words = ["serve", "--max-output-memory-bytes", "1"];
+    let Command::Serve(config) = parse_words(&words).unwrap() else {
+        panic!("expected serve");
+    };
+    assert_eq!(
+        output_memory_limit(&config),
+        33 * 1024 * 1024 + 64 * 1024,
+        "room for one largest file read at least"
+    );
 }
 
 #[test]

@@ -4,16 +4,20 @@
 //! Invariants: a handler's first step is its body's `validate` (see `request`), so a
 //! request the client got wrong is answered before any engine call, and the domain
 //! code below gets inputs it never re-validates (`RunRequest`, `CommandSpec`,
-//! `CreateSandbox`, `SandboxPath` and file bytes).
+//! `CreateSandbox`, `SandboxPath` and file bytes). A handler whose answer carries
+//! output (commands, streams, files, detached logs) takes its room in the output
+//! memory before it runs or reads anything (503 when there is none), and its reply
+//! holds it until written.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
+use crate::config::Config;
 use crate::containers::labels::SandboxName;
 use crate::error::Error;
-use crate::exec::NoObserver;
+use crate::exec::{CommandResult, KeepWithin, OutputBudget};
 use crate::files::{self, SandboxPath};
 use crate::run::RunRequest;
 use crate::sandbox;
@@ -23,7 +27,7 @@ use super::request::{
 };
 use super::response::{ApiError, Reply};
 use super::sse::StreamJob;
-use super::views::{command_data, sandbox_data};
+use super::views::{sandbox_data, write_batch_data, write_command_data};
 use super::Context;
 
 /// Runs the handler of a request: the single `match` from request to handler.
@@ -67,17 +71,52 @@ pub fn dispatch(context: &Context, request: Request) -> Result<Reply, ApiError> 
 pub fn get_health(context: &Context) -> Result<Reply, ApiError> {
     use std::sync::atomic::Ordering::SeqCst;
     let edge = &context.edge;
-    let mut reply = Reply::ok(json!("ok"));
-    reply.body["status"] = json!("ok");
-    reply.body["workers"] = json!({
-        "configured": context.config.workers,
-        "alive": edge.workers_alive.load(SeqCst),
-    });
-    reply.body["connections"] = json!({
-        "open": edge.connections.load(SeqCst),
-        "max": edge.max_connections.load(SeqCst),
-    });
-    Ok(reply)
+    Ok(Reply::json(
+        200,
+        json!({
+            "success": true,
+            "data": "ok",
+            "status": "ok",
+            "workers": {
+                "configured": context.config.workers,
+                "alive": edge.workers_alive.load(SeqCst),
+            },
+            "connections": {
+                "open": edge.connections.load(SeqCst),
+                "max": edge.max_connections.load(SeqCst),
+            },
+            "output_memory": {
+                "used": context.output_memory.used(),
+                "max": context.output_memory.limit(),
+            },
+        }),
+    ))
+}
+
+/// Room in the output memory for everything `bytes` may come to, taken now.
+fn reserve_output(context: &Context, bytes: u64) -> Result<OutputBudget, ApiError> {
+    context.output_memory.reserve(bytes).ok_or_else(|| {
+        let limit = context.output_memory.limit();
+        log::warn!("output memory full ({limit} bytes): a request needing {bytes} refused");
+        Error::OutputMemoryFull { limit }.into()
+    })
+}
+
+/// What a request's commands may keep: both streams of each at their caps, with room
+/// for the runs that record how they interleaved, and never more than the request's
+/// budget.
+fn output_need(config: &Config, caps: impl IntoIterator<Item = u64>) -> u64 {
+    caps.into_iter()
+        .map(|cap| cap.saturating_mul(5) / 2)
+        .fold(0u64, u64::saturating_add)
+        .min(config.max_request_output_bytes)
+}
+
+/// The answer of a command: written from the result's own buffers, holding its room
+/// in the output memory (less what the command did not keep) until written.
+fn command_reply(result: CommandResult, budget: OutputBudget) -> Reply {
+    budget.settle();
+    Reply::data(move |out| write_command_data(out, &result, false), budget)
 }
 
 pub fn get_pool(context: &Context) -> Result<Reply, ApiError> {
@@ -86,14 +125,16 @@ pub fn get_pool(context: &Context) -> Result<Reply, ApiError> {
 
 pub fn post_run(context: &Context, body: RunBody) -> Result<Reply, ApiError> {
     let request = body.validate(&context.config)?;
+    let need = output_need(&context.config, [request.command.max_output_bytes]);
+    let budget = reserve_output(context, need)?;
     let result = crate::run::run(
         &context.docker,
         &context.config,
         &context.pool,
         &request,
-        &mut NoObserver,
+        &mut KeepWithin(budget.clone()),
     )?;
-    Ok(Reply::ok(command_data(&result)))
+    Ok(command_reply(result, budget))
 }
 
 pub fn post_run_stream(context: &Context, body: RunBody) -> Result<Reply, ApiError> {
@@ -106,7 +147,8 @@ pub fn post_run_stream(context: &Context, body: RunBody) -> Result<Reply, ApiErr
     {
         return Err(Error::ImageMissing(request.image.to_string()).into());
     }
-    Ok(Reply::events(StreamJob::Run(request)))
+    let holds = reserve_output(context, super::sse::STREAM_MEMORY_BYTES)?;
+    Ok(Reply::events(StreamJob::Run(request), holds))
 }
 
 pub fn get_sandboxes(context: &Context) -> Result<Reply, ApiError> {
@@ -158,15 +200,19 @@ pub fn post_sandbox_exec(
     body: ExecBody,
 ) -> Result<Reply, ApiError> {
     let spec = body.validate(&context.config)?;
+    let budget = reserve_output(
+        context,
+        output_need(&context.config, [spec.max_output_bytes]),
+    )?;
     let result = sandbox::exec(
         &context.docker,
         &context.config,
         name,
         &spec,
-        &mut NoObserver,
+        &mut KeepWithin(budget.clone()),
     )?;
     context.history.exec(name, &spec.argv, &result);
-    Ok(Reply::ok(command_data(&result)))
+    Ok(command_reply(result, budget))
 }
 
 pub fn post_sandbox_exec_stream(
@@ -179,7 +225,8 @@ pub fn post_sandbox_exec_stream(
     if found.status != sandbox::SandboxStatus::Running {
         return Err(Error::SandboxNotRunning(name.to_string()).into());
     }
-    Ok(Reply::events(StreamJob::Exec(name.clone(), spec)))
+    let holds = reserve_output(context, super::sse::STREAM_MEMORY_BYTES)?;
+    Ok(Reply::events(StreamJob::Exec(name.clone(), spec), holds))
 }
 
 /// The history of the sandbox of that name: the current one's when it exists (from
@@ -201,11 +248,17 @@ pub fn get_sandbox_logs(context: &Context, name: &SandboxName) -> Result<Reply, 
 }
 
 /// Runs every command of the batch, up to `batch_concurrency` at once; one command's
-/// failure is its own result, not the batch's.
+/// failure is its own result, not the batch's. The commands share one output budget.
 pub fn post_batch_run(context: &Context, body: BatchBody) -> Result<Reply, ApiError> {
     // An entry that does not validate is that entry's failure, like one that cannot run.
     let requests: Vec<Result<RunRequest, String>> = body.validate(&context.config)?;
-    let results: Vec<Mutex<Option<Value>>> = requests.iter().map(|_| Mutex::new(None)).collect();
+    let caps = requests
+        .iter()
+        .flatten()
+        .map(|request| request.command.max_output_bytes);
+    let budget = reserve_output(context, output_need(&context.config, caps))?;
+    type Slot = Mutex<Option<Result<CommandResult, String>>>;
+    let results: Vec<Slot> = requests.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     let threads = context.config.batch_concurrency.clamp(1, requests.len());
     std::thread::scope(|scope| {
@@ -217,61 +270,70 @@ pub fn post_batch_run(context: &Context, body: BatchBody) -> Result<Reply, ApiEr
                     let Some(request) = requests.get(item) else {
                         return;
                     };
-                    let request = match request {
-                        Ok(request) => request,
-                        Err(message) => {
-                            let value = json!({ "output": null, "error": message });
-                            *results[item].lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
-                            continue;
-                        }
+                    let outcome = match request {
+                        Ok(request) => crate::run::run(
+                            &context.docker,
+                            &context.config,
+                            &context.pool,
+                            request,
+                            &mut KeepWithin(budget.clone()),
+                        )
+                        .map_err(|error| error.to_string()),
+                        Err(message) => Err(message.clone()),
                     };
-                    let value = match crate::run::run(
-                        &context.docker,
-                        &context.config,
-                        &context.pool,
-                        request,
-                        &mut NoObserver,
-                    ) {
-                        Ok(result) => {
-                            let mut data = command_data(&result);
-                            data["error"] = Value::Null;
-                            data
-                        }
-                        Err(error) => json!({ "output": null, "error": error.to_string() }),
-                    };
-                    *results[item].lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+                    *results[item].lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
                 });
             if let Err(error) = spawned {
                 log::error!("cannot start a batch thread: {error}");
             }
         }
     });
-    let results: Vec<Value> = results
+    let results: Vec<Result<CommandResult, String>> = results
         .into_iter()
         .map(|slot| {
             slot.into_inner()
                 .unwrap_or_else(|e| e.into_inner())
-                .unwrap_or_else(|| json!({ "output": null, "error": "not run" }))
+                .unwrap_or_else(|| Err("not run".into()))
         })
         .collect();
-    Ok(Reply::ok(json!({ "results": results })))
+    budget.settle();
+    Ok(Reply::data(
+        move |out| write_batch_data(out, &results),
+        budget,
+    ))
 }
 
 /// `GET /sandboxes/{name}/files/{path}`: the content as text when it is UTF-8, else as
-/// base64; `size` is the file's byte count either way.
+/// base64; `size` is the file's byte count either way. The content is written from
+/// the bytes read, never copied into a string first.
 pub fn get_sandbox_file(
     context: &Context,
     name: &SandboxName,
     path: &SandboxPath,
 ) -> Result<Reply, ApiError> {
-    let data = files::read_file(&context.docker, &context.config, name, path)?;
-    let size = data.len();
-    let (content, encoding) = match String::from_utf8(data) {
-        Ok(text) => (text, "utf8"),
-        Err(error) => (crate::codec::base64::encode(error.as_bytes()), "base64"),
-    };
-    Ok(Reply::ok(
-        json!({ "content": content, "encoding": encoding, "size": size }),
+    let budget = context
+        .output_memory
+        .on_demand(files::read_memory_bound(&context.config));
+    let data = files::read_file(&context.docker, &context.config, name, path, &budget)?;
+    let utf8 = std::str::from_utf8(&data).is_ok();
+    Ok(Reply::data(
+        move |out| {
+            out.write_all(b"{\"content\":")?;
+            if utf8 {
+                crate::codec::json::write_utf8(out, &data)?;
+            } else {
+                out.write_all(b"\"")?;
+                crate::codec::base64::encode_to(out, &data)?;
+                out.write_all(b"\"")?;
+            }
+            let encoding = if utf8 { "utf8" } else { "base64" };
+            write!(
+                out,
+                ",\"encoding\":\"{encoding}\",\"size\":{}}}",
+                data.len()
+            )
+        },
+        budget,
     ))
 }
 
@@ -396,11 +458,17 @@ pub fn get_detached_logs(
     id: &str,
     stderr_only: bool,
 ) -> Result<Reply, ApiError> {
-    let mut logs = crate::detached::logs_of(&context.docker, &context.config, name, id)?;
+    let budget = context
+        .output_memory
+        .on_demand(crate::detached::LOGS_MEMORY_BYTES);
+    let mut logs = crate::detached::logs_of(&context.docker, &context.config, name, id, &budget)?;
     if stderr_only {
         logs["stdout"] = Value::Null;
+        logs["truncated"]["stdout"] = Value::Null;
     }
-    Ok(Reply::ok(logs))
+    let mut reply = Reply::ok(logs);
+    reply.holds = Some(budget);
+    Ok(reply)
 }
 
 /// The OpenAPI 3.1 description of every route, body, answer and error of this server,
@@ -418,10 +486,5 @@ pub fn get_openapi(_context: &Context) -> Result<Reply, ApiError> {
         log::error!("the embedded OpenAPI document is not JSON: {error}");
         ApiError::Panic
     })?;
-    Ok(Reply {
-        status: 200,
-        body: document,
-        headers: Vec::new(),
-        stream: None,
-    })
+    Ok(Reply::json(200, document))
 }

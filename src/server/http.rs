@@ -651,12 +651,14 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// One whole answer with a `Content-Length` body, in a single write.
+/// One answer with a `Content-Length` body: the head, then the body as its writer
+/// writes it, through one buffer (the body is never held whole).
 pub struct Answer<'a> {
     pub status: u16,
     pub content_type: &'a str,
     pub headers: &'a [(&'a str, String)],
-    pub body: &'a [u8],
+    /// The body's length: what its writer will write.
+    pub length: u64,
     /// A HEAD request: the head says the length, no body follows.
     pub head_only: bool,
     /// Say `Connection: close` (the connection ends after this answer).
@@ -665,19 +667,20 @@ pub struct Answer<'a> {
     pub keep_alive_10: bool,
 }
 
+/// How much of an answer goes out per write at most.
+const ANSWER_BUFFER: usize = 64 * 1024;
+
 impl Answer<'_> {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(160 + self.body.len());
-        out.extend_from_slice(
-            format!(
-                "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-                self.status,
-                reason(self.status),
-                self.content_type,
-                self.body.len()
-            )
-            .as_bytes(),
-        );
+    /// The status line and headers, through the blank line.
+    pub fn head(&self) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type,
+            self.length
+        )
+        .into_bytes();
         for (name, value) in self.headers {
             // Header values are ours; a stray line break would still be refused here.
             if !value.contains(['\r', '\n']) {
@@ -690,15 +693,53 @@ impl Answer<'_> {
             out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        if !self.head_only {
-            out.extend_from_slice(self.body);
-        }
         out
     }
 
-    pub fn write_to(&self, writer: &mut dyn Write) -> io::Result<()> {
-        writer.write_all(&self.to_bytes())?;
-        writer.flush()
+    /// Writes the head, then (unless HEAD) the body `write_body` writes. A body that
+    /// does not come to `length` bytes is an error: the framing is broken, and the
+    /// connection must not be used again.
+    pub fn write_to(
+        &self,
+        writer: &mut dyn Write,
+        write_body: &dyn Fn(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let head = self.head();
+        let size = (head.len() as u64 + self.length).min(ANSWER_BUFFER as u64) as usize;
+        let mut out = io::BufWriter::with_capacity(size, writer);
+        out.write_all(&head)?;
+        if !self.head_only {
+            let mut counted = Counted {
+                inner: &mut out,
+                count: 0,
+            };
+            write_body(&mut counted)?;
+            if counted.count != self.length {
+                return Err(io::Error::other(format!(
+                    "an answer body of {} bytes where {} were announced",
+                    counted.count, self.length
+                )));
+            }
+        }
+        out.flush()
+    }
+}
+
+/// Counts what goes through it.
+struct Counted<'w> {
+    inner: &'w mut dyn Write,
+    count: u64,
+}
+
+impl Write for Counted<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.count += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -926,13 +967,18 @@ mod tests {
             status: 405,
             content_type: "application/json",
             headers: &headers,
-            body: b"{}\n",
+            length: 3,
             head_only: false,
             close: true,
             keep_alive_10: false,
         };
+        let body = |out: &mut dyn Write| out.write_all(b"{}\n");
+        let written = |answer: &Answer<'_>| {
+            let mut out = Vec::new();
+            answer.write_to(&mut out, &body).map(|()| out)
+        };
         assert_eq!(
-            answer.to_bytes(),
+            written(&answer).unwrap(),
             b"HTTP/1.1 405 Method Not Allowed\r\nContent-Type: application/json\r\n\
               Content-Length: 3\r\nAllow: GET\r\nConnection: close\r\n\r\n{}\n"
         );
@@ -943,9 +989,14 @@ mod tests {
             ..answer
         };
         assert_eq!(
-            head.to_bytes(),
+            written(&head).unwrap(),
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
               Content-Length: 3\r\nAllow: GET\r\n\r\n"
         );
+        let short = Answer {
+            length: 4,
+            ..answer
+        };
+        assert!(written(&short).is_err(), "a body shorter than announced");
     }
 }

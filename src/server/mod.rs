@@ -33,6 +33,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use crate::config::Config;
 use crate::containers::pool::Pool;
 use crate::engine::Docker;
+use crate::exec::OutputMemory;
 use crate::history::History;
 
 use self::http::{Answer, BodyError, Connection, Framing, Head, HeadError, Limits};
@@ -48,6 +49,8 @@ pub struct Context {
     pub history: History,
     /// Counters of the HTTP edge, for `/health`.
     pub edge: EdgeStats,
+    /// The output all requests hold at once (`output_memory_limit`).
+    pub output_memory: Arc<OutputMemory>,
 }
 
 impl Context {
@@ -59,12 +62,24 @@ impl Context {
         );
         Context {
             edge: EdgeStats::default(),
+            output_memory: OutputMemory::new(output_memory_limit(&config)),
             config,
             docker,
             pool,
             history,
         }
     }
+}
+
+/// The output memory in force: the configured one, but room for at least one
+/// request's whole budget, one read of the largest file and one read of the largest
+/// detached logs, so that each of them can be served alone.
+pub fn output_memory_limit(config: &Config) -> u64 {
+    config
+        .max_output_memory_bytes
+        .max(config.max_request_output_bytes)
+        .max(crate::files::read_memory_bound(config))
+        .max(crate::detached::LOGS_MEMORY_BYTES)
 }
 
 /// What the edge counts: live workers and open connections.
@@ -412,8 +427,8 @@ fn refuse(stream: TcpStream) {
     let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
     let mut connection = Connection::new(stream);
     let reply = ApiError::TooManyConnections.reply();
-    let bytes = reply.bytes();
-    let _ = answer_of(&reply, &bytes, false, true).write_to(&mut connection.stream);
+    let _ = answer_of(&reply, false, true)
+        .write_to(&mut connection.stream, &|out| reply.write_body(out));
     connection.linger_close(REFUSED_LINGER);
 }
 
@@ -675,9 +690,9 @@ fn finish_early(
     started: Instant,
 ) {
     let reply = error.reply();
-    let bytes = reply.bytes();
     let head_only = head.is_some_and(|head| head.method == "HEAD");
-    let _ = answer_of(&reply, &bytes, head_only, true).write_to(&mut connection.stream);
+    let _ = answer_of(&reply, head_only, true)
+        .write_to(&mut connection.stream, &|out| reply.write_body(out));
     match head {
         Some(head) => log_request(head, reply.status, started),
         None => log::info!("- - {} (bad request head)", reply.status),
@@ -685,24 +700,25 @@ fn finish_early(
     connection.linger_close(LINGER);
 }
 
+/// Writes an answer as it is serialized (its length measured first), so that a large
+/// one (a command's output, a file) is never held a second time as bytes.
 fn write_reply(
     connection: &mut Connection,
     head: &Head,
     reply: &Reply,
     close: bool,
 ) -> std::io::Result<()> {
-    let bytes = reply.bytes();
-    let mut answer = answer_of(reply, &bytes, head.method == "HEAD", close);
+    let mut answer = answer_of(reply, head.method == "HEAD", close);
     answer.keep_alive_10 = head.http10 && !close;
-    answer.write_to(&mut connection.stream)
+    answer.write_to(&mut connection.stream, &|out| reply.write_body(out))
 }
 
-fn answer_of<'a>(reply: &'a Reply, bytes: &'a [u8], head_only: bool, close: bool) -> Answer<'a> {
+fn answer_of(reply: &Reply, head_only: bool, close: bool) -> Answer<'_> {
     Answer {
         status: reply.status,
         content_type: "application/json",
         headers: &reply.headers,
-        body: bytes,
+        length: reply.body_length(),
         head_only,
         close,
         keep_alive_10: false,
@@ -792,7 +808,7 @@ mod tests {
     fn a_panicking_handler_becomes_a_json_500() {
         let reply = guarded(|| panic!("boom"));
         assert_eq!(reply.status, 500);
-        assert_eq!(reply.body["success"], serde_json::json!(false));
+        assert_eq!(reply.into_envelope()["success"], serde_json::json!(false));
         let reply = guarded(|| Err(ApiError::Busy));
         assert_eq!(reply.status, 503);
     }

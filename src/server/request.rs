@@ -611,7 +611,7 @@ mod tests {
             .and_then(|request| handlers::dispatch(&context, request))
             .unwrap_or_else(|error| error.reply());
         assert!(reply.stream.is_none(), "{method} {url}: an event stream");
-        (reply.status, reply.body)
+        (reply.status, reply.into_envelope())
     }
 
     fn error_of(body: &Value) -> &str {

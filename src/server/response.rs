@@ -4,10 +4,13 @@
 //! Invariants: every answer, 404, 405, 413, 503 and the panic 500 included, is a JSON
 //! envelope; error messages name the thing that was wrong.
 
+use std::io::{self, Write};
+
 use serde_json::{json, Value};
 
 use crate::engine::DockerError;
 use crate::error::Error;
+use crate::exec::OutputBudget;
 
 use super::routes::RouteError;
 use super::sse::StreamJob;
@@ -16,11 +19,35 @@ use super::sse::StreamJob;
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
-    pub body: Value,
+    pub body: Body,
     /// Extra headers (`Allow` on a 405).
     pub headers: Vec<(&'static str, String)>,
     /// Set for event streams: the body is then events, not `body`.
     pub stream: Option<StreamJob>,
+    /// The output memory this answer holds (its commands' output, a file's content):
+    /// given back when the reply is dropped, once it has been written.
+    pub holds: Option<OutputBudget>,
+}
+
+/// The JSON an answer carries.
+pub enum Body {
+    /// An envelope, whole.
+    Json(Value),
+    /// A success envelope whose `data` this writes, straight from where the handler
+    /// keeps it (command output, a file's content): it may be written more than once
+    /// (its length is measured first), and must write the same bytes each time.
+    Data(Box<WriteData>),
+}
+
+pub type WriteData = dyn Fn(&mut dyn Write) -> io::Result<()> + Send;
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Json(value) => write!(f, "Json({value})"),
+            Body::Data(_) => f.write_str("Data(..)"),
+        }
+    }
 }
 
 impl Reply {
@@ -33,37 +60,97 @@ impl Reply {
     }
 
     fn success(status: u16, data: Value) -> Reply {
+        Reply::json(status, json!({ "success": true, "data": data }))
+    }
+
+    /// An answer with this whole envelope.
+    pub fn json(status: u16, body: Value) -> Reply {
         Reply {
             status,
-            body: json!({ "success": true, "data": data }),
+            body: Body::Json(body),
             headers: Vec::new(),
             stream: None,
+            holds: None,
+        }
+    }
+
+    /// A 200 whose `data` `write` writes, holding `holds` until it has been written.
+    pub fn data(
+        write: impl Fn(&mut dyn Write) -> io::Result<()> + Send + 'static,
+        holds: OutputBudget,
+    ) -> Reply {
+        Reply {
+            status: 200,
+            body: Body::Data(Box::new(write)),
+            headers: Vec::new(),
+            stream: None,
+            holds: Some(holds),
         }
     }
 
     pub fn error(status: u16, message: impl Into<String>) -> Reply {
+        Reply::json(status, json!({ "success": false, "error": message.into() }))
+    }
+
+    /// An event stream running `job`, holding `holds` (room for its events in flight)
+    /// while it runs.
+    pub fn events(job: StreamJob, holds: OutputBudget) -> Reply {
         Reply {
-            status,
-            body: json!({ "success": false, "error": message.into() }),
+            status: 200,
+            body: Body::Json(Value::Null),
             headers: Vec::new(),
-            stream: None,
+            stream: Some(job),
+            holds: Some(holds),
         }
     }
 
-    /// An event stream running `job`.
-    pub fn events(job: StreamJob) -> Reply {
-        Reply {
-            status: 200,
-            body: Value::Null,
-            headers: Vec::new(),
-            stream: Some(job),
+    /// Writes the envelope, then a newline.
+    pub fn write_body(&self, out: &mut dyn Write) -> io::Result<()> {
+        match &self.body {
+            Body::Json(value) => serde_json::to_writer(&mut *out, value)?,
+            Body::Data(write) => {
+                out.write_all(b"{\"data\":")?;
+                write(out)?;
+                out.write_all(b",\"success\":true}")?;
+            }
         }
+        out.write_all(b"\n")
+    }
+
+    /// How many bytes `write_body` writes, measured by writing them nowhere.
+    pub fn body_length(&self) -> u64 {
+        let mut counter = Counter(0);
+        self.write_body(&mut counter).expect("counting never fails");
+        counter.0
     }
 
     pub fn bytes(&self) -> Vec<u8> {
-        let mut bytes = serde_json::to_vec(&self.body).expect("JSON values always serialize");
-        bytes.push(b'\n');
+        let mut bytes = Vec::new();
+        self.write_body(&mut bytes)
+            .expect("writing to memory never fails");
         bytes
+    }
+
+    /// The envelope as a value: the CLI's local mode reads answers so.
+    pub fn into_envelope(self) -> Value {
+        match self.body {
+            Body::Json(value) => value,
+            Body::Data(_) => serde_json::from_slice(&self.bytes()).expect("answers are JSON"),
+        }
+    }
+}
+
+/// A writer that only counts.
+struct Counter(u64);
+
+impl Write for Counter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0 += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -175,6 +262,7 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
                 Error::Engine(_) => 502,
                 Error::RunLost(_) => 502,
                 Error::DetachedNotFound { .. } => 404,
+                Error::OutputMemoryFull { .. } => 503,
             };
             (status, error.to_string())
         }
@@ -272,6 +360,7 @@ mod tests {
                 }),
                 502,
             ),
+            (Error::OutputMemoryFull { limit: 1 }, 503),
         ];
         for (error, status) in cases {
             assert_eq!(status_of(&ApiError::Domain(error)).0, status);
@@ -311,9 +400,13 @@ mod tests {
     fn envelopes_are_exact() {
         let reply = Reply::ok(json!("ok"));
         assert_eq!(reply.bytes(), b"{\"data\":\"ok\",\"success\":true}\n");
+        let written = Reply::data(|out| out.write_all(b"\"ok\""), OutputBudget::new(0));
+        assert_eq!(written.bytes(), reply.bytes());
+        assert_eq!(written.body_length(), reply.bytes().len() as u64);
+        assert_eq!(written.into_envelope(), reply.into_envelope());
         let reply = ApiError::Busy.reply();
         assert_eq!(reply.status, 503);
-        assert_eq!(reply.body["success"], json!(false));
+        assert_eq!(reply.into_envelope()["success"], json!(false));
         let reply = ApiError::Route(RouteError::MethodNotAllowed {
             method: "PUT".into(),
             path: "/run".into(),

@@ -547,8 +547,9 @@ mod tests {
     fn unknown_routes_wrong_methods_and_bad_names_are_json_404_405_and_400() {
         let reply = refusal("GET", "/nope");
         assert_eq!(reply.status, 404);
-        assert_eq!(reply.body["success"], serde_json::json!(false));
-        assert_eq!(reply.body["error"], serde_json::json!("No route for /nope"));
+        let body = reply.into_envelope();
+        assert_eq!(body["success"], serde_json::json!(false));
+        assert_eq!(body["error"], serde_json::json!("No route for /nope"));
         for (method, url, allowed) in [
             ("GET", "/run", "POST"),
             ("PUT", "/sandboxes/x", "GET, DELETE"),
@@ -558,16 +559,17 @@ mod tests {
         ] {
             let reply = refusal(method, url);
             assert_eq!(reply.status, 405, "{method} {url}");
-            assert_eq!(reply.body["success"], serde_json::json!(false));
             assert_eq!(
                 reply.headers,
                 vec![("Allow", allowed.to_string())],
                 "{method} {url}"
             );
+            assert_eq!(reply.into_envelope()["success"], serde_json::json!(false));
         }
         let reply = refusal("GET", "/sandboxes/bad%2Fname");
         assert_eq!(reply.status, 400);
-        let message = reply.body["error"].as_str().unwrap();
+        let body = reply.into_envelope();
+        let message = body["error"].as_str().unwrap();
         assert!(message.contains("invalid sandbox name"), "{message}");
     }
 

@@ -10,7 +10,9 @@
 //! second, and then the command is cancelled through its `exec::Cancel` handle (the
 //! command is killed and the container removed; this module never touches the
 //! engine's connections); UTF-8 sequences split across output chunks are joined, never
-//! mangled.
+//! mangled; the command's result keeps none of its output (the events carried it), and
+//! at most `EVENTS_IN_FLIGHT` events of bounded size wait for the client, which is
+//! the `STREAM_MEMORY_BYTES` a stream takes from the output memory.
 
 use std::io::{self, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -19,14 +21,24 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use serde_json::{json, Value};
 
+use crate::codec::json::incomplete_utf8_tail;
 use crate::containers::labels::SandboxName;
 use crate::engine::frames::StreamKind;
-use crate::exec::{Cancel, CommandResult, CommandSpec, Observer};
+use crate::exec::{Cancel, CommandResult, CommandSpec, Cut, Keep, Observer};
 use crate::run::RunRequest;
 
 use super::Context;
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Events that may wait for the client: a slow client makes the command wait, never
+/// the server hold more.
+const EVENTS_IN_FLIGHT: usize = 16;
+/// Most output bytes one `output` event carries: larger pieces are sent as several.
+const EVENT_BYTES: usize = 16 * 1024;
+/// What a stream's events may take at most: the ones in flight and the one being
+/// written, each at most its bytes escaped (a control byte takes six) plus framing.
+pub const STREAM_MEMORY_BYTES: u64 =
+    ((EVENTS_IN_FLIGHT + 1) * (6 * (EVENT_BYTES + 4) + 256)) as u64;
 /// How long past the command's deadline a client may leave its events unread.
 const SLOW_CLIENT_GRACE: Duration = Duration::from_secs(5);
 
@@ -117,7 +129,7 @@ pub fn stream(context: &Context, writer: &mut dyn Write, job: StreamJob, http10:
     {
         return 499;
     }
-    let (sender, receiver) = bounded::<Vec<u8>>(64);
+    let (sender, receiver) = bounded::<Vec<u8>>(EVENTS_IN_FLIGHT);
     let cancel = Cancel::new();
     std::thread::scope(|scope| {
         let producer_cancel = cancel.clone();
@@ -174,6 +186,7 @@ fn produce(context: &Context, job: StreamJob, sender: Sender<Vec<u8>>, cancel: C
     let last = match job.execute(context, &mut observer) {
         Ok(result) => {
             let _ = observer.flush_carry();
+            let (stdout_cut, stderr_cut) = result.output.cut_streams();
             event(
                 "done",
                 &json!({
@@ -181,6 +194,10 @@ fn produce(context: &Context, job: StreamJob, sender: Sender<Vec<u8>>, cancel: C
                     "status": result.status.name(),
                     "signal": result.signal,
                     "duration_ms": result.duration.as_millis() as u64,
+                    "truncated": {
+                        "stdout": stdout_cut.map(Cut::name),
+                        "stderr": stderr_cut.map(Cut::name),
+                    },
                 }),
             )
         }
@@ -245,12 +262,15 @@ impl Observer for EventObserver {
             StreamKind::Stderr => 1,
             StreamKind::Stdin => return Ok(()),
         };
-        let mut data = std::mem::take(&mut self.carry[index]);
-        data.extend_from_slice(bytes);
-        let keep = incomplete_utf8_tail(&data);
-        self.carry[index] = data.split_off(data.len() - keep);
-        let text = String::from_utf8_lossy(&data).into_owned();
-        self.send_output(index, &text)
+        for piece in bytes.chunks(EVENT_BYTES) {
+            let mut data = std::mem::take(&mut self.carry[index]);
+            data.extend_from_slice(piece);
+            let keep = incomplete_utf8_tail(&data);
+            self.carry[index] = data.split_off(data.len() - keep);
+            let text = String::from_utf8_lossy(&data).into_owned();
+            self.send_output(index, &text)?;
+        }
+        Ok(())
     }
 
     fn started(&mut self) {
@@ -260,24 +280,11 @@ impl Observer for EventObserver {
     fn cancel(&self) -> Option<&Cancel> {
         Some(&self.cancel)
     }
-}
 
-/// How many bytes at the end of `data` start a UTF-8 sequence that is not complete yet.
-fn incomplete_utf8_tail(data: &[u8]) -> usize {
-    for back in 1..=data.len().min(3) {
-        let byte = data[data.len() - back];
-        if byte & 0xC0 == 0x80 {
-            continue; // a continuation byte: look further back for the lead byte
-        }
-        let needed = match byte {
-            0xF0..=0xF7 => 4,
-            0xE0..=0xEF => 3,
-            0xC0..=0xDF => 2,
-            _ => 1,
-        };
-        return if needed > back { back } else { 0 };
+    /// The events carried the output: the result keeps none of it.
+    fn keep(&self) -> Keep {
+        Keep::Nothing
     }
-    0
 }
 
 #[cfg(test)]
@@ -293,17 +300,6 @@ mod tests {
         let mut out = Vec::new();
         write_chunk(&mut out, b"hello", true).unwrap();
         assert_eq!(out, b"5\r\nhello\r\n");
-    }
-
-    #[test]
-    fn finds_utf8_sequences_cut_at_the_end() {
-        let euro = "€".as_bytes(); // e2 82 ac
-        assert_eq!(incomplete_utf8_tail(b"abc"), 0);
-        assert_eq!(incomplete_utf8_tail(euro), 0);
-        assert_eq!(incomplete_utf8_tail(&euro[..1]), 1);
-        assert_eq!(incomplete_utf8_tail(&euro[..2]), 2);
-        assert_eq!(incomplete_utf8_tail(&[b'a', 0xf0, 0x9f, 0x98]), 3);
-        assert_eq!(incomplete_utf8_tail(&[0xff]), 0);
     }
 
     #[test]
@@ -326,5 +322,26 @@ mod tests {
         assert_eq!(events.len(), 2);
         assert!(events[0].contains("\"data\":\"x\""), "{events:?}");
         assert!(events[1].contains("\"data\":\"€y\""), "{events:?}");
+    }
+
+    #[test]
+    fn large_output_goes_out_in_bounded_events() {
+        let (sender, receiver) = bounded(8);
+        let mut observer = EventObserver {
+            deadline: Instant::now() + Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            sender,
+            cancel: Cancel::new(),
+            carry: [Vec::new(), Vec::new()],
+        };
+        let control = vec![1u8; 3 * EVENT_BYTES];
+        observer.output(StreamKind::Stderr, &control).unwrap();
+        let events: Vec<Vec<u8>> = receiver.try_iter().collect();
+        assert_eq!(events.len(), 3);
+        for event in &events {
+            let per_event = STREAM_MEMORY_BYTES as usize / (EVENTS_IN_FLIGHT + 1);
+            assert!(event.len() <= per_event, "{} > {per_event}", event.len());
+        }
+        assert!(matches!(observer.keep(), Keep::Nothing));
     }
 }

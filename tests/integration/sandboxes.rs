@@ -129,7 +129,11 @@ fn detached_execs_run_on_and_report_status_logs_and_kill() {
     assert_eq!(body["data"]["status"], json!("failed"));
     assert_eq!(body["data"]["exit_code"], json!(3));
     let (_, body) = server.get(&format!("{path}/logs"));
-    assert_eq!(body["data"], json!({"stdout": "out\n", "stderr": "e\n"}));
+    assert_eq!(
+        body["data"],
+        json!({"stdout": "out\n", "stderr": "e\n",
+               "truncated": {"stdout": null, "stderr": null}})
+    );
     let (_, body) = server.get(&format!("{path}/logs?stream=stderr"));
     assert_eq!(body["data"]["stdout"], json!(null));
     let (_, body) = server.get("/sandboxes/bg/exec/detached");
