@@ -330,9 +330,19 @@ pub fn request_url(
         Err(error) => panic!("{method} {url}: {error}"),
     };
     let status = response.status();
-    let text = response.into_string().unwrap();
-    let value = serde_json::from_str(&text)
-        .unwrap_or_else(|_| panic!("{method} {url} answered non-JSON: {text:?}"));
+    // Read whole (`into_string` stops at 10 MiB; a batch's answer can be larger).
+    let mut bytes = Vec::new();
+    response
+        .into_reader()
+        .take(1 << 30)
+        .read_to_end(&mut bytes)
+        .unwrap_or_else(|error| panic!("{method} {url}: reading the answer: {error}"));
+    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        panic!(
+            "{method} {url} answered non-JSON: {:?}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
     (status, value)
 }
 

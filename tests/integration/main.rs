@@ -9,6 +9,7 @@ mod files;
 mod hostile;
 mod isolation;
 mod lifecycle;
+mod memory;
 mod pool;
 mod runs;
 mod sandboxes;
