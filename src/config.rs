@@ -93,7 +93,7 @@ impl Default for Config {
             default_max_output_bytes: 1024 * 1024,
             max_output_bytes_limit: 16 * 1024 * 1024,
             max_request_output_bytes: 16 * 1024 * 1024,
-            max_output_memory_bytes: 64 * 1024 * 1024,
+            max_output_memory_bytes: 48 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
             pool: None,
             pool_default_size: 4,

@@ -409,7 +409,7 @@ pub const SERVE: Topic = Topic {
         flag(
             "max-output-memory-bytes",
             Some("N"),
-            "output held at once, all requests; past it 503 (default: 67108864)",
+            "output held at once, all requests; past it 503 (default: 50331648)",
         ),
         flag(
             "max-file-bytes",

@@ -264,6 +264,14 @@ impl Server {
             .unwrap_or(0)
     }
 
+    /// Resets the server's peak resident memory to what it holds now (`clear_refs` 5),
+    /// so that `peak_rss_kib` measures what comes after, not start-up (which reads our
+    /// whole executable to check that it is static).
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5")
+            .expect("reset the server's peak RSS");
+    }
+
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("server already stopped");

@@ -2,7 +2,7 @@
 //! (`--max-request-output-bytes`, shared by a batch's commands), everything held for
 //! answers stays within the output memory (`--max-output-memory-bytes`, 503 past it),
 //! streams keep nothing, detached logs and file reads are bounded the same way; and the
-//! server's peak RSS stays small throughout.
+//! server's peak RSS (measured from after start-up) stays under 64 MiB throughout.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -37,6 +37,7 @@ fn text_len(value: &Value) -> u64 {
 #[test]
 fn a_batch_of_endless_printers_shares_one_budget_and_little_memory() {
     let server = Server::start();
+    server.reset_peak_rss();
     let entry = json!({"command": ["yes"], "timeout_ms": 1000});
     let body = json!({ "commands": vec![entry; 64] }).to_string();
     let (status, answer) = server.post("/batch/run", &body);
@@ -127,6 +128,7 @@ fn endless_streams_and_runs_at_once_keep_memory_flat() {
     });
     let port = server.port;
     let url = server.url("/run");
+    server.reset_peak_rss();
     // Streams may ask for the largest cap: they keep nothing of it.
     let stream_body = r#"{"command":["yes"],"timeout_ms":8000,"max_output_bytes":16777216}"#;
     let run_body = r#"{"command":["yes"],"timeout_ms":8000}"#;
@@ -183,6 +185,63 @@ fn endless_streams_and_runs_at_once_keep_memory_flat() {
     eprintln!(
         "8 streams ({} MiB carried) and 8 runs of `yes`: server peak RSS {} MiB",
         carried / MIB,
+        rss / 1024
+    );
+    assert_all_given_back(&server);
+    server.finish();
+}
+
+#[test]
+fn concurrent_requests_cannot_multiply_the_output_memory() {
+    // Eight runs that each fill the largest cap on both streams, at once, with the
+    // defaults: 16 MiB kept per request, 48 MiB over all of them.
+    let server = Server::start();
+    let url = server.url("/run");
+    server.reset_peak_rss();
+    let script =
+        "tr '\\0' o </dev/zero | head -c 20000000; tr '\\0' e </dev/zero | head -c 20000000 >&2";
+    let body = json!({"command": ["sh", "-c", script], "max_output_bytes": 16777216,
+                      "timeout_ms": 60000})
+    .to_string();
+    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| crate::harness::request_url("POST", &url, Some(&body), &[])))
+            .collect();
+        runs.into_iter()
+            .map(|handle| handle.join().unwrap())
+            .collect()
+    });
+    let served: Vec<&Value> = answers
+        .iter()
+        .filter(|(status, _)| *status == 200)
+        .map(|(_, body)| &body["data"])
+        .collect();
+    let refused = answers.iter().filter(|(status, _)| *status == 503).count();
+    assert_eq!(served.len() + refused, 8, "only 200s and 503s");
+    assert!(
+        !served.is_empty() && refused > 0,
+        "{} served, {refused} refused",
+        served.len()
+    );
+    for data in served {
+        // The budget ends 8 bytes (the run's bookkeeping) before stdout's cap.
+        assert_eq!(
+            text_len(&data["stdout"]),
+            16 * MIB - agentkernel::exec::RUN_BYTES
+        );
+        assert_eq!(data["stderr"], json!(""));
+        assert_eq!(
+            data["truncated"],
+            json!({"stdout": "request_budget", "stderr": "request_budget"})
+        );
+    }
+    let rss = server.peak_rss_kib();
+    assert!(
+        rss > 0 && rss < PEAK_RSS_KIB,
+        "server peak RSS {rss} KiB for 8 requests filling their budgets at once"
+    );
+    eprintln!(
+        "8 runs filling 16 MiB at once ({refused} refused): server peak RSS {} MiB",
         rss / 1024
     );
     assert_all_given_back(&server);
@@ -312,6 +371,7 @@ fn detached_logs_larger_than_the_cap_are_cut_never_a_502() {
     let server = Server::start();
     assert_eq!(server.post("/sandboxes", r#"{"name":"logs"}"#).0, 201);
     // 3 MB of NUL bytes on stdout (six bytes each in JSON), 3 MB of text on stderr.
+    server.reset_peak_rss();
     let (status, body) = server.post(
         "/sandboxes/logs/exec/detach",
         r#"{"command":["sh","-c","head -c 3000000 /dev/zero; yes | head -c 3000000 >&2"]}"#,
@@ -347,6 +407,7 @@ fn detached_logs_larger_than_the_cap_are_cut_never_a_502() {
     );
     let rss = server.peak_rss_kib();
     assert!(rss < PEAK_RSS_KIB, "server peak RSS {rss} KiB");
+    eprintln!("detached logs of 6 MB: server peak RSS {} MiB", rss / 1024);
     assert_all_given_back(&server);
     assert_eq!(server.delete("/sandboxes/logs").0, 200);
     server.finish();
