@@ -302,9 +302,9 @@ impl<'a> Container<'a> {
 
     /// Runs `agentkernel stub ARGS...` by `docker exec`, as the container's user,
     /// through the one exec path into a sandbox (so a sandbox stopped or deleted under
-    /// the operation is explained as such), and reads its outcome. What it prints is
-    /// kept within `budget` when one is given.
-    #[allow(clippy::too_many_arguments)]
+    /// the operation is explained as such), and reads its outcome. `read` is for an
+    /// operation that prints data: at most that many bytes of it, kept within that
+    /// budget (others print only messages, bounded by `STUB_MESSAGE_BYTES`).
     fn stub_exec(
         &self,
         docker: &Docker,
@@ -312,8 +312,7 @@ impl<'a> Container<'a> {
         path: &SandboxPath,
         args: &[&str],
         stdin: Option<Vec<u8>>,
-        max_stdout: u64,
-        budget: Option<&OutputBudget>,
+        read: Option<(u64, &OutputBudget)>,
     ) -> Result<CommandResult> {
         let mut argv = vec![stub::STUB_PATH.to_string(), "stub".to_string()];
         argv.extend(args.iter().map(|arg| arg.to_string()));
@@ -323,7 +322,7 @@ impl<'a> Container<'a> {
             None,
             stdin,
             config.docker_timeout,
-            max_stdout.max(STUB_MESSAGE_BYTES),
+            read.map_or(0, |(max, _)| max).max(STUB_MESSAGE_BYTES),
         )
         .map_err(Error::Invalid)?;
         let target = ExecTarget {
@@ -335,8 +334,8 @@ impl<'a> Container<'a> {
         let run = |observer: &mut dyn crate::exec::Observer| {
             exec_in(docker, config, target, &spec, observer, outcome)
         };
-        let result = match budget {
-            Some(budget) => run(&mut KeepWithin(budget.clone())),
+        let result = match read {
+            Some((_, budget)) => run(&mut KeepWithin(budget.clone())),
             None => run(&mut NoObserver),
         };
         result.map_err(|error| match error {
@@ -452,7 +451,7 @@ pub fn read_file(
             let max = limit.to_string();
             let args = ["--cat", current.as_str(), &max];
             let result =
-                container.stub_exec(docker, config, path, &args, None, limit, Some(budget))?;
+                container.stub_exec(docker, config, path, &args, None, Some((limit, budget)))?;
             if result.output.cut[0] == Some(Cut::RequestBudget) {
                 return Err(Error::OutputMemoryFull {
                     limit: budget.memory_limit(),
@@ -592,7 +591,7 @@ pub fn write_files(
         let archive = archive_of(&inside)?;
         let max = limit.to_string();
         let args = ["--untar", "/", &max];
-        container.stub_exec(docker, config, path, &args, Some(archive), 0, None)?;
+        container.stub_exec(docker, config, path, &args, Some(archive), None)?;
     }
     log::debug!(
         "wrote {} files to sandbox {name} ({} through the stub)",
@@ -649,15 +648,7 @@ pub fn delete_file(
 ) -> Result<()> {
     let container = Container::open(docker, config, name)?;
     container.require_stub(path)?;
-    container.stub_exec(
-        docker,
-        config,
-        path,
-        &["--rm", path.as_str()],
-        None,
-        0,
-        None,
-    )?;
+    container.stub_exec(docker, config, path, &["--rm", path.as_str()], None, None)?;
     Ok(())
 }
 
