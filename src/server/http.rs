@@ -427,6 +427,8 @@ pub enum BodyError {
     Closed,
     /// The server is shutting down (503).
     Stopped,
+    /// The bodies arriving at once would hold more memory than the server allows (503).
+    OverBudget,
 }
 
 /// How often a read waiting on a client checks whether the server is stopping.
@@ -513,6 +515,7 @@ impl Connection {
         limit: u64,
         timeout: Duration,
         stop: &dyn Fn() -> bool,
+        grant: &mut dyn FnMut(u64) -> bool,
     ) -> Result<Vec<u8>, BodyError> {
         let deadline = Instant::now() + timeout;
         match head.framing {
@@ -523,12 +526,18 @@ impl Connection {
                 }
                 // `length` is at most `limit`, a bound of ours.
                 let length = length as usize;
-                let mut body = Vec::with_capacity(length.min(1024 * 1024));
+                let mut body = Vec::new();
                 let from_buffer = self.buffer.len().min(length);
+                grow(&mut body, from_buffer, length, grant)?;
                 body.extend(self.buffer.drain(..from_buffer));
                 while body.len() < length {
                     self.wait_until(deadline, stop)?;
-                    let room = (length - body.len()).min(64 * 1024);
+                    // Read into the room there is; more room only once it is full, so
+                    // a connection holds about what its client sent.
+                    grow(&mut body, 1, length, grant)?;
+                    let room = (body.capacity() - body.len())
+                        .min(length - body.len())
+                        .min(64 * 1024);
                     match read_some(&mut self.stream, &mut body, room) {
                         Ok(0) => return Err(BodyError::Closed),
                         Ok(_) => {}
@@ -542,6 +551,12 @@ impl Connection {
                 let mut decoder = Chunked::new(limit);
                 let mut pending = std::mem::take(&mut self.buffer);
                 loop {
+                    // What the decoder may hold once it has taken `pending`: its body
+                    // grows by doubling, so twice what it has and is given.
+                    let may_hold = 2 * (decoder.body.len() + pending.len()) as u64;
+                    if !grant(may_hold.min(limit.saturating_mul(2))) {
+                        return Err(BodyError::OverBudget);
+                    }
                     let used = decoder.feed(&pending).map_err(|error| match error {
                         ChunkError::TooLarge => BodyError::TooLarge,
                         ChunkError::Bad(message) => BodyError::Bad(message),
@@ -602,6 +617,26 @@ impl Connection {
             }
         }
     }
+}
+
+/// Makes room in `body` for `more` bytes, doubling its capacity (up to `length`) so
+/// that a body costs a few reallocations, each granted (`grant`) before it is made.
+fn grow(
+    body: &mut Vec<u8>,
+    more: usize,
+    length: usize,
+    grant: &mut dyn FnMut(u64) -> bool,
+) -> Result<(), BodyError> {
+    let needed = body.len() + more;
+    if needed <= body.capacity() {
+        return Ok(());
+    }
+    let capacity = needed.max(body.capacity() * 2).max(4096).min(length);
+    if !grant(capacity as u64) {
+        return Err(BodyError::OverBudget);
+    }
+    body.reserve_exact(capacity - body.len());
+    Ok(())
 }
 
 /// Reads at most `room` more bytes onto the end of `buffer`.

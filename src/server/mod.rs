@@ -88,19 +88,31 @@ struct BodyLease<'a> {
 }
 
 impl<'a> BodyLease<'a> {
-    /// Takes `bytes` of the budget, or nothing if they do not fit.
-    fn take(edge: &'a EdgeStats, bytes: u64) -> Option<BodyLease<'a>> {
-        let budget = edge.body_budget.load(Ordering::SeqCst);
-        edge.body_bytes
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
-                used.checked_add(bytes).filter(|total| *total <= budget)
-            })
-            .ok()
-            .map(|_| BodyLease { edge, bytes })
+    fn new(edge: &'a EdgeStats) -> BodyLease<'a> {
+        BodyLease { edge, bytes: 0 }
     }
 
-    /// Gives back what a body turned out not to need (a chunked body holds its route's
-    /// whole limit while it arrives).
+    /// Holds `bytes` in all, taking what is missing from the budget; false (and
+    /// nothing taken) if that does not fit.
+    fn grow_to(&mut self, bytes: u64) -> bool {
+        let Some(more) = bytes.checked_sub(self.bytes).filter(|more| *more > 0) else {
+            return true;
+        };
+        let budget = self.edge.body_budget.load(Ordering::SeqCst);
+        let taken = self
+            .edge
+            .body_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(more).filter(|total| *total <= budget)
+            })
+            .is_ok();
+        if taken {
+            self.bytes = bytes;
+        }
+        taken
+    }
+
+    /// Gives back what a body turned out not to need.
     fn shrink_to(&mut self, bytes: u64) {
         if bytes < self.bytes {
             self.edge
@@ -572,41 +584,38 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                 return;
             }
         };
-        // The body's room in memory is promised before any of it is read (and before
-        // `100 Continue`): past the budget, a fast 503 instead of one more buffer.
-        let promised = match head.framing {
-            Framing::Empty => 0,
-            Framing::Length(length) => length.min(limit),
-            Framing::Chunked => limit,
-        };
-        let Some(mut lease) = BodyLease::take(&context.edge, promised) else {
-            finish_early(connection, Some(&head), &ApiError::BodiesInFlight, started);
-            return;
-        };
+        // The body's memory is granted as it arrives, from a budget all connections
+        // share: past it, a 503 instead of one more buffer. (Granted bytes are what
+        // clients sent, so idle connections that declare large bodies hold nothing.)
+        let mut lease = BodyLease::new(&context.edge);
         if head.expect_continue && head.framing != Framing::Empty && !head.http10 {
             let go_ahead = b"HTTP/1.1 100 Continue\r\n\r\n";
             if std::io::Write::write_all(&mut connection.stream, go_ahead).is_err() {
                 return;
             }
         }
-        let body = match connection.read_body(&head, limit, limits.body_timeout, &stop) {
-            Ok(body) => body,
-            Err(BodyError::Closed) => return,
-            Err(error) => {
-                let error = match error {
-                    BodyError::TooLarge => ApiError::BodyTooLarge { limit },
-                    BodyError::TimedOut => ApiError::RequestTimeout("body"),
-                    BodyError::Stopped => ApiError::ShuttingDown,
-                    BodyError::Bad(message) => {
-                        ApiError::BadBody(format!("Malformed chunked body: {message}"))
-                    }
-                    BodyError::Closed => unreachable!("handled above"),
-                };
-                finish_early(connection, Some(&head), &error, started);
-                return;
-            }
-        };
-        lease.shrink_to(body.len() as u64);
+        let body =
+            match connection.read_body(&head, limit, limits.body_timeout, &stop, &mut |bytes| {
+                lease.grow_to(bytes)
+            }) {
+                Ok(body) => body,
+                Err(BodyError::Closed) => return,
+                Err(error) => {
+                    let error = match error {
+                        BodyError::TooLarge => ApiError::BodyTooLarge { limit },
+                        BodyError::TimedOut => ApiError::RequestTimeout("body"),
+                        BodyError::Stopped => ApiError::ShuttingDown,
+                        BodyError::OverBudget => ApiError::BodiesInFlight,
+                        BodyError::Bad(message) => {
+                            ApiError::BadBody(format!("Malformed chunked body: {message}"))
+                        }
+                        BodyError::Closed => unreachable!("handled above"),
+                    };
+                    finish_early(connection, Some(&head), &error, started);
+                    return;
+                }
+            };
+        lease.shrink_to(body.capacity() as u64);
         let keep_alive = head.keep_alive;
         let (done, handled) = bounded::<Handled>(1);
         let job = Job {
