@@ -650,3 +650,28 @@ fn shutdown_does_not_wait_for_requests_still_arriving() {
     let left = crate::harness::containers_of(&server.namespace);
     assert!(left.is_empty(), "containers left behind: {left:?}");
 }
+
+#[test]
+fn a_large_json_body_costs_about_its_size_not_many_times_it() {
+    let server = Server::start();
+    // 20 MB of tiny array elements, the shape that costs most as a parsed JSON tree.
+    let mut body = b"{\"content\":\"x\",\"x\":[0".to_vec();
+    while body.len() < 20_000_000 {
+        body.extend_from_slice(b",0");
+    }
+    body.extend_from_slice(b"]}");
+    for _ in 0..2 {
+        let mut stream = connect(&server);
+        let head = format!(
+            "PUT /sandboxes/nosuch/files/tmp/a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(&body).unwrap();
+        let answer = read_answer(&mut BufReader::new(stream)).expect("an answer");
+        assert_eq!(answer.status, 400, "{:?}", answer.json());
+    }
+    let rss = server.peak_rss_kib();
+    assert!(rss < 64 * 1024, "peak RSS {rss} KiB for a 20 MB body");
+    server.finish();
+}
