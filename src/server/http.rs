@@ -159,7 +159,7 @@ pub fn parse_head(bytes: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>
             .map_err(|_| HeadError::Bad(format!("Header '{}' is not valid UTF-8", header.name)))?;
         fields.push((header.name.to_string(), value.trim().to_string()));
     }
-    let framing = framing_of(&fields)?;
+    let framing = framing_of(&fields, http10)?;
     let connection_has = |token: &str| {
         fields
             .iter()
@@ -248,9 +248,9 @@ fn scan_lines(bytes: &[u8], limits: &Limits, scan: &mut LineScan) -> Result<(), 
 
 /// How the body is framed (RFC 9112 section 6), refusing the ambiguous shapes that
 /// make request smuggling possible.
-fn framing_of(fields: &[(String, String)]) -> Result<Framing, HeadError> {
+fn framing_of(fields: &[(String, String)], http10: bool) -> Result<Framing, HeadError> {
     let mut length: Option<u64> = None;
-    let mut codings: Vec<String> = Vec::new();
+    let mut codings: Option<Vec<String>> = None;
     for (name, value) in fields {
         if name.eq_ignore_ascii_case("content-length") {
             for item in value.split(',') {
@@ -266,7 +266,9 @@ fn framing_of(fields: &[(String, String)]) -> Result<Framing, HeadError> {
                 length = Some(parsed);
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            codings.extend(
+            // Any Transfer-Encoding field counts, an empty one too: a proxy in front of
+            // us may read it differently, so it never falls back to Content-Length.
+            codings.get_or_insert_with(Vec::new).extend(
                 value
                     .split(',')
                     .map(|coding| coding.trim().to_ascii_lowercase())
@@ -274,11 +276,19 @@ fn framing_of(fields: &[(String, String)]) -> Result<Framing, HeadError> {
             );
         }
     }
-    if !codings.is_empty() {
+    if let Some(codings) = codings {
+        if http10 {
+            return Err(HeadError::Bad(
+                "Transfer-Encoding is not allowed in an HTTP/1.0 request".into(),
+            ));
+        }
         if length.is_some() {
             return Err(HeadError::Bad(
                 "A request must not have both Content-Length and Transfer-Encoding".into(),
             ));
+        }
+        if codings.is_empty() {
+            return Err(HeadError::Bad("Empty Transfer-Encoding".into()));
         }
         if codings != ["chunked"] {
             return Err(HeadError::NotImplemented(format!(
@@ -356,8 +366,9 @@ impl Chunked {
                         continue;
                     }
                     let mut line = std::mem::take(&mut self.line);
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
+                    // CRLF only: a bare LF is how two parsers come to disagree.
+                    if line.pop() != Some(b'\r') {
+                        return Err(ChunkError::Bad("chunk line not ended by CRLF".into()));
                     }
                     if self.state == ChunkState::Trailer {
                         if line.is_empty() {
@@ -365,10 +376,18 @@ impl Chunked {
                         }
                         continue;
                     }
-                    let size_text = line.split(|&b| b == b';').next().unwrap_or_default();
+                    // Hex digits only; blanks only between them and an extension.
+                    let (size_text, extension) = match line.iter().position(|&b| b == b';') {
+                        Some(at) => (&line[..at], true),
+                        None => (&line[..], false),
+                    };
                     let size_text = std::str::from_utf8(size_text)
-                        .map_err(|_| ChunkError::Bad("chunk size is not hex".into()))?
-                        .trim();
+                        .map_err(|_| ChunkError::Bad("chunk size is not hex".into()))?;
+                    let size_text = if extension {
+                        size_text.trim_end_matches([' ', '\t'])
+                    } else {
+                        size_text
+                    };
                     if size_text.is_empty()
                         || size_text.len() > 15
                         || !size_text.bytes().all(|b| b.is_ascii_hexdigit())
@@ -404,7 +423,7 @@ impl Chunked {
                     used += 1;
                     self.state = match (seen, byte) {
                         (0, b'\r') => ChunkState::DataEnd(1),
-                        (_, b'\n') => ChunkState::Size,
+                        (1, b'\n') => ChunkState::Size,
                         _ => return Err(ChunkError::Bad("chunk data not followed by CRLF".into())),
                     };
                 }
@@ -800,12 +819,19 @@ mod tests {
 
     #[test]
     fn refuses_smuggling_shapes() {
-        let cases: [&[u8]; 5] = [
+        let cases: [&[u8]; 10] = [
             b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            // An empty Transfer-Encoding still is one: never read as Content-Length.
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding:\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: ,\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: \r\n\r\n",
+            // HTTP/1.0 has no transfer codings.
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.0\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
         ];
         for bytes in cases {
             assert!(
@@ -952,6 +978,28 @@ mod tests {
             decoder.feed(&[b'1'; MAX_CHUNK_LINE + 1]),
             Err(ChunkError::Bad(_))
         ));
+        // Strict shapes: CRLF everywhere, no blanks around a bare size.
+        let refused: [&[u8]; 6] = [
+            b"2\nab\r\n0\r\n\r\n",
+            b"2\r\nab\n0\r\n\r\n",
+            b" 2\r\nab\r\n0\r\n\r\n",
+            b"2 \r\nab\r\n0\r\n\r\n",
+            b"2\r\nab\r\n0\r\n\n",
+            b"2\r\nab\r\n0\r\nX: y\n\r\n",
+        ];
+        for bytes in refused {
+            let mut decoder = Chunked::new(100);
+            assert!(
+                matches!(decoder.feed(bytes), Err(ChunkError::Bad(_))),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        // Blanks before an extension are allowed (BWS), and the extension is dropped.
+        let mut decoder = Chunked::new(100);
+        assert_eq!(decoder.feed(b"2 ;x=1\r\nab\r\n0\r\nX: y\r\n\r\n"), Ok(23));
+        assert!(decoder.is_done());
+        assert_eq!(decoder.body, b"ab");
     }
 
     #[test]
