@@ -166,6 +166,20 @@ impl Observer for NoObserver {
     }
 }
 
+/// An observer that keeps nothing but can be cancelled (a request whose answer is
+/// the whole result, and whose client may hang up before it).
+pub struct Cancellable<'a>(pub &'a Cancel);
+
+impl Observer for Cancellable<'_> {
+    fn output(&mut self, _: StreamKind, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn cancel(&self) -> Option<&Cancel> {
+        Some(self.0)
+    }
+}
+
 pub type OutputSink<'a> = &'a mut dyn Observer;
 
 /// Output read from a stream, within the cap.

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::containers::labels::SandboxName;
 use crate::error::Error;
-use crate::exec::NoObserver;
+use crate::exec::{Cancel, Cancellable, NoObserver};
 use crate::files::{self, SandboxPath};
 use crate::run::RunRequest;
 use crate::sandbox;
@@ -28,6 +28,16 @@ use super::Context;
 
 /// Runs the handler of a request: the single `match` from request to handler.
 pub fn dispatch(context: &Context, request: Request) -> Result<Reply, ApiError> {
+    dispatch_with(context, request, &Cancel::new())
+}
+
+/// `dispatch`, with the handle through which the server stops a command whose client
+/// hung up before its answer.
+pub fn dispatch_with(
+    context: &Context,
+    request: Request,
+    cancel: &Cancel,
+) -> Result<Reply, ApiError> {
     match request {
         Request::OpenApi => get_openapi(context),
         Request::Health => get_health(context),
@@ -35,14 +45,14 @@ pub fn dispatch(context: &Context, request: Request) -> Result<Reply, ApiError> 
         Request::Backends => get_backends(context),
         Request::GetSandboxByUuid(uuid) => get_sandbox_by_uuid(context, &uuid),
         Request::ExtendSandbox(name, body) => post_sandbox_extend(context, &name, body),
-        Request::Run(body) => post_run(context, body),
+        Request::Run(body) => post_run(context, body, cancel),
         Request::RunStream(body) => post_run_stream(context, body),
         Request::BatchRun(body) => post_batch_run(context, body),
         Request::ListSandboxes => get_sandboxes(context),
         Request::CreateSandbox(body) => post_sandboxes(context, body),
         Request::GetSandbox(name) => get_sandbox(context, &name),
         Request::DeleteSandbox(name) => delete_sandbox(context, &name),
-        Request::ExecSandbox(name, body) => post_sandbox_exec(context, &name, body),
+        Request::ExecSandbox(name, body) => post_sandbox_exec(context, &name, body, cancel),
         Request::ExecSandboxStream(name, body) => post_sandbox_exec_stream(context, &name, body),
         Request::ExecDetach(name, body) => post_sandbox_exec_detach(context, &name, body),
         Request::DetachedList(name) => get_detached_list(context, &name),
@@ -84,14 +94,14 @@ pub fn get_pool(context: &Context) -> Result<Reply, ApiError> {
     Ok(Reply::ok(context.pool.stats()))
 }
 
-pub fn post_run(context: &Context, body: RunBody) -> Result<Reply, ApiError> {
+pub fn post_run(context: &Context, body: RunBody, cancel: &Cancel) -> Result<Reply, ApiError> {
     let request = body.validate(&context.config)?;
     let result = crate::run::run(
         &context.docker,
         &context.config,
         &context.pool,
         &request,
-        &mut NoObserver,
+        &mut Cancellable(cancel),
     )?;
     Ok(Reply::ok(command_data(&result)))
 }
@@ -156,6 +166,7 @@ pub fn post_sandbox_exec(
     context: &Context,
     name: &SandboxName,
     body: ExecBody,
+    cancel: &Cancel,
 ) -> Result<Reply, ApiError> {
     let spec = body.validate(&context.config)?;
     let result = sandbox::exec(
@@ -163,7 +174,7 @@ pub fn post_sandbox_exec(
         &context.config,
         name,
         &spec,
-        &mut NoObserver,
+        &mut Cancellable(cancel),
     )?;
     context.history.exec(name, &spec.argv, &result);
     Ok(Reply::ok(command_data(&result)))

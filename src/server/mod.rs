@@ -28,11 +28,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvError, RecvTimeoutError, Sender, TrySendError};
 
 use crate::config::Config;
 use crate::containers::pool::Pool;
 use crate::engine::Docker;
+use crate::exec::Cancel;
 use crate::history::History;
 
 use self::http::{Answer, BodyError, Connection, Framing, Head, HeadError, Limits};
@@ -146,6 +147,8 @@ struct Job {
     head: Head,
     connection: Connection,
     done: Sender<Handled>,
+    /// Cancelled by the connection's thread when the client hangs up before its answer.
+    cancel: Cancel,
 }
 
 /// What a worker hands back to the connection's thread.
@@ -503,13 +506,15 @@ fn work(context: &Context, job: Job) {
         head,
         mut connection,
         done,
+        cancel,
     } = job;
     let hook = test_hook(context, &head);
     let reply = guarded(|| {
         if hook == Some("handler") {
             panic!("test hook: panic in a handler");
         }
-        Request::parse(route, &body).and_then(|request| handlers::dispatch(context, request))
+        Request::parse(route, &body)
+            .and_then(|request| handlers::dispatch_with(context, request, &cancel))
     });
     match reply.stream {
         Some(stream_job) => {
@@ -617,26 +622,43 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
             };
         lease.shrink_to(body.capacity() as u64);
         let keep_alive = head.keep_alive;
-        let (done, handled) = bounded::<Handled>(1);
-        let job = Job {
-            route,
-            body,
-            head: head.clone(),
-            connection,
-            done,
-        };
-        match shared.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                let mut connection = job.connection;
-                let reply = ApiError::Busy.reply();
-                let _ = write_reply(&mut connection, &head, &reply, true);
-                log_request(&head, reply.status, started);
-                connection.linger_close(LINGER);
-                return;
+        let handled = if route == Route::Health {
+            // Liveness never waits in the queue: answered here, whatever the workers do.
+            let reply = guarded(|| {
+                Request::parse(route, &body)
+                    .and_then(|request| handlers::dispatch(context, request))
+            });
+            Ok(Handled::Reply(connection, Box::new(reply)))
+        } else {
+            let (done, handled) = bounded::<Handled>(1);
+            let cancel = Cancel::new();
+            // Streams notice a departed client themselves (their heartbeats fail).
+            let watch = match route {
+                Route::RunStream | Route::ExecSandboxStream(_) => None,
+                _ => connection.stream.try_clone().ok(),
+            };
+            let job = Job {
+                route,
+                body,
+                head: head.clone(),
+                connection,
+                done,
+                cancel: cancel.clone(),
+            };
+            match shared.jobs.try_send(job) {
+                Ok(()) => {}
+                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                    let mut connection = job.connection;
+                    let reply = ApiError::Busy.reply();
+                    let _ = write_reply(&mut connection, &head, &reply, true);
+                    log_request(&head, reply.status, started);
+                    connection.linger_close(LINGER);
+                    return;
+                }
             }
-        }
-        match handled.recv() {
+            wait_for_worker(&handled, watch.as_ref(), &cancel, &head)
+        };
+        match handled {
             Ok(Handled::Reply(mut back, reply)) => {
                 let hook = test_hook(context, &head);
                 let close = !keep_alive || stop();
@@ -673,6 +695,56 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                 return;
             }
         }
+    }
+}
+
+/// How often a connection waiting for its answer looks whether its client hung up.
+const DEPARTURE_CHECK: Duration = Duration::from_millis(250);
+
+/// Waits for the worker's answer. Meanwhile a client that hangs up (closes or resets
+/// the connection) has its request cancelled: a command it started is killed rather
+/// than run to its deadline for nobody.
+fn wait_for_worker(
+    handled: &Receiver<Handled>,
+    watch: Option<&TcpStream>,
+    cancel: &Cancel,
+    head: &Head,
+) -> Result<Handled, RecvError> {
+    loop {
+        match handled.recv_timeout(DEPARTURE_CHECK) {
+            Ok(handled) => return Ok(handled),
+            Err(RecvTimeoutError::Disconnected) => return Err(RecvError),
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(stream) = watch {
+                    if !cancel.is_cancelled() && hung_up(stream) {
+                        log::info!(
+                            "{} {}: the client hung up; cancelling",
+                            head.method,
+                            head.target.split('?').next().unwrap_or_default()
+                        );
+                        cancel.cancel();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether the client closed its side or the connection broke. Bytes waiting to be
+/// read (a pipelined request) are not a hang-up.
+fn hung_up(stream: &TcpStream) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(stream, PollFlags::IN | PollFlags::RDHUP)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&now)) {
+        Ok(0) => false,
+        Ok(_) => fds[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+        Err(_) => false,
     }
 }
 

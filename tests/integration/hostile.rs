@@ -398,7 +398,7 @@ fn panics_never_shrink_the_worker_pool() {
     for _ in 0..4 {
         let answer = exchange(
             &server,
-            b"GET /health HTTP/1.1\r\nHost: x\r\nX-Agentkernel-Test-Panic: handler\r\n\r\n",
+            b"GET /pool HTTP/1.1\r\nHost: x\r\nX-Agentkernel-Test-Panic: handler\r\n\r\n",
         );
         assert_eq!(answer.status, 500);
         assert_eq!(answer.json()["success"], false);
@@ -673,5 +673,80 @@ fn a_large_json_body_costs_about_its_size_not_many_times_it() {
     }
     let rss = server.peak_rss_kib();
     assert!(rss < 64 * 1024, "peak RSS {rss} KiB for a 20 MB body");
+    server.finish();
+}
+
+/// Starts `POST path` with `body` on a fresh connection and hangs up at once.
+fn send_and_hang_up(server: &Server, path: &str, body: &str) {
+    let mut stream = connect(server);
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stream);
+}
+
+#[test]
+fn a_client_that_hangs_up_has_its_command_killed() {
+    let server = Server::start_with(Options {
+        args: ["--workers", "1"].map(String::from).to_vec(),
+        ..Options::default()
+    });
+    let sleeper = r#"{"command":["sleep","600"],"timeout_ms":3600000}"#;
+    // A one-shot run: the only worker is free again long before the command's deadline.
+    send_and_hang_up(&server, "/run", sleeper);
+    let started = Instant::now();
+    let (status, body) = server.post("/run", r#"{"command":["echo","next"]}"#);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the next run waited {:?}",
+        started.elapsed()
+    );
+    // An exec in a sandbox: its command is gone from the sandbox.
+    assert_eq!(server.post("/sandboxes", r#"{"name":"gone"}"#).0, 201);
+    send_and_hang_up(&server, "/sandboxes/gone/exec", sleeper);
+    let killed = crate::harness::eventually(Duration::from_secs(10), || {
+        let (_, body) = server.post("/sandboxes/gone/exec", r#"{"command":["ps","-o","args"]}"#);
+        !body["data"]["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("sleep 600")
+    });
+    assert!(killed, "the exec's command outlived its client");
+    assert_eq!(server.delete("/sandboxes/gone").0, 200);
+    server.finish();
+}
+
+#[test]
+fn health_answers_while_the_queue_is_full() {
+    let server = Server::start_with(Options {
+        args: ["--workers", "1", "--queue", "1"]
+            .map(String::from)
+            .to_vec(),
+        ..Options::default()
+    });
+    let url = server.url("/run");
+    // One run for the worker, then one for the queue (staggered, so that the worker
+    // has taken the first when the second comes).
+    let slow: Vec<_> = (0..2)
+        .map(|index| {
+            let url = url.clone();
+            std::thread::sleep(Duration::from_millis(300 * index));
+            std::thread::spawn(move || {
+                crate::harness::request_url("POST", &url, Some(r#"{"command":["sleep","4"]}"#), &[])
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let (status, _) = server.post("/run", r#"{"command":["true"]}"#);
+    assert_eq!(status, 503, "the queue should be full");
+    let (status, body) = server.get("/health");
+    assert_eq!(status, 200, "{body}");
+    for run in slow {
+        assert_eq!(run.join().unwrap().0, 200);
+    }
     server.finish();
 }
