@@ -134,7 +134,8 @@ impl Drop for BodyLease<'_> {
 /// `Connection::linger_close`): long enough for a client that writes a whole body
 /// before it reads our early answer, even on a busy machine.
 const LINGER: Duration = Duration::from_secs(1);
-/// The `refuser` thread lingers less: it serves every refused connection in turn.
+/// The `refuser` thread lingers less (and not at all while others wait): it serves
+/// every refused connection in turn.
 const REFUSED_LINGER: Duration = Duration::from_millis(100);
 /// Connections over the limit waiting for the `refuser`; past it they are closed unanswered.
 const REFUSER_QUEUE: usize = 64;
@@ -230,8 +231,14 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     drop(done_sender);
     let (refusals, refused) = bounded::<TcpStream>(REFUSER_QUEUE);
     let refuser = spawn("refuser", move || {
-        for stream in refused {
-            refuse(stream);
+        for stream in refused.iter() {
+            // Under a flood, no lingering: the next refusal must not wait for this one.
+            let linger = if refused.is_empty() {
+                REFUSED_LINGER
+            } else {
+                Duration::ZERO
+            };
+            refuse(stream, linger);
         }
     })?;
 
@@ -423,13 +430,13 @@ fn is_out_of_files(error: &std::io::Error) -> bool {
 }
 
 /// The `refuser` thread's work: a 503 to a connection over the limit, then close.
-fn refuse(stream: TcpStream) {
+fn refuse(stream: TcpStream, linger: Duration) {
     let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
     let mut connection = Connection::new(stream);
     let reply = ApiError::TooManyConnections.reply();
     let bytes = reply.bytes();
     let _ = answer_of(&reply, &bytes, false, true).write_to(&mut connection.stream);
-    connection.linger_close(REFUSED_LINGER);
+    connection.linger_close(linger);
 }
 
 /// Starts worker `index`. A worker that dies anyway (a panic outside the guarded

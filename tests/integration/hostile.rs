@@ -316,6 +316,23 @@ fn connections_past_the_limit_are_refused_at_once() {
         .as_str()
         .unwrap()
         .contains("too many open connections"));
+    // A flood past the limit is refused as fast as it comes: half a second after 400
+    // connections, a new client gets its 503 in well under a second.
+    let flood: Vec<TcpStream> = (0..400).map(|_| connect(&server)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let mut stream = connect(&server);
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let answer = read_answer(&mut BufReader::new(stream)).expect("an answer");
+    assert_eq!(answer.status, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused after {:?}",
+        started.elapsed()
+    );
+    drop(flood);
     drop(held);
     let back = crate::harness::eventually(Duration::from_secs(5), || health_ok(&server));
     assert!(
