@@ -710,7 +710,7 @@ pub struct Answer<'a> {
     pub status: u16,
     pub content_type: &'a str,
     pub headers: &'a [(&'a str, String)],
-    pub body: &'a [u8],
+    pub body: Body<'a>,
     /// A HEAD request: the head says the length, no body follows.
     pub head_only: bool,
     /// Say `Connection: close` (the connection ends after this answer).
@@ -719,9 +719,58 @@ pub struct Answer<'a> {
     pub keep_alive_10: bool,
 }
 
+/// An answer's body: bytes, or a JSON document (and a newline) written straight to
+/// the client as it is serialized, never held serialized in memory: its length is
+/// found by serializing it once into a counter.
+#[derive(Clone, Copy)]
+pub enum Body<'a> {
+    Bytes(&'a [u8]),
+    Json(&'a serde_json::Value),
+}
+
+impl Body<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Body::Bytes(bytes) => bytes.len(),
+            Body::Json(value) => {
+                let mut counter = Counter(0);
+                serde_json::to_writer(&mut counter, value).expect("JSON values always serialize");
+                counter.0 + 1
+            }
+        }
+    }
+
+    fn write_to(&self, writer: &mut dyn Write) -> io::Result<()> {
+        match self {
+            Body::Bytes(bytes) => writer.write_all(bytes),
+            Body::Json(value) => {
+                let mut buffered = io::BufWriter::with_capacity(64 * 1024, writer);
+                serde_json::to_writer(&mut buffered, value).map_err(io::Error::from)?;
+                buffered.write_all(b"\n")?;
+                buffered.flush()
+            }
+        }
+    }
+}
+
+/// A writer that only counts.
+struct Counter(usize);
+
+impl Write for Counter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Answer<'_> {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(160 + self.body.len());
+    /// The status line and headers.
+    fn head_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160);
         out.extend_from_slice(
             format!(
                 "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
@@ -744,14 +793,21 @@ impl Answer<'_> {
             out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        if !self.head_only {
-            out.extend_from_slice(self.body);
-        }
+        out
+    }
+
+    /// The whole answer as bytes (tests).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_to(&mut out).expect("writes to a Vec succeed");
         out
     }
 
     pub fn write_to(&self, writer: &mut dyn Write) -> io::Result<()> {
-        writer.write_all(&self.to_bytes())?;
+        writer.write_all(&self.head_bytes())?;
+        if !self.head_only {
+            self.body.write_to(writer)?;
+        }
         writer.flush()
     }
 }
@@ -1009,7 +1065,7 @@ mod tests {
             status: 405,
             content_type: "application/json",
             headers: &headers,
-            body: b"{}\n",
+            body: Body::Bytes(b"{}\n"),
             head_only: false,
             close: true,
             keep_alive_10: false,
@@ -1030,5 +1086,16 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
               Content-Length: 3\r\nAllow: GET\r\n\r\n"
         );
+        // A JSON body: the length said is the length written, newline included.
+        let value = serde_json::json!({"data": "\u{1}é", "success": true});
+        let json = Answer {
+            body: Body::Json(&value),
+            ..answer
+        };
+        let expected: &[u8] =
+            b"HTTP/1.1 405 Method Not Allowed\r\nContent-Type: application/json\r\n\
+              Content-Length: 35\r\nAllow: GET\r\nConnection: close\r\n\r\n\
+              {\"data\":\"\\u0001\xc3\xa9\",\"success\":true}\n";
+        assert_eq!(json.to_bytes(), expected);
     }
 }

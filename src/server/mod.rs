@@ -36,7 +36,7 @@ use crate::engine::Docker;
 use crate::exec::Cancel;
 use crate::history::History;
 
-use self::http::{Answer, BodyError, Connection, Framing, Head, HeadError, Limits};
+use self::http::{Answer, Body, BodyError, Connection, Framing, Head, HeadError, Limits};
 use self::request::Request;
 use self::response::{ApiError, Reply};
 use self::routes::Route;
@@ -434,8 +434,7 @@ fn refuse(stream: TcpStream, linger: Duration) {
     let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
     let mut connection = Connection::new(stream);
     let reply = ApiError::TooManyConnections.reply();
-    let bytes = reply.bytes();
-    let _ = answer_of(&reply, &bytes, false, true).write_to(&mut connection.stream);
+    let _ = answer_of(&reply, false, true).write_to(&mut connection.stream);
     connection.linger_close(linger);
 }
 
@@ -763,9 +762,8 @@ fn finish_early(
     started: Instant,
 ) {
     let reply = error.reply();
-    let bytes = reply.bytes();
     let head_only = head.is_some_and(|head| head.method == "HEAD");
-    let _ = answer_of(&reply, &bytes, head_only, true).write_to(&mut connection.stream);
+    let _ = answer_of(&reply, head_only, true).write_to(&mut connection.stream);
     match head {
         Some(head) => log_request(head, reply.status, started),
         None => log::info!("- - {} (bad request head)", reply.status),
@@ -779,18 +777,17 @@ fn write_reply(
     reply: &Reply,
     close: bool,
 ) -> std::io::Result<()> {
-    let bytes = reply.bytes();
-    let mut answer = answer_of(reply, &bytes, head.method == "HEAD", close);
+    let mut answer = answer_of(reply, head.method == "HEAD", close);
     answer.keep_alive_10 = head.http10 && !close;
     answer.write_to(&mut connection.stream)
 }
 
-fn answer_of<'a>(reply: &'a Reply, bytes: &'a [u8], head_only: bool, close: bool) -> Answer<'a> {
+fn answer_of(reply: &Reply, head_only: bool, close: bool) -> Answer<'_> {
     Answer {
         status: reply.status,
         content_type: "application/json",
         headers: &reply.headers,
-        body: bytes,
+        body: Body::Json(&reply.body),
         head_only,
         close,
         keep_alive_10: false,

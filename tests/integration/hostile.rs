@@ -287,11 +287,22 @@ fn slow_clients_cannot_starve_the_server() {
         for stream in &mut slow {
             stream.write_all(&request[round..round + 1]).unwrap();
         }
-        let started = Instant::now();
-        assert!(health_ok(&server));
-        let took = started.elapsed();
-        assert!(took < Duration::from_millis(100), "health took {took:?}");
-        std::thread::sleep(Duration::from_millis(1000).saturating_sub(took));
+        // The median of three, so that one scheduling hiccup of this shared 2-core
+        // machine is not taken for starvation.
+        let round_started = Instant::now();
+        let mut times: Vec<Duration> = (0..3)
+            .map(|_| {
+                let started = Instant::now();
+                assert!(health_ok(&server));
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        assert!(
+            times[1] < Duration::from_millis(100),
+            "health took {times:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1000).saturating_sub(round_started.elapsed()));
     }
     let (status, body) = server.post("/run", r#"{"command":["echo","still here"]}"#);
     assert_eq!(status, 200, "{body}");
