@@ -753,6 +753,56 @@ impl Body<'_> {
     }
 }
 
+/// A writer to a client that must keep taking bytes: past `grace`, at least
+/// `MIN_WRITE_RATE` bytes a second on average, else the write fails (`TimedOut`). A
+/// client reading a large answer slowly cannot hold its memory for long.
+pub struct PacedWriter<'a> {
+    inner: &'a mut dyn Write,
+    started: Instant,
+    grace: Duration,
+    written: u64,
+}
+
+/// The slowest a client may take an answer, on average, once the grace is over.
+pub const MIN_WRITE_RATE: u64 = 128 * 1024;
+
+impl<'a> PacedWriter<'a> {
+    pub fn new(inner: &'a mut dyn Write, grace: Duration) -> PacedWriter<'a> {
+        PacedWriter {
+            inner,
+            started: Instant::now(),
+            grace,
+            written: 0,
+        }
+    }
+
+    fn check(&self) -> io::Result<()> {
+        let allowed =
+            self.grace + Duration::from_secs_f64(self.written as f64 / MIN_WRITE_RATE as f64);
+        if self.started.elapsed() > allowed {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client takes the answer too slowly",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Write for PacedWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.check()?;
+        let count = self.inner.write(bytes)?;
+        self.written += count as u64;
+        Ok(count)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.check()?;
+        self.inner.flush()
+    }
+}
+
 /// A writer that only counts.
 struct Counter(usize);
 
@@ -1056,6 +1106,20 @@ mod tests {
         assert_eq!(decoder.feed(b"2 ;x=1\r\nab\r\n0\r\nX: y\r\n\r\n"), Ok(23));
         assert!(decoder.is_done());
         assert_eq!(decoder.body, b"ab");
+    }
+
+    #[test]
+    fn a_paced_writer_holds_its_client_to_the_minimum_rate() {
+        let mut sink = Vec::new();
+        let mut writer = PacedWriter::new(&mut sink, Duration::from_millis(100));
+        // Within the grace, anything goes; each byte written buys 1/MIN_WRITE_RATE s.
+        writer.write_all(&[0; 13_107]).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        writer.write_all(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let error = writer.write_all(b"y").unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(sink.len(), 13_108);
     }
 
     #[test]

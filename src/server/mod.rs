@@ -36,7 +36,9 @@ use crate::engine::Docker;
 use crate::exec::Cancel;
 use crate::history::History;
 
-use self::http::{Answer, Body, BodyError, Connection, Framing, Head, HeadError, Limits};
+use self::http::{
+    Answer, Body, BodyError, Connection, Framing, Head, HeadError, Limits, PacedWriter,
+};
 use self::request::Request;
 use self::response::{ApiError, Reply};
 use self::routes::Route;
@@ -779,7 +781,17 @@ fn write_reply(
 ) -> std::io::Result<()> {
     let mut answer = answer_of(reply, head.method == "HEAD", close);
     answer.keep_alive_10 = head.http10 && !close;
-    answer.write_to(&mut connection.stream)
+    let grace = grace_of(&connection.stream);
+    answer.write_to(&mut PacedWriter::new(&mut connection.stream, grace))
+}
+
+/// The grace before an answer's pace is held: the connection's write timeout.
+fn grace_of(stream: &TcpStream) -> Duration {
+    stream
+        .write_timeout()
+        .ok()
+        .flatten()
+        .unwrap_or(Duration::from_secs(30))
 }
 
 fn answer_of(reply: &Reply, head_only: bool, close: bool) -> Answer<'_> {
