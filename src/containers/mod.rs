@@ -8,3 +8,4 @@ pub mod launcher;
 pub mod pool;
 pub mod profile;
 pub mod sweep;
+pub mod watch;

@@ -87,6 +87,9 @@ pub fn get_health(context: &Context) -> Result<Reply, ApiError> {
         "open": edge.connections.load(SeqCst),
         "max": edge.max_connections.load(SeqCst),
     });
+    // Liveness is the 200; readiness is whether the engine answers (never asked here:
+    // a frozen engine must not hold up the answer).
+    reply.body["engine"] = json!(if context.engine.is_up() { "up" } else { "down" });
     Ok(reply)
 }
 
