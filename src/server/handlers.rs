@@ -178,7 +178,8 @@ pub fn post_sandbox_exec(
         name,
         &spec,
         &mut Cancellable(cancel),
-    )?;
+    )
+    .map_err(|error| error.unless_engine_down(&context.docker))?;
     context.history.exec(name, &spec.argv, &result);
     Ok(Reply::ok(command_data(&result)))
 }
