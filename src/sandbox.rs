@@ -203,6 +203,7 @@ pub fn create(
         auto_remove: false,
         // Running until stopped through us: the engine starts it again after a crash.
         restart_always: true,
+        stop_timeout_seconds: None,
         host: request.profile.host_settings(request.limits, "/", mounts),
     };
     // The idle stub is the sandbox's init: it reaps orphans and handles SIGTERM.

@@ -125,6 +125,10 @@ pub fn launch(
         open_stdin,
         auto_remove: open_stdin,
         restart_always: false,
+        // As init, the stub ignores SIGTERM (the command must not be able to end it):
+        // an engine that stops or restarts would wait the default 10 s for each
+        // temporary container. They hold nothing worth a grace period.
+        stop_timeout_seconds: Some(1),
         host: profile.host_settings(
             profile.default_limits(),
             workdir.unwrap_or("/"),

@@ -57,6 +57,9 @@ pub struct ContainerSpec {
     /// Restart policy `always` (else `no`): the engine starts the container again when
     /// it comes back after a crash or a reboot (see `container_set_restart`).
     pub restart_always: bool,
+    /// Seconds between SIGTERM and SIGKILL when the engine stops the container (at its
+    /// own shutdown, or when it restarts after a crash); the engine's default if `None`.
+    pub stop_timeout_seconds: Option<u32>,
     pub host: HostSettings,
 }
 
@@ -798,6 +801,9 @@ fn create_body(spec: &ContainerSpec) -> Value {
     if let Some(user) = &spec.user {
         body["User"] = json!(user);
     }
+    if let Some(seconds) = spec.stop_timeout_seconds {
+        body["StopTimeout"] = json!(seconds);
+    }
     body
 }
 
@@ -895,14 +901,17 @@ mod tests {
             },
             ..ContainerSpec::default()
         };
+        assert!(body.get("StopTimeout").is_none());
         let always = ContainerSpec {
             restart_always: true,
+            stop_timeout_seconds: Some(1),
             ..ContainerSpec::default()
         };
         assert_eq!(
             create_body(&always)["HostConfig"]["RestartPolicy"],
             json!({"Name": "always"})
         );
+        assert_eq!(create_body(&always)["StopTimeout"], json!(1));
         assert_eq!(
             create_body(&spec)["HostConfig"]["Mounts"],
             json!([{"Type": "bind", "Source": "/opt/a:b,c", "Target": "/.x/y", "ReadOnly": true}])
