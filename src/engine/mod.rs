@@ -340,10 +340,10 @@ impl Docker {
         Ok(self.prefix()?.trim_start_matches("/v").to_string())
     }
 
-    /// Asks the engine, now, whether it answers: an unversioned `/_ping` on a fresh
-    /// connection that must answer within `timeout` (unlike `ping`, which trusts an
-    /// earlier negotiation). A frozen engine accepts the connection and never answers;
-    /// that is a timeout here, said in words that name the socket.
+    /// Asks the engine, now, whether it answers: an unversioned `HEAD /_ping` (no body
+    /// to read) on a fresh connection that must answer within `timeout` (unlike `ping`,
+    /// which trusts an earlier negotiation). A frozen engine accepts the connection and
+    /// never answers; that is a timeout here, said in words that name the socket.
     pub fn probe(&self, timeout: Duration) -> Result<()> {
         let mut stream = self.connect(Some(timeout))?;
         let io_error = |source: io::Error| {
@@ -363,14 +363,14 @@ impl Docker {
                 source
             };
             DockerError::Io {
-                operation: "GET /_ping".into(),
+                operation: "HEAD /_ping".into(),
                 source,
             }
         };
         stream.set_write_timeout(Some(timeout)).map_err(io_error)?;
         write_request(
             &mut stream,
-            "GET",
+            "HEAD",
             "/_ping",
             &[("Connection", "close")],
             None,
