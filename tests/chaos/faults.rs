@@ -201,6 +201,12 @@ fn a_killed_engine_is_a_503_and_everything_comes_back() {
     });
     let killed_at = killed_at.into_inner().unwrap().unwrap();
     let outcomes = outcomes.into_inner().unwrap();
+    assert!(
+        server
+            .wait_for_log("Docker Engine not answering", Duration::from_secs(1))
+            .is_some(),
+        "the log does not say the engine went away"
+    );
 
     let mut in_flight_503 = BTreeMap::<&str, usize>::new();
     for outcome in outcomes.iter().filter(|o| o.what != "health") {
@@ -248,6 +254,12 @@ fn a_killed_engine_is_a_503_and_everything_comes_back() {
     let restart_took = engine.start_again();
     assert!(restart_took < Duration::from_secs(8), "{restart_took:?}");
     let back = Instant::now();
+    assert!(
+        server
+            .wait_for_log("answers again", Duration::from_secs(3))
+            .is_some(),
+        "the log does not say the engine is back"
+    );
     // The pool is renewed by itself (no run has taken the dead containers out yet).
     let created_before_kill = created_before_kill.into_inner().unwrap();
     assert!(
@@ -414,12 +426,19 @@ fn leave_container(engine: &PrivateEngine, namespace: &str, kind: Kind, sandbox:
     engine.docker().container_create(&spec).unwrap();
 }
 
+/// Lets the engine's clock (whole seconds in container lists) pass a second, so that a
+/// server started next is younger than the containers left so far.
+fn let_a_second_pass() {
+    std::thread::sleep(Duration::from_millis(1100));
+}
+
 #[test]
 fn a_server_started_before_its_engine_serves_once_the_engine_appears() {
     let mut engine = PrivateEngine::start();
     let namespace = fresh_namespace();
     leave_container(&engine, &namespace, Kind::Run, None);
     leave_container(&engine, &namespace, Kind::Sandbox, Some("old"));
+    let_a_second_pass();
     engine.stop();
 
     // It starts, and says the engine is down.
@@ -439,6 +458,9 @@ fn a_server_started_before_its_engine_serves_once_the_engine_appears() {
     );
     // The start-up sweep it skipped ran: the crashed server's run container is gone,
     // the sandbox is kept.
+    assert!(server
+        .wait_for_log("answers again", Duration::from_secs(5))
+        .is_some());
     assert!(
         server
             .wait_for_log(
@@ -455,6 +477,50 @@ fn a_server_started_before_its_engine_serves_once_the_engine_appears() {
     );
     assert!(server.terminate().success());
     only_sandboxes_left(&engine, &["old"]);
+}
+
+#[test]
+fn the_deferred_sweep_spares_what_the_server_made_since_it_started() {
+    let engine = PrivateEngine::start();
+    let namespace = fresh_namespace();
+    leave_container(&engine, &namespace, Kind::Run, None);
+    let_a_second_pass();
+    // Only the server's watch finds the engine silent: the start-up sweep waits, while
+    // requests are served and make containers of their own.
+    let link = Link::start(&engine.socket(), engine.dir.join("link.sock"));
+    link.refuse(Some("HEAD /_ping"));
+    let mut server = serve(&link.docker_host(), Some(namespace), &[]);
+    assert_eq!(engine_field(&server), "down");
+    let url = server.url("/run");
+    let runs = || {
+        engine
+            .containers()
+            .iter()
+            .filter(|(_, _, kind)| kind == "run")
+            .count()
+    };
+    let outcome = std::thread::scope(|scope| {
+        let run = scope.spawn(|| {
+            let body = r#"{"command":["sh","-c","sleep 3; echo survived"],"fast":false}"#;
+            timed("run", "POST", &url, Some(body))
+        });
+        assert!(eventually(Duration::from_secs(5), || runs() == 2));
+        link.refuse(None);
+        assert!(
+            server
+                .wait_for_log(
+                    "sweep: removed 1 temporary containers",
+                    Duration::from_secs(5)
+                )
+                .is_some(),
+            "no start-up sweep once the engine answered"
+        );
+        run.join().unwrap()
+    });
+    assert_eq!(outcome.status, 200, "{outcome:?}");
+    assert_eq!(outcome.body["data"]["stdout"], "survived\n", "{outcome:?}");
+    assert!(server.terminate().success());
+    only_sandboxes_left(&engine, &[]);
 }
 
 #[test]

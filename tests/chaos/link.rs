@@ -1,8 +1,10 @@
 //! A unix socket in front of an engine that forwards every connection, and can cut the
 //! engine off: by hand (`set_down`), or right after it has answered a request whose
-//! request line contains a trigger (`cut_after`). Cut off, it closes new connections
-//! unanswered, which the server sees as an engine that went away. It makes the one
-//! fault a real engine cannot be timed to show: dying between two calls of a request.
+//! request line contains a trigger (`cut_after`); it can also refuse only the requests
+//! whose line contains some text (`refuse`). Cut off, it closes new connections
+//! unanswered, which the server sees as an engine that went away. It makes the faults
+//! a real engine cannot be timed to show: dying between two calls of a request, or
+//! seeming down to the server's watch alone.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -14,6 +16,7 @@ pub struct Link {
     pub path: PathBuf,
     down: Arc<AtomicBool>,
     trigger: Arc<Mutex<Option<String>>>,
+    refused: Arc<Mutex<Option<String>>>,
 }
 
 impl Link {
@@ -22,8 +25,13 @@ impl Link {
         let listener = UnixListener::bind(&path).expect("bind the link's socket");
         let down = Arc::new(AtomicBool::new(false));
         let trigger: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let refused: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
         let engine = engine.to_path_buf();
-        let (flag, cut) = (Arc::clone(&down), Arc::clone(&trigger));
+        let (flag, cut, refuse) = (
+            Arc::clone(&down),
+            Arc::clone(&trigger),
+            Arc::clone(&refused),
+        );
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { break };
@@ -31,14 +39,17 @@ impl Link {
                     drop(client);
                     continue;
                 }
-                let (engine, flag, cut) = (engine.clone(), Arc::clone(&flag), Arc::clone(&cut));
-                std::thread::spawn(move || forward(client, &engine, &flag, &cut));
+                let engine = engine.clone();
+                let (flag, cut, refuse) =
+                    (Arc::clone(&flag), Arc::clone(&cut), Arc::clone(&refuse));
+                std::thread::spawn(move || forward(client, &engine, &flag, &cut, &refuse));
             }
         });
         Link {
             path,
             down,
             trigger,
+            refused,
         }
     }
 
@@ -52,6 +63,12 @@ impl Link {
 
     pub fn is_down(&self) -> bool {
         self.down.load(Ordering::SeqCst)
+    }
+
+    /// Closes unanswered every connection whose request line contains `needle` (none
+    /// with `None`).
+    pub fn refuse(&self, needle: Option<&str>) {
+        *self.refused.lock().unwrap() = needle.map(str::to_string);
     }
 
     /// Cuts the engine off once it has answered a request whose line contains `needle`.
@@ -71,6 +88,7 @@ fn forward(
     engine: &Path,
     down: &AtomicBool,
     trigger: &Mutex<Option<String>>,
+    refused: &Mutex<Option<String>>,
 ) {
     let Ok(mut upstream) = UnixStream::connect(engine) else {
         return;
@@ -86,6 +104,14 @@ fn forward(
         .next()
         .unwrap_or_default()
         .to_string();
+    let refuse = refused
+        .lock()
+        .unwrap()
+        .as_deref()
+        .is_some_and(|needle| line.contains(needle));
+    if refuse {
+        return;
+    }
     let pulls = trigger
         .lock()
         .unwrap()
