@@ -5,6 +5,12 @@
 //! The start-up sweep waits for the engine when it is down at start (`engine-watch`
 //! runs it once the engine answers), and then removes only containers created before
 //! this server started: by then its own runs and pool may have containers of their own.
+//!
+//! A container the engine lost is passed over: Docker 20.10, restarting after a crash,
+//! may race its own removal of `AutoRemove` containers and go on listing one as `dead`
+//! while inspect and removal answer 404 (until its next restart). Such a container
+//! holds nothing and cannot be removed; waiting for it to go would only hold up the
+//! sweep.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +24,7 @@ use crate::engine::{ContainerSummary, Docker};
 pub fn remove_temporary(docker: &Docker, config: &Config, created_before: Option<i64>) -> usize {
     let is_swept = |container: &ContainerSummary| {
         created_before.is_none_or(|before| container.created < before)
+            && !lost_by_engine(docker, container)
     };
     let mut removed = 0;
     for kind in [Kind::Run, Kind::Pool] {
@@ -56,4 +63,12 @@ pub fn remove_temporary(docker: &Docker, config: &Config, created_before: Option
         std::thread::sleep(Duration::from_millis(100));
     }
     removed
+}
+
+/// Whether the engine lists a container it no longer knows: `dead`, and not found.
+pub fn lost_by_engine(docker: &Docker, container: &ContainerSummary) -> bool {
+    container.state == "dead"
+        && docker
+            .container_inspect(&container.id)
+            .is_err_and(|error| error.is_not_found())
 }
