@@ -168,16 +168,18 @@ impl PrivateEngine {
     }
 
     /// `kill -9` of the daemon and its containerd, as a crash: the shims and the
-    /// containers outlive them.
-    pub fn kill(&mut self) {
+    /// containers outlive them. Returns when the daemon was killed.
+    pub fn kill(&mut self) -> Instant {
         let mut child = self.daemon.take().expect("the daemon runs");
         let containerd = children_of(child.id());
+        let killed_at = Instant::now();
         signal(child.id(), "KILL");
         for pid in containerd {
             signal(pid, "KILL");
         }
         let _ = child.wait();
         self.frozen = false;
+        killed_at
     }
 
     /// `kill -STOP`: the daemon accepts connections and answers nothing.
@@ -369,11 +371,20 @@ fn run_checked(program: &str, args: &[&str]) {
     );
 }
 
+/// Sends `KILL`, `STOP`, `CONT` or `TERM` to `pid` at once (no `kill` process to wait
+/// for: the tests time what happens next).
 pub fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
+    use rustix::process::{kill_process, Pid, Signal};
+    let signal = match name {
+        "KILL" => Signal::KILL,
+        "STOP" => Signal::STOP,
+        "CONT" => Signal::CONT,
+        "TERM" => Signal::TERM,
+        other => panic!("no signal {other} here"),
+    };
+    if let Some(pid) = Pid::from_raw(pid as i32) {
+        let _ = kill_process(pid, signal);
+    }
 }
 
 /// The processes whose parent is `parent`.
