@@ -384,8 +384,9 @@ fn a_frozen_engine_bounds_every_request_and_work_resumes() {
             let body = r#"{"command":["echo","cold"],"fast":false}"#;
             timed("cold run", "POST", &run_url, Some(body))
         });
+        // The watch has given up on the engine by then (a 2 s probe, every 500 ms).
         let health = scope.spawn(|| {
-            std::thread::sleep(Duration::from_secs(3));
+            std::thread::sleep(Duration::from_secs(4));
             timed("health", "GET", &health_url, None)
         });
         std::thread::sleep(frozen_for);
