@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::engine::DockerError;
+use crate::engine::{Docker, DockerError, PROBE_TIMEOUT};
 
 #[derive(Debug)]
 pub enum Error {
@@ -103,6 +103,25 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl Error {
+    /// A run whose connection to its container broke off, or brought no result in time,
+    /// because the engine itself died or froze is the engine's failure (503, naming it),
+    /// not a lost run: asks the engine, and answers with its error when it does not
+    /// answer. Any other error, or a run lost with the engine answering, is unchanged.
+    pub fn unless_engine_down(self, docker: &Docker) -> Error {
+        match self {
+            Error::RunLost(_) => match docker.probe(PROBE_TIMEOUT) {
+                Ok(()) => self,
+                Err(engine) => {
+                    log::warn!("a run broke off and the engine does not answer: {engine}");
+                    Error::Engine(engine)
+                }
+            },
+            other => other,
+        }
+    }
+}
 
 impl From<DockerError> for Error {
     fn from(error: DockerError) -> Error {

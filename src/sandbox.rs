@@ -201,6 +201,9 @@ pub fn create(
         user: request.profile.user().map(str::to_string),
         open_stdin: false,
         auto_remove: false,
+        // Running until stopped through us: the engine starts it again after a crash.
+        restart_always: true,
+        stop_timeout_seconds: None,
         host: request.profile.host_settings(request.limits, "/", mounts),
     };
     // The idle stub is the sandbox's init: it reaps orphans and handles SIGTERM.
@@ -226,12 +229,15 @@ pub fn create(
 
 pub fn start(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sandbox> {
     let inspect = inspect_ours(docker, config, name)?;
+    docker.container_set_restart(&inspect.id, true)?;
     docker.container_start(&inspect.id)?;
     get(docker, config, name)
 }
 
 pub fn stop(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sandbox> {
     let inspect = inspect_ours(docker, config, name)?;
+    // Stopped stays stopped, also after the engine restarts.
+    docker.container_set_restart(&inspect.id, false)?;
     docker.container_stop(&inspect.id, STOP_GRACE_SECONDS)?;
     get(docker, config, name)
 }

@@ -1,4 +1,5 @@
-//! `agentkernel serve`: signals, the engine check, the pool, then the server.
+//! `agentkernel serve`: signals, the engine check, the pool, then the server (which
+//! starts whether or not the engine answers).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -14,14 +15,13 @@ pub(super) fn serve(config: Config) -> i32 {
         }
     }
     let docker = crate::engine::Docker::new(config.docker_socket.clone(), config.docker_timeout);
-    match docker.ping() {
-        Ok(version) => {
-            log::info!(
-                "Docker Engine API {version} at {}",
-                docker.socket().display()
-            );
-        }
-        Err(error) => log::warn!("{error}; requests will answer 503 until it is reachable"),
+    // An engine that does not answer is the server's first look to report
+    // (`EngineWatch::first_look`): it serves anyway.
+    if let Ok(version) = docker.ping() {
+        log::info!(
+            "Docker Engine API {version} at {}",
+            docker.socket().display()
+        );
     }
     let launcher = crate::containers::launcher::Launcher::detect(config.stub);
     let pool =

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::config::PoolKey;
+use crate::containers::cleanup::Cleanup;
 use crate::containers::labels::{self, Kind};
 use crate::engine::{ContainerSpec, Docker};
 use crate::error::{Error, Result};
@@ -78,13 +79,12 @@ impl Warm {
 }
 
 /// Lets a used container go: closing the connection ends its stub (and so the
-/// container, which removes itself), and the explicit removal makes sure of it.
-pub(crate) fn remove_warm(docker: &Docker, warm: Warm) {
+/// container, which removes itself), and the explicit removal makes sure of it (or,
+/// when the engine cannot, is owed to `cleanup`).
+pub(crate) fn remove_warm(docker: &Docker, cleanup: &Cleanup, warm: Warm) {
     let id = warm.id.clone();
     drop(warm);
-    if let Err(error) = docker.container_remove(&id) {
-        log::warn!("could not remove container {id}: {error}");
-    }
+    cleanup.remove(docker, &id);
 }
 
 /// The command that keeps a sandbox alive: a shell loop that `docker-init` can stop
@@ -102,6 +102,7 @@ pub fn idle_command() -> Vec<String> {
 pub fn launch(
     docker: &Docker,
     config: &Config,
+    cleanup: &Cleanup,
     launcher: &Launcher,
     key: &PoolKey,
     kind: Kind,
@@ -123,6 +124,11 @@ pub fn launch(
         user: profile.user().map(str::to_string),
         open_stdin,
         auto_remove: open_stdin,
+        restart_always: false,
+        // As init, the stub ignores SIGTERM (the command must not be able to end it):
+        // an engine that stops or restarts would wait the default 10 s for each
+        // temporary container. They hold nothing worth a grace period.
+        stop_timeout_seconds: Some(1),
         host: profile.host_settings(
             profile.default_limits(),
             workdir.unwrap_or("/"),
@@ -159,9 +165,7 @@ pub fn launch(
     match attached {
         Ok(stream) => Ok(Warm { id, stream }),
         Err(error) => {
-            if let Err(cleanup) = docker.container_remove(&id) {
-                log::warn!("could not remove failed container {id}: {cleanup}");
-            }
+            cleanup.remove(docker, &id);
             Err(Error::Engine(error))
         }
     }

@@ -211,7 +211,7 @@ impl StubStream {
         loop {
             let left = backstop.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Ok(timeout_result(collected, started));
+                return Err(no_exit_record());
             }
             self.hijacked.set_read_timeout(Some(left))?;
             let record = match stub::read_record(self) {
@@ -222,7 +222,7 @@ impl StubStream {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    return Ok(timeout_result(collected, started));
+                    return Err(no_exit_record());
                 }
                 Err(error) => return Err(error),
             };
@@ -256,16 +256,17 @@ impl StubStream {
     }
 }
 
-fn timeout_result(collected: Collected, started: Instant) -> CommandResult {
-    CommandResult {
-        output: collected.output,
-        stdout: collected.stdout,
-        stderr: collected.stderr,
-        exit_code: None,
-        signal: None,
-        status: Status::Timeout,
-        duration: started.elapsed(),
-    }
+/// The stub kills the command at its deadline and reports it; no exit record by the
+/// backstop means the records are not coming (a frozen engine relays nothing): the
+/// result is unknown, never a `timeout` the stub did not report.
+fn no_exit_record() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "no exit record within {} s past the command's deadline",
+            BACKSTOP.as_secs()
+        ),
+    )
 }
 
 /// The honest status: timeout, then OOM, then signal, then truncation, else exited.

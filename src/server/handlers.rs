@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use serde_json::{json, Value};
 
 use crate::containers::labels::SandboxName;
+use crate::engine::DockerError;
 use crate::error::Error;
 use crate::exec::{Cancel, Cancellable, NoObserver};
 use crate::files::{self, SandboxPath};
@@ -87,6 +88,9 @@ pub fn get_health(context: &Context) -> Result<Reply, ApiError> {
         "open": edge.connections.load(SeqCst),
         "max": edge.max_connections.load(SeqCst),
     });
+    // Liveness is the 200; readiness is whether the engine answers (never asked here:
+    // a frozen engine must not hold up the answer).
+    reply.body["engine"] = json!(if context.engine.is_up() { "up" } else { "down" });
     Ok(reply)
 }
 
@@ -131,10 +135,21 @@ pub fn post_sandboxes(context: &Context, body: CreateBody) -> Result<Reply, ApiE
     let host = || Ok(context.docker.host_resources().map_err(Error::from)?);
     let request = body.validate(&context.config, &host)?;
     let create = |launcher| sandbox::create(&context.docker, &context.config, &launcher, &request);
+    let not_before = crate::containers::labels::rfc3339(std::time::SystemTime::now());
     let created = match create(context.pool.launcher()) {
         Err(error) if context.pool.stub_mount_failed(&error) => create(context.pool.launcher()),
         other => other,
-    }?;
+    };
+    // The engine went away during the create: it may have made the container all the
+    // same. The client is told the create failed, so once the engine is back, whatever
+    // this create made goes.
+    if let Err(Error::Engine(DockerError::Unreachable { .. } | DockerError::Io { .. })) = &created {
+        let container =
+            crate::containers::labels::container_name(&context.config.namespace, &request.name);
+        let cleanup = context.pool.cleanup();
+        cleanup.owe_failed_create(&context.config.namespace, &container, not_before);
+    }
+    let created = created?;
     context.history.event(&request.name, "created");
     Ok(Reply::created(sandbox_data(&created)))
 }
@@ -175,7 +190,8 @@ pub fn post_sandbox_exec(
         name,
         &spec,
         &mut Cancellable(cancel),
-    )?;
+    )
+    .map_err(|error| error.unless_engine_down(&context.docker))?;
     context.history.exec(name, &spec.argv, &result);
     Ok(Reply::ok(command_data(&result)))
 }

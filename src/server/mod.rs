@@ -32,6 +32,7 @@ use crossbeam_channel::{bounded, Receiver, RecvError, RecvTimeoutError, Sender, 
 
 use crate::config::Config;
 use crate::containers::pool::Pool;
+use crate::containers::watch::EngineWatch;
 use crate::engine::Docker;
 use crate::exec::Cancel;
 use crate::history::History;
@@ -51,6 +52,8 @@ pub struct Context {
     pub history: History,
     /// Counters of the HTTP edge, for `/health`.
     pub edge: EdgeStats,
+    /// Whether the engine answers, kept by the `engine-watch` thread (for `/health`).
+    pub engine: EngineWatch,
 }
 
 impl Context {
@@ -62,6 +65,7 @@ impl Context {
         );
         Context {
             edge: EdgeStats::default(),
+            engine: EngineWatch::new(),
             config,
             docker,
             pool,
@@ -177,8 +181,11 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     let listener =
         listen(&address).map_err(|error| format!("cannot listen on {address}: {error}"))?;
     // Only once the port is ours: a second server started by mistake on the same port
-    // must fail before it touches the first one's containers.
-    crate::containers::sweep::remove_temporary(&context.docker, &context.config);
+    // must fail before it touches the first one's containers. With the engine down,
+    // the start-up sweep waits for it (`engine-watch`).
+    context
+        .engine
+        .first_look(&context.docker, &context.config, &context.pool);
     let local = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -216,6 +223,20 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     let reaper = {
         let context = Arc::clone(&context);
         spawn("reaper", move || context.pool.reap_loop(&context.docker))?
+    };
+    let watch = {
+        let context = Arc::clone(&context);
+        let shutdown = Arc::clone(&shutdown);
+        spawn("engine-watch", move || {
+            let Context {
+                engine,
+                docker,
+                config,
+                pool,
+                ..
+            } = &*context;
+            engine.watch_loop(docker, config, pool, &shutdown)
+        })?
     };
 
     let (jobs, receiver) = bounded::<Job>(config.queue);
@@ -287,7 +308,8 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     let _ = refill.join();
     let _ = reaper.join();
     let _ = refuser.join();
-    crate::containers::sweep::remove_temporary(&context.docker, &context.config);
+    let _ = watch.join();
+    crate::containers::sweep::remove_temporary(&context.docker, &context.config, None);
     log::info!("stopped");
     Ok(())
 }
