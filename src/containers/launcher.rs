@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::config::Config;
 use crate::config::PoolKey;
 use crate::containers::labels::{self, Kind};
+use crate::containers::owner::Owner;
 use crate::engine::{ContainerSpec, Docker};
 use crate::error::{Error, Result};
 use crate::exec::stub::StubStream;
@@ -97,6 +98,18 @@ pub fn idle_command() -> Vec<String> {
     ]
 }
 
+/// The labels of a temporary container: ours, and marked with this process as owner.
+fn temporary_labels(
+    config: &Config,
+    kind: Kind,
+    image: &str,
+    profile: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let mut labels = labels::labels(&config.namespace, kind, image, profile, None);
+    labels.insert(labels::OWNER.to_string(), Owner::this().label());
+    labels
+}
+
 /// Creates, attaches and starts a temporary container for `key`. `workdir` is given on
 /// the cold path so that a read-only profile gets a writable workdir.
 pub fn launch(
@@ -115,7 +128,7 @@ pub fn launch(
     let mut spec = ContainerSpec {
         name: None,
         image: key.image.clone(),
-        labels: labels::labels(&config.namespace, kind, &key.image, profile.name(), None),
+        labels: temporary_labels(config, kind, &key.image, profile.name()),
         entrypoint: Some(entrypoint),
         cmd: None,
         env: Vec::new(),

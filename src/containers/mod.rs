@@ -1,8 +1,10 @@
 //! What our containers are: profiles (the isolation settings), labels and names, the
-//! warm pool with its launcher and reaper, and the sweep of what a crash left behind.
+//! warm pool with its launcher and reaper, the owners of temporary containers and the
+//! sweep of what a crash left behind.
 
 pub mod labels;
 pub mod launcher;
+pub mod owner;
 pub mod pool;
 pub mod profile;
 pub mod sweep;

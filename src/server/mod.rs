@@ -176,6 +176,9 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     let address = format!("{}:{}", config.host, config.port);
     let listener =
         listen(&address).map_err(|error| format!("cannot listen on {address}: {error}"))?;
+    // Our lease, held until we return (and by the kernel until this process ends): how
+    // other processes of the namespace tell that our containers' owner still runs.
+    let _lease = take_lease(config);
     // Only once the port is ours: a second server started by mistake on the same port
     // must fail before it touches the first one's containers.
     crate::containers::sweep::remove_temporary(&context.docker, &context.config);
@@ -290,6 +293,21 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     crate::containers::sweep::remove_temporary(&context.docker, &context.config);
     log::info!("stopped");
     Ok(())
+}
+
+/// This server's owner lease under the data dir (none without one: then our containers'
+/// owner is judged by its process alone).
+fn take_lease(config: &Config) -> Option<crate::containers::owner::Lease> {
+    use crate::containers::owner::{leases_dir, Lease};
+    let dir = leases_dir(config.data_dir.as_ref()?, config.namespace.as_str());
+    Lease::take(&dir)
+        .inspect_err(|error| {
+            log::warn!(
+                "cannot take an owner lease under {}: {error}",
+                dir.display()
+            )
+        })
+        .ok()
 }
 
 fn spawn<F: FnOnce() + Send + 'static>(

@@ -62,6 +62,47 @@ pub fn containers_of(namespace: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A temporary (run or pool) container, with its owner label.
+#[derive(Debug, Clone)]
+pub struct Temporary {
+    pub id: String,
+    pub owner: Option<String>,
+}
+
+impl Temporary {
+    /// The PID of the process that made it (the owner label starts with it).
+    pub fn owner_pid(&self) -> Option<u32> {
+        self.owner.as_deref()?.split('.').next()?.parse().ok()
+    }
+}
+
+/// The temporary containers of a namespace.
+pub fn temporary_containers(namespace: &str) -> Vec<Temporary> {
+    let namespace = Namespace::parse(namespace).unwrap();
+    docker()
+        .container_list(&labels::filters(&namespace, None))
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| {
+            let labels = c.labels.unwrap_or_default();
+            let kind = labels.get(labels::KIND).map(String::as_str);
+            matches!(kind, Some("run" | "pool")).then(|| Temporary {
+                id: c.id,
+                owner: labels.get(labels::OWNER).cloned(),
+            })
+        })
+        .collect()
+}
+
+/// The ids of the temporary containers `pid` made.
+pub fn containers_owned_by(namespace: &str, pid: u32) -> Vec<String> {
+    temporary_containers(namespace)
+        .into_iter()
+        .filter(|c| c.owner_pid() == Some(pid))
+        .map(|c| c.id)
+        .collect()
+}
+
 pub fn remove_namespace(namespace: &str) {
     let docker = docker();
     for (id, _) in containers_of(namespace) {

@@ -5,10 +5,14 @@ use std::time::Duration;
 
 use agentkernel::config::Namespace;
 use agentkernel::containers::labels::{self, Kind, SandboxName};
+use agentkernel::containers::owner::Owner;
 use agentkernel::engine::ContainerSpec;
 use serde_json::json;
 
-use crate::harness::{containers_of, docker, fresh_namespace, image, Options, Server};
+use crate::harness::{
+    containers_of, containers_owned_by, data_dir, docker, eventually, fresh_namespace, image,
+    remove_namespace, request_url, temporary_containers, Options, Server,
+};
 
 fn status_of(server: &Server, name: &str) -> String {
     let (status, body) = server.get(&format!("/sandboxes/{name}"));
@@ -77,16 +81,26 @@ fn a_crashed_server_is_also_found_again() {
     second.finish();
 }
 
-/// Creates a container labelled as ours, as a crashed server would have left it.
-fn leave_container(namespace: &str, kind: Kind, sandbox: Option<&str>) -> String {
+/// Creates a container labelled as ours, as a crashed server would have left it, with
+/// `owner` as its owner label (`None`: made by a build from before owners were marked).
+fn leave_container(
+    namespace: &str,
+    kind: Kind,
+    sandbox: Option<&str>,
+    owner: Option<&str>,
+) -> String {
     let namespace = Namespace::parse(namespace).unwrap();
     let sandbox = sandbox.map(|s| SandboxName::parse(s).unwrap());
+    let mut labels = labels::labels(&namespace, kind, &image(), "moderate", sandbox.as_ref());
+    if let Some(owner) = owner {
+        labels.insert(labels::OWNER.to_string(), owner.to_string());
+    }
     let spec = ContainerSpec {
         name: sandbox
             .as_ref()
             .map(|s| labels::container_name(&namespace, s)),
         image: image(),
-        labels: labels::labels(&namespace, kind, &image(), "moderate", sandbox.as_ref()),
+        labels,
         entrypoint: Some(vec!["sleep".into(), "600".into()]),
         ..ContainerSpec::default()
     };
@@ -96,25 +110,43 @@ fn leave_container(namespace: &str, kind: Kind, sandbox: Option<&str>) -> String
     id
 }
 
+/// The owner label of a process that has ended: this test process's, with the PID of
+/// a child that has exited and been reaped.
+fn gone_owner() -> String {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    child.wait().unwrap();
+    let me = Owner::this().label();
+    let (_, rest) = me.split_once('.').unwrap();
+    format!("{}.{rest}", child.id())
+}
+
 #[test]
-fn startup_sweep_removes_temporary_containers_and_keeps_sandboxes() {
+fn startup_sweep_removes_leftovers_and_keeps_sandboxes_and_live_owners() {
     let namespace = fresh_namespace();
-    let run = leave_container(&namespace, Kind::Run, None);
-    let pool = leave_container(&namespace, Kind::Pool, None);
-    let sandbox = leave_container(&namespace, Kind::Sandbox, Some("kept"));
+    let legacy = leave_container(&namespace, Kind::Run, None, None);
+    let pool = leave_container(&namespace, Kind::Pool, None, Some(&gone_owner()));
+    let run = leave_container(&namespace, Kind::Run, None, Some(&gone_owner()));
+    // This test process runs: its containers are not the server's to remove.
+    let alive = leave_container(&namespace, Kind::Run, None, Some(&Owner::this().label()));
+    let sandbox = leave_container(&namespace, Kind::Sandbox, Some("kept"), None);
     let other_namespace = fresh_namespace();
-    let foreign = leave_container(&other_namespace, Kind::Run, None);
+    let foreign = leave_container(&other_namespace, Kind::Run, None, None);
 
     let server = Server::start_with(Options {
         namespace: Some(namespace.clone()),
         ..Options::default()
     });
-    let left: Vec<String> = containers_of(&namespace)
+    let mut left: Vec<String> = containers_of(&namespace)
         .into_iter()
         .map(|(id, _)| id)
         .collect();
-    assert_eq!(left, vec![sandbox.clone()]);
-    assert!(!left.contains(&run) && !left.contains(&pool));
+    left.sort();
+    let mut expected = vec![sandbox.clone(), alive.clone()];
+    expected.sort();
+    assert_eq!(left, expected);
+    for swept in [&legacy, &pool, &run] {
+        assert!(!left.contains(swept));
+    }
     assert_eq!(
         containers_of(&other_namespace).len(),
         1,
@@ -123,7 +155,152 @@ fn startup_sweep_removes_temporary_containers_and_keeps_sandboxes() {
     assert_eq!(status_of(&server, "kept"), "running");
     assert_eq!(server.delete("/sandboxes/kept").0, 200);
     docker().container_remove(&foreign).unwrap();
+    docker().container_remove(&alive).unwrap();
     server.finish();
+}
+
+fn pool_ready(server: &Server) -> u64 {
+    server.get("/pool").1["data"]["keys"][0]["ready"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn server_in(namespace: &str, args: &[&str]) -> Server {
+    let mut server = Server::start_with(Options {
+        namespace: Some(namespace.to_string()),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        ..Options::default()
+    });
+    // The namespace is shared: the test cleans it up once, at its end.
+    server.cleanup = false;
+    server
+}
+
+/// Empties a namespace when dropped, also when the test fails.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        remove_namespace(&self.0);
+    }
+}
+
+#[test]
+fn restarting_one_server_spares_another_servers_pool_and_runs_and_a_cli_run() {
+    let namespace = fresh_namespace();
+    let _cleanup = Cleanup(namespace.clone());
+    let mut first = server_in(&namespace, &["--pool-size", "2"]);
+    let mut second = server_in(&namespace, &["--pool-size", "2"]);
+    assert!(eventually(Duration::from_secs(30), || pool_ready(&first)
+        == 2
+        && pool_ready(&second) == 2));
+    let second_pool = containers_owned_by(&namespace, second.pid());
+    assert_eq!(second_pool.len(), 2);
+
+    // In flight while the first server stops and starts again: a run on the second
+    // server, and a local CLI run in the same namespace.
+    let url = second.url("/run");
+    let in_flight = std::thread::spawn(move || {
+        request_url(
+            "POST",
+            &url,
+            Some(r#"{"command":["sh","-c","sleep 6; echo done"],"fast":false}"#),
+            &[],
+        )
+    });
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_agentkernel"))
+        .args(["run", "--", "sh", "-c", "sleep 6; echo cli"])
+        .env("AGENTKERNEL_NAMESPACE", &namespace)
+        .env("AGENTKERNEL_DEFAULT_IMAGE", image())
+        .env("AGENTKERNEL_DATA_DIR", data_dir())
+        .env_remove("AGENTKERNEL_URL")
+        .env_remove("AGENTKERNEL_API_KEY")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            containers_owned_by(&namespace, cli.id()).len() == 1
+                && containers_owned_by(&namespace, second.pid()).len() == 3
+        }),
+        "{:?}",
+        temporary_containers(&namespace)
+    );
+    let spared: Vec<String> = temporary_containers(&namespace)
+        .into_iter()
+        .filter(|c| c.owner_pid() != Some(first.pid()))
+        .map(|c| c.id)
+        .collect();
+
+    assert!(first.terminate().success());
+    let restarted = server_in(&namespace, &["--pool-size", "2"]);
+    assert!(eventually(Duration::from_secs(30), || pool_ready(
+        &restarted
+    ) == 2));
+
+    let now: Vec<String> = temporary_containers(&namespace)
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    for id in &spared {
+        assert!(now.contains(id), "{id} was removed; left: {now:?}");
+    }
+    let (status, answer) = in_flight.join().unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["data"]["stdout"], json!("done\n"), "{answer}");
+    let output = cli.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "cli\n");
+    // The second server's pool was never touched: still its two, ready.
+    assert_eq!(pool_ready(&second), 2);
+    for id in &second_pool {
+        assert!(temporary_containers(&namespace).iter().any(|c| &c.id == id));
+    }
+    let mut restarted = restarted;
+    assert!(restarted.terminate().success());
+    assert!(second.terminate().success());
+    assert!(
+        eventually(Duration::from_secs(10), || containers_of(&namespace)
+            .is_empty()),
+        "{:?}",
+        temporary_containers(&namespace)
+    );
+}
+
+#[test]
+fn a_server_killed_with_sigkill_has_its_orphans_swept_by_the_next_start() {
+    // Under the exec launcher, warm containers run an idle shell and do not end with
+    // their server: a crash leaves them for the next start-up sweep.
+    let namespace = fresh_namespace();
+    let _cleanup = Cleanup(namespace.clone());
+    let mut crashed = server_in(&namespace, &["--pool-size", "2", "--no-stub"]);
+    let mut bystander = server_in(&namespace, &["--pool-size", "1", "--no-stub"]);
+    assert!(eventually(Duration::from_secs(30), || pool_ready(&crashed)
+        == 2
+        && pool_ready(&bystander) == 1));
+    let orphans = containers_owned_by(&namespace, crashed.pid());
+    let kept = containers_owned_by(&namespace, bystander.pid());
+    assert_eq!((orphans.len(), kept.len()), (2, 1));
+    let leases = data_dir().join("owners").join(&namespace);
+    assert_eq!(std::fs::read_dir(&leases).unwrap().count(), 2);
+    let crashed_pid = crashed.pid();
+    crashed.crash();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(containers_owned_by(&namespace, crashed_pid), orphans);
+
+    let mut next = server_in(&namespace, &[]);
+    assert!(
+        containers_owned_by(&namespace, crashed_pid).is_empty(),
+        "{:?}",
+        temporary_containers(&namespace)
+    );
+    assert_eq!(containers_owned_by(&namespace, bystander.pid()), kept);
+    assert_eq!(pool_ready(&bystander), 1);
+    // The crashed server's lease went with its containers; the live ones stay.
+    assert_eq!(std::fs::read_dir(&leases).unwrap().count(), 2);
+    assert!(next.terminate().success());
+    assert!(bystander.terminate().success());
+    assert!(containers_of(&namespace).is_empty());
 }
 
 #[test]
