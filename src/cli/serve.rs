@@ -23,7 +23,8 @@ pub(super) fn serve(config: Config) -> i32 {
         }
         Err(error) => log::warn!("{error}; requests will answer 503 until it is reachable"),
     }
-    let launcher = crate::containers::launcher::Launcher::detect(config.stub);
+    let launcher =
+        crate::containers::launcher::Launcher::detect(config.stub, config.data_dir.as_deref());
     let pool =
         crate::containers::pool::Pool::new(launcher, &config.pool_keys(), config.pool_dynamic_size);
     let context = Arc::new(crate::server::Context::new(config, docker, pool));

@@ -1,10 +1,11 @@
 //! What our containers are: profiles (the isolation settings), labels and names, the
 //! warm pool with its launcher and reaper, the owners of temporary containers and the
-//! sweep of what a crash left behind.
+//! sweep of what a crash left behind, and the stub copies containers mount.
 
 pub mod labels;
 pub mod launcher;
 pub mod owner;
 pub mod pool;
 pub mod profile;
+pub mod stubs;
 pub mod sweep;

@@ -341,3 +341,88 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     assert_eq!(answer["data"]["output"], json!("done\n"));
     assert!(containers_of(&server.namespace).is_empty());
 }
+
+/// The host path a container mounts its stub from.
+fn stub_source(namespace: &str, sandbox: &str) -> String {
+    let name = format!("ak_{namespace}_{sandbox}");
+    let output = std::process::Command::new("docker")
+        .args(["inspect", "--format", "{{range .Mounts}}{{.Source}}{{end}}", &name])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn a_sandbox_made_by_an_older_build_starts_and_execs_after_an_upgrade() {
+    // The older build: a copy of the binary with other bytes (a trailing marker, which
+    // an ELF loader ignores), so its stub is another version with a path of its own.
+    let dir = std::env::temp_dir().join(format!("ak-upgrade-{}", fresh_namespace()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let older = dir.join("agentkernel");
+    let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_agentkernel")).unwrap();
+    bytes.extend_from_slice(b"\0an older build\0");
+    std::fs::write(&older, &bytes).unwrap();
+    std::fs::set_permissions(&older, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+
+    let namespace = fresh_namespace();
+    let _cleanup = Cleanup(namespace.clone());
+    let mut first = Server::start_with(Options {
+        namespace: Some(namespace.clone()),
+        binary: Some(older.clone()),
+        ..Options::default()
+    });
+    first.cleanup = false;
+    for name in ["up", "down"] {
+        let (status, body) = first.post("/sandboxes", &format!(r#"{{"name":"{name}"}}"#));
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = first.post(
+        "/sandboxes/up/exec",
+        r#"{"command":["sh","-c","echo kept > /root/note"]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(first.post("/sandboxes/down/stop", "").0, 200);
+    let old_stub = stub_source(&namespace, "up");
+    assert!(
+        old_stub.starts_with(data_dir().join("stubs").to_str().unwrap()),
+        "the stub is mounted from the data dir, not the executable: {old_stub}"
+    );
+    assert_eq!(stub_source(&namespace, "down"), old_stub);
+    assert!(first.terminate().success());
+    // The upgrade: the older executable is gone.
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let mut second = Server::start_with(Options {
+        namespace: Some(namespace.clone()),
+        ..Options::default()
+    });
+    second.cleanup = false;
+    let (status, body) = second.post("/sandboxes/down/start", "");
+    assert_eq!(status, 200, "{body}");
+    for name in ["up", "down"] {
+        let (status, body) = second.post(
+            &format!("/sandboxes/{name}/exec"),
+            r#"{"command":["sh","-c","echo hi from $0"]}"#,
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["stdout"], json!("hi from sh\n"), "{body}");
+        // Still the stub it was made with.
+        assert_eq!(stub_source(&namespace, name), old_stub);
+    }
+    let (_, body) = second.post("/sandboxes/up/exec", r#"{"command":["cat","/root/note"]}"#);
+    assert_eq!(body["data"]["stdout"], json!("kept\n"), "{body}");
+    // New sandboxes get the new build's stub.
+    assert_eq!(second.post("/sandboxes", r#"{"name":"new"}"#).0, 201);
+    let new_stub = stub_source(&namespace, "new");
+    assert_ne!(new_stub, old_stub);
+    assert!(new_stub.starts_with(data_dir().join("stubs").to_str().unwrap()));
+    for name in ["up", "down", "new"] {
+        assert_eq!(second.delete(&format!("/sandboxes/{name}")).0, 200);
+    }
+    assert!(second.terminate().success());
+    assert!(containers_of(&namespace).is_empty());
+    // Our copy of the older build's stub is of no use to anyone now.
+    let _ = std::fs::remove_file(&old_stub);
+}
