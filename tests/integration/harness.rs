@@ -62,11 +62,14 @@ pub fn containers_of(namespace: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A temporary (run or pool) container, with its owner label.
+/// A temporary (run or pool) container, with its owner label and engine state.
 #[derive(Debug, Clone)]
 pub struct Temporary {
     pub id: String,
+    /// `run` or `pool`.
+    pub kind: String,
     pub owner: Option<String>,
+    pub state: String,
 }
 
 impl Temporary {
@@ -87,8 +90,10 @@ pub fn temporary_containers(namespace: &str) -> Vec<Temporary> {
             let labels = c.labels.unwrap_or_default();
             let kind = labels.get(labels::KIND).map(String::as_str);
             matches!(kind, Some("run" | "pool")).then(|| Temporary {
+                kind: kind.unwrap_or_default().to_string(),
                 id: c.id,
                 owner: labels.get(labels::OWNER).cloned(),
+                state: c.state,
             })
         })
         .collect()
@@ -311,6 +316,13 @@ impl Server {
         signal(child.id(), "TERM");
         wait_timeout(&mut child, Duration::from_secs(60))
             .expect("server did not exit after SIGTERM")
+    }
+
+    /// Waits up to `timeout` for the server to exit (after a signal sent with `signal`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let status = wait_timeout(self.child.as_mut().expect("server running"), timeout)?;
+        self.child = None;
+        Some(status)
     }
 
     /// SIGKILL: a crash.

@@ -1,17 +1,17 @@
 //! The server's life: restarts, the startup sweep, namespaces, graceful shutdown.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agentkernel::config::Namespace;
 use agentkernel::containers::labels::{self, Kind, SandboxName};
 use agentkernel::containers::owner::Owner;
 use agentkernel::engine::ContainerSpec;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::harness::{
     containers_of, containers_owned_by, data_dir, docker, eventually, fresh_namespace, image,
-    remove_namespace, request_url, temporary_containers, Options, Server,
+    remove_namespace, request_url, signal, temporary_containers, Options, Server,
 };
 
 fn status_of(server: &Server, name: &str) -> String {
@@ -319,34 +319,236 @@ fn namespaces_do_not_see_each_other() {
 }
 
 #[test]
-fn sigterm_finishes_in_flight_requests_and_exits_zero() {
-    let mut server = Server::start();
+fn sigterm_finishes_in_flight_requests_answers_new_ones_503_and_removes_the_pool() {
+    let mut server = Server::start_with(Options {
+        args: ["--pool-size", "2"].map(String::from).to_vec(),
+        ..Options::default()
+    });
+    assert!(eventually(Duration::from_secs(30), || pool_ready(&server) == 2));
     let url = server.url("/run");
     let in_flight = std::thread::spawn(move || {
-        ureq::post(&url)
-            .set("Content-Type", "application/json")
-            .send_string(r#"{"command":["sh","-c","sleep 2; echo done"]}"#)
-            .map(|r| r.into_string().unwrap())
-            .map_err(|error| error.to_string())
+        request_url(
+            "POST",
+            &url,
+            Some(r#"{"command":["sh","-c","sleep 2; echo done"]}"#),
+            &[],
+        )
     });
-    // Let the request reach a worker and its container start.
+    // Let the request reach a worker and its command start.
     std::thread::sleep(Duration::from_millis(800));
-    let status = server.terminate();
-    assert!(status.success(), "{status}");
-    let answer = in_flight
-        .join()
-        .unwrap()
-        .expect("in-flight request answered");
-    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
-    assert_eq!(answer["data"]["output"], json!("done\n"));
+    let sent = Instant::now();
+    signal(server.pid(), "TERM");
+    assert!(server
+        .wait_for_log("shutting down", Duration::from_secs(5))
+        .is_some());
+    // New requests, on new connections, while the one in flight finishes.
+    let (status, body) = server.post("/run", r#"{"command":["echo","late"]}"#);
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("shutting down"),
+        "{body}"
+    );
+    assert_eq!(server.get("/health").0, 503);
+    let (status, answer) = in_flight.join().unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["data"]["stdout"], json!("done\n"));
+    let exit = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("exit within 10 s");
+    assert!(exit.success(), "{exit}");
+    assert!(sent.elapsed() < Duration::from_secs(10));
+    // The pool and the run's container went with it.
     assert!(containers_of(&server.namespace).is_empty());
+}
+
+#[test]
+fn sigterm_exits_within_10_s_even_with_a_request_that_outlasts_the_drain() {
+    let mut server = Server::start_with(Options {
+        args: ["--pool-size", "1"].map(String::from).to_vec(),
+        ..Options::default()
+    });
+    assert!(eventually(Duration::from_secs(30), || pool_ready(&server) == 1));
+    let url = server.url("/run");
+    let _in_flight = std::thread::spawn(move || {
+        let _ = ureq::post(&url)
+            .set("Content-Type", "application/json")
+            .send_string(r#"{"command":["sleep","60"],"timeout_ms":120000}"#);
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let sent = Instant::now();
+    signal(server.pid(), "TERM");
+    let exit = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("exit within 10 s of SIGTERM");
+    assert!(exit.success(), "{exit}");
+    assert!(sent.elapsed() < Duration::from_secs(10));
+    assert!(
+        eventually(Duration::from_secs(5), || containers_of(&server.namespace)
+            .is_empty()),
+        "{:?}",
+        temporary_containers(&server.namespace)
+    );
+}
+
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    let mut server = Server::start_with(Options {
+        args: ["--drain-timeout-secs", "60"].map(String::from).to_vec(),
+        ..Options::default()
+    });
+    let url = server.url("/run");
+    let _in_flight = std::thread::spawn(move || {
+        let _ = ureq::post(&url)
+            .set("Content-Type", "application/json")
+            .send_string(r#"{"command":["sleep","60"],"timeout_ms":120000}"#);
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    signal(server.pid(), "TERM");
+    assert!(server
+        .wait_for_log("shutting down", Duration::from_secs(5))
+        .is_some());
+    // Still draining: the run takes a minute, the drain waits for it.
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = Instant::now();
+    signal(server.pid(), "TERM");
+    let exit = server
+        .wait_exit(Duration::from_secs(2))
+        .expect("exit at once on a second SIGTERM");
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(exit.code(), Some(143), "{exit}");
+    // Its run's stub saw the connection close: nothing keeps running.
+    assert!(
+        eventually(Duration::from_secs(5), || temporary_containers(
+            &server.namespace
+        )
+        .iter()
+        .all(|c| c.state != "running")),
+        "{:?}",
+        temporary_containers(&server.namespace)
+    );
+}
+
+#[test]
+fn a_server_killed_during_runs_leaves_no_command_running_and_loses_no_sandbox() {
+    let namespace = fresh_namespace();
+    let _cleanup = Cleanup(namespace.clone());
+    // More workers than runs, so that the test can still ask the server how it goes.
+    let mut first = server_in(&namespace, &["--pool-size", "2", "--workers", "12"]);
+    assert!(eventually(Duration::from_secs(30), || pool_ready(&first) == 2));
+    for name in ["alpha", "beta"] {
+        let (status, body) = first.post("/sandboxes", &format!(r#"{{"name":"{name}"}}"#));
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = first.request(
+        "PUT",
+        "/sandboxes/alpha/files/root/data.txt",
+        Some(r#"{"content":"precious\n"}"#),
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = first.post("/sandboxes/beta/exec", r#"{"command":["echo","one"]}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(first.post("/sandboxes/beta/stop", "").0, 200);
+
+    let url = first.url("/run");
+    let runs: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let _ = ureq::post(&url)
+                    .set("Content-Type", "application/json")
+                    .send_string(r#"{"command":["sleep","600"],"timeout_ms":900000}"#);
+            })
+        })
+        .collect();
+    // Eight commands running: the two warm containers in use, six started cold.
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let cold = temporary_containers(&namespace)
+                .iter()
+                .filter(|c| c.kind == "run" && c.state == "running")
+                .count();
+            first.get("/pool").1["data"]["keys"][0]["in_use"].as_u64() == Some(2) && cold == 6
+        }),
+        "{:?}",
+        temporary_containers(&namespace)
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    first.crash();
+    std::thread::sleep(Duration::from_secs(5));
+    let running: Vec<_> = temporary_containers(&namespace)
+        .into_iter()
+        .filter(|c| c.state == "running")
+        .collect();
+    assert!(running.is_empty(), "still running: {running:?}");
+    for run in runs {
+        run.join().unwrap();
+    }
+
+    let mut second = server_in(&namespace, &[]);
+    let (_, body) = second.get("/sandboxes");
+    let mut listed: Vec<(String, String)> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            ("alpha".to_string(), "running".to_string()),
+            ("beta".to_string(), "stopped".to_string())
+        ]
+    );
+    let (status, body) = second.get("/sandboxes/alpha/files/root/data.txt");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["content"], json!("precious\n"), "{body}");
+    assert_eq!(second.post("/sandboxes/beta/start", "").0, 200);
+    for name in ["alpha", "beta"] {
+        let (status, body) = second.post(
+            &format!("/sandboxes/{name}/exec"),
+            r#"{"command":["echo","two"]}"#,
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["stdout"], json!("two\n"));
+    }
+    let (_, logs) = second.get("/sandboxes/beta/logs");
+    let commands: Vec<&Value> = logs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["event"] == "exec")
+        .map(|entry| &entry["command"])
+        .collect();
+    assert_eq!(commands, [&json!(["echo", "one"]), &json!(["echo", "two"])]);
+    for name in ["alpha", "beta"] {
+        assert_eq!(second.delete(&format!("/sandboxes/{name}")).0, 200);
+    }
+    assert!(second.terminate().success());
+    assert!(containers_of(&namespace).is_empty());
+    let _ = std::fs::remove_file(data_dir().join(format!("{namespace}.history.jsonl")));
 }
 
 /// The host path a container mounts its stub from.
 fn stub_source(namespace: &str, sandbox: &str) -> String {
     let name = format!("ak_{namespace}_{sandbox}");
     let output = std::process::Command::new("docker")
-        .args(["inspect", "--format", "{{range .Mounts}}{{.Source}}{{end}}", &name])
+        .args([
+            "inspect",
+            "--format",
+            "{{range .Mounts}}{{.Source}}{{end}}",
+            &name,
+        ])
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");
@@ -363,8 +565,7 @@ fn a_sandbox_made_by_an_older_build_starts_and_execs_after_an_upgrade() {
     let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_agentkernel")).unwrap();
     bytes.extend_from_slice(b"\0an older build\0");
     std::fs::write(&older, &bytes).unwrap();
-    std::fs::set_permissions(&older, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(&older, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
     let namespace = fresh_namespace();
     let _cleanup = Cleanup(namespace.clone());
