@@ -141,9 +141,12 @@ const LINGER: Duration = Duration::from_secs(1);
 const REFUSED_LINGER: Duration = Duration::from_millis(100);
 /// Connections over the limit waiting for the `refuser`; past it they are closed unanswered.
 const REFUSER_QUEUE: usize = 64;
-/// How long the clean-up after the drain may take (removing the warm pool and our
-/// temporary containers) before the process exits without it.
+/// How long the clean-up after the drain (removing the warm pool and our temporary
+/// containers) may take at least, and at most until how long after the signal, before
+/// the process exits without it: with the default drain timeout, the process is gone
+/// within 10 s of SIGTERM.
 const CLEANUP_BUDGET: Duration = Duration::from_secs(4);
+const EXIT_WITHIN: Duration = Duration::from_secs(9);
 
 /// A request whose head and body have arrived, on its way to a worker with the
 /// connection to answer on.
@@ -276,7 +279,8 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
         "shutting down: finishing in-flight requests (at most {:?}); new ones get 503",
         config.shutdown_grace
     );
-    let deadline = Instant::now() + config.shutdown_grace;
+    let stopping = Instant::now();
+    let deadline = stopping + config.shutdown_grace;
     // Connections end when idle (they watch `shutdown`) or when their request is done;
     // the workers end once every connection has let go of the queue.
     drop(shared);
@@ -301,9 +305,13 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     });
     drop(listener);
     drop(refusals);
-    // The clean-up is bounded too: past `CLEANUP_BUDGET` we exit without it. What is
-    // left then is no leak: warm containers end with our connections to their stubs,
-    // and the next start-up sweep removes the rest (their owner is gone).
+    // The clean-up is bounded too: it may use what the drain left of `EXIT_WITHIN`, and
+    // `CLEANUP_BUDGET` at least; past that we exit without it. What is left then is no
+    // leak: warm containers end with our connections to their stubs, and the next
+    // start-up sweep removes the rest (their owner is gone).
+    let budget = (stopping + EXIT_WITHIN)
+        .saturating_duration_since(Instant::now())
+        .max(CLEANUP_BUDGET);
     let (cleaned, cleanup_done) = bounded::<()>(1);
     let cleanup = {
         let context = Arc::clone(&context);
@@ -318,9 +326,9 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     };
     match cleanup {
         Ok(_) => {
-            if cleanup_done.recv_timeout(CLEANUP_BUDGET).is_err() {
+            if cleanup_done.recv_timeout(budget).is_err() {
                 log::warn!(
-                    "clean-up not finished after {CLEANUP_BUDGET:?}; exiting without it (the \
+                    "clean-up not finished after {budget:?}; exiting without it (the \
                      next start removes what is left)"
                 );
                 // The lease file stays, its lock freed when we exit: it is what tells the
