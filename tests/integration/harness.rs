@@ -27,7 +27,34 @@ pub fn docker() -> Docker {
 
 /// Where test servers keep their history files (one per namespace).
 pub fn data_dir() -> PathBuf {
-    std::env::temp_dir().join("agentkernel-test-data")
+    let dir = std::env::temp_dir().join("agentkernel-test-data");
+    static PRUNED: std::sync::Once = std::sync::Once::new();
+    PRUNED.call_once(|| prune_stub_copies(&dir));
+    dir
+}
+
+/// Every build the tests run keeps a stub copy (tens of MB for a debug build) under the
+/// test data dir; the servers never remove copies (sandboxes may mount them). No test
+/// lasts a day: copies older than that are of builds no test runs any more.
+fn prune_stub_copies(data_dir: &std::path::Path) {
+    let day = Duration::from_secs(24 * 3600);
+    let stubs = data_dir.join("stubs");
+    for dir in [stubs.clone(), stubs.join("by-file")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|meta| meta.modified())
+                .ok()
+                .and_then(|at| at.elapsed().ok())
+                .is_some_and(|age| age > day);
+            if old && entry.file_type().is_ok_and(|kind| kind.is_file()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
 }
 
 /// A namespace no other test uses: `t-<run>-<pid>-<n>`.
@@ -113,6 +140,8 @@ pub fn remove_namespace(namespace: &str) {
     for (id, _) in containers_of(namespace) {
         let _ = docker.container_remove(&id);
     }
+    // The namespace's lease directory, once its servers have let go of their leases.
+    let _ = std::fs::remove_dir(data_dir().join("owners").join(namespace));
 }
 
 pub struct Server {
