@@ -140,8 +140,16 @@ pub fn remove_namespace(namespace: &str) {
     for (id, _) in containers_of(namespace) {
         let _ = docker.container_remove(&id);
     }
-    // The namespace's lease directory, once its servers have let go of their leases.
-    let _ = std::fs::remove_dir(data_dir().join("owners").join(namespace));
+    // The namespace's lease directory, with the leases of servers that are gone (a
+    // crashed one's stays until a sweep of its namespace, which may never come here).
+    let leases = data_dir().join("owners").join(namespace);
+    for entry in std::fs::read_dir(&leases).into_iter().flatten().flatten() {
+        let free = std::fs::File::open(entry.path()).is_ok_and(|file| file.try_lock().is_ok());
+        if free {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(&leases);
 }
 
 pub struct Server {
