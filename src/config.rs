@@ -84,7 +84,7 @@ impl Default for Config {
             max_timeout_ms: 3_600_000,
             default_max_output_bytes: 1024 * 1024,
             max_output_bytes_limit: 16 * 1024 * 1024,
-            shutdown_grace: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
             pool: None,
             pool_default_size: 4,
             pool_dynamic_size: 2,

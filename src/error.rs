@@ -42,6 +42,9 @@ pub enum Error {
     /// A run's connection to its container broke off before the result: the command
     /// may or may not have run to its end.
     RunLost(String),
+    /// A container's stub speaks another protocol version than this server (a sandbox
+    /// made by an incompatible build); `found` is what its hello said, if readable.
+    StubMismatch { found: Option<u64>, expected: u32 },
     /// The engine failed or is unreachable.
     Engine(DockerError),
 }
@@ -95,6 +98,18 @@ impl fmt::Display for Error {
                 write!(
                     f,
                     "Detached command '{id}' not found in sandbox '{sandbox}'"
+                )
+            }
+            Error::StubMismatch { found, expected } => {
+                let found = match found {
+                    Some(version) => format!("protocol version {version}"),
+                    None => "an unreadable hello".to_string(),
+                };
+                write!(
+                    f,
+                    "the container's in-container stub answered with {found}, and this server \
+                     speaks protocol version {expected}: it was made by an incompatible build \
+                     of agentkernel; recreate it (read out its files first)"
                 )
             }
             Error::Engine(error) => error.fmt(f),

@@ -553,6 +553,9 @@ pub(super) fn parse_serve(
                 let seconds = positive(parser.value()?.parse()?, "--idle-timeout-secs")?;
                 config.idle_timeout = std::time::Duration::from_secs(seconds as u64);
             }
+            Long("drain-timeout-secs") => {
+                config.shutdown_grace = std::time::Duration::from_secs(parser.value()?.parse()?);
+            }
             Long("head-timeout-secs") => {
                 let seconds = positive(parser.value()?.parse()?, "--head-timeout-secs")?;
                 config.head_timeout = std::time::Duration::from_secs(seconds as u64);

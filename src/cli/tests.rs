@@ -129,10 +129,13 @@ fn serve_takes_flags() {
         "ci",
         "--image",
         "python=local/py:3",
+        "--drain-timeout-secs",
+        "2",
     ];
     let Command::Serve(config) = parse_words(&words).unwrap() else {
         panic!("expected serve");
     };
+    assert_eq!(config.shutdown_grace, std::time::Duration::from_secs(2));
     assert_eq!(config.host, "0.0.0.0");
     assert_eq!(config.port, 3000);
     assert_eq!(config.workers, 3);

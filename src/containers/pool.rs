@@ -71,7 +71,7 @@ impl std::fmt::Debug for WarmSlot {
 pub struct Pool {
     launcher: Launcher,
     /// Set when the engine could not mount our executable (a remote engine, or the
-    /// executable was deleted since start): from then on, the exec launcher.
+    /// stub copy was deleted since start): from then on, the exec launcher.
     stub_unusable: AtomicBool,
     keys: Mutex<BTreeMap<PoolKey, KeyState>>,
     wake: Condvar,

@@ -69,8 +69,34 @@ pub fn hello_docker_error(source: io::Error) -> DockerError {
     }
 }
 
-/// A failed hello: the engine's own refusal, or a stub that broke off.
+/// A stub whose hello announced another protocol version (`None`: unreadable).
+#[derive(Debug)]
+struct VersionMismatch(Option<u64>);
+
+impl std::fmt::Display for VersionMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Error::StubMismatch {
+            found: self.0,
+            expected: stub::PROTOCOL_VERSION,
+        }
+        .fmt(f)
+    }
+}
+
+impl std::error::Error for VersionMismatch {}
+
+/// A failed hello: the engine's own refusal, a stub of another protocol version, or a
+/// stub that broke off.
 fn hello_failed(error: io::Error) -> Error {
+    if let Some(VersionMismatch(found)) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<VersionMismatch>())
+    {
+        return Error::StubMismatch {
+            found: *found,
+            expected: stub::PROTOCOL_VERSION,
+        };
+    }
     match error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<EngineSaid>())
@@ -160,7 +186,13 @@ impl StubStream {
             )));
         }
         match stub::read_record(&mut (&kind[..]).chain(&mut *self))? {
-            Some((stub::HELLO, _)) => Ok(()),
+            Some((stub::HELLO, payload)) => match stub::hello_version(&payload) {
+                Some(version) if version == u64::from(stub::PROTOCOL_VERSION) => Ok(()),
+                found => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    VersionMismatch(found),
+                )),
+            },
             Some((kind, _)) => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("stub sent record {kind} before hello"),
@@ -319,6 +351,44 @@ pub fn with_records_fed<T>(
 mod tests {
     use super::*;
     use crate::exec::Status;
+
+    /// A stub stream whose other end writes `frames` (raw engine frames) and closes.
+    fn stream_of(frames: &[u8]) -> StubStream {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut writer = theirs;
+        writer.write_all(frames).unwrap();
+        drop(writer);
+        let reader = std::io::BufReader::new(ours.try_clone().unwrap());
+        StubStream::new(Hijacked {
+            frames: crate::engine::frames::FrameReader::new(reader),
+            stdin: ours,
+        })
+    }
+
+    /// One stdout frame holding `payload`.
+    fn stdout_frame(payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![1, 0, 0, 0];
+        frame.extend((payload.len() as u32).to_be_bytes());
+        frame.extend(payload);
+        frame
+    }
+
+    #[test]
+    fn a_hello_of_another_protocol_version_is_a_clear_error() {
+        let ours = stdout_frame(&stub::encode_record(stub::HELLO, stub::hello().as_bytes()));
+        assert!(stream_of(&ours).read_hello().is_ok());
+        for (hello, found) in [(&br#"{"version":99}"#[..], Some(99)), (b"{}", None)] {
+            let frames = stdout_frame(&stub::encode_record(stub::HELLO, hello));
+            let error = hello_failed(stream_of(&frames).read_hello().unwrap_err());
+            assert!(
+                matches!(error, Error::StubMismatch { found: f, expected } if f == found
+                    && expected == stub::PROTOCOL_VERSION),
+                "{error:?}"
+            );
+            let message = error.to_string();
+            assert!(message.contains("incompatible build"), "{message}");
+        }
+    }
 
     #[test]
     fn exit_records_become_honest_statuses() {

@@ -145,6 +145,12 @@ const LINGER: Duration = Duration::from_secs(1);
 const REFUSED_LINGER: Duration = Duration::from_millis(100);
 /// Connections over the limit waiting for the `refuser`; past it they are closed unanswered.
 const REFUSER_QUEUE: usize = 64;
+/// How long the clean-up after the drain (removing the warm pool and our temporary
+/// containers) may take at least, and at most until how long after the signal, before
+/// the process exits without it: with the default drain timeout, the process is gone
+/// within 10 s of SIGTERM.
+const CLEANUP_BUDGET: Duration = Duration::from_secs(4);
+const EXIT_WITHIN: Duration = Duration::from_secs(9);
 
 /// A request whose head and body have arrived, on its way to a worker with the
 /// connection to answer on.
@@ -180,6 +186,9 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     let address = format!("{}:{}", config.host, config.port);
     let listener =
         listen(&address).map_err(|error| format!("cannot listen on {address}: {error}"))?;
+    // Our lease, held until we return (and by the kernel until this process ends): how
+    // other processes of the namespace tell that our containers' owner still runs.
+    let lease = take_lease(config);
     // Only once the port is ours: a second server started by mistake on the same port
     // must fail before it touches the first one's containers. With the engine down,
     // the start-up sweep waits for it (`engine-watch`).
@@ -253,17 +262,25 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     drop(receiver);
     drop(done_sender);
     let (refusals, refused) = bounded::<TcpStream>(REFUSER_QUEUE);
-    let refuser = spawn("refuser", move || {
-        for stream in refused.iter() {
-            // Under a flood, no lingering: the next refusal must not wait for this one.
-            let linger = if refused.is_empty() {
-                REFUSED_LINGER
-            } else {
-                Duration::ZERO
-            };
-            refuse(stream, linger);
-        }
-    })?;
+    let refuser = {
+        let shutdown = Arc::clone(&shutdown);
+        spawn("refuser", move || {
+            for stream in refused.iter() {
+                let reason = if shutdown.load(Ordering::SeqCst) {
+                    ApiError::ShuttingDown
+                } else {
+                    ApiError::TooManyConnections
+                };
+                // Under a flood, no lingering: the next refusal must not wait for this one.
+                let linger = if refused.is_empty() {
+                    REFUSED_LINGER
+                } else {
+                    Duration::ZERO
+                };
+                refuse(stream, &reason, linger);
+            }
+        })?
+    };
 
     let shared = Arc::new(Shared {
         context: Arc::clone(&context),
@@ -279,17 +296,83 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     });
     accept_loop(&listener, &shared, &refusals, max_connections);
 
-    log::info!("shutting down: finishing in-flight requests");
-    drop(listener);
-    drop(refusals);
-    let deadline = Instant::now() + config.shutdown_grace;
+    log::info!(
+        "shutting down: finishing in-flight requests (at most {:?}); new ones get 503",
+        config.shutdown_grace
+    );
+    let stopping = Instant::now();
+    let deadline = stopping + config.shutdown_grace;
     // Connections end when idle (they watch `shutdown`) or when their request is done;
     // the workers end once every connection has let go of the queue.
     drop(shared);
+    let drained = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // Meanwhile, new connections are answered 503 at once rather than refused by a
+        // closed port, so that a client can tell a server going away from one gone.
+        let turn_away = std::thread::Builder::new()
+            .name("turn-away".into())
+            .spawn_scoped(scope, || {
+                while !drained.load(Ordering::SeqCst) {
+                    if let Ok((stream, _)) = listener.accept() {
+                        let _ = refusals.try_send(stream);
+                    }
+                }
+            });
+        if let Err(error) = turn_away {
+            log::warn!("cannot start thread turn-away: {error}; new connections are refused");
+        }
+        wait_for_workers(&done_receiver, config, &context.edge, deadline);
+        drained.store(true, Ordering::SeqCst);
+    });
+    drop(listener);
+    drop(refusals);
+    // The clean-up is bounded too: it may use what the drain left of `EXIT_WITHIN`, and
+    // `CLEANUP_BUDGET` at least; past that we exit without it. What is left then is no
+    // leak: warm containers end with our connections to their stubs, and the next
+    // start-up sweep removes the rest (their owner is gone).
+    let budget = (stopping + EXIT_WITHIN)
+        .saturating_duration_since(Instant::now())
+        .max(CLEANUP_BUDGET);
+    let (cleaned, cleanup_done) = bounded::<()>(1);
+    let cleanup = {
+        let context = Arc::clone(&context);
+        spawn("cleanup", move || {
+            context.pool.shut_down(&context.docker);
+            let _ = refill.join();
+            let _ = reaper.join();
+            let _ = refuser.join();
+            let _ = watch.join();
+            crate::containers::sweep::remove_temporary(&context.docker, &context.config, None);
+            let _ = cleaned.send(());
+        })
+    };
+    match cleanup {
+        Ok(_) => {
+            if cleanup_done.recv_timeout(budget).is_err() {
+                log::warn!(
+                    "clean-up not finished after {budget:?}; exiting without it (the \
+                     next start removes what is left)"
+                );
+                // The lease file stays, its lock freed when we exit: it is what tells the
+                // next sweep, even from another PID namespace, that our containers' owner
+                // is gone.
+                std::mem::forget(lease);
+                return Ok(());
+            }
+        }
+        Err(error) => log::warn!("{error}; exiting without clean-up"),
+    }
+    drop(lease);
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Waits until every worker has finished, or `deadline`.
+fn wait_for_workers(done: &Receiver<()>, config: &Config, edge: &EdgeStats, deadline: Instant) {
     let mut finished = 0;
     while finished < config.workers {
         let left = deadline.saturating_duration_since(Instant::now());
-        match done_receiver.recv_timeout(left) {
+        match done.recv_timeout(left) {
             Ok(()) => finished += 1,
             Err(_) => {
                 log::warn!(
@@ -297,21 +380,28 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
                      exiting without them",
                     config.workers - finished,
                     config.workers,
-                    context.edge.connections.load(Ordering::SeqCst),
+                    edge.connections.load(Ordering::SeqCst),
                     config.shutdown_grace
                 );
-                break;
+                return;
             }
         }
     }
-    context.pool.shut_down(&context.docker);
-    let _ = refill.join();
-    let _ = reaper.join();
-    let _ = refuser.join();
-    let _ = watch.join();
-    crate::containers::sweep::remove_temporary(&context.docker, &context.config, None);
-    log::info!("stopped");
-    Ok(())
+}
+
+/// This server's owner lease under the data dir (none without one: then our containers'
+/// owner is judged by its process alone).
+fn take_lease(config: &Config) -> Option<crate::containers::owner::Lease> {
+    use crate::containers::owner::{leases_dir, Lease};
+    let dir = leases_dir(config.data_dir.as_ref()?, config.namespace.as_str());
+    Lease::take(&dir)
+        .inspect_err(|error| {
+            log::warn!(
+                "cannot take an owner lease under {}: {error}",
+                dir.display()
+            )
+        })
+        .ok()
 }
 
 fn spawn<F: FnOnce() + Send + 'static>(
@@ -453,11 +543,12 @@ fn is_out_of_files(error: &std::io::Error) -> bool {
         || code == Some(rustix::io::Errno::NOMEM.raw_os_error())
 }
 
-/// The `refuser` thread's work: a 503 to a connection over the limit, then close.
-fn refuse(stream: TcpStream, linger: Duration) {
+/// The `refuser` thread's work: a 503 to a connection over the limit (or arriving
+/// while we shut down), then close.
+fn refuse(stream: TcpStream, reason: &ApiError, linger: Duration) {
     let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
     let mut connection = Connection::new(stream);
-    let reply = ApiError::TooManyConnections.reply();
+    let reply = reason.reply();
     let _ = answer_of(&reply, false, true).write_to(&mut connection.stream);
     connection.linger_close(linger);
 }
@@ -602,6 +693,11 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
             }
         };
         let started = Instant::now();
+        if stop() {
+            // Arrived after shutdown began (on a kept-alive connection): not in flight.
+            finish_early(connection, Some(&head), &ApiError::ShuttingDown, started);
+            return;
+        }
         let (route, limit) = match admit(context, &head) {
             Ok(admitted) => admitted,
             Err(error) => {

@@ -606,7 +606,7 @@ mod tests {
             ..Config::default()
         };
         let docker = Docker::new(config.docker_socket.clone(), Duration::from_millis(100));
-        Context::new(config, docker, Pool::local(Launcher::detect(false)))
+        Context::new(config, docker, Pool::local(Launcher::detect(false, None)))
     }
 
     /// The status and envelope a server with no engine answers: routed, parsed and

@@ -174,6 +174,7 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
                 // What the engine refused and domain code did not trace to the client.
                 Error::Engine(_) => 502,
                 Error::RunLost(_) => 502,
+                Error::StubMismatch { .. } => 502,
                 Error::DetachedNotFound { .. } => 404,
             };
             (status, error.to_string())

@@ -502,8 +502,7 @@ pub fn main() -> i32 {
         eprintln!("agentkernel stub: cannot become a child subreaper: {error}");
     }
     let output = Arc::new(Output::new());
-    let hello = serde_json::json!({ "version": PROTOCOL_VERSION }).to_string();
-    output.record(HELLO, hello.as_bytes());
+    output.record(HELLO, hello().as_bytes());
     let mut stdin = io::stdin();
     let spec = match read_record(&mut stdin) {
         Ok(Some((SPEC, payload))) => match serde_json::from_slice::<StubSpec>(&payload) {
@@ -515,6 +514,19 @@ pub fn main() -> i32 {
         Ok(Some((kind, _))) => output.finish(&failure(format!("unexpected record {kind}"), 125)),
     };
     serve(spec, stdin, output)
+}
+
+/// The hello record's payload: `{"version":N}`, our protocol version.
+pub fn hello() -> String {
+    serde_json::json!({ "version": PROTOCOL_VERSION }).to_string()
+}
+
+/// The protocol version a stub's hello announces (`None`: not a hello we can read).
+pub fn hello_version(payload: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()?
+        .get("version")?
+        .as_u64()
 }
 
 fn failure(message: String, exit_code: i64) -> StubExit {
@@ -784,6 +796,18 @@ pub fn is_static_executable(bytes: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::engine::http::tests::Trickle;
+
+    #[test]
+    fn the_hello_announces_our_protocol_version() {
+        assert_eq!(
+            hello_version(hello().as_bytes()),
+            Some(u64::from(PROTOCOL_VERSION))
+        );
+        assert_eq!(hello_version(br#"{"version":7}"#), Some(7));
+        for unreadable in [&b""[..], b"{}", b"[1]", br#"{"version":"1"}"#, b"\xff"] {
+            assert_eq!(hello_version(unreadable), None);
+        }
+    }
 
     #[test]
     fn records_are_byte_exact_and_survive_any_split() {

@@ -211,16 +211,25 @@ fn without_the_stub_runs_go_through_docker_exec() {
 
 #[test]
 fn the_exec_launcher_takes_over_when_the_engine_cannot_mount_the_stub() {
-    // A copy of the binary deleted after start: the engine can no longer mount it, as
-    // with an engine on another host.
-    let copy =
-        std::env::temp_dir().join(format!("ak-deleted-{}", crate::harness::fresh_namespace()));
-    std::fs::copy(env!("CARGO_BIN_EXE_agentkernel"), &copy).unwrap();
+    // A build of its own (the binary with a trailing marker, which the ELF loader
+    // ignores) whose stub copy is deleted after start: the engine can no longer mount
+    // it, as with an engine on another host.
+    let namespace = crate::harness::fresh_namespace();
+    let copy = std::env::temp_dir().join(format!("ak-deleted-{namespace}"));
+    let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_agentkernel")).unwrap();
+    bytes.extend_from_slice(format!("\0{namespace}\0").as_bytes());
+    std::fs::write(&copy, &bytes).unwrap();
+    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let server = Server::start_with(Options {
         binary: Some(copy.clone()),
         args: vec!["--pool-size".into(), "1".into()],
         ..Options::default()
     });
+    let stub = crate::harness::data_dir().join("stubs").join(format!(
+        "agentkernel-{}",
+        agentkernel::codec::sha256::hex_digest(&bytes)
+    ));
+    std::fs::remove_file(&stub).unwrap();
     std::fs::remove_file(&copy).unwrap();
     // Use up whatever the pool made before the file went away.
     run(&server, json!({"command": ["true"]}));
