@@ -14,6 +14,34 @@ use crate::engine::{Docker, DockerError, ExecSpec};
 use crate::error::{Error, Result};
 use crate::exec::{collect_stream, CommandResult, CommandSpec, OutputSink, Status};
 
+/// Runs one of the stub's own operations with `docker exec`.
+pub fn exec_plain(
+    docker: &Docker,
+    container: &str,
+    spec: &CommandSpec,
+    started: Instant,
+    sink: OutputSink<'_>,
+) -> Result<CommandResult> {
+    exec_direct(docker, container, spec, started, sink)
+}
+
+/// Starts `argv` as an exec nobody attaches to (a detached command's supervisor): the
+/// engine answers at once and the process runs on, an exec root of its own.
+pub fn spawn_detached(
+    docker: &Docker,
+    container: &str,
+    argv: Vec<String>,
+    env: Vec<String>,
+) -> std::result::Result<(), DockerError> {
+    let spec = ExecSpec {
+        cmd: argv,
+        env,
+        ..ExecSpec::default()
+    };
+    let exec_id = docker.exec_create(container, &spec)?;
+    docker.exec_start_detached(&exec_id)
+}
+
 /// Runs a command with `docker exec` in a running container.
 pub fn exec_direct(
     docker: &Docker,
