@@ -551,6 +551,7 @@ fn exit_codes_follow_docker_run() {
         exit_code_of(&data("output_truncated", json!(3), json!(null))),
         3
     );
+    assert_eq!(exit_code_of(&data("killed", json!(null), json!(null))), 137);
     assert_eq!(exit_code_of(&data("exited", json!(300), json!(null))), 125);
     assert_eq!(exit_code_of(&json!({})), 125);
 }

@@ -131,6 +131,7 @@ pub fn exec_direct(
         signal: None,
         status,
         duration: started.elapsed(),
+        message: None,
     })
 }
 
@@ -171,7 +172,7 @@ fn kill_exec_tree(docker: &Docker, container: &str, token: &str) {
 
 /// Polls exec inspect until the process is gone: the stream can end a moment before
 /// the engine records the exit code.
-fn wait_exec_exit(docker: &Docker, exec_id: &str) -> Result<Option<i64>> {
+pub(crate) fn wait_exec_exit(docker: &Docker, exec_id: &str) -> Result<Option<i64>> {
     let give_up = Instant::now() + Duration::from_secs(2);
     loop {
         let inspect = docker.exec_inspect(exec_id)?;
