@@ -257,7 +257,8 @@ pub enum Via {
     /// A `docker exec` of the mounted stub, which runs the command from a spec record,
     /// so that the deadline, the output cap and the status are enforced inside.
     StubProtocol,
-    /// A plain `docker exec` of the command, for sandboxes without the stub.
+    /// A plain `docker exec` of the command, for sandboxes without the stub; its
+    /// processes carry a mark by which a deadline kills them (`exec::docker_exec`).
     DockerExec,
     /// A plain `docker exec` of one of the stub's own operations (files, detached
     /// execs): exact argv, no shell.
