@@ -323,7 +323,7 @@ impl<'a> Container<'a> {
         let target = ExecTarget {
             sandbox: self.name,
             container: &self.id,
-            via: Via::DockerExec,
+            via: Via::StubOp,
         };
         let outcome = |result: CommandResult| self.stub_outcome(&result, path).map(|()| result);
         exec_in(docker, config, target, &spec, &mut NoObserver, outcome).map_err(

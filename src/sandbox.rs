@@ -263,8 +263,12 @@ pub enum Via {
     /// A `docker exec` of the mounted stub, which runs the command from a spec record,
     /// so that the deadline, the output cap and the status are enforced inside.
     StubProtocol,
-    /// A plain `docker exec` of the command.
+    /// A plain `docker exec` of the command, for sandboxes without the stub; its
+    /// processes carry a mark by which a deadline kills them (`exec::docker_exec`).
     DockerExec,
+    /// A plain `docker exec` of one of the stub's own operations (files, detached
+    /// execs): exact argv, no shell.
+    StubOp,
 }
 
 /// Where an exec goes: a sandbox, by name and container id.
@@ -297,10 +301,27 @@ pub fn exec_in<T>(
         Via::DockerExec => {
             crate::exec::docker_exec::exec_direct(docker, target.container, spec, started, sink)
         }
+        Via::StubOp => {
+            crate::exec::docker_exec::exec_plain(docker, target.container, spec, started, sink)
+        }
     };
     result
         .and_then(outcome)
         .map_err(|error| explain_exec_failure(docker, config, target.sandbox, error))
+}
+
+/// Starts `argv` in a sandbox's container as an exec that nobody attaches to (a
+/// detached command's supervisor), an exec root of its own; its failures are told as
+/// `exec_in` tells them.
+pub fn spawn_in(
+    docker: &Docker,
+    config: &Config,
+    target: ExecTarget<'_>,
+    argv: Vec<String>,
+    env: Vec<String>,
+) -> Result<()> {
+    crate::exec::docker_exec::spawn_detached(docker, target.container, argv, env)
+        .map_err(|error| explain_exec_failure(docker, config, target.sandbox, Error::Engine(error)))
 }
 
 /// Runs a command in a running sandbox: through the stub where the sandbox has it, else

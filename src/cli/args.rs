@@ -127,14 +127,22 @@ pub(super) fn parse_stub(parser: &mut lexopt::Parser) -> Result<Command, Misuse>
     match flag.as_str() {
         "idle" => Ok(Command::Stub { idle: true }),
         "cat" | "untar" | "rm" => parse_stub_file(&flag, parser),
-        "detach" | "supervise" | "detached-status" | "detached-list" | "detached-kill"
+        "supervise" | "detached-wait" | "detached-status" | "detached-list" | "detached-kill"
         | "detached-logs" => parse_stub_detached(&flag, parser),
+        "kill-exec" => {
+            let pid = parser.value()?.parse()?;
+            let start = parser.value()?.parse()?;
+            match parser.next()? {
+                None => Ok(Command::StubKillExec { pid, start }),
+                Some(other) => Err(other.unexpected().into()),
+            }
+        }
         _ => Err(Misuse(format!("invalid option '--{flag}'"))),
     }
 }
 
-/// `--detach ID [--workdir DIR] -- ARGV...`, `--supervise ID [--workdir DIR] -- ARGV...`,
-/// `--detached-list`, or `--detached-status|kill|logs ID`.
+/// `--supervise ID [--workdir DIR] -- ARGV...`, `--detached-list`, or
+/// `--detached-wait|status|kill|logs ID`.
 pub(super) fn parse_stub_detached(
     op: &str,
     parser: &mut lexopt::Parser,
@@ -151,7 +159,7 @@ pub(super) fn parse_stub_detached(
         return Err(Misuse(format!("invalid detached command id '{id}'")));
     }
     let op = match op {
-        "detach" | "supervise" => {
+        "supervise" => {
             let mut raw = parser.raw_args()?;
             let workdir = match raw.next_if(|arg| arg == "--workdir") {
                 None => None,
@@ -170,12 +178,9 @@ pub(super) fn parse_stub_detached(
             if argv.is_empty() {
                 return Err(Misuse("a detached command needs a program".into()));
             }
-            if op == "detach" {
-                DetachedOp::Start { id, workdir, argv }
-            } else {
-                DetachedOp::Supervise { id, workdir, argv }
-            }
+            DetachedOp::Supervise { id, workdir, argv }
         }
+        "detached-wait" => DetachedOp::Wait { id },
         "detached-status" => DetachedOp::Status { id },
         "detached-kill" => DetachedOp::Kill { id },
         _ => DetachedOp::Logs { id },

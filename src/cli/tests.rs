@@ -74,12 +74,16 @@ fn stub_detached_starts_take_a_workdir_and_one_separator() {
     let id = "0123456789abcdef";
     let argv = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
     assert_eq!(
-        parsed(&["stub", "--detach", id, "--", "echo", "hi"]),
-        Ok(DetachedOp::Start {
+        parsed(&["stub", "--supervise", id, "--", "echo", "hi"]),
+        Ok(DetachedOp::Supervise {
             id: id.into(),
             workdir: None,
             argv: argv(&["echo", "hi"]),
         })
+    );
+    assert_eq!(
+        parsed(&["stub", "--detached-wait", id]),
+        Ok(DetachedOp::Wait { id: id.into() })
     );
     assert_eq!(
         parsed(&[
@@ -98,11 +102,26 @@ fn stub_detached_starts_take_a_workdir_and_one_separator() {
             argv: argv(&["--", "x"]),
         })
     );
-    assert!(parsed(&["stub", "--detach", id, "--workdir", "rel", "--", "x"]).is_err());
-    assert!(parsed(&["stub", "--detach", id, "--workdir"]).is_err());
-    assert!(parsed(&["stub", "--detach", id, "echo"]).is_err());
-    assert!(parsed(&["stub", "--detach", id, "--"]).is_err());
-    assert!(parsed(&["stub", "--detach", "nothex", "--", "x"]).is_err());
+    for bad in [
+        &["stub", "--supervise", id, "--workdir", "rel", "--", "x"][..],
+        &["stub", "--supervise", id, "--workdir"],
+        &["stub", "--supervise", id, "echo"],
+        &["stub", "--supervise", id, "--"],
+        &["stub", "--supervise", "nothex", "--", "x"],
+        &["stub", "--detach", id, "--", "x"],
+        &["stub", "--detached-wait", "nothex"],
+    ] {
+        assert!(parsed(bad).is_err(), "{bad:?}");
+    }
+    assert!(matches!(
+        parse_words(&["stub", "--kill-exec", "42", "123456"]),
+        Ok(Command::StubKillExec {
+            pid: 42,
+            start: 123456
+        })
+    ));
+    assert!(parse_words(&["stub", "--kill-exec", "42"]).is_err());
+    assert!(parse_words(&["stub", "--kill-exec", "42", "1", "x"]).is_err());
 }
 
 #[test]
@@ -535,6 +554,7 @@ fn exit_codes_follow_docker_run() {
         exit_code_of(&data("output_truncated", json!(3), json!(null))),
         3
     );
+    assert_eq!(exit_code_of(&data("killed", json!(null), json!(null))), 137);
     assert_eq!(exit_code_of(&data("exited", json!(300), json!(null))), 125);
     assert_eq!(exit_code_of(&json!({})), 125);
 }

@@ -646,6 +646,35 @@ impl Docker {
         self.hijack(&path, Some(json!({"Detach": false, "Tty": false})))
     }
 
+    /// Starts an exec that nobody attaches to: the engine answers at once, and the
+    /// process runs on with its output discarded.
+    pub fn exec_start_detached(&self, exec_id: &str) -> Result<()> {
+        let path = format!("/exec/{}/start", encode_component(exec_id));
+        let body = Body::Json(json!({"Detach": true, "Tty": false}));
+        self.call("POST", &path, Some(body), &[200], Some(self.timeout))
+            .map(|_| ())
+    }
+
+    /// The container's processes as the host sees them (`ps -ef` columns: `UID`, `PID`,
+    /// `PPID`, ..., `CMD`), one map per process.
+    pub fn container_top(&self, id: &str) -> Result<Vec<BTreeMap<String, String>>> {
+        #[derive(Deserialize)]
+        struct Top {
+            #[serde(rename = "Titles")]
+            titles: Vec<String>,
+            #[serde(rename = "Processes")]
+            processes: Option<Vec<Vec<String>>>,
+        }
+        let path = format!("/containers/{}/top", encode_component(id));
+        let top: Top = self.call_json("GET", &path, None, &[200])?;
+        Ok(top
+            .processes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|row| top.titles.iter().cloned().zip(row).collect())
+            .collect())
+    }
+
     pub fn exec_inspect(&self, exec_id: &str) -> Result<ExecInspect> {
         let path = format!("/exec/{}/json", encode_component(exec_id));
         self.call_json("GET", &path, None, &[200])

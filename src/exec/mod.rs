@@ -97,6 +97,9 @@ pub enum Status {
     OomKilled,
     Signaled,
     OutputTruncated,
+    /// The command's supervisor ended without a result (killed by the command or from
+    /// outside); everything the command started was killed with it.
+    Killed,
 }
 
 impl Status {
@@ -107,6 +110,7 @@ impl Status {
             Status::OomKilled => "oom_killed",
             Status::Signaled => "signaled",
             Status::OutputTruncated => "output_truncated",
+            Status::Killed => "killed",
         }
     }
 }
@@ -121,6 +125,8 @@ pub struct CommandResult {
     pub signal: Option<i32>,
     pub status: Status,
     pub duration: Duration,
+    /// What happened, where the status alone does not say (`Killed`).
+    pub message: Option<String>,
 }
 
 /// Who watches a command as it runs: the SSE stream, or the CLI's own stdout and

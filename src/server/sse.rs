@@ -174,15 +174,16 @@ fn produce(context: &Context, job: StreamJob, sender: Sender<Vec<u8>>, cancel: C
     let last = match job.execute(context, &mut observer) {
         Ok(result) => {
             let _ = observer.flush_carry();
-            event(
-                "done",
-                &json!({
-                    "exit_code": result.exit_code,
-                    "status": result.status.name(),
-                    "signal": result.signal,
-                    "duration_ms": result.duration.as_millis() as u64,
-                }),
-            )
+            let mut done = json!({
+                "exit_code": result.exit_code,
+                "status": result.status.name(),
+                "signal": result.signal,
+                "duration_ms": result.duration.as_millis() as u64,
+            });
+            if let Some(message) = &result.message {
+                done["message"] = json!(message);
+            }
+            event("done", &done)
         }
         Err(error) => {
             log::info!(

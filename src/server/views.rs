@@ -8,7 +8,7 @@ use crate::sandbox::Sandbox;
 
 /// `data` of `/run` and exec answers.
 pub fn command_data(result: &CommandResult) -> Value {
-    json!({
+    let mut data = json!({
         "output": text(&result.output),
         "stdout": text(&result.stdout),
         "stderr": text(&result.stderr),
@@ -16,7 +16,11 @@ pub fn command_data(result: &CommandResult) -> Value {
         "signal": result.signal,
         "status": result.status.name(),
         "duration_ms": result.duration.as_millis() as u64,
-    })
+    });
+    if let Some(message) = &result.message {
+        data["message"] = json!(message);
+    }
+    data
 }
 
 /// `data` of a sandbox answer.
