@@ -131,7 +131,10 @@ const START_WAIT: Duration = Duration::from_secs(5);
 fn wait_started(id: &str) -> OpResult<Value> {
     let dir = dir(id);
     let until = Instant::now() + START_WAIT;
-    while !dir.join("pid").exists() && !dir.join("exit.json").exists() {
+    while !["spawning", "pid", "exit.json"]
+        .iter()
+        .any(|name| dir.join(name).exists())
+    {
         if Instant::now() >= until {
             return Err(failed(format!(
                 "the supervisor of detached command '{id}' did not start its command within {} s",
@@ -187,6 +190,9 @@ fn supervise(id: &str, workdir: Option<&str>, argv: &[String]) -> OpResult<Strin
         }
         command.current_dir(workdir);
     }
+    // Said before the command exists: once it runs it may stop us (`kill -STOP $PPID`)
+    // before we write its pid, and the start must not wait for that.
+    std::fs::write(dir.join("spawning"), "").map_err(failed)?;
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
