@@ -545,25 +545,21 @@ pub(super) fn parse_serve(
             Long("pool-dynamic-size") => config.pool_dynamic_size = parser.value()?.parse()?,
             Long("no-stub") => config.stub = false,
             Long("client-timeout-secs") => {
-                let seconds: u64 = parser.value()?.parse()?;
-                if seconds == 0 {
-                    return Err(Misuse("--client-timeout-secs must be at least 1".into()));
-                }
-                config.client_timeout = std::time::Duration::from_secs(seconds);
+                config.client_timeout =
+                    seconds(parser.value()?.parse()?, "--client-timeout-secs", 1)?
             }
             Long("max-connections") => {
                 config.max_connections = positive(parser.value()?.parse()?, "--max-connections")?
             }
             Long("idle-timeout-secs") => {
-                let seconds = positive(parser.value()?.parse()?, "--idle-timeout-secs")?;
-                config.idle_timeout = std::time::Duration::from_secs(seconds as u64);
+                config.idle_timeout = seconds(parser.value()?.parse()?, "--idle-timeout-secs", 1)?
             }
             Long("drain-timeout-secs") => {
-                config.shutdown_grace = std::time::Duration::from_secs(parser.value()?.parse()?);
+                config.shutdown_grace =
+                    seconds(parser.value()?.parse()?, "--drain-timeout-secs", 0)?
             }
             Long("head-timeout-secs") => {
-                let seconds = positive(parser.value()?.parse()?, "--head-timeout-secs")?;
-                config.head_timeout = std::time::Duration::from_secs(seconds as u64);
+                config.head_timeout = seconds(parser.value()?.parse()?, "--head-timeout-secs", 1)?
             }
             Long("default-timeout-ms") => config.default_timeout_ms = parser.value()?.parse()?,
             Long("max-timeout-ms") => config.max_timeout_ms = parser.value()?.parse()?,
@@ -571,6 +567,11 @@ pub(super) fn parse_serve(
             Long("help") | Short('h') => return Ok(Command::Help(SERVE)),
             _ => return Err(arg.unexpected().into()),
         }
+    }
+    if config.max_timeout_ms > MAX_COMMAND_TIMEOUT_MS {
+        return Err(Misuse(format!(
+            "--max-timeout-ms must be at most {MAX_COMMAND_TIMEOUT_MS} (7 days)"
+        )));
     }
     if config.default_timeout_ms == 0 || config.max_timeout_ms == 0 {
         return Err(Misuse("timeouts must be at least 1 ms".into()));
@@ -593,6 +594,22 @@ pub(super) fn parse_pool(text: &str, default_profile: Profile) -> Result<(PoolKe
         .map_err(|_| Misuse(format!("--pool size '{size}' is not a number")))?;
     let key = PoolKey::parse(key, default_profile).map_err(Misuse)?;
     Ok((key, size))
+}
+
+/// The longest server timeout a flag may set: a day (a bound, so that no deadline
+/// computed from it can overflow).
+const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
+/// The longest command timeout `--max-timeout-ms` may allow: 7 days.
+const MAX_COMMAND_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// A timeout flag's value: whole seconds from `least` to a day.
+fn seconds(value: u64, flag: &str, least: u64) -> Result<std::time::Duration, Misuse> {
+    if value < least || value > MAX_TIMEOUT_SECS {
+        return Err(Misuse(format!(
+            "{flag} must be between {least} and {MAX_TIMEOUT_SECS} seconds"
+        )));
+    }
+    Ok(std::time::Duration::from_secs(value))
 }
 
 pub(super) fn positive(value: usize, flag: &str) -> Result<usize, Misuse> {

@@ -692,3 +692,24 @@ fn usage_lines_wrap_under_the_command() {
         "agentkernel run [--image I] [--profile P] [--no-fast] [--timeout SECS] [-e K=V]...\n                [-w DIR] [--json] [--] CMD [ARGS...]"
     );
 }
+
+#[test]
+fn timeouts_are_bounded_so_that_no_deadline_overflows() {
+    for flag in [
+        "--client-timeout-secs",
+        "--idle-timeout-secs",
+        "--head-timeout-secs",
+        "--drain-timeout-secs",
+    ] {
+        assert!(parse_words(&["serve", flag, "86400"]).is_ok(), "{flag}");
+        assert!(parse_words(&["serve", flag, "86401"]).is_err(), "{flag}");
+        assert!(
+            parse_words(&["serve", flag, "18446744073709551615"]).is_err(),
+            "{flag}"
+        );
+    }
+    assert!(parse_words(&["serve", "--client-timeout-secs", "0"]).is_err());
+    assert!(parse_words(&["serve", "--drain-timeout-secs", "0"]).is_ok());
+    assert!(parse_words(&["serve", "--max-timeout-ms", "604800000"]).is_ok());
+    assert!(parse_words(&["serve", "--max-timeout-ms", "604800001"]).is_err());
+}

@@ -106,7 +106,11 @@ pub fn post_run(context: &Context, body: RunBody, cancel: &Cancel) -> Result<Rep
         &context.pool,
         &request,
         &mut Cancellable(cancel),
-    )?;
+    );
+    if cancel.is_cancelled() {
+        return Err(ApiError::ClientGone);
+    }
+    let result = result?;
     Ok(Reply::ok(command_data(&result)))
 }
 
@@ -190,8 +194,11 @@ pub fn post_sandbox_exec(
         name,
         &spec,
         &mut Cancellable(cancel),
-    )
-    .map_err(|error| error.unless_engine_down(&context.docker))?;
+    );
+    if cancel.is_cancelled() {
+        return Err(ApiError::ClientGone);
+    }
+    let result = result.map_err(|error| error.unless_engine_down(&context.docker))?;
     context.history.exec(name, &spec.argv, &result);
     Ok(Reply::ok(command_data(&result)))
 }

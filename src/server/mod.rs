@@ -88,15 +88,16 @@ pub struct EdgeStats {
     pub body_budget: AtomicU64,
 }
 
-/// A request body's share of the body memory budget, given back when dropped.
-struct BodyLease<'a> {
-    edge: &'a EdgeStats,
+/// A request body's share of the body memory budget, given back when dropped (with
+/// the body, once it is parsed).
+struct BodyLease {
+    context: Arc<Context>,
     bytes: u64,
 }
 
-impl<'a> BodyLease<'a> {
-    fn new(edge: &'a EdgeStats) -> BodyLease<'a> {
-        BodyLease { edge, bytes: 0 }
+impl BodyLease {
+    fn new(context: Arc<Context>) -> BodyLease {
+        BodyLease { context, bytes: 0 }
     }
 
     /// Holds `bytes` in all, taking what is missing from the budget; false (and
@@ -105,9 +106,9 @@ impl<'a> BodyLease<'a> {
         let Some(more) = bytes.checked_sub(self.bytes).filter(|more| *more > 0) else {
             return true;
         };
-        let budget = self.edge.body_budget.load(Ordering::SeqCst);
-        let taken = self
-            .edge
+        let edge = &self.context.edge;
+        let budget = edge.body_budget.load(Ordering::SeqCst);
+        let taken = edge
             .body_bytes
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
                 used.checked_add(more).filter(|total| *total <= budget)
@@ -122,7 +123,8 @@ impl<'a> BodyLease<'a> {
     /// Gives back what a body turned out not to need.
     fn shrink_to(&mut self, bytes: u64) {
         if bytes < self.bytes {
-            self.edge
+            self.context
+                .edge
                 .body_bytes
                 .fetch_sub(self.bytes - bytes, Ordering::SeqCst);
             self.bytes = bytes;
@@ -130,9 +132,12 @@ impl<'a> BodyLease<'a> {
     }
 }
 
-impl Drop for BodyLease<'_> {
+impl Drop for BodyLease {
     fn drop(&mut self) {
-        self.edge.body_bytes.fetch_sub(self.bytes, Ordering::SeqCst);
+        self.context
+            .edge
+            .body_bytes
+            .fetch_sub(self.bytes, Ordering::SeqCst);
     }
 }
 
@@ -162,6 +167,8 @@ struct Job {
     done: Sender<Handled>,
     /// Cancelled by the connection's thread when the client hangs up before its answer.
     cancel: Cancel,
+    /// The body's share of the body memory budget: given back once it is parsed.
+    lease: BodyLease,
 }
 
 /// What a worker hands back to the connection's thread.
@@ -313,8 +320,13 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
             .name("turn-away".into())
             .spawn_scoped(scope, || {
                 while !drained.load(Ordering::SeqCst) {
-                    if let Ok((stream, _)) = listener.accept() {
-                        let _ = refusals.try_send(stream);
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let _ = refusals.try_send(stream);
+                        }
+                        Err(error) if is_transient(&error) => {}
+                        // Out of descriptors or worse: no busy loop while it lasts.
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
                     }
                 }
             });
@@ -628,14 +640,19 @@ fn work(context: &Context, job: Job) {
         mut connection,
         done,
         cancel,
+        lease,
     } = job;
     let hook = test_hook(context, &head);
-    let reply = guarded(|| {
+    let reply = guarded(move || {
         if hook == Some("handler") {
             panic!("test hook: panic in a handler");
         }
-        Request::parse(route, &body)
-            .and_then(|request| handlers::dispatch_with(context, request, &cancel))
+        // Parsed, the body's bytes are of no more use: neither they nor their share of
+        // the budget wait for the handler and the answer.
+        let parsed = Request::parse(route, &body);
+        drop(body);
+        drop(lease);
+        parsed.and_then(|request| handlers::dispatch_with(context, request, &cancel))
     });
     match reply.stream {
         Some(stream_job) => {
@@ -718,7 +735,7 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
         // The body's memory is granted as it arrives, from a budget all connections
         // share: past it, a 503 instead of one more buffer. (Granted bytes are what
         // clients sent, so idle connections that declare large bodies hold nothing.)
-        let mut lease = BodyLease::new(&context.edge);
+        let mut lease = BodyLease::new(Arc::clone(&shared.context));
         if head.expect_continue && head.framing != Framing::Empty && !head.http10 {
             let go_ahead = b"HTTP/1.1 100 Continue\r\n\r\n";
             if std::io::Write::write_all(&mut connection.stream, go_ahead).is_err() {
@@ -754,6 +771,7 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                 Request::parse(route, &body)
                     .and_then(|request| handlers::dispatch(context, request))
             });
+            drop(lease);
             Ok(Handled::Reply(connection, Box::new(reply)))
         } else {
             let (done, handled) = bounded::<Handled>(1);
@@ -770,6 +788,7 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                 connection,
                 done,
                 cancel: cancel.clone(),
+                lease,
             };
             match shared.jobs.try_send(job) {
                 Ok(()) => {}

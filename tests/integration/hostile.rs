@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::harness::{Options, Server};
 
@@ -647,6 +647,24 @@ fn request_bodies_in_memory_at_once_are_bounded() {
         read_answer(&mut BufReader::new(stream)).is_some_and(|answer| answer.status == 400)
     });
     assert!(back, "the budget was not given back");
+    // A body's share is given back once it is parsed, not when its command ends: two
+    // runs holding 900 KB bodies for seconds leave room for a third.
+    let stdin = "x".repeat(900_000);
+    let body =
+        json!({"command": ["sh", "-c", "cat >/dev/null; sleep 3"], "stdin": stdin}).to_string();
+    let url = server.url("/run");
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            std::thread::spawn(move || crate::harness::request_url("POST", &url, Some(&body), &[]))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, answer) = server.post("/run", &body);
+    assert_eq!(status, 200, "{answer}");
+    for run in slow {
+        assert_eq!(run.join().unwrap().0, 200);
+    }
     server.finish();
 }
 
@@ -725,6 +743,12 @@ fn a_client_that_hangs_up_has_its_command_killed() {
     let sleeper = r#"{"command":["sleep","600"],"timeout_ms":3600000}"#;
     // A one-shot run: the only worker is free again long before the command's deadline.
     send_and_hang_up(&server, "/run", sleeper);
+    assert!(
+        server
+            .wait_for_log("POST /run 499", Duration::from_secs(20))
+            .is_some(),
+        "the cancelled run is logged 499"
+    );
     let started = Instant::now();
     let (status, body) = server.post("/run", r#"{"command":["echo","next"]}"#);
     assert_eq!(status, 200, "{body}");
