@@ -3,7 +3,7 @@ TARGET   := x86_64-unknown-linux-gnu
 RELEASE  := target/$(TARGET)/release/agentkernel
 PORT     ?= 8080
 
-.PHONY: build run test lint unit integration static bench load images clean fuzz schemathesis
+.PHONY: build run test lint unit integration chaos static bench load images clean fuzz schemathesis
 
 build:
 	cargo build --release
@@ -37,6 +37,7 @@ schemathesis:
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --test chaos -- -D warnings
 	python3 scripts/check-modules.py src
 	python3 scripts/check-engine-boundary.py src
 	python3 scripts/check-invariants.py src
@@ -46,6 +47,14 @@ unit:
 
 integration:
 	cargo test --test integration
+
+# The engine goes away and comes back: each test starts a private Docker daemon (its
+# own socket, dirs and network namespace; the machine's engine is never touched) and
+# kills, freezes or restarts it. Needs root; fails, never skips, where it cannot run.
+chaos:
+	bash scripts/check-engine.sh
+	bash scripts/build-busybox-image.sh
+	cargo test --test chaos -- --test-threads=1
 
 # A static binary: musl where that target is installed, else glibc crt-static.
 static:

@@ -27,8 +27,9 @@ pub struct Config {
     pub max_body_bytes: u64,
     /// Largest file the files API reads or writes (413 above it).
     pub max_file_bytes: u64,
-    /// Most request-body bytes held in memory at once, over all connections; a body
-    /// that does not fit gets a 503 before it is read. Never below one upload's limit.
+    /// Most request-body bytes held in memory at once, over all connections, counted as
+    /// they arrive; a body that does not fit gets a 503. Never below twice one upload's
+    /// limit.
     pub max_body_memory_bytes: u64,
     pub default_timeout_ms: u64,
     pub max_timeout_ms: u64,
@@ -94,7 +95,7 @@ impl Default for Config {
             max_output_bytes_limit: 16 * 1024 * 1024,
             max_request_output_bytes: 16 * 1024 * 1024,
             max_output_memory_bytes: 48 * 1024 * 1024,
-            shutdown_grace: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
             pool: None,
             pool_default_size: 4,
             pool_dynamic_size: 2,
@@ -136,9 +137,11 @@ impl Config {
     }
 
     /// The body memory budget in force: the configured one, but room for at least one
-    /// upload of the largest size we accept.
+    /// upload of the largest size we accept (twice over: a chunked body's buffer grows
+    /// by doubling).
     pub fn body_memory_budget(&self) -> u64 {
-        self.max_body_memory_bytes.max(self.max_upload_body_bytes())
+        self.max_body_memory_bytes
+            .max(self.max_upload_body_bytes().saturating_mul(2))
     }
 
     /// The pool keys to keep warm from start-up.

@@ -3,19 +3,24 @@
 //! sandbox, under `/tmp/.agentkernel-detached/<id>/` (the command line, the pid, its
 //! stdout and stderr, and its exit once known), so it survives a server restart and
 //! goes away with the sandbox. The in-container side runs as our stub (`agentkernel
-//! stub --detach ...`), as the sandbox's user; the server side turns each operation
-//! into one `docker exec` of it.
+//! stub --supervise ...`, `--detached-status ...`), as the sandbox's user; the server
+//! side turns each operation into one `docker exec` of it.
 //!
 //! Invariants: ids are 16 lowercase hex digits, checked on both sides, so an id never
-//! names a path outside the state directory; a detached command runs in its own
-//! process group, under a supervisor that records its exit; output is bounded by the
-//! size of the sandbox's `/tmp` tmpfs, and reads of it by `MAX_LOG_BYTES` (the newest
-//! bytes of each stream, read from the end of the file, never the whole file) and by
-//! `MAX_LOG_JSON_BYTES` once escaped, so a logs answer always fits what the server
-//! reads of it (`LOGS_ANSWER_BYTES`): a larger log is cut and says so, never fails.
+//! names a path outside the state directory; a detached command runs below its
+//! supervisor (`stub --supervise ID`), an exec of its own that nobody attaches to, a
+//! child subreaper that records the command's exit and stays while anything the
+//! command started runs. Found again by what only an exec root can be (parent 0 inside
+//! the container, and its own argv), never by the pid file a command could rewrite, the
+//! supervisor is what a kill (DELETE) goes by: everything below it is killed, and if it
+//! was killed itself, the sandbox's init has killed what it left (`stub::reap`). Output
+//! is bounded by the size of the sandbox's `/tmp` tmpfs, and reads of it by
+//! `MAX_LOG_BYTES` (the newest bytes of each stream, read from the end of the file,
+//! never the whole file) and by `MAX_LOG_JSON_BYTES` once escaped, so a logs answer
+//! always fits what the server reads of it (`ANSWER_BYTES`): a larger log is cut and
+//! says so, never fails.
 
 use std::io::{Read, Seek, Write};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -28,6 +33,7 @@ use crate::engine::Docker;
 use crate::error::{Error, Result};
 use crate::exec::{CommandSpec, Cut, KeepWithin, NoObserver, Observer, OutputBudget};
 use crate::sandbox::{exec_in, ExecTarget, Via};
+use crate::stub::reap::{self, list_processes, ProcessEntry};
 use crate::stub::STUB_PATH;
 
 const STATE_DIR: &str = "/tmp/.agentkernel-detached";
@@ -48,14 +54,13 @@ const NOT_FOUND: i32 = 10;
 /// An in-container operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DetachedOp {
-    /// Starts `argv` under a supervisor, in `workdir` if one is given, and prints
-    /// the command's record.
-    Start {
+    /// Waits (briefly) for the supervisor started for `id` to have started its command,
+    /// and prints the command's record.
+    Wait {
         id: String,
-        workdir: Option<String>,
-        argv: Vec<String>,
     },
-    /// The supervisor itself (internal).
+    /// The supervisor itself: runs `argv` in `workdir` (made if missing) and records
+    /// it; started by the server as an exec of its own.
     Supervise {
         id: String,
         workdir: Option<String>,
@@ -98,8 +103,17 @@ fn dir(id: &str) -> PathBuf {
 /// code (0, `NOT_FOUND`, or 1 with a message on stderr).
 pub fn run_op(op: DetachedOp) -> i32 {
     let result = match op {
-        DetachedOp::Start { id, workdir, argv } => start(&id, workdir.as_deref(), &argv),
-        DetachedOp::Supervise { id, workdir, argv } => supervise(&id, workdir.as_deref(), &argv),
+        DetachedOp::Wait { id } => wait_started(&id).map(|r| r.to_string()),
+        // Nobody reads its output: it answers through its files.
+        DetachedOp::Supervise { id, workdir, argv } => {
+            return match supervise(&id, workdir.as_deref(), &argv) {
+                Ok(_) => 0,
+                Err((code, message)) => {
+                    eprintln!("{message}");
+                    code
+                }
+            }
+        }
         DetachedOp::Status { id } => record(&id).map(|r| r.to_string()),
         DetachedOp::List => list().map(|r| r.to_string()),
         DetachedOp::Kill { id } => kill(&id),
@@ -123,41 +137,39 @@ fn failed(error: impl std::fmt::Display) -> (i32, String) {
     (1, error.to_string())
 }
 
-fn start(id: &str, workdir: Option<&str>, argv: &[String]) -> OpResult<String> {
+/// How long the server's start waits for the supervisor to have started its command.
+const START_WAIT: Duration = Duration::from_secs(5);
+
+fn wait_started(id: &str) -> OpResult<Value> {
     let dir = dir(id);
-    std::fs::create_dir_all(&dir).map_err(failed)?;
-    let meta = json!({ "command": argv, "started_at": rfc3339(SystemTime::now()) });
-    std::fs::write(dir.join("command.json"), meta.to_string()).map_err(failed)?;
-    // The supervisor is our own executable again, in a session of its own with no
-    // stdio, so that the exec ends at once while the command runs on.
-    let own = std::env::current_exe().unwrap_or_else(|_| STUB_PATH.into());
-    let mut supervisor = Command::new(own);
-    supervisor.args(["stub", "--supervise", id]);
-    if let Some(workdir) = workdir {
-        supervisor.args(["--workdir", workdir]);
-    }
-    supervisor
-        .arg("--")
-        .args(argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map_err(failed)?;
-    // Wait (briefly) for the supervisor to have started the command.
-    let until = Instant::now() + Duration::from_secs(5);
-    while !dir.join("pid").exists() && !dir.join("exit.json").exists() && Instant::now() < until {
+    let until = Instant::now() + START_WAIT;
+    while !["spawning", "pid", "exit.json"]
+        .iter()
+        .any(|name| dir.join(name).exists())
+    {
+        if Instant::now() >= until {
+            return Err(failed(format!(
+                "the supervisor of detached command '{id}' did not start its command within {} s",
+                START_WAIT.as_secs()
+            )));
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
-    record(id).map(|r| r.to_string())
+    record(id)
 }
 
 /// Runs the command and records its exit. A command that cannot start (its workdir
 /// cannot be made, its program cannot run) is recorded as exited 126 or 127 with the
-/// reason on its stderr, as a one-shot run or an exec reports it.
+/// reason on its stderr, as a one-shot run or an exec reports it. Then stays, as a
+/// child subreaper, until everything the command left in the background has ended.
 fn supervise(id: &str, workdir: Option<&str>, argv: &[String]) -> OpResult<String> {
+    crate::stub::protect_self();
+    let subreaper = rustix::process::Pid::from_raw(1);
+    rustix::process::set_child_subreaper(subreaper).map_err(failed)?;
     let dir = dir(id);
+    std::fs::create_dir_all(&dir).map_err(failed)?;
+    let meta = json!({ "command": argv, "started_at": rfc3339(SystemTime::now()) });
+    std::fs::write(dir.join("command.json"), meta.to_string()).map_err(failed)?;
     let stdout = std::fs::File::create(dir.join("stdout")).map_err(failed)?;
     let stderr = std::fs::File::create(dir.join("stderr")).map_err(failed)?;
     let cannot_start = |message: String, code: i32| -> OpResult<String> {
@@ -177,8 +189,7 @@ fn supervise(id: &str, workdir: Option<&str>, argv: &[String]) -> OpResult<Strin
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(stdout)
-        .stderr(stderr)
-        .process_group(0);
+        .stderr(stderr);
     // Made here like the stub makes an exec's workdir, rather than given to the engine
     // as the exec's WorkingDir: the runtime refuses a missing one before any of our
     // code runs, and the command would have no record at all.
@@ -191,6 +202,9 @@ fn supervise(id: &str, workdir: Option<&str>, argv: &[String]) -> OpResult<Strin
         }
         command.current_dir(workdir);
     }
+    // Said before the command exists: once it runs it may stop us (`kill -STOP $PPID`)
+    // before we write its pid, and the start must not wait for that.
+    std::fs::write(dir.join("spawning"), "").map_err(failed)?;
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
@@ -209,12 +223,31 @@ fn supervise(id: &str, workdir: Option<&str>, argv: &[String]) -> OpResult<Strin
     let status = child.wait().map_err(failed)?;
     use std::os::unix::process::ExitStatusExt;
     let exit = json!({ "exit_code": status.code(), "signal": status.signal() });
-    std::fs::write(dir.join("exit.json"), exit.to_string()).map_err(failed)?;
-    Ok(String::new())
+    let recorded = std::fs::write(dir.join("exit.json"), exit.to_string()).map_err(failed);
+    crate::stub::reap::reap_until_childless();
+    recorded.map(|_| String::new())
+}
+
+/// The supervisor of detached command `id`, if it runs: an exec root (parent 0, which
+/// no process inside the container can have) whose argv is `stub --supervise ID ...`.
+fn supervisor(id: &str, processes: &[ProcessEntry]) -> Option<u32> {
+    processes
+        .iter()
+        .filter(|process| process.parent == 0 && process.pid != 1 && !process.zombie)
+        .map(|process| process.pid)
+        .find(|&pid| {
+            let argv = crate::stub::reap::argv_of(pid);
+            argv.get(1..4) == Some(&["stub".to_string(), "--supervise".into(), id.into()][..])
+        })
 }
 
 /// The SDKs' `DetachedCommand`.
 fn record(id: &str) -> OpResult<Value> {
+    record_among(id, &list_processes())
+}
+
+/// The record, with `processes` to find its supervisor among.
+fn record_among(id: &str, processes: &[ProcessEntry]) -> OpResult<Value> {
     let dir = dir(id);
     let meta: Value = std::fs::read(dir.join("command.json"))
         .ok()
@@ -240,11 +273,9 @@ fn record(id: &str) -> OpResult<Value> {
                 code,
             )
         }
-        None if pid.is_some_and(|pid| PathBuf::from(format!("/proc/{pid}")).exists()) => {
-            ("running", None)
-        }
-        None if pid.is_none() => ("running", None),
-        // The supervisor vanished without recording an exit.
+        None if supervisor(id, processes).is_some() => ("running", None),
+        // The supervisor vanished without recording an exit (it was killed, and the
+        // sandbox's init killed what it left).
         None => ("failed", None),
     };
     Ok(json!({
@@ -258,12 +289,13 @@ fn record(id: &str) -> OpResult<Value> {
 }
 
 fn list() -> OpResult<Value> {
+    let processes = list_processes();
     let mut records = Vec::new();
     if let Ok(entries) = std::fs::read_dir(STATE_DIR) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if valid_id(&name) {
-                if let Ok(record) = record(&name) {
+                if let Ok(record) = record_among(&name, &processes) {
                     records.push(record);
                 }
             }
@@ -273,17 +305,32 @@ fn list() -> OpResult<Value> {
     Ok(Value::Array(records))
 }
 
+/// How long a kill waits for the supervisor to record the end of its command.
+const KILL_RECORD_WAIT: Duration = Duration::from_secs(1);
+
+/// Kills everything below the command's supervisor; the supervisor records the end and
+/// goes. One that does not (stopped by its command) is killed too, and the end recorded
+/// here. Orphans of a supervisor killed earlier were killed by the sandbox's init; the
+/// sweep here makes sure of it.
 fn kill(id: &str) -> OpResult<String> {
-    let record = record(id)?;
-    if record["status"] == json!("running") {
-        let pid = record["pid"].as_i64().unwrap_or(0) as i32;
-        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-            rustix::process::kill_process_group(pid, rustix::process::Signal::KILL)
-                .map_err(failed)?;
-        }
-        return Ok(json!(format!("Killed detached command '{id}'")).to_string());
+    record(id)?;
+    let Some(supervisor) = supervisor(id, &list_processes()) else {
+        reap::sweep_orphans();
+        return Ok(json!(format!("Detached command '{id}' was not running")).to_string());
+    };
+    reap::kill_below(supervisor);
+    let exit = dir(id).join("exit.json");
+    let until = Instant::now() + KILL_RECORD_WAIT;
+    while !exit.exists() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
     }
-    Ok(json!(format!("Detached command '{id}' was not running")).to_string())
+    if !exit.exists() {
+        reap::kill_one(supervisor);
+        let killed = json!({ "exit_code": null, "signal": 9 });
+        std::fs::write(&exit, killed.to_string()).map_err(failed)?;
+    }
+    reap::sweep_orphans();
+    Ok(json!(format!("Killed detached command '{id}'")).to_string())
 }
 
 fn logs(id: &str) -> OpResult<Value> {
@@ -363,7 +410,7 @@ fn exec_op(
         limit: budget.memory_limit(),
     };
     let mut observer: Box<dyn Observer> = match budget {
-        Some(budget) => Box::new(KeepWithin(budget.clone())),
+        Some(budget) => Box::new(KeepWithin::new(budget, None)),
         None => Box::new(NoObserver),
     };
     exec_in(
@@ -439,7 +486,7 @@ fn stub_target<'a>(sandbox: &'a SandboxName, container: &'a str) -> ExecTarget<'
     ExecTarget {
         sandbox,
         container,
-        via: Via::DockerExec,
+        via: Via::StubOp,
     }
 }
 
@@ -461,15 +508,20 @@ pub fn start_in(
 ) -> Result<Value> {
     let container = container(docker, config, name)?;
     let detached = new_id();
-    let mut args = vec!["--detach".to_string(), detached.clone()];
+    // The supervisor, an exec of its own (see the module comment); then the record,
+    // once it has started the command.
+    let mut supervisor = [STUB_PATH, "stub", "--supervise", &detached]
+        .map(String::from)
+        .to_vec();
     if let Some(workdir) = &spec.workdir {
-        args.extend(["--workdir".to_string(), workdir.clone()]);
+        supervisor.extend(["--workdir".to_string(), workdir.clone()]);
     }
-    args.push("--".to_string());
-    args.extend(spec.argv.iter().cloned());
-    let env = spec.env.clone();
+    supervisor.push("--".to_string());
+    supervisor.extend(spec.argv.iter().cloned());
     let target = stub_target(name, &container);
-    let mut record = exec_op(docker, config, target, &detached, args, env, None)?;
+    crate::sandbox::spawn_in(docker, config, target, supervisor, spec.env.clone())?;
+    let args = vec!["--detached-wait".to_string(), detached.clone()];
+    let mut record = exec_op(docker, config, target, &detached, args, Vec::new(), None)?;
     record["sandbox"] = json!(name.as_str());
     Ok(record)
 }

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::engine::DockerError;
+use crate::engine::{Docker, DockerError, PROBE_TIMEOUT};
 
 #[derive(Debug)]
 pub enum Error {
@@ -45,6 +45,9 @@ pub enum Error {
     /// The output other requests hold fills the output memory: this request's output
     /// (or file, or logs) would not fit. Nothing was run or read.
     OutputMemoryFull { limit: u64 },
+    /// A container's stub speaks another protocol version than this server (a sandbox
+    /// made by an incompatible build); `found` is what its hello said, if readable.
+    StubMismatch { found: Option<u64>, expected: u32 },
     /// The engine failed or is unreachable.
     Engine(DockerError),
 }
@@ -105,12 +108,43 @@ impl fmt::Display for Error {
                 "Server busy: the output held for requests in progress fills the output \
                  memory ({limit} bytes, --max-output-memory-bytes); retry shortly"
             ),
+            Error::StubMismatch { found, expected } => {
+                let found = match found {
+                    Some(version) => format!("protocol version {version}"),
+                    None => "an unreadable hello".to_string(),
+                };
+                write!(
+                    f,
+                    "the container's in-container stub answered with {found}, and this server \
+                     speaks protocol version {expected}: it was made by an incompatible build \
+                     of agentkernel; recreate it (read out its files first)"
+                )
+            }
             Error::Engine(error) => error.fmt(f),
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+impl Error {
+    /// A run whose connection to its container broke off, or brought no result in time,
+    /// because the engine itself died or froze is the engine's failure (503, naming it),
+    /// not a lost run: asks the engine, and answers with its error when it does not
+    /// answer. Any other error, or a run lost with the engine answering, is unchanged.
+    pub fn unless_engine_down(self, docker: &Docker) -> Error {
+        match self {
+            Error::RunLost(_) => match docker.probe(PROBE_TIMEOUT) {
+                Ok(()) => self,
+                Err(engine) => {
+                    log::warn!("a run broke off and the engine does not answer: {engine}");
+                    Error::Engine(engine)
+                }
+            },
+            other => other,
+        }
+    }
+}
 
 impl From<DockerError> for Error {
     fn from(error: DockerError) -> Error {

@@ -328,14 +328,14 @@ impl<'a> Container<'a> {
         let target = ExecTarget {
             sandbox: self.name,
             container: &self.id,
-            via: Via::DockerExec,
+            via: Via::StubOp,
         };
         let outcome = |result: CommandResult| self.stub_outcome(&result, path).map(|()| result);
         let run = |observer: &mut dyn crate::exec::Observer| {
             exec_in(docker, config, target, &spec, observer, outcome)
         };
         let result = match read {
-            Some((_, budget)) => run(&mut KeepWithin(budget.clone())),
+            Some((_, budget)) => run(&mut KeepWithin::new(budget, None)),
             None => run(&mut NoObserver),
         };
         result.map_err(|error| match error {

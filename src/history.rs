@@ -193,6 +193,7 @@ mod tests {
             signal: None,
             status: Status::Exited,
             duration: Duration::from_millis(12),
+            message: None,
         };
         history.exec(&one, &["ls".to_string()], &result);
         let entries = history.read(&one);

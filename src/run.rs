@@ -86,5 +86,5 @@ pub fn run(
         pool.release(&key);
     }
     pool.reap(docker, container);
-    result
+    result.map_err(|error| error.unless_engine_down(docker))
 }

@@ -201,6 +201,9 @@ pub fn create(
         user: request.profile.user().map(str::to_string),
         open_stdin: false,
         auto_remove: false,
+        // Running until stopped through us: the engine starts it again after a crash.
+        restart_always: true,
+        stop_timeout_seconds: None,
         host: request.profile.host_settings(request.limits, "/", mounts),
     };
     // The idle stub is the sandbox's init: it reaps orphans and handles SIGTERM.
@@ -226,12 +229,15 @@ pub fn create(
 
 pub fn start(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sandbox> {
     let inspect = inspect_ours(docker, config, name)?;
+    docker.container_set_restart(&inspect.id, true)?;
     docker.container_start(&inspect.id)?;
     get(docker, config, name)
 }
 
 pub fn stop(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sandbox> {
     let inspect = inspect_ours(docker, config, name)?;
+    // Stopped stays stopped, also after the engine restarts.
+    docker.container_set_restart(&inspect.id, false)?;
     docker.container_stop(&inspect.id, STOP_GRACE_SECONDS)?;
     get(docker, config, name)
 }
@@ -257,8 +263,12 @@ pub enum Via {
     /// A `docker exec` of the mounted stub, which runs the command from a spec record,
     /// so that the deadline, the output cap and the status are enforced inside.
     StubProtocol,
-    /// A plain `docker exec` of the command.
+    /// A plain `docker exec` of the command, for sandboxes without the stub; its
+    /// processes carry a mark by which a deadline kills them (`exec::docker_exec`).
     DockerExec,
+    /// A plain `docker exec` of one of the stub's own operations (files, detached
+    /// execs): exact argv, no shell.
+    StubOp,
 }
 
 /// Where an exec goes: a sandbox, by name and container id.
@@ -291,10 +301,27 @@ pub fn exec_in<T>(
         Via::DockerExec => {
             crate::exec::docker_exec::exec_direct(docker, target.container, spec, started, sink)
         }
+        Via::StubOp => {
+            crate::exec::docker_exec::exec_plain(docker, target.container, spec, started, sink)
+        }
     };
     result
         .and_then(outcome)
         .map_err(|error| explain_exec_failure(docker, config, target.sandbox, error))
+}
+
+/// Starts `argv` in a sandbox's container as an exec that nobody attaches to (a
+/// detached command's supervisor), an exec root of its own; its failures are told as
+/// `exec_in` tells them.
+pub fn spawn_in(
+    docker: &Docker,
+    config: &Config,
+    target: ExecTarget<'_>,
+    argv: Vec<String>,
+    env: Vec<String>,
+) -> Result<()> {
+    crate::exec::docker_exec::spawn_detached(docker, target.container, argv, env)
+        .map_err(|error| explain_exec_failure(docker, config, target.sandbox, Error::Engine(error)))
 }
 
 /// Runs a command in a running sandbox: through the stub where the sandbox has it, else

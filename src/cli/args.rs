@@ -127,14 +127,22 @@ pub(super) fn parse_stub(parser: &mut lexopt::Parser) -> Result<Command, Misuse>
     match flag.as_str() {
         "idle" => Ok(Command::Stub { idle: true }),
         "cat" | "untar" | "rm" => parse_stub_file(&flag, parser),
-        "detach" | "supervise" | "detached-status" | "detached-list" | "detached-kill"
+        "supervise" | "detached-wait" | "detached-status" | "detached-list" | "detached-kill"
         | "detached-logs" => parse_stub_detached(&flag, parser),
+        "kill-exec" => {
+            let pid = parser.value()?.parse()?;
+            let start = parser.value()?.parse()?;
+            match parser.next()? {
+                None => Ok(Command::StubKillExec { pid, start }),
+                Some(other) => Err(other.unexpected().into()),
+            }
+        }
         _ => Err(Misuse(format!("invalid option '--{flag}'"))),
     }
 }
 
-/// `--detach ID [--workdir DIR] -- ARGV...`, `--supervise ID [--workdir DIR] -- ARGV...`,
-/// `--detached-list`, or `--detached-status|kill|logs ID`.
+/// `--supervise ID [--workdir DIR] -- ARGV...`, `--detached-list`, or
+/// `--detached-wait|status|kill|logs ID`.
 pub(super) fn parse_stub_detached(
     op: &str,
     parser: &mut lexopt::Parser,
@@ -151,7 +159,7 @@ pub(super) fn parse_stub_detached(
         return Err(Misuse(format!("invalid detached command id '{id}'")));
     }
     let op = match op {
-        "detach" | "supervise" => {
+        "supervise" => {
             let mut raw = parser.raw_args()?;
             let workdir = match raw.next_if(|arg| arg == "--workdir") {
                 None => None,
@@ -170,12 +178,9 @@ pub(super) fn parse_stub_detached(
             if argv.is_empty() {
                 return Err(Misuse("a detached command needs a program".into()));
             }
-            if op == "detach" {
-                DetachedOp::Start { id, workdir, argv }
-            } else {
-                DetachedOp::Supervise { id, workdir, argv }
-            }
+            DetachedOp::Supervise { id, workdir, argv }
         }
+        "detached-wait" => DetachedOp::Wait { id },
         "detached-status" => DetachedOp::Status { id },
         "detached-kill" => DetachedOp::Kill { id },
         _ => DetachedOp::Logs { id },
@@ -540,22 +545,21 @@ pub(super) fn parse_serve(
             Long("pool-dynamic-size") => config.pool_dynamic_size = parser.value()?.parse()?,
             Long("no-stub") => config.stub = false,
             Long("client-timeout-secs") => {
-                let seconds: u64 = parser.value()?.parse()?;
-                if seconds == 0 {
-                    return Err(Misuse("--client-timeout-secs must be at least 1".into()));
-                }
-                config.client_timeout = std::time::Duration::from_secs(seconds);
+                config.client_timeout =
+                    seconds(parser.value()?.parse()?, "--client-timeout-secs", 1)?
             }
             Long("max-connections") => {
                 config.max_connections = positive(parser.value()?.parse()?, "--max-connections")?
             }
             Long("idle-timeout-secs") => {
-                let seconds = positive(parser.value()?.parse()?, "--idle-timeout-secs")?;
-                config.idle_timeout = std::time::Duration::from_secs(seconds as u64);
+                config.idle_timeout = seconds(parser.value()?.parse()?, "--idle-timeout-secs", 1)?
+            }
+            Long("drain-timeout-secs") => {
+                config.shutdown_grace =
+                    seconds(parser.value()?.parse()?, "--drain-timeout-secs", 0)?
             }
             Long("head-timeout-secs") => {
-                let seconds = positive(parser.value()?.parse()?, "--head-timeout-secs")?;
-                config.head_timeout = std::time::Duration::from_secs(seconds as u64);
+                config.head_timeout = seconds(parser.value()?.parse()?, "--head-timeout-secs", 1)?
             }
             Long("default-timeout-ms") => config.default_timeout_ms = parser.value()?.parse()?,
             Long("max-timeout-ms") => config.max_timeout_ms = parser.value()?.parse()?,
@@ -569,6 +573,11 @@ pub(super) fn parse_serve(
             Long("help") | Short('h') => return Ok(Command::Help(SERVE)),
             _ => return Err(arg.unexpected().into()),
         }
+    }
+    if config.max_timeout_ms > MAX_COMMAND_TIMEOUT_MS {
+        return Err(Misuse(format!(
+            "--max-timeout-ms must be at most {MAX_COMMAND_TIMEOUT_MS} (7 days)"
+        )));
     }
     if config.default_timeout_ms == 0 || config.max_timeout_ms == 0 {
         return Err(Misuse("timeouts must be at least 1 ms".into()));
@@ -591,6 +600,22 @@ pub(super) fn parse_pool(text: &str, default_profile: Profile) -> Result<(PoolKe
         .map_err(|_| Misuse(format!("--pool size '{size}' is not a number")))?;
     let key = PoolKey::parse(key, default_profile).map_err(Misuse)?;
     Ok((key, size))
+}
+
+/// The longest server timeout a flag may set: a day (a bound, so that no deadline
+/// computed from it can overflow).
+const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
+/// The longest command timeout `--max-timeout-ms` may allow: 7 days.
+const MAX_COMMAND_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// A timeout flag's value: whole seconds from `least` to a day.
+fn seconds(value: u64, flag: &str, least: u64) -> Result<std::time::Duration, Misuse> {
+    if value < least || value > MAX_TIMEOUT_SECS {
+        return Err(Misuse(format!(
+            "{flag} must be between {least} and {MAX_TIMEOUT_SECS} seconds"
+        )));
+    }
+    Ok(std::time::Duration::from_secs(value))
 }
 
 pub(super) fn positive(value: usize, flag: &str) -> Result<usize, Misuse> {

@@ -135,7 +135,7 @@ impl Backend {
     /// process must.
     pub fn local(config: Config) -> Backend {
         let docker = Docker::new(config.docker_socket.clone(), config.docker_timeout);
-        let pool = Pool::local(Launcher::detect(config.stub));
+        let pool = Pool::local(Launcher::detect(config.stub, config.data_dir.as_deref()));
         Backend::Local(Box::new(Context::new(config, docker, pool)))
     }
 

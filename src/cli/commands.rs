@@ -117,8 +117,9 @@ pub fn exit_code_of(data: &Value) -> i32 {
         ("timeout", _, _) => 124,
         ("signaled", Some(signal), _) if (1..128).contains(&signal) => 128 + signal as i32,
         (_, _, Some(code)) if (0..=255).contains(&code) => code as i32,
-        // Killed for memory without an exit status: what SIGKILL would have said.
-        ("oom_killed", _, _) => 137,
+        // Killed for memory, or with its supervisor, without an exit status: what
+        // SIGKILL would have said.
+        ("oom_killed" | "killed", _, _) => 137,
         _ => 125,
     }
 }
@@ -237,7 +238,13 @@ pub(super) fn run_command(
     }
     let mut console = Console::default();
     match backend.stream(streamed(request), timeout, &mut console) {
-        Ok(data) => exit_code_of(&data),
+        Ok(data) => {
+            // What the status alone does not say (a supervisor killed under the command).
+            if let Some(message) = data["message"].as_str() {
+                eprintln!("agentkernel: {message}");
+            }
+            exit_code_of(&data)
+        }
         // Our reader left (`| head`): end quietly, as a tool killed by SIGPIPE would.
         Err(_) if console.broken_pipe => 141,
         Err(error) => {

@@ -441,6 +441,11 @@ pub const SERVE: Topic = Topic {
             Some("N"),
             "a request head's arrival (default: 10)",
         ),
+        flag(
+            "drain-timeout-secs",
+            Some("N"),
+            "on SIGTERM, longest wait for requests in flight (default: 5)",
+        ),
     ],
     operands: "",
     about: "Serves the HTTP API until SIGTERM or SIGINT. See README.md.\n",

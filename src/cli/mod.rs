@@ -38,6 +38,11 @@ pub enum Command {
     StubFile(crate::stub::FileOp),
     /// A detached-exec operation of the stub (internal).
     StubDetached(crate::detached::DetachedOp),
+    /// The server's kill of an exec from outside (internal): its stub's pid and start.
+    StubKillExec {
+        pid: u32,
+        start: u64,
+    },
     /// A client command: where it goes, and what it asks.
     Client {
         target: Target,
@@ -137,6 +142,7 @@ pub fn run(command: Command) -> i32 {
         Command::Stub { idle: true } => crate::stub::idle(),
         Command::StubFile(op) => crate::stub::file_op(op),
         Command::StubDetached(op) => crate::detached::run_op(op),
+        Command::StubKillExec { pid, start } => crate::stub::reap::kill_exec(pid, start),
         Command::Client { target, action, .. } => {
             let backend = match target {
                 Target::Local(config) => Backend::local(*config),

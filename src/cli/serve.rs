@@ -1,4 +1,5 @@
-//! `agentkernel serve`: signals, the engine check, the pool, then the server.
+//! `agentkernel serve`: signals, the engine check, the pool, then the server (which
+//! starts whether or not the engine answers).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -7,23 +8,32 @@ use crate::config::Config;
 
 pub(super) fn serve(config: Config) -> i32 {
     let shutdown = Arc::new(AtomicBool::new(false));
+    // The first SIGTERM/SIGINT starts a graceful shutdown; a second one exits at once
+    // (128 + the signal, as a shell reports it). Registered in this order, the exit is
+    // checked before the flag is set.
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        if let Err(error) = signal_hook::flag::register(signal, Arc::clone(&shutdown)) {
+        let registered = signal_hook::flag::register_conditional_shutdown(
+            signal,
+            128 + signal,
+            Arc::clone(&shutdown),
+        )
+        .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&shutdown)));
+        if let Err(error) = registered {
             eprintln!("agentkernel: cannot install signal handler: {error}");
             return 1;
         }
     }
     let docker = crate::engine::Docker::new(config.docker_socket.clone(), config.docker_timeout);
-    match docker.ping() {
-        Ok(version) => {
-            log::info!(
-                "Docker Engine API {version} at {}",
-                docker.socket().display()
-            );
-        }
-        Err(error) => log::warn!("{error}; requests will answer 503 until it is reachable"),
+    // An engine that does not answer is the server's first look to report
+    // (`EngineWatch::first_look`): it serves anyway.
+    if let Ok(version) = docker.ping() {
+        log::info!(
+            "Docker Engine API {version} at {}",
+            docker.socket().display()
+        );
     }
-    let launcher = crate::containers::launcher::Launcher::detect(config.stub);
+    let launcher =
+        crate::containers::launcher::Launcher::detect(config.stub, config.data_dir.as_deref());
     let pool =
         crate::containers::pool::Pool::new(launcher, &config.pool_keys(), config.pool_dynamic_size);
     let context = Arc::new(crate::server::Context::new(config, docker, pool));

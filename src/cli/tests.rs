@@ -103,12 +103,16 @@ fn stub_detached_starts_take_a_workdir_and_one_separator() {
     let id = "0123456789abcdef";
     let argv = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
     assert_eq!(
-        parsed(&["stub", "--detach", id, "--", "echo", "hi"]),
-        Ok(DetachedOp::Start {
+        parsed(&["stub", "--supervise", id, "--", "echo", "hi"]),
+        Ok(DetachedOp::Supervise {
             id: id.into(),
             workdir: None,
             argv: argv(&["echo", "hi"]),
         })
+    );
+    assert_eq!(
+        parsed(&["stub", "--detached-wait", id]),
+        Ok(DetachedOp::Wait { id: id.into() })
     );
     assert_eq!(
         parsed(&[
@@ -127,11 +131,26 @@ fn stub_detached_starts_take_a_workdir_and_one_separator() {
             argv: argv(&["--", "x"]),
         })
     );
-    assert!(parsed(&["stub", "--detach", id, "--workdir", "rel", "--", "x"]).is_err());
-    assert!(parsed(&["stub", "--detach", id, "--workdir"]).is_err());
-    assert!(parsed(&["stub", "--detach", id, "echo"]).is_err());
-    assert!(parsed(&["stub", "--detach", id, "--"]).is_err());
-    assert!(parsed(&["stub", "--detach", "nothex", "--", "x"]).is_err());
+    for bad in [
+        &["stub", "--supervise", id, "--workdir", "rel", "--", "x"][..],
+        &["stub", "--supervise", id, "--workdir"],
+        &["stub", "--supervise", id, "echo"],
+        &["stub", "--supervise", id, "--"],
+        &["stub", "--supervise", "nothex", "--", "x"],
+        &["stub", "--detach", id, "--", "x"],
+        &["stub", "--detached-wait", "nothex"],
+    ] {
+        assert!(parsed(bad).is_err(), "{bad:?}");
+    }
+    assert!(matches!(
+        parse_words(&["stub", "--kill-exec", "42", "123456"]),
+        Ok(Command::StubKillExec {
+            pid: 42,
+            start: 123456
+        })
+    ));
+    assert!(parse_words(&["stub", "--kill-exec", "42"]).is_err());
+    assert!(parse_words(&["stub", "--kill-exec", "42", "1", "x"]).is_err());
 }
 
 #[test]
@@ -158,10 +177,13 @@ fn serve_takes_flags() {
         "ci",
         "--image",
         "python=local/py:3",
+        "--drain-timeout-secs",
+        "2",
     ];
     let Command::Serve(config) = parse_words(&words).unwrap() else {
         panic!("expected serve");
     };
+    assert_eq!(config.shutdown_grace, std::time::Duration::from_secs(2));
     assert_eq!(config.host, "0.0.0.0");
     assert_eq!(config.port, 3000);
     assert_eq!(config.workers, 3);
@@ -561,6 +583,7 @@ fn exit_codes_follow_docker_run() {
         exit_code_of(&data("output_truncated", json!(3), json!(null))),
         3
     );
+    assert_eq!(exit_code_of(&data("killed", json!(null), json!(null))), 137);
     assert_eq!(exit_code_of(&data("exited", json!(300), json!(null))), 125);
     assert_eq!(exit_code_of(&json!({})), 125);
 }
@@ -697,4 +720,25 @@ fn usage_lines_wrap_under_the_command() {
         RUN.usage(),
         "agentkernel run [--image I] [--profile P] [--no-fast] [--timeout SECS] [-e K=V]...\n                [-w DIR] [--json] [--] CMD [ARGS...]"
     );
+}
+
+#[test]
+fn timeouts_are_bounded_so_that_no_deadline_overflows() {
+    for flag in [
+        "--client-timeout-secs",
+        "--idle-timeout-secs",
+        "--head-timeout-secs",
+        "--drain-timeout-secs",
+    ] {
+        assert!(parse_words(&["serve", flag, "86400"]).is_ok(), "{flag}");
+        assert!(parse_words(&["serve", flag, "86401"]).is_err(), "{flag}");
+        assert!(
+            parse_words(&["serve", flag, "18446744073709551615"]).is_err(),
+            "{flag}"
+        );
+    }
+    assert!(parse_words(&["serve", "--client-timeout-secs", "0"]).is_err());
+    assert!(parse_words(&["serve", "--drain-timeout-secs", "0"]).is_ok());
+    assert!(parse_words(&["serve", "--max-timeout-ms", "604800000"]).is_ok());
+    assert!(parse_words(&["serve", "--max-timeout-ms", "604800001"]).is_err());
 }

@@ -22,6 +22,9 @@ pub const IMAGE: &str = "agentkernel.image";
 pub const PROFILE: &str = "agentkernel.profile";
 /// Set on sandboxes whose containers have our stub mounted (exec goes through it).
 pub const STUB: &str = "agentkernel.stub";
+/// On temporary containers: the process that made them (`owner::Owner::label`), so that
+/// a sweep removes only its own and those of owners that are gone.
+pub const OWNER: &str = "agentkernel.owner";
 
 /// What a container is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,12 +3,15 @@
 //! the stub's hello. The pool and the cold path of `/run` both launch here, so warm
 //! and cold containers are the same.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::config::Config;
 use crate::config::PoolKey;
+use crate::containers::cleanup::Cleanup;
 use crate::containers::labels::{self, Kind};
+use crate::containers::owner::Owner;
+use crate::containers::stubs;
 use crate::engine::{ContainerSpec, Docker};
 use crate::error::{Error, Result};
 use crate::exec::stub::StubStream;
@@ -34,17 +37,20 @@ impl Launcher {
     }
 
     /// The stub where our own executable can serve as one, else exec (said once, here).
-    pub fn detect(allow_stub: bool) -> Launcher {
+    /// The stub mounted is this very version's copy under `<data_dir>/stubs`
+    /// (`stubs::install`), so that containers made now keep working after an upgrade;
+    /// without a data dir, the executable's own path.
+    pub fn detect(allow_stub: bool, data_dir: Option<&Path>) -> Launcher {
         let launcher = if !allow_stub {
             Launcher::Exec {
                 reason: "disabled by configuration".into(),
             }
         } else {
-            match std::env::current_exe().and_then(|path| Ok((std::fs::read(&path)?, path))) {
-                Ok((bytes, path)) if stub::is_static_executable(&bytes) => {
-                    Launcher::Stub { host_path: path }
-                }
-                Ok((_, path)) => Launcher::Exec {
+            match read_own_executable() {
+                Ok((path, meta, bytes)) if stub::is_static_executable(&bytes) => Launcher::Stub {
+                    host_path: stub_copy(data_dir, &path, &meta, &bytes),
+                },
+                Ok((path, _, _)) => Launcher::Exec {
                     reason: format!("{} is not a static executable", path.display()),
                 },
                 Err(error) => Launcher::Exec {
@@ -57,6 +63,38 @@ impl Launcher {
         }
         launcher
     }
+}
+
+/// Our executable's path, and the metadata and content of the very file this process
+/// runs (through `/proc/self/exe`, which stays ours even if the path was replaced).
+fn read_own_executable() -> std::io::Result<(PathBuf, std::fs::Metadata, Vec<u8>)> {
+    let path = std::env::current_exe()?;
+    let mut file = std::fs::File::open("/proc/self/exe").or_else(|_| std::fs::File::open(&path))?;
+    let meta = file.metadata()?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::io::Read::read_to_end(&mut file, &mut bytes)?;
+    Ok((path, meta, bytes))
+}
+
+/// The host path to mount as the stub: this version's copy under the data dir, or (with
+/// a warning) the executable itself.
+fn stub_copy(
+    data_dir: Option<&Path>,
+    path: &Path,
+    meta: &std::fs::Metadata,
+    bytes: &[u8],
+) -> PathBuf {
+    let problem = match data_dir.map(|dir| stubs::install(dir, meta, bytes)) {
+        Some(Ok(copy)) => return copy,
+        Some(Err(error)) => format!("cannot keep a copy under the data dir: {error}"),
+        None => "no data dir".to_string(),
+    };
+    log::warn!(
+        "stub: {problem}; containers mount {} itself, and sandboxes made now will not start \
+         once it is replaced or removed",
+        path.display()
+    );
+    path.to_path_buf()
 }
 
 /// A started temporary container, ready for one command.
@@ -78,13 +116,12 @@ impl Warm {
 }
 
 /// Lets a used container go: closing the connection ends its stub (and so the
-/// container, which removes itself), and the explicit removal makes sure of it.
-pub(crate) fn remove_warm(docker: &Docker, warm: Warm) {
+/// container, which removes itself), and the explicit removal makes sure of it (or,
+/// when the engine cannot, is owed to `cleanup`).
+pub(crate) fn remove_warm(docker: &Docker, cleanup: &Cleanup, warm: Warm) {
     let id = warm.id.clone();
     drop(warm);
-    if let Err(error) = docker.container_remove(&id) {
-        log::warn!("could not remove container {id}: {error}");
-    }
+    cleanup.remove(docker, &id);
 }
 
 /// The command that keeps a sandbox alive: a shell loop that `docker-init` can stop
@@ -97,11 +134,24 @@ pub fn idle_command() -> Vec<String> {
     ]
 }
 
+/// The labels of a temporary container: ours, and marked with this process as owner.
+fn temporary_labels(
+    config: &Config,
+    kind: Kind,
+    image: &str,
+    profile: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let mut labels = labels::labels(&config.namespace, kind, image, profile, None);
+    labels.insert(labels::OWNER.to_string(), Owner::this().label());
+    labels
+}
+
 /// Creates, attaches and starts a temporary container for `key`. `workdir` is given on
 /// the cold path so that a read-only profile gets a writable workdir.
 pub fn launch(
     docker: &Docker,
     config: &Config,
+    cleanup: &Cleanup,
     launcher: &Launcher,
     key: &PoolKey,
     kind: Kind,
@@ -115,7 +165,7 @@ pub fn launch(
     let mut spec = ContainerSpec {
         name: None,
         image: key.image.clone(),
-        labels: labels::labels(&config.namespace, kind, &key.image, profile.name(), None),
+        labels: temporary_labels(config, kind, &key.image, profile.name()),
         entrypoint: Some(entrypoint),
         cmd: None,
         env: Vec::new(),
@@ -123,6 +173,11 @@ pub fn launch(
         user: profile.user().map(str::to_string),
         open_stdin,
         auto_remove: open_stdin,
+        restart_always: false,
+        // As init, the stub ignores SIGTERM (the command must not be able to end it):
+        // an engine that stops or restarts would wait the default 10 s for each
+        // temporary container. They hold nothing worth a grace period.
+        stop_timeout_seconds: Some(1),
         host: profile.host_settings(
             profile.default_limits(),
             workdir.unwrap_or("/"),
@@ -159,9 +214,7 @@ pub fn launch(
     match attached {
         Ok(stream) => Ok(Warm { id, stream }),
         Err(error) => {
-            if let Err(cleanup) = docker.container_remove(&id) {
-                log::warn!("could not remove failed container {id}: {cleanup}");
-            }
+            cleanup.remove(docker, &id);
             Err(Error::Engine(error))
         }
     }

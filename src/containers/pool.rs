@@ -25,6 +25,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use serde_json::{json, Value};
 
 use crate::config::{Config, PoolKey};
+use crate::containers::cleanup::Cleanup;
 use crate::containers::labels::Kind;
 use crate::containers::launcher::{launch, remove_warm, Launcher, Warm};
 use crate::engine::{Docker, DockerError};
@@ -70,7 +71,7 @@ impl std::fmt::Debug for WarmSlot {
 pub struct Pool {
     launcher: Launcher,
     /// Set when the engine could not mount our executable (a remote engine, or the
-    /// executable was deleted since start): from then on, the exec launcher.
+    /// stub copy was deleted since start): from then on, the exec launcher.
     stub_unusable: AtomicBool,
     keys: Mutex<BTreeMap<PoolKey, KeyState>>,
     wake: Condvar,
@@ -88,6 +89,11 @@ pub struct Pool {
     last_take: Mutex<Option<Instant>>,
     /// Remove used containers on the caller's thread (no reaper thread runs).
     inline_reaping: bool,
+    /// Removals the engine could not do yet.
+    cleanup: Cleanup,
+    /// Whether the engine answers (as `engine-watch` last saw it): no refill is tried
+    /// while it does not, and the pool is renewed when it comes back.
+    engine_up: AtomicBool,
 }
 
 impl Pool {
@@ -125,6 +131,8 @@ impl Pool {
             cold_starts: AtomicUsize::new(0),
             last_take: Mutex::new(None),
             inline_reaping: false,
+            cleanup: Cleanup::default(),
+            engine_up: AtomicBool::new(true),
         }
     }
 
@@ -165,10 +173,25 @@ impl Pool {
         kind: Kind,
         workdir: Option<&str>,
     ) -> Result<Warm> {
-        match launch(docker, config, &self.launcher(), key, kind, workdir) {
-            Err(error) if self.stub_mount_failed(&error) => {
-                launch(docker, config, &self.launcher(), key, kind, workdir)
-            }
+        let cleanup = &self.cleanup;
+        match launch(
+            docker,
+            config,
+            cleanup,
+            &self.launcher(),
+            key,
+            kind,
+            workdir,
+        ) {
+            Err(error) if self.stub_mount_failed(&error) => launch(
+                docker,
+                config,
+                cleanup,
+                &self.launcher(),
+                key,
+                kind,
+                workdir,
+            ),
             other => other,
         }
     }
@@ -211,6 +234,46 @@ impl Pool {
         drop(keys);
         self.wake.notify_all();
         taken
+    }
+
+    /// Removals the engine could not do yet (see `Cleanup`).
+    pub fn cleanup(&self) -> &Cleanup {
+        &self.cleanup
+    }
+
+    /// The engine stopped answering: no refill is tried until it is back.
+    pub fn engine_lost(&self) {
+        self.engine_up.store(false, Ordering::SeqCst);
+    }
+
+    /// The engine answers again: the warm containers of before are gone with its
+    /// connections (their stubs saw them close), so they are removed, and every key is
+    /// refilled at once, its failures forgotten.
+    pub fn engine_back(&self, docker: &Docker) {
+        let dead: Vec<Warm> = {
+            let mut keys = self.lock();
+            let mut dead = Vec::new();
+            for state in keys.values_mut() {
+                let (alive, gone): (Vec<WarmSlot>, Vec<WarmSlot>) =
+                    state.ready.drain(..).partition(|slot| slot.0.is_alive());
+                state.ready = alive.into();
+                dead.extend(gone.into_iter().map(|slot| slot.0));
+                state.failures_in_a_row = 0;
+                state.retry_at = None;
+            }
+            dead
+        };
+        self.engine_up.store(true, Ordering::SeqCst);
+        self.wake.notify_all();
+        if !dead.is_empty() {
+            log::info!(
+                "pool: {} warm containers did not survive the engine's absence; refilling",
+                dead.len()
+            );
+        }
+        for warm in dead {
+            self.reap(docker, warm);
+        }
     }
 
     /// Gives back the in-use count of a container taken with `take`.
@@ -272,7 +335,7 @@ impl Pool {
             self.reap_sender.try_send(warm)
         };
         if let Err(error) = queued {
-            remove_warm(docker, error.into_inner());
+            remove_warm(docker, &self.cleanup, error.into_inner());
             self.reaping.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -302,6 +365,7 @@ impl Pool {
             },
             "keys": entries,
             "reaping": self.reaping.load(Ordering::SeqCst),
+            "owed_removals": self.cleanup.owed(),
         })
     }
 
@@ -330,10 +394,12 @@ impl Pool {
                     // No refill starts while a request launches its own container:
                     // the request's start would queue behind ours in the engine.
                     let cold_starts = self.cold_starts.load(Ordering::SeqCst);
+                    let engine_up = self.engine_up.load(Ordering::SeqCst);
                     let wanted = keys.iter().find(|(_, state)| {
                         let have = state.ready.len() + state.creating;
                         let urgent = have < state.target.div_ceil(4);
-                        cold_starts == 0
+                        engine_up
+                            && cold_starts == 0
                             && settled_at.is_none()
                             && have < state.target
                             && (urgent || quiet_at.is_none())
@@ -364,7 +430,7 @@ impl Pool {
             if self.shutdown.load(Ordering::SeqCst) {
                 // `shut_down` has already emptied the pool: this one would be missed.
                 if let Ok(warm) = launched {
-                    remove_warm(docker, warm);
+                    remove_warm(docker, &self.cleanup, warm);
                 }
                 return;
             }
@@ -425,7 +491,7 @@ impl Pool {
                     break;
                 }
                 let (_, warm) = held.pop_front().expect("front exists");
-                remove_warm(docker, warm);
+                remove_warm(docker, &self.cleanup, warm);
                 self.reaping.fetch_sub(1, Ordering::SeqCst);
             }
         }
@@ -441,11 +507,7 @@ impl Pool {
             .flat_map(|state| state.ready.drain(..).map(|slot| slot.0))
             .collect();
         for warm in ready {
-            let id = warm.id.clone();
-            drop(warm);
-            if let Err(error) = docker.container_remove(&id) {
-                log::warn!("could not remove warm container {id}: {error}");
-            }
+            remove_warm(docker, &self.cleanup, warm);
         }
     }
 }

@@ -1,43 +1,110 @@
 //! Crash-only cleanup: temporary containers (one-shot runs, warm pool) of our namespace
 //! are removed at start-up, because a crashed server may have left them, and at
 //! shutdown. Persistent sandboxes are never touched here.
+//!
+//! The start-up sweep waits for the engine when it is down at start (`engine-watch`
+//! runs it once the engine answers), and then removes only containers created before
+//! this server started: by then its own runs and pool may have containers of their own.
+//!
+//! A container the engine lost is passed over: Docker 20.10, restarting after a crash,
+//! may race its own removal of `AutoRemove` containers and go on listing one as `dead`
+//! while inspect and removal answer 404 (until its next restart). Such a container
+//! holds nothing and cannot be removed; waiting for it to go would only hold up the
+//! sweep.
+//!
+//! Invariants: a sweep removes only the temporary containers of this process and of
+//! owners that are verifiably gone (`owner::judge`); those of another server or CLI run
+//! of the namespace that still runs, and those whose owner cannot be checked, are kept.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Config;
 use crate::containers::labels::{self, Kind};
-use crate::engine::Docker;
+use crate::containers::owner::{self, Verdict};
+use crate::engine::{ContainerSummary, Docker};
 
-/// Removes our namespace's temporary containers; returns how many went. Failures are
-/// logged, not fatal: the next sweep tries again.
-pub fn remove_temporary(docker: &Docker, config: &Config) -> usize {
-    let mut removed = 0;
+/// Removes our namespace's temporary containers that are ours or whose owner is gone
+/// (only those the engine created before `created_before`, in seconds since the epoch,
+/// when given); returns how many went. Failures are logged, not fatal: the next sweep
+/// tries again.
+pub fn remove_temporary(docker: &Docker, config: &Config, created_before: Option<i64>) -> usize {
+    let leases = config
+        .data_dir
+        .as_ref()
+        .map(|dir| owner::leases_dir(dir, config.namespace.as_str()));
+    // One verdict per owner, and one log line.
+    let mut verdicts: BTreeMap<Option<String>, (Verdict, usize)> = BTreeMap::new();
+    let mut removed = BTreeSet::new();
+    // Owners with containers still there (kept, or not removed), and whether every list
+    // answered: only then are the other free leases known to be of no use.
+    let mut remaining = BTreeSet::new();
+    let mut listed_all = true;
     for kind in [Kind::Run, Kind::Pool] {
         let containers =
             match docker.container_list(&labels::filters(&config.namespace, Some(kind))) {
                 Ok(containers) => containers,
                 Err(error) => {
                     log::warn!("sweep: cannot list {} containers: {error}", kind.name());
+                    listed_all = false;
                     continue;
                 }
             };
         for container in containers {
-            match docker.container_remove(&container.id) {
-                Ok(()) => removed += 1,
-                Err(error) => log::warn!("sweep: cannot remove {}: {error}", container.id),
+            if created_before.is_some_and(|before| container.created >= before)
+                || lost_by_engine(docker, &container)
+            {
+                continue;
+            }
+            let label = container
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(labels::OWNER))
+                .cloned();
+            let (verdict, count) = verdicts
+                .entry(label.clone())
+                .or_insert_with(|| (owner::judge(label.as_deref(), leases.as_deref()), 0));
+            *count += 1;
+            let gone = verdict.removable()
+                && match docker.container_remove(&container.id) {
+                    Ok(()) => removed.insert(container.id),
+                    Err(error) => {
+                        log::warn!("sweep: cannot remove {}: {error}", container.id);
+                        false
+                    }
+                };
+            if !gone {
+                remaining.extend(label);
             }
         }
     }
-    if removed > 0 {
-        log::info!("sweep: removed {removed} temporary containers");
+    for (label, (verdict, count)) in &verdicts {
+        let owner = label.as_deref().unwrap_or("none");
+        match verdict {
+            Verdict::Ours | Verdict::Alive => {}
+            Verdict::Gone(reason) => {
+                log::info!("sweep: {count} temporary containers of owner {owner}, gone ({reason})")
+            }
+            Verdict::Unknown(reason) => log::warn!(
+                "sweep: kept {count} temporary containers of owner {owner}: cannot tell whether \
+                 it is gone ({reason})"
+            ),
+        }
+    }
+    if !removed.is_empty() {
+        log::info!("sweep: removed {} temporary containers", removed.len());
+    }
+    if let (Some(leases), true) = (&leases, listed_all) {
+        owner::remove_free_leases(leases, &remaining);
     }
     // A removal the engine already had in progress (an `AutoRemove` container whose
     // stub just exited) answers at once but takes a moment: wait for it, briefly, so
     // that "swept" means gone.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::time::Instant::now() < deadline {
+    while !removed.is_empty() && std::time::Instant::now() < deadline {
         let left = [Kind::Run, Kind::Pool].iter().any(|kind| {
             docker
                 .container_list(&labels::filters(&config.namespace, Some(*kind)))
-                .map(|containers| !containers.is_empty())
+                .map(|containers| containers.iter().any(|c| removed.contains(&c.id)))
                 .unwrap_or(false)
         });
         if !left {
@@ -45,5 +112,13 @@ pub fn remove_temporary(docker: &Docker, config: &Config) -> usize {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    removed
+    removed.len()
+}
+
+/// Whether the engine lists a container it no longer knows: `dead`, and not found.
+pub fn lost_by_engine(docker: &Docker, container: &ContainerSummary) -> bool {
+    container.state == "dead"
+        && docker
+            .container_inspect(&container.id)
+            .is_err_and(|error| error.is_not_found())
 }

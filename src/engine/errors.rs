@@ -55,6 +55,9 @@ pub enum DockerError {
     /// An exec's working directory cannot be entered; `reason` is the system's word
     /// (`no such file or directory`, `not a directory`).
     WorkdirUnusable { dir: String, reason: String },
+    /// An exec refused because its container stopped (the runtime's `cannot exec in a
+    /// stopped container`), in an answer or in the stream; its words.
+    ContainerStopped(String),
 }
 
 impl fmt::Display for DockerError {
@@ -79,6 +82,9 @@ impl fmt::Display for DockerError {
                     f,
                     "the Docker Engine could not start the process: {message}"
                 )
+            }
+            DockerError::ContainerStopped(message) => {
+                write!(f, "the container stopped: {message}")
             }
             DockerError::MountSourceMissing { path } => write!(
                 f,
@@ -124,7 +130,10 @@ impl DockerError {
     }
 
     pub fn is_conflict(&self) -> bool {
-        matches!(self, DockerError::Api { status: 409, .. })
+        matches!(
+            self,
+            DockerError::Api { status: 409, .. } | DockerError::ContainerStopped(_)
+        )
     }
 
     /// An error answer: `{"message": "..."}` (anything else is quoted as text), typed
@@ -168,6 +177,9 @@ pub fn exec_refusal(exit_code: Option<i64>, stdout: &[u8], stderr: &[u8]) -> Opt
 /// The error answers we type, by status and words.
 fn typed_answer(status: u16, message: &str) -> Option<DockerError> {
     const MOUNT: &str = "invalid mount config for type ";
+    if message.contains(STOPPED) {
+        return Some(DockerError::ContainerStopped(message.to_string()));
+    }
     const SOURCE_MISSING: &str = "bind source path does not exist: ";
     const TAR: &str = "Error processing tar file(exit status 1): ";
     match status {
@@ -213,8 +225,14 @@ fn typed_answer(status: u16, message: &str) -> Option<DockerError> {
 }
 
 /// The in-stream refusals we type: a missing program, an unusable working directory.
+/// The runtime's words for an exec into a container that stopped.
+const STOPPED: &str = "cannot exec in a stopped container";
+
 fn typed_refusal(text: &str) -> Option<DockerError> {
     const START: &str = "unable to start container process: ";
+    if text.contains(STOPPED) {
+        return Some(DockerError::ContainerStopped(text.to_string()));
+    }
     let (_, detail) = text.split_once(START)?;
     // `exec: "nosuchcmd": executable file not found in $PATH: unknown`, or for a path
     // `exec: "/no/such": stat /no/such: no such file or directory: unknown`.
@@ -428,7 +446,15 @@ mod tests {
             "OCI runtime exec failed: exec failed: cannot exec in a stopped container: unknown\r\n";
         assert!(matches!(
             DockerError::from_in_stream(stopped),
-            DockerError::InStream(text) if text == stopped.trim()
+            DockerError::ContainerStopped(text) if text == stopped.trim()
+        ));
+        // The same words in an exec start's answer (a 500), likewise.
+        let answer = format!("{{\"message\":\"{}\"}}", stopped.trim());
+        let error = DockerError::from_answer(500, answer.as_bytes());
+        assert!(error.is_conflict(), "{error:?}");
+        assert!(matches!(
+            DockerError::from_in_stream("OCI runtime exec failed: exec failed: something else"),
+            DockerError::InStream(_)
         ));
     }
 

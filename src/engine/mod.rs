@@ -32,6 +32,9 @@ use self::http::{body_framing, read_body, read_head, write_request, Head};
 
 /// Newest API version we speak; older daemons get their own version.
 const CLIENT_MAX_API: (u32, u32) = (1, 47);
+/// How long `probe` waits for the engine by default: past it, a frozen engine counts as
+/// not answering.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest JSON answer we accept from the engine (a long container list is ~1 KiB each).
 const MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
 
@@ -51,6 +54,12 @@ pub struct ContainerSpec {
     /// Keep stdin open and attachable (one-shot runs that feed stdin, the stub).
     pub open_stdin: bool,
     pub auto_remove: bool,
+    /// Restart policy `always` (else `no`): the engine starts the container again when
+    /// it comes back after a crash or a reboot (see `container_set_restart`).
+    pub restart_always: bool,
+    /// Seconds between SIGTERM and SIGKILL when the engine stops the container (at its
+    /// own shutdown, or when it restarts after a crash); the engine's default if `None`.
+    pub stop_timeout_seconds: Option<u32>,
     pub host: HostSettings,
 }
 
@@ -190,6 +199,9 @@ pub struct ContainerSummary {
     pub state: String,
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
+    /// When the engine created it, in seconds since the epoch (the engine's clock).
+    #[serde(default)]
+    pub created: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -326,6 +338,54 @@ impl Docker {
     /// Checks that the engine answers; returns its API version.
     pub fn ping(&self) -> Result<String> {
         Ok(self.prefix()?.trim_start_matches("/v").to_string())
+    }
+
+    /// Asks the engine, now, whether it answers: an unversioned `HEAD /_ping` (no body
+    /// to read) on a fresh connection that must answer within `timeout` (unlike `ping`,
+    /// which trusts an earlier negotiation). A frozen engine accepts the connection and
+    /// never answers; that is a timeout here, said in words that name the socket.
+    pub fn probe(&self, timeout: Duration) -> Result<()> {
+        let mut stream = self.connect(Some(timeout))?;
+        let io_error = |source: io::Error| {
+            let source = if matches!(
+                source.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no answer from {} within {} ms",
+                        self.socket.display(),
+                        timeout.as_millis()
+                    ),
+                )
+            } else {
+                source
+            };
+            DockerError::Io {
+                operation: "HEAD /_ping".into(),
+                source,
+            }
+        };
+        stream.set_write_timeout(Some(timeout)).map_err(io_error)?;
+        write_request(
+            &mut stream,
+            "HEAD",
+            "/_ping",
+            &[("Connection", "close")],
+            None,
+        )
+        .map_err(io_error)?;
+        let mut reader = BufReader::new(stream);
+        let head = read_head(&mut reader).map_err(io_error)?;
+        if head.status == 200 {
+            Ok(())
+        } else {
+            Err(DockerError::Api {
+                status: head.status,
+                message: "/_ping did not answer OK".into(),
+            })
+        }
     }
 
     /// Sends one request on a fresh connection and reads the whole answer.
@@ -470,6 +530,22 @@ impl Docker {
             .map(|_| ())
     }
 
+    /// Sets the restart policy to `always` or `no`. A container whose policy is
+    /// `always` is started again by the engine when the engine itself starts (after a
+    /// crash or a reboot); a stopped one stays stopped only with `no`.
+    pub fn container_set_restart(&self, id: &str, always: bool) -> Result<()> {
+        let path = format!("/containers/{}/update", encode_component(id));
+        let body = json!({ "RestartPolicy": restart_policy(always) });
+        self.call(
+            "POST",
+            &path,
+            Some(Body::Json(body)),
+            &[200],
+            Some(self.timeout),
+        )
+        .map(|_| ())
+    }
+
     /// Stops (SIGTERM, then SIGKILL after `grace_seconds`); already stopped is fine.
     pub fn container_stop(&self, id: &str, grace_seconds: u32) -> Result<()> {
         let path = format!(
@@ -568,6 +644,35 @@ impl Docker {
     pub fn exec_start(&self, exec_id: &str) -> Result<Hijacked> {
         let path = format!("/exec/{}/start", encode_component(exec_id));
         self.hijack(&path, Some(json!({"Detach": false, "Tty": false})))
+    }
+
+    /// Starts an exec that nobody attaches to: the engine answers at once, and the
+    /// process runs on with its output discarded.
+    pub fn exec_start_detached(&self, exec_id: &str) -> Result<()> {
+        let path = format!("/exec/{}/start", encode_component(exec_id));
+        let body = Body::Json(json!({"Detach": true, "Tty": false}));
+        self.call("POST", &path, Some(body), &[200], Some(self.timeout))
+            .map(|_| ())
+    }
+
+    /// The container's processes as the host sees them (`ps -ef` columns: `UID`, `PID`,
+    /// `PPID`, ..., `CMD`), one map per process.
+    pub fn container_top(&self, id: &str) -> Result<Vec<BTreeMap<String, String>>> {
+        #[derive(Deserialize)]
+        struct Top {
+            #[serde(rename = "Titles")]
+            titles: Vec<String>,
+            #[serde(rename = "Processes")]
+            processes: Option<Vec<Vec<String>>>,
+        }
+        let path = format!("/containers/{}/top", encode_component(id));
+        let top: Top = self.call_json("GET", &path, None, &[200])?;
+        Ok(top
+            .processes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|row| top.titles.iter().cloned().zip(row).collect())
+            .collect())
     }
 
     pub fn exec_inspect(&self, exec_id: &str) -> Result<ExecInspect> {
@@ -699,6 +804,7 @@ fn create_body(spec: &ContainerSpec) -> Value {
         })).collect::<Vec<Value>>(),
         "Init": host.init,
         "AutoRemove": spec.auto_remove,
+        "RestartPolicy": restart_policy(spec.restart_always),
     });
     let mut body = json!({
         "Image": spec.image,
@@ -724,7 +830,14 @@ fn create_body(spec: &ContainerSpec) -> Value {
     if let Some(user) = &spec.user {
         body["User"] = json!(user);
     }
+    if let Some(seconds) = spec.stop_timeout_seconds {
+        body["StopTimeout"] = json!(seconds);
+    }
     body
+}
+
+fn restart_policy(always: bool) -> Value {
+    json!({ "Name": if always { "always" } else { "no" } })
 }
 
 fn parse_version(text: &str) -> Option<(u32, u32)> {
@@ -805,6 +918,7 @@ mod tests {
         };
         let body = create_body(&spec);
         assert_eq!(body["HostConfig"]["MemorySwap"], json!(256 << 20));
+        assert_eq!(body["HostConfig"]["RestartPolicy"], json!({"Name": "no"}));
         assert_eq!(body["HostConfig"]["CapDrop"], json!(["ALL"]));
         assert_eq!(body["HostConfig"]["NetworkMode"], json!("none"));
         assert_eq!(body["HostConfig"]["Privileged"], json!(false));
@@ -816,6 +930,17 @@ mod tests {
             },
             ..ContainerSpec::default()
         };
+        assert!(body.get("StopTimeout").is_none());
+        let always = ContainerSpec {
+            restart_always: true,
+            stop_timeout_seconds: Some(1),
+            ..ContainerSpec::default()
+        };
+        assert_eq!(
+            create_body(&always)["HostConfig"]["RestartPolicy"],
+            json!({"Name": "always"})
+        );
+        assert_eq!(create_body(&always)["StopTimeout"], json!(1));
         assert_eq!(
             create_body(&spec)["HostConfig"]["Mounts"],
             json!([{"Type": "bind", "Source": "/opt/a:b,c", "Target": "/.x/y", "ReadOnly": true}])

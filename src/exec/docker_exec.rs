@@ -1,20 +1,90 @@
 //! Commands by `docker exec`: where the stub cannot be used (a container without it,
 //! a sandbox made by an older release), and the stub's own file and detached operations.
-//! Deadlines and cancellations are kept from outside: every process of an exec carries a
-//! token in its environment, and a second exec kills them all (a dropped connection
-//! does not stop them). When the engine could not start the process, what it wrote in
-//! the stream is read by `engine::exec_refusal`, never here: a missing program is the
-//! command's exit 127, an unusable workdir an `Error::WorkdirUnusable`.
+//! Deadlines and cancellations are kept from outside, since the engine's exec has no
+//! kill and a dropped connection does not stop anything (notes §5): a second exec kills
+//! every process of the first by a mark they all carry.
+//!
+//! A command's mark is its audit login uid (`/proc/PID/loginuid`): a shell sets it to a
+//! number of ours before it `exec`s the command, and from then on no process of the
+//! command can change it (that takes `CAP_AUDIT_CONTROL`, which no container of ours
+//! has) and every process it forks inherits it, whatever it does to its environment, its
+//! session or its parent. It needs a kernel with audit support and an engine whose
+//! processes have no login uid yet (the engine's own service, not a login session, so
+//! any systemd host); where the kill finds otherwise it says so in the log once, and only
+//! the second mark, a token in the environment, remains, which a command can remove.
+//! The stub's own operations, which need no shell, carry only the token.
+//!
+//! When the engine could not start the process, what it wrote in the stream is read by
+//! `engine::exec_refusal`, never here: a missing program is the command's exit 127, an
+//! unusable workdir an `Error::WorkdirUnusable`.
 
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::engine::{Docker, DockerError, ExecSpec};
 use crate::error::{Error, Result};
 use crate::exec::{collect_stream, CommandResult, CommandSpec, OutputSink, Status};
 
-/// Runs a command with `docker exec` in a running container.
+/// The environment variable that marks the processes of one `docker exec`.
+const EXEC_TOKEN: &str = "AGENTKERNEL_RUN";
+
+/// How the processes of one exec are found again.
+struct Mark {
+    /// The audit login uid its shell gives the command (none for the stub's operations).
+    login_uid: Option<u32>,
+    token: String,
+}
+
+impl Mark {
+    fn new(with_login_uid: bool) -> Mark {
+        static EXECS: AtomicU64 = AtomicU64::new(0);
+        let count = EXECS.fetch_add(1, Ordering::SeqCst);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        // Unique among the execs of this server, and unlikely to meet another's: a
+        // valid uid (never 2^32 - 1, "unset") in [2^30, 2^31).
+        let mixed = (u64::from(std::process::id()) << 20) ^ (count << 8) ^ u64::from(nanos);
+        Mark {
+            login_uid: with_login_uid.then_some((1 << 30) | (mixed as u32 & 0x3fff_ffff)),
+            token: format!("x{}-{count}", std::process::id()),
+        }
+    }
+
+    /// The exec's argv: the command itself, behind a shell that marks it first. The
+    /// shell leaves nothing of its own in the environment (`PWD`, `SHLVL`) unless the
+    /// command was given it, and `exec "$@"` keeps the argv exact.
+    fn argv(&self, spec: &CommandSpec) -> Vec<String> {
+        let Some(login_uid) = self.login_uid else {
+            return spec.argv.clone();
+        };
+        let given = |key: &str| {
+            spec.env
+                .iter()
+                .any(|entry| entry.split_once('=').is_some_and(|(k, _)| k == key))
+        };
+        let unset: Vec<&str> = ["PWD", "SHLVL"]
+            .into_iter()
+            .filter(|key| !given(key))
+            .collect();
+        let unset = if unset.is_empty() {
+            String::new()
+        } else {
+            format!("unset {}; ", unset.join(" "))
+        };
+        let script =
+            format!("echo {login_uid} 2>/dev/null >/proc/self/loginuid; {unset}exec \"$@\"");
+        let mut argv = vec!["sh".to_string(), "-c".to_string(), script, "sh".to_string()];
+        argv.extend(spec.argv.iter().cloned());
+        argv
+    }
+}
+
+/// Runs a user's command with `docker exec` in a running container that has no stub;
+/// see the module comment for how its processes are marked and killed.
 pub fn exec_direct(
     docker: &Docker,
     container: &str,
@@ -22,18 +92,50 @@ pub fn exec_direct(
     started: Instant,
     sink: OutputSink<'_>,
 ) -> Result<CommandResult> {
-    // Every process of this exec carries the token, so that a deadline can find them
-    // all (the engine's exec has no kill of its own).
-    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let token = format!(
-        "x{}-{}",
-        std::process::id(),
-        RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    );
+    exec_marked(docker, container, spec, &Mark::new(true), started, sink)
+}
+
+/// Runs one of the stub's own operations with `docker exec`: exact argv, no shell, so
+/// that it works in images without one.
+pub fn exec_plain(
+    docker: &Docker,
+    container: &str,
+    spec: &CommandSpec,
+    started: Instant,
+    sink: OutputSink<'_>,
+) -> Result<CommandResult> {
+    exec_marked(docker, container, spec, &Mark::new(false), started, sink)
+}
+
+/// Starts `argv` as an exec nobody attaches to (a detached command's supervisor): the
+/// engine answers at once and the process runs on, an exec root of its own.
+pub fn spawn_detached(
+    docker: &Docker,
+    container: &str,
+    argv: Vec<String>,
+    env: Vec<String>,
+) -> std::result::Result<(), DockerError> {
+    let spec = ExecSpec {
+        cmd: argv,
+        env,
+        ..ExecSpec::default()
+    };
+    let exec_id = docker.exec_create(container, &spec)?;
+    docker.exec_start_detached(&exec_id)
+}
+
+fn exec_marked(
+    docker: &Docker,
+    container: &str,
+    spec: &CommandSpec,
+    mark: &Mark,
+    started: Instant,
+    sink: OutputSink<'_>,
+) -> Result<CommandResult> {
     let mut env = spec.env.clone();
-    env.push(format!("{EXEC_TOKEN}={token}"));
+    env.push(format!("{EXEC_TOKEN}={}", mark.token));
     let exec_spec = ExecSpec {
-        cmd: spec.argv.clone(),
+        cmd: mark.argv(spec),
         env,
         working_dir: spec.workdir.clone(),
         user: None,
@@ -54,20 +156,20 @@ pub fn exec_direct(
             &mut hijacked,
             Instant::now() + spec.timeout,
             spec.max_output_bytes,
-            || kill_exec_tree(docker, container, &token),
+            || kill_exec_tree(docker, container, mark),
             sink,
         )
     });
     // Processes of a `docker exec` outlive its connection: when the observer cancelled
     // the command (or the stream broke), kill them from outside.
     if crate::exec::cancelled(sink) {
-        kill_exec_tree(docker, container, &token);
+        kill_exec_tree(docker, container, mark);
         return Err(Error::RunLost(
             "the command was stopped: its client went away".into(),
         ));
     }
     let collected = collected.map_err(|source| {
-        kill_exec_tree(docker, container, &token);
+        kill_exec_tree(docker, container, mark);
         Error::Engine(DockerError::Io {
             operation: "exec stream".into(),
             source,
@@ -103,47 +205,72 @@ pub fn exec_direct(
         signal: None,
         status,
         duration: started.elapsed(),
+        message: None,
     })
 }
 
-/// The environment variable that marks the processes of one `docker exec`.
-const EXEC_TOKEN: &str = "AGENTKERNEL_RUN";
+/// Kills every process of an exec from a second exec, as the same user: those with its
+/// login uid, and those with its token in their environment; round after round until a
+/// round finds none. Needs a shell in the image: without the stub, containers run an
+/// idle shell anyway. Prints `unmarked` (and nothing else, ever) when this engine's
+/// processes cannot be marked.
+const KILL_SCRIPT: &str =
+    "m=\"$1\"; t=\"$0=$2\"; own=; read own </proc/self/loginuid 2>/dev/null; \
+    [ \"$own\" = 4294967295 ] || echo unmarked; round=0; \
+    while [ $round -lt 100 ]; do found=; for d in /proc/[0-9]*; do l=; \
+    read l <\"$d/loginuid\" 2>/dev/null; \
+    if [ -n \"$m\" ] && [ \"$l\" = \"$m\" ] || grep -qzx \"$t\" \"$d/environ\" 2>/dev/null; then \
+    kill -KILL \"${d#/proc/}\" 2>/dev/null && found=1; fi; done; \
+    [ -n \"$found\" ] || break; round=$((round+1)); done; true";
 
-/// Kills every process of an exec from a second exec, as the same user, by the token
-/// in their environment (notes §5: a dropped exec connection does not stop anything).
-/// Needs a shell in the image: without the stub, containers run an idle shell anyway.
-fn kill_exec_tree(docker: &Docker, container: &str, token: &str) {
-    const SCRIPT: &str = "t=\"$0=$1\"; for round in 1 2 3; do for d in /proc/[0-9]*; do \
-        grep -qzx \"$t\" \"$d/environ\" 2>/dev/null && kill -KILL \"${d#/proc/}\" 2>/dev/null; \
-        done; done; true";
+fn kill_exec_tree(docker: &Docker, container: &str, mark: &Mark) {
+    let login_uid = mark
+        .login_uid
+        .map(|uid| uid.to_string())
+        .unwrap_or_default();
     let killer = ExecSpec {
         cmd: vec![
             "sh".into(),
             "-c".into(),
-            SCRIPT.into(),
+            KILL_SCRIPT.into(),
             EXEC_TOKEN.into(),
-            token.into(),
+            login_uid,
+            mark.token.clone(),
         ],
         ..ExecSpec::default()
     };
+    let mut said = Vec::new();
     let killed = docker
         .exec_create(container, &killer)
         .and_then(|id| docker.exec_start(&id))
         .map(|mut hijacked| {
             let _ = hijacked.set_read_timeout(Some(Duration::from_secs(5)));
-            crate::engine::drain_frames(&mut hijacked.frames, |_, _| {})
+            crate::engine::drain_frames(&mut hijacked.frames, |_, bytes| {
+                said.extend_from_slice(bytes)
+            })
         });
     match killed {
-        Ok(_) => log::info!("exec in container {container} passed its deadline: killed"),
+        Ok(_) => log::info!("exec in container {container} stopped: its processes were killed"),
         Err(error) => {
-            log::warn!("exec in container {container} passed its deadline; cannot kill it: {error}")
+            log::warn!("exec in container {container} stopped; cannot kill its processes: {error}")
         }
+    }
+    static SAID_UNMARKED: AtomicBool = AtomicBool::new(false);
+    if mark.login_uid.is_some()
+        && said == b"unmarked\n"
+        && !SAID_UNMARKED.swap(true, Ordering::SeqCst)
+    {
+        log::warn!(
+            "the engine's processes already have an audit login uid (or the kernel has no \
+             audit support): commands run by docker exec are killed by an environment \
+             token only, which a command can remove"
+        );
     }
 }
 
 /// Polls exec inspect until the process is gone: the stream can end a moment before
 /// the engine records the exit code.
-fn wait_exec_exit(docker: &Docker, exec_id: &str) -> Result<Option<i64>> {
+pub(crate) fn wait_exec_exit(docker: &Docker, exec_id: &str) -> Result<Option<i64>> {
     let give_up = Instant::now() + Duration::from_secs(2);
     loop {
         let inspect = docker.exec_inspect(exec_id)?;

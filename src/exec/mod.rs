@@ -103,6 +103,9 @@ pub enum Status {
     OomKilled,
     Signaled,
     OutputTruncated,
+    /// The command's supervisor ended without a result (killed by the command or from
+    /// outside); everything the command started was killed with it.
+    Killed,
 }
 
 impl Status {
@@ -113,6 +116,7 @@ impl Status {
             Status::OomKilled => "oom_killed",
             Status::Signaled => "signaled",
             Status::OutputTruncated => "output_truncated",
+            Status::Killed => "killed",
         }
     }
 }
@@ -128,6 +132,8 @@ pub struct CommandResult {
     pub signal: Option<i32>,
     pub status: Status,
     pub duration: Duration,
+    /// What happened, where the status alone does not say (`Killed`).
+    pub message: Option<String>,
 }
 
 impl CommandResult {
@@ -294,16 +300,34 @@ impl Observer for NoObserver {
     }
 }
 
-/// Watches nothing; the result keeps what the request's budget has room for.
-pub struct KeepWithin(pub OutputBudget);
+/// Watches nothing: the result keeps what the request's budget has room for, and the
+/// server may stop the command through `cancel` (a request whose answer is the whole
+/// result, and whose client may hang up before it).
+pub struct KeepWithin<'a> {
+    pub budget: OutputBudget,
+    pub cancel: Option<&'a Cancel>,
+}
 
-impl Observer for KeepWithin {
+impl<'a> KeepWithin<'a> {
+    pub fn new(budget: &OutputBudget, cancel: Option<&'a Cancel>) -> KeepWithin<'a> {
+        KeepWithin {
+            budget: budget.clone(),
+            cancel,
+        }
+    }
+}
+
+impl Observer for KeepWithin<'_> {
     fn output(&mut self, _: StreamKind, _: &[u8]) -> io::Result<()> {
         Ok(())
     }
 
+    fn cancel(&self) -> Option<&Cancel> {
+        self.cancel
+    }
+
     fn keep(&self) -> Keep {
-        Keep::Within(self.0.clone())
+        Keep::Within(self.budget.clone())
     }
 }
 
@@ -492,6 +516,7 @@ mod tests {
             signal: None,
             status: Status::Exited,
             duration: Duration::ZERO,
+            message: None,
         }
     }
 

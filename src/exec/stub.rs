@@ -5,6 +5,11 @@
 //! Invariants: the stub's first message must be its hello, so that an engine's refusal
 //! written into the stream is never read as records; every read has a deadline (the
 //! command's own plus `BACKSTOP`); a result is honest about how the command ended.
+//! In a sandbox, an exec whose stub did not answer (killed, stopped by its command, cut
+//! off, or its client gone) is killed from outside before the server answers: a second
+//! exec, `stub --kill-exec PID START`, kills the stub it reported (`P` record) with its
+//! tree and every orphan of the sandbox (`stub::reap`), and a stub that died that way is
+//! reported as `killed`, never as a bare 502 with its command still running.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -37,7 +42,131 @@ pub fn exec_via_stub(
     let exec_id = docker.exec_create(container, &exec_spec)?;
     let mut stream = StubStream::new(docker.exec_start(&exec_id)?);
     stream.read_hello().map_err(hello_failed)?;
-    stream.run(spec, started, sink).map_err(run_lost)
+    let conversation = stream.converse(spec, sink);
+    let supervisor = stream.supervisor;
+    // Closing the connection is the first kill: a stub that still reads stops the
+    // command itself.
+    drop(stream);
+    let (collected, ending) = match conversation {
+        Ok(ended) => ended,
+        Err(error) => (Collected::default(), Ending::Lost(error)),
+    };
+    if crate::exec::cancelled(sink) {
+        if let Err(error) = kill_from_outside(docker, container, supervisor) {
+            log::warn!(
+                "exec in container {container}: its client went away; cannot kill it: {error}"
+            );
+        }
+        return Err(Error::RunLost(
+            "the command was stopped: its client went away".into(),
+        ));
+    }
+    match ending {
+        Ending::Exit(exit) => Ok(result_from_exit(exit, collected, started)),
+        // Silent past its deadline: if the kill from outside runs, the engine answers
+        // and the command outlived its deadline (its stub stopped); if it cannot, the
+        // result is unknown, and the caller asks the engine why.
+        Ending::Silent => match kill_from_outside(docker, container, supervisor) {
+            Ok(()) => Ok(timeout_result(collected, started)),
+            Err(error) => {
+                log::warn!("exec in container {container} did not answer by its deadline; cannot kill it: {error}");
+                Err(run_lost(no_exit_record()))
+            }
+        },
+        // The kill's own success says that the container runs: the stub died alone.
+        // Otherwise the sandbox went away under the exec, which `sandbox::exec_in`
+        // explains.
+        Ending::Lost(error) => match kill_from_outside(docker, container, supervisor) {
+            Ok(()) => {
+                log::info!("exec in container {container}: its stub ended without a result ({error}); its processes were killed");
+                Ok(killed_result(collected, started))
+            }
+            Err(kill_error) => {
+                log::debug!("exec in container {container}: cannot kill it: {kill_error}");
+                Err(run_lost(error))
+            }
+        },
+    }
+}
+
+/// How long the kill from outside may take.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Kills an exec of the stub by a second exec (`stub --kill-exec`, see `stub::reap`):
+/// the stub that reported itself (if it did), its tree, and every orphan of the
+/// sandbox. Succeeds only if the kill ran, that is, if the container runs.
+fn kill_from_outside(
+    docker: &Docker,
+    container: &str,
+    supervisor: Option<(u32, u64)>,
+) -> std::result::Result<(), DockerError> {
+    let (pid, start) = supervisor.unwrap_or((0, 0));
+    let killer = ExecSpec {
+        cmd: [stub::STUB_PATH, "stub", "--kill-exec"]
+            .map(String::from)
+            .into_iter()
+            .chain([pid.to_string(), start.to_string()])
+            .collect(),
+        ..ExecSpec::default()
+    };
+    let exec_id = docker.exec_create(container, &killer)?;
+    let mut hijacked = docker.exec_start(&exec_id)?;
+    let io_error = |source| DockerError::Io {
+        operation: "kill exec".into(),
+        source,
+    };
+    hijacked
+        .set_read_timeout(Some(KILL_WAIT))
+        .map_err(io_error)?;
+    let mut said = Vec::new();
+    crate::engine::drain_frames(&mut hijacked.frames, |_, bytes| {
+        if said.len() < 4096 {
+            said.extend_from_slice(bytes);
+        }
+    })
+    .map_err(io_error)?;
+    match crate::exec::docker_exec::wait_exec_exit(docker, &exec_id) {
+        Ok(Some(0)) => Ok(()),
+        Ok(code) => match crate::engine::exec_refusal(code, &said, &[]) {
+            Some(refusal) => Err(refusal),
+            None => Err(DockerError::Protocol(format!(
+                "the kill exited with {code:?}: {}",
+                String::from_utf8_lossy(&said).trim()
+            ))),
+        },
+        Err(Error::Engine(error)) => Err(error),
+        Err(other) => Err(DockerError::Protocol(other.to_string())),
+    }
+}
+
+/// What came of an exec whose stub ended without a result, once everything it
+/// started was killed.
+fn killed_result(collected: Collected, started: Instant) -> CommandResult {
+    CommandResult {
+        output: collected.output,
+        stdout: collected.stdout,
+        stderr: collected.stderr,
+        exit_code: None,
+        signal: None,
+        status: Status::Killed,
+        duration: started.elapsed(),
+        message: Some(
+            "the command's supervisor (its exec's stub) ended without reporting a result: \
+             it was killed, by the command itself, from outside, or for memory; every \
+             process the command started was killed"
+                .into(),
+        ),
+    }
+}
+
+/// How a conversation with a stub ended.
+pub enum Ending {
+    /// Its exit record.
+    Exit(StubExit),
+    /// Nothing by the backstop: the stub is there but does not answer.
+    Silent,
+    /// The stream ended or broke before the exit record, or the observer went away.
+    Lost(io::Error),
 }
 
 /// How long the rest of an engine's in-stream error message may take to arrive.
@@ -69,8 +198,34 @@ pub fn hello_docker_error(source: io::Error) -> DockerError {
     }
 }
 
-/// A failed hello: the engine's own refusal, or a stub that broke off.
+/// A stub whose hello announced another protocol version (`None`: unreadable).
+#[derive(Debug)]
+struct VersionMismatch(Option<u64>);
+
+impl std::fmt::Display for VersionMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Error::StubMismatch {
+            found: self.0,
+            expected: stub::PROTOCOL_VERSION,
+        }
+        .fmt(f)
+    }
+}
+
+impl std::error::Error for VersionMismatch {}
+
+/// A failed hello: the engine's own refusal, a stub of another protocol version, or a
+/// stub that broke off.
 fn hello_failed(error: io::Error) -> Error {
+    if let Some(VersionMismatch(found)) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<VersionMismatch>())
+    {
+        return Error::StubMismatch {
+            found: *found,
+            expected: stub::PROTOCOL_VERSION,
+        };
+    }
     match error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<EngineSaid>())
@@ -94,6 +249,8 @@ pub struct StubStream {
     hijacked: Hijacked,
     frame: Vec<u8>,
     position: usize,
+    /// The stub's pid and start time, from its `P` record.
+    supervisor: Option<(u32, u64)>,
 }
 
 impl Read for StubStream {
@@ -136,6 +293,7 @@ impl StubStream {
             hijacked,
             frame: Vec::new(),
             position: 0,
+            supervisor: None,
         }
     }
 
@@ -160,7 +318,13 @@ impl StubStream {
             )));
         }
         match stub::read_record(&mut (&kind[..]).chain(&mut *self))? {
-            Some((stub::HELLO, _)) => Ok(()),
+            Some((stub::HELLO, payload)) => match stub::hello_version(&payload) {
+                Some(version) if version == u64::from(stub::PROTOCOL_VERSION) => Ok(()),
+                found => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    VersionMismatch(found),
+                )),
+            },
             Some((kind, _)) => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("stub sent record {kind} before hello"),
@@ -178,6 +342,24 @@ impl StubStream {
         started: Instant,
         sink: OutputSink<'_>,
     ) -> io::Result<CommandResult> {
+        let (collected, ending) = self.converse(spec, sink)?;
+        match ending {
+            Ending::Exit(exit) => Ok(result_from_exit(exit, collected, started)),
+            // No exit record by the backstop: the result is unknown (a frozen engine
+            // relays nothing), never a `timeout` the stub did not report.
+            Ending::Silent => Err(no_exit_record()),
+            Ending::Lost(error) => Err(error),
+        }
+    }
+
+    /// Sends the spec (and stdin) and reads the records until the exit record, the end
+    /// of the stream or the backstop; what was collected, and how it ended. An error
+    /// means the spec could not be sent.
+    pub fn converse(
+        &mut self,
+        spec: &CommandSpec,
+        sink: OutputSink<'_>,
+    ) -> io::Result<(Collected, Ending)> {
         let stub_spec = StubSpec {
             argv: spec.argv.clone(),
             env: spec.env.clone(),
@@ -198,23 +380,26 @@ impl StubStream {
             .as_deref()
             .map(|data| (self.hijacked.stdin.try_clone(), data));
         let backstop = Instant::now() + spec.timeout + BACKSTOP;
-        with_records_fed(feed, || self.collect(spec, started, backstop, sink))
+        let mut collected = Collected::new(sink.keep());
+        let ending = with_records_fed(feed, || self.collect(&mut collected, spec, backstop, sink));
+        Ok((collected, ending))
     }
 
     fn collect(
         &mut self,
+        collected: &mut Collected,
         spec: &CommandSpec,
-        started: Instant,
         backstop: Instant,
         sink: OutputSink<'_>,
-    ) -> io::Result<CommandResult> {
-        let mut collected = Collected::new(sink.keep());
+    ) -> Ending {
         loop {
             let left = backstop.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Ok(timeout_result(collected, started));
+                return Ending::Silent;
             }
-            self.hijacked.set_read_timeout(Some(left))?;
+            if let Err(error) = self.hijacked.set_read_timeout(Some(left)) {
+                return Ending::Lost(error);
+            }
             let record = match stub::read_record(self) {
                 Ok(record) => record,
                 Err(error)
@@ -223,9 +408,9 @@ impl StubStream {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    return Ok(timeout_result(collected, started));
+                    return Ending::Silent;
                 }
-                Err(error) => return Err(error),
+                Err(error) => return Ending::Lost(error),
             };
             match record {
                 Some((kind @ (stub::STDOUT | stub::STDERR), bytes)) => {
@@ -236,18 +421,32 @@ impl StubStream {
                     };
                     let kept = collected.push(kind, &bytes, spec.max_output_bytes);
                     if !kept.is_empty() {
-                        sink.output(kind, kept)?;
+                        if let Err(error) = sink.output(kind, kept) {
+                            return Ending::Lost(error);
+                        }
                     }
                 }
                 Some((stub::EXIT, payload)) => {
-                    let exit: StubExit = serde_json::from_slice(&payload).map_err(|error| {
-                        io::Error::new(io::ErrorKind::InvalidData, format!("exit record: {error}"))
-                    })?;
-                    return Ok(result_from_exit(exit, collected, started));
+                    return match serde_json::from_slice(&payload) {
+                        Ok(exit) => Ending::Exit(exit),
+                        Err(error) => Ending::Lost(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("exit record: {error}"),
+                        )),
+                    };
+                }
+                Some((stub::PROCESS, payload)) => {
+                    let process: serde_json::Value =
+                        serde_json::from_slice(&payload).unwrap_or_default();
+                    if let (Some(pid), Some(start)) =
+                        (process["pid"].as_u64(), process["start"].as_u64())
+                    {
+                        self.supervisor = Some((pid as u32, start));
+                    }
                 }
                 Some(_) => {}
                 None => {
-                    return Err(io::Error::new(
+                    return Ending::Lost(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the stream ended before the exit record",
                     ))
@@ -255,6 +454,19 @@ impl StubStream {
             }
         }
     }
+}
+
+/// The stub kills the command at its deadline and reports it; no exit record by the
+/// backstop means the records are not coming (a frozen engine relays nothing): the
+/// result is unknown, never a `timeout` the stub did not report.
+fn no_exit_record() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "no exit record within {} s past the command's deadline",
+            BACKSTOP.as_secs()
+        ),
+    )
 }
 
 fn timeout_result(collected: Collected, started: Instant) -> CommandResult {
@@ -266,6 +478,7 @@ fn timeout_result(collected: Collected, started: Instant) -> CommandResult {
         signal: None,
         status: Status::Timeout,
         duration: started.elapsed(),
+        message: None,
     }
 }
 
@@ -296,6 +509,7 @@ pub fn result_from_exit(exit: StubExit, collected: Collected, started: Instant) 
         signal: exit.signal,
         status,
         duration: started.elapsed(),
+        message: None,
     }
 }
 
@@ -319,6 +533,44 @@ pub fn with_records_fed<T>(
 mod tests {
     use super::*;
     use crate::exec::Status;
+
+    /// A stub stream whose other end writes `frames` (raw engine frames) and closes.
+    fn stream_of(frames: &[u8]) -> StubStream {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut writer = theirs;
+        writer.write_all(frames).unwrap();
+        drop(writer);
+        let reader = std::io::BufReader::new(ours.try_clone().unwrap());
+        StubStream::new(Hijacked {
+            frames: crate::engine::frames::FrameReader::new(reader),
+            stdin: ours,
+        })
+    }
+
+    /// One stdout frame holding `payload`.
+    fn stdout_frame(payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![1, 0, 0, 0];
+        frame.extend((payload.len() as u32).to_be_bytes());
+        frame.extend(payload);
+        frame
+    }
+
+    #[test]
+    fn a_hello_of_another_protocol_version_is_a_clear_error() {
+        let ours = stdout_frame(&stub::encode_record(stub::HELLO, stub::hello().as_bytes()));
+        assert!(stream_of(&ours).read_hello().is_ok());
+        for (hello, found) in [(&br#"{"version":99}"#[..], Some(99)), (b"{}", None)] {
+            let frames = stdout_frame(&stub::encode_record(stub::HELLO, hello));
+            let error = hello_failed(stream_of(&frames).read_hello().unwrap_err());
+            assert!(
+                matches!(error, Error::StubMismatch { found: f, expected } if f == found
+                    && expected == stub::PROTOCOL_VERSION),
+                "{error:?}"
+            );
+            let message = error.to_string();
+            assert!(message.contains("incompatible build"), "{message}");
+        }
+    }
 
     #[test]
     fn exit_records_become_honest_statuses() {

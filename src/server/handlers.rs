@@ -16,8 +16,9 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::containers::labels::SandboxName;
+use crate::engine::DockerError;
 use crate::error::Error;
-use crate::exec::{CommandResult, KeepWithin, OutputBudget};
+use crate::exec::{Cancel, CommandResult, KeepWithin, OutputBudget};
 use crate::files::{self, SandboxPath};
 use crate::run::RunRequest;
 use crate::sandbox;
@@ -32,6 +33,16 @@ use super::Context;
 
 /// Runs the handler of a request: the single `match` from request to handler.
 pub fn dispatch(context: &Context, request: Request) -> Result<Reply, ApiError> {
+    dispatch_with(context, request, &Cancel::new())
+}
+
+/// `dispatch`, with the handle through which the server stops a command whose client
+/// hung up before its answer.
+pub fn dispatch_with(
+    context: &Context,
+    request: Request,
+    cancel: &Cancel,
+) -> Result<Reply, ApiError> {
     match request {
         Request::OpenApi => get_openapi(context),
         Request::Health => get_health(context),
@@ -39,14 +50,14 @@ pub fn dispatch(context: &Context, request: Request) -> Result<Reply, ApiError> 
         Request::Backends => get_backends(context),
         Request::GetSandboxByUuid(uuid) => get_sandbox_by_uuid(context, &uuid),
         Request::ExtendSandbox(name, body) => post_sandbox_extend(context, &name, body),
-        Request::Run(body) => post_run(context, body),
+        Request::Run(body) => post_run(context, body, cancel),
         Request::RunStream(body) => post_run_stream(context, body),
         Request::BatchRun(body) => post_batch_run(context, body),
         Request::ListSandboxes => get_sandboxes(context),
         Request::CreateSandbox(body) => post_sandboxes(context, body),
         Request::GetSandbox(name) => get_sandbox(context, &name),
         Request::DeleteSandbox(name) => delete_sandbox(context, &name),
-        Request::ExecSandbox(name, body) => post_sandbox_exec(context, &name, body),
+        Request::ExecSandbox(name, body) => post_sandbox_exec(context, &name, body, cancel),
         Request::ExecSandboxStream(name, body) => post_sandbox_exec_stream(context, &name, body),
         Request::ExecDetach(name, body) => post_sandbox_exec_detach(context, &name, body),
         Request::DetachedList(name) => get_detached_list(context, &name),
@@ -89,6 +100,9 @@ pub fn get_health(context: &Context) -> Result<Reply, ApiError> {
                 "used": context.output_memory.used(),
                 "max": context.output_memory.limit(),
             },
+            // Liveness is the 200; readiness is whether the engine answers (never asked
+            // here: a frozen engine must not hold up the answer).
+            "engine": if context.engine.is_up() { "up" } else { "down" },
         }),
     ))
 }
@@ -123,7 +137,7 @@ pub fn get_pool(context: &Context) -> Result<Reply, ApiError> {
     Ok(Reply::ok(context.pool.stats()))
 }
 
-pub fn post_run(context: &Context, body: RunBody) -> Result<Reply, ApiError> {
+pub fn post_run(context: &Context, body: RunBody, cancel: &Cancel) -> Result<Reply, ApiError> {
     let request = body.validate(&context.config)?;
     let need = output_need(&context.config, [request.command.max_output_bytes]);
     let budget = reserve_output(context, need)?;
@@ -132,9 +146,12 @@ pub fn post_run(context: &Context, body: RunBody) -> Result<Reply, ApiError> {
         &context.config,
         &context.pool,
         &request,
-        &mut KeepWithin(budget.clone()),
-    )?;
-    Ok(command_reply(result, budget))
+        &mut KeepWithin::new(&budget, Some(cancel)),
+    );
+    if cancel.is_cancelled() {
+        return Err(ApiError::ClientGone);
+    }
+    Ok(command_reply(result?, budget))
 }
 
 pub fn post_run_stream(context: &Context, body: RunBody) -> Result<Reply, ApiError> {
@@ -163,10 +180,21 @@ pub fn post_sandboxes(context: &Context, body: CreateBody) -> Result<Reply, ApiE
     let host = || Ok(context.docker.host_resources().map_err(Error::from)?);
     let request = body.validate(&context.config, &host)?;
     let create = |launcher| sandbox::create(&context.docker, &context.config, &launcher, &request);
+    let not_before = crate::containers::labels::rfc3339(std::time::SystemTime::now());
     let created = match create(context.pool.launcher()) {
         Err(error) if context.pool.stub_mount_failed(&error) => create(context.pool.launcher()),
         other => other,
-    }?;
+    };
+    // The engine went away during the create: it may have made the container all the
+    // same. The client is told the create failed, so once the engine is back, whatever
+    // this create made goes.
+    if let Err(Error::Engine(DockerError::Unreachable { .. } | DockerError::Io { .. })) = &created {
+        let container =
+            crate::containers::labels::container_name(&context.config.namespace, &request.name);
+        let cleanup = context.pool.cleanup();
+        cleanup.owe_failed_create(&context.config.namespace, &container, not_before);
+    }
+    let created = created?;
     context.history.event(&request.name, "created");
     Ok(Reply::created(sandbox_data(&created)))
 }
@@ -198,6 +226,7 @@ pub fn post_sandbox_exec(
     context: &Context,
     name: &SandboxName,
     body: ExecBody,
+    cancel: &Cancel,
 ) -> Result<Reply, ApiError> {
     let spec = body.validate(&context.config)?;
     let budget = reserve_output(
@@ -209,8 +238,12 @@ pub fn post_sandbox_exec(
         &context.config,
         name,
         &spec,
-        &mut KeepWithin(budget.clone()),
-    )?;
+        &mut KeepWithin::new(&budget, Some(cancel)),
+    );
+    if cancel.is_cancelled() {
+        return Err(ApiError::ClientGone);
+    }
+    let result = result.map_err(|error| error.unless_engine_down(&context.docker))?;
     context.history.exec(name, &spec.argv, &result);
     Ok(command_reply(result, budget))
 }
@@ -276,7 +309,7 @@ pub fn post_batch_run(context: &Context, body: BatchBody) -> Result<Reply, ApiEr
                             &context.config,
                             &context.pool,
                             request,
-                            &mut KeepWithin(budget.clone()),
+                            &mut KeepWithin::new(&budget, None),
                         )
                         .map_err(|error| error.to_string()),
                         Err(message) => Err(message.clone()),

@@ -159,7 +159,7 @@ pub fn parse_head(bytes: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>
             .map_err(|_| HeadError::Bad(format!("Header '{}' is not valid UTF-8", header.name)))?;
         fields.push((header.name.to_string(), value.trim().to_string()));
     }
-    let framing = framing_of(&fields)?;
+    let framing = framing_of(&fields, http10)?;
     let connection_has = |token: &str| {
         fields
             .iter()
@@ -248,9 +248,9 @@ fn scan_lines(bytes: &[u8], limits: &Limits, scan: &mut LineScan) -> Result<(), 
 
 /// How the body is framed (RFC 9112 section 6), refusing the ambiguous shapes that
 /// make request smuggling possible.
-fn framing_of(fields: &[(String, String)]) -> Result<Framing, HeadError> {
+fn framing_of(fields: &[(String, String)], http10: bool) -> Result<Framing, HeadError> {
     let mut length: Option<u64> = None;
-    let mut codings: Vec<String> = Vec::new();
+    let mut codings: Option<Vec<String>> = None;
     for (name, value) in fields {
         if name.eq_ignore_ascii_case("content-length") {
             for item in value.split(',') {
@@ -266,7 +266,9 @@ fn framing_of(fields: &[(String, String)]) -> Result<Framing, HeadError> {
                 length = Some(parsed);
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            codings.extend(
+            // Any Transfer-Encoding field counts, an empty one too: a proxy in front of
+            // us may read it differently, so it never falls back to Content-Length.
+            codings.get_or_insert_with(Vec::new).extend(
                 value
                     .split(',')
                     .map(|coding| coding.trim().to_ascii_lowercase())
@@ -274,11 +276,19 @@ fn framing_of(fields: &[(String, String)]) -> Result<Framing, HeadError> {
             );
         }
     }
-    if !codings.is_empty() {
+    if let Some(codings) = codings {
+        if http10 {
+            return Err(HeadError::Bad(
+                "Transfer-Encoding is not allowed in an HTTP/1.0 request".into(),
+            ));
+        }
         if length.is_some() {
             return Err(HeadError::Bad(
                 "A request must not have both Content-Length and Transfer-Encoding".into(),
             ));
+        }
+        if codings.is_empty() {
+            return Err(HeadError::Bad("Empty Transfer-Encoding".into()));
         }
         if codings != ["chunked"] {
             return Err(HeadError::NotImplemented(format!(
@@ -356,8 +366,9 @@ impl Chunked {
                         continue;
                     }
                     let mut line = std::mem::take(&mut self.line);
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
+                    // CRLF only: a bare LF is how two parsers come to disagree.
+                    if line.pop() != Some(b'\r') {
+                        return Err(ChunkError::Bad("chunk line not ended by CRLF".into()));
                     }
                     if self.state == ChunkState::Trailer {
                         if line.is_empty() {
@@ -365,10 +376,18 @@ impl Chunked {
                         }
                         continue;
                     }
-                    let size_text = line.split(|&b| b == b';').next().unwrap_or_default();
+                    // Hex digits only; blanks only between them and an extension.
+                    let (size_text, extension) = match line.iter().position(|&b| b == b';') {
+                        Some(at) => (&line[..at], true),
+                        None => (&line[..], false),
+                    };
                     let size_text = std::str::from_utf8(size_text)
-                        .map_err(|_| ChunkError::Bad("chunk size is not hex".into()))?
-                        .trim();
+                        .map_err(|_| ChunkError::Bad("chunk size is not hex".into()))?;
+                    let size_text = if extension {
+                        size_text.trim_end_matches([' ', '\t'])
+                    } else {
+                        size_text
+                    };
                     if size_text.is_empty()
                         || size_text.len() > 15
                         || !size_text.bytes().all(|b| b.is_ascii_hexdigit())
@@ -404,7 +423,7 @@ impl Chunked {
                     used += 1;
                     self.state = match (seen, byte) {
                         (0, b'\r') => ChunkState::DataEnd(1),
-                        (_, b'\n') => ChunkState::Size,
+                        (1, b'\n') => ChunkState::Size,
                         _ => return Err(ChunkError::Bad("chunk data not followed by CRLF".into())),
                     };
                 }
@@ -427,6 +446,8 @@ pub enum BodyError {
     Closed,
     /// The server is shutting down (503).
     Stopped,
+    /// The bodies arriving at once would hold more memory than the server allows (503).
+    OverBudget,
 }
 
 /// How often a read waiting on a client checks whether the server is stopping.
@@ -513,6 +534,7 @@ impl Connection {
         limit: u64,
         timeout: Duration,
         stop: &dyn Fn() -> bool,
+        grant: &mut dyn FnMut(u64) -> bool,
     ) -> Result<Vec<u8>, BodyError> {
         let deadline = Instant::now() + timeout;
         match head.framing {
@@ -523,12 +545,18 @@ impl Connection {
                 }
                 // `length` is at most `limit`, a bound of ours.
                 let length = length as usize;
-                let mut body = Vec::with_capacity(length.min(1024 * 1024));
+                let mut body = Vec::new();
                 let from_buffer = self.buffer.len().min(length);
+                grow(&mut body, from_buffer, length, grant)?;
                 body.extend(self.buffer.drain(..from_buffer));
                 while body.len() < length {
                     self.wait_until(deadline, stop)?;
-                    let room = (length - body.len()).min(64 * 1024);
+                    // Read into the room there is; more room only once it is full, so
+                    // a connection holds about what its client sent.
+                    grow(&mut body, 1, length, grant)?;
+                    let room = (body.capacity() - body.len())
+                        .min(length - body.len())
+                        .min(64 * 1024);
                     match read_some(&mut self.stream, &mut body, room) {
                         Ok(0) => return Err(BodyError::Closed),
                         Ok(_) => {}
@@ -542,6 +570,12 @@ impl Connection {
                 let mut decoder = Chunked::new(limit);
                 let mut pending = std::mem::take(&mut self.buffer);
                 loop {
+                    // What the decoder may hold once it has taken `pending`: its body
+                    // grows by doubling, so twice what it has and is given.
+                    let may_hold = 2 * (decoder.body.len() + pending.len()) as u64;
+                    if !grant(may_hold.min(limit.saturating_mul(2))) {
+                        return Err(BodyError::OverBudget);
+                    }
                     let used = decoder.feed(&pending).map_err(|error| match error {
                         ChunkError::TooLarge => BodyError::TooLarge,
                         ChunkError::Bad(message) => BodyError::Bad(message),
@@ -602,6 +636,26 @@ impl Connection {
             }
         }
     }
+}
+
+/// Makes room in `body` for `more` bytes, doubling its capacity (up to `length`) so
+/// that a body costs a few reallocations, each granted (`grant`) before it is made.
+fn grow(
+    body: &mut Vec<u8>,
+    more: usize,
+    length: usize,
+    grant: &mut dyn FnMut(u64) -> bool,
+) -> Result<(), BodyError> {
+    let needed = body.len() + more;
+    if needed <= body.capacity() {
+        return Ok(());
+    }
+    let capacity = needed.max(body.capacity() * 2).max(4096).min(length);
+    if !grant(capacity as u64) {
+        return Err(BodyError::OverBudget);
+    }
+    body.reserve_exact(capacity - body.len());
+    Ok(())
 }
 
 /// Reads at most `room` more bytes onto the end of `buffer`.
@@ -665,6 +719,56 @@ pub struct Answer<'a> {
     pub close: bool,
     /// Say `Connection: keep-alive` (an HTTP/1.0 client that asked to keep it).
     pub keep_alive_10: bool,
+}
+
+/// A writer to a client that must keep taking bytes: past `grace`, at least
+/// `MIN_WRITE_RATE` bytes a second on average, else the write fails (`TimedOut`). A
+/// client reading a large answer slowly cannot hold its memory for long.
+pub struct PacedWriter<'a> {
+    inner: &'a mut dyn Write,
+    started: Instant,
+    grace: Duration,
+    written: u64,
+}
+
+/// The slowest a client may take an answer, on average, once the grace is over.
+pub const MIN_WRITE_RATE: u64 = 128 * 1024;
+
+impl<'a> PacedWriter<'a> {
+    pub fn new(inner: &'a mut dyn Write, grace: Duration) -> PacedWriter<'a> {
+        PacedWriter {
+            inner,
+            started: Instant::now(),
+            grace,
+            written: 0,
+        }
+    }
+
+    fn check(&self) -> io::Result<()> {
+        let allowed =
+            self.grace + Duration::from_secs_f64(self.written as f64 / MIN_WRITE_RATE as f64);
+        if self.started.elapsed() > allowed {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client takes the answer too slowly",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Write for PacedWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.check()?;
+        let count = self.inner.write(bytes)?;
+        self.written += count as u64;
+        Ok(count)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.check()?;
+        self.inner.flush()
+    }
 }
 
 /// How much of an answer goes out per write at most.
@@ -806,12 +910,19 @@ mod tests {
 
     #[test]
     fn refuses_smuggling_shapes() {
-        let cases: [&[u8]; 5] = [
+        let cases: [&[u8]; 10] = [
             b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            // An empty Transfer-Encoding still is one: never read as Content-Length.
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding:\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: ,\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: \r\n\r\n",
+            // HTTP/1.0 has no transfer codings.
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.0\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
         ];
         for bytes in cases {
             assert!(
@@ -958,6 +1069,42 @@ mod tests {
             decoder.feed(&[b'1'; MAX_CHUNK_LINE + 1]),
             Err(ChunkError::Bad(_))
         ));
+        // Strict shapes: CRLF everywhere, no blanks around a bare size.
+        let refused: [&[u8]; 6] = [
+            b"2\nab\r\n0\r\n\r\n",
+            b"2\r\nab\n0\r\n\r\n",
+            b" 2\r\nab\r\n0\r\n\r\n",
+            b"2 \r\nab\r\n0\r\n\r\n",
+            b"2\r\nab\r\n0\r\n\n",
+            b"2\r\nab\r\n0\r\nX: y\n\r\n",
+        ];
+        for bytes in refused {
+            let mut decoder = Chunked::new(100);
+            assert!(
+                matches!(decoder.feed(bytes), Err(ChunkError::Bad(_))),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        // Blanks before an extension are allowed (BWS), and the extension is dropped.
+        let mut decoder = Chunked::new(100);
+        assert_eq!(decoder.feed(b"2 ;x=1\r\nab\r\n0\r\nX: y\r\n\r\n"), Ok(23));
+        assert!(decoder.is_done());
+        assert_eq!(decoder.body, b"ab");
+    }
+
+    #[test]
+    fn a_paced_writer_holds_its_client_to_the_minimum_rate() {
+        let mut sink = Vec::new();
+        let mut writer = PacedWriter::new(&mut sink, Duration::from_millis(100));
+        // Within the grace, anything goes; each byte written buys 1/MIN_WRITE_RATE s.
+        writer.write_all(&[0; 13_107]).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        writer.write_all(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let error = writer.write_all(b"y").unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(sink.len(), 13_108);
     }
 
     #[test]
@@ -998,5 +1145,22 @@ mod tests {
             ..answer
         };
         assert!(written(&short).is_err(), "a body shorter than announced");
+        // A JSON body: the length said is the length written, newline included.
+        let value = serde_json::json!({"data": "\u{1}é", "success": true});
+        let json_body = |out: &mut dyn Write| {
+            serde_json::to_writer(&mut *out, &value)?;
+            out.write_all(b"\n")
+        };
+        let json = Answer {
+            length: 35,
+            ..answer
+        };
+        let mut written = Vec::new();
+        json.write_to(&mut written, &json_body).unwrap();
+        let expected: &[u8] =
+            b"HTTP/1.1 405 Method Not Allowed\r\nContent-Type: application/json\r\n\
+              Content-Length: 35\r\nAllow: GET\r\nConnection: close\r\n\r\n\
+              {\"data\":\"\\u0001\xc3\xa9\",\"success\":true}\n";
+        assert_eq!(written, expected);
     }
 }

@@ -28,15 +28,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvError, RecvTimeoutError, Sender, TrySendError};
 
 use crate::config::Config;
 use crate::containers::pool::Pool;
+use crate::containers::watch::EngineWatch;
 use crate::engine::Docker;
-use crate::exec::OutputMemory;
+use crate::exec::{Cancel, OutputMemory};
 use crate::history::History;
 
-use self::http::{Answer, BodyError, Connection, Framing, Head, HeadError, Limits};
+use self::http::{Answer, BodyError, Connection, Framing, Head, HeadError, Limits, PacedWriter};
 use self::request::Request;
 use self::response::{ApiError, Reply};
 use self::routes::Route;
@@ -49,6 +50,8 @@ pub struct Context {
     pub history: History,
     /// Counters of the HTTP edge, for `/health`.
     pub edge: EdgeStats,
+    /// Whether the engine answers, kept by the `engine-watch` thread (for `/health`).
+    pub engine: EngineWatch,
     /// The output all requests hold at once (`output_memory_limit`).
     pub output_memory: Arc<OutputMemory>,
 }
@@ -62,6 +65,7 @@ impl Context {
         );
         Context {
             edge: EdgeStats::default(),
+            engine: EngineWatch::new(),
             output_memory: OutputMemory::new(output_memory_limit(&config)),
             config,
             docker,
@@ -96,29 +100,43 @@ pub struct EdgeStats {
     pub body_budget: AtomicU64,
 }
 
-/// A request body's share of the body memory budget, given back when dropped.
-struct BodyLease<'a> {
-    edge: &'a EdgeStats,
+/// A request body's share of the body memory budget, given back when dropped (with
+/// the body, once it is parsed).
+struct BodyLease {
+    context: Arc<Context>,
     bytes: u64,
 }
 
-impl<'a> BodyLease<'a> {
-    /// Takes `bytes` of the budget, or nothing if they do not fit.
-    fn take(edge: &'a EdgeStats, bytes: u64) -> Option<BodyLease<'a>> {
-        let budget = edge.body_budget.load(Ordering::SeqCst);
-        edge.body_bytes
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
-                used.checked_add(bytes).filter(|total| *total <= budget)
-            })
-            .ok()
-            .map(|_| BodyLease { edge, bytes })
+impl BodyLease {
+    fn new(context: Arc<Context>) -> BodyLease {
+        BodyLease { context, bytes: 0 }
     }
 
-    /// Gives back what a body turned out not to need (a chunked body holds its route's
-    /// whole limit while it arrives).
+    /// Holds `bytes` in all, taking what is missing from the budget; false (and
+    /// nothing taken) if that does not fit.
+    fn grow_to(&mut self, bytes: u64) -> bool {
+        let Some(more) = bytes.checked_sub(self.bytes).filter(|more| *more > 0) else {
+            return true;
+        };
+        let edge = &self.context.edge;
+        let budget = edge.body_budget.load(Ordering::SeqCst);
+        let taken = edge
+            .body_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(more).filter(|total| *total <= budget)
+            })
+            .is_ok();
+        if taken {
+            self.bytes = bytes;
+        }
+        taken
+    }
+
+    /// Gives back what a body turned out not to need.
     fn shrink_to(&mut self, bytes: u64) {
         if bytes < self.bytes {
-            self.edge
+            self.context
+                .edge
                 .body_bytes
                 .fetch_sub(self.bytes - bytes, Ordering::SeqCst);
             self.bytes = bytes;
@@ -126,9 +144,12 @@ impl<'a> BodyLease<'a> {
     }
 }
 
-impl Drop for BodyLease<'_> {
+impl Drop for BodyLease {
     fn drop(&mut self) {
-        self.edge.body_bytes.fetch_sub(self.bytes, Ordering::SeqCst);
+        self.context
+            .edge
+            .body_bytes
+            .fetch_sub(self.bytes, Ordering::SeqCst);
     }
 }
 
@@ -136,10 +157,17 @@ impl Drop for BodyLease<'_> {
 /// `Connection::linger_close`): long enough for a client that writes a whole body
 /// before it reads our early answer, even on a busy machine.
 const LINGER: Duration = Duration::from_secs(1);
-/// The `refuser` thread lingers less: it serves every refused connection in turn.
+/// The `refuser` thread lingers less (and not at all while others wait): it serves
+/// every refused connection in turn.
 const REFUSED_LINGER: Duration = Duration::from_millis(100);
 /// Connections over the limit waiting for the `refuser`; past it they are closed unanswered.
 const REFUSER_QUEUE: usize = 64;
+/// How long the clean-up after the drain (removing the warm pool and our temporary
+/// containers) may take at least, and at most until how long after the signal, before
+/// the process exits without it: with the default drain timeout, the process is gone
+/// within 10 s of SIGTERM.
+const CLEANUP_BUDGET: Duration = Duration::from_secs(4);
+const EXIT_WITHIN: Duration = Duration::from_secs(9);
 
 /// A request whose head and body have arrived, on its way to a worker with the
 /// connection to answer on.
@@ -149,6 +177,10 @@ struct Job {
     head: Head,
     connection: Connection,
     done: Sender<Handled>,
+    /// Cancelled by the connection's thread when the client hangs up before its answer.
+    cancel: Cancel,
+    /// The body's share of the body memory budget: given back once it is parsed.
+    lease: BodyLease,
 }
 
 /// What a worker hands back to the connection's thread.
@@ -173,9 +205,15 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     let address = format!("{}:{}", config.host, config.port);
     let listener =
         listen(&address).map_err(|error| format!("cannot listen on {address}: {error}"))?;
+    // Our lease, held until we return (and by the kernel until this process ends): how
+    // other processes of the namespace tell that our containers' owner still runs.
+    let lease = take_lease(config);
     // Only once the port is ours: a second server started by mistake on the same port
-    // must fail before it touches the first one's containers.
-    crate::containers::sweep::remove_temporary(&context.docker, &context.config);
+    // must fail before it touches the first one's containers. With the engine down,
+    // the start-up sweep waits for it (`engine-watch`).
+    context
+        .engine
+        .first_look(&context.docker, &context.config, &context.pool);
     let local = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -214,6 +252,20 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
         let context = Arc::clone(&context);
         spawn("reaper", move || context.pool.reap_loop(&context.docker))?
     };
+    let watch = {
+        let context = Arc::clone(&context);
+        let shutdown = Arc::clone(&shutdown);
+        spawn("engine-watch", move || {
+            let Context {
+                engine,
+                docker,
+                config,
+                pool,
+                ..
+            } = &*context;
+            engine.watch_loop(docker, config, pool, &shutdown)
+        })?
+    };
 
     let (jobs, receiver) = bounded::<Job>(config.queue);
     let (done_sender, done_receiver) = bounded::<()>(config.workers * 2);
@@ -229,11 +281,25 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     drop(receiver);
     drop(done_sender);
     let (refusals, refused) = bounded::<TcpStream>(REFUSER_QUEUE);
-    let refuser = spawn("refuser", move || {
-        for stream in refused {
-            refuse(stream);
-        }
-    })?;
+    let refuser = {
+        let shutdown = Arc::clone(&shutdown);
+        spawn("refuser", move || {
+            for stream in refused.iter() {
+                let reason = if shutdown.load(Ordering::SeqCst) {
+                    ApiError::ShuttingDown
+                } else {
+                    ApiError::TooManyConnections
+                };
+                // Under a flood, no lingering: the next refusal must not wait for this one.
+                let linger = if refused.is_empty() {
+                    REFUSED_LINGER
+                } else {
+                    Duration::ZERO
+                };
+                refuse(stream, &reason, linger);
+            }
+        })?
+    };
 
     let shared = Arc::new(Shared {
         context: Arc::clone(&context),
@@ -249,17 +315,88 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     });
     accept_loop(&listener, &shared, &refusals, max_connections);
 
-    log::info!("shutting down: finishing in-flight requests");
-    drop(listener);
-    drop(refusals);
-    let deadline = Instant::now() + config.shutdown_grace;
+    log::info!(
+        "shutting down: finishing in-flight requests (at most {:?}); new ones get 503",
+        config.shutdown_grace
+    );
+    let stopping = Instant::now();
+    let deadline = stopping + config.shutdown_grace;
     // Connections end when idle (they watch `shutdown`) or when their request is done;
     // the workers end once every connection has let go of the queue.
     drop(shared);
+    let drained = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // Meanwhile, new connections are answered 503 at once rather than refused by a
+        // closed port, so that a client can tell a server going away from one gone.
+        let turn_away = std::thread::Builder::new()
+            .name("turn-away".into())
+            .spawn_scoped(scope, || {
+                while !drained.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let _ = refusals.try_send(stream);
+                        }
+                        Err(error) if is_transient(&error) => {}
+                        // Out of descriptors or worse: no busy loop while it lasts.
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+            });
+        if let Err(error) = turn_away {
+            log::warn!("cannot start thread turn-away: {error}; new connections are refused");
+        }
+        wait_for_workers(&done_receiver, config, &context.edge, deadline);
+        drained.store(true, Ordering::SeqCst);
+    });
+    drop(listener);
+    drop(refusals);
+    // The clean-up is bounded too: it may use what the drain left of `EXIT_WITHIN`, and
+    // `CLEANUP_BUDGET` at least; past that we exit without it. What is left then is no
+    // leak: warm containers end with our connections to their stubs, and the next
+    // start-up sweep removes the rest (their owner is gone).
+    let budget = (stopping + EXIT_WITHIN)
+        .saturating_duration_since(Instant::now())
+        .max(CLEANUP_BUDGET);
+    let (cleaned, cleanup_done) = bounded::<()>(1);
+    let cleanup = {
+        let context = Arc::clone(&context);
+        spawn("cleanup", move || {
+            context.pool.shut_down(&context.docker);
+            let _ = refill.join();
+            let _ = reaper.join();
+            let _ = refuser.join();
+            let _ = watch.join();
+            crate::containers::sweep::remove_temporary(&context.docker, &context.config, None);
+            let _ = cleaned.send(());
+        })
+    };
+    match cleanup {
+        Ok(_) => {
+            if cleanup_done.recv_timeout(budget).is_err() {
+                log::warn!(
+                    "clean-up not finished after {budget:?}; exiting without it (the \
+                     next start removes what is left)"
+                );
+                // The lease file stays, its lock freed when we exit: it is what tells the
+                // next sweep, even from another PID namespace, that our containers' owner
+                // is gone.
+                std::mem::forget(lease);
+                return Ok(());
+            }
+        }
+        Err(error) => log::warn!("{error}; exiting without clean-up"),
+    }
+    drop(lease);
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Waits until every worker has finished, or `deadline`.
+fn wait_for_workers(done: &Receiver<()>, config: &Config, edge: &EdgeStats, deadline: Instant) {
     let mut finished = 0;
     while finished < config.workers {
         let left = deadline.saturating_duration_since(Instant::now());
-        match done_receiver.recv_timeout(left) {
+        match done.recv_timeout(left) {
             Ok(()) => finished += 1,
             Err(_) => {
                 log::warn!(
@@ -267,20 +404,28 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
                      exiting without them",
                     config.workers - finished,
                     config.workers,
-                    context.edge.connections.load(Ordering::SeqCst),
+                    edge.connections.load(Ordering::SeqCst),
                     config.shutdown_grace
                 );
-                break;
+                return;
             }
         }
     }
-    context.pool.shut_down(&context.docker);
-    let _ = refill.join();
-    let _ = reaper.join();
-    let _ = refuser.join();
-    crate::containers::sweep::remove_temporary(&context.docker, &context.config);
-    log::info!("stopped");
-    Ok(())
+}
+
+/// This server's owner lease under the data dir (none without one: then our containers'
+/// owner is judged by its process alone).
+fn take_lease(config: &Config) -> Option<crate::containers::owner::Lease> {
+    use crate::containers::owner::{leases_dir, Lease};
+    let dir = leases_dir(config.data_dir.as_ref()?, config.namespace.as_str());
+    Lease::take(&dir)
+        .inspect_err(|error| {
+            log::warn!(
+                "cannot take an owner lease under {}: {error}",
+                dir.display()
+            )
+        })
+        .ok()
 }
 
 fn spawn<F: FnOnce() + Send + 'static>(
@@ -422,14 +567,15 @@ fn is_out_of_files(error: &std::io::Error) -> bool {
         || code == Some(rustix::io::Errno::NOMEM.raw_os_error())
 }
 
-/// The `refuser` thread's work: a 503 to a connection over the limit, then close.
-fn refuse(stream: TcpStream) {
+/// The `refuser` thread's work: a 503 to a connection over the limit (or arriving
+/// while we shut down), then close.
+fn refuse(stream: TcpStream, reason: &ApiError, linger: Duration) {
     let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
     let mut connection = Connection::new(stream);
-    let reply = ApiError::TooManyConnections.reply();
+    let reply = reason.reply();
     let _ = answer_of(&reply, false, true)
         .write_to(&mut connection.stream, &|out| reply.write_body(out));
-    connection.linger_close(REFUSED_LINGER);
+    connection.linger_close(linger);
 }
 
 /// Starts worker `index`. A worker that dies anyway (a panic outside the guarded
@@ -506,13 +652,20 @@ fn work(context: &Context, job: Job) {
         head,
         mut connection,
         done,
+        cancel,
+        lease,
     } = job;
     let hook = test_hook(context, &head);
-    let reply = guarded(|| {
+    let reply = guarded(move || {
         if hook == Some("handler") {
             panic!("test hook: panic in a handler");
         }
-        Request::parse(route, &body).and_then(|request| handlers::dispatch(context, request))
+        // Parsed, the body's bytes are of no more use: neither they nor their share of
+        // the budget wait for the handler and the answer.
+        let parsed = Request::parse(route, &body);
+        drop(body);
+        drop(lease);
+        parsed.and_then(|request| handlers::dispatch_with(context, request, &cancel))
     });
     match reply.stream {
         Some(stream_job) => {
@@ -570,6 +723,11 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
             }
         };
         let started = Instant::now();
+        if stop() {
+            // Arrived after shutdown began (on a kept-alive connection): not in flight.
+            finish_early(connection, Some(&head), &ApiError::ShuttingDown, started);
+            return;
+        }
         let (route, limit) = match admit(context, &head) {
             Ok(admitted) => admitted,
             Err(error) => {
@@ -587,62 +745,78 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                 return;
             }
         };
-        // The body's room in memory is promised before any of it is read (and before
-        // `100 Continue`): past the budget, a fast 503 instead of one more buffer.
-        let promised = match head.framing {
-            Framing::Empty => 0,
-            Framing::Length(length) => length.min(limit),
-            Framing::Chunked => limit,
-        };
-        let Some(mut lease) = BodyLease::take(&context.edge, promised) else {
-            finish_early(connection, Some(&head), &ApiError::BodiesInFlight, started);
-            return;
-        };
+        // The body's memory is granted as it arrives, from a budget all connections
+        // share: past it, a 503 instead of one more buffer. (Granted bytes are what
+        // clients sent, so idle connections that declare large bodies hold nothing.)
+        let mut lease = BodyLease::new(Arc::clone(&shared.context));
         if head.expect_continue && head.framing != Framing::Empty && !head.http10 {
             let go_ahead = b"HTTP/1.1 100 Continue\r\n\r\n";
             if std::io::Write::write_all(&mut connection.stream, go_ahead).is_err() {
                 return;
             }
         }
-        let body = match connection.read_body(&head, limit, limits.body_timeout, &stop) {
-            Ok(body) => body,
-            Err(BodyError::Closed) => return,
-            Err(error) => {
-                let error = match error {
-                    BodyError::TooLarge => ApiError::BodyTooLarge { limit },
-                    BodyError::TimedOut => ApiError::RequestTimeout("body"),
-                    BodyError::Stopped => ApiError::ShuttingDown,
-                    BodyError::Bad(message) => {
-                        ApiError::BadBody(format!("Malformed chunked body: {message}"))
-                    }
-                    BodyError::Closed => unreachable!("handled above"),
-                };
-                finish_early(connection, Some(&head), &error, started);
-                return;
-            }
-        };
-        lease.shrink_to(body.len() as u64);
+        let body =
+            match connection.read_body(&head, limit, limits.body_timeout, &stop, &mut |bytes| {
+                lease.grow_to(bytes)
+            }) {
+                Ok(body) => body,
+                Err(BodyError::Closed) => return,
+                Err(error) => {
+                    let error = match error {
+                        BodyError::TooLarge => ApiError::BodyTooLarge { limit },
+                        BodyError::TimedOut => ApiError::RequestTimeout("body"),
+                        BodyError::Stopped => ApiError::ShuttingDown,
+                        BodyError::OverBudget => ApiError::BodiesInFlight,
+                        BodyError::Bad(message) => {
+                            ApiError::BadBody(format!("Malformed chunked body: {message}"))
+                        }
+                        BodyError::Closed => unreachable!("handled above"),
+                    };
+                    finish_early(connection, Some(&head), &error, started);
+                    return;
+                }
+            };
+        lease.shrink_to(body.capacity() as u64);
         let keep_alive = head.keep_alive;
-        let (done, handled) = bounded::<Handled>(1);
-        let job = Job {
-            route,
-            body,
-            head: head.clone(),
-            connection,
-            done,
-        };
-        match shared.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                let mut connection = job.connection;
-                let reply = ApiError::Busy.reply();
-                let _ = write_reply(&mut connection, &head, &reply, true);
-                log_request(&head, reply.status, started);
-                connection.linger_close(LINGER);
-                return;
+        let handled = if route == Route::Health {
+            // Liveness never waits in the queue: answered here, whatever the workers do.
+            let reply = guarded(|| {
+                Request::parse(route, &body)
+                    .and_then(|request| handlers::dispatch(context, request))
+            });
+            drop(lease);
+            Ok(Handled::Reply(connection, Box::new(reply)))
+        } else {
+            let (done, handled) = bounded::<Handled>(1);
+            let cancel = Cancel::new();
+            // Streams notice a departed client themselves (their heartbeats fail).
+            let watch = match route {
+                Route::RunStream | Route::ExecSandboxStream(_) => None,
+                _ => connection.stream.try_clone().ok(),
+            };
+            let job = Job {
+                route,
+                body,
+                head: head.clone(),
+                connection,
+                done,
+                cancel: cancel.clone(),
+                lease,
+            };
+            match shared.jobs.try_send(job) {
+                Ok(()) => {}
+                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                    let mut connection = job.connection;
+                    let reply = ApiError::Busy.reply();
+                    let _ = write_reply(&mut connection, &head, &reply, true);
+                    log_request(&head, reply.status, started);
+                    connection.linger_close(LINGER);
+                    return;
+                }
             }
-        }
-        match handled.recv() {
+            wait_for_worker(&handled, watch.as_ref(), &cancel, &head)
+        };
+        match handled {
             Ok(Handled::Reply(mut back, reply)) => {
                 let hook = test_hook(context, &head);
                 let close = !keep_alive || stop();
@@ -682,6 +856,56 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
     }
 }
 
+/// How often a connection waiting for its answer looks whether its client hung up.
+const DEPARTURE_CHECK: Duration = Duration::from_millis(250);
+
+/// Waits for the worker's answer. Meanwhile a client that hangs up (closes or resets
+/// the connection) has its request cancelled: a command it started is killed rather
+/// than run to its deadline for nobody.
+fn wait_for_worker(
+    handled: &Receiver<Handled>,
+    watch: Option<&TcpStream>,
+    cancel: &Cancel,
+    head: &Head,
+) -> Result<Handled, RecvError> {
+    loop {
+        match handled.recv_timeout(DEPARTURE_CHECK) {
+            Ok(handled) => return Ok(handled),
+            Err(RecvTimeoutError::Disconnected) => return Err(RecvError),
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(stream) = watch {
+                    if !cancel.is_cancelled() && hung_up(stream) {
+                        log::info!(
+                            "{} {}: the client hung up; cancelling",
+                            head.method,
+                            head.target.split('?').next().unwrap_or_default()
+                        );
+                        cancel.cancel();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether the client closed its side or the connection broke. Bytes waiting to be
+/// read (a pipelined request) are not a hang-up.
+fn hung_up(stream: &TcpStream) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(stream, PollFlags::IN | PollFlags::RDHUP)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&now)) {
+        Ok(0) => false,
+        Ok(_) => fds[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+        Err(_) => false,
+    }
+}
+
 /// Answers an error found before the body was read, then closes.
 fn finish_early(
     mut connection: Connection,
@@ -710,7 +934,18 @@ fn write_reply(
 ) -> std::io::Result<()> {
     let mut answer = answer_of(reply, head.method == "HEAD", close);
     answer.keep_alive_10 = head.http10 && !close;
-    answer.write_to(&mut connection.stream, &|out| reply.write_body(out))
+    let grace = grace_of(&connection.stream);
+    let mut paced = PacedWriter::new(&mut connection.stream, grace);
+    answer.write_to(&mut paced, &|out| reply.write_body(out))
+}
+
+/// The grace before an answer's pace is held: the connection's write timeout.
+fn grace_of(stream: &TcpStream) -> Duration {
+    stream
+        .write_timeout()
+        .ok()
+        .flatten()
+        .unwrap_or(Duration::from_secs(30))
 }
 
 fn answer_of(reply: &Reply, head_only: bool, close: bool) -> Answer<'_> {

@@ -173,6 +173,8 @@ pub enum ApiError {
     BodiesInFlight,
     /// The server stopped while the request was still arriving.
     ShuttingDown,
+    /// The client hung up before its answer; its command was stopped.
+    ClientGone,
     /// The request head or body did not arrive in time.
     RequestTimeout(&'static str),
     /// The request line is longer than the limit.
@@ -230,6 +232,10 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
             "Server busy: too many open connections, retry shortly".into(),
         ),
         ApiError::ShuttingDown => (503, "Server is shutting down".into()),
+        ApiError::ClientGone => (
+            499,
+            "Client closed the request before its answer; its command was stopped".into(),
+        ),
         ApiError::BodiesInFlight => (
             503,
             "Server busy: too many request bodies are arriving at once, retry shortly".into(),
@@ -261,6 +267,7 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
                 // What the engine refused and domain code did not trace to the client.
                 Error::Engine(_) => 502,
                 Error::RunLost(_) => 502,
+                Error::StubMismatch { .. } => 502,
                 Error::DetachedNotFound { .. } => 404,
                 Error::OutputMemoryFull { .. } => 503,
             };

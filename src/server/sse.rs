@@ -187,19 +187,20 @@ fn produce(context: &Context, job: StreamJob, sender: Sender<Vec<u8>>, cancel: C
         Ok(result) => {
             let _ = observer.flush_carry();
             let (stdout_cut, stderr_cut) = result.output.cut_streams();
-            event(
-                "done",
-                &json!({
-                    "exit_code": result.exit_code,
-                    "status": result.status.name(),
-                    "signal": result.signal,
-                    "duration_ms": result.duration.as_millis() as u64,
-                    "truncated": {
-                        "stdout": stdout_cut.map(Cut::name),
-                        "stderr": stderr_cut.map(Cut::name),
-                    },
-                }),
-            )
+            let mut done = json!({
+                "exit_code": result.exit_code,
+                "status": result.status.name(),
+                "signal": result.signal,
+                "duration_ms": result.duration.as_millis() as u64,
+                "truncated": {
+                    "stdout": stdout_cut.map(Cut::name),
+                    "stderr": stderr_cut.map(Cut::name),
+                },
+            });
+            if let Some(message) = &result.message {
+                done["message"] = json!(message);
+            }
+            event("done", &done)
         }
         Err(error) => {
             log::info!(

@@ -14,7 +14,8 @@ use crate::exec::{CommandResult, Cut};
 use crate::sandbox::Sandbox;
 
 /// Writes `data` of `/run` and exec answers: the keys in the order serde_json keeps
-/// them (sorted), like every other answer. A batch entry also says `error: null`.
+/// them (sorted), like every other answer. A batch entry also says `error: null`; a
+/// result with a message (`killed`) says it.
 pub fn write_command_data(
     out: &mut dyn Write,
     result: &CommandResult,
@@ -35,6 +36,11 @@ pub fn write_command_data(
     }
     out.write_all(b",\"exit_code\":")?;
     serde_json::to_writer(&mut *out, &result.exit_code)?;
+    // What happened, where the status alone does not say (`killed`).
+    if let Some(message) = &result.message {
+        out.write_all(b",\"message\":")?;
+        serde_json::to_writer(&mut *out, message)?;
+    }
     out.write_all(b",\"output\":")?;
     write_text(out, result.output_pieces())?;
     out.write_all(b",\"signal\":")?;
@@ -124,6 +130,7 @@ mod tests {
             signal: None,
             status: Status::OutputTruncated,
             duration: std::time::Duration::from_millis(7),
+            message: None,
         }
     }
 
@@ -154,6 +161,15 @@ mod tests {
         write_command_data(&mut written, &result, false).unwrap();
         assert_eq!(written, serde_json::to_vec(&expected).unwrap());
         assert_eq!(command_data(&result), expected);
+        let said = CommandResult {
+            message: Some("killed \"from outside\"".into()),
+            ..result.clone()
+        };
+        let mut expected_said = expected.clone();
+        expected_said["message"] = json!("killed \"from outside\"");
+        let mut written = Vec::new();
+        write_command_data(&mut written, &said, false).unwrap();
+        assert_eq!(written, serde_json::to_vec(&expected_said).unwrap());
         // The stdout piece that held half of "é" and the one that held the rest are
         // joined in stdout, and cut apart by stderr in the interleaving.
         assert_eq!(expected["stdout"], json!("aé\u{fffd}1234"));

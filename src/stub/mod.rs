@@ -6,17 +6,22 @@
 //!
 //! Wire format, both directions: records of `[kind u8][length u32 big-endian][payload]`.
 //! Server → stub: `S` spec (JSON), then `I` stdin bytes and `E` end of stdin.
-//! Stub → server: `H` hello (JSON, once at start), `O` stdout bytes, `R` stderr bytes,
-//! `X` exit (JSON, last).
+//! Stub → server: `H` hello (JSON, once at start), `P` the stub's own process (JSON
+//! `{"pid","start"}`, once the spec is in), `O` stdout bytes, `R` stderr bytes, `X` exit
+//! (JSON, last).
 //!
 //! Invariants: if the stub's own stdin closes (the server went away) or the deadline
-//! passes, it kills the command's whole tree (its process group, and every process that
-//! still carries the run's `AGENTKERNEL_RUN` token, so `setsid` does not escape) and
-//! exits; as the child of a temporary container's init, its exit also ends every other
-//! process there. The deadline is enforced here, in the container, so a timeout answers
-//! at the deadline whatever the command does; output past the cap is read and dropped.
-//! In a persistent sandbox (run by `docker exec`), background processes of a command
-//! that ended normally are left alone, as a shell would.
+//! passes, it kills the command's whole tree and exits. The stub is a child subreaper,
+//! so the tree is every process below it by parent links, which the command cannot
+//! change (`setsid`, double forks, a cleared environment and ignored signals do not
+//! escape; see `reap`). The deadline is enforced here, in the container, so a timeout
+//! answers at the deadline whatever the command does; output past the cap is read and
+//! dropped. In a persistent sandbox (run by `docker exec`), background processes of a
+//! command that ended on its own are left running, as a shell would, but stay below the
+//! stub, which waits for them: if it is killed, the sandbox's init (`idle`) kills them.
+//! Before it runs the command the stub reports its pid and start time (`P`), so that
+//! the server can kill the exec from outside (`stub --kill-exec`) when the stub itself
+//! cannot answer.
 //!
 //! File operations (`stub --cat PATH MAX`, `stub --untar DIR MAX`, `stub --rm PATH`) are
 //! a second, record-free mode: run by plain `docker exec` as the container's user, for
@@ -35,6 +40,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+pub mod reap;
+
 /// Where the server mounts its own executable inside containers.
 pub const STUB_PATH: &str = "/.agentkernel/agentkernel";
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -50,6 +57,7 @@ pub const SPEC: u8 = b'S';
 pub const STDIN: u8 = b'I';
 pub const STDIN_END: u8 = b'E';
 pub const HELLO: u8 = b'H';
+pub const PROCESS: u8 = b'P';
 pub const STDOUT: u8 = b'O';
 pub const STDERR: u8 = b'R';
 pub const EXIT: u8 = b'X';
@@ -180,6 +188,11 @@ impl Output {
                 Err(_) => break,
             }
         }
+        if std::process::id() != 1 {
+            // Run by `docker exec` in a sandbox: the result is out, and what the command
+            // left in the background stays below us until it ends (see `reap`).
+            reap::reap_until_childless();
+        }
         if std::process::id() == 1 {
             // Read stdin to its end ourselves: on the early paths (a bad spec, a
             // program that cannot start) no other thread watches it, and a server that
@@ -201,7 +214,7 @@ impl Output {
 /// dumpable has its `/proc/PID` entries owned by root and refuses ptrace, so a
 /// command running as the same user cannot write forged records into our stdout
 /// through `/proc/PID/fd/1`.
-fn protect_self() {
+pub(crate) fn protect_self() {
     if let Err(error) =
         rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
     {
@@ -226,9 +239,14 @@ fn reap_children(command: u32, status: mpsc::Sender<rustix::process::WaitStatus>
     }
 }
 
-/// `agentkernel stub --idle`: the init of a persistent sandbox. It reaps the orphans
-/// that commands leave behind and ends on SIGTERM or SIGINT (`docker stop`): as PID 1,
-/// signals without a handler would be ignored.
+/// How often a sandbox's init looks for orphans (a cheap `waitid`, no `/proc` scan).
+const ORPHAN_POLL: Duration = Duration::from_millis(50);
+
+/// `agentkernel stub --idle`: the init of a persistent sandbox. It ends on SIGTERM or
+/// SIGINT (`docker stop`): as PID 1, signals without a handler would be ignored. Every
+/// process of a sandbox runs below an exec'd supervisor (an exec's stub, a detached
+/// command's supervisor), so a process that becomes the init's child is an orphan of a
+/// supervisor that was killed: the init kills it, and everything below it, at once.
 pub fn idle() -> i32 {
     protect_self();
     let stop = Arc::new(AtomicBool::new(false));
@@ -238,12 +256,21 @@ pub fn idle() -> i32 {
             return 1;
         }
     }
-    std::thread::spawn(|| loop {
-        // Reap whatever is left; nothing here waits for a particular child.
-        match rustix::process::wait(rustix::process::WaitOptions::empty()) {
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => std::thread::sleep(Duration::from_millis(200)),
+    let init = std::process::id() == 1;
+    std::thread::spawn(move || loop {
+        use rustix::process::{wait, WaitOptions};
+        while let Ok(Some(_)) = wait(WaitOptions::NOHANG) {}
+        if init && reap::has_children() {
+            let killed = reap::sweep_orphans();
+            if killed > 0 {
+                eprintln!(
+                    "agentkernel stub: killed {killed} processes whose exec's supervisor died"
+                );
+                // Reap them now, and look again.
+                continue;
+            }
         }
+        std::thread::sleep(ORPHAN_POLL);
     });
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));
@@ -423,73 +450,11 @@ fn remove_file(path: &str) -> Result<(), FileFailure> {
     std::fs::remove_file(path).map_err(|e| io_failure(path, &e))
 }
 
-/// The environment variable that marks every process of one run.
-const RUN_TOKEN: &str = "AGENTKERNEL_RUN";
-
-/// Kills a run's whole tree: its process group, every descendant of the stub (the
-/// stub is a child subreaper, so orphans of `setsid` and double forks stay below it),
-/// and any process still marked with the run's token; round after round until none is
-/// left (a fork racing one round is caught by the next).
-fn kill_tree(group: u32, token: &str) {
-    use rustix::process::{kill_process, kill_process_group, Pid, Signal};
-    if let Some(pid) = Pid::from_raw(group as i32) {
-        let _ = kill_process_group(pid, Signal::KILL);
-    }
-    let marker = format!("{RUN_TOKEN}={token}");
-    let own = std::process::id();
-    for _ in 0..10 {
-        let processes = list_processes();
-        let mut ours = std::collections::HashSet::from([own]);
-        // Parents before children is not guaranteed: grow the set until it is stable.
-        loop {
-            let before = ours.len();
-            for process in &processes {
-                if ours.contains(&process.parent) {
-                    ours.insert(process.pid);
-                }
-            }
-            if ours.len() == before {
-                break;
-            }
-        }
-        let mut found = false;
-        for process in &processes {
-            let marked = std::fs::read(format!("/proc/{}/environ", process.pid))
-                .is_ok_and(|environ| environ.split(|&b| b == 0).any(|e| e == marker.as_bytes()));
-            if process.pid != own && (ours.contains(&process.pid) || marked) {
-                if let Some(pid) = Pid::from_raw(process.pid as i32) {
-                    found |= kill_process(pid, Signal::KILL).is_ok();
-                }
-            }
-        }
-        if !found {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-struct ProcessEntry {
-    pid: u32,
-    parent: u32,
-}
-
-/// Every process we can see, with its parent, from `/proc/PID/stat`.
-fn list_processes() -> Vec<ProcessEntry> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
-            let after_comm = &stat[stat.rfind(')')? + 1..];
-            let parent = after_comm.split_whitespace().nth(1)?.parse().ok()?;
-            Some(ProcessEntry { pid, parent })
-        })
-        .collect()
+/// Kills the command's whole tree: every process below us, which as a child subreaper
+/// is every process the command started (as a temporary container's init, every other
+/// process of the container).
+fn kill_tree() {
+    reap::kill_below(std::process::id());
 }
 
 /// `agentkernel stub`: serves one command, then exits.
@@ -502,8 +467,7 @@ pub fn main() -> i32 {
         eprintln!("agentkernel stub: cannot become a child subreaper: {error}");
     }
     let output = Arc::new(Output::new());
-    let hello = serde_json::json!({ "version": PROTOCOL_VERSION }).to_string();
-    output.record(HELLO, hello.as_bytes());
+    output.record(HELLO, hello().as_bytes());
     let mut stdin = io::stdin();
     let spec = match read_record(&mut stdin) {
         Ok(Some((SPEC, payload))) => match serde_json::from_slice::<StubSpec>(&payload) {
@@ -515,6 +479,19 @@ pub fn main() -> i32 {
         Ok(Some((kind, _))) => output.finish(&failure(format!("unexpected record {kind}"), 125)),
     };
     serve(spec, stdin, output)
+}
+
+/// The hello record's payload: `{"version":N}`, our protocol version.
+pub fn hello() -> String {
+    serde_json::json!({ "version": PROTOCOL_VERSION }).to_string()
+}
+
+/// The protocol version a stub's hello announces (`None`: not a hello we can read).
+pub fn hello_version(payload: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()?
+        .get("version")?
+        .as_u64()
 }
 
 fn failure(message: String, exit_code: i64) -> StubExit {
@@ -532,14 +509,11 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
     let started = Instant::now();
     let deadline = started + Duration::from_millis(spec.timeout_ms);
     let oom_before = oom_kill_count();
-    let token = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
+    // Who we are, for a kill from outside should we stop answering (see `reap`).
+    if let Some(own) = reap::process(std::process::id()) {
+        let process = serde_json::json!({ "pid": own.pid, "start": own.start }).to_string();
+        output.record(PROCESS, process.as_bytes());
+    }
     let mut command = Command::new(&spec.argv[0]);
     command
         .args(&spec.argv[1..])
@@ -550,14 +524,13 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // Its own process group, so that the whole tree can be told apart and killed.
+        // A process group of its own, so that the command's `kill 0` never reaches us.
         .process_group(0);
     for entry in &spec.env {
         if let Some((key, value)) = entry.split_once('=') {
             command.env(key, value);
         }
     }
-    command.env(RUN_TOKEN, &token);
     if let Some(dir) = &spec.workdir {
         if let Err(error) = std::fs::create_dir_all(dir) {
             let message = format!("agentkernel: cannot use workdir '{dir}': {error}\n");
@@ -580,7 +553,7 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
         }
     };
 
-    let group = child.id();
+    let command_pid = child.id();
     let truncated = Arc::new(Mutex::new(false));
     let (drained_sender, drained) = mpsc::channel::<()>();
     for (pipe, kind) in [
@@ -616,14 +589,13 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
     let child_stdin = child.stdin.take();
     {
         let output = Arc::clone(&output);
-        let token = token.clone();
         std::thread::spawn(move || {
             forward_stdin(&mut stdin, child_stdin);
             if output.claimed.load(Ordering::SeqCst) {
                 // The result is out (or going out) and the server let go. As a
                 // container's init, ending takes everything with it; run by `docker exec`
-                // in a sandbox, the main thread ends the exec itself, and what the
-                // command left in the background stays, as a shell would leave it.
+                // in a sandbox, the main thread ends the exec once what the command left
+                // in the background has ended too.
                 if std::process::id() == 1 {
                     std::process::exit(0);
                 }
@@ -631,38 +603,31 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
                     std::thread::sleep(Duration::from_secs(3600));
                 }
             }
-            output.finish_after(
-                || kill_tree(group, &token),
-                || {
-                    let mut exit = failure("the server closed the connection".into(), 137);
-                    exit.signal = Some(9);
-                    exit
-                },
-            );
+            output.finish_after(kill_tree, || {
+                let mut exit = failure("the server closed the connection".into(), 137);
+                exit.signal = Some(9);
+                exit
+            });
         });
     }
     {
         let output = Arc::clone(&output);
         let truncated = Arc::clone(&truncated);
-        let token = token.clone();
         std::thread::spawn(move || {
             std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-            output.finish_after(
-                || kill_tree(group, &token),
-                || StubExit {
-                    exit_code: None,
-                    signal: None,
-                    timed_out: true,
-                    oom_killed: false,
-                    truncated: *truncated.lock().unwrap_or_else(|e| e.into_inner()),
-                    error: None,
-                },
-            );
+            output.finish_after(kill_tree, || StubExit {
+                exit_code: None,
+                signal: None,
+                timed_out: true,
+                oom_killed: false,
+                truncated: *truncated.lock().unwrap_or_else(|e| e.into_inner()),
+                error: None,
+            });
         });
     }
 
     let (status_sender, status) = mpsc::channel();
-    std::thread::spawn(move || reap_children(group, status_sender));
+    std::thread::spawn(move || reap_children(command_pid, status_sender));
     let status = status.recv();
     // Output still in the pipes belongs to the result; wait for both relays, but not
     // for background children that hold the pipes open.
@@ -680,7 +645,7 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
     if std::process::id() == 1 {
         // A temporary container serves one command: what it left running in the
         // background ends with it, now rather than at the container's teardown.
-        kill_tree(group, &token);
+        kill_tree();
     }
     let exit = match status {
         Ok(status) => StubExit {
@@ -784,6 +749,18 @@ pub fn is_static_executable(bytes: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::engine::http::tests::Trickle;
+
+    #[test]
+    fn the_hello_announces_our_protocol_version() {
+        assert_eq!(
+            hello_version(hello().as_bytes()),
+            Some(u64::from(PROTOCOL_VERSION))
+        );
+        assert_eq!(hello_version(br#"{"version":7}"#), Some(7));
+        for unreadable in [&b""[..], b"{}", b"[1]", br#"{"version":"1"}"#, b"\xff"] {
+            assert_eq!(hello_version(unreadable), None);
+        }
+    }
 
     #[test]
     fn records_are_byte_exact_and_survive_any_split() {

@@ -5,6 +5,7 @@ mod harness;
 
 mod api;
 mod cli;
+mod deadlines;
 mod files;
 mod hostile;
 mod isolation;

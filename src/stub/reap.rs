@@ -1,0 +1,240 @@
+//! The processes of a container and how the stub kills them: by ancestry, which a
+//! command cannot change (unlike its environment, its files, its process group or its
+//! session).
+//!
+//! Every process of a command stays below the process that supervises it: the stub
+//! that runs it (a one-shot container's init, or a `docker exec`'d stub in a sandbox)
+//! or a detached command's supervisor. Each is a child subreaper, so orphans of
+//! `setsid` and double forks are reparented to it, never past it. The supervisors of a
+//! sandbox are exec roots: started by the engine from outside the container, they have
+//! parent 0 there, which no process inside can have. So in a sandbox whose init is the
+//! stub, a process below the init (PID 1) belongs to no living supervisor: its own was
+//! killed, and the kernel reparented what it left to the init. The init kills such
+//! orphans at once (`sweep_orphans`), and so does every server-side kill.
+//!
+//! Invariant: nothing here reads anything a command can write (environment, files,
+//! process groups); only parent links and start times from `/proc/PID/stat`, and the
+//! argv of exec roots, which only they can change.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use rustix::process::{kill_process, Pid, Signal};
+
+/// One process, from `/proc/PID/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessEntry {
+    pub pid: u32,
+    pub parent: u32,
+    /// Start time in clock ticks since boot: with the pid, it names a process for good.
+    pub start: u64,
+    /// Dead, only waiting to be reaped (its children were reparented when it died).
+    pub zombie: bool,
+}
+
+/// Parses `/proc/PID/stat`: `pid (comm) state ppid ... starttime ...`; comm may hold
+/// spaces and parentheses, so fields are counted from the last `)`.
+pub fn parse_stat(stat: &str) -> Option<ProcessEntry> {
+    let pid = stat.split_whitespace().next()?.parse().ok()?;
+    let after_comm: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    Some(ProcessEntry {
+        pid,
+        parent: after_comm.get(1)?.parse().ok()?,
+        // Field 22 of the line, the 20th after comm.
+        start: after_comm.get(19)?.parse().ok()?,
+        zombie: matches!(*after_comm.first()?, "Z" | "X" | "x"),
+    })
+}
+
+/// Every process we can see.
+pub fn list_processes() -> Vec<ProcessEntry> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            entry.file_name().to_str()?.parse::<u32>().ok()?;
+            parse_stat(&std::fs::read_to_string(entry.path().join("stat")).ok()?)
+        })
+        .collect()
+}
+
+/// One process by pid, if it is there.
+pub fn process(pid: u32) -> Option<ProcessEntry> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// A process's argv, from `/proc/PID/cmdline` (readable even for non-dumpable ones).
+pub fn argv_of(pid: u32) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return Vec::new();
+    };
+    bytes
+        .split(|&b| b == 0)
+        .filter(|part| !part.is_empty())
+        .map(|part| String::from_utf8_lossy(part).into_owned())
+        .collect()
+}
+
+/// Every process below `root` (not `root` itself).
+pub fn descendants(root: u32, processes: &[ProcessEntry]) -> HashSet<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for process in processes {
+        if process.pid != process.parent {
+            children
+                .entry(process.parent)
+                .or_default()
+                .push(process.pid);
+        }
+    }
+    let mut found = HashSet::new();
+    let mut next = vec![root];
+    while let Some(parent) = next.pop() {
+        for &child in children.get(&parent).map(Vec::as_slice).unwrap_or(&[]) {
+            if child != root && found.insert(child) {
+                next.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// Most rounds of a kill: each round kills everything it found, so only processes
+/// forked during a round are left for the next.
+const KILL_ROUNDS: usize = 200;
+
+/// SIGKILLs every process below `root`, round after round until a round finds none it
+/// has not killed yet (a fork racing one round is caught by the next; a killed process
+/// forks no more). Returns how many were killed.
+pub fn kill_below(root: u32) -> usize {
+    let own = std::process::id();
+    let mut killed = HashSet::new();
+    for _ in 0..KILL_ROUNDS {
+        let mut found = false;
+        let processes = list_processes();
+        let zombies: HashSet<u32> = processes
+            .iter()
+            .filter(|p| p.zombie)
+            .map(|p| p.pid)
+            .collect();
+        for pid in descendants(root, &processes) {
+            if pid == own || zombies.contains(&pid) || killed.contains(&pid) {
+                continue;
+            }
+            if let Some(target) = Pid::from_raw(pid as i32) {
+                if kill_process(target, Signal::KILL).is_ok() {
+                    found = true;
+                    killed.insert(pid);
+                }
+            }
+        }
+        if !found {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    killed.len()
+}
+
+/// SIGKILLs one process.
+pub fn kill_one(pid: u32) {
+    if let Some(target) = Pid::from_raw(pid as i32) {
+        let _ = kill_process(target, Signal::KILL);
+    }
+}
+
+/// Kills every process below a sandbox's init (PID 1): in a sandbox whose init is the
+/// stub they are orphans whose supervisor died (see the module comment). Only for such
+/// sandboxes: in a one-shot container the command itself is below the init.
+pub fn sweep_orphans() -> usize {
+    kill_below(1)
+}
+
+/// Whether this process has a child, living or not yet reaped.
+pub fn has_children() -> bool {
+    use rustix::process::{waitid, WaitId, WaitIdOptions};
+    let options = WaitIdOptions::NOHANG | WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
+    // ECHILD when there is none; with WNOHANG, `Ok(None)` when they all still run.
+    waitid(WaitId::All, options).is_ok()
+}
+
+/// Reaps children until none is left: a supervisor whose command ended stays as long
+/// as anything the command left in the background runs (as a child subreaper, every
+/// such process is below it), so that they die with it if it is killed.
+pub fn reap_until_childless() {
+    use rustix::process::{wait, WaitOptions};
+    loop {
+        match wait(WaitOptions::empty()) {
+            Ok(Some(_)) => {}
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            // ECHILD: nothing below us any more.
+            Err(_) => return,
+        }
+    }
+}
+
+/// `agentkernel stub --kill-exec PID START`: the server's kill of an exec whose stub it
+/// cannot reach (stopped, killed, or past its deadline without an answer). `PID` and
+/// `START` are what that stub reported when it started; it is killed only if it is
+/// still that process, an exec root (parent 0) running the stub, so a reused pid is
+/// never hit. Its whole tree goes first, then it, then every orphan below the init.
+pub fn kill_exec(pid: u32, start: u64) -> i32 {
+    let is_that_stub = process(pid).is_some_and(|p| p.parent == 0 && p.start == start && !p.zombie)
+        && pid != 1
+        && argv_of(pid).get(1).map(String::as_str) == Some("stub")
+        && argv_of(pid).len() == 2;
+    if is_that_stub {
+        kill_below(pid);
+        kill_one(pid);
+    }
+    sweep_orphans();
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_parse_whatever_the_command_is_called() {
+        let line = "42 (a) b (c)) S 7 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 \
+                    123456 1000 10 18446744073709551615";
+        assert_eq!(
+            parse_stat(line),
+            Some(ProcessEntry {
+                pid: 42,
+                parent: 7,
+                start: 123456,
+                zombie: false,
+            })
+        );
+        let zombie = "43 (sh) Z 1 43 43 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 99 0 0 0";
+        assert!(parse_stat(zombie).unwrap().zombie);
+        assert_eq!(parse_stat("1 (init"), None);
+        let own = process(std::process::id()).unwrap();
+        assert_eq!(own.pid, std::process::id());
+        assert!(own.start > 0);
+    }
+
+    #[test]
+    fn descendants_follow_parent_links_in_any_order() {
+        let entry = |pid, parent| ProcessEntry {
+            pid,
+            parent,
+            start: 0,
+            zombie: false,
+        };
+        let processes = [
+            entry(9, 5),
+            entry(1, 0),
+            entry(5, 3),
+            entry(3, 1),
+            entry(4, 0),
+            entry(8, 4),
+        ];
+        assert_eq!(descendants(3, &processes), HashSet::from([5, 9]));
+        assert_eq!(descendants(1, &processes), HashSet::from([3, 5, 9]));
+        assert_eq!(descendants(9, &processes), HashSet::new());
+    }
+}
