@@ -6,6 +6,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -15,6 +16,13 @@ use crate::harness::{eventually, Options, Server};
 const MIB: u64 = 1024 * 1024;
 /// The bound on the server's peak RSS (VmHWM) under endless output.
 const PEAK_RSS_KIB: u64 = 64 * 1024;
+
+/// Each test here keeps the machine's cores busy with endless printers: they run one at
+/// a time, so that one's load does not starve another's commands past their deadlines.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn output_memory_used(server: &Server) -> u64 {
     server.get("/health").1["output_memory"]["used"]
@@ -36,6 +44,7 @@ fn text_len(value: &Value) -> u64 {
 
 #[test]
 fn a_batch_of_endless_printers_shares_one_budget_and_little_memory() {
+    let _serial = one_at_a_time();
     let server = Server::start();
     server.reset_peak_rss();
     let entry = json!({"command": ["yes"], "timeout_ms": 1000});
@@ -122,6 +131,7 @@ fn stream_to_the_end(port: u16, body: &str) -> (u64, Value) {
 
 #[test]
 fn endless_streams_and_runs_at_once_keep_memory_flat() {
+    let _serial = one_at_a_time();
     let server = Server::start_with(Options {
         args: ["--workers", "16"].map(String::from).to_vec(),
         ..Options::default()
@@ -193,6 +203,7 @@ fn endless_streams_and_runs_at_once_keep_memory_flat() {
 
 #[test]
 fn concurrent_requests_cannot_multiply_the_output_memory() {
+    let _serial = one_at_a_time();
     // Eight runs that each fill the largest cap on both streams, at once, with the
     // defaults: 16 MiB kept per request, 48 MiB over all of them.
     let server = Server::start();
@@ -250,6 +261,7 @@ fn concurrent_requests_cannot_multiply_the_output_memory() {
 
 #[test]
 fn the_output_memory_is_shared_by_every_request_and_refuses_past_it() {
+    let _serial = one_at_a_time();
     // A small server: 10 MiB of output memory, as much for one request, 1 MiB files.
     let server = Server::start_with(Options {
         args: [
@@ -368,6 +380,7 @@ fn the_output_memory_is_shared_by_every_request_and_refuses_past_it() {
 
 #[test]
 fn detached_logs_larger_than_the_cap_are_cut_never_a_502() {
+    let _serial = one_at_a_time();
     let server = Server::start();
     assert_eq!(server.post("/sandboxes", r#"{"name":"logs"}"#).0, 201);
     // 3 MB of NUL bytes on stdout (six bytes each in JSON), 3 MB of text on stderr.
