@@ -4,7 +4,8 @@
 //!
 //! Invariants: the stub's first message must be its hello, so that an engine's refusal
 //! written into the stream is never read as records; every read has a deadline (the
-//! command's own plus `BACKSTOP`); a result is honest about how the command ended.
+//! command's own plus `BACKSTOP` of silence, at most `DRAIN_CAP` past it while records
+//! still arrive); a result is honest about how the command ended.
 //! In a sandbox, an exec whose stub did not answer (killed, stopped by its command, cut
 //! off, or its client gone) is killed from outside before the server answers: a second
 //! exec, `stub --kill-exec PID START`, kills the stub it reported (`P` record) with its
@@ -25,6 +26,8 @@ use crate::stub::{self, StubExit, StubSpec};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long past the command's deadline the server waits for the stub's own answer.
 const BACKSTOP: Duration = Duration::from_secs(5);
+/// The most a stub still sending records may take past its command's deadline.
+const DRAIN_CAP: Duration = Duration::from_secs(60);
 
 /// Runs one command in a running container by `docker exec` of its mounted stub.
 pub fn exec_via_stub(
@@ -392,7 +395,15 @@ impl StubStream {
         backstop: Instant,
         sink: OutputSink<'_>,
     ) -> Ending {
+        // Past the deadline a stub still draining output (a backlog on a starved
+        // machine) is alive: each record buys it another BACKSTOP, up to DRAIN_CAP in
+        // all. Only silence ends the wait early.
+        let hard = backstop + DRAIN_CAP;
+        let mut backstop = backstop;
         loop {
+            // Measured from when the last record was dealt with: handing output on (to
+            // a slow stream client) is not the stub's silence.
+            backstop = backstop.max((Instant::now() + BACKSTOP).min(hard));
             let left = backstop.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ending::Silent;
