@@ -141,9 +141,8 @@ fn endless_streams_and_runs_at_once_keep_memory_flat() {
     server.reset_peak_rss();
     // Streams may ask for the largest cap: they keep nothing of it. Their printer is
     // `yes` with large writes: busybox's `yes` writes two bytes at a time, each its own
-    // record and event, and on two cores eight such streams leave more behind the exit
-    // record at the deadline than the server can carry to the clients within the 5 s
-    // backstop (which then ends the stream with an error, not a timeout).
+    // record and event, so eight such streams carry little in their time, and on two
+    // cores leave a long tail of records behind the exit record at the deadline.
     let stream_body = r#"{"command":["sh","-c","tr '\\0' y </dev/zero"],"timeout_ms":8000,"max_output_bytes":16777216}"#;
     let run_body = r#"{"command":["yes"],"timeout_ms":8000}"#;
     let (streams, runs) = std::thread::scope(|scope| {
