@@ -20,6 +20,8 @@ Only src/engine/ looks into the engine's error texts: elsewhere, code matches
 Usage: check-engine-boundary.py [SRC]. Exit 1 with one line per finding."""
 import os, re, sys
 
+from rust_source import without_tests
+
 ROOT = sys.argv[1] if len(sys.argv) > 1 else "src"
 ENGINE = os.path.join(ROOT, "engine")
 EXEC = os.path.join(ROOT, "exec")
@@ -37,19 +39,7 @@ RULES = [
      "searches a command's output for the engine's words (use engine::exec_refusal)"),
 ]
 
-def strip_tests(text):
-    """The text with its `#[cfg(test)] mod tests { ... }` blocks blanked (braces matched,
-    so code after a test module is still read; newlines kept, so lines still count)."""
-    marker = "#[cfg(test)]\nmod tests {"
-    while (start := text.find(marker)) >= 0:
-        depth, end = 0, start + len(marker) - 1
-        while end < len(text):
-            depth += {"{": 1, "}": -1}.get(text[end], 0)
-            end += 1
-            if depth == 0:
-                break
-        text = text[:start] + "\n" * text.count("\n", start, end) + text[end:]
-    return text
+strip_tests = without_tests
 
 def within(folder, top):
     folder, top = os.path.abspath(folder), os.path.abspath(top)

@@ -11,6 +11,8 @@ layering and the engine boundary have scripts of their own; the rest have tests)
 Exit 1 on the first broken rule, naming file and line."""
 import os, re, sys
 
+from rust_source import without_tests
+
 ROOT = sys.argv[1] if len(sys.argv) > 1 else "src"
 failures = []
 
@@ -21,18 +23,6 @@ def sources():
                 path = os.path.join(folder, name)
                 yield os.path.relpath(path, ROOT), open(path).read()
 
-def without_tests(text):
-    """The text with its `#[cfg(test)] mod tests { ... }` blocks blanked, lines kept."""
-    marker = "#[cfg(test)]\nmod tests {"
-    while (start := text.find(marker)) >= 0:
-        depth, end = 0, start + len(marker) - 1
-        while end < len(text):
-            depth += {"{": 1, "}": -1}.get(text[end], 0)
-            end += 1
-            if depth == 0:
-                break
-        text = text[:start] + re.sub(r"[^\n]", " ", text[start:end]) + text[end:]
-    return text
 
 def line_of(text, index):
     return text.count("\n", 0, index) + 1

@@ -5,6 +5,8 @@ every import of a higher layer by a lower one (LAYERS, ARCHITECTURE.md's code ma
 the bottom up). Exit 1 if there is either. `--graph` prints the graph."""
 import os, re, sys
 
+from rust_source import without_tests
+
 ROOT = sys.argv[1] if len(sys.argv) > 1 else "src"
 
 def module_of(path):
@@ -30,19 +32,7 @@ def resolve(segments):
             return tuple(segments[:length])
     return None
 
-def strip_tests(text):
-    """The text without its `#[cfg(test)] mod tests { ... }` blocks (braces matched, so
-    code after a test module is still read)."""
-    marker = "#[cfg(test)]\nmod tests {"
-    while (start := text.find(marker)) >= 0:
-        depth, end = 0, start + len(marker) - 1
-        while end < len(text):
-            depth += {"{": 1, "}": -1}.get(text[end], 0)
-            end += 1
-            if depth == 0:
-                break
-        text = text[:start] + text[end:]
-    return text
+strip_tests = without_tests
 
 PATH = re.compile(r"\b(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)+)")
 GROUP = re.compile(r"\b(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)*)::\{([^{}]*)\}")
