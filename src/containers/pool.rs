@@ -173,25 +173,20 @@ impl Pool {
         kind: Kind,
         workdir: Option<&str>,
     ) -> Result<Warm> {
-        let cleanup = &self.cleanup;
-        match launch(
-            docker,
-            config,
-            cleanup,
-            &self.launcher(),
-            key,
-            kind,
-            workdir,
-        ) {
-            Err(error) if self.stub_mount_failed(&error) => launch(
+        // `launcher()` is asked again for the retry: a failed stub mount switches it.
+        let attempt = || {
+            launch(
                 docker,
                 config,
-                cleanup,
+                &self.cleanup,
                 &self.launcher(),
                 key,
                 kind,
                 workdir,
-            ),
+            )
+        };
+        match attempt() {
+            Err(error) if self.stub_mount_failed(&error) => attempt(),
             other => other,
         }
     }
