@@ -514,6 +514,14 @@ pub(super) fn parse_serve(
             Long("port") => config.port = parser.value()?.parse()?,
             Long("workers") => config.workers = positive(parser.value()?.parse()?, "--workers")?,
             Long("queue") => config.queue = positive(parser.value()?.parse()?, "--queue")?,
+            Long("batch-concurrency") => {
+                config.batch_concurrency =
+                    positive(parser.value()?.parse()?, "--batch-concurrency")?
+            }
+            Long("engine-timeout-secs") => {
+                config.docker_timeout =
+                    seconds(parser.value()?.parse()?, "--engine-timeout-secs", 1)?
+            }
             Long("namespace") => {
                 config.namespace = Namespace::parse(&parser.value()?.string()?).map_err(Misuse)?
             }

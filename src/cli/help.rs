@@ -338,6 +338,16 @@ pub const SERVE: Topic = Topic {
             "requests waiting for a worker; past it 503 (default: 64)",
         ),
         flag(
+            "batch-concurrency",
+            Some("N"),
+            "commands of one /batch/run running at once (default: 4)",
+        ),
+        flag(
+            "engine-timeout-secs",
+            Some("N"),
+            "longest wait for one Docker Engine call (default: 60)",
+        ),
+        flag(
             "namespace",
             Some("NS"),
             "namespace of our containers (default: default)",

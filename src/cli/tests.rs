@@ -179,11 +179,17 @@ fn serve_takes_flags() {
         "python=local/py:3",
         "--drain-timeout-secs",
         "2",
+        "--batch-concurrency",
+        "16",
+        "--engine-timeout-secs",
+        "20",
     ];
     let Command::Serve(config) = parse_words(&words).unwrap() else {
         panic!("expected serve");
     };
     assert_eq!(config.shutdown_grace, std::time::Duration::from_secs(2));
+    assert_eq!(config.batch_concurrency, 16);
+    assert_eq!(config.docker_timeout, std::time::Duration::from_secs(20));
     assert_eq!(config.host, "0.0.0.0");
     assert_eq!(config.port, 3000);
     assert_eq!(config.workers, 3);
@@ -225,6 +231,10 @@ fn usage_errors_say_what_is_wrong() {
         .message
         .contains("--workers"));
     assert!(parse_words(&["serve", "--bogus"]).is_err());
+    for (flag, value) in [("--batch-concurrency", "0"), ("--engine-timeout-secs", "0")] {
+        let error = parse_words(&["serve", flag, value]).unwrap_err();
+        assert!(error.message.contains(flag), "{}", error.message);
+    }
     assert!(parse_words(&["frobnicate"])
         .unwrap_err()
         .message

@@ -14,7 +14,7 @@ use crate::containers::owner::Owner;
 use crate::containers::stubs;
 use crate::engine::{ContainerSpec, Docker};
 use crate::error::{Error, Result};
-use crate::exec::stub::StubStream;
+use crate::exec::stub::{Lifeline, StubStream};
 use crate::exec::{CommandResult, CommandSpec, OutputSink};
 use crate::stub;
 
@@ -102,16 +102,19 @@ pub struct Warm {
     pub id: String,
     /// The attach connection to its stub (none under the exec launcher).
     pub(crate) stream: Option<StubStream>,
+    /// Under the exec launcher, what ties the container's life to this process's.
+    lifeline: Option<Lifeline>,
 }
 
 impl Warm {
-    /// Whether the stub is still there: after its hello it sends nothing until it gets
-    /// a spec, so a readable connection means it closed (or broke the protocol).
+    /// Whether the stub (or the idle shell) is still there: it sends nothing until it
+    /// gets a spec (the shell never does), so a readable connection means it closed.
     pub(crate) fn is_alive(&self) -> bool {
-        let Some(stream) = &self.stream else {
-            return true;
-        };
-        stream.is_quiet()
+        match (&self.stream, &self.lifeline) {
+            (Some(stream), _) => stream.is_quiet(),
+            (None, Some(lifeline)) => lifeline.is_quiet(),
+            (None, None) => true,
+        }
     }
 }
 
@@ -131,6 +134,17 @@ pub fn idle_command() -> Vec<String> {
         "/bin/sh".into(),
         "-c".into(),
         "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done".into(),
+    ]
+}
+
+/// The command that keeps a temporary container alive under the exec launcher: a
+/// shell that waits for the end of its stdin, which the server holds (see
+/// `Warm::lifeline`); `docker-init` can stop it with SIGTERM at once.
+pub fn temporary_idle_command() -> Vec<String> {
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "trap 'exit 0' TERM INT; while read -r _; do :; done".into(),
     ]
 }
 
@@ -158,10 +172,12 @@ pub fn launch(
     workdir: Option<&str>,
 ) -> Result<Warm> {
     let profile = key.profile;
-    let (entrypoint, open_stdin) = match launcher {
-        Launcher::Stub { .. } => (vec![stub::STUB_PATH.to_string(), "stub".to_string()], true),
-        Launcher::Exec { .. } => (idle_command(), false),
+    let entrypoint = match launcher {
+        Launcher::Stub { .. } => vec![stub::STUB_PATH.to_string(), "stub".to_string()],
+        Launcher::Exec { .. } => temporary_idle_command(),
     };
+    // Both hold the container's stdin: it ends with this process.
+    let open_stdin = true;
     let mut spec = ContainerSpec {
         name: None,
         image: key.image.clone(),
@@ -196,23 +212,23 @@ pub fn launch(
         }
     })?;
     let attached = (|| {
-        let stream = if open_stdin {
-            Some(docker.container_attach(&id, true)?)
-        } else {
-            None
-        };
+        let hijacked = docker.container_attach(&id, open_stdin)?;
         docker.container_start(&id)?;
-        let Some(hijacked) = stream else {
-            return Ok(None);
-        };
+        if let Launcher::Exec { .. } = launcher {
+            return Ok((None, Some(Lifeline::new(hijacked))));
+        }
         let mut stream = StubStream::new(hijacked);
         stream
             .read_hello()
             .map_err(crate::exec::stub::hello_docker_error)?;
-        Ok(Some(stream))
+        Ok((Some(stream), None))
     })();
     match attached {
-        Ok(stream) => Ok(Warm { id, stream }),
+        Ok((stream, lifeline)) => Ok(Warm {
+            id,
+            stream,
+            lifeline,
+        }),
         Err(error) => {
             cleanup.remove(docker, &id);
             Err(Error::Engine(error))

@@ -1,6 +1,7 @@
 //! Crash-only cleanup: temporary containers (one-shot runs, warm pool) of our namespace
 //! are removed at start-up, because a crashed server may have left them, and at
-//! shutdown. Persistent sandboxes are never touched here.
+//! shutdown. Persistent sandboxes are never removed here; at start-up, running ones
+//! without the restart policy `always` (made by an older release) are given it.
 //!
 //! The start-up sweep waits for the engine when it is down at start (`engine-watch`
 //! runs it once the engine answers), and then removes only containers created before
@@ -113,6 +114,44 @@ pub fn remove_temporary(docker: &Docker, config: &Config, created_before: Option
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     removed.len()
+}
+
+/// Gives every running sandbox of the namespace the restart policy `always` where it
+/// has another: those made by a release before restart policies (or started behind
+/// our back) would otherwise be left stopped when the engine restarts. Stopped ones
+/// keep theirs (`no`, so that they stay stopped). Returns how many were changed;
+/// failures are logged, and the next start tries again.
+pub fn adopt_sandboxes(docker: &Docker, config: &Config) -> usize {
+    let sandboxes =
+        match docker.container_list(&labels::filters(&config.namespace, Some(Kind::Sandbox))) {
+            Ok(sandboxes) => sandboxes,
+            Err(error) => {
+                log::warn!("sweep: cannot list sandboxes: {error}");
+                return 0;
+            }
+        };
+    let mut adopted = 0;
+    for sandbox in sandboxes.iter().filter(|s| s.state == "running") {
+        let Ok(inspect) = docker.container_inspect(&sandbox.id) else {
+            continue;
+        };
+        let policy = inspect.host_config.restart_policy.map(|p| p.name);
+        if policy.as_deref() == Some("always") || !inspect.state.running {
+            continue;
+        }
+        let name = sandbox.names.join(",");
+        match docker.container_set_restart(&sandbox.id, true) {
+            Ok(()) => {
+                adopted += 1;
+                log::info!(
+                    "sandbox {name} (restart policy {}) now comes back with the engine:                      policy always",
+                    policy.as_deref().unwrap_or("none")
+                );
+            }
+            Err(error) => log::warn!("sweep: cannot set the restart policy of {name}: {error}"),
+        }
+    }
+    adopted
 }
 
 /// Whether the engine lists a container it no longer knows: `dead`, and not found.

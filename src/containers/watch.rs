@@ -67,6 +67,7 @@ impl EngineWatch {
             Ok(()) => {
                 // Nothing of this server's exists yet: everything temporary goes.
                 sweep::remove_temporary(docker, config, None);
+                sweep::adopt_sandboxes(docker, config);
                 self.swept.store(true, Ordering::SeqCst);
             }
             Err(error) => {
@@ -120,6 +121,7 @@ impl EngineWatch {
         if !self.swept.load(Ordering::SeqCst) {
             // Created before the server started: its own containers are younger.
             sweep::remove_temporary(docker, config, Some(self.started));
+            sweep::adopt_sandboxes(docker, config);
             self.swept.store(true, Ordering::SeqCst);
         }
         pool.engine_back(docker);

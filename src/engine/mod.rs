@@ -130,6 +130,16 @@ pub struct InspectHostConfig {
     /// Mount point → options of the container's tmpfs mounts.
     #[serde(default)]
     pub tmpfs: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub restart_policy: Option<RestartPolicy>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RestartPolicy {
+    /// `no`, `always`, `unless-stopped`, `on-failure`; empty on some engines for `no`.
+    #[serde(default)]
+    pub name: String,
 }
 
 /// What `HEAD /containers/{id}/archive` says about one path, from its

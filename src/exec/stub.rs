@@ -279,16 +279,7 @@ impl StubStream {
     /// Whether nothing is waiting to be read: after its hello a stub sends nothing until
     /// it gets a spec, so a readable connection means it closed (or broke the protocol).
     pub fn is_quiet(&self) -> bool {
-        let socket = &self.hijacked.stdin;
-        if socket.set_nonblocking(true).is_err() {
-            return false;
-        }
-        let mut byte = [0u8; 1];
-        let quiet = matches!(
-            (&*socket).read(&mut byte),
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock
-        );
-        socket.set_nonblocking(false).is_ok() && quiet
+        is_quiet(&self.hijacked.stdin)
     }
 
     pub fn new(hijacked: Hijacked) -> StubStream {
@@ -538,6 +529,37 @@ pub fn with_records_fed<T>(
         })
     });
     crate::exec::docker_exec::with_feeder(feed, read)
+}
+
+/// Whether nothing can be read from `socket` right now: no byte, no end of stream.
+fn is_quiet(socket: &UnixStream) -> bool {
+    if socket.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    let quiet = matches!(
+        (&*socket).read(&mut byte),
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock
+    );
+    socket.set_nonblocking(false).is_ok() && quiet
+}
+
+/// Under the exec launcher, the attach connection to a temporary container's idle
+/// shell, which holds its stdin: when this process goes (ends, crashes, is killed),
+/// the engine closes that stdin, the shell ends, and with it the container and every
+/// command `docker exec` started in it.
+pub struct Lifeline(Hijacked);
+
+impl Lifeline {
+    pub fn new(hijacked: Hijacked) -> Lifeline {
+        Lifeline(hijacked)
+    }
+
+    /// Whether the shell is still there: it never writes, so a readable connection
+    /// means it ended.
+    pub fn is_quiet(&self) -> bool {
+        is_quiet(&self.0.stdin)
+    }
 }
 
 #[cfg(test)]

@@ -64,8 +64,71 @@ fn timed(what: &'static str, method: &str, url: &str, body: Option<&str>) -> Out
     }
 }
 
+/// A `POST` to an event stream: a plain answer (before the stream started) as `timed`
+/// has it, else status 200 and, as the body, the stream's last event's data with its
+/// name as `event` (`done` or `error`; `cut` when the stream ended without either).
+fn timed_stream(what: &'static str, url: &str, body: &str) -> Outcome {
+    use std::io::{BufRead, BufReader};
+    let started = Instant::now();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(120))
+        .build();
+    let response = match agent
+        .post(url)
+        .set("Content-Type", "application/json")
+        .send_string(body)
+    {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("POST {url}: {error}"),
+    };
+    let status = response.status();
+    let json = response.content_type() == "application/json";
+    let mut reader = BufReader::new(response.into_reader());
+    let body = if json {
+        serde_json::from_reader(reader).unwrap_or(Value::Null)
+    } else {
+        let (mut name, mut last) = (String::new(), json!({"event": "cut"}));
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            let text = line.trim_end();
+            if let Some(event) = text.strip_prefix("event: ") {
+                name = event.to_string();
+            } else if let Some(data) = text.strip_prefix("data: ") {
+                if name == "done" || name == "error" {
+                    last = serde_json::from_str(data).unwrap_or(Value::Null);
+                    last["event"] = json!(name);
+                }
+            }
+            line.clear();
+        }
+        last
+    };
+    Outcome {
+        what,
+        started,
+        took: started.elapsed(),
+        status,
+        body,
+    }
+}
+
 fn error_of(outcome: &Outcome) -> &str {
     outcome.body["error"].as_str().unwrap_or_default()
+}
+
+/// A stream that ended with an error event naming the engine.
+fn is_engine_error_event(outcome: &Outcome) -> bool {
+    outcome.status == 200
+        && outcome.body["event"] == "error"
+        && outcome.body["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("Docker Engine"))
+}
+
+/// A request that went through: a plain 200, or a stream that ended with `done`.
+fn succeeded(outcome: &Outcome) -> bool {
+    outcome.status == 200 && (outcome.what != "stream" || outcome.body["event"] == "done")
 }
 
 /// A 503 that names the engine.
@@ -196,10 +259,16 @@ fn a_killed_engine_is_a_503_and_everything_comes_back() {
     let created_before_kill = Mutex::new(0);
     let run_url = server.url("/run");
     let exec_url = server.url("/sandboxes/up/exec");
+    let stream_url = server.url("/sandboxes/up/exec/stream");
+    let detach_url = server.url("/sandboxes/up/exec/detach");
+    let root_file_url = server.url("/sandboxes/up/files/root/f.txt");
+    let tmp_file_url = server.url("/sandboxes/up/files/tmp/f.txt");
     let health_url = server.url("/health");
     let run_body = r#"{"command":["sh","-c","sleep 0.5; echo hi"],"timeout_ms":10000}"#;
     // Long enough that the first exec is still running when the engine is killed.
     let exec_body = r#"{"command":["sh","-c","sleep 5; echo x"],"timeout_ms":10000}"#;
+    let stream_body = r#"{"command":["sh","-c","echo a; sleep 1; echo b"],"timeout_ms":10000}"#;
+    let file_body = json!({ "content": "x".repeat(64 * 1024) }).to_string();
     let record = |outcome: Outcome| outcomes.lock().unwrap().push(outcome);
     std::thread::scope(|scope| {
         for _ in 0..3 {
@@ -212,6 +281,33 @@ fn a_killed_engine_is_a_503_and_everything_comes_back() {
         scope.spawn(|| {
             while !stop.load(Ordering::SeqCst) {
                 record(timed("exec", "POST", &exec_url, Some(exec_body)));
+            }
+        });
+        scope.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                record(timed_stream("stream", &stream_url, stream_body));
+            }
+        });
+        // Files through the archive (the root) and through the stub (a tmpfs), and
+        // detached commands with their logs.
+        scope.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                for url in [&root_file_url, &tmp_file_url] {
+                    record(timed("file", "PUT", url, Some(&file_body)));
+                    record(timed("file", "GET", url, None));
+                }
+                let detached = timed(
+                    "detached",
+                    "POST",
+                    &detach_url,
+                    Some(r#"{"command":["echo","bg"]}"#),
+                );
+                let id = detached.body["data"]["id"].as_str().map(str::to_string);
+                record(detached);
+                if let Some(id) = id {
+                    let logs = server.url(&format!("/sandboxes/up/exec/detached/{id}/logs"));
+                    record(timed("detached", "GET", &logs, None));
+                }
             }
         });
         scope.spawn(|| {
@@ -236,23 +332,26 @@ fn a_killed_engine_is_a_503_and_everything_comes_back() {
     );
 
     let mut in_flight_503 = BTreeMap::<&str, usize>::new();
+    let mut seen = BTreeMap::<&str, usize>::new();
     for outcome in outcomes.iter().filter(|o| o.what != "health") {
         let ended = outcome.started + outcome.took;
         if ended < killed_at {
-            assert_eq!(outcome.status, 200, "before the kill: {outcome:?}");
+            assert!(succeeded(outcome), "before the kill: {outcome:?}");
             continue;
         }
+        *seen.entry(outcome.what).or_default() += 1;
         // Each answers within its deadline (10 s) + 5 s, and names the engine (one in
-        // flight may also have finished just before the engine went).
+        // flight may also have finished just before the engine went). A stream that
+        // had begun can only end with an error event naming it.
         assert!(outcome.took <= Duration::from_secs(15), "{outcome:?}");
         if outcome.started >= killed_at {
             assert!(is_engine_503(outcome), "arriving: {outcome:?}");
         } else {
             assert!(
-                is_engine_503(outcome) || outcome.status == 200,
+                is_engine_503(outcome) || is_engine_error_event(outcome) || succeeded(outcome),
                 "in flight: {outcome:?}"
             );
-            if is_engine_503(outcome) {
+            if is_engine_503(outcome) || is_engine_error_event(outcome) {
                 *in_flight_503.entry(outcome.what).or_default() += 1;
             }
         }
@@ -261,6 +360,10 @@ fn a_killed_engine_is_a_503_and_everything_comes_back() {
         in_flight_503.contains_key("run") && in_flight_503.contains_key("exec"),
         "no run or exec was caught in flight by the kill: {in_flight_503:?}"
     );
+    for what in ["stream", "file", "detached"] {
+        assert!(seen.contains_key(what), "no {what} request after the kill: {seen:?}");
+    }
+    eprintln!("after the kill: {seen:?}; caught in flight: {in_flight_503:?}");
     let health: Vec<&Outcome> = outcomes.iter().filter(|o| o.what == "health").collect();
     for outcome in &health {
         assert_eq!(outcome.status, 200, "{outcome:?}");

@@ -90,21 +90,36 @@ fn command(script: &str, timeout_ms: u64) -> String {
     json!({"command": ["sh", "-c", script], "timeout_ms": timeout_ms}).to_string()
 }
 
-/// Runs every escape through `run` (which answers the result's `data`) and checks the
-/// containers `containers` names after each answer.
+/// Runs every escape through `run` (which answers the result's `data`), all at once,
+/// and checks the containers `containers` names after each answer: each case's
+/// processes carry its own marker, so the cases cannot see each other's.
 fn every_escape(
     path: usize,
     what: &str,
-    mut run: impl FnMut(&str) -> Value,
-    containers: impl Fn() -> Vec<String>,
-    expect: impl Fn(&str, &Value),
+    run: impl Fn(&str) -> Value + Sync,
+    containers: impl Fn() -> Vec<String> + Sync,
+    expect: impl Fn(&str, &Value) + Sync,
 ) {
-    for (case, (name, _)) in ESCAPES.iter().enumerate() {
-        let (marker, script) = escape(case, path);
-        let data = run(&script);
-        expect(name, &data);
-        nothing_left(&containers(), &marker, &format!("{what}, {name}"));
-    }
+    let (run, containers, expect) = (&run, &containers, &expect);
+    std::thread::scope(|scope| {
+        let cases: Vec<_> = ESCAPES
+            .iter()
+            .enumerate()
+            .map(|(case, (name, _))| {
+                scope.spawn(move || {
+                    let (marker, script) = escape(case, path);
+                    let data = run(&script);
+                    expect(name, &data);
+                    nothing_left(&containers(), &marker, &format!("{what}, {name}"));
+                })
+            })
+            .collect();
+        for case in cases {
+            if let Err(panic) = case.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
 }
 
 /// The honest ending of a sandbox exec whose stub was killed, else a timeout.

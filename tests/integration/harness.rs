@@ -529,6 +529,15 @@ impl Drop for EngineProxy {
     }
 }
 
+/// Taken by the tests that keep the machine's cores busy (endless printers, fork
+/// bombs) and by those that time a bound against the engine's pace: they run one at a
+/// time, so that one's load cannot push another past its bound, while the rest of
+/// the suite runs beside them (`make test` runs four tests at once on two cores).
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Polls `check` every 100 ms until it is true or `timeout` passes.
 pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;

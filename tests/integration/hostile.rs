@@ -277,6 +277,8 @@ fn slow_heads_idle_connections_and_stalled_bodies_time_out() {
 
 #[test]
 fn slow_clients_cannot_starve_the_server() {
+    // Times runs against the engine's pace.
+    let _serial = crate::harness::exclusive();
     let server = Server::start_with(Options {
         args: ["--pool-size", "2"].map(String::from).to_vec(),
         ..Options::default()

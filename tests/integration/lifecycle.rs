@@ -278,9 +278,10 @@ fn restarting_one_server_spares_another_servers_pool_and_runs_and_a_cli_run() {
 }
 
 #[test]
-fn a_server_killed_with_sigkill_has_its_orphans_swept_by_the_next_start() {
-    // Under the exec launcher, warm containers run an idle shell and do not end with
-    // their server: a crash leaves them for the next start-up sweep.
+fn without_the_stub_a_killed_servers_containers_and_commands_end_by_themselves() {
+    // Under the exec launcher, a temporary container's init is an idle shell reading
+    // the stdin that its server holds: when the server is killed, the engine closes
+    // it, and the container ends with every command `docker exec` started in it.
     let namespace = fresh_namespace();
     let _cleanup = Cleanup(namespace.clone());
     let mut crashed = server_in(&namespace, &["--pool-size", "2", "--no-stub"]);
@@ -288,25 +289,54 @@ fn a_server_killed_with_sigkill_has_its_orphans_swept_by_the_next_start() {
     assert!(eventually(Duration::from_secs(30), || pool_ready(&crashed)
         == 2
         && pool_ready(&bystander) == 1));
+    // One of the crashed server's warm containers runs a command when it dies.
+    let url = crashed.url("/run");
+    let run = std::thread::spawn(move || {
+        let _ = ureq::post(&url)
+            .set("Content-Type", "application/json")
+            .send_string(r#"{"command":["sleep","600"],"timeout_ms":900000}"#);
+    });
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            crashed.get("/pool").1["data"]["keys"][0]["in_use"].as_u64() == Some(1)
+        }),
+        "the run did not start"
+    );
     let orphans = containers_owned_by(&namespace, crashed.pid());
     let kept = containers_owned_by(&namespace, bystander.pid());
-    assert_eq!((orphans.len(), kept.len()), (2, 1));
+    assert_eq!(kept.len(), 1);
+    assert!(orphans.len() >= 2, "{orphans:?}");
+    assert!(orphans.iter().any(|id| runs_a_sleep(id)), "no command ran");
     let leases = data_dir().join("owners").join(&namespace);
     assert_eq!(std::fs::read_dir(&leases).unwrap().count(), 2);
     let crashed_pid = crashed.pid();
     crashed.crash();
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(containers_owned_by(&namespace, crashed_pid), orphans);
-
-    let mut next = server_in(&namespace, &[]);
+    run.join().unwrap();
+    // 5 s later nothing of the crashed server's runs: its containers have ended (and
+    // removed themselves), with no start-up sweep to do it.
+    let mut left = Vec::new();
+    let ended = eventually(Duration::from_secs(5), || {
+        left = containers_owned_by(&namespace, crashed_pid)
+            .into_iter()
+            .filter(|id| runs_a_sleep(id))
+            .collect();
+        left.is_empty()
+    });
+    assert!(ended, "still running a command: {left:?}");
     assert!(
-        containers_owned_by(&namespace, crashed_pid).is_empty(),
+        eventually(Duration::from_secs(10), || containers_owned_by(
+            &namespace,
+            crashed_pid
+        )
+        .is_empty()),
         "{:?}",
         temporary_containers(&namespace)
     );
     assert_eq!(containers_owned_by(&namespace, bystander.pid()), kept);
     assert_eq!(pool_ready(&bystander), 1);
-    // The crashed server's lease went with its containers; the live ones stay.
+
+    // The next start lets the crashed server's lease go; the live one stays.
+    let mut next = server_in(&namespace, &[]);
     assert_eq!(std::fs::read_dir(&leases).unwrap().count(), 2);
     assert!(next.terminate().success());
     assert!(bystander.terminate().success());
@@ -561,6 +591,35 @@ fn runs_a_sleep(id: &str) -> bool {
     output.status.success() && String::from_utf8_lossy(&output.stdout).contains("sleep")
 }
 
+/// A sandbox's restart policy, as the engine has it.
+fn restart_policy(namespace: &str, sandbox: &str) -> String {
+    let output = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            "{{.HostConfig.RestartPolicy.Name}}",
+            &format!("ak_{namespace}_{sandbox}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn docker_update_restart(namespace: &str, sandbox: &str, policy: &str) {
+    let status = std::process::Command::new("docker")
+        .args([
+            "update",
+            "--restart",
+            policy,
+            &format!("ak_{namespace}_{sandbox}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 /// The host path a container mounts its stub from.
 fn stub_source(namespace: &str, sandbox: &str) -> String {
     let name = format!("ak_{namespace}_{sandbox}");
@@ -614,14 +673,20 @@ fn a_sandbox_made_by_an_older_build_starts_and_execs_after_an_upgrade() {
     );
     assert_eq!(stub_source(&namespace, "down"), old_stub);
     assert!(first.terminate().success());
-    // The upgrade: the older executable is gone.
+    // The upgrade: the older executable is gone. A release before restart policies
+    // left its running sandboxes without one.
     std::fs::remove_dir_all(&dir).unwrap();
+    docker_update_restart(&namespace, "up", "no");
+    assert_eq!(restart_policy(&namespace, "up"), "no");
 
     let mut second = Server::start_with(Options {
         namespace: Some(namespace.clone()),
         ..Options::default()
     });
     second.cleanup = false;
+    // The running one now comes back with the engine; the stopped one stays stopped.
+    assert_eq!(restart_policy(&namespace, "up"), "always");
+    assert_eq!(restart_policy(&namespace, "down"), "no");
     let (status, body) = second.post("/sandboxes/down/start", "");
     assert_eq!(status, 200, "{body}");
     for name in ["up", "down"] {

@@ -6,23 +6,15 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{eventually, Options, Server};
+use crate::harness::{eventually, exclusive, Options, Server};
 
 const MIB: u64 = 1024 * 1024;
 /// The bound on the server's peak RSS (VmHWM) under endless output.
 const PEAK_RSS_KIB: u64 = 64 * 1024;
-
-/// Each test here keeps the machine's cores busy with endless printers: they run one at
-/// a time, so that one's load does not starve another's commands past their deadlines.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn output_memory_used(server: &Server) -> u64 {
     server.get("/health").1["output_memory"]["used"]
@@ -44,10 +36,19 @@ fn text_len(value: &Value) -> u64 {
 
 #[test]
 fn a_batch_of_endless_printers_shares_one_budget_and_little_memory() {
-    let _serial = one_at_a_time();
-    let server = Server::start();
+    // Endless printers keep the cores busy.
+    let _serial = exclusive();
+    // Sixteen of the 64 at once (four by default): more printers held at a time, and
+    // a quarter of the rounds of cold starts.
+    let server = Server::start_with(Options {
+        args: ["--batch-concurrency", "16"].map(String::from).to_vec(),
+        ..Options::default()
+    });
     server.reset_peak_rss();
-    let entry = json!({"command": ["yes"], "timeout_ms": 1000});
+    // Large writes: a command fills its 1 MiB cap in a fraction of its half second, so
+    // the budget runs out early in the batch whatever the machine's load.
+    let printer = "tr '\\0' y </dev/zero";
+    let entry = json!({"command": ["sh", "-c", printer], "timeout_ms": 500});
     let body = json!({ "commands": vec![entry; 64] }).to_string();
     let (status, answer) = server.post("/batch/run", &body);
     assert_eq!(status, 200, "{}", answer["error"]);
@@ -72,7 +73,7 @@ fn a_batch_of_endless_printers_shares_one_budget_and_little_memory() {
         } else if cut == &json!("max_output_bytes") {
             assert_eq!(stdout, MIB);
         } else {
-            // A `yes` that a busy machine let print less than its cap in its second.
+            // A printer that a busy machine let print less than its cap in its time.
             assert_eq!(cut, &Value::Null);
             assert!(stdout < MIB);
         }
@@ -131,7 +132,8 @@ fn stream_to_the_end(port: u16, body: &str) -> (u64, Value) {
 
 #[test]
 fn endless_streams_and_runs_at_once_keep_memory_flat() {
-    let _serial = one_at_a_time();
+    // Endless printers keep the cores busy.
+    let _serial = exclusive();
     let server = Server::start_with(Options {
         args: ["--workers", "16"].map(String::from).to_vec(),
         ..Options::default()
@@ -139,12 +141,13 @@ fn endless_streams_and_runs_at_once_keep_memory_flat() {
     let port = server.port;
     let url = server.url("/run");
     server.reset_peak_rss();
-    // Streams may ask for the largest cap: they keep nothing of it. Their printer is
+    // Streams may ask for the largest cap: they keep nothing of it. The printer is
     // `yes` with large writes: busybox's `yes` writes two bytes at a time, each its own
     // record and event, so eight such streams carry little in their time, and on two
-    // cores leave a long tail of records behind the exit record at the deadline.
-    let stream_body = r#"{"command":["sh","-c","tr '\\0' y </dev/zero"],"timeout_ms":8000,"max_output_bytes":16777216}"#;
-    let run_body = r#"{"command":["yes"],"timeout_ms":8000}"#;
+    // cores leave a long tail of records behind the exit record at the deadline; the
+    // runs fill their 1 MiB caps early, whatever the load.
+    let stream_body = r#"{"command":["sh","-c","tr '\\0' y </dev/zero"],"timeout_ms":4000,"max_output_bytes":16777216}"#;
+    let run_body = r#"{"command":["sh","-c","tr '\\0' y </dev/zero"],"timeout_ms":4000}"#;
     let (streams, runs) = std::thread::scope(|scope| {
         let streams: Vec<_> = (0..8)
             .map(|_| scope.spawn(move || stream_to_the_end(port, stream_body)))
@@ -214,7 +217,8 @@ fn endless_streams_and_runs_at_once_keep_memory_flat() {
 
 #[test]
 fn concurrent_requests_cannot_multiply_the_output_memory() {
-    let _serial = one_at_a_time();
+    // Endless printers keep the cores busy.
+    let _serial = exclusive();
     // Eight runs that each fill the largest cap on both streams, at once, with the
     // defaults: 16 MiB kept per request, 48 MiB over all of them.
     let server = Server::start();
@@ -272,7 +276,8 @@ fn concurrent_requests_cannot_multiply_the_output_memory() {
 
 #[test]
 fn the_output_memory_is_shared_by_every_request_and_refuses_past_it() {
-    let _serial = one_at_a_time();
+    // Endless printers keep the cores busy.
+    let _serial = exclusive();
     // A small server: 10 MiB of output memory, as much for one request, 1 MiB files.
     let server = Server::start_with(Options {
         args: [
@@ -367,7 +372,8 @@ fn the_output_memory_is_shared_by_every_request_and_refuses_past_it() {
     );
     // A run that prints more than the request's budget is cut by it: stdout whole,
     // stderr up to the budget's end.
-    let script = "yes | head -c 6000000; yes | head -c 6000000 >&2";
+    let script =
+        "tr '\\0' o </dev/zero | head -c 6000000; tr '\\0' e </dev/zero | head -c 6000000 >&2";
     let body = json!({"command": ["sh", "-c", script], "max_output_bytes": 8388608});
     let (status, body) = server.post("/run", &body.to_string());
     assert_eq!(status, 200, "{body}");
@@ -391,7 +397,8 @@ fn the_output_memory_is_shared_by_every_request_and_refuses_past_it() {
 
 #[test]
 fn detached_logs_larger_than_the_cap_are_cut_never_a_502() {
-    let _serial = one_at_a_time();
+    // Endless printers keep the cores busy.
+    let _serial = exclusive();
     let server = Server::start();
     assert_eq!(server.post("/sandboxes", r#"{"name":"logs"}"#).0, 201);
     // 3 MB of NUL bytes on stdout (six bytes each in JSON), 3 MB of text on stderr.
