@@ -383,12 +383,15 @@ fn explain_exec_failure(
     };
     match state {
         Err(Error::SandboxNotFound(_)) => Error::SandboxNotFound(name.to_string()),
+        // The engine went away with the exec: it is the reason, and the client hears
+        // so (503 naming it), not that the run was lost.
+        Err(gone @ Error::Engine(DockerError::Unreachable { .. } | DockerError::Io { .. })) => gone,
         Ok(inspect) if matches!(inspect.state.status.as_str(), "removing" | "dead") => {
             Error::SandboxNotFound(name.to_string())
         }
         Ok(inspect) if !inspect.state.running => Error::SandboxNotRunning(name.to_string()),
-        // The sandbox is there and running (or the engine cannot say): the exec's own
-        // failure, with the engine's typed answers kept typed.
+        // The sandbox is there and running (or the engine's answer says nothing of
+        // it): the exec's own failure, with the engine's typed answers kept typed.
         _ => match error {
             Error::Engine(engine) if engine.is_not_found() => {
                 Error::SandboxNotFound(name.to_string())
