@@ -188,6 +188,7 @@ pub fn launch(
         working_dir: None,
         user: profile.user().map(str::to_string),
         open_stdin,
+        stdin_stays_open: false,
         auto_remove: open_stdin,
         restart_always: false,
         // As init, the stub ignores SIGTERM (the command must not be able to end it):

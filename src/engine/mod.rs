@@ -53,6 +53,10 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     /// Keep stdin open and attachable (one-shot runs that feed stdin, the stub).
     pub open_stdin: bool,
+    /// With `open_stdin`: stdin stays open when its attached client goes (a sandbox's
+    /// init, which gets its exec token there from each server that attaches), instead
+    /// of closing with it (`StdinOnce`, a temporary container's lifeline).
+    pub stdin_stays_open: bool,
     pub auto_remove: bool,
     /// Restart policy `always` (else `no`): the engine starts the container again when
     /// it comes back after a crash or a reboot (see `container_set_restart`).
@@ -77,6 +81,8 @@ pub struct HostSettings {
     /// Read-only bind mounts: (host path, container path). Given as `Mounts`, not
     /// `Binds` strings, so that no character of a path can change their meaning.
     pub read_only_mounts: Vec<(PathBuf, String)>,
+    /// Writable bind mounts: (host path, container path).
+    pub writable_mounts: Vec<(PathBuf, String)>,
     pub init: bool,
 }
 
@@ -96,6 +102,9 @@ pub struct ContainerInspect {
 pub struct ContainerState {
     pub status: String,
     pub running: bool,
+    /// The init's pid on the engine's host (0 when it does not run).
+    #[serde(default)]
+    pub pid: i64,
     #[serde(rename = "OOMKilled", default)]
     pub oom_killed: bool,
     #[serde(default)]
@@ -806,12 +815,14 @@ fn create_body(spec: &ContainerSpec) -> Value {
         "SecurityOpt": ["no-new-privileges"],
         "Privileged": false,
         "Tmpfs": host.tmpfs,
-        "Mounts": host.read_only_mounts.iter().map(|(source, target)| json!({
-            "Type": "bind",
-            "Source": source,
-            "Target": target,
-            "ReadOnly": true,
-        })).collect::<Vec<Value>>(),
+        "Mounts": host.read_only_mounts.iter().map(|mount| (mount, true))
+            .chain(host.writable_mounts.iter().map(|mount| (mount, false)))
+            .map(|((source, target), read_only)| json!({
+                "Type": "bind",
+                "Source": source,
+                "Target": target,
+                "ReadOnly": read_only,
+            })).collect::<Vec<Value>>(),
         "Init": host.init,
         "AutoRemove": spec.auto_remove,
         "RestartPolicy": restart_policy(spec.restart_always),
@@ -822,7 +833,7 @@ fn create_body(spec: &ContainerSpec) -> Value {
         "Env": spec.env,
         "Tty": false,
         "OpenStdin": spec.open_stdin,
-        "StdinOnce": spec.open_stdin,
+        "StdinOnce": spec.open_stdin && !spec.stdin_stays_open,
         "AttachStdin": spec.open_stdin,
         "AttachStdout": true,
         "AttachStderr": true,

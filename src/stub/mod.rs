@@ -35,6 +35,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashSet;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,19 @@ const CHUNK_BYTES: usize = 32 * 1024;
 /// How long output may keep coming after the command exited (background children
 /// holding the pipes): the engine itself cuts such streams after about 2 s.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+/// Server → init, on the init's stdin: the token every exec connection opens with.
+pub const TOKEN: u8 = b'T';
+/// Server → init, first on an exec connection: the token.
+pub const AUTH: u8 = b'A';
+/// Bytes of an exec token.
+pub const TOKEN_BYTES: usize = 32;
+/// Where a sandbox's init listens for execs, inside it: a directory the server mounts
+/// from its data dir (`exec::socket`).
+pub const EXEC_SOCKET_DIR: &str = "/.agentkernel-run";
+pub const EXEC_SOCKET: &str = "/.agentkernel-run/exec.sock";
+/// How long an exec connection may take to present its token.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub const SPEC: u8 = b'S';
 pub const STDIN: u8 = b'I';
@@ -257,11 +271,20 @@ pub fn idle() -> i32 {
         }
     }
     let init = std::process::id() == 1;
+    // The supervisors this init started for its exec socket, by (pid, start): its
+    // children that are not orphans.
+    let supervisors = Arc::new(Mutex::new(HashSet::<(u32, u64)>::new()));
+    if init && std::path::Path::new(EXEC_SOCKET_DIR).is_dir() {
+        serve_exec_socket(Arc::clone(&supervisors));
+    }
     std::thread::spawn(move || loop {
         use rustix::process::{wait, WaitOptions};
-        while let Ok(Some(_)) = wait(WaitOptions::NOHANG) {}
+        while let Ok(Some((pid, _))) = wait(WaitOptions::NOHANG) {
+            let pid = pid.as_raw_nonzero().get() as u32;
+            lock(&supervisors).retain(|(supervisor, _)| *supervisor != pid);
+        }
         if init && reap::has_children() {
-            let killed = reap::sweep_orphans();
+            let killed = reap::sweep_orphans_except(&lock(&supervisors));
             if killed > 0 {
                 eprintln!(
                     "agentkernel stub: killed {killed} processes whose exec's supervisor died"
@@ -276,6 +299,82 @@ pub fn idle() -> i32 {
         std::thread::sleep(Duration::from_millis(50));
     }
     0
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The init's exec socket (`EXEC_SOCKET`): the server connects from outside, opens with
+/// the token it gave the init on its stdin (`TOKEN` records, which only an attach
+/// through the engine can write: as a non-dumpable PID 1, the init's stdin is out of
+/// every command's reach), and the init starts a supervisor (`stub`, as `docker exec`
+/// would) with the connection as its stdin and stdout. A connection without the token
+/// (a command of the sandbox) is closed unanswered. Without a token, or when the
+/// socket cannot be made, execs go through `docker exec` as before.
+fn serve_exec_socket(supervisors: Arc<Mutex<HashSet<(u32, u64)>>>) {
+    let token = Arc::new(Mutex::new(None::<Vec<u8>>));
+    let from_stdin = Arc::clone(&token);
+    std::thread::spawn(move || {
+        let mut stdin = io::stdin();
+        // Until stdin ends (nobody can write it any more); the token stays.
+        while let Ok(Some((kind, payload))) = read_record(&mut stdin) {
+            if kind == TOKEN && payload.len() == TOKEN_BYTES {
+                *lock(&from_stdin) = Some(payload);
+            }
+        }
+    });
+    let _ = std::fs::remove_file(EXEC_SOCKET);
+    let listener = match std::os::unix::net::UnixListener::bind(EXEC_SOCKET) {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("agentkernel stub: no exec socket ({error}): execs use docker exec");
+            return;
+        }
+    };
+    std::thread::spawn(move || {
+        for connection in listener.incoming().flatten() {
+            let (token, supervisors) = (Arc::clone(&token), Arc::clone(&supervisors));
+            // A thread each: a connection slow to present its token holds only itself.
+            std::thread::spawn(move || {
+                if let Err(error) = start_supervisor(connection, &token, &supervisors) {
+                    eprintln!("agentkernel stub: exec connection refused: {error}");
+                }
+            });
+        }
+    });
+}
+
+/// Checks an exec connection's token and starts its supervisor.
+fn start_supervisor(
+    connection: std::os::unix::net::UnixStream,
+    token: &Mutex<Option<Vec<u8>>>,
+    supervisors: &Mutex<HashSet<(u32, u64)>>,
+) -> io::Result<()> {
+    connection.set_read_timeout(Some(AUTH_TIMEOUT))?;
+    let presented = match read_record(&mut &connection)? {
+        Some((AUTH, payload)) => payload,
+        _ => return Err(io::Error::other("no token")),
+    };
+    let expected = lock(token).clone();
+    if expected.as_deref() != Some(presented.as_slice()) {
+        return Err(io::Error::other("wrong token"));
+    }
+    // The supervisor's reads wait as long as they need.
+    connection.set_read_timeout(None)?;
+    let output = connection.try_clone()?;
+    // Held while it starts, so that the orphan sweep never sees it unlisted.
+    let mut supervisors = lock(supervisors);
+    let child = Command::new(STUB_PATH)
+        .arg("stub")
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(connection)))
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(output)))
+        .stderr(Stdio::null())
+        .spawn()?;
+    if let Some(process) = reap::process(child.id()) {
+        supervisors.insert((process.pid, process.start));
+    }
+    Ok(())
 }
 
 /// A file operation of the stub; see the module comment.

@@ -108,6 +108,12 @@ const KILL_ROUNDS: usize = 200;
 /// has not killed yet (a fork racing one round is caught by the next; a killed process
 /// forks no more). Returns how many were killed.
 pub fn kill_below(root: u32) -> usize {
+    kill_below_except(root, |_| false)
+}
+
+/// `kill_below`, sparing the children of `root` that `spare` picks and everything below
+/// them.
+fn kill_below_except(root: u32, spare: impl Fn(&ProcessEntry) -> bool) -> usize {
     let own = std::process::id();
     let mut killed = HashSet::new();
     for _ in 0..KILL_ROUNDS {
@@ -118,8 +124,13 @@ pub fn kill_below(root: u32) -> usize {
             .filter(|p| p.zombie)
             .map(|p| p.pid)
             .collect();
+        let spared: HashSet<u32> = processes
+            .iter()
+            .filter(|p| p.parent == root && spare(p))
+            .flat_map(|p| descendants(p.pid, &processes).into_iter().chain([p.pid]))
+            .collect();
         for pid in descendants(root, &processes) {
-            if pid == own || zombies.contains(&pid) || killed.contains(&pid) {
+            if pid == own || zombies.contains(&pid) || killed.contains(&pid) || spared.contains(&pid) {
                 continue;
             }
             if let Some(target) = Pid::from_raw(pid as i32) {
@@ -145,10 +156,27 @@ pub fn kill_one(pid: u32) {
 }
 
 /// Kills every process below a sandbox's init (PID 1): in a sandbox whose init is the
-/// stub they are orphans whose supervisor died (see the module comment). Only for such
-/// sandboxes: in a one-shot container the command itself is below the init.
+/// stub they are orphans whose supervisor died (see the module comment), except the
+/// supervisors the init started itself for its exec socket, with their trees. Only for
+/// such sandboxes: in a one-shot container the command itself is below the init.
+///
+/// Any process of the sandbox may run this; it cannot know which children of the init
+/// the init started, so it spares every one that looks like such a supervisor (the
+/// stub's argv). An orphan that made itself look like one (by running the stub) is
+/// the init's to kill: its own sweep knows its supervisors (`sweep_orphans_except`).
 pub fn sweep_orphans() -> usize {
-    kill_below(1)
+    kill_below_except(1, |process| is_socket_supervisor(process.pid))
+}
+
+/// The init's own sweep: kills every process below it but the supervisors it started,
+/// `(pid, start)`, with their trees.
+pub fn sweep_orphans_except(supervisors: &HashSet<(u32, u64)>) -> usize {
+    kill_below_except(1, |process| supervisors.contains(&(process.pid, process.start)))
+}
+
+/// Whether `pid` runs the stub as an exec's supervisor (`STUB_PATH stub`).
+fn is_socket_supervisor(pid: u32) -> bool {
+    argv_of(pid) == [crate::stub::STUB_PATH, "stub"]
 }
 
 /// Whether this process has a child, living or not yet reaped.
@@ -180,7 +208,9 @@ pub fn reap_until_childless() {
 /// still that process, an exec root (parent 0) running the stub, so a reused pid is
 /// never hit. Its whole tree goes first, then it, then every orphan below the init.
 pub fn kill_exec(pid: u32, start: u64) -> i32 {
-    let is_that_stub = process(pid).is_some_and(|p| p.parent == 0 && p.start == start && !p.zombie)
+    // An exec root (parent 0), or a supervisor the init started for its exec socket.
+    let is_that_stub = process(pid)
+        .is_some_and(|p| matches!(p.parent, 0 | 1) && p.start == start && !p.zombie)
         && pid != 1
         && argv_of(pid).get(1).map(String::as_str) == Some("stub")
         && argv_of(pid).len() == 2;
