@@ -10,8 +10,9 @@
 //!    out of the ratios; the server is let settle (used containers removed, pool
 //!    refilled) before each of its measurements, since the raw floors leave no such
 //!    background work behind them.
-//! 3. 8 concurrent clients send 200 `/run` requests; the server's peak RSS is read
-//!    from /proc.
+//!    Each round also times an exec stream into the sandbox to its first output event.
+//! 3. 8 concurrent clients send 200 execs into the one sandbox, then 200 `/run`
+//!    requests; the server's peak RSS is read from /proc.
 //!
 //! Ratios are against the raw floors of the same run.
 
@@ -127,6 +128,7 @@ fn main() {
     let mut sandbox = Vec::new();
     let mut raw_exec = Vec::new();
     let mut raw_cold = Vec::new();
+    let mut first_byte = Vec::new();
     // Phase 1: a burst of fast runs, back to back, served by the pool.
     for _ in 0..ROUNDS {
         fast.push(timed(|| check(post("/run", &echo))));
@@ -144,10 +146,56 @@ fn main() {
         }));
         settle();
         sandbox.push(timed(|| check(post("/sandboxes/bench/exec", &echo))));
+        first_byte.push(first_output_ms(port, "/sandboxes/bench/exec/stream"));
         settle();
         raw_exec.push(timed(|| raw_exec_once(&docker, &idle_id)));
         raw_cold.push(timed(|| raw_cold_once(&docker, &ns, &image, &host)));
     }
+
+    // Phase 3a: 8 concurrent clients exec into the one sandbox.
+    let exec_url = format!("{base}/sandboxes/bench/exec");
+    let (concurrent_execs, exec_failures) = {
+        let next = Arc::new(AtomicUsize::new(0));
+        let clients: Vec<_> = (0..CONCURRENT_CLIENTS)
+            .map(|client| {
+                let (next, url) = (Arc::clone(&next), exec_url.clone());
+                std::thread::spawn(move || {
+                    let agent = ureq::AgentBuilder::new()
+                        .timeout(Duration::from_secs(120))
+                        .build();
+                    let (mut took, mut failures) = (Vec::new(), 0);
+                    while next.fetch_add(1, Ordering::SeqCst) < CONCURRENT_REQUESTS {
+                        let word = format!("c{client}");
+                        let started = Instant::now();
+                        let answer = agent
+                            .post(&url)
+                            .send_json(json!({"command": ["echo", word]}))
+                            .map_err(|error| error.to_string())
+                            .and_then(|r| r.into_json::<Value>().map_err(|e| e.to_string()));
+                        took.push(started.elapsed().as_secs_f64() * 1000.0);
+                        match answer {
+                            Ok(v) if v["data"]["stdout"] == json!(format!("{word}\n")) => {}
+                            other => {
+                                if failures == 0 {
+                                    eprintln!("bench: a concurrent exec failed: {other:?}");
+                                }
+                                failures += 1;
+                            }
+                        }
+                    }
+                    (took, failures)
+                })
+            })
+            .collect();
+        let mut took = Vec::new();
+        let mut failures = 0;
+        for client in clients {
+            let (client_took, client_failures) = client.join().unwrap();
+            took.extend(client_took);
+            failures += client_failures;
+        }
+        (took, failures)
+    };
 
     // Phase 3: concurrent clients.
     let before = fallbacks();
@@ -228,10 +276,16 @@ fn main() {
     row("/run fast", &fast, Some(raw_exec_p50));
     row("/run fast:false", &cold, Some(raw_cold_p50));
     row("sandbox exec", &sandbox, Some(raw_exec_p50));
+    row("sandbox exec, 8 at once", &concurrent_execs, Some(raw_exec_p50));
+    row("exec stream: first output", &first_byte, Some(raw_exec_p50));
     row("raw exec (Engine API)", &raw_exec, None);
     row("raw cold run (Engine API)", &raw_cold, None);
     println!("\nratios: /run fast and sandbox exec against raw exec; fast:false against raw cold");
     println!("pool fallbacks during the {ROUNDS} back-to-back /run fast: {sequential_fallbacks}");
+    println!(
+        "sandbox execs, {CONCURRENT_CLIENTS} clients at once into one sandbox: \
+         {CONCURRENT_REQUESTS}, {exec_failures} failed or wrong"
+    );
     println!(
         "concurrent: {CONCURRENT_CLIENTS} clients, {CONCURRENT_REQUESTS} /run in {:.2} s = {:.1} req/s, \
          {concurrent_fallbacks} fell back to the cold path, {failures} failed",
@@ -251,10 +305,16 @@ fn main() {
             "/run fast:false p50 <= 1.15 x raw cold",
             percentile(&cold, 50.0) <= 1.15 * raw_cold_p50,
         ),
+        ("sandbox exec p50 <= 5 ms", percentile(&sandbox, 50.0) <= 5.0),
         (
-            "sandbox exec p50 <= 1.2 x raw exec",
-            percentile(&sandbox, 50.0) <= 1.2 * raw_exec_p50,
+            "sandbox exec p50 <= 0.1 x raw exec",
+            percentile(&sandbox, 50.0) <= 0.1 * raw_exec_p50,
         ),
+        (
+            "exec stream first output p50 <= 3 ms",
+            percentile(&first_byte, 50.0) <= 3.0,
+        ),
+        ("8 concurrent execs into one sandbox all correct", exec_failures == 0),
         ("peak RSS <= 30 MiB", peak_rss_kib <= 30 * 1024),
         ("no failed request", failures == 0),
     ];
@@ -265,6 +325,35 @@ fn main() {
         all &= met;
     }
     std::process::exit(if all { 0 } else { 1 });
+}
+
+/// From sending an exec stream request to its first `output` event, in ms.
+fn first_output_ms(port: u16, path: &str) -> f64 {
+    use std::io::{Read, Write};
+    let body = r#"{"command":["echo","hi"]}"#;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let started = Instant::now();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let mut first = None;
+    loop {
+        let count = stream.read(&mut buffer).unwrap();
+        if count == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buffer[..count]);
+        if first.is_none() && seen.windows(13).any(|w| w == b"event: output") {
+            first = Some(started.elapsed());
+        }
+    }
+    first.expect("no output event").as_secs_f64() * 1000.0
 }
 
 fn check(answer: Value) {

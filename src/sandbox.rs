@@ -18,6 +18,7 @@ use crate::containers::profile::{Limits, Profile};
 use crate::engine::reference::ImageRef;
 use crate::engine::{ContainerInspect, ContainerSpec, Docker, DockerError};
 use crate::error::{Error, Result};
+use crate::exec::socket;
 use crate::exec::{CommandResult, CommandSpec, OutputSink};
 use crate::stub;
 
@@ -190,8 +191,35 @@ pub fn create(
     if !mounts.is_empty() {
         labels.insert(labels::STUB.to_string(), "1".to_string());
     }
+    // With the stub as init and a data dir on this host: an exec socket.
+    let name = container_name(&config.namespace, &request.name);
+    let socket = match (launcher, &config.data_dir) {
+        (Launcher::Stub { .. }, Some(data_dir)) => {
+            let prepared = socket::new_key().and_then(|key| {
+                socket::prepare(data_dir, &key, owner_of(request.profile)).map(|dir| (key, dir))
+            });
+            match prepared {
+                Ok((key, dir)) => Some((data_dir.clone(), key, dir)),
+                Err(error) => {
+                    log::warn!("sandbox {name}: no exec socket ({error}): execs use docker exec");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let mut writable_mounts = Vec::new();
+    if let Some((_, key, dir)) = &socket {
+        labels.insert(labels::EXEC_SOCKET.to_string(), key.clone());
+        writable_mounts.push((dir.clone(), stub::EXEC_SOCKET_DIR.to_string()));
+    }
+    let forget_socket = || {
+        if let Some((data_dir, key, _)) = &socket {
+            socket::remove(data_dir, key);
+        }
+    };
     let mut spec = ContainerSpec {
-        name: Some(container_name(&config.namespace, &request.name)),
+        name: Some(name.clone()),
         image: request.image.to_string(),
         labels,
         entrypoint: Some(entrypoint),
@@ -199,16 +227,20 @@ pub fn create(
         env: Vec::new(),
         working_dir: None,
         user: request.profile.user().map(str::to_string),
-        open_stdin: false,
+        // The init gets its exec token on its stdin, from every server that attaches.
+        open_stdin: socket.is_some(),
+        stdin_stays_open: true,
         auto_remove: false,
         // Running until stopped through us: the engine starts it again after a crash.
         restart_always: true,
         stop_timeout_seconds: None,
         host: request.profile.host_settings(request.limits, "/", mounts),
     };
+    spec.host.writable_mounts = writable_mounts;
     // The idle stub is the sandbox's init: it reaps orphans and handles SIGTERM.
     spec.host.init = !matches!(launcher, Launcher::Stub { .. });
     let id = docker.container_create(&spec).map_err(|error| {
+        forget_socket();
         if error.is_conflict() {
             Error::SandboxExists(request.name.to_string())
         } else if error.is_not_found() {
@@ -222,7 +254,11 @@ pub fn create(
         if let Err(cleanup) = docker.container_remove(&id) {
             log::warn!("could not remove failed sandbox container {id}: {cleanup}");
         }
+        forget_socket();
         return Err(Error::Engine(error));
+    }
+    if let Some((data_dir, key, _)) = &socket {
+        give_token(docker, data_dir, key, &id);
     }
     get(docker, config, &request.name)
 }
@@ -231,7 +267,43 @@ pub fn start(docker: &Docker, config: &Config, name: &SandboxName) -> Result<San
     let inspect = inspect_ours(docker, config, name)?;
     docker.container_set_restart(&inspect.id, true)?;
     docker.container_start(&inspect.id)?;
+    // A started init has no token yet.
+    if let (Some(key), Some(data_dir)) = (socket_key(&inspect), &config.data_dir) {
+        give_token(docker, data_dir, key, &inspect.id);
+    }
     get(docker, config, name)
+}
+
+/// The key of the sandbox's exec socket, if it was made with one.
+fn socket_key(inspect: &ContainerInspect) -> Option<&str> {
+    inspect
+        .config
+        .labels
+        .as_ref()?
+        .get(labels::EXEC_SOCKET)
+        .map(String::as_str)
+}
+
+/// Gives a started sandbox's init its exec token; failures only cost speed (the next
+/// exec tries again, else goes by `docker exec`), so they are logged.
+fn give_token(docker: &Docker, data_dir: &std::path::Path, key: &str, container: &str) {
+    let given = socket::open(data_dir, key)
+        .map_err(|error| error.to_string())
+        .and_then(|socket| {
+            socket
+                .give_token(docker, container)
+                .map_err(|error| error.to_string())
+        });
+    if let Err(error) = given {
+        log::warn!("sandbox {container}: cannot give its init the exec token: {error}");
+    }
+}
+
+/// The uid and gid a profile runs as, where it is not root: the owner of the sandbox's
+/// socket directory, in which its init must create the socket.
+fn owner_of(profile: Profile) -> Option<(u32, u32)> {
+    let (uid, gid) = profile.user()?.split_once(':')?;
+    Some((uid.parse().ok()?, gid.parse().ok()?))
 }
 
 pub fn stop(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sandbox> {
@@ -245,6 +317,9 @@ pub fn stop(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sand
 pub fn delete(docker: &Docker, config: &Config, name: &SandboxName) -> Result<()> {
     let inspect = inspect_ours(docker, config, name)?;
     docker.container_remove(&inspect.id)?;
+    if let (Some(key), Some(data_dir)) = (socket_key(&inspect), &config.data_dir) {
+        socket::remove(data_dir, key);
+    }
     Ok(())
 }
 
@@ -336,6 +411,26 @@ pub fn exec(
     let inspect = inspect_ours(docker, config, name)?;
     if !inspect.state.running {
         return Err(Error::SandboxNotRunning(name.to_string()));
+    }
+    if let (Some(key), Some(data_dir)) = (socket_key(&inspect), &config.data_dir) {
+        let fast = match socket::open(data_dir, key) {
+            Ok(socket) => crate::exec::stub::exec_via_socket(
+                docker,
+                &inspect.id,
+                &socket,
+                inspect.state.pid,
+                spec,
+                Instant::now(),
+                sink,
+            ),
+            Err(error) => {
+                log::warn!("sandbox {name}: no exec token ({error}): using docker exec");
+                None
+            }
+        };
+        if let Some(result) = fast {
+            return result.map_err(|error| explain_exec_failure(docker, config, name, error));
+        }
     }
     let target = ExecTarget {
         sandbox: name,

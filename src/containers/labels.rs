@@ -22,6 +22,8 @@ pub const IMAGE: &str = "agentkernel.image";
 pub const PROFILE: &str = "agentkernel.profile";
 /// Set on sandboxes whose containers have our stub mounted (exec goes through it).
 pub const STUB: &str = "agentkernel.stub";
+/// On sandboxes with an exec socket: its key (`exec::socket`).
+pub const EXEC_SOCKET: &str = "agentkernel.exec-socket";
 /// On temporary containers: the process that made them (`owner::Owner::label`), so that
 /// a sweep removes only its own and those of owners that are gone.
 pub const OWNER: &str = "agentkernel.owner";

@@ -13,8 +13,6 @@ use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::engine::Hijacked;
-
 /// A cancellation handle; clones share it.
 #[derive(Clone, Default)]
 pub struct Cancel(Arc<Mutex<State>>);
@@ -49,8 +47,8 @@ impl Cancel {
 
     /// Registers the command's connection (the transports do, once they have it); cut
     /// at once if the handle was already cancelled.
-    pub(crate) fn arm(&self, hijacked: &Hijacked) {
-        self.arm_with(&hijacked.stdin);
+    pub(crate) fn arm(&self, connection: &UnixStream) {
+        self.arm_with(connection);
     }
 
     fn arm_with(&self, connection: &UnixStream) {

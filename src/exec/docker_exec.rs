@@ -143,7 +143,7 @@ fn exec_marked(
     };
     let exec_id = docker.exec_create(container, &exec_spec)?;
     let mut hijacked = docker.exec_start(&exec_id)?;
-    crate::exec::connected(sink, &hijacked);
+    crate::exec::connected(sink, &hijacked.stdin);
     let feed = spec.stdin.as_deref().map(|data| {
         let writer = hijacked.stdin.try_clone();
         (writer, move |mut writer: UnixStream| {

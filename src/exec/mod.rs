@@ -16,6 +16,7 @@
 pub mod budget;
 mod cancel;
 pub mod docker_exec;
+pub mod socket;
 pub mod stub;
 
 pub use self::budget::{OutputBudget, OutputMemory};
@@ -279,9 +280,9 @@ pub trait Observer {
 
 /// What every transport does once the command has its connection: arms the observer's
 /// cancel handle with it and says that the command starts.
-fn connected(sink: OutputSink<'_>, hijacked: &Hijacked) {
+fn connected(sink: OutputSink<'_>, connection: &std::os::unix::net::UnixStream) {
     if let Some(cancel) = sink.cancel() {
-        cancel.arm(hijacked);
+        cancel.arm(connection);
     }
     sink.started();
 }

@@ -45,6 +45,60 @@ pub fn exec_via_stub(
     let exec_id = docker.exec_create(container, &exec_spec)?;
     let mut stream = StubStream::new(docker.exec_start(&exec_id)?);
     stream.read_hello().map_err(hello_failed)?;
+    exec_with(docker, container, stream, spec, started, sink)
+}
+
+/// Runs one command in a sandbox through its init's exec socket (`exec::socket`); `None`
+/// when the socket cannot serve it (the caller goes by `docker exec`), said in the log.
+/// An init without its token (restarted since) gets it again, once.
+pub fn exec_via_socket(
+    docker: &Docker,
+    container: &str,
+    socket: &crate::exec::socket::ExecSocket,
+    init_pid: i64,
+    spec: &CommandSpec,
+    started: Instant,
+    sink: OutputSink<'_>,
+) -> Option<Result<CommandResult>> {
+    let open = || -> io::Result<StubStream> {
+        let mut stream = StubStream::over_socket(socket.connect(init_pid)?)?;
+        stream.read_hello()?;
+        Ok(stream)
+    };
+    let stream = match open() {
+        Ok(stream) => stream,
+        // Closed before its hello: the init has no token (or another one).
+        Err(first) if first.kind() == io::ErrorKind::UnexpectedEof => {
+            let again = socket
+                .give_token(docker, container)
+                .map_err(|error| io::Error::other(error.to_string()))
+                .and_then(|()| open());
+            match again {
+                Ok(stream) => stream,
+                Err(error) => {
+                    log::warn!("exec socket of container {container}: {error}; using docker exec");
+                    return None;
+                }
+            }
+        }
+        Err(error) => {
+            log::warn!("exec socket of container {container}: {error}; using docker exec");
+            return None;
+        }
+    };
+    Some(exec_with(docker, container, stream, spec, started, sink))
+}
+
+/// The conversation with a stub that said hello, and what came of it: the command's
+/// result, or, when the stub did not answer, the kill from outside first.
+fn exec_with(
+    docker: &Docker,
+    container: &str,
+    mut stream: StubStream,
+    spec: &CommandSpec,
+    started: Instant,
+    sink: OutputSink<'_>,
+) -> Result<CommandResult> {
     let conversation = stream.converse(spec, sink);
     let supervisor = stream.supervisor;
     // Closing the connection is the first kill: a stub that still reads stops the
@@ -247,19 +301,33 @@ pub fn run_lost(error: io::Error) -> Error {
     ))
 }
 
-/// The stub's records, read out of the stdout frames of an attach connection.
+/// The stub's records, read out of the stdout frames of an attach or exec connection,
+/// or straight off a sandbox's exec socket (`exec::socket`).
 pub struct StubStream {
-    hijacked: Hijacked,
+    /// The connection: written to, its timeouts set, cut to cancel.
+    control: UnixStream,
+    records: Records,
     frame: Vec<u8>,
     position: usize,
     /// The stub's pid and start time, from its `P` record.
     supervisor: Option<(u32, u64)>,
 }
 
+enum Records {
+    /// In the engine's stream framing (stdout frames hold the records).
+    Frames(crate::engine::frames::FrameReader<io::BufReader<UnixStream>>),
+    /// As they are (an exec socket).
+    Raw(io::BufReader<UnixStream>),
+}
+
 impl Read for StubStream {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let frames = match &mut self.records {
+            Records::Raw(reader) => return reader.read(out),
+            Records::Frames(frames) => frames,
+        };
         while self.position == self.frame.len() {
-            match self.hijacked.frames.next_frame(&mut self.frame)? {
+            match frames.next_frame(&mut self.frame)? {
                 None => return Ok(0),
                 Some(StreamKind::Stdout) => self.position = 0,
                 Some(_) => {
@@ -279,20 +347,32 @@ impl StubStream {
     /// Whether nothing is waiting to be read: after its hello a stub sends nothing until
     /// it gets a spec, so a readable connection means it closed (or broke the protocol).
     pub fn is_quiet(&self) -> bool {
-        is_quiet(&self.hijacked.stdin)
+        is_quiet(&self.control)
     }
 
     pub fn new(hijacked: Hijacked) -> StubStream {
         StubStream {
-            hijacked,
+            control: hijacked.stdin,
+            records: Records::Frames(hijacked.frames),
             frame: Vec::new(),
             position: 0,
             supervisor: None,
         }
     }
 
+    /// The records of a sandbox's exec socket, a connection already authenticated.
+    pub fn over_socket(connection: UnixStream) -> io::Result<StubStream> {
+        Ok(StubStream {
+            records: Records::Raw(io::BufReader::new(connection.try_clone()?)),
+            control: connection,
+            frame: Vec::new(),
+            position: 0,
+            supervisor: None,
+        })
+    }
+
     pub fn read_hello(&mut self) -> io::Result<()> {
-        self.hijacked.set_read_timeout(Some(HELLO_TIMEOUT))?;
+        self.control.set_read_timeout(Some(HELLO_TIMEOUT))?;
         let mut kind = [0u8; 1];
         if self.read(&mut kind)? == 0 {
             return Err(io::Error::new(
@@ -305,7 +385,7 @@ impl StubStream {
             // failure to start the process (its container stopped or went away) as text
             // in the stream. Never read that as records.
             let mut text = kind.to_vec();
-            self.hijacked.set_read_timeout(Some(ENGINE_TEXT_WAIT))?;
+            self.control.set_read_timeout(Some(ENGINE_TEXT_WAIT))?;
             let _ = self.by_ref().take(4096).read_to_end(&mut text);
             return Err(io::Error::other(EngineSaid(
                 String::from_utf8_lossy(&text).trim().to_string(),
@@ -364,15 +444,14 @@ impl StubStream {
             max_output_bytes: spec.max_output_bytes.saturating_add(1),
             stdin: spec.stdin.is_some(),
         };
-        crate::exec::connected(sink, &self.hijacked);
+        crate::exec::connected(sink, &self.control);
         let payload = serde_json::to_vec(&stub_spec).expect("spec serializes");
-        self.hijacked
-            .stdin
+        self.control
             .write_all(&stub::encode_record(stub::SPEC, &payload))?;
         let feed = spec
             .stdin
             .as_deref()
-            .map(|data| (self.hijacked.stdin.try_clone(), data));
+            .map(|data| (self.control.try_clone(), data));
         let backstop = Instant::now() + spec.timeout + BACKSTOP;
         let mut collected = Collected::new(sink.keep());
         let ending = with_records_fed(feed, || self.collect(&mut collected, spec, backstop, sink));
@@ -399,7 +478,7 @@ impl StubStream {
             if left.is_zero() {
                 return Ending::Silent;
             }
-            if let Err(error) = self.hijacked.set_read_timeout(Some(left)) {
+            if let Err(error) = self.control.set_read_timeout(Some(left)) {
                 return Ending::Lost(error);
             }
             let record = match stub::read_record(self) {

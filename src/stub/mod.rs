@@ -31,11 +31,11 @@
 //! checked from the file's size or the tar header before data is moved, touch regular
 //! files only, and refuse member names that are absolute or contain `..`.
 
+use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::collections::HashSet;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -302,7 +302,9 @@ pub fn idle() -> i32 {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The init's exec socket (`EXEC_SOCKET`): the server connects from outside, opens with

@@ -6,11 +6,13 @@
 //! that runs it (a one-shot container's init, or a `docker exec`'d stub in a sandbox)
 //! or a detached command's supervisor. Each is a child subreaper, so orphans of
 //! `setsid` and double forks are reparented to it, never past it. The supervisors of a
-//! sandbox are exec roots: started by the engine from outside the container, they have
-//! parent 0 there, which no process inside can have. So in a sandbox whose init is the
-//! stub, a process below the init (PID 1) belongs to no living supervisor: its own was
-//! killed, and the kernel reparented what it left to the init. The init kills such
-//! orphans at once (`sweep_orphans`), and so does every server-side kill.
+//! sandbox are exec roots (started by the engine from outside the container, they have
+//! parent 0 there, which no process inside can have) or children the init started for
+//! its exec socket, which it knows by pid and start time. So in a sandbox whose init is
+//! the stub, any other process below the init (PID 1) belongs to no living supervisor:
+//! its own was killed, and the kernel reparented what it left to the init. The init
+//! kills such orphans at once (`sweep_orphans_except`), and so does every server-side
+//! kill (`sweep_orphans`, sparing what looks like the init's supervisors).
 //!
 //! Invariant: nothing here reads anything a command can write (environment, files,
 //! process groups); only parent links and start times from `/proc/PID/stat`, and the
@@ -130,7 +132,11 @@ fn kill_below_except(root: u32, spare: impl Fn(&ProcessEntry) -> bool) -> usize 
             .flat_map(|p| descendants(p.pid, &processes).into_iter().chain([p.pid]))
             .collect();
         for pid in descendants(root, &processes) {
-            if pid == own || zombies.contains(&pid) || killed.contains(&pid) || spared.contains(&pid) {
+            if pid == own
+                || zombies.contains(&pid)
+                || killed.contains(&pid)
+                || spared.contains(&pid)
+            {
                 continue;
             }
             if let Some(target) = Pid::from_raw(pid as i32) {
@@ -171,7 +177,9 @@ pub fn sweep_orphans() -> usize {
 /// The init's own sweep: kills every process below it but the supervisors it started,
 /// `(pid, start)`, with their trees.
 pub fn sweep_orphans_except(supervisors: &HashSet<(u32, u64)>) -> usize {
-    kill_below_except(1, |process| supervisors.contains(&(process.pid, process.start)))
+    kill_below_except(1, |process| {
+        supervisors.contains(&(process.pid, process.start))
+    })
 }
 
 /// Whether `pid` runs the stub as an exec's supervisor (`STUB_PATH stub`).

@@ -326,9 +326,11 @@ fn without_the_stub_a_killed_servers_containers_and_commands_end_by_themselves()
     // None of them runs any more. (One the refill had created but not yet started when
     // the server died runs nothing; the next start-up sweep removes it.)
     assert!(
-        eventually(Duration::from_secs(10), || temporary_containers(&namespace)
-            .iter()
-            .all(|c| c.owner_pid() != Some(crashed_pid) || c.state == "created")),
+        eventually(Duration::from_secs(10), || {
+            temporary_containers(&namespace)
+                .iter()
+                .all(|c| c.owner_pid() != Some(crashed_pid) || c.state == "created")
+        }),
         "{:?}",
         temporary_containers(&namespace)
     );

@@ -6,6 +6,7 @@ mod harness;
 mod api;
 mod cli;
 mod deadlines;
+mod exec_socket;
 mod files;
 mod hostile;
 mod isolation;

@@ -1,0 +1,204 @@
+//! The fast way into a sandbox: its init's exec socket. A sandbox made with one mounts
+//! `<data dir>/run/<key>/` (writable) at `stub::EXEC_SOCKET_DIR`, where its init (`stub
+//! --idle`) listens; an exec connects there from the host, checks that the listener is
+//! the sandbox's init, opens with the sandbox's token, and then speaks the stub protocol
+//! with the supervisor the init started for it: a fork in the sandbox, no engine round
+//! trip, no runc exec. Records travel raw, without the engine's stream framing.
+//!
+//! The token (`<data dir>/run/<key>.token`, 32 random bytes, never inside the sandbox)
+//! reaches the init only on its stdin, through an attach (`give_token`): the engine is
+//! the only way in, and a non-dumpable PID 1's stdin is out of every command's reach.
+//! So a command of the sandbox can connect to the socket but cannot start anything
+//! through it; and a listener of its own in the socket's place is found out before the
+//! token is sent (its peer pid is not the init's), and the exec goes by `docker exec`.
+//!
+//! Invariants: the token is sent only to a listener whose peer pid is the sandbox's
+//! init, checked only where that pid is visible as our own idle stub (so the peer pid
+//! is never 0); anything that stops the socket from working (an older sandbox, no data
+//! dir, an init that lost its token with a restart and did not get it again) falls back
+//! to `docker exec`, never to an error.
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use crate::engine::{Docker, DockerError};
+use crate::stub;
+
+/// Where a server keeps the sockets' directories and the tokens, under its data dir.
+const RUN_DIR: &str = "run";
+/// Longest socket path `connect` takes as it is (the kernel's limit is 108 bytes).
+const MAX_SOCKET_PATH: usize = 100;
+
+/// One sandbox's exec socket, seen from the host.
+#[derive(Debug, Clone)]
+pub struct ExecSocket {
+    dir: PathBuf,
+    token: Vec<u8>,
+}
+
+/// A new sandbox's socket key: random (a sandbox that fails to be made, say for a name
+/// already taken, never touches another's files), and short, so that socket paths
+/// stay short.
+pub fn new_key() -> io::Result<String> {
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(crate::codec::sha256::hex(&bytes))
+}
+
+fn token_path(data_dir: &Path, key: &str) -> PathBuf {
+    data_dir.join(RUN_DIR).join(format!("{key}.token"))
+}
+
+/// Makes a new sandbox's socket directory (owned by `owner`, the sandbox's user, when
+/// it is not root) and its token; returns the directory to mount.
+pub fn prepare(data_dir: &Path, key: &str, owner: Option<(u32, u32)>) -> io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let run = data_dir.join(RUN_DIR);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&run)?;
+    let dir = run.join(key);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+    }
+    let mut token = [0u8; stub::TOKEN_BYTES];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut token)?;
+    let path = token_path(data_dir, key);
+    let partial = path.with_extension("token.partial");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)?
+        .write_all(&token)?;
+    std::fs::rename(&partial, &path)?;
+    Ok(dir)
+}
+
+/// A sandbox's socket, if it has its token.
+pub fn open(data_dir: &Path, key: &str) -> io::Result<ExecSocket> {
+    let token = std::fs::read(token_path(data_dir, key))?;
+    if token.len() != stub::TOKEN_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "exec token of the wrong size",
+        ));
+    }
+    Ok(ExecSocket {
+        dir: data_dir.join(RUN_DIR).join(key),
+        token,
+    })
+}
+
+/// Removes a deleted sandbox's socket directory and token.
+pub fn remove(data_dir: &Path, key: &str) {
+    let _ = std::fs::remove_dir_all(data_dir.join(RUN_DIR).join(key));
+    let _ = std::fs::remove_file(token_path(data_dir, key));
+}
+
+impl ExecSocket {
+    /// Gives the sandbox's init its token, on its stdin through an attach: after every
+    /// start of the container (its init starts without one).
+    pub fn give_token(&self, docker: &Docker, container: &str) -> Result<(), DockerError> {
+        let mut attached = docker.container_attach(container, true)?;
+        attached
+            .stdin
+            .write_all(&stub::encode_record(stub::TOKEN, &self.token))
+            .map_err(|source| DockerError::Io {
+                operation: "attach (exec token)".into(),
+                source,
+            })?;
+        // Nothing comes back; the engine copies what was written before it closes.
+        let _ = attached.stdin.shutdown(std::net::Shutdown::Write);
+        Ok(())
+    }
+
+    /// Connects to the init's socket, checks that the listener is the init (`init_pid`,
+    /// the engine's `State.Pid`), and opens with the token.
+    pub fn connect(&self, init_pid: i64) -> io::Result<UnixStream> {
+        if !is_our_idle_init(init_pid) {
+            return Err(io::Error::other(format!(
+                "the sandbox's init (pid {init_pid}) is not visible here as our stub"
+            )));
+        }
+        let path = self.dir.join("exec.sock");
+        let stream = if path.as_os_str().len() <= MAX_SOCKET_PATH {
+            UnixStream::connect(&path)?
+        } else {
+            // Too long for a socket address: through the directory's descriptor.
+            let dir = std::fs::File::open(&self.dir)?;
+            UnixStream::connect(format!("/proc/self/fd/{}/exec.sock", dir.as_raw_fd()))?
+        };
+        let peer = rustix::net::sockopt::socket_peercred(&stream)?;
+        let peer_pid = i64::from(peer.pid.as_raw_nonzero().get());
+        if peer_pid != init_pid {
+            return Err(io::Error::other(format!(
+                "the socket's listener is pid {peer_pid}, not the sandbox's init {init_pid}"
+            )));
+        }
+        (&stream).write_all(&stub::encode_record(stub::AUTH, &self.token))?;
+        Ok(stream)
+    }
+}
+
+/// Whether `pid` is, in our own PID namespace, a sandbox's idle stub: then every process
+/// of its container is visible to us too, and a socket's peer pid is never 0.
+fn is_our_idle_init(pid: i64) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let argv: Vec<&[u8]> = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .collect();
+    argv == [stub::STUB_PATH.as_bytes(), b"stub", b"--idle"]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_short_and_new_each_time() {
+        let key = new_key().unwrap();
+        assert_eq!(key.len(), 16);
+        assert!(key.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(new_key().unwrap(), key);
+    }
+
+    #[test]
+    fn prepare_makes_a_private_dir_and_a_token_open_reads() {
+        use std::os::unix::fs::PermissionsExt;
+        let data = std::env::temp_dir().join(format!("ak-socket-test-{}", std::process::id()));
+        let dir = prepare(&data, "k1", None).unwrap();
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let socket = open(&data, "k1").unwrap();
+        assert_eq!(socket.token.len(), stub::TOKEN_BYTES);
+        // Another sandbox, another token.
+        prepare(&data, "k2", None).unwrap();
+        assert_ne!(open(&data, "k2").unwrap().token, socket.token);
+        remove(&data, "k2");
+        remove(&data, "k1");
+        assert!(open(&data, "k1").is_err());
+        assert!(!dir.exists());
+        let _ = std::fs::remove_dir_all(&data);
+    }
+
+    #[test]
+    fn only_a_visible_idle_stub_counts_as_an_init() {
+        assert!(!is_our_idle_init(0));
+        assert!(!is_our_idle_init(-1));
+        assert!(!is_our_idle_init(i64::from(std::process::id())));
+    }
+}

@@ -1,0 +1,262 @@
+//! Sandbox execs through the init's exec socket (`exec::socket`): no `docker exec` for
+//! any of them, the same results, through server and container restarts; and the socket
+//! is no new way in: no token, no command; a listener that is not the init never gets
+//! the token (the exec goes by `docker exec`).
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::{data_dir, Options, Server};
+
+fn inspect(server: &Server, sandbox: &str, format: &str) -> String {
+    let output = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            format,
+            &format!("ak_{}_{sandbox}", server.namespace),
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// How many `docker exec`s the engine holds for the sandbox's container.
+fn docker_execs(server: &Server, sandbox: &str) -> usize {
+    inspect(server, sandbox, "{{len .ExecIDs}}")
+        .parse()
+        .unwrap()
+}
+
+/// The host side of a sandbox's exec socket: its directory and its token file.
+fn socket_files(server: &Server, sandbox: &str) -> (PathBuf, PathBuf) {
+    let key = inspect(
+        server,
+        sandbox,
+        r#"{{index .Config.Labels "agentkernel.exec-socket"}}"#,
+    );
+    assert_eq!(key.len(), 16, "no exec socket: {key:?}");
+    let run = data_dir().join("run");
+    (run.join(&key), run.join(format!("{key}.token")))
+}
+
+fn exec(server: &Server, sandbox: &str, body: Value) -> Value {
+    let (status, answer) = server.post(&format!("/sandboxes/{sandbox}/exec"), &body.to_string());
+    assert_eq!(status, 200, "{answer}");
+    answer["data"].clone()
+}
+
+fn echo_works(server: &Server, sandbox: &str) {
+    let data = exec(server, sandbox, json!({"command": ["echo", "hi"]}));
+    assert_eq!(data["stdout"], json!("hi\n"), "{data}");
+}
+
+#[test]
+fn sandbox_execs_go_through_the_init_not_docker_exec() {
+    let server = Server::start();
+    assert_eq!(server.post("/sandboxes", r#"{"name":"fast"}"#).0, 201);
+    let (dir, token) = socket_files(&server, "fast");
+    assert!(dir.join("exec.sock").exists() && token.exists());
+    echo_works(&server, "fast");
+
+    // Stdin, environment, working directory, exit codes and signals.
+    let data = exec(
+        &server,
+        "fast",
+        json!({"command": ["sh", "-c", "cat; echo $A; pwd; exit 3"], "stdin": "in\n",
+               "env": ["A=1"], "workdir": "/tmp"}),
+    );
+    assert_eq!(data["stdout"], json!("in\n1\n/tmp\n"), "{data}");
+    assert_eq!(data["exit_code"], json!(3));
+    let data = exec(
+        &server,
+        "fast",
+        json!({"command": ["sh", "-c", "kill -9 $$"]}),
+    );
+    assert_eq!(
+        (&data["status"], &data["signal"]),
+        (&json!("signaled"), &json!(9))
+    );
+    // A deadline kills the whole tree, on time.
+    let started = Instant::now();
+    let data = exec(
+        &server,
+        "fast",
+        json!({"command": ["sh", "-c", "setsid sleep 97 & sleep 98"], "timeout_ms": 500}),
+    );
+    assert_eq!(data["status"], json!("timeout"), "{data}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let data = exec(&server, "fast", json!({"command": ["ps", "-o", "args"]}));
+    assert!(
+        !data["stdout"].as_str().unwrap().contains("sleep 9"),
+        "{data}"
+    );
+    // Output caps.
+    let data = exec(
+        &server,
+        "fast",
+        json!({"command": ["sh", "-c", "yes | head -c 100000"], "max_output_bytes": 1000}),
+    );
+    assert_eq!(data["stdout"].as_str().unwrap().len(), 1000);
+    assert_eq!(data["status"], json!("output_truncated"));
+
+    // Eight at once, each with its own output.
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..8)
+            .map(|i| {
+                let server = &server;
+                scope.spawn(move || {
+                    let command = json!(["sh", "-c", "sleep 0.2; echo $0", format!("n{i}")]);
+                    (i, exec(server, "fast", json!({ "command": command })))
+                })
+            })
+            .collect();
+        for run in runs {
+            let (i, data) = run.join().unwrap();
+            assert_eq!(data["stdout"], json!(format!("n{i}\n")), "{data}");
+        }
+    });
+    // A streamed exec takes the same way.
+    let events = ureq::post(&server.url("/sandboxes/fast/exec/stream"))
+        .set("Content-Type", "application/json")
+        .send_string(r#"{"command":["echo","streamed"]}"#)
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(events.contains(r#""data":"streamed\n""#), "{events}");
+    assert!(events.contains("event: done"), "{events}");
+    assert_eq!(docker_execs(&server, "fast"), 0, "an exec used docker exec");
+
+    assert_eq!(server.delete("/sandboxes/fast").0, 200);
+    assert!(!dir.exists() && !token.exists(), "the socket's files stay");
+    server.finish();
+}
+
+#[test]
+fn the_socket_survives_restarts_of_the_server_and_of_the_container() {
+    let namespace = crate::harness::fresh_namespace();
+    let options = || Options {
+        namespace: Some(namespace.clone()),
+        ..Options::default()
+    };
+    let mut first = Server::start_with(options());
+    first.cleanup = false;
+    assert_eq!(first.post("/sandboxes", r#"{"name":"kept"}"#).0, 201);
+    echo_works(&first, "kept");
+    assert!(first.terminate().success());
+
+    let server = Server::start_with(options());
+    echo_works(&server, "kept");
+    assert_eq!(docker_execs(&server, "kept"), 0);
+    // Restarted behind the server's back, the init has lost its token: the next exec
+    // gives it again.
+    let status = std::process::Command::new("docker")
+        .args(["restart", "-t", "1", &format!("ak_{namespace}_kept")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    echo_works(&server, "kept");
+    // Stopped and started through the API.
+    assert_eq!(server.post("/sandboxes/kept/stop", "").0, 200);
+    assert_eq!(server.post("/sandboxes/kept/start", "").0, 200);
+    echo_works(&server, "kept");
+    assert_eq!(docker_execs(&server, "kept"), 0, "an exec used docker exec");
+    assert_eq!(server.delete("/sandboxes/kept").0, 200);
+    server.finish();
+}
+
+/// Whether the other end closes `stream` without a byte (within the init's 5 s wait
+/// for a token).
+fn closed_unanswered(mut stream: UnixStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    // A close with our bytes unread is a reset.
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
+fn record(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut record = vec![kind];
+    record.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    record.extend_from_slice(payload);
+    record
+}
+
+#[test]
+fn the_socket_is_no_way_in() {
+    let server = Server::start();
+    assert_eq!(server.post("/sandboxes", r#"{"name":"guarded"}"#).0, 201);
+    echo_works(&server, "guarded");
+    let (dir, _) = socket_files(&server, "guarded");
+    let path = dir.join("exec.sock");
+
+    // Without the token (a spec straight away, nothing, or a wrong token), the init
+    // closes the connection and starts nothing.
+    let spec = json!({"argv": ["touch", "/tmp/forged"], "env": [], "workdir": null,
+                      "timeout_ms": 1000, "max_output_bytes": 10, "stdin": false});
+    let mut straight = UnixStream::connect(&path).unwrap();
+    straight
+        .write_all(&record(b'S', spec.to_string().as_bytes()))
+        .unwrap();
+    assert!(closed_unanswered(straight));
+    assert!(closed_unanswered(UnixStream::connect(&path).unwrap()));
+    let mut wrong = UnixStream::connect(&path).unwrap();
+    wrong.write_all(&record(b'A', &[7u8; 32])).unwrap();
+    wrong
+        .write_all(&record(b'S', spec.to_string().as_bytes()))
+        .unwrap();
+    assert!(closed_unanswered(wrong));
+    let data = exec(&server, "guarded", json!({"command": ["ls", "/tmp"]}));
+    assert_eq!(data["stdout"], json!(""), "a command ran: {data}");
+
+    // Inside, the token is nowhere: not beside the socket, not in the init's
+    // environment or stdin.
+    let data = exec(
+        &server,
+        "guarded",
+        json!({"command": ["ls", "-A", "/.agentkernel-run"]}),
+    );
+    assert_eq!(data["stdout"], json!("exec.sock\n"));
+    for file in ["/proc/1/environ", "/proc/1/fd/0"] {
+        let data = exec(
+            &server,
+            "guarded",
+            json!({"command": ["head", "-c", "1", file]}),
+        );
+        assert_ne!(data["exit_code"], json!(0), "{file} is readable: {data}");
+    }
+
+    // A listener in the socket's place that is not the init gets nothing: the exec
+    // goes by `docker exec`, with the same result.
+    std::fs::remove_file(&path).unwrap();
+    let rogue = UnixListener::bind(&path).unwrap();
+    rogue.set_nonblocking(true).unwrap();
+    let data = exec(&server, "guarded", json!({"command": ["echo", "still"]}));
+    assert_eq!(data["stdout"], json!("still\n"));
+    assert!(docker_execs(&server, "guarded") > 0, "no docker exec");
+    let mut received = Vec::new();
+    if let Ok((mut connection, _)) = rogue.accept() {
+        connection
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let _ = connection.read_to_end(&mut received);
+    }
+    assert!(received.is_empty(), "the rogue listener got {received:?}");
+    assert!(server
+        .wait_for_log("not the sandbox's init", Duration::from_secs(2))
+        .is_some());
+    drop(rogue);
+    assert_eq!(server.delete("/sandboxes/guarded").0, 200);
+    server.finish();
+}
