@@ -308,9 +308,11 @@ fn owner_of(profile: Profile) -> Option<(u32, u32)> {
 
 pub fn stop(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sandbox> {
     let inspect = inspect_ours(docker, config, name)?;
-    // Stopped stays stopped, also after the engine restarts.
+    // Stopped stays stopped, also after the engine restarts (set again after the stop:
+    // a start-up sweep adopting it as running may have raced the first).
     docker.container_set_restart(&inspect.id, false)?;
     docker.container_stop(&inspect.id, STOP_GRACE_SECONDS)?;
+    docker.container_set_restart(&inspect.id, false)?;
     get(docker, config, name)
 }
 
@@ -479,8 +481,14 @@ fn explain_exec_failure(
     match state {
         Err(Error::SandboxNotFound(_)) => Error::SandboxNotFound(name.to_string()),
         // The engine went away with the exec: it is the reason, and the client hears
-        // so (503 naming it), not that the run was lost.
-        Err(gone @ Error::Engine(DockerError::Unreachable { .. } | DockerError::Io { .. })) => gone,
+        // so (503 naming it), not that the run was lost. (A call that only failed, or
+        // was slow, says nothing: the engine must also fail a probe.)
+        Err(gone @ Error::Engine(DockerError::Unreachable { .. })) => gone,
+        Err(gone @ Error::Engine(DockerError::Io { .. }))
+            if docker.probe(crate::engine::PROBE_TIMEOUT).is_err() =>
+        {
+            gone
+        }
         Ok(inspect) if matches!(inspect.state.status.as_str(), "removing" | "dead") => {
             Error::SandboxNotFound(name.to_string())
         }

@@ -520,7 +520,7 @@ pub(super) fn parse_serve(
             }
             Long("engine-timeout-secs") => {
                 config.docker_timeout =
-                    seconds(parser.value()?.parse()?, "--engine-timeout-secs", 1)?
+                    seconds(parser.value()?.parse()?, "--engine-timeout-secs", 5)?
             }
             Long("namespace") => {
                 config.namespace = Namespace::parse(&parser.value()?.string()?).map_err(Misuse)?

@@ -345,7 +345,7 @@ pub const SERVE: Topic = Topic {
         flag(
             "engine-timeout-secs",
             Some("N"),
-            "longest wait for one Docker Engine call (default: 60)",
+            "longest wait for one Docker Engine call, at least 5 (default: 60)",
         ),
         flag(
             "namespace",

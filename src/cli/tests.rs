@@ -231,7 +231,7 @@ fn usage_errors_say_what_is_wrong() {
         .message
         .contains("--workers"));
     assert!(parse_words(&["serve", "--bogus"]).is_err());
-    for (flag, value) in [("--batch-concurrency", "0"), ("--engine-timeout-secs", "0")] {
+    for (flag, value) in [("--batch-concurrency", "0"), ("--engine-timeout-secs", "4")] {
         let error = parse_words(&["serve", flag, value]).unwrap_err();
         assert!(error.message.contains(flag), "{}", error.message);
     }
@@ -668,7 +668,7 @@ fn every_flag_in_the_help_is_one_the_parser_takes() {
     let sample = |placeholder: &str| match placeholder {
         "I" | "IMAGE" => "busybox",
         "P" => "moderate",
-        "SECS" | "N" => "4",
+        "SECS" | "N" => "8",
         "K=V" => "A=1",
         "DIR" => "/tmp",
         "ADDR" => "127.0.0.1",

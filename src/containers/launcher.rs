@@ -112,7 +112,7 @@ impl Warm {
     pub(crate) fn is_alive(&self) -> bool {
         match (&self.stream, &self.lifeline) {
             (Some(stream), _) => stream.is_quiet(),
-            (None, Some(lifeline)) => lifeline.is_quiet(),
+            (None, Some(lifeline)) => lifeline.is_alive(),
             (None, None) => true,
         }
     }
@@ -203,8 +203,10 @@ pub fn launch(
     };
     // The stub is the container's init itself (it reaps orphans): no other process
     // holds the container's stdout, so nothing but the stub can write records there,
-    // and as PID 1 the command cannot kill it from inside.
-    spec.host.init = !matches!(launcher, Launcher::Stub { .. });
+    // and as PID 1 the command cannot kill it from inside. Under the exec launcher the
+    // idle shell is PID 1 for the same reason: a command cannot kill or stop it, and
+    // when it ends, the kernel kills every process of the container.
+    spec.host.init = false;
     let id = docker.container_create(&spec).map_err(|error| {
         if error.is_not_found() {
             Error::ImageMissing(key.image.clone())

@@ -139,17 +139,24 @@ pub fn adopt_sandboxes(docker: &Docker, config: &Config) -> usize {
         if policy.as_deref() == Some("always") || !inspect.state.running {
             continue;
         }
-        let name = sandbox.names.join(",");
-        match docker.container_set_restart(&sandbox.id, true) {
-            Ok(()) => {
-                adopted += 1;
-                log::info!(
-                    "sandbox {name} (restart policy {}) now comes back with the engine:                      policy always",
-                    policy.as_deref().unwrap_or("none")
-                );
-            }
-            Err(error) => log::warn!("sweep: cannot set the restart policy of {name}: {error}"),
+        let name = sandbox.names.join(",").trim_start_matches('/').to_string();
+        if let Err(error) = docker.container_set_restart(&sandbox.id, true) {
+            log::warn!("sweep: cannot set the restart policy of {name}: {error}");
+            continue;
         }
+        // Stopped through the API meanwhile (which sets `no` first): its `no` stands.
+        let stopped = docker
+            .container_inspect(&sandbox.id)
+            .map_or(true, |inspect| !inspect.state.running);
+        if stopped {
+            let _ = docker.container_set_restart(&sandbox.id, false);
+            continue;
+        }
+        adopted += 1;
+        log::info!(
+            "sandbox {name} (restart policy {}) now has policy always: it comes back with the engine",
+            policy.as_deref().unwrap_or("none")
+        );
     }
     adopted
 }

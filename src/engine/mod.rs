@@ -417,9 +417,21 @@ impl Docker {
         timeout: Option<Duration>,
     ) -> Result<(Head, Vec<u8>)> {
         let operation = || format!("{method} {}", path.split('?').next().unwrap_or(path));
-        let io_error = |source| DockerError::Io {
+        // A socket timeout reads "Resource temporarily unavailable": say what it was.
+        let io_error = |source: io::Error| DockerError::Io {
             operation: operation(),
-            source,
+            source: match (source.kind(), timeout) {
+                (io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut, Some(limit)) => {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "no answer within {} s (--engine-timeout-secs)",
+                            limit.as_secs_f64()
+                        ),
+                    )
+                }
+                _ => source,
+            },
         };
         let mut stream = self.connect(timeout)?;
         let json_bytes;

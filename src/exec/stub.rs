@@ -624,9 +624,11 @@ fn is_quiet(socket: &UnixStream) -> bool {
 }
 
 /// Under the exec launcher, the attach connection to a temporary container's idle
-/// shell, which holds its stdin: when this process goes (ends, crashes, is killed),
-/// the engine closes that stdin, the shell ends, and with it the container and every
-/// command `docker exec` started in it.
+/// shell (its PID 1), which holds its stdin: when this process goes (ends, crashes, is
+/// killed), the engine closes that stdin, the shell ends, and with it the container and
+/// every command `docker exec` started in it. Best effort: a command running as the
+/// shell's user can hold its stdin open through `/proc`; the next start-up sweep
+/// removes such a container (the stub, non-dumpable, has no such hole).
 pub struct Lifeline(Hijacked);
 
 impl Lifeline {
@@ -634,10 +636,24 @@ impl Lifeline {
         Lifeline(hijacked)
     }
 
-    /// Whether the shell is still there: it never writes, so a readable connection
-    /// means it ended.
-    pub fn is_quiet(&self) -> bool {
-        is_quiet(&self.0.stdin)
+    /// Whether the shell is still there: only the end of the connection says it ended
+    /// (whatever the shell wrote, a locale warning for one, is read and dropped).
+    pub fn is_alive(&self) -> bool {
+        let socket = &self.0.stdin;
+        if socket.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut buffer = [0u8; 4096];
+        let alive = loop {
+            match (&*socket).read(&mut buffer) {
+                Ok(0) => break false,
+                Ok(_) => continue,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break true,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break false,
+            }
+        };
+        socket.set_nonblocking(false).is_ok() && alive
     }
 }
 

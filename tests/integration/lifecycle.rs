@@ -289,12 +289,16 @@ fn without_the_stub_a_killed_servers_containers_and_commands_end_by_themselves()
     assert!(eventually(Duration::from_secs(30), || pool_ready(&crashed)
         == 2
         && pool_ready(&bystander) == 1));
-    // One of the crashed server's warm containers runs a command when it dies.
+    // One of the crashed server's warm containers runs a command when it dies; the
+    // command tries to stop and kill the idle shell first (its PID 1: in vain).
     let url = crashed.url("/run");
     let run = std::thread::spawn(move || {
         let _ = ureq::post(&url)
             .set("Content-Type", "application/json")
-            .send_string(r#"{"command":["sleep","600"],"timeout_ms":900000}"#);
+            .send_string(
+                r#"{"command":["sh","-c","kill -STOP 1; kill -KILL 1; exec sleep 600"],
+                    "timeout_ms":900000}"#,
+            );
     });
     assert!(
         eventually(Duration::from_secs(30), || {
