@@ -276,7 +276,11 @@ fn main() {
     row("/run fast", &fast, Some(raw_exec_p50));
     row("/run fast:false", &cold, Some(raw_cold_p50));
     row("sandbox exec", &sandbox, Some(raw_exec_p50));
-    row("sandbox exec, 8 at once", &concurrent_execs, Some(raw_exec_p50));
+    row(
+        "sandbox exec, 8 at once",
+        &concurrent_execs,
+        Some(raw_exec_p50),
+    );
     row("exec stream: first output", &first_byte, Some(raw_exec_p50));
     row("raw exec (Engine API)", &raw_exec, None);
     row("raw cold run (Engine API)", &raw_cold, None);
@@ -305,7 +309,10 @@ fn main() {
             "/run fast:false p50 <= 1.15 x raw cold",
             percentile(&cold, 50.0) <= 1.15 * raw_cold_p50,
         ),
-        ("sandbox exec p50 <= 5 ms", percentile(&sandbox, 50.0) <= 5.0),
+        (
+            "sandbox exec p50 <= 5 ms",
+            percentile(&sandbox, 50.0) <= 5.0,
+        ),
         (
             "sandbox exec p50 <= 0.1 x raw exec",
             percentile(&sandbox, 50.0) <= 0.1 * raw_exec_p50,
@@ -314,7 +321,10 @@ fn main() {
             "exec stream first output p50 <= 3 ms",
             percentile(&first_byte, 50.0) <= 3.0,
         ),
-        ("8 concurrent execs into one sandbox all correct", exec_failures == 0),
+        (
+            "8 concurrent execs into one sandbox all correct",
+            exec_failures == 0,
+        ),
         ("peak RSS <= 30 MiB", peak_rss_kib <= 30 * 1024),
         ("no failed request", failures == 0),
     ];

@@ -22,6 +22,10 @@ use crate::error::{Error, Result};
 use crate::exec::{Collected, CommandResult, CommandSpec, OutputSink, Status};
 use crate::stub::{self, StubExit, StubSpec};
 
+/// How long an exec waits for a sandbox's init to listen on its exec socket (it was
+/// just started), and then to take the token it was given.
+const SOCKET_LISTEN_WAIT: Duration = Duration::from_millis(300);
+const SOCKET_TOKEN_WAIT: Duration = Duration::from_secs(2);
 /// How long a new stub may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long past the command's deadline the server waits for the stub's own answer.
@@ -65,26 +69,37 @@ pub fn exec_via_socket(
         stream.read_hello()?;
         Ok(stream)
     };
-    let stream = match open() {
-        Ok(stream) => stream,
-        // Closed before its hello: the init has no token (or another one).
-        Err(first) if first.kind() == io::ErrorKind::UnexpectedEof => {
-            let again = socket
-                .give_token(docker, container)
-                .map_err(|error| io::Error::other(error.to_string()))
-                .and_then(|()| open());
-            match again {
-                Ok(stream) => stream,
-                Err(error) => {
-                    log::warn!("exec socket of container {container}: {error}; using docker exec");
+    // An init that has just started may not listen yet (refused, or the socket of the
+    // init before it), or has no token yet (it closes before the hello): it gets the
+    // token once, and a moment to read it.
+    let mut gave_token = false;
+    let started_trying = Instant::now();
+    let stream = loop {
+        let error = match open() {
+            Ok(stream) => break stream,
+            Err(error) => error,
+        };
+        let waited = started_trying.elapsed();
+        let retry = match error.kind() {
+            io::ErrorKind::UnexpectedEof if !gave_token => {
+                if let Err(refused) = socket.give_token(docker, container) {
+                    log::warn!("exec socket of container {container}: cannot give the token: {refused}; using docker exec");
                     return None;
                 }
+                gave_token = true;
+                true
             }
-        }
-        Err(error) => {
+            io::ErrorKind::UnexpectedEof => waited < SOCKET_TOKEN_WAIT,
+            io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => {
+                waited < SOCKET_LISTEN_WAIT
+            }
+            _ => false,
+        };
+        if !retry {
             log::warn!("exec socket of container {container}: {error}; using docker exec");
             return None;
         }
+        std::thread::sleep(Duration::from_millis(10));
     };
     Some(exec_with(docker, container, stream, spec, started, sink))
 }

@@ -356,9 +356,11 @@ fn a_killed_engine_is_a_503_and_everything_comes_back() {
             }
         }
     }
+    // A sandbox exec in flight goes through the init's exec socket, which does not
+    // need the engine once it is connected: it may well finish with its 200.
     assert!(
-        in_flight_503.contains_key("run") && in_flight_503.contains_key("exec"),
-        "no run or exec was caught in flight by the kill: {in_flight_503:?}"
+        in_flight_503.contains_key("run"),
+        "no run was caught in flight by the kill: {in_flight_503:?}"
     );
     for what in ["stream", "file", "detached"] {
         assert!(

@@ -639,7 +639,7 @@ fn stub_source(namespace: &str, sandbox: &str) -> String {
         .args([
             "inspect",
             "--format",
-            "{{range .Mounts}}{{.Source}}{{end}}",
+            r#"{{range .Mounts}}{{if eq .Destination "/.agentkernel/agentkernel"}}{{.Source}}{{end}}{{end}}"#,
             &name,
         ])
         .output()
