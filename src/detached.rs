@@ -32,7 +32,7 @@ use crate::containers::labels::{rfc3339, SandboxName};
 use crate::engine::Docker;
 use crate::error::{Error, Result};
 use crate::exec::{CommandSpec, Cut, KeepWithin, NoObserver, Observer, OutputBudget};
-use crate::sandbox::{exec_in, ExecTarget, Via};
+use crate::sandbox::{exec_in, ExecTarget, SocketRoute, Via};
 use crate::stub::reap::{self, list_processes, ProcessEntry};
 use crate::stub::STUB_PATH;
 
@@ -467,8 +467,12 @@ fn failure_text(code: Option<i64>, stderr: &[u8], stdout: &[u8]) -> String {
     }
 }
 
-/// The running sandbox's container id, if it has our stub.
-fn container(docker: &Docker, config: &Config, name: &SandboxName) -> Result<String> {
+/// The running sandbox's container id, if it has our stub, and its exec socket.
+fn container(
+    docker: &Docker,
+    config: &Config,
+    name: &SandboxName,
+) -> Result<(String, Option<SocketRoute>)> {
     let inspect = crate::sandbox::inspect_ours(docker, config, name)?;
     if !inspect.state.running {
         return Err(Error::SandboxNotRunning(name.to_string()));
@@ -478,15 +482,21 @@ fn container(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Str
             "sandbox '{name}' was created without the stub: detached execs need it"
         )));
     }
-    Ok(inspect.id)
+    let route = crate::sandbox::socket_route(config, &inspect);
+    Ok((inspect.id, route))
 }
 
-/// Operations go by plain `docker exec` of the stub, which answers in JSON.
-fn stub_target<'a>(sandbox: &'a SandboxName, container: &'a str) -> ExecTarget<'a> {
+/// Operations are runs of the stub, which answers in JSON: through the sandbox's exec
+/// socket, else by plain `docker exec`.
+fn stub_target<'a>(
+    sandbox: &'a SandboxName,
+    (container, route): &'a (String, Option<SocketRoute>),
+) -> ExecTarget<'a> {
     ExecTarget {
         sandbox,
         container,
         via: Via::StubOp,
+        route: route.as_ref(),
     }
 }
 

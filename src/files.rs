@@ -34,7 +34,7 @@ use crate::containers::labels::{self, SandboxName};
 use crate::engine::{Docker, DockerError, PathKind};
 use crate::error::{Error, Result};
 use crate::exec::{CommandResult, CommandSpec, Cut, KeepWithin, NoObserver, OutputBudget};
-use crate::sandbox::{exec_in, ExecTarget, Via};
+use crate::sandbox::{exec_in, ExecTarget, SocketRoute, Via};
 use crate::stub::{self, file_exit};
 
 /// Linux's PATH_MAX and NAME_MAX: no longer path can be opened anyway.
@@ -217,12 +217,15 @@ struct Container<'a> {
     gid: u32,
     /// `Config::max_file_bytes`.
     limit: u64,
+    /// Its exec socket, for the stub's operations.
+    route: Option<SocketRoute>,
 }
 
 impl<'a> Container<'a> {
     fn open(docker: &Docker, config: &Config, name: &'a SandboxName) -> Result<Container<'a>> {
         let inspect = crate::sandbox::inspect_ours(docker, config, name)?;
         let has_stub = crate::sandbox::has_stub(&inspect);
+        let route = crate::sandbox::socket_route(config, &inspect);
         let labels = inspect.config.labels.unwrap_or_default();
         let (uid, gid) = numeric_owner(&inspect.config.user);
         Ok(Container {
@@ -241,6 +244,7 @@ impl<'a> Container<'a> {
             uid,
             gid,
             limit: config.max_file_bytes,
+            route,
         })
     }
 
@@ -329,6 +333,7 @@ impl<'a> Container<'a> {
             sandbox: self.name,
             container: &self.id,
             via: Via::StubOp,
+            route: self.route.as_ref(),
         };
         let outcome = |result: CommandResult| self.stub_outcome(&result, path).map(|()| result);
         let run = |observer: &mut dyn crate::exec::Observer| {

@@ -354,6 +354,8 @@ pub struct ExecTarget<'a> {
     pub sandbox: &'a SandboxName,
     pub container: &'a str,
     pub via: Via,
+    /// The sandbox's exec socket, if it has one (see `socket_route`).
+    pub route: Option<&'a SocketRoute>,
 }
 
 /// Runs `spec` in a sandbox's container: the one way into a sandbox, taken by execs
@@ -371,14 +373,29 @@ pub fn exec_in<T>(
     outcome: impl FnOnce(CommandResult) -> Result<T>,
 ) -> Result<T> {
     let started = Instant::now();
-    let result = match target.via {
-        Via::StubProtocol => {
+    // The init's exec socket where the sandbox has one, for execs and the stub's own
+    // operations alike (run as the exec's command); else `docker exec`.
+    let fast = match (target.via, target.route) {
+        (Via::StubProtocol | Via::StubOp, Some(route)) => crate::exec::stub::exec_via_socket(
+            docker,
+            target.container,
+            &route.socket,
+            route.init_pid,
+            spec,
+            started,
+            sink,
+        ),
+        _ => None,
+    };
+    let result = match (fast, target.via) {
+        (Some(result), _) => result,
+        (None, Via::StubProtocol) => {
             crate::exec::stub::exec_via_stub(docker, target.container, spec, started, sink)
         }
-        Via::DockerExec => {
+        (None, Via::DockerExec) => {
             crate::exec::docker_exec::exec_direct(docker, target.container, spec, started, sink)
         }
-        Via::StubOp => {
+        (None, Via::StubOp) => {
             crate::exec::docker_exec::exec_plain(docker, target.container, spec, started, sink)
         }
     };
@@ -414,26 +431,7 @@ pub fn exec(
     if !inspect.state.running {
         return Err(Error::SandboxNotRunning(name.to_string()));
     }
-    if let (Some(key), Some(data_dir)) = (socket_key(&inspect), &config.data_dir) {
-        let fast = match socket::open(data_dir, key) {
-            Ok(socket) => crate::exec::stub::exec_via_socket(
-                docker,
-                &inspect.id,
-                &socket,
-                inspect.state.pid,
-                spec,
-                Instant::now(),
-                sink,
-            ),
-            Err(error) => {
-                log::warn!("sandbox {name}: no exec token ({error}): using docker exec");
-                None
-            }
-        };
-        if let Some(result) = fast {
-            return result.map_err(|error| explain_exec_failure(docker, config, name, error));
-        }
-    }
+    let route = socket_route(config, &inspect);
     let target = ExecTarget {
         sandbox: name,
         container: &inspect.id,
@@ -442,8 +440,34 @@ pub fn exec(
         } else {
             Via::DockerExec
         },
+        route: route.as_ref(),
     };
     exec_in(docker, config, target, spec, sink, Ok)
+}
+
+/// How to reach a running sandbox's init on its exec socket (`exec::socket`).
+#[derive(Debug, Clone)]
+pub struct SocketRoute {
+    socket: socket::ExecSocket,
+    init_pid: i64,
+}
+
+/// The sandbox's exec socket, where it has one and its token is here.
+pub fn socket_route(config: &Config, inspect: &ContainerInspect) -> Option<SocketRoute> {
+    let (key, data_dir) = (socket_key(inspect)?, config.data_dir.as_ref()?);
+    match socket::open(data_dir, key) {
+        Ok(socket) => Some(SocketRoute {
+            socket,
+            init_pid: inspect.state.pid,
+        }),
+        Err(error) => {
+            log::warn!(
+                "container {}: no exec token ({error}): using docker exec",
+                inspect.id
+            );
+            None
+        }
+    }
 }
 
 /// Why an exec failed, when the sandbox itself is the reason: an exec racing a delete

@@ -161,6 +161,47 @@ fn sandbox_execs_go_through_the_init_not_docker_exec() {
         "an exec used docker exec"
     );
 
+    // The stub's own operations take it too: files on a tmpfs (which only the running
+    // container sees), deletes, and a detached command's status and logs; only a
+    // detached command's supervisor, which outlives its request, is a `docker exec`.
+    let (status, body) = server.request(
+        "PUT",
+        "/sandboxes/fast/files/tmp/note.txt",
+        Some(r#"{"content":"on the tmpfs"}"#),
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.get("/sandboxes/fast/files/tmp/note.txt");
+    assert_eq!(
+        (status, &body["data"]["content"]),
+        (200, &json!("on the tmpfs"))
+    );
+    assert_eq!(server.delete("/sandboxes/fast/files/tmp/note.txt").0, 200);
+    assert_eq!(
+        docker_execs(&server, "fast", since),
+        0,
+        "a file operation used docker exec"
+    );
+    let (status, body) = server.post(
+        "/sandboxes/fast/exec/detach",
+        r#"{"command":["echo","detached"]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let id = body["data"]["id"].as_str().unwrap().to_string();
+    let logs = format!("/sandboxes/fast/exec/detached/{id}/logs");
+    assert!(crate::harness::eventually(Duration::from_secs(5), || {
+        server.get(&logs).1["data"]["stdout"] == json!("detached\n")
+    }));
+    assert_eq!(
+        server.get(&format!("/sandboxes/fast/exec/detached/{id}")).0,
+        200
+    );
+    assert_eq!(
+        docker_execs(&server, "fast", since),
+        1,
+        "only the supervisor's start"
+    );
+
     assert_eq!(server.delete("/sandboxes/fast").0, 200);
     assert!(!dir.exists() && !token.exists(), "the socket's files stay");
     server.finish();
