@@ -195,11 +195,10 @@ pub fn create(
     let name = container_name(&config.namespace, &request.name);
     let socket = match (launcher, &config.data_dir) {
         (Launcher::Stub { .. }, Some(data_dir)) => {
-            let prepared = socket::new_key().and_then(|key| {
-                socket::prepare(data_dir, &key, owner_of(request.profile)).map(|dir| (key, dir))
-            });
+            let prepared =
+                socket::new_key().and_then(|key| socket::prepare(data_dir, &key).map(|()| key));
             match prepared {
-                Ok((key, dir)) => Some((data_dir.clone(), key, dir)),
+                Ok(key) => Some((data_dir.clone(), key)),
                 Err(error) => {
                     log::warn!("sandbox {name}: no exec socket ({error}): execs use docker exec");
                     None
@@ -208,13 +207,11 @@ pub fn create(
         }
         _ => None,
     };
-    let mut writable_mounts = Vec::new();
-    if let Some((_, key, dir)) = &socket {
+    if let Some((_, key)) = &socket {
         labels.insert(labels::EXEC_SOCKET.to_string(), key.clone());
-        writable_mounts.push((dir.clone(), stub::EXEC_SOCKET_DIR.to_string()));
     }
     let forget_socket = || {
-        if let Some((data_dir, key, _)) = &socket {
+        if let Some((data_dir, key)) = &socket {
             socket::remove(data_dir, key);
         }
     };
@@ -236,7 +233,12 @@ pub fn create(
         stop_timeout_seconds: None,
         host: request.profile.host_settings(request.limits, "/", mounts),
     };
-    spec.host.writable_mounts = writable_mounts;
+    if socket.is_some() {
+        spec.host.tmpfs.insert(
+            stub::EXEC_SOCKET_DIR.to_string(),
+            socket::tmpfs_options(owner_of(request.profile)),
+        );
+    }
     // The idle stub is the sandbox's init: it reaps orphans and handles SIGTERM.
     spec.host.init = !matches!(launcher, Launcher::Stub { .. });
     let id = docker.container_create(&spec).map_err(|error| {
@@ -257,7 +259,7 @@ pub fn create(
         forget_socket();
         return Err(Error::Engine(error));
     }
-    if let Some((data_dir, key, _)) = &socket {
+    if let Some((data_dir, key)) = &socket {
         give_token(docker, data_dir, key, &id);
     }
     get(docker, config, &request.name)

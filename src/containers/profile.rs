@@ -194,7 +194,6 @@ impl Profile {
             cap_add: self.capabilities().iter().map(|c| c.to_string()).collect(),
             tmpfs,
             read_only_mounts: mounts,
-            writable_mounts: Vec::new(),
             init: true,
         }
     }

@@ -81,8 +81,6 @@ pub struct HostSettings {
     /// Read-only bind mounts: (host path, container path). Given as `Mounts`, not
     /// `Binds` strings, so that no character of a path can change their meaning.
     pub read_only_mounts: Vec<(PathBuf, String)>,
-    /// Writable bind mounts: (host path, container path).
-    pub writable_mounts: Vec<(PathBuf, String)>,
     pub init: bool,
 }
 
@@ -827,14 +825,12 @@ fn create_body(spec: &ContainerSpec) -> Value {
         "SecurityOpt": ["no-new-privileges"],
         "Privileged": false,
         "Tmpfs": host.tmpfs,
-        "Mounts": host.read_only_mounts.iter().map(|mount| (mount, true))
-            .chain(host.writable_mounts.iter().map(|mount| (mount, false)))
-            .map(|((source, target), read_only)| json!({
-                "Type": "bind",
-                "Source": source,
-                "Target": target,
-                "ReadOnly": read_only,
-            })).collect::<Vec<Value>>(),
+        "Mounts": host.read_only_mounts.iter().map(|(source, target)| json!({
+            "Type": "bind",
+            "Source": source,
+            "Target": target,
+            "ReadOnly": true,
+        })).collect::<Vec<Value>>(),
         "Init": host.init,
         "AutoRemove": spec.auto_remove,
         "RestartPolicy": restart_policy(spec.restart_always),

@@ -1,7 +1,8 @@
-//! The fast way into a sandbox: its init's exec socket. A sandbox made with one mounts
-//! `<data dir>/run/<key>/` (writable) at `stub::EXEC_SOCKET_DIR`, where its init (`stub
-//! --idle`) listens; an exec connects there from the host, checks that the listener is
-//! the sandbox's init, opens with the sandbox's token, and then speaks the stub protocol
+//! The fast way into a sandbox: its init's exec socket. A sandbox made with one has a
+//! small tmpfs of its own at `stub::EXEC_SOCKET_DIR` (no host disk, `noexec`,
+//! `nosuid`), where its init (`stub --idle`) listens; an exec connects there from the
+//! host through the init's root (`/proc/PID/root`), checks that the listener is the
+//! sandbox's init, opens with the sandbox's token, and then speaks the stub protocol
 //! with the supervisor the init started for it: a fork in the sandbox, no engine round
 //! trip, no runc exec. Records travel raw, without the engine's stream framing.
 //!
@@ -14,33 +15,31 @@
 //!
 //! Invariants: the token is sent only to a listener whose peer pid is the sandbox's
 //! init, checked only where that pid is visible as our own idle stub (so the peer pid
-//! is never 0); anything that stops the socket from working (an older sandbox, no data
-//! dir, an init that lost its token with a restart and did not get it again) falls back
-//! to `docker exec`, never to an error.
+//! is never 0); the connect never waits (a listener whose queue is full is refused at
+//! once), and the path must name a socket, not a link; anything that stops the socket
+//! from working (an older sandbox, no data dir, a server that may not look into the
+//! init's root, an init that lost its token with a restart and did not get it again)
+//! falls back to `docker exec`, never to an error.
 
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use crate::engine::{Docker, DockerError};
 use crate::stub;
 
-/// Where a server keeps the sockets' directories and the tokens, under its data dir.
+/// Where a server keeps the tokens, under its data dir.
 const RUN_DIR: &str = "run";
-/// Longest socket path `connect` takes as it is (the kernel's limit is 108 bytes).
-const MAX_SOCKET_PATH: usize = 100;
 
 /// One sandbox's exec socket, seen from the host.
 #[derive(Debug, Clone)]
 pub struct ExecSocket {
-    dir: PathBuf,
     token: Vec<u8>,
 }
 
 /// A new sandbox's socket key: random (a sandbox that fails to be made, say for a name
-/// already taken, never touches another's files), and short, so that socket paths
-/// stay short.
+/// already taken, never touches another's token).
 pub fn new_key() -> io::Result<String> {
     let mut bytes = [0u8; 8];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
@@ -51,20 +50,14 @@ fn token_path(data_dir: &Path, key: &str) -> PathBuf {
     data_dir.join(RUN_DIR).join(format!("{key}.token"))
 }
 
-/// Makes a new sandbox's socket directory (owned by `owner`, the sandbox's user, when
-/// it is not root) and its token; returns the directory to mount.
-pub fn prepare(data_dir: &Path, key: &str, owner: Option<(u32, u32)>) -> io::Result<PathBuf> {
+/// Makes a new sandbox's token.
+pub fn prepare(data_dir: &Path, key: &str) -> io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let run = data_dir.join(RUN_DIR);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&run)?;
-    let dir = run.join(key);
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
-    }
     let mut token = [0u8; stub::TOKEN_BYTES];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut token)?;
     let path = token_path(data_dir, key);
@@ -76,8 +69,17 @@ pub fn prepare(data_dir: &Path, key: &str, owner: Option<(u32, u32)>) -> io::Res
         .mode(0o600)
         .open(&partial)?
         .write_all(&token)?;
-    std::fs::rename(&partial, &path)?;
-    Ok(dir)
+    std::fs::rename(&partial, &path)
+}
+
+/// The tmpfs options of a sandbox's socket directory: owned by the sandbox's user
+/// (`owner`, when it is not root), in which its init creates the socket.
+pub fn tmpfs_options(owner: Option<(u32, u32)>) -> String {
+    let mut options = "rw,nosuid,nodev,noexec,size=64k,mode=0700".to_string();
+    if let Some((uid, gid)) = owner {
+        options.push_str(&format!(",uid={uid},gid={gid}"));
+    }
+    options
 }
 
 /// A sandbox's socket, if it has its token.
@@ -89,15 +91,11 @@ pub fn open(data_dir: &Path, key: &str) -> io::Result<ExecSocket> {
             "exec token of the wrong size",
         ));
     }
-    Ok(ExecSocket {
-        dir: data_dir.join(RUN_DIR).join(key),
-        token,
-    })
+    Ok(ExecSocket { token })
 }
 
-/// Removes a deleted sandbox's socket directory and token.
+/// Removes a deleted sandbox's token.
 pub fn remove(data_dir: &Path, key: &str) {
-    let _ = std::fs::remove_dir_all(data_dir.join(RUN_DIR).join(key));
     let _ = std::fs::remove_file(token_path(data_dir, key));
 }
 
@@ -118,22 +116,20 @@ impl ExecSocket {
         Ok(())
     }
 
-    /// Connects to the init's socket, checks that the listener is the init (`init_pid`,
-    /// the engine's `State.Pid`), and opens with the token.
+    /// Connects to the init's socket through its root, checks that the listener is the
+    /// init (`init_pid`, the engine's `State.Pid`), and opens with the token.
     pub fn connect(&self, init_pid: i64) -> io::Result<UnixStream> {
         if !is_our_idle_init(init_pid) {
             return Err(io::Error::other(format!(
                 "the sandbox's init (pid {init_pid}) is not visible here as our stub"
             )));
         }
-        let path = self.dir.join("exec.sock");
-        let stream = if path.as_os_str().len() <= MAX_SOCKET_PATH {
-            UnixStream::connect(&path)?
-        } else {
-            // Too long for a socket address: through the directory's descriptor.
-            let dir = std::fs::File::open(&self.dir)?;
-            UnixStream::connect(format!("/proc/self/fd/{}/exec.sock", dir.as_raw_fd()))?
-        };
+        let path = format!("/proc/{init_pid}/root{}", stub::EXEC_SOCKET);
+        // A link in its place (to a socket of the host, say) is never followed.
+        if !std::fs::symlink_metadata(&path)?.file_type().is_socket() {
+            return Err(io::Error::other(format!("{path} is not a socket")));
+        }
+        let stream = connect_at_once(&path)?;
         let peer = rustix::net::sockopt::socket_peercred(&stream)?;
         let peer_pid = i64::from(peer.pid.as_raw_nonzero().get());
         if peer_pid != init_pid {
@@ -144,6 +140,22 @@ impl ExecSocket {
         (&stream).write_all(&stub::encode_record(stub::AUTH, &self.token))?;
         Ok(stream)
     }
+}
+
+/// Connects without waiting: a unix socket's connect either succeeds at once or, when
+/// the listener's queue is full (a listener that never accepts), fails at once.
+fn connect_at_once(path: &str) -> io::Result<UnixStream> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::connect(&fd, &SocketAddrUnix::new(path)?)?;
+    let stream = UnixStream::from(fd);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
 }
 
 /// Whether `pid` is, in our own PID namespace, a sandbox's idle stub: then every process
@@ -175,24 +187,52 @@ mod tests {
     }
 
     #[test]
-    fn prepare_makes_a_private_dir_and_a_token_open_reads() {
+    fn prepare_makes_a_private_token_open_reads() {
         use std::os::unix::fs::PermissionsExt;
         let data = std::env::temp_dir().join(format!("ak-socket-test-{}", std::process::id()));
-        let dir = prepare(&data, "k1", None).unwrap();
+        prepare(&data, "k1").unwrap();
+        let path = token_path(&data, "k1");
         assert_eq!(
-            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
-            0o700
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
         );
         let socket = open(&data, "k1").unwrap();
         assert_eq!(socket.token.len(), stub::TOKEN_BYTES);
         // Another sandbox, another token.
-        prepare(&data, "k2", None).unwrap();
+        prepare(&data, "k2").unwrap();
         assert_ne!(open(&data, "k2").unwrap().token, socket.token);
         remove(&data, "k2");
         remove(&data, "k1");
         assert!(open(&data, "k1").is_err());
-        assert!(!dir.exists());
         let _ = std::fs::remove_dir_all(&data);
+    }
+
+    #[test]
+    fn the_socket_directory_is_a_small_private_tmpfs() {
+        assert_eq!(
+            tmpfs_options(None),
+            "rw,nosuid,nodev,noexec,size=64k,mode=0700"
+        );
+        assert!(tmpfs_options(Some((65534, 65534))).ends_with(",uid=65534,gid=65534"));
+    }
+
+    #[test]
+    fn a_full_listener_is_refused_at_once() {
+        let path = std::env::temp_dir().join(format!("ak-full-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let path_text = path.to_str().unwrap();
+        // Fill its queue (it never accepts), then one more must fail, not wait.
+        let mut held = Vec::new();
+        let refused = (0..10_000).find_map(|_| match connect_at_once(path_text) {
+            Ok(stream) => {
+                held.push(stream);
+                None
+            }
+            Err(error) => Some(error),
+        });
+        assert!(refused.is_some(), "never refused");
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

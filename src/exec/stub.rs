@@ -26,6 +26,7 @@ use crate::stub::{self, StubExit, StubSpec};
 /// just started), and then to take the token it was given.
 const SOCKET_LISTEN_WAIT: Duration = Duration::from_millis(300);
 const SOCKET_TOKEN_WAIT: Duration = Duration::from_secs(2);
+const SOCKET_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a new stub may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long past the command's deadline the server waits for the stub's own answer.
@@ -66,7 +67,9 @@ pub fn exec_via_socket(
 ) -> Option<Result<CommandResult>> {
     let open = || -> io::Result<StubStream> {
         let mut stream = StubStream::over_socket(socket.connect(init_pid)?)?;
-        stream.read_hello()?;
+        // The init forks at once; a supervisor that does not say hello in this time was
+        // held up (stopped by a command before it ran): `docker exec` instead.
+        stream.read_hello_within(SOCKET_HELLO_TIMEOUT)?;
         Ok(stream)
     };
     // An init that has just started may not listen yet (refused, or the socket of the
@@ -387,7 +390,12 @@ impl StubStream {
     }
 
     pub fn read_hello(&mut self) -> io::Result<()> {
-        self.control.set_read_timeout(Some(HELLO_TIMEOUT))?;
+        self.read_hello_within(HELLO_TIMEOUT)
+    }
+
+    /// `read_hello`, waiting at most `timeout`.
+    pub fn read_hello_within(&mut self, timeout: Duration) -> io::Result<()> {
+        self.control.set_read_timeout(Some(timeout))?;
         let mut kind = [0u8; 1];
         if self.read(&mut kind)? == 0 {
             return Err(io::Error::new(

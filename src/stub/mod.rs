@@ -283,8 +283,10 @@ pub fn idle() -> i32 {
             let pid = pid.as_raw_nonzero().get() as u32;
             lock(&supervisors).retain(|(supervisor, _)| *supervisor != pid);
         }
-        if init && reap::has_children() {
-            let killed = reap::sweep_orphans_except(&lock(&supervisors));
+        if init && reap::has_children() && reap::has_unknown_children(&lock(&supervisors)) {
+            // A copy: spawns go on while the sweep reads `/proc`.
+            let known = lock(&supervisors).clone();
+            let killed = reap::sweep_orphans_except(&known);
             if killed > 0 {
                 eprintln!(
                     "agentkernel stub: killed {killed} processes whose exec's supervisor died"
@@ -334,17 +336,51 @@ fn serve_exec_socket(supervisors: Arc<Mutex<HashSet<(u32, u64)>>>) {
             return;
         }
     };
-    std::thread::spawn(move || {
+    let handlers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let _ = std::thread::Builder::new().spawn(move || {
         for connection in listener.incoming().flatten() {
-            let (token, supervisors) = (Arc::clone(&token), Arc::clone(&supervisors));
-            // A thread each: a connection slow to present its token holds only itself.
-            std::thread::spawn(move || {
-                if let Err(error) = start_supervisor(connection, &token, &supervisors) {
-                    eprintln!("agentkernel stub: exec connection refused: {error}");
-                }
+            // A thread each, so that a connection slow to present its token holds only
+            // itself; a bounded number of them, and never a panic when the pids limit
+            // refuses a thread: past either, the connection is dropped.
+            if handlers.fetch_add(1, Ordering::SeqCst) >= MAX_AUTH_HANDLERS {
+                handlers.fetch_sub(1, Ordering::SeqCst);
+                continue;
+            }
+            let (token, supervisors, done) = (
+                Arc::clone(&token),
+                Arc::clone(&supervisors),
+                Arc::clone(&handlers),
+            );
+            let started = std::thread::Builder::new().spawn(move || {
+                // Refusals are not logged: a command could fill the log with them.
+                let _ = start_supervisor(connection, &token, &supervisors);
+                done.fetch_sub(1, Ordering::SeqCst);
             });
+            if started.is_err() {
+                handlers.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     });
+}
+
+/// Exec connections presenting their token at once, at most.
+const MAX_AUTH_HANDLERS: usize = 16;
+
+/// Reads with one deadline for all the reads, however the bytes trickle in.
+struct Deadline<'a> {
+    connection: &'a std::os::unix::net::UnixStream,
+    until: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.connection.set_read_timeout(Some(left))?;
+        (&mut &*self.connection).read(buffer)
+    }
 }
 
 /// Checks an exec connection's token and starts its supervisor.
@@ -353,20 +389,32 @@ fn start_supervisor(
     token: &Mutex<Option<Vec<u8>>>,
     supervisors: &Mutex<HashSet<(u32, u64)>>,
 ) -> io::Result<()> {
-    connection.set_read_timeout(Some(AUTH_TIMEOUT))?;
-    let presented = match read_record(&mut &connection)? {
+    let mut reader = Deadline {
+        connection: &connection,
+        until: Instant::now() + AUTH_TIMEOUT,
+    };
+    let presented = match read_record(&mut reader)? {
         Some((AUTH, payload)) => payload,
         _ => return Err(io::Error::other("no token")),
     };
     let expected = lock(token).clone();
-    if expected.as_deref() != Some(presented.as_slice()) {
+    let matches = expected.is_some_and(|expected| {
+        expected.len() == presented.len()
+            && expected
+                .iter()
+                .zip(&presented)
+                .fold(0u8, |differ, (a, b)| differ | (a ^ b))
+                == 0
+    });
+    if !matches {
         return Err(io::Error::other("wrong token"));
     }
     // The supervisor's reads wait as long as they need.
     connection.set_read_timeout(None)?;
     let output = connection.try_clone()?;
-    // Held while it starts, so that the orphan sweep never sees it unlisted.
-    let mut supervisors = lock(supervisors);
+    // Not under the lock: a command may stop the child before it execs (same user),
+    // and the orphan sweep must go on meanwhile; it spares a fork of ours that young
+    // (`reap::sweep_orphans_except`).
     let child = Command::new(STUB_PATH)
         .arg("stub")
         .stdin(Stdio::from(std::os::fd::OwnedFd::from(connection)))
@@ -374,7 +422,7 @@ fn start_supervisor(
         .stderr(Stdio::null())
         .spawn()?;
     if let Some(process) = reap::process(child.id()) {
-        supervisors.insert((process.pid, process.start));
+        lock(supervisors).insert((process.pid, process.start));
     }
     Ok(())
 }

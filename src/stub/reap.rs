@@ -175,10 +175,49 @@ pub fn sweep_orphans() -> usize {
 }
 
 /// The init's own sweep: kills every process below it but the supervisors it started,
-/// `(pid, start)`, with their trees.
+/// `(pid, start)`, with their trees, and a fork of its own not yet turned into one
+/// (its argv is still the init's, and it is younger than `SPAWN_GRACE_TICKS`).
 pub fn sweep_orphans_except(supervisors: &HashSet<(u32, u64)>) -> usize {
+    let init_argv = argv_of(1);
     kill_below_except(1, |process| {
         supervisors.contains(&(process.pid, process.start))
+            || (age_ticks(process) < SPAWN_GRACE_TICKS && argv_of(process.pid) == init_argv)
+    })
+}
+
+/// How long a fork of the init may take to become a supervisor before a sweep takes it
+/// for an orphan that looks like the init: 1 s, in clock ticks (`USER_HZ`, 100 on
+/// Linux).
+const SPAWN_GRACE_TICKS: u64 = 100;
+
+/// A process's age in clock ticks.
+fn age_ticks(process: &ProcessEntry) -> u64 {
+    let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let seconds: f64 = uptime
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    ((seconds * 100.0) as u64).saturating_sub(process.start)
+}
+
+/// Whether the init has a child it did not start as a supervisor (an orphan, or a
+/// fork on its way to becoming one): only then is a sweep's `/proc` scan worth it.
+/// Reads the children lists of its own threads, not all of `/proc`.
+pub fn has_unknown_children(supervisors: &HashSet<(u32, u64)>) -> bool {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return true;
+    };
+    let known: HashSet<u32> = supervisors.iter().map(|(pid, _)| *pid).collect();
+    tasks.flatten().any(|task| {
+        std::fs::read_to_string(task.path().join("children"))
+            .map(|children| {
+                children
+                    .split_whitespace()
+                    .filter_map(|pid| pid.parse::<u32>().ok())
+                    .any(|pid| !known.contains(&pid))
+            })
+            .unwrap_or(true)
     })
 }
 

@@ -57,7 +57,8 @@ fn docker_execs(server: &Server, sandbox: &str, since: u64) -> usize {
     String::from_utf8_lossy(&output.stdout).lines().count()
 }
 
-/// The host side of a sandbox's exec socket: its directory and its token file.
+/// A sandbox's exec socket as the host reaches it (through its init's root), and its
+/// token file.
 fn socket_files(server: &Server, sandbox: &str) -> (PathBuf, PathBuf) {
     let key = inspect(
         server,
@@ -65,8 +66,9 @@ fn socket_files(server: &Server, sandbox: &str) -> (PathBuf, PathBuf) {
         r#"{{index .Config.Labels "agentkernel.exec-socket"}}"#,
     );
     assert_eq!(key.len(), 16, "no exec socket: {key:?}");
-    let run = data_dir().join("run");
-    (run.join(&key), run.join(format!("{key}.token")))
+    let pid = inspect(server, sandbox, "{{.State.Pid}}");
+    let socket = PathBuf::from(format!("/proc/{pid}/root/.agentkernel-run/exec.sock"));
+    (socket, data_dir().join("run").join(format!("{key}.token")))
 }
 
 fn exec(server: &Server, sandbox: &str, body: Value) -> Value {
@@ -85,8 +87,8 @@ fn sandbox_execs_go_through_the_init_not_docker_exec() {
     let server = Server::start();
     let since = now();
     assert_eq!(server.post("/sandboxes", r#"{"name":"fast"}"#).0, 201);
-    let (dir, token) = socket_files(&server, "fast");
-    assert!(dir.join("exec.sock").exists() && token.exists());
+    let (socket, token) = socket_files(&server, "fast");
+    assert!(socket.exists() && token.exists());
     echo_works(&server, "fast");
 
     // Stdin, environment, working directory, exit codes and signals.
@@ -203,7 +205,7 @@ fn sandbox_execs_go_through_the_init_not_docker_exec() {
     );
 
     assert_eq!(server.delete("/sandboxes/fast").0, 200);
-    assert!(!dir.exists() && !token.exists(), "the socket's files stay");
+    assert!(!token.exists(), "the token stays");
     server.finish();
 }
 
@@ -272,8 +274,7 @@ fn the_socket_is_no_way_in() {
     let server = Server::start();
     assert_eq!(server.post("/sandboxes", r#"{"name":"guarded"}"#).0, 201);
     echo_works(&server, "guarded");
-    let (dir, _) = socket_files(&server, "guarded");
-    let path = dir.join("exec.sock");
+    let (path, _) = socket_files(&server, "guarded");
 
     // Without the token (a spec straight away, nothing, or a wrong token), the init
     // closes the connection and starts nothing.
@@ -310,6 +311,50 @@ fn the_socket_is_no_way_in() {
         );
         assert_ne!(data["exit_code"], json!(0), "{file} is readable: {data}");
     }
+
+    // The socket's directory is a small tmpfs of the sandbox's: nothing of it reaches
+    // the host's disk, and nothing there runs.
+    let data = exec(
+        &server,
+        "guarded",
+        json!({"command": ["sh", "-c", "dd if=/dev/zero of=/.agentkernel-run/f bs=64k count=4; cp /bin/busybox /.agentkernel-run/b; /.agentkernel-run/b true"]}),
+    );
+    assert_ne!(data["exit_code"], json!(0), "{data}");
+    let data = exec(
+        &server,
+        "guarded",
+        json!({"command": ["df", "-k", "/.agentkernel-run"]}),
+    );
+    assert!(data["stdout"].as_str().unwrap().contains("tmpfs"), "{data}");
+    let _ = exec(
+        &server,
+        "guarded",
+        json!({"command": ["rm", "-f", "/.agentkernel-run/f", "/.agentkernel-run/b"]}),
+    );
+
+    // A link in the socket's place is never followed: a listener of the host's that
+    // it points to is never connected to.
+    let host = std::env::temp_dir().join(format!("ak-host-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&host);
+    let host_listener = UnixListener::bind(&host).unwrap();
+    host_listener.set_nonblocking(true).unwrap();
+    let (_, body) = server.post(
+        "/sandboxes/guarded/exec",
+        &json!({"command": ["sh", "-c", format!("mv /.agentkernel-run/exec.sock /.agentkernel-run/real; ln -s {} /.agentkernel-run/exec.sock", host.display())]}).to_string(),
+    );
+    assert_eq!(body["data"]["exit_code"], json!(0), "{body}");
+    let data = exec(&server, "guarded", json!({"command": ["echo", "linked"]}));
+    assert_eq!(data["stdout"], json!("linked\n"));
+    assert!(
+        host_listener.accept().is_err(),
+        "the server connected to the link's target"
+    );
+    let _ = std::fs::remove_file(&host);
+    let _ = exec(
+        &server,
+        "guarded",
+        json!({"command": ["sh", "-c", "rm /.agentkernel-run/exec.sock; mv /.agentkernel-run/real /.agentkernel-run/exec.sock"]}),
+    );
 
     // A listener in the socket's place that is not the init gets nothing: the exec
     // goes by `docker exec`, with the same result.
