@@ -175,13 +175,18 @@ pub fn sweep_orphans() -> usize {
 }
 
 /// The init's own sweep: kills every process below it but the supervisors it started,
-/// `(pid, start)`, with their trees, and a fork of its own not yet turned into one
-/// (its argv is still the init's, and it is younger than `SPAWN_GRACE_TICKS`).
+/// `(pid, start)`, with their trees, and a fork of its own on its way to becoming one
+/// and not yet listed (younger than `SPAWN_GRACE_TICKS`, its argv still the init's or
+/// already a supervisor's). An orphan that makes itself look like that is spared for
+/// at most that long.
 pub fn sweep_orphans_except(supervisors: &HashSet<(u32, u64)>) -> usize {
     let init_argv = argv_of(1);
     kill_below_except(1, |process| {
         supervisors.contains(&(process.pid, process.start))
-            || (age_ticks(process) < SPAWN_GRACE_TICKS && argv_of(process.pid) == init_argv)
+            || (age_ticks(process) < SPAWN_GRACE_TICKS && {
+                let argv = argv_of(process.pid);
+                argv == init_argv || argv == [crate::stub::STUB_PATH, "stub"]
+            })
     })
 }
 
