@@ -434,6 +434,9 @@ pub fn exec(
         return Err(Error::SandboxNotRunning(name.to_string()));
     }
     let route = socket_route(config, &inspect);
+    if route.is_none() && socket_key(&inspect).is_none() && has_stub(&inspect) {
+        say_once_without_socket(name, &inspect.id);
+    }
     let target = ExecTarget {
         sandbox: name,
         container: &inspect.id,
@@ -445,6 +448,24 @@ pub fn exec(
         route: route.as_ref(),
     };
     exec_in(docker, config, target, spec, sink, Ok)
+}
+
+/// Says once per container (and process) that a sandbox made before the exec socket
+/// (by an earlier release) is exec'd into by `docker exec`.
+fn say_once_without_socket(name: &SandboxName, container: &str) {
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    if said.iter().any(|id| id == container) {
+        return;
+    }
+    // Bounded: a long-lived server with many old sandboxes forgets the oldest.
+    if said.len() >= 1024 {
+        said.remove(0);
+    }
+    said.push(container.to_string());
+    log::info!(
+        "sandbox {name} predates the exec socket (made by an earlier release): its execs use docker exec"
+    );
 }
 
 /// How to reach a running sandbox's init on its exec socket (`exec::socket`).
