@@ -52,16 +52,23 @@ struct Outcome {
     body: Value,
 }
 
+impl Outcome {
+    /// An answer that has just come, to a request sent at `started`.
+    fn now(what: &'static str, started: Instant, status: u16, body: Value) -> Outcome {
+        Outcome {
+            what,
+            started,
+            took: started.elapsed(),
+            status,
+            body,
+        }
+    }
+}
+
 fn timed(what: &'static str, method: &str, url: &str, body: Option<&str>) -> Outcome {
     let started = Instant::now();
     let (status, body) = request_url(method, url, body, &[]);
-    Outcome {
-        what,
-        started,
-        took: started.elapsed(),
-        status,
-        body,
-    }
+    Outcome::now(what, started, status, body)
 }
 
 /// A `POST` to an event stream: a plain answer (before the stream started) as `timed`
@@ -104,13 +111,7 @@ fn timed_stream(what: &'static str, url: &str, body: &str) -> Outcome {
         }
         last
     };
-    Outcome {
-        what,
-        started,
-        took: started.elapsed(),
-        status,
-        body,
-    }
+    Outcome::now(what, started, status, body)
 }
 
 fn error_of(outcome: &Outcome) -> &str {
