@@ -271,9 +271,9 @@ pub fn idle() -> i32 {
         }
     }
     let init = std::process::id() == 1;
-    // The supervisors this init started for its exec socket, by (pid, start): its
-    // children that are not orphans.
-    let supervisors = Arc::new(Mutex::new(HashSet::<(u32, u64)>::new()));
+    // The supervisors this init started for its exec socket: its children that are not
+    // orphans.
+    let supervisors = Arc::new(Mutex::new(Supervisors::default()));
     if init && std::path::Path::new(EXEC_SOCKET_DIR).is_dir() {
         serve_exec_socket(Arc::clone(&supervisors));
     }
@@ -281,12 +281,27 @@ pub fn idle() -> i32 {
         use rustix::process::{wait, WaitOptions};
         while let Ok(Some((pid, _))) = wait(WaitOptions::NOHANG) {
             let pid = pid.as_raw_nonzero().get() as u32;
-            lock(&supervisors).retain(|(supervisor, _)| *supervisor != pid);
+            lock(&supervisors)
+                .known
+                .retain(|(supervisor, _)| *supervisor != pid);
         }
-        if init && reap::has_children() && reap::has_unknown_children(&lock(&supervisors)) {
-            // A copy: spawns go on while the sweep reads `/proc`.
-            let known = lock(&supervisors).clone();
-            let killed = reap::sweep_orphans_except(&known);
+        // Held through the sweep: no supervisor starts or is listed meanwhile.
+        let held = lock(&supervisors);
+        if init && reap::has_children() && reap::has_unknown_children(&held.known) {
+            // A fork of ours on its way to becoming a supervisor is not listed yet:
+            // the sweep waits for it, for at most SPAWN_GRACE (a command may stop it
+            // before it runs the stub; then it is an orphan like any other).
+            if held
+                .spawning
+                .iter()
+                .any(|since| since.elapsed() < SPAWN_GRACE)
+            {
+                drop(held);
+                std::thread::sleep(ORPHAN_POLL);
+                continue;
+            }
+            let killed = reap::sweep_orphans_except(&held.known);
+            drop(held);
             if killed > 0 {
                 eprintln!(
                     "agentkernel stub: killed {killed} processes whose exec's supervisor died"
@@ -294,6 +309,8 @@ pub fn idle() -> i32 {
                 // Reap them now, and look again.
                 continue;
             }
+        } else {
+            drop(held);
         }
         std::thread::sleep(ORPHAN_POLL);
     });
@@ -302,6 +319,18 @@ pub fn idle() -> i32 {
     }
     0
 }
+
+/// The exec socket's supervisors, as the init knows them: by (pid, start) once they
+/// run, and since when each spawn not yet done has been going on. Nothing else tells
+/// a supervisor from an orphan: argv and age are a command's to forge.
+#[derive(Default)]
+struct Supervisors {
+    known: HashSet<(u32, u64)>,
+    spawning: Vec<Instant>,
+}
+
+/// The longest the orphan sweep waits for a spawn to be done.
+const SPAWN_GRACE: Duration = Duration::from_secs(1);
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -316,7 +345,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// would) with the connection as its stdin and stdout. A connection without the token
 /// (a command of the sandbox) is closed unanswered. Without a token, or when the
 /// socket cannot be made, execs go through `docker exec` as before.
-fn serve_exec_socket(supervisors: Arc<Mutex<HashSet<(u32, u64)>>>) {
+fn serve_exec_socket(supervisors: Arc<Mutex<Supervisors>>) {
     let token = Arc::new(Mutex::new(None::<Vec<u8>>));
     let from_stdin = Arc::clone(&token);
     std::thread::spawn(move || {
@@ -387,7 +416,7 @@ impl Read for Deadline<'_> {
 fn start_supervisor(
     connection: std::os::unix::net::UnixStream,
     token: &Mutex<Option<Vec<u8>>>,
-    supervisors: &Mutex<HashSet<(u32, u64)>>,
+    supervisors: &Mutex<Supervisors>,
 ) -> io::Result<()> {
     let mut reader = Deadline {
         connection: &connection,
@@ -413,16 +442,23 @@ fn start_supervisor(
     connection.set_read_timeout(None)?;
     let output = connection.try_clone()?;
     // Not under the lock: a command may stop the child before it execs (same user),
-    // and the orphan sweep must go on meanwhile; it spares a fork of ours that young
-    // (`reap::sweep_orphans_except`).
-    let child = Command::new(STUB_PATH)
+    // and the orphan sweep must go on meanwhile; it waits for a spawn announced here,
+    // for at most SPAWN_GRACE.
+    let since = Instant::now();
+    lock(supervisors).spawning.push(since);
+    let spawned = Command::new(STUB_PATH)
         .arg("stub")
         .stdin(Stdio::from(std::os::fd::OwnedFd::from(connection)))
         .stdout(Stdio::from(std::os::fd::OwnedFd::from(output)))
         .stderr(Stdio::null())
-        .spawn()?;
+        .spawn();
+    let mut supervisors = lock(supervisors);
+    if let Some(at) = supervisors.spawning.iter().position(|s| *s == since) {
+        supervisors.spawning.remove(at);
+    }
+    let child = spawned?;
     if let Some(process) = reap::process(child.id()) {
-        lock(supervisors).insert((process.pid, process.start));
+        supervisors.known.insert((process.pid, process.start));
     }
     Ok(())
 }

@@ -162,48 +162,26 @@ pub fn kill_one(pid: u32) {
 }
 
 /// Kills every process below a sandbox's init (PID 1): in a sandbox whose init is the
-/// stub they are orphans whose supervisor died (see the module comment), except the
-/// supervisors the init started itself for its exec socket, with their trees. Only for
-/// such sandboxes: in a one-shot container the command itself is below the init.
+/// stub they are orphans whose supervisor died (see the module comment). Only for such
+/// sandboxes: in a one-shot container the command itself is below the init.
 ///
-/// Any process of the sandbox may run this; it cannot know which children of the init
-/// the init started, so it spares every one that looks like such a supervisor (the
-/// stub's argv). An orphan that made itself look like one (by running the stub) is
-/// the init's to kill: its own sweep knows its supervisors (`sweep_orphans_except`).
+/// In a sandbox with an exec socket, the init's children also include the supervisors
+/// it started, which only the init can tell from orphans (nothing a command cannot
+/// forge, argv or age, tells them apart): there the init's own sweep, every 50 ms, is
+/// the one that runs (`sweep_orphans_except`), and this does nothing.
 pub fn sweep_orphans() -> usize {
-    kill_below_except(1, |process| is_socket_supervisor(process.pid))
+    if std::path::Path::new(crate::stub::EXEC_SOCKET_DIR).is_dir() {
+        return 0;
+    }
+    kill_below(1)
 }
 
 /// The init's own sweep: kills every process below it but the supervisors it started,
-/// `(pid, start)`, with their trees, and a fork of its own on its way to becoming one
-/// and not yet listed (younger than `SPAWN_GRACE_TICKS`, its argv still the init's or
-/// already a supervisor's). An orphan that makes itself look like that is spared for
-/// at most that long.
+/// `(pid, start)`, with their trees.
 pub fn sweep_orphans_except(supervisors: &HashSet<(u32, u64)>) -> usize {
-    let init_argv = argv_of(1);
     kill_below_except(1, |process| {
         supervisors.contains(&(process.pid, process.start))
-            || (age_ticks(process) < SPAWN_GRACE_TICKS && {
-                let argv = argv_of(process.pid);
-                argv == init_argv || argv == [crate::stub::STUB_PATH, "stub"]
-            })
     })
-}
-
-/// How long a fork of the init may take to become a supervisor before a sweep takes it
-/// for an orphan that looks like the init: 1 s, in clock ticks (`USER_HZ`, 100 on
-/// Linux).
-const SPAWN_GRACE_TICKS: u64 = 100;
-
-/// A process's age in clock ticks.
-fn age_ticks(process: &ProcessEntry) -> u64 {
-    let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
-    let seconds: f64 = uptime
-        .split_whitespace()
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.0);
-    ((seconds * 100.0) as u64).saturating_sub(process.start)
 }
 
 /// Whether the init has a child it did not start as a supervisor (an orphan, or a
@@ -224,11 +202,6 @@ pub fn has_unknown_children(supervisors: &HashSet<(u32, u64)>) -> bool {
             })
             .unwrap_or(true)
     })
-}
-
-/// Whether `pid` runs the stub as an exec's supervisor (`STUB_PATH stub`).
-fn is_socket_supervisor(pid: u32) -> bool {
-    argv_of(pid) == [crate::stub::STUB_PATH, "stub"]
 }
 
 /// Whether this process has a child, living or not yet reaped.

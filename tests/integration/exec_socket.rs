@@ -433,3 +433,36 @@ fn a_sandbox_made_before_the_socket_is_exec_d_into_by_docker_exec_and_the_log_sa
     assert_eq!(server.delete("/sandboxes/older").0, 200);
     server.finish();
 }
+
+#[test]
+fn an_orphan_that_poses_as_a_supervisor_is_killed_all_the_same() {
+    // The command starts the real stub as a poser (same argv as the init's
+    // supervisors, waiting on a fifo it holds open), kills its own supervisor, and
+    // sleeps: nothing of it may be left 1 s past the answer.
+    let server = Server::start();
+    assert_eq!(server.post("/sandboxes", r#"{"name":"poser"}"#).0, 201);
+    let script = "mkfifo /tmp/f; /.agentkernel/agentkernel stub </tmp/f >/dev/null & \
+                  exec 3>/tmp/f; sleep 0.2; kill -9 $PPID; exec sleep 9876";
+    let data = exec(
+        &server,
+        "poser",
+        json!({"command": ["sh", "-c", script], "timeout_ms": 5000}),
+    );
+    assert_eq!(data["status"], json!("killed"), "{data}");
+    let container = format!("ak_{}_poser", server.namespace);
+    let mut left = String::new();
+    let gone = crate::harness::eventually(Duration::from_secs(1), || {
+        let output = std::process::Command::new("docker")
+            .args(["top", &container, "-o", "pid,args"])
+            .output()
+            .unwrap();
+        left = String::from_utf8_lossy(&output.stdout).to_string();
+        !left.contains("sleep 9876")
+            && !left
+                .lines()
+                .any(|l| l.trim_end().ends_with("agentkernel stub"))
+    });
+    assert!(gone, "left 1 s past the answer:\n{left}");
+    assert_eq!(server.delete("/sandboxes/poser").0, 200);
+    server.finish();
+}
