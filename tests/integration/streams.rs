@@ -210,7 +210,8 @@ fn a_sandbox_exec_stream_client_that_disconnects_gets_its_command_killed() {
             assert_eq!(status, 200, "{body}");
             body["data"]["stdout"] != json!("0\n")
         };
-        assert!(sleeping(), "{args:?}");
+        // The `sleep` follows the echo a moment later.
+        assert!(eventually(Duration::from_secs(5), sleeping), "{args:?}");
         drop(reader);
         drop(stream);
         assert!(
