@@ -288,19 +288,15 @@ pub fn idle() -> i32 {
         // Held through the sweep: no supervisor starts or is listed meanwhile.
         let held = lock(&supervisors);
         if init && reap::has_children() && reap::has_unknown_children(&held.known) {
-            // A fork of ours on its way to becoming a supervisor is not listed yet:
-            // the sweep waits for it, for at most SPAWN_GRACE (a command may stop it
-            // before it runs the stub; then it is an orphan like any other).
-            if held
-                .spawning
-                .iter()
-                .any(|since| since.elapsed() < SPAWN_GRACE)
-            {
-                drop(held);
-                std::thread::sleep(ORPHAN_POLL);
-                continue;
+            // A fork of ours on its way to becoming a supervisor is not listed yet: it
+            // is a child of the thread that spawns it (orphans land on the main
+            // thread, never there), and is spared as one. Stopped by a command before
+            // it runs the stub, it can do nothing else; nothing waits for it.
+            let mut spared = held.known.clone();
+            for thread in &held.spawning {
+                spared.extend(reap::children_of_thread(*thread));
             }
-            let killed = reap::sweep_orphans_except(&held.known);
+            let killed = reap::sweep_orphans_except(&spared);
             drop(held);
             if killed > 0 {
                 eprintln!(
@@ -321,16 +317,14 @@ pub fn idle() -> i32 {
 }
 
 /// The exec socket's supervisors, as the init knows them: by (pid, start) once they
-/// run, and since when each spawn not yet done has been going on. Nothing else tells
-/// a supervisor from an orphan: argv and age are a command's to forge.
+/// run, and, while a spawn is under way, the thread that spawns (whose children are
+/// its forks). Nothing else tells a supervisor from an orphan: argv and age are a
+/// command's to forge.
 #[derive(Default)]
 struct Supervisors {
     known: HashSet<(u32, u64)>,
-    spawning: Vec<Instant>,
+    spawning: Vec<u32>,
 }
-
-/// The longest the orphan sweep waits for a spawn to be done.
-const SPAWN_GRACE: Duration = Duration::from_secs(1);
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -442,10 +436,9 @@ fn start_supervisor(
     connection.set_read_timeout(None)?;
     let output = connection.try_clone()?;
     // Not under the lock: a command may stop the child before it execs (same user),
-    // and the orphan sweep must go on meanwhile; it waits for a spawn announced here,
-    // for at most SPAWN_GRACE.
-    let since = Instant::now();
-    lock(supervisors).spawning.push(since);
+    // and the orphan sweep must go on meanwhile; it spares this thread's children.
+    let thread = reap::current_thread()?;
+    lock(supervisors).spawning.push(thread);
     let spawned = Command::new(STUB_PATH)
         .arg("stub")
         .stdin(Stdio::from(std::os::fd::OwnedFd::from(connection)))
@@ -453,7 +446,7 @@ fn start_supervisor(
         .stderr(Stdio::null())
         .spawn();
     let mut supervisors = lock(supervisors);
-    if let Some(at) = supervisors.spawning.iter().position(|s| *s == since) {
+    if let Some(at) = supervisors.spawning.iter().position(|t| *t == thread) {
         supervisors.spawning.remove(at);
     }
     let child = spawned?;

@@ -184,6 +184,24 @@ pub fn sweep_orphans_except(supervisors: &HashSet<(u32, u64)>) -> usize {
     })
 }
 
+/// The calling thread's id, from `/proc/thread-self`.
+pub fn current_thread() -> std::io::Result<u32> {
+    let link = std::fs::read_link("/proc/thread-self")?;
+    link.file_name()
+        .and_then(|name| name.to_str()?.parse().ok())
+        .ok_or_else(|| std::io::Error::other("cannot read /proc/thread-self"))
+}
+
+/// The children one thread of ours forked, `(pid, start)`, from its `children` list.
+pub fn children_of_thread(thread: u32) -> Vec<(u32, u64)> {
+    std::fs::read_to_string(format!("/proc/self/task/{thread}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|pid| process(pid.parse().ok()?))
+        .map(|child| (child.pid, child.start))
+        .collect()
+}
+
 /// Whether the init has a child it did not start as a supervisor (an orphan, or a
 /// fork on its way to becoming one): only then is a sweep's `/proc` scan worth it.
 /// Reads the children lists of its own threads, not all of `/proc`.
@@ -270,6 +288,44 @@ mod tests {
         let own = process(std::process::id()).unwrap();
         assert_eq!(own.pid, std::process::id());
         assert!(own.start > 0);
+    }
+
+    #[test]
+    fn a_threads_forks_are_its_children_and_no_other_threads() {
+        let main = current_thread().unwrap();
+        let (thread, child) = std::thread::spawn(|| {
+            let child = std::process::Command::new("sleep")
+                .arg("5")
+                .spawn()
+                .unwrap();
+            (current_thread().unwrap(), child)
+        })
+        .join()
+        .unwrap();
+        let mut child = child;
+        // The thread ended: its child went to another thread of ours.
+        assert_ne!(thread, main);
+        let pid = child.id();
+        let on_some_thread = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .any(|task| {
+                let thread: u32 = task.file_name().to_str().unwrap().parse().unwrap();
+                children_of_thread(thread).iter().any(|(p, _)| *p == pid)
+            });
+        assert!(on_some_thread);
+        let here = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let mut here = here;
+        assert!(children_of_thread(current_thread().unwrap())
+            .iter()
+            .any(|(p, _)| *p == here.id()));
+        for process in [&mut child, &mut here] {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
     }
 
     #[test]
