@@ -274,6 +274,7 @@ pub fn idle() -> i32 {
     // The supervisors this init started for its exec socket: its children that are not
     // orphans.
     let supervisors = Arc::new(Mutex::new(Supervisors::default()));
+    let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     if init && std::path::Path::new(EXEC_SOCKET_DIR).is_dir() {
         serve_exec_socket(Arc::clone(&supervisors));
     }
@@ -285,18 +286,25 @@ pub fn idle() -> i32 {
                 .known
                 .retain(|(supervisor, _)| *supervisor != pid);
         }
+        // Fail closed: a command of the init's own uid may lower its limits (the
+        // kernel lets it), and an init that can no longer read `/proc` could sweep
+        // nothing. Then it ends, and with it every process of the sandbox (the engine
+        // starts it again).
+        if init && !reap::can_sweep(open_files) {
+            eprintln!(
+                "agentkernel stub: the init's limits were changed: ending the sandbox's processes"
+            );
+            std::process::exit(1);
+        }
         // Held through the sweep: no supervisor starts or is listed meanwhile.
         let held = lock(&supervisors);
         if init && reap::has_children() && reap::has_unknown_children(&held.known) {
             // A fork of ours on its way to becoming a supervisor is not listed yet: it
             // is a child of the thread that spawns it (orphans land on the main
-            // thread, never there), and is spared as one. Stopped by a command before
-            // it runs the stub, it can do nothing else; nothing waits for it.
-            let mut spared = held.known.clone();
-            for thread in &held.spawning {
-                spared.extend(reap::children_of_thread(*thread));
-            }
-            let killed = reap::sweep_orphans_except(&spared);
+            // thread, never there), and is spared as one, looked up again in each
+            // round of the sweep. Stopped by a command before it runs the stub, it can
+            // do nothing else; nothing waits for it.
+            let killed = reap::sweep_orphans_except(&held.known, &held.spawning);
             drop(held);
             if killed > 0 {
                 eprintln!(

@@ -178,10 +178,20 @@ pub fn sweep_orphans() -> usize {
 
 /// The init's own sweep: kills every process below it but the supervisors it started,
 /// `(pid, start)`, with their trees.
-pub fn sweep_orphans_except(supervisors: &HashSet<(u32, u64)>) -> usize {
+pub fn sweep_orphans_except(supervisors: &HashSet<(u32, u64)>, spawning: &[u32]) -> usize {
     kill_below_except(1, |process| {
         supervisors.contains(&(process.pid, process.start))
+            || spawning
+                .iter()
+                .any(|thread| children_of_thread(*thread).contains(&(process.pid, process.start)))
     })
+}
+
+/// Whether the init can still see its processes: its open-files limit is what it was
+/// at start (`open_files`), and `/proc` lists at least itself.
+pub fn can_sweep(open_files: Option<u64>) -> bool {
+    let now = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    now == open_files && process(std::process::id()).is_some()
 }
 
 /// The calling thread's id, from `/proc/thread-self`.
@@ -326,6 +336,20 @@ mod tests {
             let _ = process.kill();
             let _ = process.wait();
         }
+    }
+
+    #[test]
+    fn an_init_whose_open_files_limit_changed_cannot_sweep() {
+        use rustix::process::{getrlimit, setrlimit, Resource};
+        let before = getrlimit(Resource::Nofile);
+        assert!(can_sweep(before.current));
+        // A limit one lower (raised back at once: other tests run in this process).
+        let mut lowered = before;
+        lowered.current = before.current.map(|limit| limit - 1);
+        setrlimit(Resource::Nofile, lowered).unwrap();
+        let changed = !can_sweep(before.current);
+        setrlimit(Resource::Nofile, before).unwrap();
+        assert!(changed);
     }
 
     #[test]
