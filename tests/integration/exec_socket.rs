@@ -466,3 +466,30 @@ fn an_orphan_that_poses_as_a_supervisor_is_killed_all_the_same() {
     assert_eq!(server.delete("/sandboxes/poser").0, 200);
     server.finish();
 }
+
+#[test]
+fn a_flood_of_silent_connections_does_not_take_the_socket_down() {
+    let server = Server::start();
+    assert_eq!(server.post("/sandboxes", r#"{"name":"flood"}"#).0, 201);
+    echo_works(&server, "flood");
+    let (path, _) = socket_files(&server, "flood");
+    // Far more than the init lets wait for a token at once, all silent.
+    let held: Vec<UnixStream> = (0..64)
+        .filter_map(|_| UnixStream::connect(&path).ok())
+        .collect();
+    assert!(!held.is_empty());
+    // Meanwhile an exec still answers (by docker exec if it must).
+    echo_works(&server, "flood");
+    // Once their 5 s are up, the socket serves again.
+    std::thread::sleep(Duration::from_secs(6));
+    let since = now();
+    echo_works(&server, "flood");
+    assert_eq!(
+        docker_execs(&server, "flood", since),
+        0,
+        "the socket did not come back"
+    );
+    drop(held);
+    assert_eq!(server.delete("/sandboxes/flood").0, 200);
+    server.finish();
+}
