@@ -31,6 +31,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::codec::tar::{self, EntryKind, FileEntry, TarError};
 use crate::config::Config;
 use crate::containers::labels::{self, SandboxName};
+use crate::containers::profile::numeric_owner;
 use crate::engine::{Docker, DockerError, PathKind};
 use crate::error::{Error, Result};
 use crate::exec::{CommandResult, CommandSpec, Cut, KeepWithin, NoObserver, OutputBudget};
@@ -412,12 +413,6 @@ impl<'a> Container<'a> {
     }
 }
 
-/// `uid[:gid]` when numeric; any other part (a name, or nothing) counts as 0.
-fn numeric_owner(user: &str) -> (u32, u32) {
-    let (uid, gid) = user.split_once(':').unwrap_or((user, ""));
-    (uid.parse().unwrap_or(0), gid.parse().unwrap_or(0))
-}
-
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -747,14 +742,5 @@ mod tests {
         assert_eq!(named_file(&files, Some("/elsewhere")), "/root/a");
         assert_eq!(named_file(&files, None), "/root/a");
         assert_eq!(named_file(&[], None), "/");
-    }
-
-    #[test]
-    fn owners_come_from_numeric_users_only() {
-        assert_eq!(numeric_owner("65534:65534"), (65534, 65534));
-        assert_eq!(numeric_owner("1000"), (1000, 0));
-        assert_eq!(numeric_owner(""), (0, 0));
-        assert_eq!(numeric_owner("node"), (0, 0));
-        assert_eq!(numeric_owner("node:100"), (0, 100));
     }
 }

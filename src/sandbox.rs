@@ -301,11 +301,12 @@ fn give_token(docker: &Docker, data_dir: &std::path::Path, key: &str, container:
     }
 }
 
-/// The uid and gid a profile runs as, where it is not root: the owner of the sandbox's
-/// socket directory, in which its init must create the socket.
+/// The uid and gid a profile runs as, where it names a user: the owner of the
+/// sandbox's socket directory, in which its init must create the socket.
 fn owner_of(profile: Profile) -> Option<(u32, u32)> {
-    let (uid, gid) = profile.user()?.split_once(':')?;
-    Some((uid.parse().ok()?, gid.parse().ok()?))
+    profile
+        .user()
+        .map(crate::containers::profile::numeric_owner)
 }
 
 pub fn stop(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sandbox> {

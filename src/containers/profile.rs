@@ -15,6 +15,12 @@ use crate::engine::{HostResources, HostSettings};
 /// The unprivileged user restrictive containers run as (`nobody` in most images).
 pub const UNPRIVILEGED_USER: &str = "65534:65534";
 
+/// `uid[:gid]` when numeric; any other part (a name, or nothing) counts as 0.
+pub fn numeric_owner(user: &str) -> (u32, u32) {
+    let (uid, gid) = user.split_once(':').unwrap_or((user, ""));
+    (uid.parse().unwrap_or(0), gid.parse().unwrap_or(0))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Profile {
     Permissive,
@@ -245,6 +251,16 @@ pub fn check_host_memory(memory_mb: u64, host: HostResources) -> Result<u64, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owners_come_from_numeric_users_only() {
+        assert_eq!(numeric_owner("65534:65534"), (65534, 65534));
+        assert_eq!(numeric_owner("1000"), (1000, 0));
+        assert_eq!(numeric_owner(""), (0, 0));
+        assert_eq!(numeric_owner("node"), (0, 0));
+        assert_eq!(numeric_owner("node:100"), (0, 100));
+        assert_eq!(numeric_owner(UNPRIVILEGED_USER), (65534, 65534));
+    }
 
     #[test]
     fn parses_known_names_only() {
