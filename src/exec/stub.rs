@@ -217,20 +217,28 @@ fn kill_from_outside(
 /// What came of an exec whose stub ended without a result, once everything it
 /// started was killed.
 fn killed_result(collected: Collected, started: Instant) -> CommandResult {
+    let message = "the command's supervisor (its exec's stub) ended without reporting a \
+                   result: it was killed, by the command itself, from outside, or for \
+                   memory; every process the command started was killed";
+    without_exit(collected, started, Status::Killed, Some(message.into()))
+}
+
+/// A result with no exit code: what was collected, how it ended, and why.
+fn without_exit(
+    collected: Collected,
+    started: Instant,
+    status: Status,
+    message: Option<String>,
+) -> CommandResult {
     CommandResult {
         output: collected.output,
         stdout: collected.stdout,
         stderr: collected.stderr,
         exit_code: None,
         signal: None,
-        status: Status::Killed,
+        status,
         duration: started.elapsed(),
-        message: Some(
-            "the command's supervisor (its exec's stub) ended without reporting a result: \
-             it was killed, by the command itself, from outside, or for memory; every \
-             process the command started was killed"
-                .into(),
-        ),
+        message,
     }
 }
 
@@ -574,16 +582,7 @@ fn no_exit_record() -> io::Error {
 }
 
 fn timeout_result(collected: Collected, started: Instant) -> CommandResult {
-    CommandResult {
-        output: collected.output,
-        stdout: collected.stdout,
-        stderr: collected.stderr,
-        exit_code: None,
-        signal: None,
-        status: Status::Timeout,
-        duration: started.elapsed(),
-        message: None,
-    }
+    without_exit(collected, started, Status::Timeout, None)
 }
 
 /// The honest status: timeout, then OOM, then signal, then truncation, else exited.
