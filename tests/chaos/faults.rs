@@ -156,23 +156,6 @@ fn engine_field(server: &Server) -> String {
     body["engine"].as_str().unwrap_or_default().to_string()
 }
 
-/// The sandboxes the server lists, name → status.
-fn listed(server: &Server) -> BTreeMap<String, String> {
-    let (status, body) = server.get("/sandboxes");
-    assert_eq!(status, 200, "{body}");
-    body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_string(),
-                s["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 fn exec_output(server: &Server, sandbox: &str, command: Value) -> (u16, String) {
     let body = json!({ "command": command }).to_string();
     let (status, answer) = server.post(&format!("/sandboxes/{sandbox}/exec"), &body);
@@ -195,10 +178,10 @@ fn make_sandboxes(server: &Server) {
 /// `up` runs again with its file, `down` stays stopped: asserted within `within`.
 fn sandboxes_came_back(server: &Server, within: Duration) {
     assert!(
-        eventually(within, || listed(server).get("up").map(String::as_str)
+        eventually(within, || server.sandboxes().get("up").map(String::as_str)
             == Some("running")),
         "sandbox 'up' is not running again: {:?}",
-        listed(server)
+        server.sandboxes()
     );
     assert_eq!(
         exec_output(server, "up", json!(["cat", "/kept"])),
@@ -208,7 +191,7 @@ fn sandboxes_came_back(server: &Server, within: Duration) {
         .iter()
         .map(|(name, status)| (name.to_string(), status.to_string()))
         .collect();
-    assert_eq!(listed(server), expected);
+    assert_eq!(server.sandboxes(), expected);
 }
 
 /// After the server's graceful stop, the engine holds exactly the sandboxes named,
@@ -609,7 +592,7 @@ fn a_server_started_before_its_engine_serves_once_the_engine_appears() {
     );
     assert!(eventually(Duration::from_secs(3), || engine_field(&server) == "up"));
     assert_eq!(
-        listed(&server).into_iter().collect::<Vec<_>>(),
+        server.sandboxes().into_iter().collect::<Vec<_>>(),
         [("old".to_string(), "stopped".to_string())]
     );
     assert!(server.terminate().success());
@@ -716,7 +699,7 @@ fn removals_the_engine_could_not_do_are_done_once_it_is_back() {
         "the failed create's container is still there"
     );
     assert_eq!(server.get("/sandboxes/ghost").0, 404);
-    assert!(listed(&server).is_empty());
+    assert!(server.sandboxes().is_empty());
 
     // A run in flight when the engine is killed: its container cannot be removed then,
     // and is removed once the engine is back (by the engine itself, for an `AutoRemove`

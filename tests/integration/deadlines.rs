@@ -90,6 +90,21 @@ fn command(script: &str, timeout_ms: u64) -> String {
     json!({"command": ["sh", "-c", script], "timeout_ms": timeout_ms}).to_string()
 }
 
+/// The result (`data`) of `script` posted to `path` with a 1 s timeout.
+fn answer(server: &Server, path: &str, script: &str) -> Value {
+    let (status, body) = server.post(path, &command(script, 1000));
+    assert_eq!(status, 200, "{body}");
+    body["data"].clone()
+}
+
+/// The ids of every container of the namespace.
+fn container_ids(namespace: &str) -> Vec<String> {
+    containers_of(namespace)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
 /// Runs every escape through `run` (which answers the result's `data`), all at once,
 /// and checks the containers `containers` names after each answer: each case's
 /// processes carry its own marker, so the cases cannot see each other's.
@@ -140,22 +155,11 @@ fn stub_exec_ending(case: &str, data: &Value) {
 fn nothing_a_command_starts_outlives_its_deadline_on_any_path() {
     let server = Server::start();
     // One-shot runs: the stub is the container's init.
-    let namespace = server.namespace.clone();
-    let runs = || {
-        containers_of(&namespace)
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect()
-    };
     every_escape(
         1,
         "one-shot run",
-        |script| {
-            let (status, body) = server.post("/run", &command(script, 1000));
-            assert_eq!(status, 200, "{body}");
-            body["data"].clone()
-        },
-        runs,
+        |script| answer(&server, "/run", script),
+        || container_ids(&server.namespace),
         // As PID 1, the stub can be neither killed nor stopped from inside.
         |case, data| assert_eq!(data["status"], json!("timeout"), "{case}: {data}"),
     );
@@ -167,11 +171,10 @@ fn nothing_a_command_starts_outlives_its_deadline_on_any_path() {
         "sandbox exec",
         |script| {
             let started = Instant::now();
-            let (status, body) = server.post("/sandboxes/held/exec", &command(script, 1000));
-            assert_eq!(status, 200, "{body}");
+            let data = answer(&server, "/sandboxes/held/exec", script);
             // A stopped stub is killed from outside past its backstop (5 s).
-            assert!(started.elapsed() < Duration::from_secs(8), "{body}");
-            body["data"].clone()
+            assert!(started.elapsed() < Duration::from_secs(8), "{data}");
+            data
         },
         || held.clone(),
         stub_exec_ending,
@@ -189,13 +192,6 @@ fn without_the_stub_docker_execs_are_killed_by_a_mark_they_cannot_remove() {
         args: vec!["--no-stub".into()],
         ..Options::default()
     });
-    let namespace = server.namespace.clone();
-    let runs = || {
-        containers_of(&namespace)
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect()
-    };
     // Without a supervisor, `kill $PPID` is `kill 0`: the command's own group.
     let ending = |case: &str, data: &Value| {
         if !case.starts_with("kill") {
@@ -205,12 +201,8 @@ fn without_the_stub_docker_execs_are_killed_by_a_mark_they_cannot_remove() {
     every_escape(
         3,
         "one-shot run by docker exec",
-        |script| {
-            let (status, body) = server.post("/run", &command(script, 1000));
-            assert_eq!(status, 200, "{body}");
-            body["data"].clone()
-        },
-        runs,
+        |script| answer(&server, "/run", script),
+        || container_ids(&server.namespace),
         ending,
     );
     assert_eq!(server.post("/sandboxes", r#"{"name":"plain"}"#).0, 201);
@@ -218,11 +210,7 @@ fn without_the_stub_docker_execs_are_killed_by_a_mark_they_cannot_remove() {
     every_escape(
         4,
         "sandbox exec by docker exec",
-        |script| {
-            let (status, body) = server.post("/sandboxes/plain/exec", &command(script, 1000));
-            assert_eq!(status, 200, "{body}");
-            body["data"].clone()
-        },
+        |script| answer(&server, "/sandboxes/plain/exec", script),
         || plain.clone(),
         ending,
     );

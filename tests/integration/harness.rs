@@ -294,6 +294,23 @@ impl Server {
         self.request("POST", path, Some(body), &[])
     }
 
+    /// The sandboxes the server lists, name → status.
+    pub fn sandboxes(&self) -> std::collections::BTreeMap<String, String> {
+        let (status, body) = self.get("/sandboxes");
+        assert_eq!(status, 200, "{body}");
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().to_string(),
+                    s["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
     pub fn delete(&self, path: &str) -> (u16, Value) {
         self.request("DELETE", path, None, &[])
     }

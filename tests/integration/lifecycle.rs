@@ -37,20 +37,8 @@ fn a_restarted_server_sees_its_sandboxes_with_their_status() {
         namespace: Some(namespace),
         ..Options::default()
     });
-    let (_, body) = second.get("/sandboxes");
-    let listed: BTreeMap<String, String> = body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_string(),
-                s["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
     assert_eq!(
-        listed,
+        second.sandboxes(),
         BTreeMap::from([
             ("keep-down".to_string(), "stopped".to_string()),
             ("keep-up".to_string(), "running".to_string()),
@@ -544,25 +532,12 @@ fn a_server_killed_during_runs_leaves_no_command_running_and_loses_no_sandbox() 
     }
 
     let mut second = server_in(&namespace, &[]);
-    let (_, body) = second.get("/sandboxes");
-    let mut listed: Vec<(String, String)> = body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_string(),
-                s["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    listed.sort();
     assert_eq!(
-        listed,
-        [
+        second.sandboxes(),
+        BTreeMap::from([
             ("alpha".to_string(), "running".to_string()),
             ("beta".to_string(), "stopped".to_string())
-        ]
+        ])
     );
     let (status, body) = second.get("/sandboxes/alpha/files/root/data.txt");
     assert_eq!(status, 200, "{body}");
