@@ -116,12 +116,19 @@ pub fn remove_temporary(docker: &Docker, config: &Config, created_before: Option
     removed.len()
 }
 
+/// The start-up sweep: the temporary containers left behind (created before
+/// `created_before`, when given), then the running sandboxes' restart policies.
+pub fn at_start(docker: &Docker, config: &Config, created_before: Option<i64>) {
+    remove_temporary(docker, config, created_before);
+    adopt_sandboxes(docker, config);
+}
+
 /// Gives every running sandbox of the namespace the restart policy `always` where it
 /// has another: those made by a release before restart policies (or started behind
 /// our back) would otherwise be left stopped when the engine restarts. Stopped ones
 /// keep theirs (`no`, so that they stay stopped). Returns how many were changed;
 /// failures are logged, and the next start tries again.
-pub fn adopt_sandboxes(docker: &Docker, config: &Config) -> usize {
+fn adopt_sandboxes(docker: &Docker, config: &Config) -> usize {
     let sandboxes =
         match docker.container_list(&labels::filters(&config.namespace, Some(Kind::Sandbox))) {
             Ok(sandboxes) => sandboxes,

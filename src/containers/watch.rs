@@ -66,8 +66,7 @@ impl EngineWatch {
         match docker.probe(PROBE_TIMEOUT) {
             Ok(()) => {
                 // Nothing of this server's exists yet: everything temporary goes.
-                sweep::remove_temporary(docker, config, None);
-                sweep::adopt_sandboxes(docker, config);
+                sweep::at_start(docker, config, None);
                 self.swept.store(true, Ordering::SeqCst);
             }
             Err(error) => {
@@ -120,8 +119,7 @@ impl EngineWatch {
     fn recover(&self, docker: &Docker, config: &Config, pool: &Pool) {
         if !self.swept.load(Ordering::SeqCst) {
             // Created before the server started: its own containers are younger.
-            sweep::remove_temporary(docker, config, Some(self.started));
-            sweep::adopt_sandboxes(docker, config);
+            sweep::at_start(docker, config, Some(self.started));
             self.swept.store(true, Ordering::SeqCst);
         }
         pool.engine_back(docker);
