@@ -42,39 +42,27 @@ fn main() {
         .unwrap_or_else(|_| "target/x86_64-unknown-linux-gnu/release/agentkernel".into());
     let socket = Docker::socket_from_env(std::env::var("DOCKER_HOST").ok().as_deref()).unwrap();
     let docker = Docker::new(socket, Duration::from_secs(60));
-
-    let mut server = Command::new(&binary)
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--namespace",
-            &namespace,
-            "--default-image",
-            &image,
-        ])
-        .args(["--pool-size", &POOL.to_string(), "--workers", "8"])
-        .env("AGENTKERNEL_LOG", "warn,agentkernel=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|error| panic!("cannot start {binary}: {error} (run `make bench`)"));
-    let stderr = BufReader::new(server.stderr.take().unwrap());
-    let mut lines = stderr.lines();
-    let port: u16 = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if let Some(rest) = line.split("http://").nth(1) {
-            break rest
-                .split(' ')
-                .next()
-                .unwrap()
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
+    // `AK_BENCH_PHASES=load`: only the sustained load (phase 4).
+    if std::env::var("AK_BENCH_PHASES").as_deref() == Ok("load") {
+        let load = sustained_load(&binary, &image, &docker);
+        let met = report_load(&load, None);
+        for (name, met) in &met {
+            println!("{} {name}", if *met { "MET " } else { "MISS" });
         }
-    };
-    std::thread::spawn(move || for _ in lines {});
+        std::process::exit(if met.iter().all(|(_, met)| *met) {
+            0
+        } else {
+            1
+        });
+    }
+
+    let server = Server::start(
+        &binary,
+        &namespace,
+        &image,
+        &["--pool-size", &POOL.to_string(), "--workers", "8"],
+    );
+    let port = server.port;
     let base = format!("http://127.0.0.1:{port}");
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(120))
@@ -233,7 +221,7 @@ fn main() {
     let failures: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
     let elapsed = started.elapsed();
     let concurrent_fallbacks = fallbacks() - before;
-    let peak_rss_kib = peak_rss_kib(server.id());
+    let peak_rss_kib = peak_rss_kib(server.child.id());
 
     // Clean up: the sandbox, the idle container, the server (which sweeps the rest).
     agent
@@ -241,16 +229,10 @@ fn main() {
         .call()
         .unwrap();
     docker.container_remove(&idle_id).unwrap();
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status();
-    let _ = server.wait();
-    for container in docker
-        .container_list(&labels::filters(&ns, None))
-        .unwrap_or_default()
-    {
-        let _ = docker.container_remove(&container.id);
-    }
+    server.stop(&docker, &ns);
+
+    // Phase 4: sustained load on a server with the default pool settings.
+    let load = sustained_load(&binary, &image, &docker);
 
     let raw_exec_p50 = percentile(&raw_exec, 50.0);
     let raw_cold_p50 = percentile(&raw_cold, 50.0);
@@ -298,6 +280,7 @@ fn main() {
     );
     println!("server peak RSS: {:.1} MiB", peak_rss_kib as f64 / 1024.0);
 
+    let load_targets = report_load(&load, Some(raw_cold_p50));
     let fast_p50 = percentile(&fast, 50.0);
     let targets = [
         ("/run fast p50 <= 10 ms", fast_p50 <= 10.0),
@@ -330,11 +313,87 @@ fn main() {
     ];
     println!();
     let mut all = true;
-    for (name, met) in targets {
+    for (name, met) in targets.into_iter().chain(load_targets) {
         println!("{} {name}", if met { "MET " } else { "MISS" });
         all &= met;
     }
     std::process::exit(if all { 0 } else { 1 });
+}
+
+/// Prints the sustained-load figures; returns their targets.
+fn report_load(load: &Load, raw_cold_p50: Option<f64>) -> Vec<(&'static str, bool)> {
+    let load_row = |name: &str, samples: &[f64], floor: Option<f64>| {
+        let p50 = percentile(samples, 50.0);
+        let ratio = floor
+            .map(|f| format!("{:.2}x", p50 / f))
+            .unwrap_or_default();
+        println!(
+            "{name:<28} {p50:>8.1} {:>8.1} {:>8.1} {ratio:>10}",
+            percentile(samples, 95.0),
+            samples.iter().cloned().fold(f64::MAX, f64::min)
+        );
+    };
+    println!(
+        "\nsustained load, a server with the default pool settings; ratios against \
+         the raw cold run above\n"
+    );
+    println!(
+        "{:<28} {:>8} {:>8} {:>8} {:>10}",
+        "measure", "p50", "p95", "min", "ratio"
+    );
+    load_row("/run at 1/s (light)", &load.light, raw_cold_p50);
+    load_row("/run at 2/s (steady)", &load.steady, raw_cold_p50);
+    let throughput_ratio = load.server_per_s / load.raw_per_s;
+    println!(
+        "\nthroughput, {THROUGHPUT_CLIENTS} clients in a closed loop, {THROUGHPUT_BLOCKS} blocks \
+         of {} s each, in turn: /run {:.2} runs/s ({} runs, {} failed or wrong); raw \
+         create/attach/start/wait/remove {:.2} runs/s; ratio {:.2}x",
+        THROUGHPUT_BLOCK.as_secs(),
+        load.server_per_s,
+        load.throughput_runs,
+        load.throughput_failures,
+        load.raw_per_s,
+        throughput_ratio
+    );
+    println!(
+        "steady load: {} fallbacks after the first {ADAPT_SECONDS} s; pool at its end: {}",
+        load.steady_late_fallbacks, load.steady_pool
+    );
+    println!(
+        "load server peak RSS: {:.1} MiB",
+        load.peak_rss_kib as f64 / 1024.0
+    );
+
+    vec![
+        (
+            "/run at 1/s: p50 <= 5 ms",
+            percentile(&load.light, 50.0) <= 5.0,
+        ),
+        (
+            "/run at 1/s: p95 <= 10 ms",
+            percentile(&load.light, 95.0) <= 10.0,
+        ),
+        (
+            "/run at 2/s: p95 <= 25 ms",
+            percentile(&load.steady, 95.0) <= 25.0,
+        ),
+        (
+            "/run at 2/s: no fallback once adapted",
+            load.steady_late_fallbacks == 0,
+        ),
+        (
+            "throughput >= 0.8 x raw at 4 clients",
+            throughput_ratio >= 0.8,
+        ),
+        (
+            "throughput: no failed or wrong run",
+            load.throughput_failures == 0,
+        ),
+        (
+            "load server peak RSS <= 30 MiB",
+            load.peak_rss_kib <= 30 * 1024,
+        ),
+    ]
 }
 
 /// From sending an exec stream request to its first `output` event, in ms.
@@ -445,4 +504,221 @@ fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for the pool");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// A release server started for the bench, in its own namespace.
+struct Server {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(binary: &str, namespace: &str, image: &str, extra: &[&str]) -> Server {
+        let mut child = Command::new(binary)
+            .args(["serve", "--port", "0", "--namespace", namespace])
+            .args(["--default-image", image])
+            .args(extra)
+            .env("AGENTKERNEL_LOG", "warn,agentkernel=info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {binary}: {error} (run `make bench`)"));
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut lines = stderr.lines();
+        let port: u16 = loop {
+            let line = lines.next().expect("server exited").unwrap();
+            if let Some(rest) = line.split("http://").nth(1) {
+                break rest
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .rsplit(':')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, port }
+    }
+
+    /// Stops the server (it removes its pool) and removes whatever its namespace still
+    /// holds.
+    fn stop(self, docker: &Docker, namespace: &Namespace) {
+        drop(self);
+        for container in docker
+            .container_list(&labels::filters(namespace, None))
+            .unwrap_or_default()
+        {
+            let _ = docker.container_remove(&container.id);
+        }
+    }
+}
+
+/// A bench that fails half-way must not leave its server (and warm pool) running.
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Light and steady open-loop load, then closed-loop throughput against the raw engine,
+/// on a server with the default pool settings.
+struct Load {
+    light: Vec<f64>,
+    steady: Vec<f64>,
+    steady_late_fallbacks: u64,
+    steady_pool: Value,
+    server_per_s: f64,
+    raw_per_s: f64,
+    throughput_failures: usize,
+    throughput_runs: usize,
+    peak_rss_kib: u64,
+}
+
+const LIGHT_SECONDS: u64 = 40;
+const STEADY_SECONDS: u64 = 60;
+/// Steady-load fallbacks are counted after this much adaptation.
+const ADAPT_SECONDS: u64 = 10;
+const THROUGHPUT_CLIENTS: usize = 4;
+/// Throughput is measured in blocks, server and raw in turn, so drift cancels.
+const THROUGHPUT_BLOCKS: usize = 2;
+const THROUGHPUT_BLOCK: Duration = Duration::from_secs(15);
+
+fn sustained_load(binary: &str, image: &str, docker: &Docker) -> Load {
+    let namespace = format!("bench-load-{}", std::process::id());
+    let ns = Namespace::parse(&namespace).unwrap();
+    let server = Server::start(binary, &namespace, image, &["--workers", "8"]);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(120))
+        .build();
+    let key = || -> Value {
+        let state: Value = agent
+            .get(&format!("{base}/pool"))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap();
+        json!({"key": state["data"]["keys"][0], "reaping": state["data"]["reaping"]})
+    };
+    let fallbacks = || key()["key"]["fallbacks"].as_u64().unwrap_or(0);
+    let settled = || {
+        let state = key();
+        state["key"]["ready"] == state["key"]["target"] && state["reaping"] == json!(0)
+    };
+    wait_until(Duration::from_secs(300), settled);
+    let run = || {
+        let started = Instant::now();
+        let answer: Value = agent
+            .post(&format!("{base}/run"))
+            .send_json(json!({"command": ["echo", "hi"]}))
+            .unwrap()
+            .into_json()
+            .unwrap();
+        check(answer);
+        started.elapsed().as_secs_f64() * 1000.0
+    };
+    // Open loop: one request every `every`, on schedule whatever the latencies.
+    let paced = |every: Duration, seconds: u64, mut at_adapted: Option<&mut u64>| {
+        let count = (seconds as f64 / every.as_secs_f64()) as u32;
+        let started = Instant::now();
+        let mut took = Vec::new();
+        for i in 0..count {
+            if let Some(wait) = (started + every * i).checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if started.elapsed() >= Duration::from_secs(ADAPT_SECONDS) {
+                if let Some(mark) = at_adapted.take() {
+                    *mark = fallbacks();
+                }
+            }
+            took.push(run());
+        }
+        took
+    };
+    let light = paced(Duration::from_secs(1), LIGHT_SECONDS, None);
+    let mut adapted_fallbacks = 0;
+    let steady = paced(
+        Duration::from_millis(500),
+        STEADY_SECONDS,
+        Some(&mut adapted_fallbacks),
+    );
+    let steady_late_fallbacks = fallbacks() - adapted_fallbacks;
+    let steady_pool = key();
+
+    // Closed loop: THROUGHPUT_CLIENTS clients for a block, the server's and the raw
+    // engine's in turn. The server's time runs until its pool is back where it was at
+    // the block's start and every used container is removed, so that work it put off
+    // (removals, refills) and the warm containers it began with are paid for.
+    let (mut server_runs, mut server_time, mut raw_runs, mut raw_time) =
+        (0, Duration::ZERO, 0, Duration::ZERO);
+    let mut throughput_failures = 0;
+    let host = Profile::Moderate.host_settings(Profile::Moderate.default_limits(), "/", Vec::new());
+    for _ in 0..THROUGHPUT_BLOCKS {
+        wait_until(Duration::from_secs(300), settled);
+        let ready_before = key()["key"]["ready"].as_u64().unwrap_or(0);
+        let started = Instant::now();
+        let (runs, failures) = closed_loop(THROUGHPUT_CLIENTS, THROUGHPUT_BLOCK, || {
+            let answer = ureq::post(&format!("{base}/run"))
+                .send_json(json!({"command": ["echo", "hi"]}))
+                .map_err(|error| error.to_string())
+                .and_then(|r| r.into_json::<Value>().map_err(|e| e.to_string()));
+            matches!(answer, Ok(v) if v["data"]["stdout"] == json!("hi\n"))
+        });
+        wait_until(Duration::from_secs(300), || {
+            let state = key();
+            state["key"]["ready"].as_u64().unwrap_or(0) >= ready_before
+                && state["reaping"] == json!(0)
+        });
+        server_time += started.elapsed();
+        server_runs += runs;
+        throughput_failures += failures;
+
+        let started = Instant::now();
+        let (runs, failures) = closed_loop(THROUGHPUT_CLIENTS, THROUGHPUT_BLOCK, || {
+            raw_cold_once(docker, &ns, image, &host);
+            true
+        });
+        raw_time += started.elapsed();
+        raw_runs += runs;
+        assert_eq!(failures, 0);
+    }
+    let peak_rss_kib = peak_rss_kib(server.child.id());
+    server.stop(docker, &ns);
+    Load {
+        light,
+        steady,
+        steady_late_fallbacks,
+        steady_pool,
+        server_per_s: server_runs as f64 / server_time.as_secs_f64(),
+        raw_per_s: raw_runs as f64 / raw_time.as_secs_f64(),
+        throughput_failures,
+        throughput_runs: server_runs,
+        peak_rss_kib,
+    }
+}
+
+/// `clients` threads call `once` until `length` is up; returns the calls made and how
+/// many answered false.
+fn closed_loop(clients: usize, length: Duration, once: impl Fn() -> bool + Sync) -> (usize, usize) {
+    let done = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..clients {
+            scope.spawn(|| {
+                while started.elapsed() < length {
+                    if !once() {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (done.into_inner(), failed.into_inner())
 }

@@ -49,8 +49,10 @@ pub struct Config {
     /// Warm pool keys kept from start-up; `None` means the default image and profile.
     pub pool: Option<Vec<(PoolKey, usize)>>,
     pub pool_default_size: usize,
-    /// Target for pool keys added because requests used them.
+    /// Least kept for pool keys added because requests used them.
     pub pool_dynamic_size: usize,
+    /// Most kept warm for one key, however busy (a key configured for more keeps that).
+    pub pool_max: usize,
     /// Use the in-container stub where possible (else always `docker exec`).
     pub stub: bool,
     /// Bound on each write to a client, and on reading a whole request body.
@@ -99,6 +101,7 @@ impl Default for Config {
             pool: None,
             pool_default_size: 4,
             pool_dynamic_size: 2,
+            pool_max: 16,
             stub: true,
             client_timeout: Duration::from_secs(30),
             max_connections: 1024,

@@ -551,6 +551,7 @@ pub(super) fn parse_serve(
             }
             Long("pool-size") => config.pool_default_size = parser.value()?.parse()?,
             Long("pool-dynamic-size") => config.pool_dynamic_size = parser.value()?.parse()?,
+            Long("pool-max") => config.pool_max = parser.value()?.parse()?,
             Long("no-stub") => config.stub = false,
             Long("client-timeout-secs") => {
                 config.client_timeout =
@@ -587,6 +588,9 @@ pub(super) fn parse_serve(
             "--max-timeout-ms must be at most {MAX_COMMAND_TIMEOUT_MS} (7 days)"
         )));
     }
+    if config.pool_max > MAX_POOL {
+        return Err(Misuse(format!("--pool-max must be at most {MAX_POOL}")));
+    }
     if config.default_timeout_ms == 0 || config.max_timeout_ms == 0 {
         return Err(Misuse("timeouts must be at least 1 ms".into()));
     }
@@ -610,6 +614,8 @@ pub(super) fn parse_pool(text: &str, default_profile: Profile) -> Result<(PoolKe
     Ok((key, size))
 }
 
+/// Largest `--pool-max`: more warm containers than a host can hold open.
+const MAX_POOL: usize = 1024;
 /// The longest server timeout a flag may set: a day (a bound, so that no deadline
 /// computed from it can overflow).
 const MAX_TIMEOUT_SECS: u64 = 24 * 3600;

@@ -392,6 +392,11 @@ pub const SERVE: Topic = Topic {
             "warm containers of keys requests use (default: 2)",
         ),
         flag(
+            "pool-max",
+            Some("N"),
+            "most warm containers a busy key grows to (default: 16)",
+        ),
+        flag(
             "no-stub",
             None,
             "never use the in-container stub (docker exec instead)",

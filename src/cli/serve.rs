@@ -34,8 +34,12 @@ pub(super) fn serve(config: Config) -> i32 {
     }
     let launcher =
         crate::containers::launcher::Launcher::detect(config.stub, config.data_dir.as_deref());
-    let pool =
-        crate::containers::pool::Pool::new(launcher, &config.pool_keys(), config.pool_dynamic_size);
+    let pool = crate::containers::pool::Pool::new(
+        launcher,
+        &config.pool_keys(),
+        config.pool_dynamic_size,
+        config.pool_max,
+    );
     let context = Arc::new(crate::server::Context::new(config, docker, pool));
     match crate::server::serve(context, shutdown) {
         Ok(()) => 0,

@@ -14,6 +14,7 @@ use crate::containers::owner::Owner;
 use crate::containers::stubs;
 use crate::engine::{ContainerSpec, Docker};
 use crate::error::{Error, Result};
+use crate::exec::socket::{self, ExecSocket};
 use crate::exec::stub::{Lifeline, StubStream};
 use crate::exec::{CommandResult, CommandSpec, OutputSink};
 use crate::stub;
@@ -102,6 +103,9 @@ pub struct Warm {
     pub id: String,
     /// The attach connection to its stub (none under the exec launcher).
     pub(crate) stream: Option<StubStream>,
+    /// A warm container's exec socket and its init's pid: the fast way to its stub,
+    /// which the attach connection backs up.
+    socket: Option<(ExecSocket, i64)>,
     /// Under the exec launcher, what ties the container's life to this process's.
     lifeline: Option<Lifeline>,
 }
@@ -201,6 +205,18 @@ pub fn launch(
             launcher.stub_mounts(),
         ),
     };
+    // A warm container of the pool gets an exec socket (its directory here, its token
+    // once it said hello), which its run takes: the records then skip the engine.
+    let with_socket = kind == Kind::Pool && matches!(launcher, Launcher::Stub { .. });
+    if with_socket {
+        let owner = profile
+            .user()
+            .map(crate::containers::profile::numeric_owner);
+        spec.host.tmpfs.insert(
+            stub::EXEC_SOCKET_DIR.to_string(),
+            socket::tmpfs_options(owner),
+        );
+    }
     // The stub is the container's init itself (it reaps orphans): no other process
     // holds the container's stdout, so nothing but the stub can write records there,
     // and as PID 1 the command cannot kill it from inside. Under the exec launcher the
@@ -218,23 +234,55 @@ pub fn launch(
         let hijacked = docker.container_attach(&id, open_stdin)?;
         docker.container_start(&id)?;
         if let Launcher::Exec { .. } = launcher {
-            return Ok((None, Some(Lifeline::new(hijacked))));
+            return Ok((None, Some(Lifeline::new(hijacked)), None));
         }
         let mut stream = StubStream::new(hijacked);
         stream
             .read_hello()
             .map_err(crate::exec::stub::hello_docker_error)?;
-        Ok((Some(stream), None))
+        let socket = if with_socket {
+            warm_socket(docker, &id, &mut stream)
+        } else {
+            None
+        };
+        Ok((Some(stream), None, socket))
     })();
     match attached {
-        Ok((stream, lifeline)) => Ok(Warm {
+        Ok((stream, lifeline, socket)) => Ok(Warm {
             id,
             stream,
             lifeline,
+            socket,
         }),
         Err(error) => {
             cleanup.remove(docker, &id);
             Err(Error::Engine(error))
+        }
+    }
+}
+
+/// Gives a warm container's stub a token for its exec socket and finds its pid; `None`
+/// (its run then goes over the attach connection) if either fails.
+fn warm_socket(docker: &Docker, id: &str, stream: &mut StubStream) -> Option<(ExecSocket, i64)> {
+    let made = (|| -> std::result::Result<(ExecSocket, i64), String> {
+        let socket = socket::random().map_err(|error| error.to_string())?;
+        stream
+            .send_raw(&socket.token_record())
+            .map_err(|error| error.to_string())?;
+        let pid = docker
+            .container_inspect(id)
+            .map_err(|error| error.to_string())?
+            .state
+            .pid;
+        Ok((socket, pid))
+    })();
+    match made {
+        Ok(made) => Some(made),
+        Err(error) => {
+            log::warn!(
+                "warm container {id}: no exec socket ({error}): its run uses the attach connection"
+            );
+            None
         }
     }
 }
@@ -248,6 +296,11 @@ pub fn run_in(
     started: Instant,
     sink: OutputSink<'_>,
 ) -> Result<CommandResult> {
+    if let Some((socket, pid)) = warm.socket.take() {
+        if let Some(result) = crate::exec::stub::run_via_socket(&socket, pid, spec, started, sink) {
+            return result;
+        }
+    }
     match warm.stream.as_mut() {
         Some(stream) => stream
             .run(spec, started, sink)

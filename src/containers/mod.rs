@@ -4,6 +4,7 @@
 //! them, the watch on the engine, and the stub copies containers mount.
 
 pub mod cleanup;
+pub mod demand;
 pub mod labels;
 pub mod launcher;
 pub mod owner;

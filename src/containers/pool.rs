@@ -26,11 +26,14 @@ use serde_json::{json, Value};
 
 use crate::config::{Config, PoolKey};
 use crate::containers::cleanup::Cleanup;
+use crate::containers::demand::{Demand, Sizing};
 use crate::containers::labels::Kind;
 use crate::containers::launcher::{launch, remove_warm, Launcher, Warm};
 use crate::engine::{Docker, DockerError};
 use crate::error::{Error, Result};
 
+/// Most keys the pool keeps warm containers for.
+pub const MAX_KEYS: usize = 16;
 /// Longest pause between refill attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long a key that requests added may go unused before it is dropped.
@@ -45,7 +48,12 @@ const MAX_HOLD: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default)]
 struct KeyState {
+    /// The least this key keeps warm (`--pool`, `--pool-size`, `--pool-dynamic-size`).
+    min: usize,
+    /// What it keeps warm now: see `demand`.
     target: usize,
+    /// The fast requests that wanted one of its containers lately.
+    demand: Demand,
     ready: VecDeque<WarmSlot>,
     creating: usize,
     in_use: usize,
@@ -57,6 +65,30 @@ struct KeyState {
     /// For keys added because a request used them: when one last did. Such a key is
     /// dropped, with its warm containers, once idle for `DYNAMIC_IDLE`.
     last_used: Option<Instant>,
+}
+
+impl KeyState {
+    fn new(min: usize, last_used: Option<Instant>) -> KeyState {
+        KeyState {
+            min,
+            target: min,
+            last_used,
+            ..KeyState::default()
+        }
+    }
+
+    /// Sets the target from the demand seen by `now`; returns how.
+    fn resize(&mut self, max: usize, now: Instant) -> Sizing {
+        let sizing = Sizing::new(self.min, max, &mut self.demand, now);
+        self.target = sizing.target();
+        sizing
+    }
+
+    /// Ready containers beyond the target, oldest first, taken out.
+    fn surplus(&mut self) -> Vec<Warm> {
+        let extra = self.ready.len().saturating_sub(self.target);
+        self.ready.drain(..extra).map(|slot| slot.0).collect()
+    }
 }
 
 /// `Warm` is not `Debug`; the pool's bookkeeping is.
@@ -76,8 +108,10 @@ pub struct Pool {
     keys: Mutex<BTreeMap<PoolKey, KeyState>>,
     wake: Condvar,
     shutdown: AtomicBool,
-    /// Target for keys added because requests used them.
+    /// Least kept for keys added because requests used them.
     dynamic_target: usize,
+    /// Most kept for any key (unless its minimum is higher).
+    max_target: usize,
     max_keys: usize,
     reap_sender: Sender<Warm>,
     reap_receiver: Receiver<Warm>,
@@ -100,21 +134,23 @@ impl Pool {
     /// A pool for one process that serves one command at a time (the CLI): no warm
     /// containers, no background threads, used containers removed at once.
     pub fn local(launcher: Launcher) -> Pool {
-        let mut pool = Pool::new(launcher, &[], 0);
+        let mut pool = Pool::new(launcher, &[], 0, 0);
         pool.inline_reaping = true;
         pool
     }
 
-    pub fn new(launcher: Launcher, initial: &[(PoolKey, usize)], dynamic_target: usize) -> Pool {
+    /// A pool keeping `initial` keys warm, at least their given number each, and keys
+    /// that requests use at least `dynamic_target`; each grows with demand up to
+    /// `max_target` (see `demand`).
+    pub fn new(
+        launcher: Launcher,
+        initial: &[(PoolKey, usize)],
+        dynamic_target: usize,
+        max_target: usize,
+    ) -> Pool {
         let mut keys = BTreeMap::new();
-        for (key, target) in initial {
-            keys.insert(
-                key.clone(),
-                KeyState {
-                    target: *target,
-                    ..KeyState::default()
-                },
-            );
+        for (key, min) in initial {
+            keys.insert(key.clone(), KeyState::new(*min, None));
         }
         let (reap_sender, reap_receiver) = bounded(4096);
         Pool {
@@ -124,7 +160,8 @@ impl Pool {
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
             dynamic_target,
-            max_keys: 16,
+            max_target,
+            max_keys: MAX_KEYS,
             reap_sender,
             reap_receiver,
             reaping: AtomicUsize::new(0),
@@ -208,12 +245,15 @@ impl Pool {
     /// Containers that died while waiting (killed, engine restarted) are passed over
     /// and handed to `dead` for removal.
     pub fn take(&self, key: &PoolKey, mut dead: impl FnMut(Warm)) -> Option<Warm> {
+        let now = Instant::now();
         let mut keys = self.lock();
         let state = keys.get_mut(key)?;
         if state.last_used.is_some() {
-            state.last_used = Some(Instant::now());
+            state.last_used = Some(now);
         }
-        *self.last_take.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        state.demand.record(now);
+        state.resize(self.max_target, now);
+        *self.last_take.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
         let mut taken = None;
         while let Some(WarmSlot(warm)) = state.ready.pop_front() {
             if warm.is_alive() {
@@ -284,11 +324,7 @@ impl Pool {
         if !keys.contains_key(key) && keys.len() < self.max_keys && self.dynamic_target > 0 {
             keys.insert(
                 key.clone(),
-                KeyState {
-                    target: self.dynamic_target,
-                    last_used: Some(Instant::now()),
-                    ..KeyState::default()
-                },
+                KeyState::new(self.dynamic_target, Some(Instant::now())),
             );
             drop(keys);
             self.wake.notify_all();
@@ -336,10 +372,12 @@ impl Pool {
     }
 
     pub fn stats(&self) -> Value {
-        let keys = self.lock();
+        let now = Instant::now();
+        let mut keys = self.lock();
         let entries: Vec<Value> = keys
-            .iter()
+            .iter_mut()
             .map(|(key, state)| {
+                let sizing = state.resize(self.max_target, now);
                 json!({
                     "image": key.image,
                     "profile": key.profile.name(),
@@ -350,6 +388,7 @@ impl Pool {
                     "created": state.created,
                     "failed": state.failed,
                     "fallbacks": state.fallbacks,
+                    "sizing": sizing.to_json(),
                 })
             })
             .collect();
@@ -370,13 +409,25 @@ impl Pool {
             for warm in self.expire_idle_keys() {
                 self.reap(docker, warm);
             }
-            let key = {
+            let next = {
                 let mut keys = self.lock();
                 loop {
                     if self.shutdown.load(Ordering::SeqCst) {
                         return;
                     }
                     let now = Instant::now();
+                    // Targets follow demand down as well as up: what is beyond them
+                    // goes (removed by the reaper in a quiet moment).
+                    let surplus: Vec<Warm> = keys
+                        .values_mut()
+                        .flat_map(|state| {
+                            state.resize(self.max_target, now);
+                            state.surplus()
+                        })
+                        .collect();
+                    if !surplus.is_empty() {
+                        break Err(surplus);
+                    }
                     // Starting a container is heavy work for the engine, and it slows
                     // the runs going on meanwhile: while requests keep coming, only a
                     // key down to a quarter of its target is refilled at once; the
@@ -403,7 +454,7 @@ impl Pool {
                     if let Some((key, _)) = wanted {
                         let key = key.clone();
                         keys.get_mut(&key).expect("key exists").creating += 1;
-                        break key;
+                        break Ok(key);
                     }
                     let next_retry = keys
                         .values()
@@ -419,6 +470,15 @@ impl Pool {
                         .wait_timeout(keys, next_retry)
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
+                }
+            };
+            let key = match next {
+                Ok(key) => key,
+                Err(surplus) => {
+                    for warm in surplus {
+                        self.reap(docker, warm);
+                    }
+                    continue;
                 }
             };
             let launched = self.launch(docker, config, &key, Kind::Pool, None);

@@ -38,6 +38,23 @@ pub struct ExecSocket {
     token: Vec<u8>,
 }
 
+/// How the listener is known by its command line: a sandbox's init, or the init of a
+/// warm container of the pool (which serves one run on its socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    SandboxInit,
+    Temporary,
+}
+
+impl Listener {
+    fn argv(self) -> &'static [&'static str] {
+        match self {
+            Listener::SandboxInit => &[stub::STUB_PATH, "stub", "--idle"],
+            Listener::Temporary => &[stub::STUB_PATH, "stub"],
+        }
+    }
+}
+
 /// A new sandbox's socket key: random (a sandbox that fails to be made, say for a name
 /// already taken, never touches another's token).
 pub fn new_key() -> io::Result<String> {
@@ -82,6 +99,14 @@ pub fn tmpfs_options(owner: Option<(u32, u32)>) -> String {
     options
 }
 
+/// A socket with a new random token, kept only in memory: a warm container's, which
+/// lives no longer than this process.
+pub fn random() -> io::Result<ExecSocket> {
+    let mut token = vec![0u8; stub::TOKEN_BYTES];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut token)?;
+    Ok(ExecSocket { token })
+}
+
 /// A sandbox's socket, if it has its token.
 pub fn open(data_dir: &Path, key: &str) -> io::Result<ExecSocket> {
     let token = std::fs::read(token_path(data_dir, key))?;
@@ -100,13 +125,18 @@ pub fn remove(data_dir: &Path, key: &str) {
 }
 
 impl ExecSocket {
+    /// The token record for an init's stdin.
+    pub fn token_record(&self) -> Vec<u8> {
+        stub::encode_record(stub::TOKEN, &self.token)
+    }
+
     /// Gives the sandbox's init its token, on its stdin through an attach: after every
     /// start of the container (its init starts without one).
     pub fn give_token(&self, docker: &Docker, container: &str) -> Result<(), DockerError> {
         let mut attached = docker.container_attach(container, true)?;
         attached
             .stdin
-            .write_all(&stub::encode_record(stub::TOKEN, &self.token))
+            .write_all(&self.token_record())
             .map_err(|source| DockerError::Io {
                 operation: "attach (exec token)".into(),
                 source,
@@ -117,9 +147,10 @@ impl ExecSocket {
     }
 
     /// Connects to the init's socket through its root, checks that the listener is the
-    /// init (`init_pid`, the engine's `State.Pid`), and opens with the token.
-    pub fn connect(&self, init_pid: i64) -> io::Result<UnixStream> {
-        if !is_our_idle_init(init_pid) {
+    /// init (`init_pid`, the engine's `State.Pid`, running as `listener`), and opens
+    /// with the token.
+    pub fn connect(&self, init_pid: i64, listener: Listener) -> io::Result<UnixStream> {
+        if !is_our_init(init_pid, listener) {
             return Err(io::Error::other(format!(
                 "the sandbox's init (pid {init_pid}) is not visible here as our stub"
             )));
@@ -158,9 +189,10 @@ fn connect_at_once(path: &str) -> io::Result<UnixStream> {
     Ok(stream)
 }
 
-/// Whether `pid` is, in our own PID namespace, a sandbox's idle stub: then every process
-/// of its container is visible to us too, and a socket's peer pid is never 0.
-fn is_our_idle_init(pid: i64) -> bool {
+/// Whether `pid` is, in our own PID namespace, our stub running as `listener`: then
+/// every process of its container is visible to us too, and a socket's peer pid is
+/// never 0.
+fn is_our_init(pid: i64, listener: Listener) -> bool {
     if pid <= 0 {
         return false;
     }
@@ -171,7 +203,11 @@ fn is_our_idle_init(pid: i64) -> bool {
         .split(|&b| b == 0)
         .filter(|a| !a.is_empty())
         .collect();
-    argv == [stub::STUB_PATH.as_bytes(), b"stub", b"--idle"]
+    argv.len() == listener.argv().len()
+        && argv
+            .iter()
+            .zip(listener.argv())
+            .all(|(seen, expected)| *seen == expected.as_bytes())
 }
 
 #[cfg(test)]
@@ -237,8 +273,10 @@ mod tests {
 
     #[test]
     fn only_a_visible_idle_stub_counts_as_an_init() {
-        assert!(!is_our_idle_init(0));
-        assert!(!is_our_idle_init(-1));
-        assert!(!is_our_idle_init(i64::from(std::process::id())));
+        for listener in [Listener::SandboxInit, Listener::Temporary] {
+            assert!(!is_our_init(0, listener));
+            assert!(!is_our_init(-1, listener));
+            assert!(!is_our_init(i64::from(std::process::id()), listener));
+        }
     }
 }

@@ -66,7 +66,8 @@ pub fn exec_via_socket(
     sink: OutputSink<'_>,
 ) -> Option<Result<CommandResult>> {
     let open = || -> io::Result<StubStream> {
-        let mut stream = StubStream::over_socket(socket.connect(init_pid)?)?;
+        let connection = socket.connect(init_pid, crate::exec::socket::Listener::SandboxInit)?;
+        let mut stream = StubStream::over_socket(connection)?;
         // The init forks at once; a supervisor that does not say hello in this time was
         // held up (stopped by a command before it ran): `docker exec` instead.
         stream.read_hello_within(SOCKET_HELLO_TIMEOUT)?;
@@ -105,6 +106,31 @@ pub fn exec_via_socket(
         std::thread::sleep(Duration::from_millis(10));
     };
     Some(exec_with(docker, container, stream, spec, started, sink))
+}
+
+/// Runs one command in a warm container of the pool through its init's exec socket
+/// (`init_pid`, given its token at launch); `None` when the socket cannot take it before
+/// the spec is sent (the caller runs it over the attach connection instead).
+pub fn run_via_socket(
+    socket: &crate::exec::socket::ExecSocket,
+    init_pid: i64,
+    spec: &CommandSpec,
+    started: Instant,
+    sink: OutputSink<'_>,
+) -> Option<Result<CommandResult>> {
+    let open = || -> io::Result<StubStream> {
+        let connection = socket.connect(init_pid, crate::exec::socket::Listener::Temporary)?;
+        let mut stream = StubStream::over_socket(connection)?;
+        stream.read_hello_within(SOCKET_HELLO_TIMEOUT)?;
+        Ok(stream)
+    };
+    match open() {
+        Ok(mut stream) => Some(stream.run(spec, started, sink).map_err(run_lost)),
+        Err(error) => {
+            log::debug!("warm container's exec socket: {error}; using its attach connection");
+            None
+        }
+    }
 }
 
 /// The conversation with a stub that said hello, and what came of it: the command's
@@ -395,6 +421,11 @@ impl StubStream {
             position: 0,
             supervisor: None,
         })
+    }
+
+    /// Writes bytes (whole records) to the stub's stdin.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.control.write_all(bytes)
     }
 
     pub fn read_hello(&mut self) -> io::Result<()> {

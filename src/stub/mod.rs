@@ -144,15 +144,16 @@ const EXIT_WRITE_WAIT: Duration = Duration::from_secs(2);
 
 /// The stub's output side: records written whole, one at a time, and the one exit.
 struct Output {
-    stdout: Mutex<io::Stdout>,
+    stdout: Mutex<Box<dyn Write + Send>>,
     /// Set by whoever ends the run; no output record is written after it.
     claimed: AtomicBool,
 }
 
 impl Output {
-    fn new() -> Output {
+    /// Records to `to`: stdout, or the exec socket connection that asked for the run.
+    fn new(to: Box<dyn Write + Send>) -> Output {
         Output {
-            stdout: Mutex::new(io::stdout()),
+            stdout: Mutex::new(to),
             claimed: AtomicBool::new(false),
         }
     }
@@ -210,7 +211,13 @@ impl Output {
         if std::process::id() == 1 {
             // Read stdin to its end ourselves: on the early paths (a bad spec, a
             // program that cannot start) no other thread watches it, and a server that
-            // died must still take the container with it.
+            // died must still take the container with it. (After a run asked for on
+            // the exec socket, the main thread reads it: see `main`.)
+            if RUN.load(Ordering::SeqCst) == RUN_BY_SOCKET {
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
             std::thread::spawn(|| {
                 let mut sink = [0u8; 4096];
                 while matches!(io::stdin().read(&mut sink), Ok(count) if count > 0) {}
@@ -414,21 +421,17 @@ impl Read for Deadline<'_> {
     }
 }
 
-/// Checks an exec connection's token and starts its supervisor.
-fn start_supervisor(
-    connection: std::os::unix::net::UnixStream,
-    token: &Mutex<Option<Vec<u8>>>,
-    supervisors: &Mutex<Supervisors>,
+/// Reads an exec connection's first record by `until`: it must be `AUTH` with the
+/// `expected` token (compared in constant time; no token yet refuses every connection).
+fn authenticate(
+    connection: &std::os::unix::net::UnixStream,
+    until: Instant,
+    expected: Option<&[u8]>,
 ) -> io::Result<()> {
-    let mut reader = Deadline {
-        connection: &connection,
-        until: Instant::now() + AUTH_TIMEOUT,
-    };
-    let presented = match read_record(&mut reader)? {
+    let presented = match read_record(&mut Deadline { connection, until })? {
         Some((AUTH, payload)) => payload,
         _ => return Err(io::Error::other("no token")),
     };
-    let expected = lock(token).clone();
     let matches = expected.is_some_and(|expected| {
         expected.len() == presented.len()
             && expected
@@ -437,9 +440,25 @@ fn start_supervisor(
                 .fold(0u8, |differ, (a, b)| differ | (a ^ b))
                 == 0
     });
-    if !matches {
-        return Err(io::Error::other("wrong token"));
+    if matches {
+        Ok(())
+    } else {
+        Err(io::Error::other("wrong token"))
     }
+}
+
+/// Checks an exec connection's token and starts its supervisor.
+fn start_supervisor(
+    connection: std::os::unix::net::UnixStream,
+    token: &Mutex<Option<Vec<u8>>>,
+    supervisors: &Mutex<Supervisors>,
+) -> io::Result<()> {
+    let expected = lock(token).clone();
+    authenticate(
+        &connection,
+        Instant::now() + AUTH_TIMEOUT,
+        expected.as_deref(),
+    )?;
     // The supervisor's reads wait as long as they need.
     connection.set_read_timeout(None)?;
     let output = connection.try_clone()?;
@@ -644,6 +663,13 @@ fn kill_tree() {
 }
 
 /// `agentkernel stub`: serves one command, then exits.
+///
+/// The spec comes on stdin, or, in a warm container of the pool, on the exec socket: as
+/// the container's init, given a token (`TOKEN`) on stdin, the stub listens on
+/// `EXEC_SOCKET` (when the container has its directory) for the one connection that
+/// presents it, and serves the run there, without the engine in the way of the records.
+/// Whichever asks first (a spec on stdin, or one on an authenticated connection) gets
+/// the run; stdin stays the lifeline either way: its end ends the container.
 pub fn main() -> i32 {
     protect_self();
     // Orphans of the command (`setsid`, double forks) become our children, not the
@@ -652,19 +678,130 @@ pub fn main() -> i32 {
     if let Err(error) = rustix::process::set_child_subreaper(subreaper) {
         eprintln!("agentkernel stub: cannot become a child subreaper: {error}");
     }
-    let output = Arc::new(Output::new());
+    let output = Arc::new(Output::new(Box::new(io::stdout())));
     output.record(HELLO, hello().as_bytes());
     let mut stdin = io::stdin();
-    let spec = match read_record(&mut stdin) {
-        Ok(Some((SPEC, payload))) => match serde_json::from_slice::<StubSpec>(&payload) {
-            Ok(spec) => spec,
-            Err(error) => output.finish(&failure(format!("bad spec: {error}"), 125)),
-        },
-        // The server went away (or is sweeping an unused warm container).
-        Ok(None) | Err(_) => return 0,
-        Ok(Some((kind, _))) => output.finish(&failure(format!("unexpected record {kind}"), 125)),
+    let mut listening = false;
+    let spec = loop {
+        match read_record(&mut stdin) {
+            Ok(Some((TOKEN, token)))
+                if token.len() == TOKEN_BYTES && !listening && std::process::id() == 1 =>
+            {
+                listening = listen_for_one_run(token);
+            }
+            Ok(Some((TOKEN, _))) => {}
+            Ok(Some((SPEC, payload))) => {
+                // Taken on the socket: stdin is only the lifeline now.
+                if !claim_run(RUN_BY_STDIN) {
+                    continue;
+                }
+                match serde_json::from_slice::<StubSpec>(&payload) {
+                    Ok(spec) => break spec,
+                    Err(error) => output.finish(&failure(format!("bad spec: {error}"), 125)),
+                }
+            }
+            Ok(Some(_)) if RUN.load(Ordering::SeqCst) == RUN_BY_SOCKET => {}
+            // The server went away (or is sweeping a warm container, used or not).
+            Ok(None) | Err(_) => return 0,
+            Ok(Some((kind, _))) => {
+                output.finish(&failure(format!("unexpected record {kind}"), 125))
+            }
+        }
     };
     serve(spec, stdin, output)
+}
+
+/// Who asked for a temporary container's one run: nobody yet, stdin or the exec socket.
+static RUN: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(RUN_NONE);
+const RUN_NONE: u8 = 0;
+const RUN_BY_STDIN: u8 = 1;
+const RUN_BY_SOCKET: u8 = 2;
+
+/// Takes the one run for `by`; false if it was taken.
+fn claim_run(by: u8) -> bool {
+    RUN.compare_exchange(RUN_NONE, by, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+}
+
+/// A temporary container's exec socket: listens (when the container has the socket's
+/// directory) for the connection with `token` that asks for the run, in a thread of its
+/// own; false if it cannot listen. Nothing else runs in the container until the run is
+/// asked for, and once it is, the socket is gone.
+fn listen_for_one_run(token: Vec<u8>) -> bool {
+    if !std::path::Path::new(EXEC_SOCKET_DIR).is_dir() {
+        return false;
+    }
+    let _ = std::fs::remove_file(EXEC_SOCKET);
+    let Ok(listener) = std::os::unix::net::UnixListener::bind(EXEC_SOCKET) else {
+        return false;
+    };
+    std::thread::spawn(look_up_commands);
+    std::thread::spawn(move || {
+        let (connection, spec, output) = loop {
+            let Ok((connection, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            if RUN.load(Ordering::SeqCst) != RUN_NONE {
+                return;
+            }
+            if let Ok(asked) = ask_on_socket(connection, &token) {
+                break asked;
+            }
+        };
+        drop(listener);
+        let _ = std::fs::remove_file(EXEC_SOCKET);
+        if let Err(error) = connection.set_read_timeout(None) {
+            output.finish(&failure(format!("exec socket: {error}"), 125));
+        }
+        match serde_json::from_slice::<StubSpec>(&spec) {
+            Ok(spec) => serve(spec, connection, output),
+            Err(error) => output.finish(&failure(format!("bad spec: {error}"), 125)),
+        }
+    });
+    true
+}
+
+/// Most directory entries `look_up_commands` looks at.
+const LOOKUPS: usize = 4096;
+
+/// Looks up every command on the `PATH`, once, while the warm container waits: the
+/// first lookups in a container's fresh filesystem are slow (about 40 µs each, and a
+/// command's path search makes several), and the run should not pay for them.
+fn look_up_commands() {
+    let path = std::env::var("PATH")
+        .unwrap_or_else(|_| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let entries = path
+        .split(':')
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flat_map(|entries| entries.flatten())
+        .take(LOOKUPS);
+    for entry in entries {
+        let _ = std::fs::metadata(entry.path());
+    }
+}
+
+/// An exec socket connection that presents `token`, says hello and sends a spec, by
+/// `AUTH_TIMEOUT`, and so takes the run: with the spec and its output side.
+fn ask_on_socket(
+    connection: std::os::unix::net::UnixStream,
+    token: &[u8],
+) -> io::Result<(std::os::unix::net::UnixStream, Vec<u8>, Arc<Output>)> {
+    let until = Instant::now() + AUTH_TIMEOUT;
+    authenticate(&connection, until, Some(token))?;
+    let output = Arc::new(Output::new(Box::new(connection.try_clone()?)));
+    output.record(HELLO, hello().as_bytes());
+    let spec = match read_record(&mut Deadline {
+        connection: &connection,
+        until,
+    })? {
+        Some((SPEC, payload)) => payload,
+        _ => return Err(io::Error::other("no spec")),
+    };
+    if !claim_run(RUN_BY_SOCKET) {
+        return Err(io::Error::other("the run was taken"));
+    }
+    Ok((connection, spec, output))
 }
 
 /// The hello record's payload: `{"version":N}`, our protocol version.
@@ -779,9 +916,13 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
             forward_stdin(&mut stdin, child_stdin);
             if output.claimed.load(Ordering::SeqCst) {
                 // The result is out (or going out) and the server let go. As a
-                // container's init, ending takes everything with it; run by `docker exec`
-                // in a sandbox, the main thread ends the exec once what the command left
-                // in the background has ended too.
+                // container's init, ending takes everything with it (after a run on the
+                // exec socket, once stdin ends: see `main`); run by `docker exec` in a
+                // sandbox, the main thread ends the exec once what the command left in
+                // the background has ended too.
+                if RUN.load(Ordering::SeqCst) == RUN_BY_SOCKET {
+                    return;
+                }
                 if std::process::id() == 1 {
                     std::process::exit(0);
                 }

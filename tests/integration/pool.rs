@@ -340,3 +340,97 @@ fn a_server_killed_mid_run_leaves_nothing_running() {
         containers_of(&server.namespace)
     );
 }
+
+#[test]
+fn the_pool_grows_with_demand_up_to_its_maximum_and_says_why() {
+    let server = Server::start_with(Options {
+        args: vec![
+            "--pool-size".into(),
+            "1".into(),
+            "--pool-max".into(),
+            "3".into(),
+        ],
+        ..Options::default()
+    });
+    assert!(eventually(Duration::from_secs(30), || ready(&server) == 1));
+    let key = |server: &Server| server.get("/pool").1["data"]["keys"][0].clone();
+    let idle = key(&server);
+    assert_eq!(idle["target"], json!(1), "{idle}");
+    assert_eq!(idle["sizing"]["min"], json!(1), "{idle}");
+    assert_eq!(idle["sizing"]["max"], json!(3), "{idle}");
+    assert!(
+        idle["sizing"]["why"]
+            .as_str()
+            .unwrap()
+            .ends_with("the minimum is 1"),
+        "{idle}"
+    );
+    // Two requests in a few seconds: two kept warm.
+    for _ in 0..2 {
+        assert_eq!(
+            run(&server, json!({"command": ["true"]}))["exit_code"],
+            json!(0)
+        );
+    }
+    let busier = key(&server);
+    assert_eq!(busier["target"], json!(2), "{busier}");
+    assert_eq!(
+        busier["sizing"]["demand"]["busiest_span"],
+        json!(2),
+        "{busier}"
+    );
+    assert!(
+        busier["sizing"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("had 2 requests, so that many are kept warm"),
+        "{busier}"
+    );
+    // A burst of five: never more than the maximum, and the pool fills to it.
+    for _ in 0..5 {
+        assert_eq!(
+            run(&server, json!({"command": ["true"]}))["exit_code"],
+            json!(0)
+        );
+    }
+    let burst = key(&server);
+    assert_eq!(burst["target"], json!(3), "{burst}");
+    assert!(
+        burst["sizing"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("the maximum is 3 (--pool-max)"),
+        "{burst}"
+    );
+    // It fills to the maximum and no further: once the used containers are removed,
+    // the namespace holds the warm ones only.
+    assert!(
+        eventually(Duration::from_secs(60), || ready(&server) == 3
+            && server.get("/pool").1["data"]["reaping"] == json!(0)
+            && containers_of(&server.namespace).len() == 3),
+        "{}",
+        server.get("/pool").1
+    );
+    server.finish();
+}
+
+#[test]
+fn a_warm_run_leaves_no_socket_for_its_command() {
+    // The warm container's init served this run on its exec socket and removed it
+    // before the command started: a command cannot ask for a second run, nor reach
+    // the first one's connection.
+    let server = pooled_server("1");
+    assert!(eventually(Duration::from_secs(30), || ready(&server) == 1));
+    let data = run(
+        &server,
+        json!({"command": ["sh", "-c",
+            "ls -A /.agentkernel-run; echo dir=$?; ls -l /proc/1/fd 2>&1 | grep -c socket"]}),
+    );
+    let stdout = data["stdout"].as_str().unwrap();
+    assert!(stdout.starts_with("dir=0\n"), "an empty directory: {data}");
+    assert!(
+        stdout.ends_with("0\n"),
+        "no socket of the init's in view: {data}"
+    );
+    server.finish();
+}
