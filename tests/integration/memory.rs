@@ -73,9 +73,11 @@ fn a_batch_of_endless_printers_shares_one_budget_and_little_memory() {
         } else if cut == &json!("max_output_bytes") {
             assert_eq!(stdout, MIB);
         } else {
-            // A printer that a busy machine let print less than its cap in its time.
+            // A printer that a busy machine let print no more than its cap in its
+            // time (what the stub had relayed by the deadline: output still on its way
+            // when the deadline struck is not part of a timed-out result).
             assert_eq!(cut, &Value::Null);
-            assert!(stdout < MIB);
+            assert!(stdout <= MIB);
         }
         kept += stdout;
     }
