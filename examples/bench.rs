@@ -622,8 +622,9 @@ fn sustained_load(binary: &str, image: &str, docker: &Docker) -> Load {
         state["key"]["ready"] == state["key"]["target"] && state["reaping"] == json!(0)
     };
     wait_until(Duration::from_secs(300), settled);
-    let run = || {
-        let started = Instant::now();
+    // Timed from when it was due, so that a request the one before held up counts its
+    // wait (an open loop, not a client that slows down with the server).
+    let run = |due: Instant| {
         let answer: Value = agent
             .post(&format!("{base}/run"))
             .send_json(json!({"command": ["echo", "hi"]}))
@@ -631,7 +632,7 @@ fn sustained_load(binary: &str, image: &str, docker: &Docker) -> Load {
             .into_json()
             .unwrap();
         check(answer);
-        started.elapsed().as_secs_f64() * 1000.0
+        due.elapsed().as_secs_f64() * 1000.0
     };
     // Open loop: one request every `every`, on schedule whatever the latencies.
     let paced = |every: Duration, seconds: u64, mut at_adapted: Option<&mut u64>| {
@@ -639,7 +640,8 @@ fn sustained_load(binary: &str, image: &str, docker: &Docker) -> Load {
         let started = Instant::now();
         let mut took = Vec::new();
         for i in 0..count {
-            if let Some(wait) = (started + every * i).checked_duration_since(Instant::now()) {
+            let due = started + every * i;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
             if started.elapsed() >= Duration::from_secs(ADAPT_SECONDS) {
@@ -647,7 +649,7 @@ fn sustained_load(binary: &str, image: &str, docker: &Docker) -> Load {
                     *mark = fallbacks();
                 }
             }
-            took.push(run());
+            took.push(run(due));
         }
         took
     };

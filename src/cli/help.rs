@@ -379,22 +379,22 @@ pub const SERVE: Topic = Topic {
             short: None,
             value: Some("IMAGE[:PROFILE]=N"),
             repeats: true,
-            help: "keep N warm containers of this image and profile",
+            help: "keep at least N warm containers of this image and profile",
         },
         flag(
             "pool-size",
             Some("N"),
-            "warm containers of the default image (default: 4)",
+            "least warm containers of the default image (default: 4)",
         ),
         flag(
             "pool-dynamic-size",
             Some("N"),
-            "warm containers of keys requests use (default: 2)",
+            "least warm containers of keys requests use (default: 2)",
         ),
         flag(
             "pool-max",
             Some("N"),
-            "most warm containers a busy key grows to (default: 16)",
+            "most warm containers of all keys together as they grow (default: 16)",
         ),
         flag(
             "no-stub",

@@ -67,29 +67,35 @@ impl Demand {
 }
 
 /// A key's target and the figures it came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sizing {
     pub min: usize,
+    /// The most warm containers of all keys together (`--pool-max`).
     pub max: usize,
     pub busiest: usize,
     pub recent: usize,
+    /// What the key would keep alone: `busiest` between `min` and `max` (0 if `min`
+    /// is 0).
+    pub wanted: usize,
+    /// What it keeps: `wanted`, less its cut of the room it shares (see `share`).
+    pub target: usize,
 }
 
 impl Sizing {
     pub fn new(min: usize, max: usize, demand: &mut Demand, now: Instant) -> Sizing {
-        Sizing {
-            min,
-            max: max.max(min),
-            busiest: demand.busiest(now),
-            recent: demand.recent(now),
-        }
-    }
-
-    pub fn target(&self) -> usize {
-        match self.min {
+        let busiest = demand.busiest(now);
+        let wanted = match min {
             // A key configured for none keeps none, however busy.
             0 => 0,
-            _ => self.busiest.clamp(self.min, self.max),
+            _ => busiest.clamp(min, max.max(min)),
+        };
+        Sizing {
+            min,
+            max,
+            busiest,
+            recent: demand.recent(now),
+            wanted,
+            target: wanted,
         }
     }
 
@@ -102,6 +108,11 @@ impl Sizing {
         );
         if self.min == 0 {
             format!("{seen}; none are kept for this key (its size is 0)")
+        } else if self.target < self.wanted {
+            format!(
+                "{seen}; {} are kept, sharing --pool-max {} with the other keys",
+                self.target, self.max
+            )
         } else if self.busiest <= self.min {
             format!("{seen}; the minimum is {}", self.min)
         } else if self.busiest >= self.max {
@@ -123,6 +134,24 @@ impl Sizing {
                 "in_window": self.recent,
             },
         })
+    }
+}
+
+/// Sets the targets of all keys so that together they keep at most `max` (or the sum
+/// of their minimums, if that is more): every key keeps its minimum, and the room above
+/// the minimums is shared in proportion to what each key wants beyond its own.
+pub fn share<'a>(sizings: impl IntoIterator<Item = &'a mut Sizing>, max: usize) {
+    let mut sizings: Vec<&mut Sizing> = sizings.into_iter().collect();
+    let floor: usize = sizings.iter().map(|s| s.min).sum();
+    let room = max.saturating_sub(floor);
+    let growth: usize = sizings.iter().map(|s| s.wanted - s.min.min(s.wanted)).sum();
+    for sizing in &mut sizings {
+        let own = sizing.wanted - sizing.min.min(sizing.wanted);
+        sizing.target = if growth <= room {
+            sizing.wanted
+        } else {
+            sizing.min.min(sizing.wanted) + own * room / growth
+        };
     }
 }
 
@@ -182,17 +211,17 @@ mod tests {
             Sizing::new(min, max, &mut demand, start + Duration::from_secs(1))
         };
         let idle = sizing(&[], 4, 16);
-        assert_eq!(idle.target(), 4);
+        assert_eq!(idle.target, 4);
         assert!(idle.why().ends_with("the minimum is 4"), "{}", idle.why());
         let some = sizing(&[0, 100, 200, 300, 400, 500], 4, 16);
-        assert_eq!(some.target(), 6);
+        assert_eq!(some.target, 6);
         assert!(
             some.why().contains("had 6 requests, so that many"),
             "{}",
             some.why()
         );
         let burst = sizing(&burst_offsets(), 4, 16);
-        assert_eq!(burst.target(), 16);
+        assert_eq!(burst.target, 16);
         assert!(
             burst.why().contains("maximum is 16 (--pool-max)"),
             "{}",
@@ -200,11 +229,45 @@ mod tests {
         );
         // A key configured for none keeps none.
         let off = sizing(&burst_offsets(), 0, 16);
-        assert_eq!(off.target(), 0);
+        assert_eq!(off.target, 0);
         assert!(off.why().ends_with("(its size is 0)"), "{}", off.why());
         // A minimum above the maximum wins: a key configured for N keeps N.
-        assert_eq!(sizing(&[], 32, 16).target(), 32);
-        assert_eq!(sizing(&[], 32, 16).to_json()["max"], 32);
+        assert_eq!(sizing(&[], 32, 16).target, 32);
+    }
+
+    #[test]
+    fn keys_share_the_maximum_above_their_minimums() {
+        let start = Instant::now();
+        let now = start + Duration::from_secs(1);
+        let sized =
+            |offsets: &[u64], min| Sizing::new(min, 16, &mut demand_at(start, offsets), now);
+        // Room for both: each keeps what it wants.
+        let mut a = sized(&[0, 1, 2, 3, 4, 5], 4);
+        let mut b = sized(&[0, 1, 2], 2);
+        share([&mut a, &mut b], 16);
+        assert_eq!((a.target, b.target), (6, 3));
+        // Both busy: 4 + 2 kept, and the 10 above them shared 12 : 14 (what each
+        // wants beyond its minimum), rounded down.
+        let mut a = sized(&burst_offsets(), 4);
+        let mut b = sized(&burst_offsets(), 2);
+        share([&mut a, &mut b], 16);
+        assert_eq!((a.target, b.target), (4 + 4, 2 + 5));
+        assert!(
+            a.why()
+                .contains("8 are kept, sharing --pool-max 16 with the other keys"),
+            "{}",
+            a.why()
+        );
+        // Sixteen busy keys added by requests (2 each) keep their minimums: 32 in all,
+        // never more.
+        let mut keys: Vec<Sizing> = (0..16).map(|_| sized(&burst_offsets(), 2)).collect();
+        share(keys.iter_mut(), 16);
+        assert!(keys.iter().all(|key| key.target == 2));
+        // A key of size 0 wants nothing and takes nothing.
+        let mut off = sized(&burst_offsets(), 0);
+        let mut on = sized(&burst_offsets(), 4);
+        share([&mut off, &mut on], 16);
+        assert_eq!((off.target, on.target), (0, 16));
     }
 
     #[test]

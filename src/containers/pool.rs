@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 
 use crate::config::{Config, PoolKey};
 use crate::containers::cleanup::Cleanup;
-use crate::containers::demand::{Demand, Sizing};
+use crate::containers::demand::{self, Demand, Sizing};
 use crate::containers::labels::Kind;
 use crate::containers::launcher::{launch, remove_warm, Launcher, Warm};
 use crate::engine::{Docker, DockerError};
@@ -43,17 +43,19 @@ const QUIET: Duration = Duration::from_millis(150);
 /// How long after a take even an urgent refill waits (see `refill_loop`).
 const SETTLE: Duration = Duration::from_millis(50);
 /// Most used containers held for a quiet moment, and longest hold.
-const MAX_HELD: usize = 32;
+pub const MAX_HELD: usize = 32;
 const MAX_HOLD: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default)]
 struct KeyState {
     /// The least this key keeps warm (`--pool`, `--pool-size`, `--pool-dynamic-size`).
     min: usize,
-    /// What it keeps warm now: see `demand`.
+    /// What it keeps warm now (`sizing.target`, kept here for the refill's look).
     target: usize,
     /// The fast requests that wanted one of its containers lately.
     demand: Demand,
+    /// How `target` was last set (`Pool::resize`).
+    sizing: Sizing,
     ready: VecDeque<WarmSlot>,
     creating: usize,
     in_use: usize,
@@ -75,13 +77,6 @@ impl KeyState {
             last_used,
             ..KeyState::default()
         }
-    }
-
-    /// Sets the target from the demand seen by `now`; returns how.
-    fn resize(&mut self, max: usize, now: Instant) -> Sizing {
-        let sizing = Sizing::new(self.min, max, &mut self.demand, now);
-        self.target = sizing.target();
-        sizing
     }
 
     /// Ready containers beyond the target, oldest first, taken out.
@@ -110,7 +105,7 @@ pub struct Pool {
     shutdown: AtomicBool,
     /// Least kept for keys added because requests used them.
     dynamic_target: usize,
-    /// Most kept for any key (unless its minimum is higher).
+    /// Most kept for all keys together (unless their minimums add up to more).
     max_target: usize,
     max_keys: usize,
     reap_sender: Sender<Warm>,
@@ -252,7 +247,6 @@ impl Pool {
             state.last_used = Some(now);
         }
         state.demand.record(now);
-        state.resize(self.max_target, now);
         *self.last_take.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
         let mut taken = None;
         while let Some(WarmSlot(warm)) = state.ready.pop_front() {
@@ -266,6 +260,7 @@ impl Pool {
             Some(_) => state.in_use += 1,
             None => state.fallbacks += 1,
         }
+        self.resize(&mut keys, now);
         drop(keys);
         self.wake.notify_all();
         taken
@@ -353,6 +348,21 @@ impl Pool {
             .collect()
     }
 
+    /// Sets every key's target from its demand, within `max_target` for all of them
+    /// together (see `demand`).
+    fn resize(&self, keys: &mut BTreeMap<PoolKey, KeyState>, now: Instant) {
+        for state in keys.values_mut() {
+            state.sizing = Sizing::new(state.min, self.max_target, &mut state.demand, now);
+        }
+        demand::share(
+            keys.values_mut().map(|state| &mut state.sizing),
+            self.max_target,
+        );
+        for state in keys.values_mut() {
+            state.target = state.sizing.target;
+        }
+    }
+
     /// Removes a used container in the background (inline if the queue is full).
     pub fn reap(&self, docker: &Docker, mut warm: Warm) {
         // Past what the reaper holds, let the container end now (its stub exits when
@@ -372,12 +382,11 @@ impl Pool {
     }
 
     pub fn stats(&self) -> Value {
-        let now = Instant::now();
         let mut keys = self.lock();
+        self.resize(&mut keys, Instant::now());
         let entries: Vec<Value> = keys
-            .iter_mut()
+            .iter()
             .map(|(key, state)| {
-                let sizing = state.resize(self.max_target, now);
                 json!({
                     "image": key.image,
                     "profile": key.profile.name(),
@@ -388,7 +397,7 @@ impl Pool {
                     "created": state.created,
                     "failed": state.failed,
                     "fallbacks": state.fallbacks,
-                    "sizing": sizing.to_json(),
+                    "sizing": state.sizing.to_json(),
                 })
             })
             .collect();
@@ -418,13 +427,9 @@ impl Pool {
                     let now = Instant::now();
                     // Targets follow demand down as well as up: what is beyond them
                     // goes (removed by the reaper in a quiet moment).
-                    let surplus: Vec<Warm> = keys
-                        .values_mut()
-                        .flat_map(|state| {
-                            state.resize(self.max_target, now);
-                            state.surplus()
-                        })
-                        .collect();
+                    self.resize(&mut keys, now);
+                    let surplus: Vec<Warm> =
+                        keys.values_mut().flat_map(KeyState::surplus).collect();
                     if !surplus.is_empty() {
                         break Err(surplus);
                     }
@@ -437,15 +442,17 @@ impl Pool {
                     let last_take = *self.last_take.lock().unwrap_or_else(|e| e.into_inner());
                     let quiet_at = last_take.map(|at| at + QUIET).filter(|at| *at > now);
                     let settled_at = last_take.map(|at| at + SETTLE).filter(|at| *at > now);
-                    // No refill starts while a request launches its own container:
-                    // the request's start would queue behind ours in the engine.
+                    // No refill starts while a request launches its own container (the
+                    // request's start would queue behind ours in the engine), unless
+                    // the key has nothing ready or coming: requests that keep arriving
+                    // faster than a cold start would otherwise never let it refill.
                     let cold_starts = self.cold_starts.load(Ordering::SeqCst);
                     let engine_up = self.engine_up.load(Ordering::SeqCst);
                     let wanted = keys.iter().find(|(_, state)| {
                         let have = state.ready.len() + state.creating;
                         let urgent = have < state.target.div_ceil(4);
                         engine_up
-                            && cold_starts == 0
+                            && (cold_starts == 0 || have == 0)
                             && settled_at.is_none()
                             && have < state.target
                             && (urgent || quiet_at.is_none())

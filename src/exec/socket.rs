@@ -152,7 +152,8 @@ impl ExecSocket {
     pub fn connect(&self, init_pid: i64, listener: Listener) -> io::Result<UnixStream> {
         if !is_our_init(init_pid, listener) {
             return Err(io::Error::other(format!(
-                "the sandbox's init (pid {init_pid}) is not visible here as our stub"
+                "the container's init (pid {init_pid}) is not visible here as our stub \
+                 (does the server run in another PID namespace?)"
             )));
         }
         let path = format!("/proc/{init_pid}/root{}", stub::EXEC_SOCKET);
@@ -165,7 +166,7 @@ impl ExecSocket {
         let peer_pid = i64::from(peer.pid.as_raw_nonzero().get());
         if peer_pid != init_pid {
             return Err(io::Error::other(format!(
-                "the socket's listener is pid {peer_pid}, not the sandbox's init {init_pid}"
+                "the socket's listener is pid {peer_pid}, not the container's init {init_pid}"
             )));
         }
         (&stream).write_all(&stub::encode_record(stub::AUTH, &self.token))?;

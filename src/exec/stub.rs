@@ -127,7 +127,14 @@ pub fn run_via_socket(
     match open() {
         Ok(mut stream) => Some(stream.run(spec, started, sink).map_err(run_lost)),
         Err(error) => {
-            log::debug!("warm container's exec socket: {error}; using its attach connection");
+            // Said once at warn (a server that cannot see into containers meets this on
+            // every run), then quietly.
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if SAID.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                log::debug!("warm container's exec socket: {error}; using its attach connection");
+            } else {
+                log::warn!("warm containers' exec socket unusable ({error}): warm runs use the attach connection (said once)");
+            }
             None
         }
     }

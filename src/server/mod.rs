@@ -455,23 +455,19 @@ fn connection_limit(config: &Config) -> usize {
     let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .unwrap_or(u64::MAX);
-    // Each key may grow to `--pool-max` with demand; keys that requests add (at most
-    // `MAX_KEYS`) too.
-    let grown = |least: usize| least.max(config.pool_max);
-    let pool: usize = config
-        .pool_keys()
-        .iter()
-        .map(|(_, size)| grown(*size))
-        .sum();
-    let added = match config.pool_dynamic_size {
-        0 => 0,
-        least => crate::containers::pool::MAX_KEYS * grown(least),
-    };
+    // Warm containers: the keys' minimums (those configured, and keys that requests
+    // add, up to `MAX_KEYS` in all), or `--pool-max` if that is more; and the used ones
+    // the reaper holds.
+    let configured = config.pool_keys();
+    let least: usize = configured.iter().map(|(_, size)| size).sum::<usize>()
+        + crate::containers::pool::MAX_KEYS.saturating_sub(configured.len())
+            * config.pool_dynamic_size;
+    let pool = least.max(config.pool_max) + crate::containers::pool::MAX_HELD;
     // Engine connections (a batch's commands run `--batch-concurrency` at once in each
     // worker), warm containers' stub streams, the refused connections waiting for the
     // refuser, and a margin for files, the listener and the spare fd.
     let engine = config.workers * 8 + config.workers * config.batch_concurrency * 3;
-    let reserve = (engine + (pool + added) * 2 + REFUSER_QUEUE + 1 + 64) as u64;
+    let reserve = (engine + pool * 2 + REFUSER_QUEUE + 1 + 64) as u64;
     // Fewer than 16 connections is no server at all; that low, the engine's share gives.
     let room = open_files.saturating_sub(reserve).max(16);
     let limit = (config.max_connections as u64).min(room) as usize;

@@ -695,6 +695,9 @@ pub fn main() -> i32 {
                 if !claim_run(RUN_BY_STDIN) {
                     continue;
                 }
+                if listening {
+                    close_socket();
+                }
                 match serde_json::from_slice::<StubSpec>(&payload) {
                     Ok(spec) => break spec,
                     Err(error) => output.finish(&failure(format!("bad spec: {error}"), 125)),
@@ -717,6 +720,14 @@ const RUN_NONE: u8 = 0;
 const RUN_BY_STDIN: u8 = 1;
 const RUN_BY_SOCKET: u8 = 2;
 
+/// Ends the exec socket of a run that stdin took, before the command starts: the path
+/// goes (so nothing can connect any more), and one connection wakes the listener,
+/// which sees the run taken and ends.
+fn close_socket() {
+    let _ = std::os::unix::net::UnixStream::connect(EXEC_SOCKET);
+    let _ = std::fs::remove_file(EXEC_SOCKET);
+}
+
 /// Takes the one run for `by`; false if it was taken.
 fn claim_run(by: u8) -> bool {
     RUN.compare_exchange(RUN_NONE, by, Ordering::SeqCst, Ordering::SeqCst)
@@ -737,29 +748,42 @@ fn listen_for_one_run(token: Vec<u8>) -> bool {
     };
     std::thread::spawn(look_up_commands);
     std::thread::spawn(move || {
-        let (connection, spec, output) = loop {
-            let Ok((connection, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            };
-            if RUN.load(Ordering::SeqCst) != RUN_NONE {
-                return;
-            }
-            if let Ok(asked) = ask_on_socket(connection, &token) {
-                break asked;
-            }
-        };
-        drop(listener);
-        let _ = std::fs::remove_file(EXEC_SOCKET);
-        if let Err(error) = connection.set_read_timeout(None) {
-            output.finish(&failure(format!("exec socket: {error}"), 125));
-        }
-        match serde_json::from_slice::<StubSpec>(&spec) {
-            Ok(spec) => serve(spec, connection, output),
-            Err(error) => output.finish(&failure(format!("bad spec: {error}"), 125)),
+        // As on the main thread, a panic of the run (a thread the pids limit refused,
+        // say) must end the container, not just this thread.
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            serve_one_connection(listener, &token)
+        }));
+        if served.is_err() {
+            std::process::exit(125);
         }
     });
     true
+}
+
+/// Accepts until a connection takes the run (then serves it and never returns) or the
+/// run was taken on stdin (then returns).
+fn serve_one_connection(listener: std::os::unix::net::UnixListener, token: &[u8]) {
+    let (connection, spec, output) = loop {
+        let Ok((connection, _)) = listener.accept() else {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        if RUN.load(Ordering::SeqCst) != RUN_NONE {
+            return;
+        }
+        if let Ok(asked) = ask_on_socket(connection, token) {
+            break asked;
+        }
+    };
+    drop(listener);
+    let _ = std::fs::remove_file(EXEC_SOCKET);
+    if let Err(error) = connection.set_read_timeout(None) {
+        output.finish(&failure(format!("exec socket: {error}"), 125));
+    }
+    match serde_json::from_slice::<StubSpec>(&spec) {
+        Ok(spec) => serve(spec, connection, output),
+        Err(error) => output.finish(&failure(format!("bad spec: {error}"), 125)),
+    }
 }
 
 /// Most directory entries `look_up_commands` looks at.
@@ -777,6 +801,10 @@ fn look_up_commands() {
         .flat_map(|entries| entries.flatten())
         .take(LOOKUPS);
     for entry in entries {
+        // Once the run began, the command has the machine.
+        if RUN.load(Ordering::SeqCst) != RUN_NONE {
+            return;
+        }
         let _ = std::fs::metadata(entry.path());
     }
 }
@@ -787,13 +815,14 @@ fn ask_on_socket(
     connection: std::os::unix::net::UnixStream,
     token: &[u8],
 ) -> io::Result<(std::os::unix::net::UnixStream, Vec<u8>, Arc<Output>)> {
-    let until = Instant::now() + AUTH_TIMEOUT;
-    authenticate(&connection, until, Some(token))?;
+    authenticate(&connection, Instant::now() + AUTH_TIMEOUT, Some(token))?;
     let output = Arc::new(Output::new(Box::new(connection.try_clone()?)));
     output.record(HELLO, hello().as_bytes());
+    // The server sends the spec as soon as it reads the hello, however long that took
+    // it: the wait for the spec starts now.
     let spec = match read_record(&mut Deadline {
         connection: &connection,
-        until,
+        until: Instant::now() + AUTH_TIMEOUT,
     })? {
         Some((SPEC, payload)) => payload,
         _ => return Err(io::Error::other("no spec")),

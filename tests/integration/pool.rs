@@ -434,3 +434,54 @@ fn a_warm_run_leaves_no_socket_for_its_command() {
     );
     server.finish();
 }
+
+#[test]
+fn a_server_that_cannot_see_into_containers_runs_warm_over_attach_and_leaves_no_socket() {
+    // A server in a PID namespace of its own (as in a container of its own) cannot
+    // reach a warm container's exec socket: it says so once, its warm runs take the
+    // attach connection, and the socket is gone before their command starts.
+    let wrapper = std::env::temp_dir().join(format!("ak-pidns-{}.sh", std::process::id()));
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec unshare --pid --fork --mount-proc {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_agentkernel")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut server = Server::start_with(Options {
+        binary: Some(wrapper.clone()),
+        args: vec!["--pool-size".into(), "1".into()],
+        ..Options::default()
+    });
+    assert!(eventually(Duration::from_secs(30), || ready(&server) == 1));
+    let script = "ls -A /.agentkernel-run; echo listed=$?";
+    let data = run(&server, json!({"command": ["sh", "-c", script]}));
+    assert_eq!(data["stdout"], json!("listed=0\n"), "{data}");
+    assert!(
+        server
+            .wait_for_log(
+                "warm runs use the attach connection",
+                Duration::from_secs(5)
+            )
+            .is_some(),
+        "the fallback is said"
+    );
+    // `unshare` passes no signal on: stop the server itself, in its namespace's PID 1.
+    let unshare = server.pid();
+    let children =
+        std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap();
+    let inner: u32 = children.trim().parse().unwrap();
+    crate::harness::signal(inner, "TERM");
+    assert!(server.wait_exit(Duration::from_secs(30)).is_some());
+    assert!(eventually(Duration::from_secs(15), || containers_of(
+        &server.namespace
+    )
+    .is_empty()));
+    let _ = std::fs::remove_file(&wrapper);
+}
