@@ -430,6 +430,23 @@ pub fn exec(
     spec: &CommandSpec,
     sink: OutputSink<'_>,
 ) -> Result<CommandResult> {
+    let running = running(docker, config, name)?;
+    exec_running(docker, config, &running, spec, sink)
+}
+
+/// A sandbox found running, and how its execs reach it: one look at the engine, which
+/// a streamed exec takes before its stream starts (to answer 404 or 409 as plain JSON)
+/// and its exec then uses.
+#[derive(Debug, Clone)]
+pub struct Running {
+    name: SandboxName,
+    container: String,
+    via: Via,
+    route: Option<SocketRoute>,
+}
+
+/// The sandbox of that name, if it runs (else `SandboxNotFound` or `SandboxNotRunning`).
+pub fn running(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Running> {
     let inspect = inspect_ours(docker, config, name)?;
     if !inspect.state.running {
         return Err(Error::SandboxNotRunning(name.to_string()));
@@ -438,15 +455,31 @@ pub fn exec(
     if route.is_none() && socket_key(&inspect).is_none() && has_stub(&inspect) {
         say_once_without_socket(name, &inspect.id);
     }
-    let target = ExecTarget {
-        sandbox: name,
-        container: &inspect.id,
+    Ok(Running {
+        name: name.clone(),
         via: if has_stub(&inspect) {
             Via::StubProtocol
         } else {
             Via::DockerExec
         },
-        route: route.as_ref(),
+        container: inspect.id,
+        route,
+    })
+}
+
+/// `exec` into a sandbox `running` found.
+pub fn exec_running(
+    docker: &Docker,
+    config: &Config,
+    running: &Running,
+    spec: &CommandSpec,
+    sink: OutputSink<'_>,
+) -> Result<CommandResult> {
+    let target = ExecTarget {
+        sandbox: &running.name,
+        container: &running.container,
+        via: running.via,
+        route: running.route.as_ref(),
     };
     exec_in(docker, config, target, spec, sink, Ok)
 }

@@ -254,12 +254,12 @@ pub fn post_sandbox_exec_stream(
     body: ExecBody,
 ) -> Result<Reply, ApiError> {
     let spec = body.validate(&context.config)?;
-    let found = sandbox::get(&context.docker, &context.config, name)?;
-    if found.status != sandbox::SandboxStatus::Running {
-        return Err(Error::SandboxNotRunning(name.to_string()).into());
-    }
+    let running = sandbox::running(&context.docker, &context.config, name)?;
     let holds = reserve_output(context, super::sse::STREAM_MEMORY_BYTES)?;
-    Ok(Reply::events(StreamJob::Exec(name.clone(), spec), holds))
+    Ok(Reply::events(
+        StreamJob::Exec(Box::new(running), name.clone(), spec),
+        holds,
+    ))
 }
 
 /// The history of the sandbox of that name: the current one's when it exists (from

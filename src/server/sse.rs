@@ -46,7 +46,8 @@ const SLOW_CLIENT_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub enum StreamJob {
     Run(RunRequest),
-    Exec(SandboxName, CommandSpec),
+    /// A sandbox found running (before the stream started), its name and the command.
+    Exec(Box<crate::sandbox::Running>, SandboxName, CommandSpec),
 }
 
 impl StreamJob {
@@ -66,9 +67,14 @@ impl StreamJob {
                 request,
                 observer,
             ),
-            StreamJob::Exec(name, spec) => {
-                let result =
-                    crate::sandbox::exec(&context.docker, &context.config, name, spec, observer)?;
+            StreamJob::Exec(running, name, spec) => {
+                let result = crate::sandbox::exec_running(
+                    &context.docker,
+                    &context.config,
+                    running,
+                    spec,
+                    observer,
+                )?;
                 context.history.exec(name, &spec.argv, &result);
                 Ok(result)
             }
@@ -78,14 +84,14 @@ impl StreamJob {
     fn timeout(&self) -> Duration {
         match self {
             StreamJob::Run(request) => request.command.timeout,
-            StreamJob::Exec(_, spec) => spec.timeout,
+            StreamJob::Exec(_, _, spec) => spec.timeout,
         }
     }
 
     fn command(&self) -> &[String] {
         match self {
             StreamJob::Run(request) => &request.command.argv,
-            StreamJob::Exec(_, spec) => &spec.argv,
+            StreamJob::Exec(_, _, spec) => &spec.argv,
         }
     }
 }

@@ -376,7 +376,7 @@ fn the_socket_is_no_way_in() {
     }
     assert!(received.is_empty(), "the rogue listener got {received:?}");
     assert!(server
-        .wait_for_log("not the sandbox's init", Duration::from_secs(2))
+        .wait_for_log("not the container's init", Duration::from_secs(2))
         .is_some());
     drop(rogue);
     assert_eq!(server.delete("/sandboxes/guarded").0, 200);
