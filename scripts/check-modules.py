@@ -67,7 +67,7 @@ LAYERS = [
     ("error", "containers/profile"),
     ("config", "exec"),
     ("containers",),
-    ("run", "sandbox", "files", "detached", "history"),
+    ("run", "sandbox", "files", "detached", "history", "expiry"),
     ("server",),
     ("cli",),
 ]

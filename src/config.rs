@@ -51,8 +51,12 @@ pub struct Config {
     pub pool_default_size: usize,
     /// Least kept for pool keys added because requests used them.
     pub pool_dynamic_size: usize,
-    /// Most kept warm for one key, however busy (a key configured for more keeps that).
+    /// Most kept warm for all keys together as they grow (their minimums are kept even
+    /// if they add up to more).
     pub pool_max: usize,
+    /// A sandbox's ttl and idle timeout when its request gives none (`expiry`).
+    pub sandbox_ttl: Option<Duration>,
+    pub sandbox_idle_timeout: Option<Duration>,
     /// Use the in-container stub where possible (else always `docker exec`).
     pub stub: bool,
     /// Bound on each write to a client, and on reading a whole request body.
@@ -102,6 +106,8 @@ impl Default for Config {
             pool_default_size: 4,
             pool_dynamic_size: 2,
             pool_max: 16,
+            sandbox_ttl: None,
+            sandbox_idle_timeout: None,
             stub: true,
             client_timeout: Duration::from_secs(30),
             max_connections: 1024,
@@ -187,6 +193,18 @@ impl Config {
         if env.var("AGENTKERNEL_STUB").as_deref() == Some("off") {
             config.stub = false;
         }
+        for (variable, field) in [
+            ("AGENTKERNEL_SANDBOX_TTL", &mut config.sandbox_ttl),
+            (
+                "AGENTKERNEL_SANDBOX_IDLE_TIMEOUT",
+                &mut config.sandbox_idle_timeout,
+            ),
+        ] {
+            if let Some(text) = env.var(variable) {
+                *field =
+                    Some(parse_duration(&text).map_err(|error| format!("{variable}: {error}"))?);
+            }
+        }
         if let Some(image) = env.var("AGENTKERNEL_DEFAULT_IMAGE") {
             config.images.set_default(&image)?;
         }
@@ -198,6 +216,36 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// The longest ttl, idle timeout or extension: a year (a bound, so that no time
+/// computed from one overflows).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses a duration as the API takes it: whole seconds, or digits and a unit (`90s`,
+/// `30m`, `2h`, `1d`); at least a second, at most `MAX_DURATION`.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let (digits, unit) = match text.as_bytes().last() {
+        Some(b's') => (&text[..text.len() - 1], 1),
+        Some(b'm') => (&text[..text.len() - 1], 60),
+        Some(b'h') => (&text[..text.len() - 1], 3600),
+        Some(b'd') => (&text[..text.len() - 1], 86400),
+        _ => (text, 1),
+    };
+    let count: u64 = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits
+            .parse()
+            .map_err(|_| format!("'{text}' is too long"))?
+    } else {
+        return Err(format!(
+            "'{text}' is not a duration: give seconds, or digits and s, m, h or d (90s, 30m, 2h, 1d)"
+        ));
+    };
+    let seconds = count.saturating_mul(unit);
+    if seconds == 0 || seconds > MAX_DURATION.as_secs() {
+        return Err(format!("'{text}' must be from 1 s to 365 days"));
+    }
+    Ok(Duration::from_secs(seconds))
 }
 
 /// The namespace that scopes everything a server sees, lists and sweeps.
@@ -375,6 +423,31 @@ impl PoolKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_take_seconds_or_a_unit() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
+        for bad in [
+            "",
+            "s",
+            "0",
+            "0s",
+            "-5s",
+            "1.5h",
+            "2 h",
+            "1w",
+            "h2",
+            "366d",
+            "99999999999999999999999s",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!(parse_duration("365d").is_ok());
+    }
 
     struct FakeEnvironment(Vec<(&'static str, &'static str)>);
 

@@ -48,6 +48,8 @@ pub enum Error {
     /// A container's stub speaks another protocol version than this server (a sandbox
     /// made by an incompatible build); `found` is what its hello said, if readable.
     StubMismatch { found: Option<u64>, expected: u32 },
+    /// What the server keeps in its data dir could not be written; the words say what.
+    DataDir(String),
     /// The engine failed or is unreachable.
     Engine(DockerError),
 }
@@ -120,6 +122,7 @@ impl fmt::Display for Error {
                      of agentkernel; recreate it (read out its files first)"
                 )
             }
+            Error::DataDir(message) => write!(f, "Server data dir: {message}"),
             Error::Engine(error) => error.fmt(f),
         }
     }

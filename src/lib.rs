@@ -11,6 +11,7 @@ pub mod detached;
 pub mod engine;
 pub mod error;
 pub mod exec;
+pub mod expiry;
 pub mod files;
 pub mod history;
 pub mod run;

@@ -9,6 +9,8 @@
 //! stub) goes through `exec_in`, so its failures are always told in the sandbox's
 //! terms.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -40,6 +42,8 @@ pub struct Sandbox {
     pub created_at: String,
     /// Read back from the engine; only `get` has them (a list carries no HostConfig).
     pub limits: Option<Limits>,
+    /// The container's labels (its terms among them: see `expiry`).
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +78,10 @@ pub struct CreateSandbox {
     pub image: ImageRef,
     pub profile: Profile,
     pub limits: Limits,
+    /// Removed by itself this long after its creation, unless extended (`expiry`).
+    pub ttl: Option<Duration>,
+    /// Removed by itself after this long without an exec, file operation or stream.
+    pub idle_timeout: Option<Duration>,
 }
 
 pub fn list(docker: &Docker, config: &Config) -> Result<Vec<Sandbox>> {
@@ -92,6 +100,7 @@ pub fn list(docker: &Docker, config: &Config) -> Result<Vec<Sandbox>> {
                 profile: labels.get(labels::PROFILE).cloned().unwrap_or_default(),
                 created_at: labels.get(labels::CREATED).cloned().unwrap_or_default(),
                 limits: None,
+                labels,
             })
         })
         .collect();
@@ -144,6 +153,7 @@ fn from_inspect(inspect: &ContainerInspect) -> Sandbox {
             millicpus: (host.nano_cpus.max(0) as u64) / 1_000_000,
             pids: host.pids_limit.unwrap_or(0).max(0) as u64,
         }),
+        labels,
     }
 }
 
@@ -190,6 +200,18 @@ pub fn create(
     );
     if !mounts.is_empty() {
         labels.insert(labels::STUB.to_string(), "1".to_string());
+    }
+    if let Some(ttl) = request.ttl {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        labels.insert(
+            labels::EXPIRES_AT.to_string(),
+            (now + ttl.as_secs()).to_string(),
+        );
+    }
+    if let Some(idle) = request.idle_timeout {
+        labels.insert(labels::IDLE_TIMEOUT.to_string(), idle.as_secs().to_string());
     }
     // With the stub as init and a data dir on this host: an exec socket.
     let name = container_name(&config.namespace, &request.name);
@@ -310,6 +332,7 @@ fn owner_of(profile: Profile) -> Option<(u32, u32)> {
 }
 
 pub fn stop(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sandbox> {
+    forget_running(config, name);
     let inspect = inspect_ours(docker, config, name)?;
     // Stopped stays stopped, also after the engine restarts (set again after the stop:
     // a start-up sweep adopting it as running may have raced the first).
@@ -319,10 +342,23 @@ pub fn stop(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sand
     get(docker, config, name)
 }
 
-pub fn delete(docker: &Docker, config: &Config, name: &SandboxName) -> Result<()> {
+pub fn delete(docker: &Docker, config: &Config, name: &SandboxName) -> Result<String> {
+    forget_running(config, name);
     let inspect = inspect_ours(docker, config, name)?;
-    docker.container_remove(&inspect.id)?;
-    if let (Some(key), Some(data_dir)) = (socket_key(&inspect), &config.data_dir) {
+    let labels = inspect.config.labels.clone().unwrap_or_default();
+    delete_container(docker, config, &inspect.id, &labels)?;
+    Ok(inspect.id)
+}
+
+/// Removes a sandbox's container (`id`, labelled `labels`) and its exec token.
+pub fn delete_container(
+    docker: &Docker,
+    config: &Config,
+    id: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<()> {
+    docker.container_remove(id)?;
+    if let (Some(key), Some(data_dir)) = (labels.get(labels::EXEC_SOCKET), &config.data_dir) {
         socket::remove(data_dir, key);
     }
     Ok(())
@@ -390,6 +426,9 @@ pub fn exec_in<T>(
         ),
         _ => None,
     };
+    if fast.is_none() && target.route.is_some() {
+        forget_running(config, target.sandbox);
+    }
     let result = match (fast, target.via) {
         (Some(result), _) => result,
         (None, Via::StubProtocol) => {
@@ -445,8 +484,76 @@ pub struct Running {
     route: Option<SocketRoute>,
 }
 
+/// Sandboxes with an exec socket found running lately, by namespace and name, with
+/// their init's start time: while that very process still runs in that very container,
+/// the sandbox runs as it was seen, and the engine need not be asked again (an exec
+/// saves a round trip). Anything else (gone, restarted, another container under the
+/// name) asks the engine.
+static SEEN_RUNNING: Mutex<Vec<(String, Running, u64)>> = Mutex::new(Vec::new());
+/// Most entries kept (the oldest go first).
+const MAX_SEEN_RUNNING: usize = 256;
+
+fn seen_running() -> std::sync::MutexGuard<'static, Vec<(String, Running, u64)>> {
+    SEEN_RUNNING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn seen_key(config: &Config, name: &SandboxName) -> String {
+    format!("{}/{}", config.namespace.as_str(), name.as_str())
+}
+
+/// Forgets what `running` saw of a sandbox (stopped, deleted, or its socket failed).
+pub fn forget_running(config: &Config, name: &SandboxName) {
+    let key = seen_key(config, name);
+    seen_running().retain(|(seen, _, _)| *seen != key);
+}
+
+/// Whether `pid`, started at `start` (clock ticks), is still that process, in the
+/// container `id` (its cgroup path names the container).
+fn same_init(pid: i64, start: u64, id: &str) -> bool {
+    let Ok(pid) = u32::try_from(pid) else {
+        return false;
+    };
+    crate::stub::reap::process(pid).is_some_and(|process| process.start == start && !process.zombie)
+        && std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .is_ok_and(|cgroups| cgroups.contains(id))
+}
+
 /// The sandbox of that name, if it runs (else `SandboxNotFound` or `SandboxNotRunning`).
 pub fn running(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Running> {
+    let key = seen_key(config, name);
+    let seen = seen_running()
+        .iter()
+        .find(|(seen, _, _)| *seen == key)
+        .map(|(_, running, start)| (running.clone(), *start));
+    if let Some((running, start)) = seen {
+        let pid = running.route.as_ref().map_or(0, |route| route.init_pid);
+        if same_init(pid, start, &running.container) {
+            return Ok(running);
+        }
+        forget_running(config, name);
+    }
+    let found = look_up_running(docker, config, name)?;
+    if let Some(route) = &found.route {
+        let start = u32::try_from(route.init_pid)
+            .ok()
+            .and_then(crate::stub::reap::process)
+            .map(|process| process.start);
+        if let Some(start) =
+            start.filter(|start| same_init(route.init_pid, *start, &found.container))
+        {
+            let mut seen = seen_running();
+            seen.retain(|(seen, _, _)| *seen != key);
+            if seen.len() >= MAX_SEEN_RUNNING {
+                seen.remove(0);
+            }
+            seen.push((key, found.clone(), start));
+        }
+    }
+    Ok(found)
+}
+
+/// `running`, asking the engine.
+fn look_up_running(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Running> {
     let inspect = inspect_ours(docker, config, name)?;
     if !inspect.state.running {
         return Err(Error::SandboxNotRunning(name.to_string()));

@@ -552,6 +552,12 @@ pub(super) fn parse_serve(
             Long("pool-size") => config.pool_default_size = parser.value()?.parse()?,
             Long("pool-dynamic-size") => config.pool_dynamic_size = parser.value()?.parse()?,
             Long("pool-max") => config.pool_max = parser.value()?.parse()?,
+            Long("sandbox-ttl") => {
+                config.sandbox_ttl = Some(duration_flag(parser, "--sandbox-ttl")?)
+            }
+            Long("sandbox-idle-timeout") => {
+                config.sandbox_idle_timeout = Some(duration_flag(parser, "--sandbox-idle-timeout")?)
+            }
             Long("no-stub") => config.stub = false,
             Long("client-timeout-secs") => {
                 config.client_timeout =
@@ -612,6 +618,12 @@ pub(super) fn parse_pool(text: &str, default_profile: Profile) -> Result<(PoolKe
         .map_err(|_| Misuse(format!("--pool size '{size}' is not a number")))?;
     let key = PoolKey::parse(key, default_profile).map_err(Misuse)?;
     Ok((key, size))
+}
+
+/// A duration flag's value (`90s`, `30m`, `2h`, `1d`, or seconds).
+fn duration_flag(parser: &mut lexopt::Parser, flag: &str) -> Result<std::time::Duration, Misuse> {
+    let text = parser.value()?.string()?;
+    crate::config::parse_duration(&text).map_err(|error| Misuse(format!("{flag}: {error}")))
 }
 
 /// Largest `--pool-max`: more warm containers than a host can hold open.

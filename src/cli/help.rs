@@ -397,6 +397,16 @@ pub const SERVE: Topic = Topic {
             "most warm containers of all keys together as they grow (default: 16)",
         ),
         flag(
+            "sandbox-ttl",
+            Some("DURATION"),
+            "sandboxes without a ttl of their own expire this long after creation (90s, 30m, 2h, 1d)",
+        ),
+        flag(
+            "sandbox-idle-timeout",
+            Some("DURATION"),
+            "sandboxes without an idle timeout of their own expire after this long unused",
+        ),
+        flag(
             "no-stub",
             None,
             "never use the in-container stub (docker exec instead)",

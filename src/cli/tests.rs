@@ -669,6 +669,7 @@ fn every_flag_in_the_help_is_one_the_parser_takes() {
         "I" | "IMAGE" => "busybox",
         "P" => "moderate",
         "SECS" | "N" => "8",
+        "DURATION" => "2h",
         "K=V" => "A=1",
         "DIR" => "/tmp",
         "ADDR" => "127.0.0.1",

@@ -24,6 +24,10 @@ pub const PROFILE: &str = "agentkernel.profile";
 pub const STUB: &str = "agentkernel.stub";
 /// On sandboxes with an exec socket: its key (`exec::socket`).
 pub const EXEC_SOCKET: &str = "agentkernel.exec-socket";
+/// A sandbox's expiry (its creation plus its ttl), in unix seconds (`expiry`).
+pub const EXPIRES_AT: &str = "agentkernel.expires-at";
+/// A sandbox's idle timeout, in seconds (`expiry`).
+pub const IDLE_TIMEOUT: &str = "agentkernel.idle-timeout";
 /// On temporary containers: the process that made them (`owner::Owner::label`), so that
 /// a sweep removes only its own and those of owners that are gone.
 pub const OWNER: &str = "agentkernel.owner";

@@ -43,6 +43,19 @@ pub fn dispatch_with(
     request: Request,
     cancel: &Cancel,
 ) -> Result<Reply, ApiError> {
+    // A command or file operation keeps its sandbox from being idle while it lasts (a
+    // stream's, while its stream lasts: see `sse`).
+    let _busy = match &request {
+        Request::ExecSandbox(name, _)
+        | Request::ExecSandboxStream(name, _)
+        | Request::ExecDetach(name, _)
+        | Request::DetachedKill(name, _)
+        | Request::GetSandboxFile(name, _)
+        | Request::PutSandboxFile(name, _, _)
+        | Request::DeleteSandboxFile(name, _)
+        | Request::PostSandboxFiles(name, _) => Some(context.expiry.busy(name)),
+        _ => None,
+    };
     match request {
         Request::OpenApi => get_openapi(context),
         Request::Health => get_health(context),
@@ -171,7 +184,10 @@ pub fn post_run_stream(context: &Context, body: RunBody) -> Result<Reply, ApiErr
 pub fn get_sandboxes(context: &Context) -> Result<Reply, ApiError> {
     let sandboxes = sandbox::list(&context.docker, &context.config)?;
     Ok(Reply::ok(Value::Array(
-        sandboxes.iter().map(sandbox_data).collect(),
+        sandboxes
+            .iter()
+            .map(|found| sandbox_view(context, found))
+            .collect(),
     )))
 }
 
@@ -196,16 +212,27 @@ pub fn post_sandboxes(context: &Context, body: CreateBody) -> Result<Reply, ApiE
     }
     let created = created?;
     context.history.event(&request.name, "created");
-    Ok(Reply::created(sandbox_data(&created)))
+    Ok(Reply::created(sandbox_view(context, &created)))
+}
+
+/// A sandbox as the API shows it, with its terms (`expires_at`, `idle_timeout`).
+fn sandbox_view(context: &Context, found: &sandbox::Sandbox) -> Value {
+    let mut data = sandbox_data(found);
+    let terms = context.expiry.terms(&found.uuid, &found.labels);
+    let (expires_at, idle_timeout) = crate::expiry::shown(terms);
+    data["expires_at"] = json!(expires_at);
+    data["idle_timeout"] = json!(idle_timeout);
+    data
 }
 
 pub fn get_sandbox(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
     let found = sandbox::get(&context.docker, &context.config, name)?;
-    Ok(Reply::ok(sandbox_data(&found)))
+    Ok(Reply::ok(sandbox_view(context, &found)))
 }
 
 pub fn delete_sandbox(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
-    sandbox::delete(&context.docker, &context.config, name)?;
+    let removed = sandbox::delete(&context.docker, &context.config, name)?;
+    context.expiry.forget(&removed);
     context.history.event(name, "removed");
     Ok(Reply::ok(json!({ "name": name.as_str(), "removed": true })))
 }
@@ -213,13 +240,13 @@ pub fn delete_sandbox(context: &Context, name: &SandboxName) -> Result<Reply, Ap
 pub fn post_sandbox_start(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
     let started = sandbox::start(&context.docker, &context.config, name)?;
     context.history.event(name, "started");
-    Ok(Reply::ok(sandbox_data(&started)))
+    Ok(Reply::ok(sandbox_view(context, &started)))
 }
 
 pub fn post_sandbox_stop(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
     let stopped = sandbox::stop(&context.docker, &context.config, name)?;
     context.history.event(name, "stopped");
-    Ok(Reply::ok(sandbox_data(&stopped)))
+    Ok(Reply::ok(sandbox_view(context, &stopped)))
 }
 
 pub fn post_sandbox_exec(
@@ -438,23 +465,33 @@ pub fn get_backends(context: &Context) -> Result<Reply, ApiError> {
 
 pub fn get_sandbox_by_uuid(context: &Context, uuid: &str) -> Result<Reply, ApiError> {
     let found = sandbox::find_by_uuid(&context.docker, &context.config, uuid)?;
-    Ok(Reply::ok(sandbox_data(&found)))
+    Ok(Reply::ok(sandbox_view(context, &found)))
 }
 
-/// `POST /sandboxes/{name}/extend`: sandboxes here never expire, so any extension is
-/// already granted; the answer says so (`expires_at: null`) rather than pretend a time.
+/// `POST /sandboxes/{name}/extend`: moves the sandbox's expiry `by` later (from now,
+/// if it is past). A sandbox without a ttl does not expire, and stays so: its answer
+/// says so (`expires_at: null`) rather than pretend a time.
 pub fn post_sandbox_extend(
     context: &Context,
     name: &SandboxName,
     body: ExtendBody,
 ) -> Result<Reply, ApiError> {
-    body.validate()?;
-    sandbox::get(&context.docker, &context.config, name)?;
-    Ok(Reply::ok(json!({
-        "name": name.as_str(),
-        "expires_at": null,
-        "message": "sandboxes on this server do not expire",
-    })))
+    let by = body.validate()?;
+    let found = sandbox::get(&context.docker, &context.config, name)?;
+    match context.expiry.extend(&found.uuid, &found.labels, by)? {
+        Some(at) => {
+            context.history.event(name, "extended");
+            Ok(Reply::ok(json!({
+                "name": name.as_str(),
+                "expires_at": crate::containers::labels::rfc3339(at),
+            })))
+        }
+        None => Ok(Reply::ok(json!({
+            "name": name.as_str(),
+            "expires_at": null,
+            "message": "this sandbox has no ttl: it does not expire",
+        }))),
+    }
 }
 
 /// `POST /sandboxes/{name}/exec/detach`: starts the command and answers at once with

@@ -54,6 +54,8 @@ pub struct Context {
     pub engine: EngineWatch,
     /// The output all requests hold at once (`output_memory_limit`).
     pub output_memory: Arc<OutputMemory>,
+    /// Sandboxes' ttls, extensions and activity (the `expiry` thread's).
+    pub expiry: crate::expiry::Expiry,
 }
 
 impl Context {
@@ -67,6 +69,7 @@ impl Context {
             edge: EdgeStats::default(),
             engine: EngineWatch::new(),
             output_memory: OutputMemory::new(output_memory_limit(&config)),
+            expiry: crate::expiry::Expiry::new(&config),
             config,
             docker,
             pool,
@@ -252,6 +255,26 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
         let context = Arc::clone(&context);
         spawn("reaper", move || context.pool.reap_loop(&context.docker))?
     };
+    // Not joined: it holds no container of its own, and ends with the process.
+    {
+        let context = Arc::clone(&context);
+        let shutdown = Arc::clone(&shutdown);
+        spawn("expiry", move || {
+            while !shutdown.load(Ordering::SeqCst) {
+                if context.engine.is_up() {
+                    let Context {
+                        expiry,
+                        docker,
+                        config,
+                        history,
+                        ..
+                    } = &*context;
+                    expiry.reap(docker, config, history);
+                }
+                std::thread::sleep(crate::expiry::EVERY);
+            }
+        })?;
+    }
     let watch = {
         let context = Arc::clone(&context);
         let shutdown = Arc::clone(&shutdown);

@@ -391,6 +391,11 @@ pub struct CreateBody {
     pub vcpus: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
+    /// Seconds, or a duration string (`90s`, `30m`, `2h`, `1d`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Value>,
     // Sent by the published SDKs; accepted only when null or something we honour.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
@@ -465,8 +470,28 @@ impl CreateBody {
             image,
             profile,
             limits,
+            ttl: parse_lifetime("ttl", self.ttl)?.or(config.sandbox_ttl),
+            idle_timeout: parse_lifetime("idle_timeout", self.idle_timeout)?
+                .or(config.sandbox_idle_timeout),
         })
     }
+}
+
+/// A `ttl` or `idle_timeout`: whole seconds, or a duration string; null is none.
+fn parse_lifetime(field: &str, value: Option<Value>) -> Result<Option<Duration>, ApiError> {
+    let text = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(number)) => number.to_string(),
+        Some(Value::String(text)) => text,
+        Some(other) => {
+            return Err(ApiError::BadBody(format!(
+                "{field} must be seconds or a duration like 30m, got {other}"
+            )))
+        }
+    };
+    crate::expiry::parse_duration(&text)
+        .map(Some)
+        .map_err(|error| ApiError::BadBody(format!("{field}: {error}")))
 }
 
 /// `POST /sandboxes/{name}/exec`, `/exec/stream` and `/exec/detach`.
@@ -501,20 +526,13 @@ pub struct ExtendBody {
 }
 
 impl ExtendBody {
-    /// Checks that `by` is a duration like `30m`, `2h` or `1d` (sandboxes here never
-    /// expire, so its value is not used further).
-    pub fn validate(self) -> Result<(), ApiError> {
-        let by = self.by.unwrap_or_default();
-        let valid = by.len() >= 2
-            && by.is_ascii()
-            && by[..by.len() - 1].bytes().all(|b| b.is_ascii_digit())
-            && matches!(by.as_bytes()[by.len() - 1], b's' | b'm' | b'h' | b'd');
-        if !valid {
-            return Err(ApiError::BadBody(format!(
-                "by must be a duration like 30m, 2h or 1d, got '{by}'"
-            )));
-        }
-        Ok(())
+    /// `by`: a duration like `30m`, `2h` or `1d`.
+    pub fn validate(self) -> Result<Duration, ApiError> {
+        let by = self.by.ok_or_else(|| {
+            ApiError::BadBody("by is required: a duration like 30m, 2h or 1d".into())
+        })?;
+        crate::expiry::parse_duration(&by)
+            .map_err(|error| ApiError::BadBody(format!("by: {error}")))
     }
 }
 

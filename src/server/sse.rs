@@ -68,6 +68,7 @@ impl StreamJob {
                 observer,
             ),
             StreamJob::Exec(running, name, spec) => {
+                let _busy = context.expiry.busy(name);
                 let result = crate::sandbox::exec_running(
                     &context.docker,
                     &context.config,

@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod deadlines;
 mod exec_socket;
+mod expiry;
 mod files;
 mod hostile;
 mod isolation;

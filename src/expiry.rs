@@ -1,0 +1,308 @@
+//! Sandboxes that end by themselves: a time to live (`ttl`, fixed at creation, moved
+//! by `extend`) and an idle timeout (no exec, file operation or stream for that long).
+//!
+//! What is fixed at creation is in the container's labels (`EXPIRES_AT`, unix seconds,
+//! and `IDLE_TIMEOUT`, seconds); an extension, which labels cannot carry, is a file of
+//! its own under the data dir (`expiry/<namespace>/<container id>`, written whole by a
+//! rename), so it survives a restart. Activity is kept in memory: after a restart a
+//! sandbox's idle time counts from the server's start, never from before.
+//!
+//! The `expiry` thread looks every second and removes what is due, recording
+//! `expired` in the history. A removal and an extension never interleave (one lock, and
+//! the removal reads the expiry again under it); an idle sandbox with a command in
+//! flight is not idle; an exec in flight when a sandbox's time is up is killed with it
+//! (its answer says the sandbox is gone).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::Config;
+use crate::containers::labels::{self, SandboxName, EXPIRES_AT, IDLE_TIMEOUT};
+use crate::engine::Docker;
+use crate::error::{Error, Result};
+use crate::history::History;
+
+pub use crate::config::{parse_duration, MAX_DURATION};
+/// How often the `expiry` thread looks.
+pub const EVERY: Duration = Duration::from_secs(1);
+
+/// When a sandbox ends by itself, as its labels and an extension say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Terms {
+    pub expires_at: Option<SystemTime>,
+    pub idle_timeout: Option<Duration>,
+}
+
+/// What the `expiry` thread and the handlers share.
+pub struct Expiry {
+    /// Where extensions are kept (none without a data dir: then they are refused).
+    dir: Option<PathBuf>,
+    /// Per sandbox name: the last activity, and commands in flight.
+    activity: Mutex<HashMap<String, Activity>>,
+    /// Held by a removal (from its last look to the removal) and by an extension.
+    decide: Mutex<()>,
+    since: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Activity {
+    last: Instant,
+    in_flight: usize,
+}
+
+/// A command or file operation on a sandbox, from its start to its end.
+pub struct Busy<'a> {
+    expiry: &'a Expiry,
+    name: String,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut activity = lock(&self.expiry.activity);
+        if let Some(entry) = activity.get_mut(&self.name) {
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+            entry.last = Instant::now();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Expiry {
+    pub fn new(config: &Config) -> Expiry {
+        Expiry {
+            dir: config
+                .data_dir
+                .as_ref()
+                .map(|dir| dir.join("expiry").join(config.namespace.as_str())),
+            activity: Mutex::new(HashMap::new()),
+            decide: Mutex::new(()),
+            since: Instant::now(),
+        }
+    }
+
+    /// Marks a sandbox busy until the guard drops (activity, for its idle timeout).
+    pub fn busy(&self, name: &SandboxName) -> Busy<'_> {
+        let mut activity = lock(&self.activity);
+        let entry = activity.entry(name.to_string()).or_insert(Activity {
+            last: Instant::now(),
+            in_flight: 0,
+        });
+        entry.in_flight += 1;
+        entry.last = Instant::now();
+        Busy {
+            expiry: self,
+            name: name.to_string(),
+        }
+    }
+
+    fn extension_path(&self, container: &str) -> Option<PathBuf> {
+        // Container ids are hex from the engine; anything else is never a file name.
+        if container.is_empty() || !container.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(self.dir.as_ref()?.join(container))
+    }
+
+    /// A sandbox's terms: its labels, and its extension if it has one.
+    pub fn terms(&self, container: &str, labels: &BTreeMap<String, String>) -> Terms {
+        let labelled = labels
+            .get(EXPIRES_AT)
+            .and_then(|value| value.parse::<u64>().ok());
+        let extended = self
+            .extension_path(container)
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .and_then(|text| text.trim().parse::<u64>().ok());
+        Terms {
+            expires_at: extended
+                .or(labelled)
+                .map(|seconds| UNIX_EPOCH + Duration::from_secs(seconds)),
+            idle_timeout: labels
+                .get(IDLE_TIMEOUT)
+                .and_then(|value| value.parse::<u64>().ok())
+                .map(Duration::from_secs),
+        }
+    }
+
+    /// Moves a sandbox's expiry `by` later (from now, if it is past); `None` for a
+    /// sandbox that does not expire (it stays so).
+    pub fn extend(
+        &self,
+        container: &str,
+        labels: &BTreeMap<String, String>,
+        by: Duration,
+    ) -> Result<Option<SystemTime>> {
+        let _decide = lock(&self.decide);
+        let Some(current) = self.terms(container, labels).expires_at else {
+            return Ok(None);
+        };
+        let path = self.extension_path(container).ok_or_else(|| {
+            Error::Invalid(
+                "extending a sandbox needs the server's data dir (AGENTKERNEL_DATA_DIR)".into(),
+            )
+        })?;
+        let moved = current.max(SystemTime::now()) + by;
+        let seconds = unix_seconds(moved);
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(path.parent().expect("a file in a directory"))?;
+            let partial = path.with_extension("partial");
+            std::fs::write(&partial, format!("{seconds}\n"))?;
+            std::fs::rename(&partial, &path)
+        };
+        write().map_err(|error| Error::DataDir(format!("cannot keep the extension: {error}")))?;
+        Ok(Some(UNIX_EPOCH + Duration::from_secs(seconds)))
+    }
+
+    /// Forgets a removed sandbox's extension.
+    pub fn forget(&self, container: &str) {
+        if let Some(path) = self.extension_path(container) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Why a sandbox is due now, if it is.
+    fn due(&self, name: &str, terms: Terms, now: SystemTime) -> Option<&'static str> {
+        if terms.expires_at.is_some_and(|at| at <= now) {
+            return Some("its ttl ran out");
+        }
+        let idle = terms.idle_timeout?;
+        let activity = lock(&self.activity).get(name).copied();
+        let (last, in_flight) = activity.map_or((self.since, 0), |a| (a.last, a.in_flight));
+        (in_flight == 0 && last.elapsed() >= idle).then_some("it was idle past its idle timeout")
+    }
+
+    /// One look: removes every sandbox of the namespace that is due; returns how many.
+    pub fn reap(&self, docker: &Docker, config: &Config, history: &History) -> usize {
+        let filters = labels::filters(&config.namespace, Some(labels::Kind::Sandbox));
+        let Ok(summaries) = docker.container_list(&filters) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for summary in summaries {
+            let labels = summary.labels.clone().unwrap_or_default();
+            let Some(name) = labels
+                .get(labels::SANDBOX)
+                .and_then(|name| SandboxName::parse(name).ok())
+            else {
+                continue;
+            };
+            if !labels.contains_key(EXPIRES_AT) && !labels.contains_key(IDLE_TIMEOUT) {
+                continue;
+            }
+            // Decided and done under the lock an extension takes, with the terms read
+            // again: an extension that came first is seen, one that comes later finds
+            // the sandbox gone.
+            let decide = lock(&self.decide);
+            let Some(reason) = self.due(
+                name.as_str(),
+                self.terms(&summary.id, &labels),
+                SystemTime::now(),
+            ) else {
+                continue;
+            };
+            match crate::sandbox::delete_container(docker, config, &summary.id, &labels) {
+                Ok(()) => {
+                    drop(decide);
+                    self.forget(&summary.id);
+                    lock(&self.activity).remove(name.as_str());
+                    history.event(&name, "expired");
+                    log::info!("sandbox {name} removed: {reason}");
+                    removed += 1;
+                }
+                Err(error) => {
+                    log::warn!("sandbox {name} is due ({reason}) but was not removed: {error}")
+                }
+            }
+        }
+        removed
+    }
+}
+
+/// A sandbox's terms as the API shows them: `expires_at` (RFC 3339 or null) and
+/// `idle_timeout` (seconds or null).
+pub fn shown(terms: Terms) -> (Option<String>, Option<u64>) {
+    (
+        terms.expires_at.map(labels::rfc3339),
+        terms.idle_timeout.map(|idle| idle.as_secs()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expiry_in(dir: &std::path::Path) -> Expiry {
+        Expiry {
+            dir: Some(dir.to_path_buf()),
+            activity: Mutex::new(HashMap::new()),
+            decide: Mutex::new(()),
+            since: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn an_extension_outlives_the_process_and_a_sandbox_without_ttl_stays_so() {
+        let dir = std::env::temp_dir().join(format!("ak-expiry-{}", std::process::id()));
+        let expiry = expiry_in(&dir);
+        let id = "0123abcd";
+        let soon = unix_seconds(SystemTime::now()) + 60;
+        let labels = BTreeMap::from([(EXPIRES_AT.to_string(), soon.to_string())]);
+        let moved = expiry
+            .extend(id, &labels, Duration::from_secs(3600))
+            .unwrap()
+            .unwrap();
+        assert_eq!(unix_seconds(moved), soon + 3600);
+        // Another process reads it from the data dir.
+        let again = expiry_in(&dir);
+        assert_eq!(again.terms(id, &labels).expires_at, Some(moved));
+        // A sandbox without a ttl keeps none.
+        assert_eq!(
+            again
+                .extend("ffff", &BTreeMap::new(), Duration::from_secs(60))
+                .unwrap(),
+            None
+        );
+        // An id that is not hex never names a file.
+        assert!(again.extension_path("../x").is_none());
+        again.forget(id);
+        assert_eq!(
+            again.terms(id, &labels).expires_at,
+            Some(UNIX_EPOCH + Duration::from_secs(soon))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn busy_sandboxes_are_not_idle() {
+        let expiry = expiry_in(&std::env::temp_dir());
+        let name = SandboxName::parse("idle").unwrap();
+        let terms = Terms {
+            expires_at: None,
+            idle_timeout: Some(Duration::from_millis(1)),
+        };
+        let busy = expiry.busy(&name);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(expiry.due("idle", terms, SystemTime::now()), None);
+        drop(busy);
+        assert_eq!(expiry.due("idle", terms, SystemTime::now()), None);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(expiry.due("idle", terms, SystemTime::now()).is_some());
+        let expired = Terms {
+            expires_at: Some(SystemTime::now() - Duration::from_secs(1)),
+            idle_timeout: None,
+        };
+        let _busy = expiry.busy(&name);
+        assert_eq!(
+            expiry.due("idle", expired, SystemTime::now()),
+            Some("its ttl ran out")
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! Sandboxes that end by themselves: ttl, idle timeout, extend.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::{eventually, Options, Server};
+
+fn create(server: &Server, body: Value) -> Value {
+    let (status, answer) = server.post("/sandboxes", &body.to_string());
+    assert_eq!(status, 201, "{body}: {answer}");
+    answer["data"].clone()
+}
+
+fn exists(server: &Server, name: &str) -> bool {
+    server.get(&format!("/sandboxes/{name}")).0 == 200
+}
+
+#[test]
+fn a_sandbox_is_removed_within_5_s_of_its_ttl_and_its_history_says_expired() {
+    let server = Server::start();
+    let created = Instant::now();
+    let data = create(&server, json!({"name": "brief", "ttl": "2s"}));
+    assert!(data["expires_at"].is_string(), "{data}");
+    assert_eq!(data["idle_timeout"], Value::Null, "{data}");
+    // Whole seconds are a ttl too; a sandbox without one shows nulls.
+    let data = create(&server, json!({"name": "numeric", "ttl": 3600}));
+    assert!(data["expires_at"].is_string(), "{data}");
+    let data = create(&server, json!({"name": "forever"}));
+    assert_eq!(data["expires_at"], Value::Null, "{data}");
+    assert!(eventually(Duration::from_secs(10), || !exists(
+        &server, "brief"
+    )));
+    let lived = created.elapsed();
+    assert!(
+        lived >= Duration::from_secs(1) && lived < Duration::from_secs(2 + 5 + 2),
+        "removed after {lived:?}"
+    );
+    let (status, logs) = server.get("/sandboxes/brief/logs");
+    assert_eq!(status, 200, "{logs}");
+    let events: Vec<&str> = logs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|entry| entry["event"].as_str())
+        .collect();
+    assert!(events.contains(&"expired"), "{logs}");
+    assert!(exists(&server, "numeric") && exists(&server, "forever"));
+    for name in ["numeric", "forever"] {
+        assert_eq!(server.delete(&format!("/sandboxes/{name}")).0, 200);
+    }
+    server.finish();
+}
+
+#[test]
+fn an_idle_sandbox_expires_but_not_while_a_command_runs_in_it() {
+    let server = Server::start();
+    create(&server, json!({"name": "idle", "idle_timeout": "2s"}));
+    let data = server.get("/sandboxes/idle").1["data"].clone();
+    assert_eq!(data["idle_timeout"], json!(2), "{data}");
+    // A command that lasts longer than the idle timeout keeps it, and its own
+    // activity counts from its end.
+    let (status, answer) = server.post(
+        "/sandboxes/idle/exec",
+        r#"{"command":["sh","-c","sleep 4; echo done"]}"#,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["data"]["stdout"], json!("done\n"), "{answer}");
+    assert!(exists(&server, "idle"));
+    let quiet = Instant::now();
+    assert!(eventually(Duration::from_secs(10), || !exists(
+        &server, "idle"
+    )));
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        quiet.elapsed()
+    );
+    server.finish();
+}
+
+#[test]
+fn extend_moves_the_expiry_and_the_move_survives_a_restart() {
+    let namespace = crate::harness::fresh_namespace();
+    let options = || Options {
+        namespace: Some(namespace.clone()),
+        ..Options::default()
+    };
+    let mut server = Server::start_with(options());
+    let data = create(&server, json!({"name": "kept", "ttl": "1h"}));
+    let first = data["expires_at"].as_str().unwrap().to_string();
+    let (status, answer) = server.post("/sandboxes/kept/extend", r#"{"by":"2h"}"#);
+    assert_eq!(status, 200, "{answer}");
+    let moved = answer["data"]["expires_at"].as_str().unwrap().to_string();
+    assert!(moved > first, "{first} -> {moved}");
+    assert_eq!(
+        server.get("/sandboxes/kept").1["data"]["expires_at"],
+        json!(moved)
+    );
+    // A sandbox without a ttl keeps none.
+    create(&server, json!({"name": "endless"}));
+    let (status, answer) = server.post("/sandboxes/endless/extend", r#"{"by":"1h"}"#);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["data"]["expires_at"], Value::Null, "{answer}");
+    // Bad durations are a 400 naming the field.
+    for (path, body) in [
+        ("/sandboxes/kept/extend", r#"{"by":"soon"}"#),
+        ("/sandboxes/kept/extend", r#"{}"#),
+        ("/sandboxes", r#"{"name":"bad","ttl":"0s"}"#),
+        ("/sandboxes", r#"{"name":"bad","ttl":-5}"#),
+        ("/sandboxes", r#"{"name":"bad","idle_timeout":true}"#),
+        ("/sandboxes", r#"{"name":"bad","ttl":"400d"}"#),
+    ] {
+        let (status, answer) = server.post(path, body);
+        assert_eq!(status, 400, "{path} {body}: {answer}");
+    }
+    assert!(!exists(&server, "bad"));
+    // Another server in the namespace sees the extension.
+    server.cleanup = false;
+    server.terminate();
+    let server = Server::start_with(options());
+    assert_eq!(
+        server.get("/sandboxes/kept").1["data"]["expires_at"],
+        json!(moved)
+    );
+    for name in ["kept", "endless"] {
+        assert_eq!(server.delete(&format!("/sandboxes/{name}")).0, 200);
+    }
+    server.finish();
+}
+
+#[test]
+fn the_servers_default_ttl_applies_to_sandboxes_without_one() {
+    let server = Server::start_with(Options {
+        args: vec!["--sandbox-ttl".into(), "2s".into()],
+        ..Options::default()
+    });
+    let data = create(&server, json!({"name": "defaulted"}));
+    assert!(data["expires_at"].is_string(), "{data}");
+    assert!(eventually(Duration::from_secs(10), || !exists(
+        &server,
+        "defaulted"
+    )));
+    server.finish();
+}
