@@ -43,8 +43,15 @@ pub struct Expiry {
     activity: Mutex<HashMap<String, Activity>>,
     /// Held by a removal (from its last look to the removal) and by an extension.
     decide: Mutex<()>,
-    since: Instant,
+    /// Since when a sandbox without an entry in `activity` counts as idle: the
+    /// server's start, or the last time an entry had to be dropped for room.
+    since: Mutex<Instant>,
 }
+
+/// Most sandbox names whose activity is kept (requests may name sandboxes that do not
+/// exist); past it, the longest idle entry goes, and `since` moves to now, so that no
+/// sandbox is ever taken for idle sooner than it was.
+const MAX_ACTIVITY: usize = 4096;
 
 #[derive(Debug, Clone, Copy)]
 struct Activity {
@@ -85,13 +92,24 @@ impl Expiry {
                 .map(|dir| dir.join("expiry").join(config.namespace.as_str())),
             activity: Mutex::new(HashMap::new()),
             decide: Mutex::new(()),
-            since: Instant::now(),
+            since: Mutex::new(Instant::now()),
         }
     }
 
     /// Marks a sandbox busy until the guard drops (activity, for its idle timeout).
     pub fn busy(&self, name: &SandboxName) -> Busy<'_> {
         let mut activity = lock(&self.activity);
+        if activity.len() >= MAX_ACTIVITY && !activity.contains_key(name.as_str()) {
+            let idlest = activity
+                .iter()
+                .filter(|(_, entry)| entry.in_flight == 0)
+                .min_by_key(|(_, entry)| entry.last)
+                .map(|(name, _)| name.clone());
+            if let Some(idlest) = idlest {
+                activity.remove(&idlest);
+                *lock(&self.since) = Instant::now();
+            }
+        }
         let entry = activity.entry(name.to_string()).or_insert(Activity {
             last: Instant::now(),
             in_flight: 0,
@@ -161,11 +179,13 @@ impl Expiry {
         Ok(Some(UNIX_EPOCH + Duration::from_secs(seconds)))
     }
 
-    /// Forgets a removed sandbox's extension.
-    pub fn forget(&self, container: &str) {
+    /// Forgets a removed sandbox (`name`, its container `container`): its extension
+    /// and its activity.
+    pub fn forget(&self, name: &str, container: &str) {
         if let Some(path) = self.extension_path(container) {
             let _ = std::fs::remove_file(path);
         }
+        lock(&self.activity).remove(name);
     }
 
     /// Why a sandbox is due now, if it is.
@@ -175,7 +195,8 @@ impl Expiry {
         }
         let idle = terms.idle_timeout?;
         let activity = lock(&self.activity).get(name).copied();
-        let (last, in_flight) = activity.map_or((self.since, 0), |a| (a.last, a.in_flight));
+        let since = *lock(&self.since);
+        let (last, in_flight) = activity.map_or((since, 0), |a| (a.last.max(since), a.in_flight));
         (in_flight == 0 && last.elapsed() >= idle).then_some("it was idle past its idle timeout")
     }
 
@@ -211,11 +232,14 @@ impl Expiry {
             match crate::sandbox::delete_container(docker, config, &summary.id, &labels) {
                 Ok(()) => {
                     drop(decide);
-                    self.forget(&summary.id);
-                    lock(&self.activity).remove(name.as_str());
+                    self.forget(name.as_str(), &summary.id);
                     history.event(&name, "expired");
                     log::info!("sandbox {name} removed: {reason}");
                     removed += 1;
+                }
+                // Removed meanwhile (by a client, or another server of the namespace).
+                Err(Error::Engine(error)) if error.is_not_found() => {
+                    self.forget(name.as_str(), &summary.id)
                 }
                 Err(error) => {
                     log::warn!("sandbox {name} is due ({reason}) but was not removed: {error}")
@@ -244,7 +268,7 @@ mod tests {
             dir: Some(dir.to_path_buf()),
             activity: Mutex::new(HashMap::new()),
             decide: Mutex::new(()),
-            since: Instant::now(),
+            since: Mutex::new(Instant::now()),
         }
     }
 
@@ -272,7 +296,7 @@ mod tests {
         );
         // An id that is not hex never names a file.
         assert!(again.extension_path("../x").is_none());
-        again.forget(id);
+        again.forget("any", id);
         assert_eq!(
             again.terms(id, &labels).expires_at,
             Some(UNIX_EPOCH + Duration::from_secs(soon))

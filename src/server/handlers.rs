@@ -49,6 +49,9 @@ pub fn dispatch_with(
         Request::ExecSandbox(name, _)
         | Request::ExecSandboxStream(name, _)
         | Request::ExecDetach(name, _)
+        | Request::DetachedList(name)
+        | Request::DetachedStatus(name, _)
+        | Request::DetachedLogs { sandbox: name, .. }
         | Request::DetachedKill(name, _)
         | Request::GetSandboxFile(name, _)
         | Request::PutSandboxFile(name, _, _)
@@ -232,7 +235,7 @@ pub fn get_sandbox(context: &Context, name: &SandboxName) -> Result<Reply, ApiEr
 
 pub fn delete_sandbox(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
     let removed = sandbox::delete(&context.docker, &context.config, name)?;
-    context.expiry.forget(&removed);
+    context.expiry.forget(name.as_str(), &removed);
     context.history.event(name, "removed");
     Ok(Reply::ok(json!({ "name": name.as_str(), "removed": true })))
 }

@@ -250,7 +250,7 @@ impl Server {
             cleanup: true,
         };
         server.port = server
-            .wait_for_log("listening on http://", Duration::from_secs(20))
+            .wait_for_log("listening on http://", Duration::from_secs(60))
             .and_then(|line| {
                 line.split("http://")
                     .nth(1)?
