@@ -132,17 +132,19 @@ impl Expiry {
 
     /// A sandbox's terms: its labels, and its extension if it has one.
     pub fn terms(&self, container: &str, labels: &BTreeMap<String, String>) -> Terms {
+        // A time the clock cannot hold (a corrupt file) is no time: the label's stands.
+        let time = |seconds: u64| UNIX_EPOCH.checked_add(Duration::from_secs(seconds));
         let labelled = labels
             .get(EXPIRES_AT)
-            .and_then(|value| value.parse::<u64>().ok());
+            .and_then(|value| value.parse::<u64>().ok())
+            .and_then(time);
         let extended = self
             .extension_path(container)
             .and_then(|path| std::fs::read_to_string(path).ok())
-            .and_then(|text| text.trim().parse::<u64>().ok());
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .and_then(time);
         Terms {
-            expires_at: extended
-                .or(labelled)
-                .map(|seconds| UNIX_EPOCH + Duration::from_secs(seconds)),
+            expires_at: extended.or(labelled),
             idle_timeout: labels
                 .get(IDLE_TIMEOUT)
                 .and_then(|value| value.parse::<u64>().ok())
@@ -151,14 +153,17 @@ impl Expiry {
     }
 
     /// Moves a sandbox's expiry `by` later (from now, if it is past); `None` for a
-    /// sandbox that does not expire (it stays so).
+    /// sandbox that does not expire (it stays so). `still_there` is asked under the
+    /// lock a removal holds: a sandbox removed meanwhile is not extended.
     pub fn extend(
         &self,
         container: &str,
         labels: &BTreeMap<String, String>,
         by: Duration,
+        still_there: impl FnOnce() -> Result<()>,
     ) -> Result<Option<SystemTime>> {
-        let _decide = lock(&self.decide);
+        let _decide = self.deciding();
+        still_there()?;
         let Some(current) = self.terms(container, labels).expires_at else {
             return Ok(None);
         };
@@ -167,12 +172,21 @@ impl Expiry {
                 "extending a sandbox needs the server's data dir (AGENTKERNEL_DATA_DIR)".into(),
             )
         })?;
-        let moved = current.max(SystemTime::now()) + by;
+        // Never further than `MAX_DURATION` from now, however often it is extended.
+        let now = SystemTime::now();
+        let moved = (current.max(now) + by).min(now + MAX_DURATION);
         let seconds = unix_seconds(moved);
         let write = || -> std::io::Result<()> {
+            use std::io::Write;
             std::fs::create_dir_all(path.parent().expect("a file in a directory"))?;
-            let partial = path.with_extension("partial");
-            std::fs::write(&partial, format!("{seconds}\n"))?;
+            // A name of this process's own: two servers extending at once each
+            // rename a whole file.
+            static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let count = WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let partial = path.with_extension(format!("{}.{count}.partial", std::process::id()));
+            let mut file = std::fs::File::create(&partial)?;
+            file.write_all(format!("{seconds}\n").as_bytes())?;
+            file.sync_all()?;
             std::fs::rename(&partial, &path)
         };
         write().map_err(|error| Error::DataDir(format!("cannot keep the extension: {error}")))?;
@@ -185,11 +199,33 @@ impl Expiry {
         if let Some(path) = self.extension_path(container) {
             let _ = std::fs::remove_file(path);
         }
-        lock(&self.activity).remove(name);
+        // A command still in flight there keeps its count (its end takes it off).
+        let mut activity = lock(&self.activity);
+        if activity.get(name).is_some_and(|entry| entry.in_flight == 0) {
+            activity.remove(name);
+        }
     }
 
-    /// Why a sandbox is due now, if it is.
-    fn due(&self, name: &str, terms: Terms, now: SystemTime) -> Option<&'static str> {
+    /// Counts as activity now (a sandbox just made or started: idle from here).
+    pub fn touch(&self, name: &SandboxName) {
+        drop(self.busy(name));
+    }
+
+    /// The lock under which removals and extensions are decided and done; a delete
+    /// takes it too, so that it and a removal for expiry never both happen.
+    pub fn deciding(&self) -> MutexGuard<'_, ()> {
+        lock(&self.decide)
+    }
+
+    /// Why a sandbox is due now, if it is. `created` is when its container was made
+    /// (a sandbox is never idle since before it existed).
+    fn due(
+        &self,
+        name: &str,
+        terms: Terms,
+        created: SystemTime,
+        now: SystemTime,
+    ) -> Option<&'static str> {
         if terms.expires_at.is_some_and(|at| at <= now) {
             return Some("its ttl ran out");
         }
@@ -197,7 +233,10 @@ impl Expiry {
         let activity = lock(&self.activity).get(name).copied();
         let since = *lock(&self.since);
         let (last, in_flight) = activity.map_or((since, 0), |a| (a.last.max(since), a.in_flight));
-        (in_flight == 0 && last.elapsed() >= idle).then_some("it was idle past its idle timeout")
+        let idle_for = last
+            .elapsed()
+            .min(now.duration_since(created).unwrap_or_default());
+        (in_flight == 0 && idle_for >= idle).then_some("it was idle past its idle timeout")
     }
 
     /// One look: removes every sandbox of the namespace that is due; returns how many.
@@ -206,6 +245,16 @@ impl Expiry {
         let Ok(summaries) = docker.container_list(&filters) else {
             return 0;
         };
+        // Activity of names no sandbox has (a 404's, a removed one's) goes.
+        {
+            let names: std::collections::HashSet<&str> = summaries
+                .iter()
+                .filter_map(|summary| summary.labels.as_ref()?.get(labels::SANDBOX))
+                .map(String::as_str)
+                .collect();
+            lock(&self.activity)
+                .retain(|name, entry| entry.in_flight > 0 || names.contains(name.as_str()));
+        }
         let mut removed = 0;
         for summary in summaries {
             let labels = summary.labels.clone().unwrap_or_default();
@@ -221,25 +270,35 @@ impl Expiry {
             // Decided and done under the lock an extension takes, with the terms read
             // again: an extension that came first is seen, one that comes later finds
             // the sandbox gone.
-            let decide = lock(&self.decide);
+            let _decide = self.deciding();
+            let created = u64::try_from(summary.created)
+                .ok()
+                .and_then(|seconds| UNIX_EPOCH.checked_add(Duration::from_secs(seconds)))
+                .unwrap_or(UNIX_EPOCH);
             let Some(reason) = self.due(
                 name.as_str(),
                 self.terms(&summary.id, &labels),
+                created,
                 SystemTime::now(),
             ) else {
                 continue;
             };
+            // Still there? (A delete, here or by another server, may have come first:
+            // then it, not an expiry, is what happened.)
+            match docker.container_inspect(&summary.id) {
+                Err(error) if error.is_not_found() => {
+                    self.forget(name.as_str(), &summary.id);
+                    continue;
+                }
+                Err(_) => continue,
+                Ok(_) => {}
+            }
             match crate::sandbox::delete_container(docker, config, &summary.id, &labels) {
                 Ok(()) => {
-                    drop(decide);
                     self.forget(name.as_str(), &summary.id);
                     history.event(&name, "expired");
                     log::info!("sandbox {name} removed: {reason}");
                     removed += 1;
-                }
-                // Removed meanwhile (by a client, or another server of the namespace).
-                Err(Error::Engine(error)) if error.is_not_found() => {
-                    self.forget(name.as_str(), &summary.id)
                 }
                 Err(error) => {
                     log::warn!("sandbox {name} is due ({reason}) but was not removed: {error}")
@@ -280,7 +339,7 @@ mod tests {
         let soon = unix_seconds(SystemTime::now()) + 60;
         let labels = BTreeMap::from([(EXPIRES_AT.to_string(), soon.to_string())]);
         let moved = expiry
-            .extend(id, &labels, Duration::from_secs(3600))
+            .extend(id, &labels, Duration::from_secs(3600), || Ok(()))
             .unwrap()
             .unwrap();
         assert_eq!(unix_seconds(moved), soon + 3600);
@@ -290,9 +349,26 @@ mod tests {
         // A sandbox without a ttl keeps none.
         assert_eq!(
             again
-                .extend("ffff", &BTreeMap::new(), Duration::from_secs(60))
+                .extend("ffff", &BTreeMap::new(), Duration::from_secs(60), || Ok(()))
                 .unwrap(),
             None
+        );
+        // Gone meanwhile: not extended.
+        let gone = || Err(Error::SandboxNotFound("x".into()));
+        assert!(again
+            .extend("abcd", &labels, Duration::from_secs(60), gone)
+            .is_err());
+        assert!(!dir.join("abcd").exists());
+        // Never past a year from now, however often.
+        for _ in 0..3 {
+            let far = again.extend(id, &labels, MAX_DURATION, || Ok(())).unwrap();
+            assert!(far.unwrap() <= SystemTime::now() + MAX_DURATION);
+        }
+        // A corrupt file is no extension, never a panic.
+        std::fs::write(dir.join(id), "18446744073709551615\n").unwrap();
+        assert_eq!(
+            again.terms(id, &labels).expires_at,
+            Some(UNIX_EPOCH + Duration::from_secs(soon))
         );
         // An id that is not hex never names a file.
         assert!(again.extension_path("../x").is_none());
@@ -314,18 +390,26 @@ mod tests {
         };
         let busy = expiry.busy(&name);
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(expiry.due("idle", terms, SystemTime::now()), None);
+        assert_eq!(
+            expiry.due("idle", terms, UNIX_EPOCH, SystemTime::now()),
+            None
+        );
         drop(busy);
-        assert_eq!(expiry.due("idle", terms, SystemTime::now()), None);
+        assert_eq!(
+            expiry.due("idle", terms, UNIX_EPOCH, SystemTime::now()),
+            None
+        );
         std::thread::sleep(Duration::from_millis(5));
-        assert!(expiry.due("idle", terms, SystemTime::now()).is_some());
+        assert!(expiry
+            .due("idle", terms, UNIX_EPOCH, SystemTime::now())
+            .is_some());
         let expired = Terms {
             expires_at: Some(SystemTime::now() - Duration::from_secs(1)),
             idle_timeout: None,
         };
         let _busy = expiry.busy(&name);
         assert_eq!(
-            expiry.due("idle", expired, SystemTime::now()),
+            expiry.due("idle", expired, UNIX_EPOCH, SystemTime::now()),
             Some("its ttl ran out")
         );
     }

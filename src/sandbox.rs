@@ -202,13 +202,13 @@ pub fn create(
         labels.insert(labels::STUB.to_string(), "1".to_string());
     }
     if let Some(ttl) = request.ttl {
-        let now = std::time::SystemTime::now()
+        // Rounded up to the second: never removed before its time.
+        let at = (std::time::SystemTime::now() + ttl)
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs());
-        labels.insert(
-            labels::EXPIRES_AT.to_string(),
-            (now + ttl.as_secs()).to_string(),
-        );
+            .map_or(0, |since| {
+                since.as_secs() + u64::from(since.subsec_nanos() > 0)
+            });
+        labels.insert(labels::EXPIRES_AT.to_string(), at.to_string());
     }
     if let Some(idle) = request.idle_timeout {
         labels.insert(labels::IDLE_TIMEOUT.to_string(), idle.as_secs().to_string());

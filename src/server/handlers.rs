@@ -214,6 +214,7 @@ pub fn post_sandboxes(context: &Context, body: CreateBody) -> Result<Reply, ApiE
         cleanup.owe_failed_create(&context.config.namespace, &container, not_before);
     }
     let created = created?;
+    context.expiry.touch(&request.name);
     context.history.event(&request.name, "created");
     Ok(Reply::created(sandbox_view(context, &created)))
 }
@@ -234,14 +235,18 @@ pub fn get_sandbox(context: &Context, name: &SandboxName) -> Result<Reply, ApiEr
 }
 
 pub fn delete_sandbox(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
+    // Not at the same time as a removal for expiry: one of them removes it.
+    let deciding = context.expiry.deciding();
     let removed = sandbox::delete(&context.docker, &context.config, name)?;
     context.expiry.forget(name.as_str(), &removed);
+    drop(deciding);
     context.history.event(name, "removed");
     Ok(Reply::ok(json!({ "name": name.as_str(), "removed": true })))
 }
 
 pub fn post_sandbox_start(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
     let started = sandbox::start(&context.docker, &context.config, name)?;
+    context.expiry.touch(name);
     context.history.event(name, "started");
     Ok(Reply::ok(sandbox_view(context, &started)))
 }
@@ -481,7 +486,15 @@ pub fn post_sandbox_extend(
 ) -> Result<Reply, ApiError> {
     let by = body.validate()?;
     let found = sandbox::get(&context.docker, &context.config, name)?;
-    match context.expiry.extend(&found.uuid, &found.labels, by)? {
+    let still_there = || match context.docker.container_inspect(&found.uuid) {
+        Ok(_) => Ok(()),
+        Err(error) if error.is_not_found() => Err(Error::SandboxNotFound(name.to_string())),
+        Err(error) => Err(Error::Engine(error)),
+    };
+    match context
+        .expiry
+        .extend(&found.uuid, &found.labels, by, still_there)?
+    {
         Some(at) => {
             context.history.event(name, "extended");
             Ok(Reply::ok(json!({

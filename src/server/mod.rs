@@ -269,7 +269,13 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
                         history,
                         ..
                     } = &*context;
-                    expiry.reap(docker, config, history);
+                    // A pass that panics must not end expiry for good.
+                    let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        expiry.reap(docker, config, history)
+                    }));
+                    if pass.is_err() {
+                        log::error!("expiry: a pass failed (a bug); trying again in a second");
+                    }
                 }
                 std::thread::sleep(crate::expiry::EVERY);
             }

@@ -55,7 +55,12 @@ fn a_sandbox_is_removed_within_5_s_of_its_ttl_and_its_history_says_expired() {
 #[test]
 fn an_idle_sandbox_expires_but_not_while_a_command_runs_in_it() {
     let server = Server::start();
+    // A server up for longer than the idle timeout: a new sandbox is idle from its
+    // creation, not from the server's start.
+    std::thread::sleep(Duration::from_millis(2500));
     create(&server, json!({"name": "idle", "idle_timeout": "2s"}));
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(exists(&server, "idle"), "removed at once");
     let data = server.get("/sandboxes/idle").1["data"].clone();
     assert_eq!(data["idle_timeout"], json!(2), "{data}");
     // A command that lasts longer than the idle timeout keeps it, and its own
