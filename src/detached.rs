@@ -474,6 +474,9 @@ fn container(
     name: &SandboxName,
 ) -> Result<(String, Option<SocketRoute>)> {
     let inspect = crate::sandbox::inspect_ours(docker, config, name)?;
+    if inspect.state.paused {
+        return Err(Error::SandboxPaused(name.to_string()));
+    }
     if !inspect.state.running {
         return Err(Error::SandboxNotRunning(name.to_string()));
     }

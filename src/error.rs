@@ -16,6 +16,8 @@ pub enum Error {
     SandboxExists(String),
     /// The sandbox exists but is stopped.
     SandboxNotRunning(String),
+    /// The sandbox is paused: its processes are frozen until it is resumed.
+    SandboxPaused(String),
     /// The image is not in the local engine; we never pull.
     ImageMissing(String),
     /// No file at this path in the sandbox.
@@ -62,6 +64,9 @@ impl fmt::Display for Error {
             Error::SandboxExists(name) => write!(f, "Sandbox '{name}' already exists"),
             Error::SandboxNotRunning(name) => {
                 write!(f, "Sandbox '{name}' is stopped: start it before exec")
+            }
+            Error::SandboxPaused(name) => {
+                write!(f, "Sandbox '{name}' is paused: resume it first")
             }
             Error::ImageMissing(image) => write!(
                 f,

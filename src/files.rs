@@ -225,6 +225,10 @@ struct Container<'a> {
 impl<'a> Container<'a> {
     fn open(docker: &Docker, config: &Config, name: &'a SandboxName) -> Result<Container<'a>> {
         let inspect = crate::sandbox::inspect_ours(docker, config, name)?;
+        // Frozen: nothing in it answers, and its files are held as they were.
+        if inspect.state.paused {
+            return Err(Error::SandboxPaused(name.to_string()));
+        }
         let has_stub = crate::sandbox::has_stub(&inspect);
         let route = crate::sandbox::socket_route(config, &inspect);
         let labels = inspect.config.labels.unwrap_or_default();

@@ -331,6 +331,34 @@ fn owner_of(profile: Profile) -> Option<(u32, u32)> {
         .map(crate::containers::profile::numeric_owner)
 }
 
+/// Freezes a running sandbox's processes (the engine's pause); memory is kept. The
+/// engine keeps it paused whatever happens to this server.
+pub fn pause(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sandbox> {
+    forget_running(config, name);
+    let inspect = inspect_ours(docker, config, name)?;
+    if inspect.state.paused {
+        return Ok(from_inspect(&inspect));
+    }
+    if !inspect.state.running {
+        return Err(Error::SandboxNotRunning(name.to_string()));
+    }
+    docker.container_pause(&inspect.id)?;
+    get(docker, config, name)
+}
+
+/// Lets a paused sandbox's processes go on (a running one is left as it is).
+pub fn resume(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sandbox> {
+    let inspect = inspect_ours(docker, config, name)?;
+    if !inspect.state.paused {
+        if !inspect.state.running {
+            return Err(Error::SandboxNotRunning(name.to_string()));
+        }
+        return Ok(from_inspect(&inspect));
+    }
+    docker.container_unpause(&inspect.id)?;
+    get(docker, config, name)
+}
+
 pub fn stop(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sandbox> {
     forget_running(config, name);
     let inspect = inspect_ours(docker, config, name)?;
@@ -555,6 +583,9 @@ pub fn running(docker: &Docker, config: &Config, name: &SandboxName) -> Result<R
 /// `running`, asking the engine.
 fn look_up_running(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Running> {
     let inspect = inspect_ours(docker, config, name)?;
+    if inspect.state.paused {
+        return Err(Error::SandboxPaused(name.to_string()));
+    }
     if !inspect.state.running {
         return Err(Error::SandboxNotRunning(name.to_string()));
     }
@@ -680,6 +711,7 @@ fn explain_exec_failure(
         Ok(inspect) if matches!(inspect.state.status.as_str(), "removing" | "dead") => {
             Error::SandboxNotFound(name.to_string())
         }
+        Ok(inspect) if inspect.state.paused => Error::SandboxPaused(name.to_string()),
         Ok(inspect) if !inspect.state.running => Error::SandboxNotRunning(name.to_string()),
         // The sandbox is there and running (or the engine's answer says nothing of
         // it): the exec's own failure, with the engine's typed answers kept typed.

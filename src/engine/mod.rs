@@ -100,6 +100,9 @@ pub struct ContainerInspect {
 pub struct ContainerState {
     pub status: String,
     pub running: bool,
+    /// Frozen (`docker pause`); `running` stays true meanwhile.
+    #[serde(default)]
+    pub paused: bool,
     /// The init's pid on the engine's host (0 when it does not run).
     #[serde(default)]
     pub pid: i64,
@@ -576,6 +579,19 @@ impl Docker {
     }
 
     /// Stops (SIGTERM, then SIGKILL after `grace_seconds`); already stopped is fine.
+    /// Freezes every process of the container (the cgroup freezer); memory is kept.
+    pub fn container_pause(&self, id: &str) -> Result<()> {
+        let path = format!("/containers/{}/pause", encode_component(id));
+        self.call("POST", &path, None, &[204], Some(self.timeout))
+            .map(|_| ())
+    }
+
+    pub fn container_unpause(&self, id: &str) -> Result<()> {
+        let path = format!("/containers/{}/unpause", encode_component(id));
+        self.call("POST", &path, None, &[204], Some(self.timeout))
+            .map(|_| ())
+    }
+
     pub fn container_stop(&self, id: &str, grace_seconds: u32) -> Result<()> {
         let path = format!(
             "/containers/{}/stop?t={grace_seconds}",

@@ -86,6 +86,8 @@ pub fn dispatch_with(
         } => get_detached_logs(context, &sandbox, &id, stderr_only),
         Request::StartSandbox(name) => post_sandbox_start(context, &name),
         Request::StopSandbox(name) => post_sandbox_stop(context, &name),
+        Request::PauseSandbox(name) => post_sandbox_pause(context, &name),
+        Request::ResumeSandbox(name) => post_sandbox_resume(context, &name),
         Request::SandboxLogs(name) => get_sandbox_logs(context, &name),
         Request::GetSandboxFile(name, path) => get_sandbox_file(context, &name, &path),
         Request::PutSandboxFile(name, path, body) => put_sandbox_file(context, &name, &path, body),
@@ -255,6 +257,21 @@ pub fn post_sandbox_stop(context: &Context, name: &SandboxName) -> Result<Reply,
     let stopped = sandbox::stop(&context.docker, &context.config, name)?;
     context.history.event(name, "stopped");
     Ok(Reply::ok(sandbox_view(context, &stopped)))
+}
+
+/// `POST /sandboxes/{name}/pause`: its processes frozen, their memory kept.
+pub fn post_sandbox_pause(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
+    let paused = sandbox::pause(&context.docker, &context.config, name)?;
+    context.history.event(name, "paused");
+    Ok(Reply::ok(sandbox_view(context, &paused)))
+}
+
+/// `POST /sandboxes/{name}/resume`: a paused sandbox's processes go on.
+pub fn post_sandbox_resume(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
+    let resumed = sandbox::resume(&context.docker, &context.config, name)?;
+    context.expiry.touch(name);
+    context.history.event(name, "resumed");
+    Ok(Reply::ok(sandbox_view(context, &resumed)))
 }
 
 pub fn post_sandbox_exec(

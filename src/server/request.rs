@@ -66,6 +66,8 @@ pub enum Request {
     },
     StartSandbox(SandboxName),
     StopSandbox(SandboxName),
+    PauseSandbox(SandboxName),
+    ResumeSandbox(SandboxName),
     SandboxLogs(SandboxName),
     GetSandboxFile(SandboxName, SandboxPath),
     PutSandboxFile(SandboxName, SandboxPath, PutFileBody),
@@ -108,6 +110,8 @@ impl Request {
             },
             Route::StartSandbox(name) => Request::StartSandbox(name),
             Route::StopSandbox(name) => Request::StopSandbox(name),
+            Route::PauseSandbox(name) => Request::PauseSandbox(name),
+            Route::ResumeSandbox(name) => Request::ResumeSandbox(name),
             Route::SandboxLogs(name) => Request::SandboxLogs(name),
             Route::GetSandboxFile(name, path) => Request::GetSandboxFile(name, path),
             Route::PutSandboxFile(name, path) => {
@@ -151,6 +155,8 @@ impl Request {
             },
             Request::StartSandbox(name) => Route::StartSandbox(name.clone()),
             Request::StopSandbox(name) => Route::StopSandbox(name.clone()),
+            Request::PauseSandbox(name) => Route::PauseSandbox(name.clone()),
+            Request::ResumeSandbox(name) => Route::ResumeSandbox(name.clone()),
             Request::SandboxLogs(name) => Route::SandboxLogs(name.clone()),
             Request::GetSandboxFile(name, path) => {
                 Route::GetSandboxFile(name.clone(), path.clone())
@@ -194,6 +200,8 @@ impl Request {
             | Request::DetachedLogs { .. }
             | Request::StartSandbox(_)
             | Request::StopSandbox(_)
+            | Request::PauseSandbox(_)
+            | Request::ResumeSandbox(_)
             | Request::SandboxLogs(_)
             | Request::GetSandboxFile(..)
             | Request::DeleteSandboxFile(..) => None,

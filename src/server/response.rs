@@ -260,6 +260,7 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
                 }
                 Error::SandboxExists(_)
                 | Error::SandboxNotRunning(_)
+                | Error::SandboxPaused(_)
                 | Error::FileNeedsRunning { .. } => 409,
                 Error::FileTooLarge { .. } => 413,
                 Error::NoSpace { .. } => 507,

@@ -37,6 +37,8 @@ pub enum Route {
     },
     StartSandbox(SandboxName),
     StopSandbox(SandboxName),
+    PauseSandbox(SandboxName),
+    ResumeSandbox(SandboxName),
     SandboxLogs(SandboxName),
     GetSandboxFile(SandboxName, SandboxPath),
     PutSandboxFile(SandboxName, SandboxPath),
@@ -92,6 +94,8 @@ impl Route {
             }
             Route::StartSandbox(name) => ("POST", sandbox(name, "/start")),
             Route::StopSandbox(name) => ("POST", sandbox(name, "/stop")),
+            Route::PauseSandbox(name) => ("POST", sandbox(name, "/pause")),
+            Route::ResumeSandbox(name) => ("POST", sandbox(name, "/resume")),
             Route::SandboxLogs(name) => ("GET", sandbox(name, "/logs")),
             Route::GetSandboxFile(name, path) => ("GET", file(name, path)),
             Route::PutSandboxFile(name, path) => ("PUT", file(name, path)),
@@ -187,7 +191,11 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
         ("POST", ["sandboxes", sandbox, "exec"]) => Ok(Route::ExecSandbox(name(sandbox)?)),
         ("POST", ["sandboxes", sandbox, "start"]) => Ok(Route::StartSandbox(name(sandbox)?)),
         ("POST", ["sandboxes", sandbox, "stop"]) => Ok(Route::StopSandbox(name(sandbox)?)),
-        (_, ["sandboxes", _, "exec" | "start" | "stop"]) => Err(not_allowed("POST")),
+        ("POST", ["sandboxes", sandbox, "pause"]) => Ok(Route::PauseSandbox(name(sandbox)?)),
+        ("POST", ["sandboxes", sandbox, "resume"]) => Ok(Route::ResumeSandbox(name(sandbox)?)),
+        (_, ["sandboxes", _, "exec" | "start" | "stop" | "pause" | "resume"]) => {
+            Err(not_allowed("POST"))
+        }
         ("POST", ["sandboxes", sandbox, "exec", "stream"]) => {
             Ok(Route::ExecSandboxStream(name(sandbox)?))
         }
@@ -423,6 +431,8 @@ mod tests {
             Route::DetachedLogs { .. } => ("get", "/sandboxes/{name}/exec/detached/{id}/logs"),
             Route::StartSandbox(_) => ("post", "/sandboxes/{name}/start"),
             Route::StopSandbox(_) => ("post", "/sandboxes/{name}/stop"),
+            Route::PauseSandbox(_) => ("post", "/sandboxes/{name}/pause"),
+            Route::ResumeSandbox(_) => ("post", "/sandboxes/{name}/resume"),
             Route::SandboxLogs(_) => ("get", "/sandboxes/{name}/logs"),
             Route::GetSandboxFile(..) => ("get", "/sandboxes/{name}/files/{path}"),
             Route::PutSandboxFile(..) => ("put", "/sandboxes/{name}/files/{path}"),
@@ -504,6 +514,8 @@ mod tests {
             ),
             ("POST", "/sandboxes/b/start"),
             ("POST", "/sandboxes/b/stop"),
+            ("POST", "/sandboxes/b/pause"),
+            ("POST", "/sandboxes/b/resume"),
             ("GET", "/sandboxes/b/logs"),
             ("GET", "/sandboxes/b/files/tmp/x"),
             ("PUT", "/sandboxes/b/files/tmp/x"),
@@ -609,6 +621,8 @@ mod tests {
             },
             Route::StartSandbox(name.clone()),
             Route::StopSandbox(name.clone()),
+            Route::PauseSandbox(name.clone()),
+            Route::ResumeSandbox(name.clone()),
             Route::SandboxLogs(name.clone()),
             Route::GetSandboxFile(name.clone(), file("/tmp/x")),
             Route::PutSandboxFile(name.clone(), file("/tmp/a b/%41?#€")),

@@ -1,4 +1,4 @@
-//! Sandboxes that end by themselves: ttl, idle timeout, extend.
+//! A sandbox's lifecycle beyond create and delete: ttl, idle timeout, extend, pause.
 
 use std::time::{Duration, Instant};
 
@@ -146,5 +146,85 @@ fn the_servers_default_ttl_applies_to_sandboxes_without_one() {
         &server,
         "defaulted"
     )));
+    server.finish();
+}
+
+#[test]
+fn a_paused_sandbox_keeps_its_processes_frozen_and_refuses_execs_until_resumed() {
+    let mut server = Server::start();
+    create(&server, json!({"name": "frozen"}));
+    // A counter that runs on its own, detached.
+    let (status, answer) = server.post(
+        "/sandboxes/frozen/exec",
+        r#"{"command":["sh","-c","(i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done) >/dev/null 2>&1 &"]}"#,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = server.post("/sandboxes/frozen/pause", "");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["data"]["status"], json!("paused"), "{answer}");
+    for (method, path, body) in [
+        ("POST", "/sandboxes/frozen/exec", r#"{"command":["true"]}"#),
+        (
+            "POST",
+            "/sandboxes/frozen/exec/stream",
+            r#"{"command":["true"]}"#,
+        ),
+        ("GET", "/sandboxes/frozen/files/tmp/count", ""),
+        ("PUT", "/sandboxes/frozen/files/tmp/x", r#"{"content":"x"}"#),
+    ] {
+        let body = (!body.is_empty()).then_some(body);
+        let (status, answer) = server.request(method, path, body, &[]);
+        assert_eq!(status, 409, "{method} {path}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("is paused"),
+            "{method} {path}: {answer}"
+        );
+    }
+    // Paused through a restart of the server: the engine keeps it so.
+    server.cleanup = false;
+    let namespace = server.namespace.clone();
+    server.terminate();
+    let server = Server::start_with(Options {
+        namespace: Some(namespace),
+        ..Options::default()
+    });
+    assert_eq!(
+        server.get("/sandboxes/frozen").1["data"]["status"],
+        json!("paused")
+    );
+    let (status, answer) = server.post("/sandboxes/frozen/resume", "");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["data"]["status"], json!("running"), "{answer}");
+    // The counter went on from where it was frozen.
+    let read = |server: &Server| -> u64 {
+        let (_, answer) = server.post(
+            "/sandboxes/frozen/exec",
+            r#"{"command":["cat","/tmp/count"]}"#,
+        );
+        answer["data"]["stdout"]
+            .as_str()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let first = read(&server);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(read(&server) > first);
+    // Pausing a stopped sandbox is a 409; resuming a running one changes nothing.
+    assert_eq!(server.post("/sandboxes/frozen/resume", "").0, 200);
+    assert_eq!(server.post("/sandboxes/frozen/stop", "").0, 200);
+    assert_eq!(server.post("/sandboxes/frozen/pause", "").0, 409);
+    assert_eq!(server.delete("/sandboxes/frozen").0, 200);
+    let events: Vec<String> = server.get("/sandboxes/frozen/logs").1["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|entry| entry["event"].as_str().map(String::from))
+        .collect();
+    assert!(
+        events.contains(&"paused".to_string()) && events.contains(&"resumed".to_string()),
+        "{events:?}"
+    );
     server.finish();
 }
