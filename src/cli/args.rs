@@ -444,6 +444,8 @@ pub(super) fn parse_sandbox(
         "info" | "inspect" => (SANDBOX_INFO, None),
         "start" => (SANDBOX_CHANGE, Some(Verb::Start)),
         "stop" => (SANDBOX_CHANGE, Some(Verb::Stop)),
+        "pause" => (SANDBOX_CHANGE, Some(Verb::Pause)),
+        "resume" => (SANDBOX_CHANGE, Some(Verb::Resume)),
         "remove" | "rm" => (SANDBOX_CHANGE, Some(Verb::Remove)),
         other => {
             return Err((

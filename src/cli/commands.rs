@@ -60,6 +60,8 @@ impl Action {
                 match verb {
                     Verb::Start => Request::StartSandbox(name),
                     Verb::Stop => Request::StopSandbox(name),
+                    Verb::Pause => Request::PauseSandbox(name),
+                    Verb::Resume => Request::ResumeSandbox(name),
                     Verb::Remove => Request::DeleteSandbox(name),
                 }
             }

@@ -298,11 +298,11 @@ pub const SANDBOX_INFO: Topic = Topic {
 };
 
 pub const SANDBOX_CHANGE: Topic = Topic {
-    command: "sandbox start|stop|remove",
+    command: "sandbox start|stop|pause|resume|remove",
     lead: "NAME",
     flags: &[JSON],
     operands: "",
-    about: "Starts, stops (files are kept) or removes a sandbox; prints its name.\n",
+    about: "Starts, stops (files are kept), pauses (processes frozen, memory kept), resumes or\nremoves a sandbox; prints its name.\n",
     more: "",
 };
 

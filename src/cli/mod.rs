@@ -116,6 +116,8 @@ pub enum Action {
 pub enum Verb {
     Start,
     Stop,
+    Pause,
+    Resume,
     Remove,
 }
 

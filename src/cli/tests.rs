@@ -355,7 +355,7 @@ fn env_without_a_value_passes_ours_or_nothing() {
 
 #[test]
 fn sandbox_subcommands_parse() {
-    let cases: [(&[&str], Action); 8] = [
+    let cases: [(&[&str], Action); 10] = [
         (
             &[
                 "sandbox",
@@ -399,6 +399,22 @@ fn sandbox_subcommands_parse() {
             &["sandbox", "stop", "b"],
             Action::Change {
                 verb: Verb::Stop,
+                name: "b".into(),
+                json: false,
+            },
+        ),
+        (
+            &["sandbox", "pause", "b"],
+            Action::Change {
+                verb: Verb::Pause,
+                name: "b".into(),
+                json: false,
+            },
+        ),
+        (
+            &["sandbox", "resume", "b"],
+            Action::Change {
+                verb: Verb::Resume,
                 name: "b".into(),
                 json: false,
             },

@@ -362,6 +362,28 @@ fn sandbox_commands_answer_alike_locally_and_through_a_server() {
     );
     assert_eq!(alike(&["exec", "box", "cat", "/kept"]).stdout, "kept\n");
 
+    let paused = scope.run(remote, &["sandbox", "pause", "box"]);
+    assert_eq!(
+        (paused.code, paused.stdout.as_str()),
+        (0, "box\n"),
+        "{paused:?}"
+    );
+    let refused = alike(&["exec", "box", "true"]);
+    assert_eq!(
+        (refused.code, refused.stderr.as_str()),
+        (
+            125,
+            "agentkernel: Sandbox 'box' is paused: resume it first\n"
+        )
+    );
+    let resumed = scope.run(Mode::Local, &["sandbox", "resume", "box"]);
+    assert_eq!(
+        (resumed.code, resumed.stdout.as_str()),
+        (0, "box\n"),
+        "{resumed:?}"
+    );
+    assert_eq!(alike(&["exec", "box", "cat", "/kept"]).stdout, "kept\n");
+
     let removed = scope.run(remote, &["sandbox", "remove", "box"]);
     assert_eq!(
         (removed.code, removed.stdout.as_str()),
