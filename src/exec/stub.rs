@@ -65,14 +65,9 @@ pub fn exec_via_socket(
     started: Instant,
     sink: OutputSink<'_>,
 ) -> Option<Result<CommandResult>> {
-    let open = || -> io::Result<StubStream> {
-        let connection = socket.connect(init_pid, crate::exec::socket::Listener::SandboxInit)?;
-        let mut stream = StubStream::over_socket(connection)?;
-        // The init forks at once; a supervisor that does not say hello in this time was
-        // held up (stopped by a command before it ran): `docker exec` instead.
-        stream.read_hello_within(SOCKET_HELLO_TIMEOUT)?;
-        Ok(stream)
-    };
+    // The init forks at once; a supervisor that does not say hello in time was held up
+    // (stopped by a command before it ran): `docker exec` instead.
+    let open = || open_socket(socket, init_pid, crate::exec::socket::Listener::SandboxInit);
     // An init that has just started may not listen yet (refused, or the socket of the
     // init before it), or has no token yet (it closes before the hello): it gets the
     // token once, and a moment to read it.
@@ -108,6 +103,17 @@ pub fn exec_via_socket(
     Some(exec_with(docker, container, stream, spec, started, sink))
 }
 
+/// A stub reached on an init's exec socket that said hello (by `SOCKET_HELLO_TIMEOUT`).
+fn open_socket(
+    socket: &crate::exec::socket::ExecSocket,
+    init_pid: i64,
+    listener: crate::exec::socket::Listener,
+) -> io::Result<StubStream> {
+    let mut stream = StubStream::over_socket(socket.connect(init_pid, listener)?)?;
+    stream.read_hello_within(SOCKET_HELLO_TIMEOUT)?;
+    Ok(stream)
+}
+
 /// Runs one command in a warm container of the pool through its init's exec socket
 /// (`init_pid`, given its token at launch); `None` when the socket cannot take it before
 /// the spec is sent (the caller runs it over the attach connection instead).
@@ -118,13 +124,7 @@ pub fn run_via_socket(
     started: Instant,
     sink: OutputSink<'_>,
 ) -> Option<Result<CommandResult>> {
-    let open = || -> io::Result<StubStream> {
-        let connection = socket.connect(init_pid, crate::exec::socket::Listener::Temporary)?;
-        let mut stream = StubStream::over_socket(connection)?;
-        stream.read_hello_within(SOCKET_HELLO_TIMEOUT)?;
-        Ok(stream)
-    };
-    match open() {
+    match open_socket(socket, init_pid, crate::exec::socket::Listener::Temporary) {
         Ok(mut stream) => Some(stream.run(spec, started, sink).map_err(run_lost)),
         Err(error) => {
             // Said once at warn (a server that cannot see into containers meets this on

@@ -58,6 +58,21 @@ fn prune_stub_copies(data_dir: &std::path::Path) {
 }
 
 /// A namespace no other test uses: `t-<run>-<pid>-<n>`.
+/// A shell script (removed by the caller) that runs the server binary after `prefix`:
+/// `prefix` is a command that takes the binary as its arguments, or shell statements
+/// ending in `;`.
+pub fn wrapped_binary(tag: &str, prefix: &str) -> PathBuf {
+    let script = std::env::temp_dir().join(format!("ak-{tag}-{}.sh", std::process::id()));
+    let binary = env!("CARGO_BIN_EXE_agentkernel");
+    let body = match prefix.strip_suffix(';') {
+        Some(statements) => format!("#!/bin/sh\n{statements}\nexec {binary} \"$@\"\n"),
+        None => format!("#!/bin/sh\nexec {prefix} {binary} \"$@\"\n"),
+    };
+    std::fs::write(&script, body).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
 pub fn fresh_namespace() -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     // `AK_TEST_RUN` (set by `make test`) lets the leftover check look at this run's

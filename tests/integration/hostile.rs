@@ -358,20 +358,7 @@ fn connections_past_the_limit_are_refused_at_once() {
 #[test]
 fn the_accept_loop_survives_running_out_of_file_descriptors() {
     // A wrapper that lowers the open-files limit to 256 before starting the server.
-    let wrapper = std::env::temp_dir().join(format!("ak-ulimit-{}.sh", std::process::id()));
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nulimit -n 256\nexec {} \"$@\"\n",
-            env!("CARGO_BIN_EXE_agentkernel")
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let wrapper = crate::harness::wrapped_binary("ulimit", "ulimit -n 256;");
     let server = Server::start_with(Options {
         binary: Some(wrapper.clone()),
         // Above what 256 descriptors allow: the edge lowers it, the rest hits EMFILE.

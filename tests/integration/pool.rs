@@ -440,20 +440,7 @@ fn a_server_that_cannot_see_into_containers_runs_warm_over_attach_and_leaves_no_
     // A server in a PID namespace of its own (as in a container of its own) cannot
     // reach a warm container's exec socket: it says so once, its warm runs take the
     // attach connection, and the socket is gone before their command starts.
-    let wrapper = std::env::temp_dir().join(format!("ak-pidns-{}.sh", std::process::id()));
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec unshare --pid --fork --mount-proc {} \"$@\"\n",
-            env!("CARGO_BIN_EXE_agentkernel")
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let wrapper = crate::harness::wrapped_binary("pidns", "unshare --pid --fork --mount-proc");
     let mut server = Server::start_with(Options {
         binary: Some(wrapper.clone()),
         args: vec!["--pool-size".into(), "1".into()],
