@@ -329,7 +329,13 @@ fn a_killed_engine_is_a_503_and_everything_comes_back() {
         // had begun can only end with an error event naming it.
         assert!(outcome.took <= Duration::from_secs(15), "{outcome:?}");
         if outcome.started >= killed_at {
-            assert!(is_engine_503(outcome), "arriving: {outcome:?}");
+            // An exec into a sandbox the server saw running, whose init is still the
+            // same process, needs no engine (`sandbox::running`): it may succeed.
+            let engine_free = matches!(outcome.what, "exec" | "stream") && succeeded(outcome);
+            assert!(
+                is_engine_503(outcome) || engine_free,
+                "arriving: {outcome:?}"
+            );
         } else {
             assert!(
                 is_engine_503(outcome) || is_engine_error_event(outcome) || succeeded(outcome),
@@ -463,7 +469,7 @@ fn a_frozen_engine_bounds_every_request_and_work_resumes() {
     engine.freeze();
     let frozen_at = Instant::now();
     let (pooled, exec, cold, health) = std::thread::scope(|scope| {
-        // Its spec reaches the warm container's stub only through the engine.
+        // A warm container's run takes its exec socket: no engine needed.
         let pooled = scope.spawn(|| {
             let body = r#"{"command":["echo","hi"],"timeout_ms":1000}"#;
             timed("pooled run", "POST", &run_url, Some(body))
@@ -492,14 +498,12 @@ fn a_frozen_engine_bounds_every_request_and_work_resumes() {
     });
     let thawed_at = frozen_at + frozen_for;
 
-    // The run whose command never started is the engine's failure, within its deadline
-    // + 5 s + the probe that found the engine frozen (2 s), never a "timeout".
-    assert!(is_engine_503(&pooled), "{pooled:?}");
-    assert!(
-        pooled.took <= Duration::from_secs(1 + 5 + 2 + 1),
-        "{pooled:?}"
-    );
+    // The warm run was served while the engine was frozen (its exec socket, not the
+    // engine, carried it), long before the thaw.
+    assert_eq!(pooled.status, 200, "{pooled:?}");
+    assert_eq!(pooled.body["data"]["stdout"], "hi\n", "{pooled:?}");
     assert!(pooled.started + pooled.took < thawed_at, "{pooled:?}");
+    assert!(pooled.took < Duration::from_secs(2), "{pooled:?}");
     // /health never waits for the engine, and says it is down.
     assert_eq!(health.status, 200);
     assert!(health.took < Duration::from_secs(1), "{health:?}");
