@@ -331,6 +331,40 @@ fn owner_of(profile: Profile) -> Option<(u32, u32)> {
         .map(crate::containers::profile::numeric_owner)
 }
 
+/// One reading of what a running sandbox uses: CPU as a percent of its own limit (over
+/// the engine's sampling second), memory used (without the page cache) and its limit,
+/// processes, and network and block I/O bytes since it started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    pub cpu_percent: f64,
+    pub memory_used: u64,
+    pub memory_limit: u64,
+    pub pids: u64,
+    pub network_rx: u64,
+    pub network_tx: u64,
+    pub block_read: u64,
+    pub block_write: u64,
+}
+
+pub fn stats(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Stats> {
+    let inspect = inspect_ours(docker, config, name)?;
+    if !inspect.state.running {
+        return Err(Error::SandboxNotRunning(name.to_string()));
+    }
+    let raw = docker.container_stats(&inspect.id)?;
+    let limit_cpus = inspect.host_config.nano_cpus.max(0) as f64 / 1e9;
+    Ok(Stats {
+        cpu_percent: raw.cpu_percent_of(limit_cpus),
+        memory_used: raw.memory_used(),
+        memory_limit: raw.memory_stats.limit,
+        pids: raw.pids_stats.current,
+        network_rx: raw.networks.values().map(|n| n.rx_bytes).sum(),
+        network_tx: raw.networks.values().map(|n| n.tx_bytes).sum(),
+        block_read: raw.block_bytes("read"),
+        block_write: raw.block_bytes("write"),
+    })
+}
+
 /// Freezes a running sandbox's processes (the engine's pause); memory is kept. The
 /// engine keeps it paused whatever happens to this server.
 pub fn pause(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sandbox> {

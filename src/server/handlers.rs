@@ -87,6 +87,7 @@ pub fn dispatch_with(
         Request::StartSandbox(name) => post_sandbox_start(context, &name),
         Request::StopSandbox(name) => post_sandbox_stop(context, &name),
         Request::PauseSandbox(name) => post_sandbox_pause(context, &name),
+        Request::SandboxStats(name) => get_sandbox_stats(context, &name),
         Request::ResumeSandbox(name) => post_sandbox_resume(context, &name),
         Request::SandboxLogs(name) => get_sandbox_logs(context, &name),
         Request::GetSandboxFile(name, path) => get_sandbox_file(context, &name, &path),
@@ -257,6 +258,19 @@ pub fn post_sandbox_stop(context: &Context, name: &SandboxName) -> Result<Reply,
     let stopped = sandbox::stop(&context.docker, &context.config, name)?;
     context.history.event(name, "stopped");
     Ok(Reply::ok(sandbox_view(context, &stopped)))
+}
+
+/// `GET /sandboxes/{name}/stats`: one reading of what the sandbox uses.
+pub fn get_sandbox_stats(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
+    let stats = sandbox::stats(&context.docker, &context.config, name)?;
+    Ok(Reply::ok(json!({
+        "name": name.as_str(),
+        "cpu_percent": stats.cpu_percent,
+        "memory": {"used_bytes": stats.memory_used, "limit_bytes": stats.memory_limit},
+        "pids": stats.pids,
+        "network": {"rx_bytes": stats.network_rx, "tx_bytes": stats.network_tx},
+        "block_io": {"read_bytes": stats.block_read, "write_bytes": stats.block_write},
+    })))
 }
 
 /// `POST /sandboxes/{name}/pause`: its processes frozen, their memory kept.

@@ -68,6 +68,7 @@ pub enum Request {
     StopSandbox(SandboxName),
     PauseSandbox(SandboxName),
     ResumeSandbox(SandboxName),
+    SandboxStats(SandboxName),
     SandboxLogs(SandboxName),
     GetSandboxFile(SandboxName, SandboxPath),
     PutSandboxFile(SandboxName, SandboxPath, PutFileBody),
@@ -111,6 +112,7 @@ impl Request {
             Route::StartSandbox(name) => Request::StartSandbox(name),
             Route::StopSandbox(name) => Request::StopSandbox(name),
             Route::PauseSandbox(name) => Request::PauseSandbox(name),
+            Route::SandboxStats(name) => Request::SandboxStats(name),
             Route::ResumeSandbox(name) => Request::ResumeSandbox(name),
             Route::SandboxLogs(name) => Request::SandboxLogs(name),
             Route::GetSandboxFile(name, path) => Request::GetSandboxFile(name, path),
@@ -156,6 +158,7 @@ impl Request {
             Request::StartSandbox(name) => Route::StartSandbox(name.clone()),
             Request::StopSandbox(name) => Route::StopSandbox(name.clone()),
             Request::PauseSandbox(name) => Route::PauseSandbox(name.clone()),
+            Request::SandboxStats(name) => Route::SandboxStats(name.clone()),
             Request::ResumeSandbox(name) => Route::ResumeSandbox(name.clone()),
             Request::SandboxLogs(name) => Route::SandboxLogs(name.clone()),
             Request::GetSandboxFile(name, path) => {
@@ -201,6 +204,7 @@ impl Request {
             | Request::StartSandbox(_)
             | Request::StopSandbox(_)
             | Request::PauseSandbox(_)
+            | Request::SandboxStats(_)
             | Request::ResumeSandbox(_)
             | Request::SandboxLogs(_)
             | Request::GetSandboxFile(..)

@@ -228,3 +228,45 @@ fn a_paused_sandbox_keeps_its_processes_frozen_and_refuses_execs_until_resumed()
     );
     server.finish();
 }
+
+#[test]
+fn stats_read_what_a_sandbox_uses() {
+    let server = Server::start();
+    create(&server, json!({"name": "busy", "memory_mb": 256}));
+    // A process that keeps a CPU busy, and 8 MiB written to the sandbox's disk.
+    let (status, answer) = server.post(
+        "/sandboxes/busy/exec",
+        r#"{"command":["sh","-c","(while :; do :; done) >/dev/null 2>&1 & dd if=/dev/zero of=/data bs=1M count=8 2>/dev/null; sync"]}"#,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = server.get("/sandboxes/busy/stats");
+    assert_eq!(status, 200, "{answer}");
+    let stats = &answer["data"];
+    assert_eq!(
+        stats["memory"]["limit_bytes"],
+        json!(256 * 1024 * 1024),
+        "{stats}"
+    );
+    assert!(
+        stats["memory"]["used_bytes"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    assert!(
+        stats["pids"].as_u64().unwrap() >= 2,
+        "the init and the loop: {stats}"
+    );
+    // A busy loop: well above nothing, whatever else the machine does.
+    assert!(stats["cpu_percent"].as_f64().unwrap() > 10.0, "{stats}");
+    for field in ["rx_bytes", "tx_bytes"] {
+        assert!(stats["network"][field].is_u64(), "{stats}");
+    }
+    for field in ["read_bytes", "write_bytes"] {
+        assert!(stats["block_io"][field].is_u64(), "{stats}");
+    }
+    // A stopped sandbox has nothing to read: 409; a missing one 404.
+    assert_eq!(server.post("/sandboxes/busy/stop", "").0, 200);
+    assert_eq!(server.get("/sandboxes/busy/stats").0, 409);
+    assert_eq!(server.get("/sandboxes/nothing/stats").0, 404);
+    assert_eq!(server.delete("/sandboxes/busy").0, 200);
+    server.finish();
+}
