@@ -377,6 +377,8 @@ pub fn pause(docker: &Docker, config: &Config, name: &SandboxName) -> Result<San
         return Err(Error::SandboxNotRunning(name.to_string()));
     }
     docker.container_pause(&inspect.id)?;
+    // An exec that looked at it just before may have put it back.
+    forget_running(config, name);
     get(docker, config, name)
 }
 
@@ -570,14 +572,45 @@ pub fn forget_running(config: &Config, name: &SandboxName) {
 }
 
 /// Whether `pid`, started at `start` (clock ticks), is still that process, in the
-/// container `id` (its cgroup path names the container).
+/// container `id` (its cgroup path names the container), and not frozen (paused, by us
+/// or by anyone with the engine: an exec would wait for a hello that cannot come).
 fn same_init(pid: i64, start: u64, id: &str) -> bool {
     let Ok(pid) = u32::try_from(pid) else {
         return false;
     };
+    let Ok(cgroups) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return false;
+    };
     crate::stub::reap::process(pid).is_some_and(|process| process.start == start && !process.zombie)
-        && std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .is_ok_and(|cgroups| cgroups.contains(id))
+        && cgroups.contains(id)
+        && thawed(&cgroups) == Some(true)
+}
+
+/// Whether the cgroup of a process (its `/proc/PID/cgroup`) is known not to be frozen:
+/// cgroup v1's freezer state, or v2's `frozen` event. `None` when neither can be read.
+fn thawed(cgroups: &str) -> Option<bool> {
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        if controllers.split(',').any(|c| c == "freezer") {
+            let state =
+                std::fs::read_to_string(format!("/sys/fs/cgroup/freezer{path}/freezer.state"))
+                    .ok()?;
+            return Some(state.trim() == "THAWED");
+        }
+        if controllers.is_empty() {
+            // (A hybrid host's unified tree has no `frozen` key: then the v1 line
+            // decides.)
+            if let Ok(events) =
+                std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cgroup.events"))
+            {
+                if let Some(frozen) = events.lines().find_map(|line| line.strip_prefix("frozen ")) {
+                    return Some(frozen.trim() == "0");
+                }
+            }
+        }
+    }
+    None
 }
 
 /// The sandbox of that name, if it runs (else `SandboxNotFound` or `SandboxNotRunning`).
@@ -725,6 +758,7 @@ fn explain_exec_failure(
     let state = loop {
         let state = inspect_ours(docker, config, name);
         let running = matches!(&state, Ok(inspect) if inspect.state.running
+            && !inspect.state.paused
             && !matches!(inspect.state.status.as_str(), "removing" | "dead"));
         if !running || Instant::now() >= give_up {
             break state;

@@ -139,7 +139,7 @@ Run untrusted commands in isolated Docker containers.
 Commands:
   run [OPTIONS] [--] CMD [ARGS...]        run a command in a fresh container
   exec [OPTIONS] NAME [--] CMD [ARGS...]  run a command in a running sandbox
-  sandbox create|list|info|start|stop|remove
+  sandbox create|list|info|start|stop|pause|resume|remove
                                           manage persistent sandboxes
   health                                  check that the engine (or server) answers
   serve [OPTIONS]                         serve the HTTP API
@@ -243,7 +243,7 @@ pub const SANDBOX: Topic = Topic {
     command: "sandbox",
     lead: "",
     flags: &[],
-    operands: "create|list|info|start|stop|remove ...",
+    operands: "create|list|info|start|stop|pause|resume|remove ...",
     about: "\
 Persistent sandboxes: containers that keep their files across stop and start.
 

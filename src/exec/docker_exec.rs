@@ -151,12 +151,15 @@ fn exec_marked(
             writer.shutdown(std::net::Shutdown::Write)
         })
     });
+    // Whether the kill at the deadline reached the command (a paused container, say,
+    // refuses it): a timeout is reported only if it did.
+    let deadline_kill = std::cell::Cell::new(true);
     let collected = with_feeder(feed, || {
         collect_stream(
             &mut hijacked,
             Instant::now() + spec.timeout,
             spec.max_output_bytes,
-            || kill_exec_tree(docker, container, mark),
+            || deadline_kill.set(kill_exec_tree(docker, container, mark)),
             sink,
         )
     });
@@ -175,6 +178,11 @@ fn exec_marked(
             source,
         })
     })?;
+    if collected.timed_out && !deadline_kill.get() {
+        return Err(Error::RunLost(
+            "the command passed its deadline and could not be killed".into(),
+        ));
+    }
     let mut exit_code = if collected.timed_out {
         None
     } else {
@@ -223,7 +231,9 @@ const KILL_SCRIPT: &str =
     kill -KILL \"${d#/proc/}\" 2>/dev/null && found=1; fi; done; \
     [ -n \"$found\" ] || break; round=$((round+1)); done; true";
 
-fn kill_exec_tree(docker: &Docker, container: &str, mark: &Mark) {
+/// Kills every process of the exec marked `mark`; false if the engine would not run the
+/// killer.
+fn kill_exec_tree(docker: &Docker, container: &str, mark: &Mark) -> bool {
     let login_uid = mark
         .login_uid
         .map(|uid| uid.to_string())
@@ -249,12 +259,16 @@ fn kill_exec_tree(docker: &Docker, container: &str, mark: &Mark) {
                 said.extend_from_slice(bytes)
             })
         });
-    match killed {
-        Ok(_) => log::info!("exec in container {container} stopped: its processes were killed"),
-        Err(error) => {
-            log::warn!("exec in container {container} stopped; cannot kill its processes: {error}")
+    let done = match killed {
+        Ok(_) => {
+            log::info!("exec in container {container} stopped: its processes were killed");
+            true
         }
-    }
+        Err(error) => {
+            log::warn!("exec in container {container} stopped; cannot kill its processes: {error}");
+            false
+        }
+    };
     static SAID_UNMARKED: AtomicBool = AtomicBool::new(false);
     if mark.login_uid.is_some()
         && said == b"unmarked\n"
@@ -266,6 +280,7 @@ fn kill_exec_tree(docker: &Docker, container: &str, mark: &Mark) {
              token only, which a command can remove"
         );
     }
+    done
 }
 
 /// Polls exec inspect until the process is gone: the stream can end a moment before

@@ -276,6 +276,8 @@ pub fn get_sandbox_stats(context: &Context, name: &SandboxName) -> Result<Reply,
 /// `POST /sandboxes/{name}/pause`: its processes frozen, their memory kept.
 pub fn post_sandbox_pause(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
     let paused = sandbox::pause(&context.docker, &context.config, name)?;
+    // Idle from the pause on (not since before it).
+    context.expiry.touch(name);
     context.history.event(name, "paused");
     Ok(Reply::ok(sandbox_view(context, &paused)))
 }

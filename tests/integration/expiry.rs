@@ -270,3 +270,33 @@ fn stats_read_what_a_sandbox_uses() {
     assert_eq!(server.delete("/sandboxes/busy").0, 200);
     server.finish();
 }
+
+#[test]
+fn a_sandbox_paused_behind_our_back_is_a_prompt_409_never_a_stalled_exec() {
+    let server = Server::start();
+    create(&server, json!({"name": "behind"}));
+    // Seen running (and so remembered) by one exec, then paused through the engine.
+    let (status, _) = server.post("/sandboxes/behind/exec", r#"{"command":["true"]}"#);
+    assert_eq!(status, 200);
+    let id = server.get("/sandboxes/behind").1["data"]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    crate::harness::docker().container_pause(&id).unwrap();
+    for path in ["/sandboxes/behind/exec", "/sandboxes/behind/exec/stream"] {
+        let started = Instant::now();
+        let (status, answer) = server.post(path, r#"{"command":["true"]}"#);
+        assert_eq!(status, 409, "{path}: {answer}");
+        // Well under the 5 s an exec would wait for a frozen init's hello.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{path} took {:?}",
+            started.elapsed()
+        );
+    }
+    crate::harness::docker().container_unpause(&id).unwrap();
+    let (status, _) = server.post("/sandboxes/behind/exec", r#"{"command":["true"]}"#);
+    assert_eq!(status, 200);
+    assert_eq!(server.delete("/sandboxes/behind").0, 200);
+    server.finish();
+}
