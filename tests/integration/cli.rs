@@ -508,7 +508,7 @@ fn usage_errors_exit_2_with_the_usage_line() {
         (&["exec", "box"], "Usage: agentkernel exec "),
         (
             &["sandbox", "frob"],
-            "Usage: agentkernel sandbox create|list|info|start|stop|remove",
+            "Usage: agentkernel sandbox create|list|info|start|stop|pause|resume|remove",
         ),
         (
             &["sandbox", "create"],
