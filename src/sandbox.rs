@@ -289,6 +289,10 @@ pub fn create(
 
 pub fn start(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sandbox> {
     let inspect = inspect_ours(docker, config, name)?;
+    // The engine refuses to start a paused container: it is resumed, not started.
+    if inspect.state.paused {
+        return Err(Error::SandboxPaused(name.to_string()));
+    }
     docker.container_set_restart(&inspect.id, true)?;
     docker.container_start(&inspect.id)?;
     // A started init has no token yet.

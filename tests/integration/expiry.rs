@@ -171,6 +171,7 @@ fn a_paused_sandbox_keeps_its_processes_frozen_and_refuses_execs_until_resumed()
         ),
         ("GET", "/sandboxes/frozen/files/tmp/count", ""),
         ("PUT", "/sandboxes/frozen/files/tmp/x", r#"{"content":"x"}"#),
+        ("POST", "/sandboxes/frozen/start", ""),
     ] {
         let body = (!body.is_empty()).then_some(body);
         let (status, answer) = server.request(method, path, body, &[]);
