@@ -248,7 +248,10 @@ fn a_killed_engine_is_a_503_and_everything_comes_back() {
     let root_file_url = server.url("/sandboxes/up/files/root/f.txt");
     let tmp_file_url = server.url("/sandboxes/up/files/tmp/f.txt");
     let health_url = server.url("/health");
-    let run_body = r#"{"command":["sh","-c","sleep 0.5; echo hi"],"timeout_ms":10000}"#;
+    // Cold runs: each needs the engine from start to end (a warm run's exec socket
+    // does not, and may well finish with its 200 after the kill).
+    let run_body =
+        r#"{"command":["sh","-c","sleep 0.5; echo hi"],"timeout_ms":10000,"fast":false}"#;
     // Long enough that the first exec is still running when the engine is killed.
     let exec_body = r#"{"command":["sh","-c","sleep 5; echo x"],"timeout_ms":10000}"#;
     let stream_body = r#"{"command":["sh","-c","echo a; sleep 1; echo b"],"timeout_ms":10000}"#;
