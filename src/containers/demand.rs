@@ -99,6 +99,11 @@ impl Sizing {
         }
     }
 
+    /// What it wants beyond its minimum.
+    fn growth(&self) -> usize {
+        self.wanted.saturating_sub(self.min)
+    }
+
     /// Why the target is what it is, in words.
     pub fn why(&self) -> String {
         let (window, span) = (WINDOW.as_secs(), SPAN.as_secs());
@@ -144,13 +149,12 @@ pub fn share<'a>(sizings: impl IntoIterator<Item = &'a mut Sizing>, max: usize) 
     let mut sizings: Vec<&mut Sizing> = sizings.into_iter().collect();
     let floor: usize = sizings.iter().map(|s| s.min).sum();
     let room = max.saturating_sub(floor);
-    let growth: usize = sizings.iter().map(|s| s.wanted - s.min.min(s.wanted)).sum();
+    let growth: usize = sizings.iter().map(|s| s.growth()).sum();
     for sizing in &mut sizings {
-        let own = sizing.wanted - sizing.min.min(sizing.wanted);
         sizing.target = if growth <= room {
             sizing.wanted
         } else {
-            sizing.min.min(sizing.wanted) + own * room / growth
+            sizing.wanted - sizing.growth() + sizing.growth() * room / growth
         };
     }
 }

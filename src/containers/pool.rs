@@ -50,11 +50,9 @@ const MAX_HOLD: Duration = Duration::from_secs(10);
 struct KeyState {
     /// The least this key keeps warm (`--pool`, `--pool-size`, `--pool-dynamic-size`).
     min: usize,
-    /// What it keeps warm now (`sizing.target`, kept here for the refill's look).
-    target: usize,
     /// The fast requests that wanted one of its containers lately.
     demand: Demand,
-    /// How `target` was last set (`Pool::resize`).
+    /// What it keeps warm now (`sizing.target`), and why: set by `Pool::resize`.
     sizing: Sizing,
     ready: VecDeque<WarmSlot>,
     creating: usize,
@@ -73,7 +71,12 @@ impl KeyState {
     fn new(min: usize, last_used: Option<Instant>) -> KeyState {
         KeyState {
             min,
-            target: min,
+            sizing: Sizing {
+                min,
+                wanted: min,
+                target: min,
+                ..Sizing::default()
+            },
             last_used,
             ..KeyState::default()
         }
@@ -81,7 +84,7 @@ impl KeyState {
 
     /// Ready containers beyond the target, oldest first, taken out.
     fn surplus(&mut self) -> Vec<Warm> {
-        let extra = self.ready.len().saturating_sub(self.target);
+        let extra = self.ready.len().saturating_sub(self.sizing.target);
         self.ready.drain(..extra).map(|slot| slot.0).collect()
     }
 }
@@ -135,8 +138,8 @@ impl Pool {
     }
 
     /// A pool keeping `initial` keys warm, at least their given number each, and keys
-    /// that requests use at least `dynamic_target`; each grows with demand up to
-    /// `max_target` (see `demand`).
+    /// that requests use at least `dynamic_target`; keys grow with demand, all of them
+    /// together up to `max_target` (see `demand`).
     pub fn new(
         launcher: Launcher,
         initial: &[(PoolKey, usize)],
@@ -260,7 +263,7 @@ impl Pool {
             Some(_) => state.in_use += 1,
             None => state.fallbacks += 1,
         }
-        self.resize(&mut keys, now);
+        // The refill thread, woken, sets the targets from the demand (as `stats` does).
         drop(keys);
         self.wake.notify_all();
         taken
@@ -358,9 +361,6 @@ impl Pool {
             keys.values_mut().map(|state| &mut state.sizing),
             self.max_target,
         );
-        for state in keys.values_mut() {
-            state.target = state.sizing.target;
-        }
     }
 
     /// Removes a used container in the background (inline if the queue is full).
@@ -390,7 +390,7 @@ impl Pool {
                 json!({
                     "image": key.image,
                     "profile": key.profile.name(),
-                    "target": state.target,
+                    "target": state.sizing.target,
                     "ready": state.ready.len(),
                     "creating": state.creating,
                     "in_use": state.in_use,
@@ -450,11 +450,11 @@ impl Pool {
                     let engine_up = self.engine_up.load(Ordering::SeqCst);
                     let wanted = keys.iter().find(|(_, state)| {
                         let have = state.ready.len() + state.creating;
-                        let urgent = have < state.target.div_ceil(4);
+                        let urgent = have < state.sizing.target.div_ceil(4);
                         engine_up
                             && (cold_starts == 0 || have == 0)
                             && settled_at.is_none()
-                            && have < state.target
+                            && have < state.sizing.target
                             && (urgent || quiet_at.is_none())
                             && state.retry_at.is_none_or(|at| at <= now)
                     });
