@@ -23,4 +23,12 @@ if [ -n "$left" ]; then
 	echo "$left" >&2
 	exit 1
 fi
-echo "check-leftovers: no test container left behind"
+# A snapshot's repository names its namespace (src/snapshot.rs `reference`).
+images=$(docker images --filter label=agentkernel.kind=snapshot \
+	--format '{{.Repository}}:{{.Tag}}' | grep "^agentkernel-snapshot/t-${AK_TEST_RUN:+$AK_TEST_RUN-}" || true)
+if [ -n "$images" ]; then
+	echo "check-leftovers: snapshots left behind by the tests:" >&2
+	echo "$images" >&2
+	exit 1
+fi
+echo "check-leftovers: no test container or snapshot left behind"

@@ -67,7 +67,7 @@ LAYERS = [
     ("error", "containers/profile"),
     ("config", "exec"),
     ("containers",),
-    ("run", "sandbox", "files", "detached", "history", "expiry"),
+    ("run", "sandbox", "files", "detached", "history", "expiry", "snapshot"),
     ("server",),
     ("cli",),
 ]

@@ -20,6 +20,12 @@ pub enum Error {
     SandboxPaused(String),
     /// The image is not in the local engine; we never pull.
     ImageMissing(String),
+    /// No snapshot of that name in our namespace.
+    SnapshotNotFound(String),
+    /// A snapshot of that name already exists.
+    SnapshotExists(String),
+    /// A sandbox made from the snapshot still exists, so its image stays.
+    SnapshotInUse(String),
     /// No file at this path in the sandbox.
     FileNotFound { sandbox: String, path: String },
     /// The path exists but is not a regular file; `what` says what it is instead
@@ -72,6 +78,13 @@ impl fmt::Display for Error {
                 f,
                 "image '{image}' is not present in the local engine (nothing is pulled: \
                  load or build it first)"
+            ),
+            Error::SnapshotNotFound(name) => write!(f, "Snapshot '{name}' not found"),
+            Error::SnapshotExists(name) => write!(f, "Snapshot '{name}' already exists"),
+            Error::SnapshotInUse(name) => write!(
+                f,
+                "Snapshot '{name}' is in use by a sandbox made from it: remove that sandbox \
+                 first"
             ),
             Error::FileNotFound { sandbox, path } => {
                 write!(f, "File '{path}' not found in sandbox '{sandbox}'")

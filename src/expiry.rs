@@ -46,6 +46,8 @@ pub struct Expiry {
     /// Since when a sandbox without an entry in `activity` counts as idle: the
     /// server's start, or the last time an entry had to be dropped for room.
     since: Mutex<Instant>,
+    /// Sandboxes removed for their terms since the start (for `GET /metrics`).
+    expired: std::sync::atomic::AtomicU64,
 }
 
 /// Most sandbox names whose activity is kept (requests may name sandboxes that do not
@@ -93,7 +95,13 @@ impl Expiry {
             activity: Mutex::new(HashMap::new()),
             decide: Mutex::new(()),
             since: Mutex::new(Instant::now()),
+            expired: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Sandboxes removed for their terms since the start.
+    pub fn expired_count(&self) -> u64 {
+        self.expired.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Marks a sandbox busy until the guard drops (activity, for its idle timeout).
@@ -264,7 +272,8 @@ impl Expiry {
             else {
                 continue;
             };
-            if !labels.contains_key(EXPIRES_AT) && !labels.contains_key(IDLE_TIMEOUT) {
+            let has = |key: &str| labels.get(key).is_some_and(|value| !value.is_empty());
+            if !has(EXPIRES_AT) && !has(IDLE_TIMEOUT) {
                 continue;
             }
             // Decided and done under the lock an extension takes, with the terms read
@@ -297,6 +306,8 @@ impl Expiry {
                 Ok(()) => {
                     self.forget(name.as_str(), &summary.id);
                     history.event(&name, "expired");
+                    self.expired
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     log::info!("sandbox {name} removed: {reason}");
                     removed += 1;
                 }
@@ -328,6 +339,7 @@ mod tests {
             activity: Mutex::new(HashMap::new()),
             decide: Mutex::new(()),
             since: Mutex::new(Instant::now()),
+            expired: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -17,4 +17,5 @@ pub mod history;
 pub mod run;
 pub mod sandbox;
 pub mod server;
+pub mod snapshot;
 pub mod stub;

@@ -232,6 +232,12 @@ pub fn create(
     if let Some((_, key)) = &socket {
         labels.insert(labels::EXEC_SOCKET.to_string(), key.clone());
     }
+    // A container gets its image's labels, ours overriding them: a sandbox's terms are
+    // never an image's (a snapshot's, or one built to carry them), so the ones it does
+    // not have are set empty, which reads as none.
+    for key in labels::TERMS {
+        labels.entry(key.to_string()).or_default();
+    }
     let forget_socket = || {
         if let Some((data_dir, key)) = &socket {
             socket::remove(data_dir, key);
@@ -310,6 +316,7 @@ fn socket_key(inspect: &ContainerInspect) -> Option<&str> {
         .as_ref()?
         .get(labels::EXEC_SOCKET)
         .map(String::as_str)
+        .filter(|key| socket::valid_key(key))
 }
 
 /// Gives a started sandbox's init its exec token; failures only cost speed (the next

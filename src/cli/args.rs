@@ -96,6 +96,10 @@ pub fn parse(
                 Ok(parsed) => parsed,
                 Err((topic, misuse)) => return Err(misuse.of(topic)),
             },
+            "snapshot" => match parse_snapshot(&mut parser, &mut globals) {
+                Ok(parsed) => parsed,
+                Err((topic, misuse)) => return Err(misuse.of(topic)),
+            },
             "health" => (HEALTH, parse_health(&mut parser, &mut globals)),
             other => return Err(Misuse(format!("unknown command '{other}'")).of(MAIN)),
         };
@@ -126,6 +130,10 @@ pub(super) fn parse_stub(parser: &mut lexopt::Parser) -> Result<Command, Misuse>
     };
     match flag.as_str() {
         "idle" => Ok(Command::Stub { idle: true }),
+        "spare" => match parser.next()? {
+            None => Ok(Command::StubSpare),
+            Some(other) => Err(other.unexpected().into()),
+        },
         "cat" | "untar" | "rm" => parse_stub_file(&flag, parser),
         "supervise" | "detached-wait" | "detached-status" | "detached-list" | "detached-kill"
         | "detached-logs" => parse_stub_detached(&flag, parser),
@@ -447,6 +455,8 @@ pub(super) fn parse_sandbox(
         "pause" => (SANDBOX_CHANGE, Some(Verb::Pause)),
         "resume" => (SANDBOX_CHANGE, Some(Verb::Resume)),
         "remove" | "rm" => (SANDBOX_CHANGE, Some(Verb::Remove)),
+        "extend" => (SANDBOX_EXTEND, None),
+        "stats" => (SANDBOX_STATS, None),
         other => {
             return Err((
                 SANDBOX,
@@ -458,7 +468,10 @@ pub(super) fn parse_sandbox(
     let mut json = false;
     let (mut image, mut profile) = (None, None);
     let (mut memory_mb, mut vcpus, mut pids) = (None, None, None);
+    let (mut ttl, mut idle_timeout) = (None, None);
     let creating = topic == SANDBOX_CREATE;
+    let extending = topic == SANDBOX_EXTEND;
+    let mut by: Option<String> = None;
     let takes_name = topic != SANDBOX_LIST;
     let parsed = (|| {
         while let Some(arg) = parser.next()? {
@@ -477,7 +490,10 @@ pub(super) fn parse_sandbox(
                 Long("memory-mb") if creating => memory_mb = Some(parser.value()?.parse()?),
                 Long("vcpus") if creating => vcpus = Some(parser.value()?.parse()?),
                 Long("pids") if creating => pids = Some(parser.value()?.parse()?),
+                Long("ttl") if creating => ttl = Some(parser.value()?.string()?),
+                Long("idle-timeout") if creating => idle_timeout = Some(parser.value()?.string()?),
                 Value(word) if takes_name && name.is_none() => name = Some(word.string()?),
+                Value(word) if extending && by.is_none() => by = Some(word.string()?),
                 _ => return Err(arg.unexpected().into()),
             }
         }
@@ -485,6 +501,13 @@ pub(super) fn parse_sandbox(
             return Ok(Parsed::Action(Action::List { json }));
         }
         let name = name.ok_or_else(|| Misuse("no sandbox name given".into()))?;
+        if extending {
+            let by = by.ok_or_else(|| Misuse("no duration given (like 30m, 2h or 1d)".into()))?;
+            return Ok(Parsed::Action(Action::Extend { name, by, json }));
+        }
+        if topic == SANDBOX_STATS {
+            return Ok(Parsed::Action(Action::Stats { name, json }));
+        }
         Ok(Parsed::Action(match verb {
             Some(verb) => Action::Change { verb, name, json },
             None if creating => Action::Create {
@@ -494,10 +517,90 @@ pub(super) fn parse_sandbox(
                 memory_mb,
                 vcpus,
                 pids,
+                ttl,
+                idle_timeout,
                 json,
             },
             None => Action::Info { name, json },
         }))
+    })();
+    Ok((topic, parsed))
+}
+
+/// `snapshot SUBCOMMAND ...`; an error carries the usage of the subcommand it concerns.
+pub(super) fn parse_snapshot(
+    parser: &mut lexopt::Parser,
+    globals: &mut Globals,
+) -> Result<(Topic, Result<Parsed, Misuse>), (Topic, Misuse)> {
+    let word = loop {
+        match parser.next().map_err(|e| (SNAPSHOT, e.into()))? {
+            Some(Long("help") | Short('h')) => return Ok((SNAPSHOT, Ok(Parsed::Help))),
+            Some(Value(word)) => break word.to_string_lossy().into_owned(),
+            Some(other) => match global_flag(&other) {
+                Some(flag) => globals.apply(flag, parser).map_err(|e| (SNAPSHOT, e))?,
+                None => return Err((SNAPSHOT, Misuse(other.unexpected().to_string()))),
+            },
+            None => return Err((SNAPSHOT, Misuse("no snapshot command given".into()))),
+        }
+    };
+    let topic = match word.as_str() {
+        "create" => SNAPSHOT_CREATE,
+        "list" | "ls" => SNAPSHOT_LIST,
+        "info" | "inspect" => SNAPSHOT_INFO,
+        "remove" | "rm" => SNAPSHOT_REMOVE,
+        "restore" => SNAPSHOT_RESTORE,
+        other => {
+            return Err((
+                SNAPSHOT,
+                Misuse(format!("unknown snapshot command '{other}'")),
+            ))
+        }
+    };
+    let (mut operand, mut option, mut json) = (None::<String>, None::<String>, false);
+    let parsed = (|| {
+        while let Some(arg) = parser.next()? {
+            if let Some(flag) = global_flag(&arg) {
+                globals.apply(flag, parser)?;
+                continue;
+            }
+            if !topic.accepts(&arg) {
+                return Err(arg.unexpected().into());
+            }
+            match arg {
+                Long("help") | Short('h') => return Ok(Parsed::Help),
+                Long("json") => json = true,
+                Long("name" | "as") => option = Some(parser.value()?.string()?),
+                Value(word) if topic != SNAPSHOT_LIST && operand.is_none() => {
+                    operand = Some(word.string()?)
+                }
+                _ => return Err(arg.unexpected().into()),
+            }
+        }
+        if topic == SNAPSHOT_LIST {
+            return Ok(Parsed::Action(Action::Snapshot {
+                op: SnapshotOp::List,
+                json,
+            }));
+        }
+        let what = if topic == SNAPSHOT_CREATE {
+            "sandbox"
+        } else {
+            "snapshot"
+        };
+        let operand = operand.ok_or_else(|| Misuse(format!("no {what} name given")))?;
+        let op = match topic {
+            SNAPSHOT_CREATE => SnapshotOp::Create {
+                sandbox: operand,
+                name: option,
+            },
+            SNAPSHOT_INFO => SnapshotOp::Info { name: operand },
+            SNAPSHOT_REMOVE => SnapshotOp::Remove { name: operand },
+            _ => SnapshotOp::Restore {
+                name: operand,
+                sandbox: option,
+            },
+        };
+        Ok(Parsed::Action(Action::Snapshot { op, json }))
     })();
     Ok((topic, parsed))
 }

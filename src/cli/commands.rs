@@ -10,7 +10,9 @@ use super::backend::{self, Backend};
 use super::output::*;
 use super::*;
 use crate::containers::labels::SandboxName;
-use crate::server::request::{CommandFields, CreateBody, ExecBody, Request, RunBody};
+use crate::server::request::{
+    CommandFields, CreateBody, ExecBody, ExtendBody, Request, RunBody, SnapshotBody,
+};
 
 impl Action {
     /// The request this action is. `stdin` is what to feed a run or exec command. Fails
@@ -43,6 +45,8 @@ impl Action {
                 memory_mb,
                 vcpus,
                 pids,
+                ttl,
+                idle_timeout,
                 ..
             } => Request::CreateSandbox(CreateBody {
                 name: Some(name.clone()),
@@ -51,6 +55,8 @@ impl Action {
                 memory_mb: *memory_mb,
                 vcpus: *vcpus,
                 pids: *pids,
+                ttl: ttl.clone().map(Value::String),
+                idle_timeout: idle_timeout.clone().map(Value::String),
                 ..CreateBody::default()
             }),
             Action::List { .. } => Request::ListSandboxes,
@@ -65,6 +71,46 @@ impl Action {
                     Verb::Remove => Request::DeleteSandbox(name),
                 }
             }
+            Action::Extend { name, by, .. } => Request::ExtendSandbox(
+                SandboxName::parse(name)?,
+                ExtendBody {
+                    by: Some(by.clone()),
+                },
+            ),
+            Action::Stats { name, .. } => Request::SandboxStats(SandboxName::parse(name)?),
+            Action::Snapshot { op, .. } => {
+                let snapshot = |name: &str| {
+                    SandboxName::parse(name)
+                        .map_err(|message| message.replacen("sandbox name", "snapshot name", 1))
+                };
+                match op {
+                    SnapshotOp::Create { sandbox, name } => {
+                        SandboxName::parse(sandbox)?;
+                        if let Some(name) = name {
+                            snapshot(name)?;
+                        }
+                        Request::CreateSnapshot(SnapshotBody {
+                            sandbox: Some(sandbox.clone()),
+                            name: name.clone(),
+                        })
+                    }
+                    SnapshotOp::List => Request::ListSnapshots,
+                    SnapshotOp::Info { name } => Request::GetSnapshot(snapshot(name)?),
+                    SnapshotOp::Remove { name } => Request::DeleteSnapshot(snapshot(name)?),
+                    SnapshotOp::Restore { name, sandbox } => {
+                        if let Some(sandbox) = sandbox {
+                            SandboxName::parse(sandbox)?;
+                        }
+                        Request::RestoreSnapshot(
+                            snapshot(name)?,
+                            CreateBody {
+                                name: sandbox.clone(),
+                                ..CreateBody::default()
+                            },
+                        )
+                    }
+                }
+            }
             Action::Health => Request::Health,
         })
     }
@@ -75,7 +121,9 @@ impl Action {
             Action::Exec { name, .. }
             | Action::Create { name, .. }
             | Action::Info { name, .. }
-            | Action::Change { name, .. } => Some(name),
+            | Action::Change { name, .. }
+            | Action::Extend { name, .. }
+            | Action::Stats { name, .. } => Some(name),
             _ => None,
         }
     }
@@ -204,6 +252,17 @@ pub(super) fn run_client(backend: &Backend, action: &Action) -> i32 {
         Action::Create { json: false, .. } | Action::Change { json: false, .. } => {
             format!("{}\n", action.sandbox().unwrap_or_default())
         }
+        Action::Extend { json: false, .. } => match data["expires_at"].as_str() {
+            Some(at) => format!("{at}\n"),
+            None => "never (the sandbox has no expiry to extend)\n".to_string(),
+        },
+        Action::Stats { json: false, .. } => sandbox_fields(&data),
+        Action::Snapshot { op, json: false } => match op {
+            SnapshotOp::List => snapshot_table(&data),
+            SnapshotOp::Info { .. } => sandbox_fields(&data),
+            // The snapshot's name (or the restored sandbox's).
+            _ => format!("{}\n", scalar(&data["name"])),
+        },
         Action::Health => format!("{}\n", data.as_str().unwrap_or("ok")),
         _ => format!("{data}\n"),
     };

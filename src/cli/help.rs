@@ -139,8 +139,10 @@ Run untrusted commands in isolated Docker containers.
 Commands:
   run [OPTIONS] [--] CMD [ARGS...]        run a command in a fresh container
   exec [OPTIONS] NAME [--] CMD [ARGS...]  run a command in a running sandbox
-  sandbox create|list|info|start|stop|pause|resume|remove
+  sandbox create|list|info|start|stop|pause|resume|remove|extend|stats
                                           manage persistent sandboxes
+  snapshot create|list|info|remove|restore
+                                          keep a sandbox's files, make sandboxes of them
   health                                  check that the engine (or server) answers
   serve [OPTIONS]                         serve the HTTP API
 
@@ -243,15 +245,18 @@ pub const SANDBOX: Topic = Topic {
     command: "sandbox",
     lead: "",
     flags: &[],
-    operands: "create|list|info|start|stop|pause|resume|remove ...",
+    operands: "create|list|info|start|stop|pause|resume|remove|extend|stats ...",
     about: "\
 Persistent sandboxes: containers that keep their files across stop and start.
 
   agentkernel sandbox create NAME [--image I] [--profile P] [--memory-mb N]
-                                  [--vcpus N] [--pids N] [--json]
+                                  [--vcpus N] [--pids N] [--ttl DURATION]
+                                  [--idle-timeout DURATION] [--json]
   agentkernel sandbox list [--json]        an aligned table, or the API's JSON
   agentkernel sandbox info NAME [--json]
-  agentkernel sandbox start|stop|remove NAME [--json]
+  agentkernel sandbox start|stop|pause|resume|remove NAME [--json]
+  agentkernel sandbox extend NAME DURATION [--json]
+  agentkernel sandbox stats NAME [--json]
 ",
     more: "",
 };
@@ -269,6 +274,16 @@ pub const SANDBOX_CREATE: Topic = Topic {
         flag("memory-mb", Some("N"), "memory limit, 16-16384 MiB"),
         flag("vcpus", Some("N"), "CPUs, 1-16 (at most the engine host's)"),
         flag("pids", Some("N"), "process limit, 16-4096"),
+        flag(
+            "ttl",
+            Some("DURATION"),
+            "removed by itself this long after creation (like 30m, 2h, 1d)",
+        ),
+        flag(
+            "idle-timeout",
+            Some("DURATION"),
+            "removed by itself after this long without a command or file operation",
+        ),
         JSON,
     ],
     operands: "",
@@ -303,6 +318,106 @@ pub const SANDBOX_CHANGE: Topic = Topic {
     flags: &[JSON],
     operands: "",
     about: "Starts, stops (files are kept), pauses (processes frozen, memory kept), resumes or\nremoves a sandbox; prints its name.\n",
+    more: "",
+};
+
+pub const SANDBOX_EXTEND: Topic = Topic {
+    command: "sandbox extend",
+    lead: "NAME DURATION",
+    flags: &[JSON],
+    operands: "",
+    about: "\
+Moves the sandbox's expiry DURATION (like 30m, 2h or 1d) later; prints the new
+expiry.
+",
+    more: "",
+};
+
+pub const SANDBOX_STATS: Topic = Topic {
+    command: "sandbox stats",
+    lead: "NAME",
+    flags: &[JSON],
+    operands: "",
+    about: "\
+One reading of what a running sandbox uses (CPU as a percent of its limit, memory,
+processes, network and block I/O), as `key  value` lines.
+",
+    more: "",
+};
+
+pub const SNAPSHOT: Topic = Topic {
+    command: "snapshot",
+    lead: "",
+    flags: &[],
+    operands: "create|list|info|remove|restore ...",
+    about: "\
+Snapshots: a sandbox's files kept as a local image, and new sandboxes made of them.
+
+  agentkernel snapshot create SANDBOX [--name NAME] [--json]
+  agentkernel snapshot list [--json]
+  agentkernel snapshot info NAME [--json]
+  agentkernel snapshot remove NAME [--json]
+  agentkernel snapshot restore NAME [--as SANDBOX] [--json]
+",
+    more: "",
+};
+
+pub const SNAPSHOT_CREATE: Topic = Topic {
+    command: "snapshot create",
+    lead: "SANDBOX",
+    flags: &[
+        flag(
+            "name",
+            Some("NAME"),
+            "the snapshot's name (default: the sandbox's and the time)",
+        ),
+        JSON,
+    ],
+    operands: "",
+    about: "Snapshots a sandbox (paused meanwhile); prints the snapshot's name.\n",
+    more: "",
+};
+
+pub const SNAPSHOT_LIST: Topic = Topic {
+    command: "snapshot list",
+    lead: "",
+    flags: &[JSON],
+    operands: "",
+    about: "Lists the snapshots of the namespace as an aligned table.\n",
+    more: "",
+};
+
+pub const SNAPSHOT_INFO: Topic = Topic {
+    command: "snapshot info",
+    lead: "NAME",
+    flags: &[JSON],
+    operands: "",
+    about: "One snapshot, as `key  value` lines.\n",
+    more: "",
+};
+
+pub const SNAPSHOT_REMOVE: Topic = Topic {
+    command: "snapshot remove",
+    lead: "NAME",
+    flags: &[JSON],
+    operands: "",
+    about: "Removes a snapshot (refused while a sandbox made from it exists); prints its name.\n",
+    more: "",
+};
+
+pub const SNAPSHOT_RESTORE: Topic = Topic {
+    command: "snapshot restore",
+    lead: "NAME",
+    flags: &[
+        flag(
+            "as",
+            Some("SANDBOX"),
+            "the new sandbox's name (default: the snapshotted sandbox's)",
+        ),
+        JSON,
+    ],
+    operands: "",
+    about: "Creates and starts a sandbox with the snapshot's files; prints its name.\n",
     more: "",
 };
 

@@ -34,6 +34,8 @@ pub enum Command {
     Stub {
         idle: bool,
     },
+    /// A sandbox's supervisor started ahead of its exec (internal, like `Stub`).
+    StubSpare,
     /// A file operation of the in-container stub (internal, like `Stub`).
     StubFile(crate::stub::FileOp),
     /// A detached-exec operation of the stub (internal).
@@ -95,6 +97,8 @@ pub enum Action {
         memory_mb: Option<u64>,
         vcpus: Option<u64>,
         pids: Option<u64>,
+        ttl: Option<String>,
+        idle_timeout: Option<String>,
         json: bool,
     },
     List {
@@ -109,7 +113,40 @@ pub enum Action {
         name: String,
         json: bool,
     },
+    Extend {
+        name: String,
+        by: String,
+        json: bool,
+    },
+    Stats {
+        name: String,
+        json: bool,
+    },
+    Snapshot {
+        op: SnapshotOp,
+        json: bool,
+    },
     Health,
+}
+
+/// What `snapshot` does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SnapshotOp {
+    Create {
+        sandbox: String,
+        name: Option<String>,
+    },
+    List,
+    Info {
+        name: String,
+    },
+    Remove {
+        name: String,
+    },
+    Restore {
+        name: String,
+        sandbox: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +179,7 @@ pub fn run(command: Command) -> i32 {
         Command::Serve(config) => serve::serve(*config),
         Command::Stub { idle: false } => crate::stub::main(),
         Command::Stub { idle: true } => crate::stub::idle(),
+        Command::StubSpare => crate::stub::spare(),
         Command::StubFile(op) => crate::stub::file_op(op),
         Command::StubDetached(op) => crate::detached::run_op(op),
         Command::StubKillExec { pid, start } => crate::stub::reap::kill_exec(pid, start),

@@ -61,6 +61,26 @@ pub(super) fn sandbox_table(data: &Value) -> String {
     table(&rows)
 }
 
+pub(super) fn snapshot_table(data: &Value) -> String {
+    let columns = [
+        ("NAME", "name"),
+        ("SANDBOX", "sandbox"),
+        ("BASE IMAGE", "base_image"),
+        ("CREATED", "created_at"),
+        ("SIZE", "size_bytes"),
+    ];
+    let mut rows = vec![columns.iter().map(|(title, _)| title.to_string()).collect()];
+    for snapshot in data.as_array().into_iter().flatten() {
+        rows.push(
+            columns
+                .iter()
+                .map(|(_, key)| scalar(&snapshot[*key]))
+                .collect(),
+        );
+    }
+    table(&rows)
+}
+
 /// Columns padded to their widest cell plus two spaces; the last is not padded.
 pub(super) fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.first().map_or(0, Vec::len);

@@ -355,7 +355,7 @@ fn env_without_a_value_passes_ours_or_nothing() {
 
 #[test]
 fn sandbox_subcommands_parse() {
-    let cases: [(&[&str], Action); 10] = [
+    let cases: [(&[&str], Action); 17] = [
         (
             &[
                 "sandbox",
@@ -367,6 +367,8 @@ fn sandbox_subcommands_parse() {
                 "256",
                 "--vcpus",
                 "2",
+                "--ttl",
+                "2h",
             ],
             Action::Create {
                 name: "b".into(),
@@ -375,6 +377,8 @@ fn sandbox_subcommands_parse() {
                 memory_mb: Some(256),
                 vcpus: Some(2),
                 pids: None,
+                ttl: Some("2h".into()),
+                idle_timeout: None,
                 json: false,
             },
         ),
@@ -424,6 +428,62 @@ fn sandbox_subcommands_parse() {
             Action::Change {
                 verb: Verb::Remove,
                 name: "b".into(),
+                json: false,
+            },
+        ),
+        (
+            &["sandbox", "extend", "b", "2h"],
+            Action::Extend {
+                name: "b".into(),
+                by: "2h".into(),
+                json: false,
+            },
+        ),
+        (
+            &["sandbox", "stats", "b", "--json"],
+            Action::Stats {
+                name: "b".into(),
+                json: true,
+            },
+        ),
+        (
+            &["snapshot", "create", "b", "--name", "s1"],
+            Action::Snapshot {
+                op: SnapshotOp::Create {
+                    sandbox: "b".into(),
+                    name: Some("s1".into()),
+                },
+                json: false,
+            },
+        ),
+        (
+            &["snapshot", "ls"],
+            Action::Snapshot {
+                op: SnapshotOp::List,
+                json: false,
+            },
+        ),
+        (
+            &["snapshot", "info", "s1", "--json"],
+            Action::Snapshot {
+                op: SnapshotOp::Info { name: "s1".into() },
+                json: true,
+            },
+        ),
+        (
+            &["snapshot", "rm", "s1"],
+            Action::Snapshot {
+                op: SnapshotOp::Remove { name: "s1".into() },
+                json: false,
+            },
+        ),
+        (
+            &["snapshot", "restore", "s1", "--as", "b2"],
+            Action::Snapshot {
+                op: SnapshotOp::Restore {
+                    name: "s1".into(),
+                    sandbox: Some("b2".into()),
+                },
                 json: false,
             },
         ),
@@ -690,17 +750,25 @@ fn every_flag_in_the_help_is_one_the_parser_takes() {
         "DIR" => "/tmp",
         "ADDR" => "127.0.0.1",
         "NS" => "ns",
+        "NAME" | "SANDBOX" => "box",
         "RUNTIME=IMAGE" => "python=busybox",
         "IMAGE[:PROFILE]=N" => "busybox=1",
         other => panic!("no sample value for {other}"),
     };
-    let topics: [(Topic, &[&str], &[&str]); 7] = [
+    let topics: [(Topic, &[&str], &[&str]); 14] = [
         (RUN, &["run"], &["true"]),
         (EXEC, &["exec"], &["box", "true"]),
         (SANDBOX_CREATE, &["sandbox", "create"], &["box"]),
         (SANDBOX_LIST, &["sandbox", "list"], &[]),
         (SANDBOX_INFO, &["sandbox", "info"], &["box"]),
         (SANDBOX_CHANGE, &["sandbox", "start"], &["box"]),
+        (SANDBOX_EXTEND, &["sandbox", "extend"], &["box", "1h"]),
+        (SANDBOX_STATS, &["sandbox", "stats"], &["box"]),
+        (SNAPSHOT_CREATE, &["snapshot", "create"], &["box"]),
+        (SNAPSHOT_LIST, &["snapshot", "list"], &[]),
+        (SNAPSHOT_INFO, &["snapshot", "info"], &["s"]),
+        (SNAPSHOT_REMOVE, &["snapshot", "remove"], &["s"]),
+        (SNAPSHOT_RESTORE, &["snapshot", "restore"], &["s"]),
         (SERVE, &["serve"], &[]),
     ];
     for (topic, command, operands) in topics {

@@ -28,6 +28,8 @@ pub const EXEC_SOCKET: &str = "agentkernel.exec-socket";
 pub const EXPIRES_AT: &str = "agentkernel.expires-at";
 /// A sandbox's idle timeout, in seconds (`expiry`).
 pub const IDLE_TIMEOUT: &str = "agentkernel.idle-timeout";
+/// A sandbox's own terms: what an image must not give it (see `sandbox::create`).
+pub const TERMS: [&str; 4] = [STUB, EXEC_SOCKET, EXPIRES_AT, IDLE_TIMEOUT];
 /// On temporary containers: the process that made them (`owner::Owner::label`), so that
 /// a sweep removes only its own and those of owners that are gone.
 pub const OWNER: &str = "agentkernel.owner";

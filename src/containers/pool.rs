@@ -115,6 +115,8 @@ pub struct Pool {
     reap_receiver: Receiver<Warm>,
     /// Containers queued for removal or being removed.
     reaping: AtomicUsize,
+    /// Warm containers removed since the start (for `GET /metrics`).
+    reaped: std::sync::atomic::AtomicU64,
     /// Requests launching a container of their own right now (the cold path).
     cold_starts: AtomicUsize,
     /// When a request last took a warm container.
@@ -163,6 +165,7 @@ impl Pool {
             reap_sender,
             reap_receiver,
             reaping: AtomicUsize::new(0),
+            reaped: std::sync::atomic::AtomicU64::new(0),
             cold_starts: AtomicUsize::new(0),
             last_take: Mutex::new(None),
             inline_reaping: false,
@@ -378,6 +381,7 @@ impl Pool {
         if let Err(error) = queued {
             remove_warm(docker, &self.cleanup, error.into_inner());
             self.reaping.fetch_sub(1, Ordering::SeqCst);
+            self.reaped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -408,6 +412,7 @@ impl Pool {
             },
             "keys": entries,
             "reaping": self.reaping.load(Ordering::SeqCst),
+            "reaped": self.reaped.load(Ordering::Relaxed),
             "owed_removals": self.cleanup.owed(),
         })
     }
@@ -555,6 +560,7 @@ impl Pool {
                 let (_, warm) = held.pop_front().expect("front exists");
                 remove_warm(docker, &self.cleanup, warm);
                 self.reaping.fetch_sub(1, Ordering::SeqCst);
+                self.reaped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -344,6 +344,40 @@ pub struct ContainerSummary {
     pub created: i64,
 }
 
+/// One entry of `GET /images/json`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageSummary {
+    pub id: String,
+    #[serde(default)]
+    pub repo_tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Bytes of the image, its parents' layers included.
+    #[serde(default)]
+    pub size: i64,
+}
+
+/// What `GET /images/{name}/json` tells that we use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageInspect {
+    pub id: String,
+    #[serde(default)]
+    pub repo_tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub size: i64,
+    #[serde(default)]
+    pub config: Option<ImageConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageConfig {
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct ExecInspect {
     #[serde(rename = "Running")]
@@ -658,6 +692,58 @@ impl Docker {
             Err(DockerError::Api { status: 400, .. }) => Ok(false),
             Err(error) => Err(error),
         }
+    }
+
+    /// The image's id, tags and labels; a missing image is `is_not_found`.
+    pub fn image_inspect(&self, image: &str) -> Result<ImageInspect> {
+        let path = format!("/images/{}/json", encode_component(image));
+        self.call_json("GET", &path, None, &[200])
+    }
+
+    /// Every image carrying all of the `key=value` labels.
+    pub fn image_list(&self, labels: &[String]) -> Result<Vec<ImageSummary>> {
+        let filters = json!({ "label": labels }).to_string();
+        let path = format!("/images/json?filters={}", encode_component(&filters));
+        self.call_json("GET", &path, None, &[200])
+    }
+
+    /// Removes the image `repo:tag` names (and its layers no other image uses); one a
+    /// container still uses is refused (`is_conflict`), never forced.
+    pub fn image_remove(&self, image: &str) -> Result<()> {
+        let path = format!("/images/{}", encode_component(image));
+        self.call("DELETE", &path, None, &[200], Some(self.timeout))
+            .map(|_| ())
+    }
+
+    /// Commits the container's filesystem as the image `repo:tag`, with the container
+    /// paused meanwhile (a consistent copy), and `labels` over the container's own (the
+    /// engine keeps those: a label is only undone by an empty value). Copying a large
+    /// filesystem takes its time: up to
+    /// `timeout`. Returns the image id.
+    pub fn container_commit(
+        &self,
+        id: &str,
+        repo: &str,
+        tag: &str,
+        labels: &BTreeMap<String, String>,
+        timeout: Duration,
+    ) -> Result<String> {
+        #[derive(Deserialize)]
+        struct Committed {
+            #[serde(rename = "Id")]
+            id: String,
+        }
+        let path = format!(
+            "/commit?container={}&repo={}&tag={}&pause=1",
+            encode_component(id),
+            encode_component(repo),
+            encode_component(tag)
+        );
+        let body = json!({ "Labels": labels });
+        let (_, bytes) = self.call("POST", &path, Some(Body::Json(body)), &[201], Some(timeout))?;
+        let committed: Committed = serde_json::from_slice(&bytes)
+            .map_err(|error| DockerError::Protocol(format!("commit: {error}")))?;
+        Ok(committed.id)
     }
 
     /// Creates a container; returns its id.

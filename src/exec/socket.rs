@@ -63,8 +63,21 @@ pub fn new_key() -> io::Result<String> {
     Ok(crate::codec::sha256::hex(&bytes))
 }
 
-fn token_path(data_dir: &Path, key: &str) -> PathBuf {
-    data_dir.join(RUN_DIR).join(format!("{key}.token"))
+/// Whether `key` is one `new_key` makes: 16 lowercase hex digits. A key comes from a
+/// container's label, which an image can carry too: any other is no key, so that it
+/// never names a path outside the run directory.
+pub fn valid_key(key: &str) -> bool {
+    key.len() == 16 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn token_path(data_dir: &Path, key: &str) -> io::Result<PathBuf> {
+    if !valid_key(key) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not an exec socket key",
+        ));
+    }
+    Ok(data_dir.join(RUN_DIR).join(format!("{key}.token")))
 }
 
 /// Makes a new sandbox's token.
@@ -77,7 +90,7 @@ pub fn prepare(data_dir: &Path, key: &str) -> io::Result<()> {
         .create(&run)?;
     let mut token = [0u8; stub::TOKEN_BYTES];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut token)?;
-    let path = token_path(data_dir, key);
+    let path = token_path(data_dir, key)?;
     let partial = path.with_extension("token.partial");
     std::fs::OpenOptions::new()
         .write(true)
@@ -109,7 +122,7 @@ pub fn random() -> io::Result<ExecSocket> {
 
 /// A sandbox's socket, if it has its token.
 pub fn open(data_dir: &Path, key: &str) -> io::Result<ExecSocket> {
-    let token = std::fs::read(token_path(data_dir, key))?;
+    let token = std::fs::read(token_path(data_dir, key)?)?;
     if token.len() != stub::TOKEN_BYTES {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -121,7 +134,9 @@ pub fn open(data_dir: &Path, key: &str) -> io::Result<ExecSocket> {
 
 /// Removes a deleted sandbox's token.
 pub fn remove(data_dir: &Path, key: &str) {
-    let _ = std::fs::remove_file(token_path(data_dir, key));
+    if let Ok(path) = token_path(data_dir, key) {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 impl ExecSocket {
@@ -227,20 +242,39 @@ mod tests {
     fn prepare_makes_a_private_token_open_reads() {
         use std::os::unix::fs::PermissionsExt;
         let data = std::env::temp_dir().join(format!("ak-socket-test-{}", std::process::id()));
-        prepare(&data, "k1").unwrap();
-        let path = token_path(&data, "k1");
+        let (k1, k2) = ("0123456789abcdef", "fedcba9876543210");
+        prepare(&data, k1).unwrap();
+        let path = token_path(&data, k1).unwrap();
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let socket = open(&data, "k1").unwrap();
+        let socket = open(&data, k1).unwrap();
         assert_eq!(socket.token.len(), stub::TOKEN_BYTES);
         // Another sandbox, another token.
-        prepare(&data, "k2").unwrap();
-        assert_ne!(open(&data, "k2").unwrap().token, socket.token);
-        remove(&data, "k2");
-        remove(&data, "k1");
-        assert!(open(&data, "k1").is_err());
+        prepare(&data, k2).unwrap();
+        assert_ne!(open(&data, k2).unwrap().token, socket.token);
+        remove(&data, k2);
+        remove(&data, k1);
+        assert!(open(&data, k1).is_err());
+        let _ = std::fs::remove_dir_all(&data);
+    }
+
+    /// A key is a label's value, which an image can set: only ours name a file, so
+    /// none reaches outside the run directory.
+    #[test]
+    fn keys_that_new_key_cannot_make_name_no_file() {
+        let data = std::env::temp_dir().join(format!("ak-socket-keys-{}", std::process::id()));
+        std::fs::create_dir_all(data.join(RUN_DIR)).unwrap();
+        let outside = data.join("victim.token");
+        std::fs::write(&outside, [0u8; stub::TOKEN_BYTES]).unwrap();
+        for key in ["../victim", "", "0123456789ABCDEF", "0123456789abcde", "k1"] {
+            assert!(!valid_key(key), "{key}");
+            assert!(prepare(&data, key).is_err(), "{key}");
+            assert!(open(&data, key).is_err(), "{key}");
+            remove(&data, key);
+        }
+        assert!(outside.exists());
         let _ = std::fs::remove_dir_all(&data);
     }
 

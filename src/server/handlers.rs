@@ -25,10 +25,11 @@ use crate::sandbox;
 
 use super::request::{
     BatchBody, CreateBody, ExecBody, ExtendBody, FilesBody, PutFileBody, Request, RunBody,
+    SnapshotBody,
 };
 use super::response::{ApiError, Reply};
 use super::sse::StreamJob;
-use super::views::{sandbox_data, write_batch_data, write_command_data};
+use super::views::{sandbox_data, snapshot_data, write_batch_data, write_command_data};
 use super::Context;
 
 /// Runs the handler of a request: the single `match` from request to handler.
@@ -94,6 +95,12 @@ pub fn dispatch_with(
         Request::PutSandboxFile(name, path, body) => put_sandbox_file(context, &name, &path, body),
         Request::DeleteSandboxFile(name, path) => delete_sandbox_file(context, &name, &path),
         Request::PostSandboxFiles(name, body) => post_sandbox_files(context, &name, body),
+        Request::ListSnapshots => get_snapshots(context),
+        Request::Metrics => get_metrics(context),
+        Request::CreateSnapshot(body) => post_snapshots(context, body),
+        Request::GetSnapshot(name) => get_snapshot(context, &name),
+        Request::DeleteSnapshot(name) => delete_snapshot(context, &name),
+        Request::RestoreSnapshot(name, body) => post_snapshot_restore(context, &name, body),
     }
 }
 
@@ -197,7 +204,10 @@ pub fn get_sandboxes(context: &Context) -> Result<Reply, ApiError> {
     )))
 }
 
-pub fn post_sandboxes(context: &Context, body: CreateBody) -> Result<Reply, ApiError> {
+pub fn post_sandboxes(context: &Context, mut body: CreateBody) -> Result<Reply, ApiError> {
+    if let Some(snapshot) = body.snapshot.clone() {
+        from_snapshot(context, &mut body, &snapshot)?;
+    }
     // What the engine's host has bounds an override too (asked once, then cached).
     let host = || Ok(context.docker.host_resources().map_err(Error::from)?);
     let request = body.validate(&context.config, &host)?;
@@ -220,6 +230,76 @@ pub fn post_sandboxes(context: &Context, body: CreateBody) -> Result<Reply, ApiE
     context.expiry.touch(&request.name);
     context.history.event(&request.name, "created");
     Ok(Reply::created(sandbox_view(context, &created)))
+}
+
+/// A create from a snapshot takes the snapshot's profile and limits, where the body
+/// gives none (a snapshot that does not exist is a 404 here; a malformed name is left
+/// to the body's validation).
+fn from_snapshot(context: &Context, body: &mut CreateBody, snapshot: &str) -> Result<(), ApiError> {
+    let Ok(name) = SandboxName::parse(snapshot) else {
+        return Ok(());
+    };
+    let found = crate::snapshot::get(&context.docker, &context.config, &name)?;
+    if body.profile.is_none() {
+        body.profile = found.profile.filter(|profile| !profile.is_empty());
+    }
+    if let Some(limits) = found.limits {
+        body.memory_mb.get_or_insert(limits.memory_mb);
+        body.pids.get_or_insert(limits.pids);
+        if body.vcpus.is_none() && limits.millicpus % 1000 == 0 {
+            body.vcpus = Some(limits.millicpus / 1000);
+        }
+    }
+    Ok(())
+}
+
+pub fn get_snapshots(context: &Context) -> Result<Reply, ApiError> {
+    let snapshots = crate::snapshot::list(&context.docker, &context.config)?;
+    Ok(Reply::ok(Value::Array(
+        snapshots.iter().map(snapshot_data).collect(),
+    )))
+}
+
+pub fn post_snapshots(context: &Context, body: SnapshotBody) -> Result<Reply, ApiError> {
+    let (sandbox, name) = body.validate()?;
+    let name = name
+        .unwrap_or_else(|| crate::snapshot::default_name(&sandbox, std::time::SystemTime::now()));
+    // The copy can take a while: the sandbox is in use meanwhile, not idle.
+    let _busy = context.expiry.busy(&sandbox);
+    let taken = crate::snapshot::take(&context.docker, &context.config, &sandbox, &name)?;
+    context.history.event(&sandbox, "snapshotted");
+    Ok(Reply::created(snapshot_data(&taken)))
+}
+
+pub fn get_snapshot(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
+    let found = crate::snapshot::get(&context.docker, &context.config, name)?;
+    Ok(Reply::ok(snapshot_data(&found)))
+}
+
+pub fn delete_snapshot(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
+    crate::snapshot::delete(&context.docker, &context.config, name)?;
+    Ok(Reply::ok(json!({ "name": name.as_str(), "removed": true })))
+}
+
+/// A new sandbox with the snapshot's files: named as the body says, or after the sandbox
+/// the snapshot was taken of (409 while that one exists).
+pub fn post_snapshot_restore(
+    context: &Context,
+    name: &SandboxName,
+    mut body: CreateBody,
+) -> Result<Reply, ApiError> {
+    if body.image.is_some() || body.snapshot.is_some() {
+        return Err(ApiError::BadBody(
+            "a restore takes neither image nor snapshot: the snapshot is the one in the path"
+                .into(),
+        ));
+    }
+    if body.name.is_none() {
+        let found = crate::snapshot::get(&context.docker, &context.config, name)?;
+        body.name = Some(found.sandbox);
+    }
+    body.snapshot = Some(name.to_string());
+    post_sandboxes(context, body)
 }
 
 /// A sandbox as the API shows it, with its terms (`expires_at`, `idle_timeout`).
@@ -598,6 +678,35 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// answer that is not in the `{"success","data","error"}` envelope: it is the
 /// description of the envelope (and of everything else), so it is served as is. It
 /// needs the API key like every other route.
+/// Prometheus text: the counters the server keeps, and the pool's, the engine's and
+/// the sandboxes' state now (one container list; none when the engine is down).
+pub fn get_metrics(context: &Context) -> Result<Reply, ApiError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let engine_up = context.engine.is_up();
+    let sandboxes = if engine_up {
+        sandbox::list(&context.docker, &context.config)
+            .ok()
+            .map(|found| {
+                let mut by_status = std::collections::BTreeMap::new();
+                for one in found {
+                    *by_status.entry(one.status.name()).or_insert(0u64) += 1;
+                }
+                by_status
+            })
+    } else {
+        None
+    };
+    let state = super::metrics::State {
+        pool: context.pool.stats(),
+        engine_up: engine_up && sandboxes.is_some(),
+        sandboxes,
+        expired: context.expiry.expired_count(),
+        connections: context.edge.connections.load(Relaxed) as u64,
+        output_memory_used: context.output_memory.used(),
+    };
+    Ok(Reply::text(200, context.metrics.render(&state)))
+}
+
 pub fn get_openapi(_context: &Context) -> Result<Reply, ApiError> {
     // Parsed per request rather than kept in a global: it takes well under a millisecond,
     // and a unit test proves it parses.

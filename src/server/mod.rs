@@ -16,6 +16,7 @@
 
 pub mod handlers;
 pub mod http;
+pub mod metrics;
 pub mod request;
 pub mod response;
 pub mod routes;
@@ -56,6 +57,8 @@ pub struct Context {
     pub output_memory: Arc<OutputMemory>,
     /// Sandboxes' ttls, extensions and activity (the `expiry` thread's).
     pub expiry: crate::expiry::Expiry,
+    /// What `GET /metrics` counts.
+    pub metrics: metrics::Metrics,
 }
 
 impl Context {
@@ -70,6 +73,7 @@ impl Context {
             engine: EngineWatch::new(),
             output_memory: OutputMemory::new(output_memory_limit(&config)),
             expiry: crate::expiry::Expiry::new(&config),
+            metrics: metrics::Metrics::default(),
             config,
             docker,
             pool,
@@ -692,7 +696,7 @@ fn work(context: &Context, job: Job) {
         lease,
     } = job;
     let hook = test_hook(context, &head);
-    let reply = guarded(move || {
+    let reply = guarded(&context.metrics, move || {
         if hook == Some("handler") {
             panic!("test hook: panic in a handler");
         }
@@ -754,14 +758,20 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
             Err(HeadError::Closed) => return,
             Err(error) => {
                 let error = ApiError::from(error);
-                finish_early(connection, None, &error, Instant::now());
+                finish_early(context, connection, None, &error, Instant::now());
                 return;
             }
         };
         let started = Instant::now();
         if stop() {
             // Arrived after shutdown began (on a kept-alive connection): not in flight.
-            finish_early(connection, Some(&head), &ApiError::ShuttingDown, started);
+            finish_early(
+                context,
+                connection,
+                Some(&head),
+                &ApiError::ShuttingDown,
+                started,
+            );
             return;
         }
         let (route, limit) = match admit(context, &head) {
@@ -774,10 +784,10 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                     if write_reply(&mut connection, &head, &reply, false).is_err() {
                         return;
                     }
-                    log_request(&head, reply.status, started);
+                    log_request(context, &head, reply.status, started);
                     continue;
                 }
-                finish_early(connection, Some(&head), &error, started);
+                finish_early(context, connection, Some(&head), &error, started);
                 return;
             }
         };
@@ -808,7 +818,7 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                         }
                         BodyError::Closed => unreachable!("handled above"),
                     };
-                    finish_early(connection, Some(&head), &error, started);
+                    finish_early(context, connection, Some(&head), &error, started);
                     return;
                 }
             };
@@ -816,7 +826,7 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
         let keep_alive = head.keep_alive;
         let handled = if route == Route::Health {
             // Liveness never waits in the queue: answered here, whatever the workers do.
-            let reply = guarded(|| {
+            let reply = guarded(&context.metrics, || {
                 Request::parse(route, &body)
                     .and_then(|request| handlers::dispatch(context, request))
             });
@@ -845,7 +855,7 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                     let mut connection = job.connection;
                     let reply = ApiError::Busy.reply();
                     let _ = write_reply(&mut connection, &head, &reply, true);
-                    log_request(&head, reply.status, started);
+                    log_request(context, &head, reply.status, started);
                     connection.linger_close(LINGER);
                     return;
                 }
@@ -862,7 +872,7 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                     }
                     write_reply(&mut back, &head, &reply, close)
                 }));
-                log_request(&head, reply.status, started);
+                log_request(context, &head, reply.status, started);
                 match written {
                     Ok(Ok(())) if !close => connection = back,
                     // Closed after a whole answer: linger, so that what the client sent
@@ -879,13 +889,13 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                 }
             }
             Ok(Handled::Streamed(status)) => {
-                log_request(&head, status, started);
+                log_request(context, &head, status, started);
                 return;
             }
             // The worker's request panicked outside its handler: the connection went
             // with it.
             Err(_) => {
-                log_request(&head, 500, started);
+                log_request(context, &head, 500, started);
                 return;
             }
         }
@@ -944,6 +954,7 @@ fn hung_up(stream: &TcpStream) -> bool {
 
 /// Answers an error found before the body was read, then closes.
 fn finish_early(
+    context: &Context,
     mut connection: Connection,
     head: Option<&Head>,
     error: &ApiError,
@@ -954,7 +965,7 @@ fn finish_early(
     let _ = answer_of(&reply, head_only, true)
         .write_to(&mut connection.stream, &|out| reply.write_body(out));
     match head {
-        Some(head) => log_request(head, reply.status, started),
+        Some(head) => log_request(context, head, reply.status, started),
         None => log::info!("- - {} (bad request head)", reply.status),
     }
     connection.linger_close(LINGER);
@@ -987,7 +998,7 @@ fn grace_of(stream: &TcpStream) -> Duration {
 fn answer_of(reply: &Reply, head_only: bool, close: bool) -> Answer<'_> {
     Answer {
         status: reply.status,
-        content_type: "application/json",
+        content_type: reply.content_type(),
         headers: &reply.headers,
         length: reply.body_length(),
         head_only,
@@ -996,9 +1007,16 @@ fn answer_of(reply: &Reply, head_only: bool, close: bool) -> Answer<'_> {
     }
 }
 
-/// One info line per request: method, path (no query: it may hold secrets), status, time.
-fn log_request(head: &Head, status: u16, started: Instant) {
+/// One info line per request: method, path (no query: it may hold secrets), status,
+/// time; and the request counted for `GET /metrics`, by its route's template.
+fn log_request(context: &Context, head: &Head, status: u16, started: Instant) {
     let path = head.target.split('?').next().unwrap_or_default();
+    let route = routes::parse(&head.method, path)
+        .ok()
+        .map(|route| route.operation().1);
+    context
+        .metrics
+        .record(&head.method, route, status, started.elapsed());
     log::info!(
         "{} {path} {status} {}ms",
         head.method,
@@ -1007,10 +1025,17 @@ fn log_request(head: &Head, status: u16, started: Instant) {
 }
 
 /// Runs a handler so that a panic becomes a 500 answer and the worker lives on.
-fn guarded(handler: impl FnOnce() -> Result<Reply, ApiError>) -> Reply {
+fn guarded(metrics: &metrics::Metrics, handler: impl FnOnce() -> Result<Reply, ApiError>) -> Reply {
     match catch_unwind(AssertUnwindSafe(handler)) {
         Ok(Ok(reply)) => reply,
-        Ok(Err(error)) => error.reply(),
+        Ok(Err(error)) => {
+            if matches!(error, ApiError::Domain(crate::error::Error::Engine(_))) {
+                metrics
+                    .engine_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            error.reply()
+        }
         Err(_) => {
             log::error!("request handler panicked");
             ApiError::Panic.reply()
@@ -1077,10 +1102,11 @@ mod tests {
 
     #[test]
     fn a_panicking_handler_becomes_a_json_500() {
-        let reply = guarded(|| panic!("boom"));
+        let metrics = metrics::Metrics::default();
+        let reply = guarded(&metrics, || panic!("boom"));
         assert_eq!(reply.status, 500);
         assert_eq!(reply.into_envelope()["success"], serde_json::json!(false));
-        let reply = guarded(|| Err(ApiError::Busy));
+        let reply = guarded(&metrics, || Err(ApiError::Busy));
         assert_eq!(reply.status, 503);
     }
 

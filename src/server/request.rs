@@ -74,6 +74,12 @@ pub enum Request {
     PutSandboxFile(SandboxName, SandboxPath, PutFileBody),
     DeleteSandboxFile(SandboxName, SandboxPath),
     PostSandboxFiles(SandboxName, FilesBody),
+    ListSnapshots,
+    CreateSnapshot(SnapshotBody),
+    GetSnapshot(SandboxName),
+    DeleteSnapshot(SandboxName),
+    RestoreSnapshot(SandboxName, CreateBody),
+    Metrics,
 }
 
 impl Request {
@@ -121,6 +127,20 @@ impl Request {
             }
             Route::DeleteSandboxFile(name, path) => Request::DeleteSandboxFile(name, path),
             Route::PostSandboxFiles(name) => Request::PostSandboxFiles(name, parse_body(body)?),
+            Route::ListSnapshots => Request::ListSnapshots,
+            Route::Metrics => Request::Metrics,
+            Route::CreateSnapshot => Request::CreateSnapshot(parse_body(body)?),
+            Route::GetSnapshot(name) => Request::GetSnapshot(name),
+            Route::DeleteSnapshot(name) => Request::DeleteSnapshot(name),
+            // The SDKs send no body: none is an empty one.
+            Route::RestoreSnapshot(name) => Request::RestoreSnapshot(
+                name,
+                if body.iter().all(u8::is_ascii_whitespace) {
+                    CreateBody::default()
+                } else {
+                    parse_body(body)?
+                },
+            ),
         })
     }
 
@@ -171,6 +191,12 @@ impl Request {
                 Route::DeleteSandboxFile(name.clone(), path.clone())
             }
             Request::PostSandboxFiles(name, _) => Route::PostSandboxFiles(name.clone()),
+            Request::ListSnapshots => Route::ListSnapshots,
+            Request::Metrics => Route::Metrics,
+            Request::CreateSnapshot(_) => Route::CreateSnapshot,
+            Request::GetSnapshot(name) => Route::GetSnapshot(name.clone()),
+            Request::DeleteSnapshot(name) => Route::DeleteSnapshot(name.clone()),
+            Request::RestoreSnapshot(name, _) => Route::RestoreSnapshot(name.clone()),
         }
     }
 
@@ -189,6 +215,8 @@ impl Request {
             | Request::ExecDetach(_, body) => Some(json(body)),
             Request::PutSandboxFile(_, _, body) => Some(json(body)),
             Request::PostSandboxFiles(_, body) => Some(json(body)),
+            Request::CreateSnapshot(body) => Some(json(body)),
+            Request::RestoreSnapshot(_, body) => Some(json(body)),
             Request::OpenApi
             | Request::Health
             | Request::Backends
@@ -208,7 +236,11 @@ impl Request {
             | Request::ResumeSandbox(_)
             | Request::SandboxLogs(_)
             | Request::GetSandboxFile(..)
-            | Request::DeleteSandboxFile(..) => None,
+            | Request::DeleteSandboxFile(..)
+            | Request::ListSnapshots
+            | Request::Metrics
+            | Request::GetSnapshot(_)
+            | Request::DeleteSnapshot(_) => None,
         }
     }
 }
@@ -408,6 +440,10 @@ pub struct CreateBody {
     pub ttl: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Value>,
+    /// A snapshot to make the sandbox from (its files; its profile and limits unless
+    /// given), instead of an image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
     // Sent by the published SDKs; accepted only when null or something we honour.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
@@ -456,7 +492,21 @@ impl CreateBody {
         }
         let profile = parse_profile(self.profile, config)?;
         let defaults = profile.default_limits();
-        let image = parse_image(self.image, &config.images.default_image)?;
+        let image = match self.snapshot {
+            None => parse_image(self.image, &config.images.default_image)?,
+            Some(_) if self.image.is_some() => {
+                return Err(ApiError::BadBody(
+                    "give image or snapshot, not both: a sandbox is made from one".into(),
+                ))
+            }
+            Some(snapshot) => {
+                let snapshot = SandboxName::parse(&snapshot).map_err(|message| {
+                    ApiError::BadBody(message.replacen("sandbox name", "snapshot name", 1))
+                })?;
+                ImageRef::parse(&crate::snapshot::reference(&config.namespace, &snapshot))
+                    .map_err(ApiError::BadBody)?
+            }
+        };
         let limits = Limits {
             memory_mb: match self.memory_mb {
                 Some(mb) => {
@@ -526,6 +576,33 @@ impl ExecBody {
             )));
         }
         self.command.into_spec(config)
+    }
+}
+
+/// `POST /snapshots`: the sandbox to snapshot, and the snapshot's name (a default one
+/// when absent).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl SnapshotBody {
+    pub fn validate(self) -> Result<(SandboxName, Option<SandboxName>), ApiError> {
+        let sandbox = self
+            .sandbox
+            .ok_or_else(|| ApiError::BadBody("sandbox is required".into()))?;
+        let sandbox = SandboxName::parse(&sandbox).map_err(ApiError::BadBody)?;
+        let name = match self.name {
+            None => None,
+            Some(name) => Some(SandboxName::parse(&name).map_err(|message| {
+                ApiError::BadBody(message.replacen("sandbox name", "snapshot name", 1))
+            })?),
+        };
+        Ok((sandbox, name))
     }
 }
 

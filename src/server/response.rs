@@ -37,6 +37,8 @@ pub enum Body {
     /// keeps it (command output, a file's content): it may be written more than once
     /// (its length is measured first), and must write the same bytes each time.
     Data(Box<WriteData>),
+    /// Prometheus text (`GET /metrics`): no envelope.
+    Text(String),
 }
 
 pub type WriteData = dyn Fn(&mut dyn Write) -> io::Result<()> + Send;
@@ -46,6 +48,7 @@ impl std::fmt::Debug for Body {
         match self {
             Body::Json(value) => write!(f, "Json({value})"),
             Body::Data(_) => f.write_str("Data(..)"),
+            Body::Text(text) => write!(f, "Text({} bytes)", text.len()),
         }
     }
 }
@@ -71,6 +74,25 @@ impl Reply {
             headers: Vec::new(),
             stream: None,
             holds: None,
+        }
+    }
+
+    /// A plain-text answer (`GET /metrics`).
+    pub fn text(status: u16, text: String) -> Reply {
+        Reply {
+            status,
+            body: Body::Text(text),
+            headers: Vec::new(),
+            stream: None,
+            holds: None,
+        }
+    }
+
+    /// The answer's `Content-Type`.
+    pub fn content_type(&self) -> &'static str {
+        match self.body {
+            Body::Text(_) => "text/plain; version=0.0.4; charset=utf-8",
+            Body::Json(_) | Body::Data(_) => "application/json",
         }
     }
 
@@ -113,6 +135,7 @@ impl Reply {
                 write(out)?;
                 out.write_all(b",\"success\":true}")?;
             }
+            Body::Text(text) => return out.write_all(text.as_bytes()),
         }
         out.write_all(b"\n")
     }
@@ -136,6 +159,7 @@ impl Reply {
         match self.body {
             Body::Json(value) => value,
             Body::Data(_) => serde_json::from_slice(&self.bytes()).expect("answers are JSON"),
+            Body::Text(text) => Value::String(text),
         }
     }
 }
@@ -255,10 +279,13 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
             let status = match error {
                 Error::Invalid(_) | Error::NotAFile { .. } | Error::WorkdirUnusable { .. } => 400,
                 Error::FileAccessDenied { .. } | Error::ReadOnlyRoot { .. } => 403,
-                Error::SandboxNotFound(_) | Error::ImageMissing(_) | Error::FileNotFound { .. } => {
-                    404
-                }
+                Error::SandboxNotFound(_)
+                | Error::ImageMissing(_)
+                | Error::FileNotFound { .. }
+                | Error::SnapshotNotFound(_) => 404,
                 Error::SandboxExists(_)
+                | Error::SnapshotExists(_)
+                | Error::SnapshotInUse(_)
                 | Error::SandboxNotRunning(_)
                 | Error::SandboxPaused(_)
                 | Error::FileNeedsRunning { .. } => 409,
@@ -300,6 +327,9 @@ mod tests {
             (Error::SandboxNotFound("x".into()), 404),
             (Error::ImageMissing("python:3.12-alpine".into()), 404),
             (Error::SandboxExists("x".into()), 409),
+            (Error::SnapshotNotFound("x".into()), 404),
+            (Error::SnapshotExists("x".into()), 409),
+            (Error::SnapshotInUse("x".into()), 409),
             (Error::SandboxNotRunning("x".into()), 409),
             (
                 Error::FileNotFound {

@@ -45,6 +45,14 @@ pub enum Route {
     PutSandboxFile(SandboxName, SandboxPath),
     DeleteSandboxFile(SandboxName, SandboxPath),
     PostSandboxFiles(SandboxName),
+    ListSnapshots,
+    CreateSnapshot,
+    /// Snapshot names follow the sandbox name rule.
+    GetSnapshot(SandboxName),
+    DeleteSnapshot(SandboxName),
+    RestoreSnapshot(SandboxName),
+    /// Prometheus text (`server::metrics`).
+    Metrics,
 }
 
 impl Route {
@@ -103,6 +111,58 @@ impl Route {
             Route::PutSandboxFile(name, path) => ("PUT", file(name, path)),
             Route::DeleteSandboxFile(name, path) => ("DELETE", file(name, path)),
             Route::PostSandboxFiles(name) => ("POST", sandbox(name, "/files")),
+            Route::ListSnapshots => ("GET", "/snapshots".into()),
+            Route::CreateSnapshot => ("POST", "/snapshots".into()),
+            Route::GetSnapshot(name) => ("GET", format!("/snapshots/{name}")),
+            Route::DeleteSnapshot(name) => ("DELETE", format!("/snapshots/{name}")),
+            Route::RestoreSnapshot(name) => ("POST", format!("/snapshots/{name}/restore")),
+            Route::Metrics => ("GET", "/metrics".into()),
+        }
+    }
+}
+
+impl Route {
+    /// The OpenAPI operation this route is: (method, path template), as metrics label
+    /// it. An exhaustive `match`, so that a new variant does not compile until it is
+    /// placed in the document (`every_route_is_documented`).
+    pub fn operation(&self) -> (&'static str, &'static str) {
+        match self {
+            Route::OpenApi => ("get", "/openapi.json"),
+            Route::Health => ("get", "/health"),
+            Route::Backends => ("get", "/backends"),
+            Route::Pool => ("get", "/pool"),
+            Route::Run => ("post", "/run"),
+            Route::RunStream => ("post", "/run/stream"),
+            Route::BatchRun => ("post", "/batch/run"),
+            Route::ListSandboxes => ("get", "/sandboxes"),
+            Route::CreateSandbox => ("post", "/sandboxes"),
+            Route::GetSandbox(_) => ("get", "/sandboxes/{name}"),
+            Route::GetSandboxByUuid(_) => ("get", "/sandboxes/by-uuid/{uuid}"),
+            Route::ExtendSandbox(_) => ("post", "/sandboxes/{name}/extend"),
+            Route::DeleteSandbox(_) => ("delete", "/sandboxes/{name}"),
+            Route::ExecSandbox(_) => ("post", "/sandboxes/{name}/exec"),
+            Route::ExecSandboxStream(_) => ("post", "/sandboxes/{name}/exec/stream"),
+            Route::ExecDetach(_) => ("post", "/sandboxes/{name}/exec/detach"),
+            Route::DetachedList(_) => ("get", "/sandboxes/{name}/exec/detached"),
+            Route::DetachedStatus(..) => ("get", "/sandboxes/{name}/exec/detached/{id}"),
+            Route::DetachedKill(..) => ("delete", "/sandboxes/{name}/exec/detached/{id}"),
+            Route::DetachedLogs { .. } => ("get", "/sandboxes/{name}/exec/detached/{id}/logs"),
+            Route::StartSandbox(_) => ("post", "/sandboxes/{name}/start"),
+            Route::StopSandbox(_) => ("post", "/sandboxes/{name}/stop"),
+            Route::PauseSandbox(_) => ("post", "/sandboxes/{name}/pause"),
+            Route::ResumeSandbox(_) => ("post", "/sandboxes/{name}/resume"),
+            Route::SandboxLogs(_) => ("get", "/sandboxes/{name}/logs"),
+            Route::SandboxStats(_) => ("get", "/sandboxes/{name}/stats"),
+            Route::GetSandboxFile(..) => ("get", "/sandboxes/{name}/files/{path}"),
+            Route::PutSandboxFile(..) => ("put", "/sandboxes/{name}/files/{path}"),
+            Route::DeleteSandboxFile(..) => ("delete", "/sandboxes/{name}/files/{path}"),
+            Route::PostSandboxFiles(_) => ("post", "/sandboxes/{name}/files"),
+            Route::ListSnapshots => ("get", "/snapshots"),
+            Route::CreateSnapshot => ("post", "/snapshots"),
+            Route::GetSnapshot(_) => ("get", "/snapshots/{name}"),
+            Route::DeleteSnapshot(_) => ("delete", "/snapshots/{name}"),
+            Route::RestoreSnapshot(_) => ("post", "/snapshots/{name}/restore"),
+            Route::Metrics => ("get", "/metrics"),
         }
     }
 }
@@ -152,6 +212,11 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
         .split('/')
         .collect();
     let name = |text: &str| SandboxName::parse(text).map_err(RouteError::BadParameter);
+    let snapshot = |text: &str| {
+        SandboxName::parse(text).map_err(|message| {
+            RouteError::BadParameter(message.replacen("sandbox name", "snapshot name", 1))
+        })
+    };
     // A file path keeps its own slashes (and empty segments): it is all of the path after
     // `/sandboxes/{name}/files/`, percent-decoded, which `SandboxPath` then normalises.
     let file = |sandbox: &str| {
@@ -172,6 +237,8 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
         ("GET", ["backends"]) => Ok(Route::Backends),
         (_, ["backends"]) => Err(not_allowed("GET")),
         ("GET", ["pool"]) => Ok(Route::Pool),
+        ("GET", ["metrics"]) => Ok(Route::Metrics),
+        (_, ["metrics"]) => Err(not_allowed("GET")),
         (_, ["pool"]) => Err(not_allowed("GET")),
         ("POST", ["run"]) => Ok(Route::Run),
         (_, ["run"]) => Err(not_allowed("POST")),
@@ -240,6 +307,14 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
             Ok(Route::DeleteSandboxFile(name(sandbox)?, file(sandbox)?))
         }
         (_, ["sandboxes", _, "files", _, ..]) => Err(not_allowed("GET, PUT, DELETE")),
+        ("GET", ["snapshots"]) => Ok(Route::ListSnapshots),
+        ("POST", ["snapshots"]) => Ok(Route::CreateSnapshot),
+        (_, ["snapshots"]) => Err(not_allowed("GET, POST")),
+        ("GET", ["snapshots", name]) => Ok(Route::GetSnapshot(snapshot(name)?)),
+        ("DELETE", ["snapshots", name]) => Ok(Route::DeleteSnapshot(snapshot(name)?)),
+        (_, ["snapshots", _]) => Err(not_allowed("GET, DELETE")),
+        ("POST", ["snapshots", name, "restore"]) => Ok(Route::RestoreSnapshot(snapshot(name)?)),
+        (_, ["snapshots", _, "restore"]) => Err(not_allowed("POST")),
         _ => Err(RouteError::NotFound(path.to_string())),
     }
 }
@@ -409,41 +484,8 @@ mod tests {
         }
     }
 
-    /// The OpenAPI operation a route is: (method, path template). An exhaustive `match`,
-    /// so that a new variant does not compile until it is placed in the document.
     fn operation_of(route: &Route) -> (&'static str, &'static str) {
-        match route {
-            Route::OpenApi => ("get", "/openapi.json"),
-            Route::Health => ("get", "/health"),
-            Route::Backends => ("get", "/backends"),
-            Route::Pool => ("get", "/pool"),
-            Route::Run => ("post", "/run"),
-            Route::RunStream => ("post", "/run/stream"),
-            Route::BatchRun => ("post", "/batch/run"),
-            Route::ListSandboxes => ("get", "/sandboxes"),
-            Route::CreateSandbox => ("post", "/sandboxes"),
-            Route::GetSandbox(_) => ("get", "/sandboxes/{name}"),
-            Route::GetSandboxByUuid(_) => ("get", "/sandboxes/by-uuid/{uuid}"),
-            Route::ExtendSandbox(_) => ("post", "/sandboxes/{name}/extend"),
-            Route::DeleteSandbox(_) => ("delete", "/sandboxes/{name}"),
-            Route::ExecSandbox(_) => ("post", "/sandboxes/{name}/exec"),
-            Route::ExecSandboxStream(_) => ("post", "/sandboxes/{name}/exec/stream"),
-            Route::ExecDetach(_) => ("post", "/sandboxes/{name}/exec/detach"),
-            Route::DetachedList(_) => ("get", "/sandboxes/{name}/exec/detached"),
-            Route::DetachedStatus(..) => ("get", "/sandboxes/{name}/exec/detached/{id}"),
-            Route::DetachedKill(..) => ("delete", "/sandboxes/{name}/exec/detached/{id}"),
-            Route::DetachedLogs { .. } => ("get", "/sandboxes/{name}/exec/detached/{id}/logs"),
-            Route::StartSandbox(_) => ("post", "/sandboxes/{name}/start"),
-            Route::StopSandbox(_) => ("post", "/sandboxes/{name}/stop"),
-            Route::PauseSandbox(_) => ("post", "/sandboxes/{name}/pause"),
-            Route::ResumeSandbox(_) => ("post", "/sandboxes/{name}/resume"),
-            Route::SandboxLogs(_) => ("get", "/sandboxes/{name}/logs"),
-            Route::SandboxStats(_) => ("get", "/sandboxes/{name}/stats"),
-            Route::GetSandboxFile(..) => ("get", "/sandboxes/{name}/files/{path}"),
-            Route::PutSandboxFile(..) => ("put", "/sandboxes/{name}/files/{path}"),
-            Route::DeleteSandboxFile(..) => ("delete", "/sandboxes/{name}/files/{path}"),
-            Route::PostSandboxFiles(_) => ("post", "/sandboxes/{name}/files"),
-        }
+        route.operation()
     }
 
     /// Every (method, path template) of the document, with `head` where a `get` also
@@ -527,6 +569,12 @@ mod tests {
             ("PUT", "/sandboxes/b/files/tmp/x"),
             ("DELETE", "/sandboxes/b/files/tmp/x"),
             ("POST", "/sandboxes/b/files"),
+            ("GET", "/snapshots"),
+            ("POST", "/snapshots"),
+            ("GET", "/snapshots/s"),
+            ("DELETE", "/snapshots/s"),
+            ("POST", "/snapshots/s/restore"),
+            ("GET", "/metrics"),
         ];
         let mut routed: Vec<(String, String)> = samples
             .iter()
@@ -635,6 +683,12 @@ mod tests {
             Route::PutSandboxFile(name.clone(), file("/tmp/a b/%41?#€")),
             Route::DeleteSandboxFile(name.clone(), file("/files/x")),
             Route::PostSandboxFiles(name.clone()),
+            Route::ListSnapshots,
+            Route::CreateSnapshot,
+            Route::GetSnapshot(name.clone()),
+            Route::DeleteSnapshot(name.clone()),
+            Route::RestoreSnapshot(name.clone()),
+            Route::Metrics,
         ];
         // And every documented operation (every variant: see `every_route_is_documented`).
         let documented = documented_operations()

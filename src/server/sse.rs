@@ -103,15 +103,18 @@ pub fn event(name: &str, data: &Value) -> Vec<u8> {
 }
 
 /// Writes one HTTP chunk and flushes it (for HTTP/1.0, the bytes as they are: the
-/// stream then ends with the connection).
+/// stream then ends with the connection). One write: the client gets the event in one
+/// segment, not four.
 fn write_chunk(writer: &mut dyn Write, bytes: &[u8], chunked: bool) -> io::Result<()> {
     if !chunked {
         writer.write_all(bytes)?;
         return writer.flush();
     }
-    write!(writer, "{:x}\r\n", bytes.len())?;
-    writer.write_all(bytes)?;
-    writer.write_all(b"\r\n")?;
+    let mut chunk = format!("{:x}\r\n", bytes.len()).into_bytes();
+    chunk.reserve(bytes.len() + 2);
+    chunk.extend_from_slice(bytes);
+    chunk.extend_from_slice(b"\r\n");
+    writer.write_all(&chunk)?;
     writer.flush()
 }
 

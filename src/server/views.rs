@@ -111,6 +111,33 @@ pub fn sandbox_data(sandbox: &Sandbox) -> Value {
     data
 }
 
+/// A snapshot as the API shows it: the SDKs' `SnapshotMeta`, and its profile, limits
+/// and size.
+pub fn snapshot_data(snapshot: &crate::snapshot::Snapshot) -> Value {
+    let mut data = json!({
+        "name": snapshot.name,
+        "sandbox": snapshot.sandbox,
+        "image_tag": snapshot.image_tag,
+        "backend": "docker",
+        "base_image": snapshot.base_image,
+        "profile": snapshot.profile,
+        "created_at": snapshot.created_at,
+        "size_bytes": snapshot.size_bytes,
+    });
+    if let Some(limits) = snapshot.limits {
+        data["memory_mb"] = json!(limits.memory_mb);
+        if limits.millicpus % 1000 == 0 {
+            data["vcpus"] = json!(limits.millicpus / 1000);
+        }
+        data["limits"] = json!({
+            "memory_mb": limits.memory_mb,
+            "cpus": limits.millicpus as f64 / 1000.0,
+            "pids": limits.pids,
+        });
+    }
+    data
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -350,8 +350,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The init's exec socket (`EXEC_SOCKET`): the server connects from outside, opens with
 /// the token it gave the init on its stdin (`TOKEN` records, which only an attach
 /// through the engine can write: as a non-dumpable PID 1, the init's stdin is out of
-/// every command's reach), and the init starts a supervisor (`stub`, as `docker exec`
-/// would) with the connection as its stdin and stdout. A connection without the token
+/// every command's reach), and the init gives the connection to a supervisor: `stub`
+/// with it as stdin and stdout, as `docker exec` would start it, or the one it started
+/// ahead of the exec (`stub --spare`), which is handed the connection. A connection without the token
 /// (a command of the sandbox) is closed unanswered. Without a token, or when the
 /// socket cannot be made, execs go through `docker exec` as before.
 fn serve_exec_socket(supervisors: Arc<Mutex<Supervisors>>) {
@@ -375,7 +376,9 @@ fn serve_exec_socket(supervisors: Arc<Mutex<Supervisors>>) {
         }
     };
     let handlers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let spares = Arc::new(Mutex::new(Spares::default()));
     let _ = std::thread::Builder::new().spawn(move || {
+        refill_spare(&supervisors, &spares);
         for connection in listener.incoming().flatten() {
             // A thread each, so that a connection slow to present its token holds only
             // itself; a bounded number of them, and never a panic when the pids limit
@@ -384,14 +387,15 @@ fn serve_exec_socket(supervisors: Arc<Mutex<Supervisors>>) {
                 handlers.fetch_sub(1, Ordering::SeqCst);
                 continue;
             }
-            let (token, supervisors, done) = (
+            let (token, supervisors, spares, done) = (
                 Arc::clone(&token),
                 Arc::clone(&supervisors),
+                Arc::clone(&spares),
                 Arc::clone(&handlers),
             );
             let started = std::thread::Builder::new().spawn(move || {
                 // Refusals are not logged: a command could fill the log with them.
-                let _ = start_supervisor(connection, &token, &supervisors);
+                let _ = start_supervisor(connection, &token, &supervisors, &spares);
                 done.fetch_sub(1, Ordering::SeqCst);
             });
             if started.is_err() {
@@ -447,11 +451,14 @@ fn authenticate(
     }
 }
 
-/// Checks an exec connection's token and starts its supervisor.
+/// Checks an exec connection's token and gives it a supervisor: the spare waiting for
+/// it when there is one (no fork and exec on the exec's path), else a new one. Then
+/// starts the next spare, after the exec is under way.
 fn start_supervisor(
     connection: std::os::unix::net::UnixStream,
     token: &Mutex<Option<Vec<u8>>>,
     supervisors: &Mutex<Supervisors>,
+    spares: &Mutex<Spares>,
 ) -> io::Result<()> {
     let expected = lock(token).clone();
     authenticate(
@@ -461,15 +468,40 @@ fn start_supervisor(
     )?;
     // The supervisor's reads wait as long as they need.
     connection.set_read_timeout(None)?;
-    let output = connection.try_clone()?;
+    let spare = lock(spares).ready.take();
+    let handed = match spare {
+        Some(spare) => spare.hand_over(&connection),
+        None => false,
+    };
+    if !handed {
+        let output = connection.try_clone()?;
+        spawn_supervisor(
+            &["stub"],
+            Stdio::from(std::os::fd::OwnedFd::from(connection)),
+            Stdio::from(std::os::fd::OwnedFd::from(output)),
+            supervisors,
+        )?;
+    }
+    refill_spare(supervisors, spares);
+    Ok(())
+}
+
+/// Starts `STUB_PATH ARGS` with the given stdin and stdout, and lists it as one of the
+/// init's supervisors.
+fn spawn_supervisor(
+    args: &[&str],
+    stdin: Stdio,
+    stdout: Stdio,
+    supervisors: &Mutex<Supervisors>,
+) -> io::Result<(u32, u64)> {
     // Not under the lock: a command may stop the child before it execs (same user),
     // and the orphan sweep must go on meanwhile; it spares this thread's children.
     let thread = reap::current_thread()?;
     lock(supervisors).spawning.push(thread);
     let spawned = Command::new(STUB_PATH)
-        .arg("stub")
-        .stdin(Stdio::from(std::os::fd::OwnedFd::from(connection)))
-        .stdout(Stdio::from(std::os::fd::OwnedFd::from(output)))
+        .args(args)
+        .stdin(stdin)
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn();
     let mut supervisors = lock(supervisors);
@@ -477,10 +509,83 @@ fn start_supervisor(
         supervisors.spawning.remove(at);
     }
     let child = spawned?;
-    if let Some(process) = reap::process(child.id()) {
-        supervisors.known.insert((process.pid, process.start));
+    let process = reap::process(child.id()).ok_or_else(|| io::Error::other("it ended"))?;
+    supervisors.known.insert((process.pid, process.start));
+    Ok((process.pid, process.start))
+}
+
+/// The supervisor started ahead of the next exec (`stub --spare`), and whether one is
+/// being started.
+#[derive(Default)]
+struct Spares {
+    ready: Option<Spare>,
+    refilling: bool,
+}
+
+/// A spare supervisor: its stdin is the other end of `control`, which only the init
+/// holds (a socket pair has no name to connect to).
+struct Spare {
+    control: std::os::unix::net::UnixStream,
+    pid: u32,
+    start: u64,
+}
+
+impl Spare {
+    /// Passes the exec connection to the spare; false if it cannot take it (it ended,
+    /// or a command of the sandbox stopped it), and then it is ended.
+    fn hand_over(self, connection: &std::os::unix::net::UnixStream) -> bool {
+        use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        use std::os::fd::AsFd;
+        let ready = reap::process(self.pid)
+            .is_some_and(|p| p.start == self.start && !p.zombie && !p.stopped);
+        if ready {
+            let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            let fds = [connection.as_fd()];
+            if control.push(SendAncillaryMessage::ScmRights(&fds)) {
+                let sent = sendmsg(
+                    &self.control,
+                    &[io::IoSlice::new(b"c")],
+                    &mut control,
+                    SendFlags::NOSIGNAL,
+                );
+                if sent == Ok(1) {
+                    return true;
+                }
+            }
+        }
+        // Closing `control` ends a spare that still waits; one that is stopped ends
+        // when it is continued. The init reaps it either way.
+        false
     }
-    Ok(())
+}
+
+/// Starts a spare supervisor unless one is ready or on its way.
+fn refill_spare(supervisors: &Mutex<Supervisors>, spares: &Mutex<Spares>) {
+    {
+        let mut spares = lock(spares);
+        if spares.ready.is_some() || spares.refilling {
+            return;
+        }
+        spares.refilling = true;
+    }
+    let started = std::os::unix::net::UnixStream::pair().and_then(|(ours, theirs)| {
+        let (pid, start) = spawn_supervisor(
+            &["stub", "--spare"],
+            Stdio::from(std::os::fd::OwnedFd::from(theirs)),
+            Stdio::null(),
+            supervisors,
+        )?;
+        Ok(Spare {
+            control: ours,
+            pid,
+            start,
+        })
+    });
+    let mut spares = lock(spares);
+    spares.refilling = false;
+    // Without a spare (the pids limit, say), execs start their supervisor themselves.
+    spares.ready = started.ok();
 }
 
 /// A file operation of the stub; see the module comment.
@@ -712,6 +817,55 @@ pub fn main() -> i32 {
         }
     };
     serve(spec, stdin, output)
+}
+
+/// `agentkernel stub --spare`: a sandbox's exec supervisor, started by its init ahead of
+/// the exec. Its stdin is one end of a socket pair whose other end only the init holds;
+/// it waits there for the exec connection (passed as `SCM_RIGHTS`), then serves it as
+/// `main` serves stdin. It ends if the init's end closes without one.
+pub fn spare() -> i32 {
+    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    protect_self();
+    let subreaper = rustix::process::Pid::from_raw(1);
+    if let Err(error) = rustix::process::set_child_subreaper(subreaper) {
+        eprintln!("agentkernel stub: cannot become a child subreaper: {error}");
+    }
+    let connection = loop {
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut byte = [0u8; 1];
+        let received = recvmsg(
+            io::stdin(),
+            &mut [io::IoSliceMut::new(&mut byte)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        );
+        let passed = control.drain().find_map(|message| match message {
+            RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+            _ => None,
+        });
+        match (received, passed) {
+            (_, Some(fd)) => break std::os::unix::net::UnixStream::from(fd),
+            (Err(rustix::io::Errno::INTR), None) => continue,
+            // The init's end closed (or failed) before an exec came.
+            _ => return 0,
+        }
+    };
+    let output = match connection.try_clone() {
+        Ok(clone) => Arc::new(Output::new(Box::new(clone))),
+        Err(_) => return 1,
+    };
+    output.record(HELLO, hello().as_bytes());
+    let mut input = connection;
+    let spec = match read_record(&mut input) {
+        Ok(Some((SPEC, payload))) => match serde_json::from_slice::<StubSpec>(&payload) {
+            Ok(spec) => spec,
+            Err(error) => output.finish(&failure(format!("bad spec: {error}"), 125)),
+        },
+        Ok(Some((kind, _))) => output.finish(&failure(format!("unexpected record {kind}"), 125)),
+        Ok(None) | Err(_) => return 0,
+    };
+    serve(spec, input, output)
 }
 
 /// Who asked for a temporary container's one run: nobody yet, stdin or the exec socket.

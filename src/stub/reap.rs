@@ -32,6 +32,8 @@ pub struct ProcessEntry {
     pub start: u64,
     /// Dead, only waiting to be reaped (its children were reparented when it died).
     pub zombie: bool,
+    /// Stopped (SIGSTOP, or a tracer's stop): it runs nothing until continued.
+    pub stopped: bool,
 }
 
 /// Parses `/proc/PID/stat`: `pid (comm) state ppid ... starttime ...`; comm may hold
@@ -45,6 +47,7 @@ pub fn parse_stat(stat: &str) -> Option<ProcessEntry> {
         // Field 22 of the line, the 20th after comm.
         start: after_comm.get(19)?.parse().ok()?,
         zombie: matches!(*after_comm.first()?, "Z" | "X" | "x"),
+        stopped: matches!(*after_comm.first()?, "T" | "t"),
     })
 }
 
@@ -261,12 +264,16 @@ pub fn reap_until_childless() {
 /// still that process, an exec root (parent 0) running the stub, so a reused pid is
 /// never hit. Its whole tree goes first, then it, then every orphan below the init.
 pub fn kill_exec(pid: u32, start: u64) -> i32 {
-    // An exec root (parent 0), or a supervisor the init started for its exec socket.
+    // An exec root (parent 0), or a supervisor the init started for its exec socket
+    // (for the exec, or ahead of it: `stub --spare`).
+    let argv = argv_of(pid);
     let is_that_stub = process(pid)
         .is_some_and(|p| matches!(p.parent, 0 | 1) && p.start == start && !p.zombie)
         && pid != 1
-        && argv_of(pid).get(1).map(String::as_str) == Some("stub")
-        && argv_of(pid).len() == 2;
+        && matches!(
+            argv.iter().skip(1).map(String::as_str).collect::<Vec<_>>()[..],
+            ["stub"] | ["stub", "--spare"]
+        );
     if is_that_stub {
         kill_below(pid);
         kill_one(pid);
@@ -290,10 +297,13 @@ mod tests {
                 parent: 7,
                 start: 123456,
                 zombie: false,
+                stopped: false,
             })
         );
         let zombie = "43 (sh) Z 1 43 43 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 99 0 0 0";
         assert!(parse_stat(zombie).unwrap().zombie);
+        let stopped = "44 (sh) T 1 43 43 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 99 0 0 0";
+        assert!(parse_stat(stopped).unwrap().stopped);
         assert_eq!(parse_stat("1 (init"), None);
         let own = process(std::process::id()).unwrap();
         assert_eq!(own.pid, std::process::id());
@@ -359,6 +369,7 @@ mod tests {
             parent,
             start: 0,
             zombie: false,
+            stopped: false,
         };
         let processes = [
             entry(9, 5),

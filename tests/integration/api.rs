@@ -205,3 +205,49 @@ fn a_client_that_stalls_mid_body_cannot_hold_a_worker() {
     drop(stalled);
     server.finish();
 }
+
+/// `GET /metrics`: Prometheus text, behind the API key like every route, counting what
+/// was answered by route template (never by raw path) and the state now.
+#[test]
+fn metrics_are_prometheus_text_behind_the_key() {
+    let server = Server::start_with(Options {
+        env: vec![("AGENTKERNEL_API_KEY".into(), "s3cret".into())],
+        ..Options::default()
+    });
+    let key = [("X-API-Key", "s3cret")];
+    assert_eq!(server.request("GET", "/metrics", None, &[]).0, 401);
+    let (status, answer) = server.request("POST", "/run", Some(r#"{"command":["true"]}"#), &key);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(server.request("GET", "/sandboxes/nope", None, &key).0, 404);
+    assert_eq!(server.request("GET", "/no/such/path", None, &key).0, 404);
+    let (status, answer) = server.request("POST", "/sandboxes", Some(r#"{"name":"m"}"#), &key);
+    assert_eq!(status, 201, "{answer}");
+    let raw = server
+        .raw(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-API-Key: s3cret\r\nConnection: close\r\n\r\n");
+    let (head, text) = raw.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    for line in [
+        "agentkernel_requests_total{method=\"POST\",route=\"/run\",status=\"200\"} 1",
+        "agentkernel_requests_total{method=\"GET\",route=\"/sandboxes/{name}\",status=\"404\"} 1",
+        "agentkernel_requests_total{method=\"GET\",route=\"unrouted\",status=\"404\"} 1",
+        "agentkernel_requests_total{method=\"GET\",route=\"/metrics\",status=\"401\"} 1",
+        "agentkernel_request_duration_seconds_count{method=\"POST\",route=\"/run\"} 1",
+        "agentkernel_engine_up 1",
+        "agentkernel_sandboxes{status=\"running\"} 1",
+        "agentkernel_sandboxes_expired_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("agentkernel_pool_ready{image=")),
+        "{text}"
+    );
+    assert_eq!(server.request("DELETE", "/sandboxes/m", None, &key).0, 200);
+    server.finish();
+}

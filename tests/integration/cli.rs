@@ -450,6 +450,98 @@ fn sandbox_commands_answer_alike_locally_and_through_a_server() {
 }
 
 #[test]
+fn snapshot_extend_and_stats_commands_in_both_modes() {
+    let scope = Scope::new();
+    let server = Server::start_with(Options {
+        namespace: Some(scope.namespace.clone()),
+        ..Options::default()
+    });
+    let remote = Mode::Remote(&server);
+    let alike = |args: &[&str]| {
+        let local = scope.run(Mode::Local, args);
+        let through_server = scope.run(remote, args);
+        assert_eq!(local, through_server, "{args:?}");
+        local
+    };
+    let created = scope.run(Mode::Local, &["sandbox", "create", "box", "--ttl", "1h"]);
+    assert_eq!(
+        (created.code, created.stdout.as_str()),
+        (0, "box\n"),
+        "{created:?}"
+    );
+    for mode in [Mode::Local, remote] {
+        let extended = scope.run(mode, &["sandbox", "extend", "box", "2h"]);
+        assert_eq!(extended.code, 0, "{extended:?}");
+        assert!(extended.stdout.ends_with("Z\n"), "{extended:?}");
+    }
+    let stats = scope.run(remote, &["sandbox", "stats", "box"]);
+    assert_eq!(stats.code, 0, "{stats:?}");
+    assert!(
+        stats.stdout.lines().any(|line| line.starts_with("pids")),
+        "{stats:?}"
+    );
+    let bad = alike(&["sandbox", "extend", "box", "soon"]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stderr.starts_with("agentkernel: by: "), "{bad:?}");
+
+    scope.run(
+        remote,
+        &["exec", "box", "--", "sh", "-c", "echo kept > /kept"],
+    );
+    let taken = scope.run(remote, &["snapshot", "create", "box", "--name", "s1"]);
+    assert_eq!(
+        (taken.code, taken.stdout.as_str()),
+        (0, "s1\n"),
+        "{taken:?}"
+    );
+    let list = alike(&["snapshot", "list"]);
+    let rows: Vec<&str> = list.stdout.lines().collect();
+    assert_eq!(rows.len(), 2, "{list:?}");
+    assert!(rows[0].starts_with("NAME  SANDBOX  BASE IMAGE"), "{list:?}");
+    assert!(rows[1].starts_with("s1    box      "), "{list:?}");
+    let info = alike(&["snapshot", "info", "s1"]);
+    assert!(
+        info.stdout
+            .lines()
+            .any(|line| line.split_whitespace().eq(["sandbox", "box"])),
+        "{info:?}"
+    );
+    let restored = scope.run(Mode::Local, &["snapshot", "restore", "s1", "--as", "box2"]);
+    assert_eq!(
+        (restored.code, restored.stdout.as_str()),
+        (0, "box2\n"),
+        "{restored:?}"
+    );
+    assert_eq!(alike(&["exec", "box2", "cat", "/kept"]).stdout, "kept\n");
+    let in_use = alike(&["snapshot", "remove", "s1"]);
+    assert_eq!(in_use.code, 1, "{in_use:?}");
+    assert!(in_use.stderr.contains("in use"), "{in_use:?}");
+    for name in ["box", "box2"] {
+        assert_eq!(scope.run(remote, &["sandbox", "remove", name]).code, 0);
+    }
+    let removed = scope.run(remote, &["snapshot", "remove", "s1"]);
+    assert_eq!(
+        (removed.code, removed.stdout.as_str()),
+        (0, "s1\n"),
+        "{removed:?}"
+    );
+    let missing = alike(&["snapshot", "info", "s1"]);
+    assert_eq!(
+        (missing.code, missing.stderr.as_str()),
+        (1, "agentkernel: Snapshot 's1' not found\n")
+    );
+    let invalid = alike(&["snapshot", "info", ".."]);
+    assert_eq!(invalid.code, 1);
+    assert!(
+        invalid
+            .stderr
+            .starts_with("agentkernel: invalid snapshot name"),
+        "{invalid:?}"
+    );
+    server.finish();
+}
+
+#[test]
 fn the_api_key_goes_to_the_server() {
     let scope = Scope::new();
     let server = Server::start_with(Options {

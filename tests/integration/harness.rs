@@ -150,10 +150,35 @@ pub fn containers_owned_by(namespace: &str, pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// The snapshot images of a namespace (their tags).
+pub fn snapshots_of(namespace: &str) -> Vec<String> {
+    let filters = [
+        "agentkernel.managed=true".to_string(),
+        format!("agentkernel.namespace={namespace}"),
+        "agentkernel.kind=snapshot".to_string(),
+    ];
+    docker()
+        .image_list(&filters)
+        .expect("list images")
+        .into_iter()
+        .map(|image| {
+            image
+                .repo_tags
+                .unwrap_or_default()
+                .into_iter()
+                .next()
+                .unwrap_or(image.id)
+        })
+        .collect()
+}
+
 pub fn remove_namespace(namespace: &str) {
     let docker = docker();
     for (id, _) in containers_of(namespace) {
         let _ = docker.container_remove(&id);
+    }
+    for image in snapshots_of(namespace) {
+        let _ = docker.image_remove(&image);
     }
     // The namespace's lease directory, with the leases of servers that are gone (a
     // crashed one's stays until a sweep of its namespace, which may never come here).
@@ -423,6 +448,8 @@ impl Server {
         });
         let left = containers_of(&self.namespace);
         assert!(gone, "containers left behind: {left:?}");
+        let snapshots = snapshots_of(&self.namespace);
+        assert!(snapshots.is_empty(), "snapshots left behind: {snapshots:?}");
     }
 }
 

@@ -16,5 +16,6 @@ mod memory;
 mod pool;
 mod runs;
 mod sandboxes;
+mod snapshots;
 mod streams;
 mod validation;

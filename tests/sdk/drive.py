@@ -96,8 +96,41 @@ def main(client):
 
         logs = client.get_sandbox_logs(name)
         check("get_sandbox_logs", any(e.get("event") == "exec" for e in logs), repr(logs))
-    finally:
+
+        client.exec_in_sandbox(name, ["sh", "-c", "echo snap > /root/snap.txt"])
+        snap = f"{name}-snap"
+        meta = client.take_snapshot(name, snapshot_name=snap)
+        check("take_snapshot", meta.name == snap and meta.sandbox == name
+              and meta.backend == "docker" and meta.memory_mb == 512, repr(meta))
+        check("list_snapshots", [s.name for s in client.list_snapshots()] == [snap])
+        check("get_snapshot", client.get_snapshot(snap).image_tag == meta.image_tag)
         client.remove_sandbox(name)
+        restored = client.restore_snapshot(snap)
+        check("restore_snapshot", restored.name == name and restored.status == "running",
+              repr(restored))
+        out = client.exec_in_sandbox(name, ["cat", "/root/snap.txt"])
+        check("restored files", out.output == "snap\n", repr(out.output))
+        client.remove_sandbox(name)
+        client.delete_snapshot(snap)
+        try:
+            client.get_snapshot(snap)
+            check("deleted snapshot is gone", False, "get succeeded")
+        except NotFoundError:
+            check("deleted snapshot is gone", True)
+        timed = f"{name}-ttl"
+        # The SDK's create_sandbox has no ttl: the same request, with one.
+        client._request("POST", "/sandboxes", json={"name": timed, "ttl": "1h"})
+        try:
+            expires = client.extend_ttl(timed, by="2h")
+            check("extend_ttl of a sandbox with a ttl", isinstance(expires, str)
+                  and expires.endswith("Z"), repr(expires))
+        finally:
+            client.remove_sandbox(timed)
+    finally:
+        try:
+            client.remove_sandbox(name)
+        except NotFoundError:
+            pass
     try:
         client.get_sandbox(name)
         check("removed sandbox is gone", False, "get succeeded")
