@@ -14,7 +14,8 @@
 //! the container, and its own argv), never by the pid file a command could rewrite, the
 //! supervisor is what a kill (DELETE) goes by: everything below it is killed, and if it
 //! was killed itself, the sandbox's init has killed what it left (`stub::reap`). Output
-//! is bounded by the size of the sandbox's `/tmp` tmpfs, and reads of it by
+//! is bounded by the size of its tmpfs (the sandbox's `/tmp`, or its own where `/tmp`
+//! persists: `Profile::sandbox_host_settings`), and reads of it by
 //! `MAX_LOG_BYTES` (the newest bytes of each stream, read from the end of the file,
 //! never the whole file) and by `MAX_LOG_JSON_BYTES` once escaped, so a logs answer
 //! always fits what the server reads of it (`ANSWER_BYTES`): a larger log is cut and
@@ -36,7 +37,7 @@ use crate::sandbox::{exec_in, ExecTarget, SocketRoute, Via};
 use crate::stub::reap::{self, list_processes, ProcessEntry};
 use crate::stub::STUB_PATH;
 
-const STATE_DIR: &str = "/tmp/.agentkernel-detached";
+const STATE_DIR: &str = crate::stub::DETACHED_DIR;
 /// Most bytes of each stream a logs read returns (the newest ones).
 pub const MAX_LOG_BYTES: u64 = 1024 * 1024;
 /// Most bytes each stream's text takes in the stub's JSON answer: a control byte

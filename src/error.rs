@@ -83,8 +83,8 @@ impl fmt::Display for Error {
             Error::SnapshotExists(name) => write!(f, "Snapshot '{name}' already exists"),
             Error::SnapshotInUse(name) => write!(
                 f,
-                "Snapshot '{name}' is in use by a sandbox made from it: remove that sandbox \
-                 first"
+                "Snapshot '{name}' is in use by a container made from it (a sandbox made from \
+                 it, or one being made): remove that first"
             ),
             Error::FileNotFound { sandbox, path } => {
                 write!(f, "File '{path}' not found in sandbox '{sandbox}'")

@@ -19,7 +19,7 @@ use crate::containers::pool::Pool;
 use crate::containers::profile::Profile;
 use crate::engine::reference::ImageRef;
 use crate::engine::Docker;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::exec::{CommandResult, CommandSpec, OutputSink};
 
 /// A validated `/run` request.
@@ -64,9 +64,11 @@ pub fn run(
         None => {
             // Refills wait until this start is done (see `Pool::cold_start`).
             let _cold = pool.cold_start();
-            if !docker.image_exists(request.image.as_str())? {
-                return Err(Error::ImageMissing(request.image.to_string()));
-            }
+            crate::containers::labels::check_image(
+                docker,
+                &config.namespace,
+                request.image.as_str(),
+            )?;
             let workdir = request.command.workdir.as_deref();
             let warm = pool.launch(docker, config, &key, Kind::Run, workdir)?;
             if request.fast {

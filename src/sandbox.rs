@@ -181,9 +181,7 @@ pub fn create(
     launcher: &Launcher,
     request: &CreateSandbox,
 ) -> Result<Sandbox> {
-    if !docker.image_exists(request.image.as_str())? {
-        return Err(Error::ImageMissing(request.image.to_string()));
-    }
+    labels::check_image(docker, &config.namespace, request.image.as_str())?;
     // With the stub mounted, it is also the sandbox's idle main process, so images
     // without a shell work too.
     let mounts = launcher.stub_mounts();
@@ -259,7 +257,9 @@ pub fn create(
         // Running until stopped through us: the engine starts it again after a crash.
         restart_always: true,
         stop_timeout_seconds: None,
-        host: request.profile.host_settings(request.limits, "/", mounts),
+        host: request
+            .profile
+            .sandbox_host_settings(request.limits, mounts, stub::DETACHED_DIR),
     };
     if socket.is_some() {
         spec.host.tmpfs.insert(

@@ -29,7 +29,7 @@ pub const PIDS: &str = "agentkernel.pids";
 /// How long a commit may take: it copies the sandbox's whole writable layer.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(600);
 /// The label value of `labels::KIND` on snapshots.
-pub const KIND_SNAPSHOT: &str = "snapshot";
+pub const KIND_SNAPSHOT: &str = labels::KIND_SNAPSHOT;
 
 /// A snapshot as the API reports it (the SDKs' `SnapshotMeta`).
 #[derive(Debug, Clone, PartialEq)]
@@ -156,19 +156,32 @@ fn from_inspect(
     (snapshot.name == name.as_str()).then_some(snapshot)
 }
 
-/// A name for a snapshot asked for without one: the sandbox's, and the time.
+/// A name for a snapshot asked for without one: the sandbox's, and the time in
+/// milliseconds.
 pub fn default_name(sandbox: &SandboxName, now: SystemTime) -> SandboxName {
-    let seconds = now
+    let millis = now
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
+        .map_or(0, |since| since.as_millis());
     let stem: String = sandbox.as_str().chars().take(48).collect();
-    SandboxName::parse(&format!("{stem}-{seconds}")).expect("a sandbox name and digits")
+    SandboxName::parse(&format!("{stem}-{millis}")).expect("a sandbox name and digits")
 }
 
-/// One snapshot is taken at a time: the check that its name is free and the commit
-/// that takes it are one step (a second commit to the same tag would orphan the
-/// first's image).
-static TAKING: Mutex<()> = Mutex::new(());
+/// The snapshots this process is taking, by reference: a second take of the same name
+/// meanwhile is refused at once (a commit to a tag another commit holds would take the
+/// tag from it); other names go on at the same time.
+static TAKING: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Holds a name in `TAKING` until dropped.
+struct Taking(String);
+
+impl Drop for Taking {
+    fn drop(&mut self) {
+        TAKING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name| *name != self.0);
+    }
+}
 
 /// Commits the sandbox `source` (running, paused or stopped) as snapshot `name`.
 pub fn take(
@@ -180,13 +193,20 @@ pub fn take(
     let inspect = sandbox::inspect_ours(docker, config, source)?;
     let found = sandbox::get(docker, config, source)?;
     let image_tag = reference(&config.namespace, name);
-    let _taking = TAKING.lock().unwrap_or_else(|e| e.into_inner());
+    let _taking = {
+        let mut taking = TAKING.lock().unwrap_or_else(|e| e.into_inner());
+        if taking.contains(&image_tag) {
+            return Err(Error::SnapshotExists(name.to_string()));
+        }
+        taking.push(image_tag.clone());
+        Taking(image_tag.clone())
+    };
     if docker.image_exists(&image_tag)? {
         return Err(Error::SnapshotExists(name.to_string()));
     }
     let set = labels_for(&config.namespace, name, &found, SystemTime::now());
     let (repository, tag) = image_tag.rsplit_once(':').expect("a reference has a tag");
-    docker
+    let committed = docker
         .container_commit(&inspect.id, repository, tag, &set, COMMIT_TIMEOUT)
         .map_err(|error| {
             if error.is_not_found() {
@@ -195,7 +215,34 @@ pub fn take(
                 Error::Engine(error)
             }
         })?;
+    // Another process may have committed the same name meanwhile: the tag is the last
+    // commit's. Whoever does not hold it gives its image up.
+    let holder = docker.image_inspect(&image_tag).map(|image| image.id);
+    if holder.as_ref().ok() != Some(&committed) {
+        let _ = docker.image_remove(&committed);
+        return Err(Error::SnapshotExists(name.to_string()));
+    }
+    remove_untagged(docker, &config.namespace);
     get(docker, config, name)
+}
+
+/// Removes our namespace's snapshot images that lost their tag (a commit to the same
+/// name by another process took it), unless a container uses one.
+fn remove_untagged(docker: &Docker, namespace: &Namespace) {
+    let filters = [
+        format!("{}=true", labels::MANAGED),
+        format!("{}={}", labels::NAMESPACE, namespace.as_str()),
+        format!("{}={KIND_SNAPSHOT}", labels::KIND),
+    ];
+    let Ok(images) = docker.image_list(&filters) else {
+        return;
+    };
+    for image in images {
+        let tags = image.repo_tags.unwrap_or_default();
+        if tags.iter().all(|tag| tag == "<none>:<none>") {
+            let _ = docker.image_remove(&image.id);
+        }
+    }
 }
 
 /// Every snapshot of our namespace, by name.
@@ -293,7 +340,7 @@ mod tests {
         let long = name(&"a".repeat(63));
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
         let made = default_name(&long, at);
-        assert!(made.as_str().ends_with("-1790000000"));
+        assert!(made.as_str().ends_with("-1790000000000"), "{made}");
         assert!(made.as_str().len() <= 63);
     }
 

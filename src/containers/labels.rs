@@ -34,6 +34,37 @@ pub const TERMS: [&str; 4] = [STUB, EXEC_SOCKET, EXPIRES_AT, IDLE_TIMEOUT];
 /// a sweep removes only its own and those of owners that are gone.
 pub const OWNER: &str = "agentkernel.owner";
 
+/// The `KIND` of a snapshot's image (`snapshot`).
+pub const KIND_SNAPSHOT: &str = "snapshot";
+
+/// Whether `image` is present and ours to use: another namespace's snapshot (named by
+/// its reference or by an id prefix) is as missing as an image that is not there, so
+/// that no namespace reads another's files, or learns its snapshots' names.
+pub fn check_image(
+    docker: &crate::engine::Docker,
+    namespace: &Namespace,
+    image: &str,
+) -> crate::error::Result<()> {
+    let missing = || crate::error::Error::ImageMissing(image.to_string());
+    let found = match docker.image_inspect(image) {
+        Ok(found) => found,
+        Err(error) if error.is_not_found() => return Err(missing()),
+        // An unparseable reference (uppercase, bad characters) cannot be present.
+        Err(crate::engine::DockerError::Api { status: 400, .. }) => return Err(missing()),
+        Err(error) => return Err(crate::error::Error::Engine(error)),
+    };
+    let image_labels = found
+        .config
+        .and_then(|config| config.labels)
+        .unwrap_or_default();
+    let a_snapshot = image_labels.get(KIND).map(String::as_str) == Some(KIND_SNAPSHOT);
+    let ours = image_labels.get(NAMESPACE).map(String::as_str) == Some(namespace.as_str());
+    if a_snapshot && !ours {
+        return Err(missing());
+    }
+    Ok(())
+}
+
 /// What a container is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -3,7 +3,8 @@
 //!
 //! Invariants: every profile drops all capabilities but a documented few, sets
 //! `no-new-privileges` (in the docker client, unconditionally), a pids limit, a memory
-//! limit with swap equal to it, a CPU limit and a size-capped `/tmp` tmpfs; none is ever
+//! limit with swap equal to it, a CPU limit and a size-capped `/tmp` tmpfs (but for a
+//! persistent sandbox with a writable root, whose `/tmp` persists); none is ever
 //! privileged or given a host mount other than our read-only stub. The same
 //! `HostSettings` come out of here for warm, cold and persistent containers alike.
 
@@ -203,6 +204,26 @@ impl Profile {
             init: true,
         }
     }
+
+    /// A persistent sandbox's settings: `host_settings` at `/`, but where the root is
+    /// writable, `/tmp` is the root's own directory (no tmpfs), kept across stop and
+    /// start like every other file; where it is read-only, `/tmp` stays the tmpfs.
+    /// Detached commands' state and output (`detached::STATE_DIR`, under `/tmp`) keeps
+    /// a tmpfs of the same size either way, which bounds it.
+    pub fn sandbox_host_settings(
+        self,
+        limits: Limits,
+        mounts: Vec<(std::path::PathBuf, String)>,
+        detached_dir: &str,
+    ) -> HostSettings {
+        let mut host = self.host_settings(limits, "/", mounts);
+        if !self.read_only_root() {
+            if let Some(options) = host.tmpfs.remove("/tmp") {
+                host.tmpfs.insert(detached_dir.to_string(), options);
+            }
+        }
+        host
+    }
 }
 
 impl fmt::Display for Profile {
@@ -309,6 +330,23 @@ mod tests {
         assert_eq!(check_bound("memory_mb", 64, MEMORY_MB_RANGE), Ok(64));
         let error = check_bound("memory_mb", 1, MEMORY_MB_RANGE).unwrap_err();
         assert_eq!(error, "memory_mb must be between 16 and 16384, got 1");
+    }
+
+    #[test]
+    fn sandboxes_keep_tmp_on_a_writable_root_and_a_tmpfs_on_a_read_only_one() {
+        for profile in [Profile::Permissive, Profile::Moderate] {
+            let host =
+                profile.sandbox_host_settings(profile.default_limits(), Vec::new(), "/tmp/d");
+            assert!(!host.tmpfs.contains_key("/tmp"), "{profile}");
+            assert!(host.tmpfs.contains_key("/tmp/d"), "{profile}");
+            let temporary = profile.host_settings(profile.default_limits(), "/", Vec::new());
+            assert!(temporary.tmpfs.contains_key("/tmp"), "{profile}");
+        }
+        let restrictive = Profile::Restrictive;
+        let host =
+            restrictive.sandbox_host_settings(restrictive.default_limits(), Vec::new(), "/tmp/d");
+        assert!(host.tmpfs.contains_key("/tmp"));
+        assert!(!host.tmpfs.contains_key("/tmp/d"));
     }
 
     #[test]

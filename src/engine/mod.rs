@@ -860,12 +860,24 @@ impl Docker {
 
     /// All containers (running or not) carrying every one of the `key=value` labels.
     pub fn container_list(&self, labels: &[String]) -> Result<Vec<ContainerSummary>> {
+        self.container_list_within(labels, self.timeout)
+    }
+
+    /// `container_list`, answered within `timeout` (a scrape must not wait for a slow
+    /// engine as long as a request does).
+    pub fn container_list_within(
+        &self,
+        labels: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<ContainerSummary>> {
         let filters = json!({ "label": labels }).to_string();
         let path = format!(
             "/containers/json?all=1&filters={}",
             encode_component(&filters)
         );
-        self.call_json("GET", &path, None, &[200])
+        let (_, bytes) = self.call("GET", &path, None, &[200], Some(timeout))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|error| DockerError::Protocol(format!("GET {path}: {error}")))
     }
 
     /// Attaches to a created container's streams (before start, so nothing is missed).

@@ -183,13 +183,11 @@ pub fn post_run(context: &Context, body: RunBody, cancel: &Cancel) -> Result<Rep
 pub fn post_run_stream(context: &Context, body: RunBody) -> Result<Reply, ApiError> {
     let request = body.validate(&context.config)?;
     // Errors that have a status code are answered before the stream starts.
-    if !context
-        .docker
-        .image_exists(request.image.as_str())
-        .map_err(Error::from)?
-    {
-        return Err(Error::ImageMissing(request.image.to_string()).into());
-    }
+    crate::containers::labels::check_image(
+        &context.docker,
+        &context.config.namespace,
+        request.image.as_str(),
+    )?;
     let holds = reserve_output(context, super::sse::STREAM_MEMORY_BYTES)?;
     Ok(Reply::events(StreamJob::Run(request), holds))
 }
@@ -243,10 +241,15 @@ fn from_snapshot(context: &Context, body: &mut CreateBody, snapshot: &str) -> Re
     if body.profile.is_none() {
         body.profile = found.profile.filter(|profile| !profile.is_empty());
     }
+    // Limits an engine did not apply read back as 0: those are left to the defaults.
     if let Some(limits) = found.limits {
-        body.memory_mb.get_or_insert(limits.memory_mb);
-        body.pids.get_or_insert(limits.pids);
-        if body.vcpus.is_none() && limits.millicpus % 1000 == 0 {
+        if body.memory_mb.is_none() && limits.memory_mb > 0 {
+            body.memory_mb = Some(limits.memory_mb);
+        }
+        if body.pids.is_none() && limits.pids > 0 {
+            body.pids = Some(limits.pids);
+        }
+        if body.vcpus.is_none() && limits.millicpus > 0 && limits.millicpus % 1000 == 0 {
             body.vcpus = Some(limits.millicpus / 1000);
         }
     }
@@ -678,18 +681,27 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// answer that is not in the `{"success","data","error"}` envelope: it is the
 /// description of the envelope (and of everything else), so it is served as is. It
 /// needs the API key like every other route.
+/// How long a scrape waits for the engine's list of sandboxes.
+const METRICS_ENGINE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Prometheus text: the counters the server keeps, and the pool's, the engine's and
 /// the sandboxes' state now (one container list; none when the engine is down).
 pub fn get_metrics(context: &Context) -> Result<Reply, ApiError> {
+    use crate::containers::labels::{self, Kind};
     use std::sync::atomic::Ordering::Relaxed;
     let engine_up = context.engine.is_up();
+    // A scrape waits for the engine briefly: a slow one is not waited for (no counts).
+    let filters = labels::filters(&context.config.namespace, Some(Kind::Sandbox));
     let sandboxes = if engine_up {
-        sandbox::list(&context.docker, &context.config)
+        context
+            .docker
+            .container_list_within(&filters, METRICS_ENGINE_WAIT)
             .ok()
             .map(|found| {
                 let mut by_status = std::collections::BTreeMap::new();
                 for one in found {
-                    *by_status.entry(one.status.name()).or_insert(0u64) += 1;
+                    let status = sandbox::SandboxStatus::from_engine(&one.state);
+                    *by_status.entry(status.name()).or_insert(0u64) += 1;
                 }
                 by_status
             })
@@ -698,7 +710,7 @@ pub fn get_metrics(context: &Context) -> Result<Reply, ApiError> {
     };
     let state = super::metrics::State {
         pool: context.pool.stats(),
-        engine_up: engine_up && sandboxes.is_some(),
+        engine_up,
         sandboxes,
         expired: context.expiry.expired_count(),
         connections: context.edge.connections.load(Relaxed) as u64,

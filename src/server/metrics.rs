@@ -2,9 +2,10 @@
 //! format (version 0.0.4), with the pool's, the sandboxes' and the engine's state read
 //! at scrape time.
 //!
-//! Invariants: every label value is one of a fixed set (route templates, the methods
-//! we route, status codes, pool keys), never a raw string a client sent, so the series
-//! are bounded; counters only grow.
+//! Invariants: every label value is from a bounded set: route templates (never a raw
+//! path), the methods we route (any other is `other`), three-digit statuses, and the
+//! pool's keys (an image a request named can be one, but there are at most
+//! `containers::pool::MAX_KEYS`), so the series are bounded; counters only grow.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

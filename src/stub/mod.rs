@@ -64,6 +64,8 @@ pub const TOKEN_BYTES: usize = 32;
 /// from its data dir (`exec::socket`).
 pub const EXEC_SOCKET_DIR: &str = "/.agentkernel-run";
 pub const EXEC_SOCKET: &str = "/.agentkernel-run/exec.sock";
+/// Where detached commands keep their state and output, in a sandbox (`detached`).
+pub const DETACHED_DIR: &str = "/tmp/.agentkernel-detached";
 /// How long an exec connection may take to present its token.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -282,6 +284,9 @@ pub fn idle() -> i32 {
     // orphans.
     let supervisors = Arc::new(Mutex::new(Supervisors::default()));
     let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    if init {
+        make_tmp();
+    }
     if init && std::path::Path::new(EXEC_SOCKET_DIR).is_dir() {
         serve_exec_socket(Arc::clone(&supervisors));
     }
@@ -329,6 +334,19 @@ pub fn idle() -> i32 {
         std::thread::sleep(Duration::from_millis(50));
     }
     0
+}
+
+/// A sandbox's `/tmp` is world-writable and sticky, as usual: where it is no tmpfs (it
+/// persists on a writable root), an image without one gets it (the engine may have made
+/// it already, as the parent of a mount point, with mode 755).
+fn make_tmp() {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::create_dir("/tmp");
+    let usual = std::fs::symlink_metadata("/tmp")
+        .is_ok_and(|meta| !meta.is_dir() || meta.permissions().mode() & 0o7777 == 0o1777);
+    if !usual {
+        let _ = std::fs::set_permissions("/tmp", std::fs::Permissions::from_mode(0o1777));
+    }
 }
 
 /// The exec socket's supervisors, as the init knows them: by (pid, start) once they
@@ -457,8 +475,8 @@ fn authenticate(
 fn start_supervisor(
     connection: std::os::unix::net::UnixStream,
     token: &Mutex<Option<Vec<u8>>>,
-    supervisors: &Mutex<Supervisors>,
-    spares: &Mutex<Spares>,
+    supervisors: &Arc<Mutex<Supervisors>>,
+    spares: &Arc<Mutex<Spares>>,
 ) -> io::Result<()> {
     let expected = lock(token).clone();
     authenticate(
@@ -473,7 +491,10 @@ fn start_supervisor(
         Some(spare) => spare.hand_over(&connection),
         None => false,
     };
-    if !handed {
+    if handed {
+        // Our copy goes now: the exec's end is its supervisor's alone.
+        drop(connection);
+    } else {
         let output = connection.try_clone()?;
         spawn_supervisor(
             &["stub"],
@@ -554,14 +575,20 @@ impl Spare {
                 }
             }
         }
-        // Closing `control` ends a spare that still waits; one that is stopped ends
-        // when it is continued. The init reaps it either way.
+        // Not to be used: killed (it is our child and not reaped, so the pid is still
+        // its own), so that a command that stops spares cannot pile them up. The init
+        // reaps it.
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
         false
     }
 }
 
-/// Starts a spare supervisor unless one is ready or on its way.
-fn refill_spare(supervisors: &Mutex<Supervisors>, spares: &Mutex<Spares>) {
+/// Starts a spare supervisor unless one is ready or on its way, on a thread of its own:
+/// a command may stop the child before it execs, and then the start waits (one such
+/// start at most: `refilling`), holding neither an exec nor a connection handler.
+fn refill_spare(supervisors: &Arc<Mutex<Supervisors>>, spares: &Arc<Mutex<Spares>>) {
     {
         let mut spares = lock(spares);
         if spares.ready.is_some() || spares.refilling {
@@ -569,6 +596,17 @@ fn refill_spare(supervisors: &Mutex<Supervisors>, spares: &Mutex<Spares>) {
         }
         spares.refilling = true;
     }
+    let (for_thread, spares_for_thread) = (Arc::clone(supervisors), Arc::clone(spares));
+    let started =
+        std::thread::Builder::new().spawn(move || start_spare(&for_thread, &spares_for_thread));
+    if started.is_err() {
+        // No thread (the pids limit): execs start their supervisor themselves.
+        lock(spares).refilling = false;
+    }
+}
+
+/// `refill_spare`'s thread: starts the spare and makes it the ready one.
+fn start_spare(supervisors: &Mutex<Supervisors>, spares: &Mutex<Spares>) {
     let started = std::os::unix::net::UnixStream::pair().and_then(|(ours, theirs)| {
         let (pid, start) = spawn_supervisor(
             &["stub", "--spare"],

@@ -164,21 +164,25 @@ fn sandbox_execs_go_through_the_init_not_docker_exec() {
     );
 
     // The stub's own operations take it too: files on a tmpfs (which only the running
-    // container sees), deletes, and a detached command's status and logs; only a
-    // detached command's supervisor, which outlives its request, is a `docker exec`.
+    // container sees: `/dev/shm` here), deletes, and a detached command's status and
+    // logs; only a detached command's supervisor, which outlives its request, is a
+    // `docker exec`.
     let (status, body) = server.request(
         "PUT",
-        "/sandboxes/fast/files/tmp/note.txt",
+        "/sandboxes/fast/files/dev/shm/note.txt",
         Some(r#"{"content":"on the tmpfs"}"#),
         &[],
     );
     assert_eq!(status, 200, "{body}");
-    let (status, body) = server.get("/sandboxes/fast/files/tmp/note.txt");
+    let (status, body) = server.get("/sandboxes/fast/files/dev/shm/note.txt");
     assert_eq!(
         (status, &body["data"]["content"]),
         (200, &json!("on the tmpfs"))
     );
-    assert_eq!(server.delete("/sandboxes/fast/files/tmp/note.txt").0, 200);
+    assert_eq!(
+        server.delete("/sandboxes/fast/files/dev/shm/note.txt").0,
+        200
+    );
     assert_eq!(
         docker_execs(&server, "fast", since),
         0,
@@ -491,5 +495,36 @@ fn a_flood_of_silent_connections_does_not_take_the_socket_down() {
     );
     drop(held);
     assert_eq!(server.delete("/sandboxes/flood").0, 200);
+    server.finish();
+}
+
+/// A command that stops the spare supervisor waiting for the next exec gets nothing: the
+/// init passes a stopped spare over (and kills it, so that stopped spares never pile
+/// up), and the exec is served all the same.
+#[test]
+fn a_stopped_spare_is_passed_over_and_killed() {
+    let server = Server::start();
+    assert_eq!(server.post("/sandboxes", r#"{"name":"spare"}"#).0, 201);
+    let exec = |script: &str| {
+        let body = json!({ "command": ["sh", "-c", script] }).to_string();
+        let (status, answer) = server.post("/sandboxes/spare/exec", &body);
+        assert_eq!(status, 200, "{answer}");
+        answer["data"]["stdout"].as_str().unwrap().to_string()
+    };
+    // Spares show as `stub --spare`, state T once stopped.
+    let stopped = "for p in /proc/[0-9]*; do grep -q -- --spare $p/cmdline 2>/dev/null \
+                   && grep -q '^State:.*T' $p/status && echo x; done | wc -l";
+    for round in 0..4 {
+        // Wait for the next spare to be there, then stop every spare.
+        let stopping = "for i in $(seq 50); do pkill -STOP -f 'stub --spare' && break; \
+                        sleep 0.1; done; echo stopped";
+        assert_eq!(exec(stopping), "stopped\n", "round {round}");
+        assert_eq!(exec("echo served"), "served\n", "round {round}");
+    }
+    assert!(
+        crate::harness::eventually(Duration::from_secs(5), || exec(stopped).trim() == "0"),
+        "stopped spares piled up"
+    );
+    assert_eq!(server.delete("/sandboxes/spare").0, 200);
     server.finish();
 }

@@ -384,55 +384,78 @@ fn restrictive_sandboxes_write_to_tmp_but_not_to_their_read_only_root() {
 }
 
 #[test]
-fn stopped_sandboxes_serve_their_root_filesystem_but_not_tmpfs() {
+fn stopped_sandboxes_serve_their_root_filesystem_and_tmp_but_not_tmpfs() {
     let server = Server::start();
+    // A writable root keeps `/tmp` (no tmpfs): its files survive a stop.
     create(&server, r#"{"name":"sleepy"}"#);
-    put(
-        &server,
+    // A read-only root keeps its `/tmp` tmpfs, which a stop empties.
+    create(&server, r#"{"name":"locked","profile":"restrictive"}"#);
+    for (name, file) in [
+        ("sleepy", "root/a"),
+        ("sleepy", "tmp/t"),
+        ("locked", "tmp/t"),
+    ] {
+        let url = format!("/sandboxes/{name}/files/{file}");
+        let (status, answer) = put(&server, &url, &json!({"content": "kept"}));
+        assert_eq!(status, 200, "{url}: {answer}");
+    }
+    for name in ["sleepy", "locked"] {
+        let (status, _) = server.post(&format!("/sandboxes/{name}/stop"), "");
+        assert_eq!(status, 200);
+    }
+    for url in [
         "/sandboxes/sleepy/files/root/a",
-        &json!({"content": "a"}),
-    );
-    put(
-        &server,
         "/sandboxes/sleepy/files/tmp/t",
-        &json!({"content": "t"}),
-    );
-    let (status, _) = server.post("/sandboxes/sleepy/stop", "");
-    assert_eq!(status, 200);
-
-    let (status, answer) = server.get("/sandboxes/sleepy/files/root/a");
-    assert_eq!(
-        (status, &answer["data"]["content"]),
-        (200, &json!("a")),
-        "{answer}"
-    );
-    let (status, answer) = put(
-        &server,
-        "/sandboxes/sleepy/files/root/b",
-        &json!({"content": "b"}),
-    );
-    assert_eq!(status, 200, "{answer}");
+    ] {
+        let (status, answer) = server.get(url);
+        assert_eq!(
+            (status, &answer["data"]["content"]),
+            (200, &json!("kept")),
+            "{url}: {answer}"
+        );
+    }
+    for file in ["root/b", "tmp/u"] {
+        let url = format!("/sandboxes/sleepy/files/{file}");
+        let (status, answer) = put(&server, &url, &json!({"content": "b"}));
+        assert_eq!(status, 200, "{url}: {answer}");
+    }
     for (method, url) in [
-        ("GET", "/sandboxes/sleepy/files/tmp/t"),
+        ("GET", "/sandboxes/locked/files/tmp/t"),
+        ("PUT", "/sandboxes/locked/files/tmp/u"),
         ("DELETE", "/sandboxes/sleepy/files/root/a"),
     ] {
-        let (status, answer) = server.request(method, url, None, &[]);
+        let body = (method == "PUT").then_some(r#"{"content":"u"}"#);
+        let (status, answer) = server.request(method, url, body, &[]);
         assert_eq!(status, 409, "{method} {url}: {answer}");
-        assert!(answer["error"]
-            .as_str()
-            .unwrap()
-            .contains("'sleepy' is stopped"));
+        assert!(
+            answer["error"].as_str().unwrap().contains("is stopped"),
+            "{answer}"
+        );
     }
-    let (status, _) = put(
-        &server,
-        "/sandboxes/sleepy/files/tmp/u",
-        &json!({"content": "u"}),
-    );
-    assert_eq!(status, 409);
 
-    let (status, _) = server.post("/sandboxes/sleepy/start", "");
-    assert_eq!(status, 200);
-    assert_eq!(exec_output(&server, "sleepy", "cat /root/a /root/b"), "ab");
+    for name in ["sleepy", "locked"] {
+        let (status, _) = server.post(&format!("/sandboxes/{name}/start"), "");
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        exec_output(&server, "sleepy", "cat /root/a /root/b /tmp/t /tmp/u"),
+        "keptbkeptb"
+    );
+    assert_eq!(exec_output(&server, "sleepy", "stat -c %a /tmp"), "1777\n");
+    // Detached commands' output keeps its bound: a tmpfs of its own.
+    assert_eq!(
+        exec_output(
+            &server,
+            "sleepy",
+            "mount | grep -c ' /tmp/.agentkernel-detached '"
+        ),
+        "1\n"
+    );
+    assert_eq!(
+        exec_output(&server, "locked", "ls /tmp; mount | grep -c ' /tmp '"),
+        "1\n"
+    );
     server.delete("/sandboxes/sleepy");
+    server.delete("/sandboxes/locked");
     server.finish();
 }

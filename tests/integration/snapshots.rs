@@ -145,9 +145,26 @@ fn a_snapshot_keeps_the_files_of_its_moment_and_makes_new_sandboxes() {
         json!("changed\n")
     );
 
-    // Another namespace sees none of it.
+    // Another namespace sees none of it: not by its routes, not as an image by its
+    // reference or by an id prefix.
     let other = Server::start();
     assert_eq!(other.get("/snapshots").1["data"], json!([]));
+    let image_tag = server.get(&format!("/snapshots/{default_name}")).1["data"]["image_tag"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = docker().image_inspect(&image_tag).unwrap().id;
+    let prefix = id.trim_start_matches("sha256:")[..12].to_string();
+    for image in [image_tag.as_str(), prefix.as_str()] {
+        let run = json!({"command": ["cat", "/work/f"], "image": image}).to_string();
+        let (status, answer) = other.post("/run", &run);
+        assert_eq!(status, 404, "{image}: {answer}");
+        let create = json!({"name": "steal", "image": image}).to_string();
+        let (status, answer) = other.post("/sandboxes", &create);
+        assert_eq!(status, 404, "{image}: {answer}");
+        let (status, answer) = other.post("/run/stream", &run);
+        assert_eq!(status, 404, "{image}: {answer}");
+    }
     assert_eq!(other.get(&format!("/snapshots/{default_name}")).0, 404);
     assert_eq!(
         other
@@ -165,9 +182,10 @@ fn a_snapshot_keeps_the_files_of_its_moment_and_makes_new_sandboxes() {
 }
 
 /// An image can carry our labels too: a sandbox made from one never takes its terms (an
-/// expiry, an exec socket key that names another sandbox's token, or a path).
+/// expiry, an exec socket key that names another sandbox's token, or a path). And an
+/// image without `/tmp` gets one in a sandbox (no tmpfs there on a writable root).
 #[test]
-fn a_sandbox_takes_no_terms_from_its_image() {
+fn a_sandbox_takes_no_terms_from_its_image_and_always_has_a_tmp() {
     let server = Server::start();
     let image = format!("agentkernel-test/labelled:{}", server.namespace);
     let docker = docker();
@@ -183,10 +201,17 @@ fn a_sandbox_takes_no_terms_from_its_image() {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
-        entrypoint: Some(vec!["true".into()]),
+        entrypoint: Some(vec!["rm".into(), "-rf".into(), "/tmp".into()]),
         ..Default::default()
     };
     let id = docker.container_create(&spec).unwrap();
+    docker.container_start(&id).unwrap();
+    assert_eq!(
+        docker
+            .container_wait(&id, std::time::Duration::from_secs(30))
+            .unwrap(),
+        0
+    );
     let (repository, tag) = image.split_once(':').unwrap();
     docker
         .container_commit(
@@ -211,6 +236,10 @@ fn a_sandbox_takes_no_terms_from_its_image() {
         exec(&server, "labelled", "echo hi")["stdout"],
         json!("hi\n")
     );
+    assert_eq!(
+        exec(&server, "labelled", "stat -c %a /tmp")["stdout"],
+        json!("1777\n")
+    );
     assert_eq!(server.delete("/sandboxes/labelled").0, 200);
     assert!(
         victim.exists(),
@@ -218,5 +247,37 @@ fn a_sandbox_takes_no_terms_from_its_image() {
     );
     let _ = std::fs::remove_file(&victim);
     docker.image_remove(&image).unwrap();
+    server.finish();
+}
+
+/// Two takes of one name at once: one snapshot, one 409, and no image left over.
+#[test]
+fn concurrent_snapshots_of_one_name_make_one_snapshot() {
+    let server = Server::start();
+    let (status, answer) = server.post("/sandboxes", r#"{"name":"twice"}"#);
+    assert_eq!(status, 201, "{answer}");
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let takes: Vec<_> = (0..3)
+            .map(|_| {
+                let url = server.url("/snapshots");
+                scope.spawn(move || {
+                    crate::harness::request_url(
+                        "POST",
+                        &url,
+                        Some(r#"{"sandbox":"twice","name":"once"}"#),
+                        &[],
+                    )
+                    .0
+                })
+            })
+            .collect();
+        takes.into_iter().map(|take| take.join().unwrap()).collect()
+    });
+    let mut sorted = statuses.clone();
+    sorted.sort();
+    assert_eq!(sorted, [201, 409, 409], "{statuses:?}");
+    assert_eq!(snapshots_of(&server.namespace).len(), 1);
+    assert_eq!(server.delete("/sandboxes/twice").0, 200);
+    assert_eq!(server.delete("/snapshots/once").0, 200);
     server.finish();
 }
