@@ -31,4 +31,11 @@ if [ -n "$images" ]; then
 	echo "$images" >&2
 	exit 1
 fi
-echo "check-leftovers: no test container or snapshot left behind"
+volumes=$(docker volume ls --filter label=agentkernel.kind=volume --format '{{.Name}}' |
+	grep "^ak_t-${AK_TEST_RUN:+$AK_TEST_RUN-}" || true)
+if [ -n "$volumes" ]; then
+	echo "check-leftovers: volumes left behind by the tests:" >&2
+	echo "$volumes" >&2
+	exit 1
+fi
+echo "check-leftovers: no test container, snapshot or volume left behind"

@@ -47,10 +47,19 @@ AGENTKERNEL_API_KEY="$key" AGENTKERNEL_DATA_DIR="$data" \
 	"$binary" serve --port 0 --namespace "$namespace" --default-image "$image" \
 	--pool-size 1 --default-timeout-ms 2000 --max-timeout-ms 2000 2>"$log" &
 server=$!
+# What the fuzzed requests made and left in the namespace: containers, then the
+# snapshots and volumes they used (the API's own objects, which outlive a sandbox).
+remove_namespace() {
+	docker ps -aq --filter "label=agentkernel.namespace=$namespace" | xargs -r docker rm -f >/dev/null
+	docker images -q --filter "label=agentkernel.namespace=$namespace" | sort -u |
+		xargs -r docker rmi -f >/dev/null 2>&1 || true
+	docker volume ls -q --filter "label=agentkernel.namespace=$namespace" |
+		xargs -r docker volume rm >/dev/null 2>&1 || true
+}
 cleanup() {
 	kill -TERM "$server" 2>/dev/null || true
 	wait "$server" 2>/dev/null || true
-	docker ps -aq --filter "label=agentkernel.namespace=$namespace" | xargs -r docker rm -f >/dev/null
+	remove_namespace
 	rm -rf "$log" "$data" "$report"
 }
 trap cleanup EXIT
@@ -82,9 +91,10 @@ trap - EXIT
 left=$(docker ps -aq --filter "label=agentkernel.namespace=$namespace" | wc -l)
 if [ "$left" -ne 0 ]; then
 	echo "schemathesis: $left containers left in namespace $namespace" >&2
-	docker ps -aq --filter "label=agentkernel.namespace=$namespace" | xargs -r docker rm -f >/dev/null
 	status=1
 fi
+# Snapshots and volumes are the API's to keep: the fuzzer made them, they go too.
+remove_namespace
 if [ "$status" -ne 0 ]; then
 	echo "schemathesis: the server's log:" >&2
 	grep -v '\[INFO\]' "$log" | tail -n 40 >&2 || true

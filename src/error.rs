@@ -26,6 +26,12 @@ pub enum Error {
     SnapshotExists(String),
     /// A sandbox made from the snapshot still exists, so its image stays.
     SnapshotInUse(String),
+    /// No volume of that name in our namespace.
+    VolumeNotFound(String),
+    /// A container still mounts the volume.
+    VolumeInUse(String),
+    /// The engine has a volume of that name that we did not make for this namespace.
+    VolumeNotOurs(String),
     /// No file at this path in the sandbox.
     FileNotFound { sandbox: String, path: String },
     /// The path exists but is not a regular file; `what` says what it is instead
@@ -85,6 +91,16 @@ impl fmt::Display for Error {
                 f,
                 "Snapshot '{name}' is in use by a container made from it (a sandbox made from \
                  it, or one being made): remove that first"
+            ),
+            Error::VolumeNotFound(name) => write!(f, "Volume '{name}' not found"),
+            Error::VolumeInUse(name) => write!(
+                f,
+                "Volume '{name}' is mounted by a sandbox: remove the sandboxes that use it first"
+            ),
+            Error::VolumeNotOurs(name) => write!(
+                f,
+                "Volume '{name}' cannot be used: the engine has a volume of its name that \
+                 agentkernel did not make for this namespace"
             ),
             Error::FileNotFound { sandbox, path } => {
                 write!(f, "File '{path}' not found in sandbox '{sandbox}'")

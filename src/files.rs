@@ -2,8 +2,9 @@
 //!
 //! Reads and writes go through the Engine's archive endpoints (a tar out, a tar in,
 //! built and read by `tar.rs`), which work on stopped sandboxes too. Those endpoints see
-//! only the container's root filesystem and volumes: a tmpfs mount (every profile's
-//! `/tmp`), `/proc`, `/sys`, `/dev` and the engine's bind-mounted `/etc/hosts` files
+//! only the container's root filesystem and volumes: a tmpfs mount (`/tmp` where the
+//! root is read-only, `/dev/shm`), `/proc`, `/sys`, `/dev` and the engine's
+//! bind-mounted `/etc/hosts` files
 //! exist only inside the running container, and an upload there "succeeds" into the
 //! directory hidden under the mount. Such paths, and every delete (the archive API has
 //! none), go through the in-container stub instead (`stub --cat/--untar/--rm`, run by
@@ -642,6 +643,242 @@ fn named_file(files: &[&(SandboxPath, Vec<u8>)], engine_path: Option<&str>) -> S
         .map_or_else(|| "/".to_string(), SandboxPath::to_string)
 }
 
+/// Whether the engine's answer to an archive download was cut at our limit.
+fn cut_at_limit(error: &DockerError) -> bool {
+    matches!(error, DockerError::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidData)
+}
+
+/// `GET /sandboxes/{name}/archive?path=DIR`: DIR as a tar archive, as the engine makes
+/// it (members named `<DIR's last part>/...`), at most `max_file_bytes` of it. Root
+/// filesystem and volumes only: a tmpfs, `/proc`, `/sys` or `/dev` path is a 400.
+pub fn read_archive(
+    docker: &Docker,
+    config: &Config,
+    name: &SandboxName,
+    dir: &SandboxPath,
+    budget: &OutputBudget,
+) -> Result<Vec<u8>> {
+    let container = Container::open(docker, config, name)?;
+    if container.container_only(dir) {
+        return Err(archive_unreachable(dir));
+    }
+    let limit = config.max_file_bytes;
+    take_all(budget, limit)?;
+    let archive = docker
+        .archive_get(&container.id, dir.as_str(), limit)
+        .map_err(|error| match error {
+            error if error.is_not_found() => container.not_found(dir.as_str()),
+            error if cut_at_limit(&error) => Error::FileTooLarge {
+                path: dir.to_string(),
+                limit,
+            },
+            other => container.engine_error(other.into(), dir),
+        });
+    budget.release(limit - archive.as_ref().map_or(0, |bytes| bytes.len() as u64));
+    archive
+}
+
+fn archive_unreachable(dir: &SandboxPath) -> Error {
+    Error::Invalid(format!(
+        "'{dir}' is on a tmpfs (or under /proc, /sys or /dev): archives reach a sandbox's root \
+         filesystem and volumes only (use the files API there)"
+    ))
+}
+
+/// `PUT /sandboxes/{name}/archive?path=DIR`: extracts the tar `archive` into the existing
+/// directory DIR. Every member is checked first (`read_members`); one that could land
+/// outside DIR, or that is not a file, directory or symlink, refuses the whole archive
+/// and nothing is written; what the engine gets is our own rewrite of what was checked
+/// (`rebuild_archive`). Returns the number of members. (A symlink the sandbox itself
+/// keeps under DIR is followed by the engine, within the container's filesystem.)
+pub fn write_archive(
+    docker: &Docker,
+    config: &Config,
+    name: &SandboxName,
+    dir: &SandboxPath,
+    archive: &[u8],
+) -> Result<usize> {
+    let container = Container::open(docker, config, name)?;
+    let (archive, members) = rebuild_archive(archive, container.uid, container.gid)?;
+    if container.container_only(dir) {
+        return Err(archive_unreachable(dir));
+    }
+    if container.read_only_root {
+        return Err(container.read_only(dir.as_str()));
+    }
+    docker
+        .archive_put(&container.id, dir.as_str(), &archive)
+        .map_err(|error| match error {
+            error if error.is_not_found() => container.not_found(dir.as_str()),
+            DockerError::WouldReplaceDirectory { path } => Error::NotAFile {
+                path,
+                what: "a directory",
+            },
+            DockerError::NotADirectory { path } => Error::Invalid(format!(
+                "Cannot extract into '{dir}': '{path}' is a file, not a directory"
+            )),
+            DockerError::ReadOnlyFilesystem { path } => {
+                container.read_only(path.as_deref().unwrap_or(dir.as_str()))
+            }
+            other => container.engine_error(other.into(), dir),
+        })?;
+    Ok(members)
+}
+
+/// One member of an archive that passed `read_members`' checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// Relative, without `.` or empty parts; empty for the archive's root itself.
+    pub name: String,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub data: Vec<u8>,
+}
+
+/// Every member of a tar archive, each checked (`Err`: why it is refused): names are
+/// relative, without `..` or NUL, and not below a symlink member of the same archive; a
+/// symlink's target is relative, climbs (`..`) only before its first name and never
+/// above the archive's root; hard links, devices and FIFOs are refused. Checked that
+/// way, nothing an archive holds reaches outside the directory it is extracted into,
+/// however its links chain. An archive that does not read, or that ends without its
+/// end marker (cut short), is an `Err` of its own.
+pub fn read_members(archive: &[u8]) -> Result<Vec<(String, std::result::Result<Checked, String>)>> {
+    let mut reader = archive;
+    let mut members = Vec::new();
+    let mut links: Vec<Vec<String>> = Vec::new();
+    loop {
+        if reader.is_empty() {
+            return Err(Error::Invalid(
+                "the body is not a whole tar archive: it ends without the end-of-archive \
+                 blocks"
+                    .into(),
+            ));
+        }
+        let entry = match tar::read_first_entry(&mut reader, archive.len() as u64) {
+            Ok(entry) => entry,
+            Err(TarError::Empty) => return Ok(members),
+            Err(error) => {
+                return Err(Error::Invalid(format!(
+                    "the body is not a tar archive we can take: {error}"
+                )))
+            }
+        };
+        let checked = check_member(&entry, &links);
+        if let Ok(Checked {
+            name,
+            kind: EntryKind::Symlink { .. },
+            ..
+        }) = &checked
+        {
+            links.push(name.split('/').map(str::to_string).collect());
+        }
+        members.push((entry.name, checked));
+    }
+}
+
+fn check_member(entry: &tar::Entry, links: &[Vec<String>]) -> std::result::Result<Checked, String> {
+    if entry.name.starts_with('/') {
+        return Err("an absolute name".into());
+    }
+    if entry.name.contains('\0') {
+        return Err("a NUL byte in its name".into());
+    }
+    let parts: Vec<&str> = entry
+        .name
+        .split('/')
+        .filter(|part| !part.is_empty() && *part != ".")
+        .collect();
+    if parts.contains(&"..") {
+        return Err("a '..' part in its name".into());
+    }
+    if let Some(link) = links
+        .iter()
+        .find(|link| link.len() < parts.len() && parts[..link.len()] == link[..])
+    {
+        return Err(format!(
+            "a name below the symlink member '{}'",
+            link.join("/")
+        ));
+    }
+    match &entry.kind {
+        EntryKind::File | EntryKind::Directory => {}
+        EntryKind::Symlink { target } => {
+            if target.is_empty() || target.starts_with('/') || target.contains('\0') {
+                return Err("a symlink to an absolute path (or to nothing)".into());
+            }
+            let target_parts: Vec<&str> = target
+                .split('/')
+                .filter(|part| !part.is_empty() && *part != ".")
+                .collect();
+            let climbs = target_parts
+                .iter()
+                .take_while(|part| **part == "..")
+                .count();
+            if target_parts[climbs..].contains(&"..") {
+                return Err("a symlink whose target climbs back ('..' after a name)".into());
+            }
+            if climbs > parts.len().saturating_sub(1) {
+                return Err("a symlink that points outside the directory".into());
+            }
+        }
+        EntryKind::Other(b'1') => return Err("a hard link".into()),
+        EntryKind::Other(_) => return Err("a device, FIFO or other special file".into()),
+    }
+    Ok(Checked {
+        name: parts.join("/"),
+        kind: entry.kind.clone(),
+        mode: entry.mode & 0o777,
+        data: entry.data.clone(),
+    })
+}
+
+/// The archive an upload becomes, once every member passed `read_members`: written
+/// again by our own writer (what the engine extracts is exactly what was checked, never
+/// the client's bytes), owned by `uid:gid`, permission bits only, each name after `./`
+/// (so that no first block looks compressed to the engine); returns it and its count.
+pub fn rebuild_archive(archive: &[u8], uid: u32, gid: u32) -> Result<(Vec<u8>, usize)> {
+    let members = read_members(archive)?;
+    let mut kept = Vec::new();
+    for (raw, checked) in members {
+        match checked {
+            Ok(member) if member.name.is_empty() => {}
+            Ok(member) => kept.push(member),
+            Err(why) => {
+                return Err(Error::Invalid(format!(
+                    "archive member {raw:?} refused: {why} (nothing was written)"
+                )))
+            }
+        }
+    }
+    let names: Vec<String> = kept
+        .iter()
+        .map(|member| format!("./{}", member.name))
+        .collect();
+    let mtime = unix_now();
+    let written: Vec<tar::Member<'_>> = kept
+        .iter()
+        .zip(&names)
+        .map(|(member, name)| tar::Member {
+            name,
+            kind: match &member.kind {
+                EntryKind::Directory => tar::MemberKind::Directory,
+                EntryKind::Symlink { target } => tar::MemberKind::Symlink(target),
+                _ => tar::MemberKind::File(&member.data),
+            },
+            mode: match member.kind {
+                EntryKind::Directory if member.mode == 0 => 0o755,
+                _ => member.mode,
+            },
+            mtime,
+            uid,
+            gid,
+        })
+        .collect();
+    let rebuilt =
+        tar::write_members(&written).map_err(|error| Error::Invalid(error.to_string()))?;
+    Ok((rebuilt, kept.len()))
+}
+
 /// Removes the file (or symlink) at `path`; never a directory. Needs the sandbox
 /// running: the archive endpoints cannot delete.
 pub fn delete_file(
@@ -662,6 +899,76 @@ mod tests {
 
     fn path(text: &str) -> String {
         SandboxPath::parse(text).unwrap().as_str().to_string()
+    }
+
+    /// A tar of raw headers: (name, typeflag, link target), no data.
+    fn archive_of(members: &[(&str, u8, &str)]) -> Vec<u8> {
+        let mut archive = Vec::new();
+        for (name, kind, link) in members {
+            let mut header = [0u8; 512];
+            header[..name.len()].copy_from_slice(name.as_bytes());
+            header[100..107].copy_from_slice(b"0000644");
+            header[124..135].copy_from_slice(b"00000000000");
+            header[136..147].copy_from_slice(b"00000000000");
+            header[156] = *kind;
+            header[157..157 + link.len()].copy_from_slice(link.as_bytes());
+            header[257..265].copy_from_slice(b"ustar\x0000");
+            header[148..156].copy_from_slice(b"        ");
+            let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+            header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+            archive.extend_from_slice(&header);
+        }
+        archive.extend_from_slice(&[0u8; 1024]);
+        archive
+    }
+
+    #[test]
+    fn uploaded_archives_stay_within_their_directory() {
+        let fine = archive_of(&[
+            ("./", b'5', ""),
+            ("d/", b'5', ""),
+            ("d/f", b'0', ""),
+            ("d/up", b'2', "../f2"),
+            ("d/e/in", b'2', "../../d"),
+            ("d/self", b'2', "."),
+            ("d/down", b'2', "e/x"),
+        ]);
+        let (rebuilt, count) = rebuild_archive(&fine, 7, 8).unwrap();
+        assert_eq!(count, 6);
+        let read = read_members(&rebuilt).unwrap();
+        assert!(read
+            .iter()
+            .all(|(name, checked)| name.starts_with("./") && checked.is_ok()));
+        for (member, why) in [
+            (("/etc/x", b'0', ""), "absolute name"),
+            (("d/../../x", b'0', ""), "'..'"),
+            (("d/l", b'2', "/etc/passwd"), "absolute path"),
+            (("d/l", b'2', "../../etc"), "outside"),
+            (("l", b'2', ".."), "outside"),
+            (("t", b'2', "s/s/../../.."), "climbs back"),
+            (("h", b'1', "d/f"), "hard link"),
+            (("dev", b'3', ""), "special file"),
+            (("fifo", b'6', ""), "special file"),
+        ] {
+            let error =
+                rebuild_archive(&archive_of(&[("ok", b'0', ""), member]), 0, 0).unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains(why), "{member:?}: {message}");
+            assert!(message.contains(member.0), "{member:?}: {message}");
+        }
+        // A name below a symlink member of the same archive goes where the link points.
+        let through = archive_of(&[("s", b'2', "."), ("s/x", b'0', "")]);
+        let message = rebuild_archive(&through, 0, 0).unwrap_err().to_string();
+        assert!(
+            message.contains("below the symlink member 's'"),
+            "{message}"
+        );
+        assert!(rebuild_archive(b"not a tar", 0, 0).is_err());
+        assert!(rebuild_archive(&[], 0, 0).is_err());
+        // Cut short: no end-of-archive blocks.
+        let whole = archive_of(&[("ok", b'0', "")]);
+        assert!(read_members(&whole[..512]).is_err());
+        assert_eq!(rebuild_archive(&[0u8; 1024], 0, 0).unwrap().1, 0);
     }
 
     #[test]

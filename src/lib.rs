@@ -19,3 +19,4 @@ pub mod sandbox;
 pub mod server;
 pub mod snapshot;
 pub mod stub;
+pub mod volume;

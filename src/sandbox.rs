@@ -78,6 +78,8 @@ pub struct CreateSandbox {
     pub image: ImageRef,
     pub profile: Profile,
     pub limits: Limits,
+    /// The namespace's volumes to mount (made on first use).
+    pub volumes: Vec<crate::volume::Mount>,
     /// Removed by itself this long after its creation, unless extended (`expiry`).
     pub ttl: Option<Duration>,
     /// Removed by itself after this long without an exec, file operation or stream.
@@ -182,6 +184,15 @@ pub fn create(
     request: &CreateSandbox,
 ) -> Result<Sandbox> {
     labels::check_image(docker, &config.namespace, request.image.as_str())?;
+    // Made (or found) before the container, which mounts them by their engine names.
+    let volumes = request
+        .volumes
+        .iter()
+        .map(|mount| {
+            crate::volume::ensure(docker, &config.namespace, &mount.name)
+                .map(|engine| (engine, mount.path.clone()))
+        })
+        .collect::<Result<Vec<_>>>()?;
     // With the stub mounted, it is also the sandbox's idle main process, so images
     // without a shell work too.
     let mounts = launcher.stub_mounts();
@@ -261,6 +272,7 @@ pub fn create(
             .profile
             .sandbox_host_settings(request.limits, mounts, stub::DETACHED_DIR),
     };
+    spec.host.volumes = volumes;
     if socket.is_some() {
         spec.host.tmpfs.insert(
             stub::EXEC_SOCKET_DIR.to_string(),

@@ -100,6 +100,7 @@ pub fn parse(
                 Ok(parsed) => parsed,
                 Err((topic, misuse)) => return Err(misuse.of(topic)),
             },
+            "cp" => (CP, parse_cp(&mut parser, &mut globals)),
             "health" => (HEALTH, parse_health(&mut parser, &mut globals)),
             other => return Err(Misuse(format!("unknown command '{other}'")).of(MAIN)),
         };
@@ -430,21 +431,72 @@ pub(super) fn parse_health(
     Ok(Parsed::Action(Action::Health))
 }
 
+/// `cp SRC DST`.
+pub(super) fn parse_cp(
+    parser: &mut lexopt::Parser,
+    globals: &mut Globals,
+) -> Result<Parsed, Misuse> {
+    let mut places = Vec::new();
+    while let Some(arg) = parser.next()? {
+        if let Some(flag) = global_flag(&arg) {
+            globals.apply(flag, parser)?;
+            continue;
+        }
+        if !CP.accepts(&arg) {
+            return Err(arg.unexpected().into());
+        }
+        match arg {
+            Long("help") | Short('h') => return Ok(Parsed::Help),
+            Value(word) if places.len() < 2 => places.push(word.string()?),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    let [from, to] = <[String; 2]>::try_from(places)
+        .map_err(|_| Misuse("cp takes a source and a destination".into()))?;
+    let (from, to) = (
+        super::copy::Place::parse(&from),
+        super::copy::Place::parse(&to),
+    );
+    let sandboxes = [&from, &to]
+        .iter()
+        .filter(|place| matches!(place, super::copy::Place::Sandbox { .. }))
+        .count();
+    if sandboxes != 1 {
+        return Err(Misuse(
+            "one of cp's paths is a sandbox's (NAME:/path), the other a local one".into(),
+        ));
+    }
+    Ok(Parsed::Action(Action::Copy { from, to }))
+}
+
+/// The subcommand word after `sandbox` or `snapshot` (`topic`), global flags applied on
+/// the way; `None` when help was asked for.
+fn subcommand_word(
+    parser: &mut lexopt::Parser,
+    globals: &mut Globals,
+    topic: Topic,
+    what: &str,
+) -> Result<Option<String>, (Topic, Misuse)> {
+    loop {
+        match parser.next().map_err(|e| (topic, e.into()))? {
+            Some(Long("help") | Short('h')) => return Ok(None),
+            Some(Value(word)) => return Ok(Some(word.to_string_lossy().into_owned())),
+            Some(other) => match global_flag(&other) {
+                Some(flag) => globals.apply(flag, parser).map_err(|e| (topic, e))?,
+                None => return Err((topic, Misuse(other.unexpected().to_string()))),
+            },
+            None => return Err((topic, Misuse(format!("no {what} command given")))),
+        }
+    }
+}
+
 /// `sandbox SUBCOMMAND ...`; an error carries the usage of the subcommand it concerns.
 pub(super) fn parse_sandbox(
     parser: &mut lexopt::Parser,
     globals: &mut Globals,
 ) -> Result<(Topic, Result<Parsed, Misuse>), (Topic, Misuse)> {
-    let word = loop {
-        match parser.next().map_err(|e| (SANDBOX, e.into()))? {
-            Some(Long("help") | Short('h')) => return Ok((SANDBOX, Ok(Parsed::Help))),
-            Some(Value(word)) => break word.to_string_lossy().into_owned(),
-            Some(other) => match global_flag(&other) {
-                Some(flag) => globals.apply(flag, parser).map_err(|e| (SANDBOX, e))?,
-                None => return Err((SANDBOX, Misuse(other.unexpected().to_string()))),
-            },
-            None => return Err((SANDBOX, Misuse("no sandbox command given".into()))),
-        }
+    let Some(word) = subcommand_word(parser, globals, SANDBOX, "sandbox")? else {
+        return Ok((SANDBOX, Ok(Parsed::Help)));
     };
     let (topic, verb) = match word.as_str() {
         "create" => (SANDBOX_CREATE, None),
@@ -532,16 +584,8 @@ pub(super) fn parse_snapshot(
     parser: &mut lexopt::Parser,
     globals: &mut Globals,
 ) -> Result<(Topic, Result<Parsed, Misuse>), (Topic, Misuse)> {
-    let word = loop {
-        match parser.next().map_err(|e| (SNAPSHOT, e.into()))? {
-            Some(Long("help") | Short('h')) => return Ok((SNAPSHOT, Ok(Parsed::Help))),
-            Some(Value(word)) => break word.to_string_lossy().into_owned(),
-            Some(other) => match global_flag(&other) {
-                Some(flag) => globals.apply(flag, parser).map_err(|e| (SNAPSHOT, e))?,
-                None => return Err((SNAPSHOT, Misuse(other.unexpected().to_string()))),
-            },
-            None => return Err((SNAPSHOT, Misuse("no snapshot command given".into()))),
-        }
+    let Some(word) = subcommand_word(parser, globals, SNAPSHOT, "snapshot")? else {
+        return Ok((SNAPSHOT, Ok(Parsed::Help)));
     };
     let topic = match word.as_str() {
         "create" => SNAPSHOT_CREATE,

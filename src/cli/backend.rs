@@ -168,6 +168,27 @@ impl Backend {
         }
     }
 
+    /// A request whose answer is bytes (an archive), not an envelope; an error answer
+    /// is its envelope's error.
+    pub fn fetch(&self, request: Request) -> Result<Vec<u8>, ClientError> {
+        match self {
+            Backend::Local(context) => {
+                let reply = match dispatch(context, request) {
+                    Ok(reply) => reply,
+                    Err(error) => error.reply(),
+                };
+                if reply.status == 200 {
+                    return Ok(reply.bytes());
+                }
+                Err(Answer::from_reply(reply)
+                    .data()
+                    .err()
+                    .unwrap_or_else(|| ClientError::Protocol("an envelope, not bytes".into())))
+            }
+            Backend::Remote(remote) => remote.fetch(&request),
+        }
+    }
+
     /// Runs a command through a streaming route's request (`Request::RunStream`,
     /// `Request::ExecSandboxStream`): output goes to `observer` as it is produced; the
     /// answer is the command's `data` (at least `exit_code`, `status`, `signal`,
@@ -200,7 +221,7 @@ impl Backend {
 /// The server refuses bodies over its limit before reading them; so does local mode,
 /// measuring the body remote mode would send.
 fn check_body_size(config: &Config, request: &Request) -> Result<(), ClientError> {
-    let limit = config.max_body_bytes;
+    let limit = crate::server::body_limit(config, &request.route());
     let length = request.body().map_or(0, |body| body.len());
     if length as u64 > limit {
         return Err(ApiError::BodyTooLarge { limit }.into());
@@ -266,6 +287,32 @@ impl Remote {
         let timeout = timeout.map_or(CALL_TIMEOUT, |t| t + COMMAND_GRACE);
         let response = self.call(method, &url, request.body().as_deref(), timeout)?;
         self.read_answer(response)
+    }
+
+    fn fetch(&self, request: &Request) -> Result<Vec<u8>, ClientError> {
+        let (method, path) = request.route().target();
+        let url = format!("{}{path}", self.base);
+        let response = self.call(method, &url, None, CALL_TIMEOUT)?;
+        if response.status() != 200 {
+            return Err(self.read_answer(response)?.data().err().unwrap_or_else(|| {
+                ClientError::Protocol("a success envelope instead of bytes".into())
+            }));
+        }
+        let mut bytes = Vec::new();
+        response
+            .into_reader()
+            .take(MAX_ANSWER_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|error| ClientError::Unreachable {
+                url: self.base.clone(),
+                message: format!("reading the answer: {error}"),
+            })?;
+        if bytes.len() as u64 > MAX_ANSWER_BYTES {
+            return Err(ClientError::Protocol(format!(
+                "an answer of more than {MAX_ANSWER_BYTES} bytes"
+            )));
+        }
+        Ok(bytes)
     }
 
     fn read_answer(&self, response: ureq::Response) -> Result<Answer, ClientError> {

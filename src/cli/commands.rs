@@ -111,6 +111,7 @@ impl Action {
                     }
                 }
             }
+            Action::Copy { .. } => return Err("cp is not one request".into()),
             Action::Health => Request::Health,
         })
     }
@@ -222,6 +223,15 @@ pub(super) fn run_client(backend: &Backend, action: &Action) -> i32 {
     // (`..`) can make the two modes see different requests.
     if let Some(Err(message)) = action.sandbox().map(SandboxName::parse) {
         return fail(&message);
+    }
+    if let Action::Copy { from, to } = action {
+        return match super::copy::copy(backend, from, to) {
+            Ok(text) => match io::stdout().lock().write_all(text.as_bytes()) {
+                Ok(()) => 0,
+                Err(error) => fail(&format!("cannot write output: {error}")),
+            },
+            Err(message) => fail(&message),
+        };
     }
     if let Some(command) = action.runs_a_command() {
         let stdin = match read_stdin() {

@@ -143,6 +143,7 @@ Commands:
                                           manage persistent sandboxes
   snapshot create|list|info|remove|restore
                                           keep a sandbox's files, make sandboxes of them
+  cp SRC DST                              copy between here and a sandbox (NAME:/path)
   health                                  check that the engine (or server) answers
   serve [OPTIONS]                         serve the HTTP API
 
@@ -418,6 +419,28 @@ pub const SNAPSHOT_RESTORE: Topic = Topic {
     ],
     operands: "",
     about: "Creates and starts a sandbox with the snapshot's files; prints its name.\n",
+    more: "",
+};
+
+pub const CP: Topic = Topic {
+    command: "cp",
+    lead: "",
+    flags: &[],
+    operands: "SRC DST",
+    about: "\
+Copies a file or directory between this machine and a sandbox, like docker cp; one
+side is a sandbox's absolute path, NAME:/path, the other a local path.
+
+  agentkernel cp NAME:/dir LOCALDIR   the sandbox's /dir into LOCALDIR/dir
+  agentkernel cp LOCALPATH NAME:/dir  LOCALPATH into the sandbox's /dir/<its name>
+
+The sandbox's side is its root filesystem (not a tmpfs, /proc, /sys or /dev), and the
+destination directory must exist. Down, nothing lands outside LOCALDIR or through a
+symlink already there (a member that could, a hard link or a special file is left out
+and said); up, regular files go with their directories (empty directories do not;
+symlinks and special files are left out and said), as one archive of at most the
+server's --max-file-bytes.
+",
     more: "",
 };
 

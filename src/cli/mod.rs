@@ -13,6 +13,7 @@
 mod args;
 pub mod backend;
 mod commands;
+pub mod copy;
 pub mod help;
 mod output;
 mod serve;
@@ -125,6 +126,11 @@ pub enum Action {
     Snapshot {
         op: SnapshotOp,
         json: bool,
+    },
+    /// `cp SRC DST`: one side a sandbox's path.
+    Copy {
+        from: copy::Place,
+        to: copy::Place,
     },
     Health,
 }

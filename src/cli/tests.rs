@@ -244,6 +244,18 @@ fn usage_errors_say_what_is_wrong() {
     assert!(parse_words(&["serve", "--pool", "img=x"]).is_err());
     let error = parse_words(&["run", "-e", "BAD KEY=1", "--", "true"]).unwrap_err();
     assert!(error.message.contains("BAD KEY=1"), "{}", error.message);
+    for words in [
+        &["cp", "a", "b"][..],
+        &["cp", "b:/x", "c:/y"],
+        &["cp", "b:/x"],
+        &["cp", "b:/x", "out", "more"],
+    ] {
+        let error = parse_words(words).unwrap_err();
+        assert!(
+            error.usage.contains("agentkernel cp"),
+            "{words:?}: {error:?}"
+        );
+    }
 }
 
 struct Vars(Vec<(&'static str, &'static str)>);
@@ -355,7 +367,7 @@ fn env_without_a_value_passes_ours_or_nothing() {
 
 #[test]
 fn sandbox_subcommands_parse() {
-    let cases: [(&[&str], Action); 17] = [
+    let cases: [(&[&str], Action); 19] = [
         (
             &[
                 "sandbox",
@@ -485,6 +497,26 @@ fn sandbox_subcommands_parse() {
                     sandbox: Some("b2".into()),
                 },
                 json: false,
+            },
+        ),
+        (
+            &["cp", "b:/work/x", "out"],
+            Action::Copy {
+                from: super::copy::Place::Sandbox {
+                    name: "b".into(),
+                    path: "/work/x".into(),
+                },
+                to: super::copy::Place::Local("out".into()),
+            },
+        ),
+        (
+            &["cp", "./a:b", "b:/work"],
+            Action::Copy {
+                from: super::copy::Place::Local("./a:b".into()),
+                to: super::copy::Place::Sandbox {
+                    name: "b".into(),
+                    path: "/work".into(),
+                },
             },
         ),
         (&["health"], Action::Health),

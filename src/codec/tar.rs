@@ -183,19 +183,78 @@ pub struct Entry {
 /// 155-byte prefix and 100-byte name fields; a name that cannot be split that way is written
 /// as a GNU long name member followed by a GNU-format header, as GNU tar does.
 pub fn write_archive(entries: &[FileEntry<'_>]) -> Result<Vec<u8>, TarError> {
+    let members: Vec<Member<'_>> = entries
+        .iter()
+        .map(|entry| Member {
+            name: entry.name,
+            kind: MemberKind::File(entry.data),
+            mode: entry.mode,
+            mtime: entry.mtime,
+            uid: entry.uid,
+            gid: entry.gid,
+        })
+        .collect();
+    write_members(&members)
+}
+
+/// What a member written by `write_members` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberKind<'a> {
+    File(&'a [u8]),
+    Directory,
+    /// A symbolic link to this target (at most 100 bytes: the header's link field).
+    Symlink(&'a str),
+}
+
+/// One member to write: a regular file, a directory or a symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member<'a> {
+    /// Path inside the archive, as `FileEntry::name` (a directory's without its `/`).
+    pub name: &'a str,
+    pub kind: MemberKind<'a>,
+    pub mode: u32,
+    pub mtime: u64,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// `write_archive` for files, directories and symlinks.
+pub fn write_members(members: &[Member<'_>]) -> Result<Vec<u8>, TarError> {
     let mut archive = Vec::new();
-    for entry in entries {
-        let name = relative_name(entry.name)?;
-        let size = entry.data.len() as u64;
+    for member in members {
+        let relative = relative_name(member.name)?;
+        let (typeflag, data, linkname): (u8, &[u8], &[u8]) = match member.kind {
+            MemberKind::File(data) => (b'0', data, b""),
+            MemberKind::Directory => (b'5', b"", b""),
+            MemberKind::Symlink(target) => {
+                if target.is_empty() || target.len() > LINKNAME.len() || target.contains('\0') {
+                    return Err(TarError::InvalidName(format!(
+                        "{}: a link target of 1 to {} bytes without NUL",
+                        member.name,
+                        LINKNAME.len()
+                    )));
+                }
+                (b'2', b"", target.as_bytes())
+            }
+        };
+        // A directory's name ends with `/`, as tar writes it.
+        let owned;
+        let name = if typeflag == b'5' {
+            owned = format!("{relative}/");
+            owned.as_str()
+        } else {
+            relative
+        };
         let fields = HeaderFields {
             name: name.as_bytes(),
             prefix: b"",
-            mode: entry.mode,
-            uid: entry.uid,
-            gid: entry.gid,
-            size,
-            mtime: entry.mtime,
-            typeflag: b'0',
+            linkname,
+            mode: member.mode,
+            uid: member.uid,
+            gid: member.gid,
+            size: data.len() as u64,
+            mtime: member.mtime,
+            typeflag,
             magic: USTAR_MAGIC,
         };
         if name.len() <= NAME.len() {
@@ -214,6 +273,7 @@ pub fn write_archive(entries: &[FileEntry<'_>]) -> Result<Vec<u8>, TarError> {
             let long_link = HeaderFields {
                 name: GNU_LONG_LINK_NAME.as_bytes(),
                 prefix: b"",
+                linkname: b"",
                 mode: 0,
                 uid: 0,
                 gid: 0,
@@ -233,7 +293,7 @@ pub fn write_archive(entries: &[FileEntry<'_>]) -> Result<Vec<u8>, TarError> {
             };
             archive.extend_from_slice(&encode_header(&main)?);
         }
-        push_padded(&mut archive, entry.data);
+        push_padded(&mut archive, data);
     }
     archive.extend_from_slice(&[0u8; 2 * BLOCK]);
     Ok(archive)
@@ -289,6 +349,8 @@ pub fn read_first_entry(reader: &mut impl Read, max_data: u64) -> Result<Entry, 
 struct HeaderFields<'a> {
     name: &'a [u8],
     prefix: &'a [u8],
+    /// A symlink's target (`LINKNAME`); empty for other members.
+    linkname: &'a [u8],
     mode: u32,
     uid: u32,
     gid: u32,
@@ -325,6 +387,7 @@ fn encode_header(fields: &HeaderFields<'_>) -> Result<[u8; BLOCK], TarError> {
     put_octal(&mut header[SIZE], fields.size, "size")?;
     put_octal(&mut header[MTIME], fields.mtime, "mtime")?;
     header[TYPEFLAG] = fields.typeflag;
+    header[LINKNAME][..fields.linkname.len()].copy_from_slice(fields.linkname);
     header[MAGIC].copy_from_slice(fields.magic);
     // uname and gname stay empty: the Engine extracts by numeric uid and gid.
     put_octal(&mut header[DEVMAJOR], 0, "devmajor")?;
@@ -915,11 +978,49 @@ mod tests {
     }
 
     #[test]
+    fn directories_and_symlinks_are_written_and_read_back() {
+        let member = |name, kind| Member {
+            name,
+            kind,
+            mode: 0o755,
+            mtime: 0,
+            uid: 1,
+            gid: 2,
+        };
+        let archive = write_members(&[
+            member("./d", MemberKind::Directory),
+            member("./d/f", MemberKind::File(b"data")),
+            member("./d/l", MemberKind::Symlink("f")),
+        ])
+        .unwrap();
+        let mut reader = archive.as_slice();
+        let mut read = Vec::new();
+        while let Ok(entry) = read_first_entry(&mut reader, 1024) {
+            read.push((entry.name, entry.kind, entry.data));
+        }
+        assert_eq!(
+            read,
+            [
+                ("./d/".to_string(), EntryKind::Directory, Vec::new()),
+                ("./d/f".to_string(), EntryKind::File, b"data".to_vec()),
+                (
+                    "./d/l".to_string(),
+                    EntryKind::Symlink { target: "f".into() },
+                    Vec::new()
+                ),
+            ]
+        );
+        let long = "x".repeat(101);
+        assert!(write_members(&[member("l", MemberKind::Symlink(&long))]).is_err());
+    }
+
+    #[test]
     fn writer_refuses_values_that_do_not_fit() {
         let eight_gib = MAX_OCTAL_SIZE + 1;
         let fields = HeaderFields {
             name: b"big",
             prefix: b"",
+            linkname: b"",
             mode: 0o644,
             uid: 0,
             gid: 0,

@@ -201,6 +201,7 @@ impl Profile {
             cap_add: self.capabilities().iter().map(|c| c.to_string()).collect(),
             tmpfs,
             read_only_mounts: mounts,
+            volumes: Vec::new(),
             init: true,
         }
     }

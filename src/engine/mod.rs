@@ -81,6 +81,8 @@ pub struct HostSettings {
     /// Read-only bind mounts: (host path, container path). Given as `Mounts`, not
     /// `Binds` strings, so that no character of a path can change their meaning.
     pub read_only_mounts: Vec<(PathBuf, String)>,
+    /// Named volumes: (volume name, container path), writable.
+    pub volumes: Vec<(String, String)>,
     pub init: bool,
 }
 
@@ -342,6 +344,17 @@ pub struct ContainerSummary {
     /// When the engine created it, in seconds since the epoch (the engine's clock).
     #[serde(default)]
     pub created: i64,
+}
+
+/// A volume, as `GET /volumes` and `GET /volumes/{name}` tell it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VolumeInfo {
+    pub name: String,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub created_at: Option<String>,
 }
 
 /// One entry of `GET /images/json`.
@@ -746,6 +759,46 @@ impl Docker {
         Ok(committed.id)
     }
 
+    /// Creates the named volume with `labels` (the local driver); one of that name
+    /// already there is kept as it is (the engine's own rule).
+    pub fn volume_create(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<()> {
+        let body = json!({ "Name": name, "Labels": labels });
+        self.call(
+            "POST",
+            "/volumes/create",
+            Some(Body::Json(body)),
+            &[201],
+            Some(self.timeout),
+        )
+        .map(|_| ())
+    }
+
+    /// A volume's labels; a missing one is `is_not_found`.
+    pub fn volume_inspect(&self, name: &str) -> Result<VolumeInfo> {
+        let path = format!("/volumes/{}", encode_component(name));
+        self.call_json("GET", &path, None, &[200])
+    }
+
+    /// Every volume carrying all of the `key=value` labels.
+    pub fn volume_list(&self, labels: &[String]) -> Result<Vec<VolumeInfo>> {
+        #[derive(Deserialize)]
+        struct Listed {
+            #[serde(rename = "Volumes")]
+            volumes: Option<Vec<VolumeInfo>>,
+        }
+        let filters = json!({ "label": labels }).to_string();
+        let path = format!("/volumes?filters={}", encode_component(&filters));
+        let listed: Listed = self.call_json("GET", &path, None, &[200])?;
+        Ok(listed.volumes.unwrap_or_default())
+    }
+
+    /// Removes a volume; one a container uses is refused (`is_conflict`), never forced.
+    pub fn volume_remove(&self, name: &str) -> Result<()> {
+        let path = format!("/volumes/{}", encode_component(name));
+        self.call("DELETE", &path, None, &[204], Some(self.timeout))
+            .map(|_| ())
+    }
+
     /// Creates a container; returns its id.
     pub fn container_create(&self, spec: &ContainerSpec) -> Result<String> {
         #[derive(Deserialize)]
@@ -1071,7 +1124,12 @@ fn create_body(spec: &ContainerSpec) -> Value {
             "Source": source,
             "Target": target,
             "ReadOnly": true,
-        })).collect::<Vec<Value>>(),
+        })).chain(host.volumes.iter().map(|(volume, target)| json!({
+            "Type": "volume",
+            "Source": volume,
+            "Target": target,
+            "ReadOnly": false,
+        }))).collect::<Vec<Value>>(),
         "Init": host.init,
         "AutoRemove": spec.auto_remove,
         "RestartPolicy": restart_policy(spec.restart_always),
@@ -1196,6 +1254,7 @@ mod tests {
         let spec = ContainerSpec {
             host: HostSettings {
                 read_only_mounts: vec![("/opt/a:b,c".into(), "/.x/y".into())],
+                volumes: vec![("ak_ns_v".into(), "/data".into())],
                 ..HostSettings::default()
             },
             ..ContainerSpec::default()
@@ -1213,7 +1272,10 @@ mod tests {
         assert_eq!(create_body(&always)["StopTimeout"], json!(1));
         assert_eq!(
             create_body(&spec)["HostConfig"]["Mounts"],
-            json!([{"Type": "bind", "Source": "/opt/a:b,c", "Target": "/.x/y", "ReadOnly": true}])
+            json!([
+                {"Type": "bind", "Source": "/opt/a:b,c", "Target": "/.x/y", "ReadOnly": true},
+                {"Type": "volume", "Source": "ak_ns_v", "Target": "/data", "ReadOnly": false}
+            ])
         );
     }
 

@@ -57,7 +57,9 @@ pub fn dispatch_with(
         | Request::GetSandboxFile(name, _)
         | Request::PutSandboxFile(name, _, _)
         | Request::DeleteSandboxFile(name, _)
-        | Request::PostSandboxFiles(name, _) => Some(context.expiry.busy(name)),
+        | Request::PostSandboxFiles(name, _)
+        | Request::GetArchive(name, _)
+        | Request::PutArchive(name, _, _) => Some(context.expiry.busy(name)),
         _ => None,
     };
     match request {
@@ -97,6 +99,10 @@ pub fn dispatch_with(
         Request::PostSandboxFiles(name, body) => post_sandbox_files(context, &name, body),
         Request::ListSnapshots => get_snapshots(context),
         Request::Metrics => get_metrics(context),
+        Request::GetArchive(name, dir) => get_archive(context, &name, &dir),
+        Request::ListVolumes => get_volumes(context),
+        Request::DeleteVolume(name) => delete_volume(context, &name),
+        Request::PutArchive(name, dir, archive) => put_archive(context, &name, &dir, &archive),
         Request::CreateSnapshot(body) => post_snapshots(context, body),
         Request::GetSnapshot(name) => get_snapshot(context, &name),
         Request::DeleteSnapshot(name) => delete_snapshot(context, &name),
@@ -249,11 +255,26 @@ fn from_snapshot(context: &Context, body: &mut CreateBody, snapshot: &str) -> Re
         if body.pids.is_none() && limits.pids > 0 {
             body.pids = Some(limits.pids);
         }
-        if body.vcpus.is_none() && limits.millicpus > 0 && limits.millicpus % 1000 == 0 {
+        if body.vcpus.is_none() && limits.millicpus > 0 && limits.millicpus.is_multiple_of(1000) {
             body.vcpus = Some(limits.millicpus / 1000);
         }
     }
     Ok(())
+}
+
+pub fn get_volumes(context: &Context) -> Result<Reply, ApiError> {
+    let volumes = crate::volume::list(&context.docker, &context.config)?;
+    Ok(Reply::ok(Value::Array(
+        volumes
+            .iter()
+            .map(|volume| json!({ "name": volume.name, "created_at": volume.created_at }))
+            .collect(),
+    )))
+}
+
+pub fn delete_volume(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
+    crate::volume::delete(&context.docker, &context.config, name)?;
+    Ok(Reply::ok(json!({ "name": name.as_str(), "removed": true })))
 }
 
 pub fn get_snapshots(context: &Context) -> Result<Reply, ApiError> {
@@ -484,6 +505,32 @@ pub fn post_batch_run(context: &Context, body: BatchBody) -> Result<Reply, ApiEr
     Ok(Reply::data(
         move |out| write_batch_data(out, &results),
         budget,
+    ))
+}
+
+/// A directory of the sandbox as a tar archive (`application/x-tar`).
+pub fn get_archive(
+    context: &Context,
+    name: &SandboxName,
+    dir: &SandboxPath,
+) -> Result<Reply, ApiError> {
+    let budget = context
+        .output_memory
+        .on_demand(context.config.max_file_bytes);
+    let archive = files::read_archive(&context.docker, &context.config, name, dir, &budget)?;
+    Ok(Reply::raw(200, archive, "application/x-tar", Some(budget)))
+}
+
+/// Extracts a tar archive (the body) into a directory of the sandbox.
+pub fn put_archive(
+    context: &Context,
+    name: &SandboxName,
+    dir: &SandboxPath,
+    archive: &[u8],
+) -> Result<Reply, ApiError> {
+    let members = files::write_archive(&context.docker, &context.config, name, dir, archive)?;
+    Ok(Reply::ok(
+        json!({ "path": dir.as_str(), "members": members }),
     ))
 }
 

@@ -1079,9 +1079,11 @@ fn admit(context: &Context, head: &Head) -> Result<(Route, u64), ApiError> {
 
 /// The largest body a route accepts: file uploads carry a whole file (in base64), every
 /// other body is small.
-fn body_limit(config: &Config, route: &Route) -> u64 {
+pub fn body_limit(config: &Config, route: &Route) -> u64 {
     match route {
         Route::PutSandboxFile(..) | Route::PostSandboxFiles(_) => config.max_upload_body_bytes(),
+        // A tar of at most a file's limit, with its headers.
+        Route::PutArchive(..) => config.max_file_bytes.saturating_add(64 * 1024),
         _ => config.max_body_bytes,
     }
 }

@@ -80,6 +80,11 @@ pub enum Request {
     DeleteSnapshot(SandboxName),
     RestoreSnapshot(SandboxName, CreateBody),
     Metrics,
+    GetArchive(SandboxName, SandboxPath),
+    /// The body is the tar archive itself.
+    PutArchive(SandboxName, SandboxPath, Vec<u8>),
+    ListVolumes,
+    DeleteVolume(SandboxName),
 }
 
 impl Request {
@@ -129,6 +134,10 @@ impl Request {
             Route::PostSandboxFiles(name) => Request::PostSandboxFiles(name, parse_body(body)?),
             Route::ListSnapshots => Request::ListSnapshots,
             Route::Metrics => Request::Metrics,
+            Route::GetArchive(name, dir) => Request::GetArchive(name, dir),
+            Route::ListVolumes => Request::ListVolumes,
+            Route::DeleteVolume(name) => Request::DeleteVolume(name),
+            Route::PutArchive(name, dir) => Request::PutArchive(name, dir, body.to_vec()),
             Route::CreateSnapshot => Request::CreateSnapshot(parse_body(body)?),
             Route::GetSnapshot(name) => Request::GetSnapshot(name),
             Route::DeleteSnapshot(name) => Request::DeleteSnapshot(name),
@@ -193,6 +202,10 @@ impl Request {
             Request::PostSandboxFiles(name, _) => Route::PostSandboxFiles(name.clone()),
             Request::ListSnapshots => Route::ListSnapshots,
             Request::Metrics => Route::Metrics,
+            Request::GetArchive(name, dir) => Route::GetArchive(name.clone(), dir.clone()),
+            Request::ListVolumes => Route::ListVolumes,
+            Request::DeleteVolume(name) => Route::DeleteVolume(name.clone()),
+            Request::PutArchive(name, dir, _) => Route::PutArchive(name.clone(), dir.clone()),
             Request::CreateSnapshot(_) => Route::CreateSnapshot,
             Request::GetSnapshot(name) => Route::GetSnapshot(name.clone()),
             Request::DeleteSnapshot(name) => Route::DeleteSnapshot(name.clone()),
@@ -217,6 +230,7 @@ impl Request {
             Request::PostSandboxFiles(_, body) => Some(json(body)),
             Request::CreateSnapshot(body) => Some(json(body)),
             Request::RestoreSnapshot(_, body) => Some(json(body)),
+            Request::PutArchive(_, _, archive) => Some(archive.clone()),
             Request::OpenApi
             | Request::Health
             | Request::Backends
@@ -239,6 +253,9 @@ impl Request {
             | Request::DeleteSandboxFile(..)
             | Request::ListSnapshots
             | Request::Metrics
+            | Request::GetArchive(..)
+            | Request::ListVolumes
+            | Request::DeleteVolume(_)
             | Request::GetSnapshot(_)
             | Request::DeleteSnapshot(_) => None,
         }
@@ -479,7 +496,6 @@ impl CreateBody {
         let unsupported = [
             ("source_url", &self.source_url),
             ("source_ref", &self.source_ref),
-            ("volumes", &self.volumes),
             ("secrets", &self.secrets),
             ("secret_files", &self.secret_files),
         ];
@@ -527,11 +543,32 @@ impl CreateBody {
                 None => defaults.pids,
             },
         };
+        let volumes = match self.volumes {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => {
+                let texts = items
+                    .into_iter()
+                    .map(|item| match item {
+                        Value::String(text) => Ok(text),
+                        other => Err(ApiError::BadBody(format!(
+                            "volumes: each is a string name:/path, got {other}"
+                        ))),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                crate::volume::parse_all(&texts).map_err(ApiError::BadBody)?
+            }
+            Some(other) => {
+                return Err(ApiError::BadBody(format!(
+                    "volumes must be a list of name:/path strings, got {other}"
+                )))
+            }
+        };
         Ok(CreateSandbox {
             name,
             image,
             profile,
             limits,
+            volumes,
             ttl: parse_lifetime("ttl", self.ttl)?.or(config.sandbox_ttl),
             idle_timeout: parse_lifetime("idle_timeout", self.idle_timeout)?
                 .or(config.sandbox_idle_timeout),
@@ -836,8 +873,11 @@ mod tests {
             ),
             (
                 r#"{"name":"ok","volumes":["/:/host"]}"#,
-                "volumes is not supported",
+                "host paths are refused",
             ),
+            (r#"{"name":"ok","volumes":"v:/d"}"#, "must be a list"),
+            (r#"{"name":"ok","volumes":[1]}"#, "each is a string"),
+            (r#"{"name":"ok","volumes":["v:/proc"]}"#, "managed"),
         ];
         for (body, expected) in cases {
             assert_refused("POST", "/sandboxes", body, 400, expected);

@@ -37,8 +37,11 @@ pub enum Body {
     /// keeps it (command output, a file's content): it may be written more than once
     /// (its length is measured first), and must write the same bytes each time.
     Data(Box<WriteData>),
-    /// Prometheus text (`GET /metrics`): no envelope.
-    Text(String),
+    /// Bytes as they are, no envelope: Prometheus text (`GET /metrics`), a tar archive.
+    Raw {
+        bytes: Vec<u8>,
+        content_type: &'static str,
+    },
 }
 
 pub type WriteData = dyn Fn(&mut dyn Write) -> io::Result<()> + Send;
@@ -48,7 +51,7 @@ impl std::fmt::Debug for Body {
         match self {
             Body::Json(value) => write!(f, "Json({value})"),
             Body::Data(_) => f.write_str("Data(..)"),
-            Body::Text(text) => write!(f, "Text({} bytes)", text.len()),
+            Body::Raw { bytes, .. } => write!(f, "Raw({} bytes)", bytes.len()),
         }
     }
 }
@@ -79,19 +82,37 @@ impl Reply {
 
     /// A plain-text answer (`GET /metrics`).
     pub fn text(status: u16, text: String) -> Reply {
+        Reply::raw(
+            status,
+            text.into_bytes(),
+            "text/plain; version=0.0.4; charset=utf-8",
+            None,
+        )
+    }
+
+    /// Bytes of `content_type` as they are (no envelope), holding `holds` until written.
+    pub fn raw(
+        status: u16,
+        bytes: Vec<u8>,
+        content_type: &'static str,
+        holds: Option<OutputBudget>,
+    ) -> Reply {
         Reply {
             status,
-            body: Body::Text(text),
+            body: Body::Raw {
+                bytes,
+                content_type,
+            },
             headers: Vec::new(),
             stream: None,
-            holds: None,
+            holds,
         }
     }
 
     /// The answer's `Content-Type`.
     pub fn content_type(&self) -> &'static str {
         match self.body {
-            Body::Text(_) => "text/plain; version=0.0.4; charset=utf-8",
+            Body::Raw { content_type, .. } => content_type,
             Body::Json(_) | Body::Data(_) => "application/json",
         }
     }
@@ -135,7 +156,7 @@ impl Reply {
                 write(out)?;
                 out.write_all(b",\"success\":true}")?;
             }
-            Body::Text(text) => return out.write_all(text.as_bytes()),
+            Body::Raw { bytes, .. } => return out.write_all(bytes),
         }
         out.write_all(b"\n")
     }
@@ -159,7 +180,7 @@ impl Reply {
         match self.body {
             Body::Json(value) => value,
             Body::Data(_) => serde_json::from_slice(&self.bytes()).expect("answers are JSON"),
-            Body::Text(text) => Value::String(text),
+            Body::Raw { bytes, .. } => Value::String(String::from_utf8_lossy(&bytes).into()),
         }
     }
 }
@@ -282,10 +303,13 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
                 Error::SandboxNotFound(_)
                 | Error::ImageMissing(_)
                 | Error::FileNotFound { .. }
-                | Error::SnapshotNotFound(_) => 404,
+                | Error::SnapshotNotFound(_)
+                | Error::VolumeNotFound(_) => 404,
                 Error::SandboxExists(_)
                 | Error::SnapshotExists(_)
                 | Error::SnapshotInUse(_)
+                | Error::VolumeInUse(_)
+                | Error::VolumeNotOurs(_)
                 | Error::SandboxNotRunning(_)
                 | Error::SandboxPaused(_)
                 | Error::FileNeedsRunning { .. } => 409,
@@ -330,6 +354,9 @@ mod tests {
             (Error::SnapshotNotFound("x".into()), 404),
             (Error::SnapshotExists("x".into()), 409),
             (Error::SnapshotInUse("x".into()), 409),
+            (Error::VolumeNotFound("x".into()), 404),
+            (Error::VolumeInUse("x".into()), 409),
+            (Error::VolumeNotOurs("x".into()), 409),
             (Error::SandboxNotRunning("x".into()), 409),
             (
                 Error::FileNotFound {

@@ -53,6 +53,12 @@ pub enum Route {
     RestoreSnapshot(SandboxName),
     /// Prometheus text (`server::metrics`).
     Metrics,
+    /// `?path=DIR`: a directory as a tar archive, out and in.
+    GetArchive(SandboxName, SandboxPath),
+    PutArchive(SandboxName, SandboxPath),
+    ListVolumes,
+    /// Volume names follow the sandbox name rule.
+    DeleteVolume(SandboxName),
 }
 
 impl Route {
@@ -117,6 +123,22 @@ impl Route {
             Route::DeleteSnapshot(name) => ("DELETE", format!("/snapshots/{name}")),
             Route::RestoreSnapshot(name) => ("POST", format!("/snapshots/{name}/restore")),
             Route::Metrics => ("GET", "/metrics".into()),
+            Route::GetArchive(name, dir) => (
+                "GET",
+                sandbox(
+                    name,
+                    &format!("/archive?path={}", percent_encode_path(dir.as_str())),
+                ),
+            ),
+            Route::ListVolumes => ("GET", "/volumes".into()),
+            Route::DeleteVolume(name) => ("DELETE", format!("/volumes/{name}")),
+            Route::PutArchive(name, dir) => (
+                "PUT",
+                sandbox(
+                    name,
+                    &format!("/archive?path={}", percent_encode_path(dir.as_str())),
+                ),
+            ),
         }
     }
 }
@@ -163,6 +185,10 @@ impl Route {
             Route::DeleteSnapshot(_) => ("delete", "/snapshots/{name}"),
             Route::RestoreSnapshot(_) => ("post", "/snapshots/{name}/restore"),
             Route::Metrics => ("get", "/metrics"),
+            Route::GetArchive(..) => ("get", "/sandboxes/{name}/archive"),
+            Route::PutArchive(..) => ("put", "/sandboxes/{name}/archive"),
+            Route::ListVolumes => ("get", "/volumes"),
+            Route::DeleteVolume(_) => ("delete", "/volumes/{name}"),
         }
     }
 }
@@ -179,6 +205,20 @@ fn percent_encode_path(path: &str) -> String {
         }
     }
     encoded
+}
+
+/// The `path` query parameter of an archive route: the directory, percent-decoded and
+/// checked like a file path (absolute, no `..`, not the root).
+fn archive_dir(url: &str) -> Result<SandboxPath, RouteError> {
+    let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let query = query.split('#').next().unwrap_or_default();
+    let value = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("path="))
+        .ok_or_else(|| {
+            RouteError::BadParameter("path is required: the directory, as ?path=/some/dir".into())
+        })?;
+    SandboxPath::from_url(value).map_err(RouteError::BadParameter)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +333,13 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
         (_, ["sandboxes", _, "exec", "detached", _, "logs"]) => Err(not_allowed("GET")),
         ("GET", ["sandboxes", sandbox, "logs"]) => Ok(Route::SandboxLogs(name(sandbox)?)),
         (_, ["sandboxes", _, "logs"]) => Err(not_allowed("GET")),
+        ("GET", ["sandboxes", sandbox, "archive"]) => {
+            Ok(Route::GetArchive(name(sandbox)?, archive_dir(url)?))
+        }
+        ("PUT", ["sandboxes", sandbox, "archive"]) => {
+            Ok(Route::PutArchive(name(sandbox)?, archive_dir(url)?))
+        }
+        (_, ["sandboxes", _, "archive"]) => Err(not_allowed("GET, PUT")),
         ("GET", ["sandboxes", sandbox, "stats"]) => Ok(Route::SandboxStats(name(sandbox)?)),
         (_, ["sandboxes", _, "stats"]) => Err(not_allowed("GET")),
         ("POST", ["sandboxes", sandbox, "files"]) => Ok(Route::PostSandboxFiles(name(sandbox)?)),
@@ -307,6 +354,14 @@ pub fn parse(method: &str, url: &str) -> Result<Route, RouteError> {
             Ok(Route::DeleteSandboxFile(name(sandbox)?, file(sandbox)?))
         }
         (_, ["sandboxes", _, "files", _, ..]) => Err(not_allowed("GET, PUT, DELETE")),
+        ("GET", ["volumes"]) => Ok(Route::ListVolumes),
+        (_, ["volumes"]) => Err(not_allowed("GET")),
+        ("DELETE", ["volumes", volume]) => Ok(Route::DeleteVolume(
+            SandboxName::parse(volume).map_err(|message| {
+                RouteError::BadParameter(message.replacen("sandbox name", "volume name", 1))
+            })?,
+        )),
+        (_, ["volumes", _]) => Err(not_allowed("DELETE")),
         ("GET", ["snapshots"]) => Ok(Route::ListSnapshots),
         ("POST", ["snapshots"]) => Ok(Route::CreateSnapshot),
         (_, ["snapshots"]) => Err(not_allowed("GET, POST")),
@@ -506,11 +561,17 @@ mod tests {
 
     /// A path template with example parameters.
     fn example_url(template: &str) -> String {
-        template
+        let url = template
             .replace("{name}", "st-box")
             .replace("{uuid}", "0123456789ab")
             .replace("{id}", "0123456789abcdef")
-            .replace("{path}", "tmp/dir/hello.txt")
+            .replace("{path}", "tmp/dir/hello.txt");
+        // The archive routes' required query parameter.
+        if url.ends_with("/archive") {
+            url + "?path=/work"
+        } else {
+            url
+        }
     }
 
     #[test]
@@ -575,6 +636,10 @@ mod tests {
             ("DELETE", "/snapshots/s"),
             ("POST", "/snapshots/s/restore"),
             ("GET", "/metrics"),
+            ("GET", "/sandboxes/b/archive?path=/work"),
+            ("PUT", "/sandboxes/b/archive?path=/work"),
+            ("GET", "/volumes"),
+            ("DELETE", "/volumes/v"),
         ];
         let mut routed: Vec<(String, String)> = samples
             .iter()
@@ -689,6 +754,10 @@ mod tests {
             Route::DeleteSnapshot(name.clone()),
             Route::RestoreSnapshot(name.clone()),
             Route::Metrics,
+            Route::GetArchive(name.clone(), file("/work/a b")),
+            Route::PutArchive(name.clone(), file("/work")),
+            Route::ListVolumes,
+            Route::DeleteVolume(name.clone()),
         ];
         // And every documented operation (every variant: see `every_route_is_documented`).
         let documented = documented_operations()

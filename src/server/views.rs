@@ -97,18 +97,23 @@ pub fn sandbox_data(sandbox: &Sandbox) -> Value {
         "created_at": sandbox.created_at,
     });
     if let Some(limits) = sandbox.limits {
-        data["memory_mb"] = json!(limits.memory_mb);
-        // The SDKs type `vcpus` as an integer: give it only when it is one.
-        if limits.millicpus % 1000 == 0 {
-            data["vcpus"] = json!(limits.millicpus / 1000);
-        }
-        data["limits"] = json!({
-            "memory_mb": limits.memory_mb,
-            "cpus": limits.millicpus as f64 / 1000.0,
-            "pids": limits.pids,
-        });
+        add_limits(&mut data, limits);
     }
     data
+}
+
+/// `memory_mb`, `vcpus` (the SDKs type it as an integer: given only when it is one) and
+/// `limits`, of a sandbox or a snapshot.
+fn add_limits(data: &mut Value, limits: crate::containers::profile::Limits) {
+    data["memory_mb"] = json!(limits.memory_mb);
+    if limits.millicpus.is_multiple_of(1000) {
+        data["vcpus"] = json!(limits.millicpus / 1000);
+    }
+    data["limits"] = json!({
+        "memory_mb": limits.memory_mb,
+        "cpus": limits.millicpus as f64 / 1000.0,
+        "pids": limits.pids,
+    });
 }
 
 /// A snapshot as the API shows it: the SDKs' `SnapshotMeta`, and its profile, limits
@@ -125,15 +130,7 @@ pub fn snapshot_data(snapshot: &crate::snapshot::Snapshot) -> Value {
         "size_bytes": snapshot.size_bytes,
     });
     if let Some(limits) = snapshot.limits {
-        data["memory_mb"] = json!(limits.memory_mb);
-        if limits.millicpus % 1000 == 0 {
-            data["vcpus"] = json!(limits.millicpus / 1000);
-        }
-        data["limits"] = json!({
-            "memory_mb": limits.memory_mb,
-            "cpus": limits.millicpus as f64 / 1000.0,
-            "pids": limits.pids,
-        });
+        add_limits(&mut data, limits);
     }
     data
 }

@@ -542,6 +542,85 @@ fn snapshot_extend_and_stats_commands_in_both_modes() {
 }
 
 #[test]
+fn cp_copies_directories_both_ways_in_both_modes() {
+    let scope = Scope::new();
+    let server = Server::start_with(Options {
+        namespace: Some(scope.namespace.clone()),
+        ..Options::default()
+    });
+    let remote = Mode::Remote(&server);
+    assert_eq!(scope.run(remote, &["sandbox", "create", "box"]).code, 0);
+    let local = std::env::temp_dir().join(format!("ak-cp-{}", scope.namespace));
+    let up = local.join("up");
+    std::fs::create_dir_all(up.join("sub")).unwrap();
+    std::fs::write(up.join("a.txt"), "a\n").unwrap();
+    std::fs::write(up.join("sub/b.bin"), [0u8, 1, 2, 255]).unwrap();
+    scope.run(remote, &["exec", "box", "mkdir", "-p", "/work/in"]);
+    let up_text = up.to_str().unwrap();
+    for (mode, dir) in [(Mode::Local, "/work/in"), (remote, "/work")] {
+        let sent = scope.run(mode, &["cp", up_text, &format!("box:{dir}")]);
+        assert_eq!(sent.code, 0, "{sent:?}");
+        assert!(sent.stdout.starts_with("2 files copied into "), "{sent:?}");
+    }
+    let listed = scope.run(
+        remote,
+        &[
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "cat /work/in/up/a.txt; od -An -tu1 /work/up/sub/b.bin",
+        ],
+    );
+    assert_eq!(listed.stdout, "a\n   0   1   2 255\n", "{listed:?}");
+    // A link out of the directory (here to /, then one that climbs back through a
+    // chain) is left out of a download, and said; the rest comes.
+    scope.run(
+        remote,
+        &[
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "cd /work/up && ln -s / abs && ln -s . s && ln -s s/s/../.. t",
+        ],
+    );
+    for (mode, into) in [(Mode::Local, "down-local"), (remote, "down-remote")] {
+        let into = local.join(into);
+        std::fs::create_dir_all(&into).unwrap();
+        let got = scope.run(mode, &["cp", "box:/work/up", into.to_str().unwrap()]);
+        assert_eq!(got.code, 0, "{got:?}");
+        assert!(got.stderr.contains("\"up/abs\" left out"), "{got:?}");
+        assert!(got.stderr.contains("\"up/t\" left out"), "{got:?}");
+        assert!(std::fs::symlink_metadata(into.join("up/abs")).is_err());
+        assert!(std::fs::symlink_metadata(into.join("up/t")).is_err());
+        assert_eq!(std::fs::read(into.join("up/a.txt")).unwrap(), b"a\n");
+        assert_eq!(
+            std::fs::read(into.join("up/sub/b.bin")).unwrap(),
+            [0u8, 1, 2, 255]
+        );
+    }
+    // Nothing is written through a symlink already here.
+    let trap = local.join("trap");
+    std::fs::create_dir_all(&trap).unwrap();
+    std::os::unix::fs::symlink("/nonexistent-target", trap.join("up")).unwrap();
+    let refused = scope.run(remote, &["cp", "box:/work/up", trap.to_str().unwrap()]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("symlink is in the way"),
+        "{refused:?}"
+    );
+    let missing = scope.run(remote, &["cp", "box:/work/nope", local.to_str().unwrap()]);
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert!(missing.stderr.contains("not found"), "{missing:?}");
+    let _ = std::fs::remove_dir_all(&local);
+    assert_eq!(scope.run(remote, &["sandbox", "remove", "box"]).code, 0);
+    server.finish();
+}
+
+#[test]
 fn the_api_key_goes_to_the_server() {
     let scope = Scope::new();
     let server = Server::start_with(Options {

@@ -459,3 +459,166 @@ fn stopped_sandboxes_serve_their_root_filesystem_and_tmp_but_not_tmpfs() {
     server.delete("/sandboxes/locked");
     server.finish();
 }
+
+/// Bytes of an answer, and its status and content type.
+fn get_bytes(server: &Server, path: &str) -> (u16, String, Vec<u8>) {
+    let answer = match ureq::get(&server.url(path)).call() {
+        Ok(answer) | Err(ureq::Error::Status(_, answer)) => answer,
+        Err(error) => panic!("GET {path}: {error}"),
+    };
+    let (status, kind) = (answer.status(), answer.content_type().to_string());
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut answer.into_reader(), &mut bytes).unwrap();
+    (status, kind, bytes)
+}
+
+fn put_bytes(server: &Server, path: &str, bytes: &[u8]) -> (u16, Value) {
+    let answer = match ureq::put(&server.url(path))
+        .set("Content-Type", "application/x-tar")
+        .send_bytes(bytes)
+    {
+        Ok(answer) | Err(ureq::Error::Status(_, answer)) => answer,
+        Err(error) => panic!("PUT {path}: {error}"),
+    };
+    (answer.status(), answer.into_json().unwrap())
+}
+
+/// A tar of raw headers: (name, typeflag, link target, data).
+fn tar_of(members: &[(&str, u8, &str, &[u8])]) -> Vec<u8> {
+    let mut archive = Vec::new();
+    for (name, kind, link, data) in members {
+        let mut header = [0u8; 512];
+        header[..name.len()].copy_from_slice(name.as_bytes());
+        header[100..107].copy_from_slice(b"0000644");
+        header[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
+        header[136..147].copy_from_slice(b"00000000000");
+        header[156] = *kind;
+        header[157..157 + link.len()].copy_from_slice(link.as_bytes());
+        header[257..265].copy_from_slice(b"ustar\x0000");
+        header[148..156].copy_from_slice(b"        ");
+        let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+        header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        archive.extend_from_slice(&header);
+        archive.extend_from_slice(data);
+        archive.resize(archive.len().div_ceil(512) * 512, 0);
+    }
+    archive.extend_from_slice(&[0u8; 1024]);
+    archive
+}
+
+#[test]
+fn directories_go_out_and_in_as_tar_archives_and_nothing_escapes() {
+    let server = Server::start();
+    create(&server, r#"{"name":"arc"}"#);
+    exec_output(
+        &server,
+        "arc",
+        "mkdir -p /work/src/sub /work/copy /work/empty && echo a > /work/src/a && \
+         echo b > /work/src/sub/b && ln -s a /work/src/link",
+    );
+    let (status, kind, archive) = get_bytes(&server, "/sandboxes/arc/archive?path=/work/src");
+    assert_eq!((status, kind.as_str()), (200, "application/x-tar"));
+    let mut names = Vec::new();
+    let mut reader = archive.as_slice();
+    while let Ok(entry) = agentkernel::codec::tar::read_first_entry(&mut reader, 1 << 20) {
+        names.push(entry.name.trim_end_matches('/').to_string());
+    }
+    names.sort();
+    assert_eq!(names, ["src", "src/a", "src/link", "src/sub", "src/sub/b"]);
+
+    let (status, answer) = put_bytes(&server, "/sandboxes/arc/archive?path=/work/copy", &archive);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["data"], json!({"path": "/work/copy", "members": 5}));
+    assert_eq!(
+        exec_output(
+            &server,
+            "arc",
+            "cat /work/copy/src/a /work/copy/src/sub/b; readlink /work/copy/src/link"
+        ),
+        "a\nb\na\n"
+    );
+
+    // Any member that could land outside refuses the whole archive: nothing is written.
+    for (member, why) in [
+        (("/etc/x", b'0', "", &b"x"[..]), "absolute name"),
+        (("../x", b'0', "", &b"x"[..]), "'..'"),
+        (("l", b'2', "/etc", &b""[..]), "absolute path"),
+        (("d/l", b'2', "../../..", &b""[..]), "outside"),
+        (("h", b'1', "ok", &b""[..]), "hard link"),
+        (("null", b'3', "", &b""[..]), "special file"),
+    ] {
+        let tar = tar_of(&[("ok", b'0', "", b"fine"), member]);
+        let (status, answer) = put_bytes(&server, "/sandboxes/arc/archive?path=/work/empty", &tar);
+        assert_eq!(status, 400, "{member:?}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.contains(why) && error.contains(member.0), "{error}");
+    }
+    assert_eq!(
+        exec_output(&server, "arc", "ls -A /work/empty | wc -l"),
+        "0\n"
+    );
+    let (status, answer) = put_bytes(&server, "/sandboxes/arc/archive?path=/work/empty", b"junk");
+    assert_eq!(status, 400, "{answer}");
+
+    // Errors name what is wrong.
+    let tar = tar_of(&[("f", b'0', "", b"x")]);
+    let (status, answer) = put_bytes(&server, "/sandboxes/arc/archive?path=/work/nope", &tar);
+    assert_eq!(status, 404, "{answer}");
+    assert_eq!(
+        get_bytes(&server, "/sandboxes/arc/archive?path=/nope").0,
+        404
+    );
+    assert_eq!(
+        get_bytes(&server, "/sandboxes/arc/archive?path=/proc/self").0,
+        400
+    );
+    assert_eq!(get_bytes(&server, "/sandboxes/arc/archive").0, 400);
+    assert_eq!(
+        get_bytes(&server, "/sandboxes/arc/archive?path=/a/../b").0,
+        400
+    );
+    assert_eq!(
+        get_bytes(&server, "/sandboxes/none/archive?path=/work").0,
+        404
+    );
+
+    // A stopped sandbox's root filesystem is there all the same.
+    assert_eq!(server.post("/sandboxes/arc/stop", "").0, 200);
+    assert_eq!(
+        get_bytes(&server, "/sandboxes/arc/archive?path=/work/copy").0,
+        200
+    );
+    assert_eq!(server.delete("/sandboxes/arc").0, 200);
+
+    // A read-only root refuses extraction (403).
+    create(&server, r#"{"name":"ro","profile":"restrictive"}"#);
+    let (status, answer) = put_bytes(&server, "/sandboxes/ro/archive?path=/work", &tar);
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(server.delete("/sandboxes/ro").0, 200);
+    server.finish();
+}
+
+#[test]
+fn an_archive_over_the_file_limit_is_a_413() {
+    let server = Server::start_with(Options {
+        args: vec!["--max-file-bytes".into(), "8192".into()],
+        ..Options::default()
+    });
+    create(&server, r#"{"name":"big"}"#);
+    exec_output(
+        &server,
+        "big",
+        "mkdir /work/big && head -c 20000 /dev/zero > /work/big/f",
+    );
+    let (status, _, body) = get_bytes(&server, "/sandboxes/big/archive?path=/work/big");
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    // A body over the limit (the file limit and 64 KiB of headers) is refused from its
+    // Content-Length, before it is read.
+    let answer = server.raw(
+        b"PUT /sandboxes/big/archive?path=/work HTTP/1.1\r\nHost: x\r\n\
+          Content-Length: 100000\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(server.delete("/sandboxes/big").0, 200);
+    server.finish();
+}

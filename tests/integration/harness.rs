@@ -172,6 +172,21 @@ pub fn snapshots_of(namespace: &str) -> Vec<String> {
         .collect()
 }
 
+/// The named volumes of a namespace (their engine names).
+pub fn volumes_of(namespace: &str) -> Vec<String> {
+    let filters = [
+        "agentkernel.managed=true".to_string(),
+        format!("agentkernel.namespace={namespace}"),
+        "agentkernel.kind=volume".to_string(),
+    ];
+    docker()
+        .volume_list(&filters)
+        .expect("list volumes")
+        .into_iter()
+        .map(|volume| volume.name)
+        .collect()
+}
+
 pub fn remove_namespace(namespace: &str) {
     let docker = docker();
     for (id, _) in containers_of(namespace) {
@@ -179,6 +194,9 @@ pub fn remove_namespace(namespace: &str) {
     }
     for image in snapshots_of(namespace) {
         let _ = docker.image_remove(&image);
+    }
+    for volume in volumes_of(namespace) {
+        let _ = docker.volume_remove(&volume);
     }
     // The namespace's lease directory, with the leases of servers that are gone (a
     // crashed one's stays until a sweep of its namespace, which may never come here).
@@ -450,6 +468,8 @@ impl Server {
         assert!(gone, "containers left behind: {left:?}");
         let snapshots = snapshots_of(&self.namespace);
         assert!(snapshots.is_empty(), "snapshots left behind: {snapshots:?}");
+        let volumes = volumes_of(&self.namespace);
+        assert!(volumes.is_empty(), "volumes left behind: {volumes:?}");
     }
 }
 

@@ -19,3 +19,4 @@ mod sandboxes;
 mod snapshots;
 mod streams;
 mod validation;
+mod volumes;

@@ -24,6 +24,9 @@ fn container_labels(server: &Server, sandbox: &str) -> serde_json::Map<String, V
 
 #[test]
 fn a_snapshot_keeps_the_files_of_its_moment_and_makes_new_sandboxes() {
+    // Commits copy whole filesystems: heavy work for the engine and the cores, which
+    // the tests that time a bound must not share.
+    let _serial = crate::harness::exclusive();
     let server = Server::start();
     let (status, answer) = server.post(
         "/sandboxes",
@@ -253,6 +256,7 @@ fn a_sandbox_takes_no_terms_from_its_image_and_always_has_a_tmp() {
 /// Two takes of one name at once: one snapshot, one 409, and no image left over.
 #[test]
 fn concurrent_snapshots_of_one_name_make_one_snapshot() {
+    let _serial = crate::harness::exclusive();
     let server = Server::start();
     let (status, answer) = server.post("/sandboxes", r#"{"name":"twice"}"#);
     assert_eq!(status, 201, "{answer}");
