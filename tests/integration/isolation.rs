@@ -33,16 +33,21 @@ fn server_with_warm_profiles() -> Server {
 
 /// Runs `command` on one path: "warm", "cold", or "sandbox" (exec into `sandbox`).
 fn run_on(server: &Server, path: &str, profile: &str, body: Value) -> Value {
+    let (status, answer) = answer_on(server, path, profile, body);
+    assert_eq!(status, 200, "{path} {profile}: {answer}");
+    answer["data"].clone()
+}
+
+/// `run_on`'s status and whole answer.
+fn answer_on(server: &Server, path: &str, profile: &str, body: Value) -> (u16, Value) {
     let mut body = body;
-    let (status, answer) = if path == "sandbox" {
+    if path == "sandbox" {
         server.post(&format!("/sandboxes/iso-{profile}/exec"), &body.to_string())
     } else {
         body["profile"] = json!(profile);
         body["fast"] = json!(path == "warm");
         server.post("/run", &body.to_string())
-    };
-    assert_eq!(status, 200, "{path} {profile}: {answer}");
-    answer["data"].clone()
+    }
 }
 
 fn create_sandboxes(server: &Server) {
@@ -150,17 +155,30 @@ fn a_fork_bomb_stays_within_the_pids_limit_and_the_server_stays_healthy() {
     for profile in PROFILES {
         for path in ["warm", "sandbox"] {
             let started = Instant::now();
-            let data = run_on(&server, path, profile, bomb.clone());
+            let (code, answer) = answer_on(&server, path, profile, bomb.clone());
             // The bomb either runs into its timeout or its first shell dies when a fork
             // is refused, or it takes its stub down with it (at the pids limit the stub
-            // cannot start a thread), and the server kills what is left: `killed`.
-            // Either way it ends, bounded, and the server stays up.
-            let status = data["status"].as_str().unwrap_or_default();
-            assert!(
-                matches!(status, "timeout" | "exited" | "killed"),
-                "{profile} {path}: status {status}, exit {}",
-                data["exit_code"]
-            );
+            // cannot start a thread), and the server kills what is left: `killed`. On
+            // two busy cores the stub may also be starved past its deadline's grace,
+            // and the answer says honestly that no result came (502; the server then
+            // kills the tree from outside). Either way it ends, bounded, the bomb is
+            // gone (below), and the server stays up.
+            if code == 502 {
+                let error = answer["error"].as_str().unwrap_or_default();
+                assert!(
+                    error.contains("no exit record"),
+                    "{profile} {path}: {answer}"
+                );
+            } else {
+                assert_eq!(code, 200, "{profile} {path}: {answer}");
+                let data = &answer["data"];
+                let status = data["status"].as_str().unwrap_or_default();
+                assert!(
+                    matches!(status, "timeout" | "exited" | "killed"),
+                    "{profile} {path}: status {status}, exit {}",
+                    data["exit_code"]
+                );
+            }
             assert!(started.elapsed() < Duration::from_secs(10));
             assert_eq!(server.get("/health").0, 200);
         }
