@@ -26,6 +26,7 @@
 //! directory of a write is not followed; sandboxes created without the stub answer
 //! paths on a tmpfs and deletes with `Error::Invalid`.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -736,16 +737,21 @@ pub struct Checked {
 }
 
 /// Every member of a tar archive, each checked (`Err`: why it is refused): names are
-/// relative, without `..` or NUL, and not below a symlink member of the same archive; a
-/// symlink's target is relative, climbs (`..`) only before its first name and never
-/// above the archive's root; hard links, devices and FIFOs are refused. Checked that
-/// way, nothing an archive holds reaches outside the directory it is extracted into,
-/// however its links chain. An archive that does not read, or that ends without its
-/// end marker (cut short), is an `Err` of its own.
+/// relative, at most 4096 bytes, without `..` or NUL, not below a symlink member of the
+/// same archive and not an earlier member's; a symlink's target is relative, climbs
+/// (`..`) only before its first name and never above the archive's root; hard links,
+/// devices and FIFOs are refused. Checked that way, nothing one archive holds reaches
+/// outside the directory it is extracted into, however its own links chain (links the
+/// directory already holds are the sandbox's: the engine follows them, within the
+/// container). An archive that does not read, or that ends without its end marker (cut
+/// short), is an `Err` of its own.
 pub fn read_members(archive: &[u8]) -> Result<Vec<(String, std::result::Result<Checked, String>)>> {
     let mut reader = archive;
     let mut members = Vec::new();
-    let mut links: Vec<Vec<String>> = Vec::new();
+    // Hashes of the accepted symlinks' names, and of every accepted name: a member
+    // costs the length of its name, however many links came before it.
+    let mut links: HashSet<u64> = HashSet::new();
+    let mut names: HashSet<u64> = HashSet::new();
     loop {
         if reader.is_empty() {
             return Err(Error::Invalid(
@@ -763,20 +769,48 @@ pub fn read_members(archive: &[u8]) -> Result<Vec<(String, std::result::Result<C
                 )))
             }
         };
-        let checked = check_member(&entry, &links);
-        if let Ok(Checked {
-            name,
-            kind: EntryKind::Symlink { .. },
-            ..
-        }) = &checked
-        {
-            links.push(name.split('/').map(str::to_string).collect());
+        let raw = entry.name.clone();
+        let checked = check_member(entry, &links, &names);
+        if let Ok(member) = &checked {
+            let hash = name_hash(member.name.as_bytes());
+            names.insert(hash);
+            if matches!(member.kind, EntryKind::Symlink { .. }) {
+                links.insert(hash);
+            }
         }
-        members.push((entry.name, checked));
+        members.push((raw, checked));
     }
 }
 
-fn check_member(entry: &tar::Entry, links: &[Vec<String>]) -> std::result::Result<Checked, String> {
+/// Longest member name taken (what Linux takes as a path).
+const MAX_MEMBER_NAME: usize = 4096;
+
+/// FNV-1a of a normalised name; `prefix_hashes` gives the same value for each proper
+/// prefix that ends before a `/`.
+fn name_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The hashes of a normalised name's proper prefixes (`a`, `a/b` of `a/b/c`).
+fn prefix_hashes(name: &str) -> impl Iterator<Item = u64> + '_ {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    name.bytes().filter_map(move |byte| {
+        let before = hash;
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        (byte == b'/').then_some(before)
+    })
+}
+
+fn check_member(
+    entry: tar::Entry,
+    links: &HashSet<u64>,
+    names: &HashSet<u64>,
+) -> std::result::Result<Checked, String> {
+    if entry.name.len() > MAX_MEMBER_NAME {
+        return Err(format!("a name longer than {MAX_MEMBER_NAME} bytes"));
+    }
     if entry.name.starts_with('/') {
         return Err("an absolute name".into());
     }
@@ -791,14 +825,14 @@ fn check_member(entry: &tar::Entry, links: &[Vec<String>]) -> std::result::Resul
     if parts.contains(&"..") {
         return Err("a '..' part in its name".into());
     }
-    if let Some(link) = links
-        .iter()
-        .find(|link| link.len() < parts.len() && parts[..link.len()] == link[..])
-    {
-        return Err(format!(
-            "a name below the symlink member '{}'",
-            link.join("/")
-        ));
+    let name = parts.join("/");
+    if prefix_hashes(&name).any(|hash| links.contains(&hash)) {
+        return Err("a name below a symlink member of the same archive".into());
+    }
+    // A second member of a name would replace the first, or fail in the engine half
+    // way through.
+    if !name.is_empty() && names.contains(&name_hash(name.as_bytes())) {
+        return Err("a name that an earlier member has".into());
     }
     match &entry.kind {
         EntryKind::File | EntryKind::Directory => {}
@@ -825,10 +859,10 @@ fn check_member(entry: &tar::Entry, links: &[Vec<String>]) -> std::result::Resul
         EntryKind::Other(_) => return Err("a device, FIFO or other special file".into()),
     }
     Ok(Checked {
-        name: parts.join("/"),
-        kind: entry.kind.clone(),
+        name,
+        kind: entry.kind,
         mode: entry.mode & 0o777,
-        data: entry.data.clone(),
+        data: entry.data,
     })
 }
 
@@ -959,10 +993,10 @@ mod tests {
         // A name below a symlink member of the same archive goes where the link points.
         let through = archive_of(&[("s", b'2', "."), ("s/x", b'0', "")]);
         let message = rebuild_archive(&through, 0, 0).unwrap_err().to_string();
-        assert!(
-            message.contains("below the symlink member 's'"),
-            "{message}"
-        );
+        assert!(message.contains("below a symlink member"), "{message}");
+        let twice = archive_of(&[("x", b'0', ""), ("./x/", b'5', "")]);
+        let message = rebuild_archive(&twice, 0, 0).unwrap_err().to_string();
+        assert!(message.contains("an earlier member has"), "{message}");
         assert!(rebuild_archive(b"not a tar", 0, 0).is_err());
         assert!(rebuild_archive(&[], 0, 0).is_err());
         // Cut short: no end-of-archive blocks.

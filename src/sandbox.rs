@@ -184,14 +184,32 @@ pub fn create(
     request: &CreateSandbox,
 ) -> Result<Sandbox> {
     labels::check_image(docker, &config.namespace, request.image.as_str())?;
-    // Made (or found) before the container, which mounts them by their engine names.
+    // Volumes are made (or found) before the container, which mounts them; a create
+    // that cannot succeed makes none: a taken name, or a mount over a tmpfs the profile
+    // puts there.
+    if !request.volumes.is_empty() {
+        let taken = docker.container_inspect(&container_name(&config.namespace, &request.name));
+        if taken.is_ok() {
+            return Err(Error::SandboxExists(request.name.to_string()));
+        }
+        let tmpfs = request
+            .profile
+            .sandbox_host_settings(request.limits, Vec::new(), stub::DETACHED_DIR)
+            .tmpfs;
+        if let Some(mount) = request.volumes.iter().find(|m| tmpfs.contains_key(&m.path)) {
+            return Err(Error::Invalid(format!(
+                "volume '{}:{}': the '{}' profile has a tmpfs at '{}'",
+                mount.name,
+                mount.path,
+                request.profile.name(),
+                mount.path
+            )));
+        }
+    }
     let volumes = request
         .volumes
         .iter()
-        .map(|mount| {
-            crate::volume::ensure(docker, &config.namespace, &mount.name)
-                .map(|engine| (engine, mount.path.clone()))
-        })
+        .map(|mount| crate::volume::ensure(docker, &config.namespace, &mount.name, &mount.path))
         .collect::<Result<Vec<_>>>()?;
     // With the stub mounted, it is also the sandbox's idle main process, so images
     // without a shell work too.

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use crate::config::{Config, Namespace};
 use crate::containers::labels::{self, SandboxName};
-use crate::engine::{Docker, VolumeInfo};
+use crate::engine::{Docker, VolumeInfo, VolumeMount};
 use crate::error::{Error, Result};
 
 /// The label value of `labels::KIND` on volumes.
@@ -131,9 +131,16 @@ fn is_ours(namespace: &Namespace, info: &VolumeInfo) -> bool {
         && labels.get(labels::KIND).map(String::as_str) == Some(KIND_VOLUME)
 }
 
-/// Makes the namespace's volume `name` unless it exists; returns its engine name. A
-/// volume of that engine name that is not ours refuses the create (409).
-pub fn ensure(docker: &Docker, namespace: &Namespace, name: &SandboxName) -> Result<String> {
+/// Makes the namespace's volume `name` unless it exists; returns how to mount it at
+/// `target` (with our labels, which the engine gives the volume should it have to make
+/// it again: removed meanwhile). A volume of that engine name that is not ours refuses
+/// the create (409).
+pub fn ensure(
+    docker: &Docker,
+    namespace: &Namespace,
+    name: &SandboxName,
+    target: &str,
+) -> Result<VolumeMount> {
     let engine = engine_name(namespace, name);
     let set = BTreeMap::from([
         (labels::MANAGED.to_string(), "true".to_string()),
@@ -154,7 +161,11 @@ pub fn ensure(docker: &Docker, namespace: &Namespace, name: &SandboxName) -> Res
     if !is_ours(namespace, &info) {
         return Err(Error::VolumeNotOurs(name.to_string()));
     }
-    Ok(engine)
+    Ok(VolumeMount {
+        name: engine,
+        target: target.to_string(),
+        labels: set,
+    })
 }
 
 /// The namespace's volumes, by name.

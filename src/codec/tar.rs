@@ -228,8 +228,8 @@ pub fn write_members(members: &[Member<'_>]) -> Result<Vec<u8>, TarError> {
             MemberKind::Directory => (b'5', b"", b""),
             MemberKind::Symlink(target) => {
                 if target.is_empty() || target.len() > LINKNAME.len() || target.contains('\0') {
-                    return Err(TarError::InvalidName(format!(
-                        "{}: a link target of 1 to {} bytes without NUL",
+                    return Err(TarError::BadHeader(format!(
+                        "symlink {}: its target must be 1 to {} bytes, without NUL",
                         member.name,
                         LINKNAME.len()
                     )));

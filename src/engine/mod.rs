@@ -81,9 +81,18 @@ pub struct HostSettings {
     /// Read-only bind mounts: (host path, container path). Given as `Mounts`, not
     /// `Binds` strings, so that no character of a path can change their meaning.
     pub read_only_mounts: Vec<(PathBuf, String)>,
-    /// Named volumes: (volume name, container path), writable.
-    pub volumes: Vec<(String, String)>,
+    /// Named volumes, writable.
+    pub volumes: Vec<VolumeMount>,
     pub init: bool,
+}
+
+/// A named volume to mount: its name, where, and the labels the engine gives it should
+/// it have to make it itself (it was removed since we made it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VolumeMount {
+    pub name: String,
+    pub target: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The fields of `GET /containers/{id}/json` that we use.
@@ -1124,11 +1133,12 @@ fn create_body(spec: &ContainerSpec) -> Value {
             "Source": source,
             "Target": target,
             "ReadOnly": true,
-        })).chain(host.volumes.iter().map(|(volume, target)| json!({
+        })).chain(host.volumes.iter().map(|volume| json!({
             "Type": "volume",
-            "Source": volume,
-            "Target": target,
+            "Source": volume.name,
+            "Target": volume.target,
             "ReadOnly": false,
+            "VolumeOptions": { "Labels": volume.labels },
         }))).collect::<Vec<Value>>(),
         "Init": host.init,
         "AutoRemove": spec.auto_remove,
@@ -1254,7 +1264,11 @@ mod tests {
         let spec = ContainerSpec {
             host: HostSettings {
                 read_only_mounts: vec![("/opt/a:b,c".into(), "/.x/y".into())],
-                volumes: vec![("ak_ns_v".into(), "/data".into())],
+                volumes: vec![VolumeMount {
+                    name: "ak_ns_v".into(),
+                    target: "/data".into(),
+                    labels: BTreeMap::from([("k".to_string(), "v".to_string())]),
+                }],
                 ..HostSettings::default()
             },
             ..ContainerSpec::default()
@@ -1274,7 +1288,8 @@ mod tests {
             create_body(&spec)["HostConfig"]["Mounts"],
             json!([
                 {"Type": "bind", "Source": "/opt/a:b,c", "Target": "/.x/y", "ReadOnly": true},
-                {"Type": "volume", "Source": "ak_ns_v", "Target": "/data", "ReadOnly": false}
+                {"Type": "volume", "Source": "ak_ns_v", "Target": "/data", "ReadOnly": false,
+                 "VolumeOptions": {"Labels": {"k": "v"}}}
             ])
         );
     }

@@ -179,7 +179,10 @@ fn a_fork_bomb_stays_within_the_pids_limit_and_the_server_stays_healthy() {
                     data["exit_code"]
                 );
             }
-            assert!(started.elapsed() < Duration::from_secs(10));
+            // Its 2 s timeout, the stub's 5 s of grace, and the kill from outside, on two
+            // cores the bomb keeps busy alongside the rest of the suite.
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(15), "{profile} {path}: {took:?}");
             assert_eq!(server.get("/health").0, 200);
         }
         // The bomb is gone from the sandbox: a command runs, and nothing of it is left

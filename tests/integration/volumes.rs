@@ -60,6 +60,17 @@ fn named_volumes_are_shared_within_a_namespace_only() {
         assert_eq!(status, 400, "{volumes}: {answer}");
         assert!(answer["error"].as_str().unwrap().contains(why), "{answer}");
     }
+    // A create that cannot go ahead makes no volume: a taken name, a mount over the
+    // profile's own tmpfs.
+    let (status, answer) = create("one", json!(["never:/data"]));
+    assert_eq!(status, 409, "{answer}");
+    let body = json!({"name": "rt", "profile": "restrictive", "volumes": ["never:/tmp"]});
+    let (status, answer) = server.post("/sandboxes", &body.to_string());
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("tmpfs"),
+        "{answer}"
+    );
     assert_eq!(volumes_of(&server.namespace).len(), 2);
 
     // Another namespace: its own volume of the same name, and none of ours.
