@@ -49,10 +49,15 @@ AGENTKERNEL_API_KEY="$key" AGENTKERNEL_DATA_DIR="$data" \
 server=$!
 # What the fuzzed requests made and left in the namespace: containers, then the
 # snapshots and volumes they used (the API's own objects, which outlive a sandbox).
+# A snapshot of a restored sandbox is a child image of the first snapshot, which the
+# engine keeps until its children go: rounds, until none is left.
 remove_namespace() {
 	docker ps -aq --filter "label=agentkernel.namespace=$namespace" | xargs -r docker rm -f >/dev/null
-	docker images -q --filter "label=agentkernel.namespace=$namespace" | sort -u |
-		xargs -r docker rmi -f >/dev/null 2>&1 || true
+	for _ in 1 2 3 4 5 6 7 8; do
+		images=$(docker images -q --filter "label=agentkernel.namespace=$namespace" | sort -u)
+		[ -z "$images" ] && break
+		echo "$images" | xargs -r docker rmi -f >/dev/null 2>&1 || true
+	done
 	docker volume ls -q --filter "label=agentkernel.namespace=$namespace" |
 		xargs -r docker volume rm >/dev/null 2>&1 || true
 }

@@ -192,8 +192,16 @@ pub fn remove_namespace(namespace: &str) {
     for (id, _) in containers_of(namespace) {
         let _ = docker.container_remove(&id);
     }
-    for image in snapshots_of(namespace) {
-        let _ = docker.image_remove(&image);
+    // A snapshot of a restored sandbox is a child image, which keeps its parent until it
+    // goes: rounds.
+    for _ in 0..5 {
+        let images = snapshots_of(namespace);
+        if images.is_empty() {
+            break;
+        }
+        for image in images {
+            let _ = docker.image_remove(&image);
+        }
     }
     for volume in volumes_of(namespace) {
         let _ = docker.volume_remove(&volume);
