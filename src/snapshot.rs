@@ -28,8 +28,6 @@ pub const MILLICPUS: &str = "agentkernel.millicpus";
 pub const PIDS: &str = "agentkernel.pids";
 /// How long a commit may take: it copies the sandbox's whole writable layer.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(600);
-/// The label value of `labels::KIND` on snapshots.
-pub const KIND_SNAPSHOT: &str = labels::KIND_SNAPSHOT;
 
 /// A snapshot as the API reports it (the SDKs' `SnapshotMeta`).
 #[derive(Debug, Clone, PartialEq)]
@@ -73,13 +71,8 @@ fn labels_for(
     source: &sandbox::Sandbox,
     now: SystemTime,
 ) -> BTreeMap<String, String> {
-    let mut set = BTreeMap::from([
-        (labels::MANAGED.to_string(), "true".to_string()),
-        (
-            labels::NAMESPACE.to_string(),
-            namespace.as_str().to_string(),
-        ),
-        (labels::KIND.to_string(), KIND_SNAPSHOT.to_string()),
+    let mut set = labels::owned(namespace, labels::KIND_SNAPSHOT);
+    set.extend([
         (SNAPSHOT.to_string(), name.to_string()),
         (labels::SANDBOX.to_string(), source.name.clone()),
         (labels::IMAGE.to_string(), source.image.clone()),
@@ -107,10 +100,7 @@ fn from_labels(
     image_labels: &BTreeMap<String, String>,
     size: i64,
 ) -> Option<Snapshot> {
-    let ours = image_labels.get(labels::MANAGED).map(String::as_str) == Some("true")
-        && image_labels.get(labels::NAMESPACE).map(String::as_str) == Some(namespace.as_str())
-        && image_labels.get(labels::KIND).map(String::as_str) == Some(KIND_SNAPSHOT);
-    if !ours {
+    if !labels::is_owned(image_labels, namespace, labels::KIND_SNAPSHOT) {
         return None;
     }
     let number = |key: &str| image_labels.get(key).and_then(|v| v.parse::<u64>().ok());
@@ -190,7 +180,6 @@ pub fn take(
     source: &SandboxName,
     name: &SandboxName,
 ) -> Result<Snapshot> {
-    let inspect = sandbox::inspect_ours(docker, config, source)?;
     let found = sandbox::get(docker, config, source)?;
     let image_tag = reference(&config.namespace, name);
     let _taking = {
@@ -207,7 +196,7 @@ pub fn take(
     let set = labels_for(&config.namespace, name, &found, SystemTime::now());
     let (repository, tag) = image_tag.rsplit_once(':').expect("a reference has a tag");
     let committed = docker
-        .container_commit(&inspect.id, repository, tag, &set, COMMIT_TIMEOUT)
+        .container_commit(&found.uuid, repository, tag, &set, COMMIT_TIMEOUT)
         .map_err(|error| {
             if error.is_not_found() {
                 Error::SandboxNotFound(source.to_string())
@@ -229,11 +218,7 @@ pub fn take(
 /// Removes our namespace's snapshot images that lost their tag (a commit to the same
 /// name by another process took it), unless a container uses one.
 fn remove_untagged(docker: &Docker, namespace: &Namespace) {
-    let filters = [
-        format!("{}=true", labels::MANAGED),
-        format!("{}={}", labels::NAMESPACE, namespace.as_str()),
-        format!("{}={KIND_SNAPSHOT}", labels::KIND),
-    ];
+    let filters = labels::filters_of(namespace, labels::KIND_SNAPSHOT);
     let Ok(images) = docker.image_list(&filters) else {
         return;
     };
@@ -247,11 +232,7 @@ fn remove_untagged(docker: &Docker, namespace: &Namespace) {
 
 /// Every snapshot of our namespace, by name.
 pub fn list(docker: &Docker, config: &Config) -> Result<Vec<Snapshot>> {
-    let filters = [
-        format!("{}=true", labels::MANAGED),
-        format!("{}={}", labels::NAMESPACE, config.namespace.as_str()),
-        format!("{}={KIND_SNAPSHOT}", labels::KIND),
-    ];
+    let filters = labels::filters_of(&config.namespace, labels::KIND_SNAPSHOT);
     let mut snapshots: Vec<Snapshot> = docker
         .image_list(&filters)?
         .into_iter()

@@ -8,7 +8,6 @@
 //! (a volume is named, never a path); a volume a container uses is not removed; removing
 //! a sandbox keeps its volumes.
 
-use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use crate::config::{Config, Namespace};
@@ -16,8 +15,6 @@ use crate::containers::labels::{self, SandboxName};
 use crate::engine::{Docker, VolumeInfo, VolumeMount};
 use crate::error::{Error, Result};
 
-/// The label value of `labels::KIND` on volumes.
-pub const KIND_VOLUME: &str = "volume";
 /// On a volume: the name the API knows it by.
 pub const VOLUME: &str = "agentkernel.volume";
 /// Most volumes one sandbox mounts.
@@ -125,10 +122,9 @@ pub fn engine_name(namespace: &Namespace, name: &SandboxName) -> String {
 }
 
 fn is_ours(namespace: &Namespace, info: &VolumeInfo) -> bool {
-    let labels = info.labels.clone().unwrap_or_default();
-    labels.get(labels::MANAGED).map(String::as_str) == Some("true")
-        && labels.get(labels::NAMESPACE).map(String::as_str) == Some(namespace.as_str())
-        && labels.get(labels::KIND).map(String::as_str) == Some(KIND_VOLUME)
+    info.labels
+        .as_ref()
+        .is_some_and(|found| labels::is_owned(found, namespace, labels::KIND_VOLUME))
 }
 
 /// Makes the namespace's volume `name` unless it exists; returns how to mount it at
@@ -142,13 +138,8 @@ pub fn ensure(
     target: &str,
 ) -> Result<VolumeMount> {
     let engine = engine_name(namespace, name);
-    let set = BTreeMap::from([
-        (labels::MANAGED.to_string(), "true".to_string()),
-        (
-            labels::NAMESPACE.to_string(),
-            namespace.as_str().to_string(),
-        ),
-        (labels::KIND.to_string(), KIND_VOLUME.to_string()),
+    let mut set = labels::owned(namespace, labels::KIND_VOLUME);
+    set.extend([
         (VOLUME.to_string(), name.to_string()),
         (
             labels::CREATED.to_string(),
@@ -170,11 +161,7 @@ pub fn ensure(
 
 /// The namespace's volumes, by name.
 pub fn list(docker: &Docker, config: &Config) -> Result<Vec<Volume>> {
-    let filters = [
-        format!("{}=true", labels::MANAGED),
-        format!("{}={}", labels::NAMESPACE, config.namespace.as_str()),
-        format!("{}={KIND_VOLUME}", labels::KIND),
-    ];
+    let filters = labels::filters_of(&config.namespace, labels::KIND_VOLUME);
     let mut volumes: Vec<Volume> = docker
         .volume_list(&filters)?
         .into_iter()

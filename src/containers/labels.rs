@@ -36,6 +36,8 @@ pub const OWNER: &str = "agentkernel.owner";
 
 /// The `KIND` of a snapshot's image (`snapshot`).
 pub const KIND_SNAPSHOT: &str = "snapshot";
+/// The `KIND` of a named volume (`volume`).
+pub const KIND_VOLUME: &str = "volume";
 
 /// Whether `image` is present and ours to use: another namespace's snapshot (named by
 /// its reference or by an id prefix) is as missing as an image that is not there, so
@@ -94,10 +96,7 @@ pub fn labels(
     profile: &str,
     sandbox: Option<&SandboxName>,
 ) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    labels.insert(MANAGED.to_string(), "true".to_string());
-    labels.insert(NAMESPACE.to_string(), namespace.as_str().to_string());
-    labels.insert(KIND.to_string(), kind.name().to_string());
+    let mut labels = owned(namespace, kind.name());
     labels.insert(CREATED.to_string(), rfc3339(SystemTime::now()));
     labels.insert(IMAGE.to_string(), image.to_string());
     labels.insert(PROFILE.to_string(), profile.to_string());
@@ -117,6 +116,30 @@ pub fn filters(namespace: &Namespace, kind: Option<Kind>) -> Vec<String> {
         filters.push(format!("{KIND}={}", kind.name()));
     }
     filters
+}
+
+/// What every object we make of `kind` (a container's `Kind::name`, `KIND_SNAPSHOT`,
+/// `KIND_VOLUME`) carries in `namespace`: managed, the namespace, the kind.
+pub fn owned(namespace: &Namespace, kind: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED.to_string(), "true".to_string()),
+        (NAMESPACE.to_string(), namespace.as_str().to_string()),
+        (KIND.to_string(), kind.to_string()),
+    ])
+}
+
+/// The engine filters selecting `owned(namespace, kind)`.
+pub fn filters_of(namespace: &Namespace, kind: &str) -> Vec<String> {
+    let mut filters = filters(namespace, None);
+    filters.push(format!("{KIND}={kind}"));
+    filters
+}
+
+/// Whether `labels` say the object is ours: `owned(namespace, kind)`, all of it.
+pub fn is_owned(labels: &BTreeMap<String, String>, namespace: &Namespace, kind: &str) -> bool {
+    owned(namespace, kind)
+        .iter()
+        .all(|(key, value)| labels.get(key) == Some(value))
 }
 
 /// The engine's name for a sandbox's container.
