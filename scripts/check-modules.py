@@ -67,7 +67,7 @@ LAYERS = [
     ("error", "containers/profile"),
     ("config", "exec"),
     ("containers",),
-    ("run", "sandbox", "files", "detached", "history", "expiry", "snapshot", "volume"),
+    ("run", "sandbox", "files", "detached", "history", "expiry", "snapshot", "volume", "tenants"),
     ("server",),
     ("cli",),
 ]

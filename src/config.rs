@@ -19,6 +19,9 @@ pub struct Config {
     pub queue: usize,
     pub namespace: Namespace,
     pub api_key: Option<String>,
+    /// The tenants' keys, namespaces and quotas (`tenants`); read at start and on
+    /// SIGHUP.
+    pub keys_file: Option<PathBuf>,
     pub docker_socket: PathBuf,
     /// Bound on every ordinary Engine call.
     pub docker_timeout: Duration,
@@ -88,6 +91,7 @@ impl Default for Config {
             queue: 64,
             namespace: Namespace::parse("default").expect("valid default namespace"),
             api_key: None,
+            keys_file: None,
             docker_socket: PathBuf::from("/var/run/docker.sock"),
             docker_timeout: Duration::from_secs(60),
             images: ImageTable::default(),
@@ -170,6 +174,7 @@ impl Config {
     pub fn from_env(env: &dyn Environment) -> Result<Config, String> {
         let mut config = Config {
             api_key: env.var("AGENTKERNEL_API_KEY"),
+            keys_file: env.var("AGENTKERNEL_KEYS_FILE").map(PathBuf::from),
             docker_socket: crate::engine::Docker::socket_from_env(
                 env.var("DOCKER_HOST").as_deref(),
             )?,
@@ -249,7 +254,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 }
 
 /// The namespace that scopes everything a server sees, lists and sweeps.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Namespace(String);
 
 impl Namespace {

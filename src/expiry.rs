@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::Config;
+use crate::config::{Config, Namespace};
 use crate::containers::labels::{self, SandboxName, EXPIRES_AT, IDLE_TIMEOUT};
 use crate::engine::Docker;
 use crate::error::{Error, Result};
@@ -37,9 +37,11 @@ pub struct Terms {
 
 /// What the `expiry` thread and the handlers share.
 pub struct Expiry {
-    /// Where extensions are kept (none without a data dir: then they are refused).
+    /// Where extensions are kept, a directory per namespace (none without a data dir:
+    /// then they are refused).
     dir: Option<PathBuf>,
-    /// Per sandbox name: the last activity, and commands in flight.
+    /// Per sandbox (its container's name, namespace and all): the last activity, and
+    /// commands in flight.
     activity: Mutex<HashMap<String, Activity>>,
     /// Held by a removal (from its last look to the removal) and by an extension.
     decide: Mutex<()>,
@@ -50,7 +52,7 @@ pub struct Expiry {
     expired: std::sync::atomic::AtomicU64,
 }
 
-/// Most sandbox names whose activity is kept (requests may name sandboxes that do not
+/// Most sandboxes whose activity is kept (requests may name sandboxes that do not
 /// exist); past it, the longest idle entry goes, and `since` moves to now, so that no
 /// sandbox is ever taken for idle sooner than it was.
 const MAX_ACTIVITY: usize = 4096;
@@ -88,10 +90,7 @@ fn unix_seconds(time: SystemTime) -> u64 {
 impl Expiry {
     pub fn new(config: &Config) -> Expiry {
         Expiry {
-            dir: config
-                .data_dir
-                .as_ref()
-                .map(|dir| dir.join("expiry").join(config.namespace.as_str())),
+            dir: config.data_dir.as_ref().map(|dir| dir.join("expiry")),
             activity: Mutex::new(HashMap::new()),
             decide: Mutex::new(()),
             since: Mutex::new(Instant::now()),
@@ -105,9 +104,10 @@ impl Expiry {
     }
 
     /// Marks a sandbox busy until the guard drops (activity, for its idle timeout).
-    pub fn busy(&self, name: &SandboxName) -> Busy<'_> {
+    pub fn busy(&self, namespace: &Namespace, name: &SandboxName) -> Busy<'_> {
+        let key = labels::container_name(namespace, name);
         let mut activity = lock(&self.activity);
-        if activity.len() >= MAX_ACTIVITY && !activity.contains_key(name.as_str()) {
+        if activity.len() >= MAX_ACTIVITY && !activity.contains_key(&key) {
             let idlest = activity
                 .iter()
                 .filter(|(_, entry)| entry.in_flight == 0)
@@ -118,7 +118,7 @@ impl Expiry {
                 *lock(&self.since) = Instant::now();
             }
         }
-        let entry = activity.entry(name.to_string()).or_insert(Activity {
+        let entry = activity.entry(key.clone()).or_insert(Activity {
             last: Instant::now(),
             in_flight: 0,
         });
@@ -126,16 +126,22 @@ impl Expiry {
         entry.last = Instant::now();
         Busy {
             expiry: self,
-            name: name.to_string(),
+            name: key,
         }
     }
 
-    fn extension_path(&self, container: &str) -> Option<PathBuf> {
+    /// Where the extension of a container of the namespace labelled `labels` is kept.
+    fn extension_path(
+        &self,
+        labels: &BTreeMap<String, String>,
+        container: &str,
+    ) -> Option<PathBuf> {
         // Container ids are hex from the engine; anything else is never a file name.
         if container.is_empty() || !container.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
-        Some(self.dir.as_ref()?.join(container))
+        let namespace = Namespace::parse(labels.get(labels::NAMESPACE)?).ok()?;
+        Some(self.dir.as_ref()?.join(namespace.as_str()).join(container))
     }
 
     /// A sandbox's terms: its labels, and its extension if it has one.
@@ -147,7 +153,7 @@ impl Expiry {
             .and_then(|value| value.parse::<u64>().ok())
             .and_then(time);
         let extended = self
-            .extension_path(container)
+            .extension_path(labels, container)
             .and_then(|path| std::fs::read_to_string(path).ok())
             .and_then(|text| text.trim().parse::<u64>().ok())
             .and_then(time);
@@ -175,7 +181,7 @@ impl Expiry {
         let Some(current) = self.terms(container, labels).expires_at else {
             return Ok(None);
         };
-        let path = self.extension_path(container).ok_or_else(|| {
+        let path = self.extension_path(labels, container).ok_or_else(|| {
             Error::Invalid(
                 "extending a sandbox needs the server's data dir (AGENTKERNEL_DATA_DIR)".into(),
             )
@@ -201,22 +207,25 @@ impl Expiry {
         Ok(Some(UNIX_EPOCH + Duration::from_secs(seconds)))
     }
 
-    /// Forgets a removed sandbox (`name`, its container `container`): its extension
-    /// and its activity.
-    pub fn forget(&self, name: &str, container: &str) {
-        if let Some(path) = self.extension_path(container) {
+    /// Forgets a removed sandbox (its container `container`, labelled `labels`): its
+    /// extension and its activity.
+    pub fn forget(&self, container: &str, labels: &BTreeMap<String, String>) {
+        if let Some(path) = self.extension_path(labels, container) {
             let _ = std::fs::remove_file(path);
         }
+        let Some(key) = activity_key(labels) else {
+            return;
+        };
         // A command still in flight there keeps its count (its end takes it off).
         let mut activity = lock(&self.activity);
-        if activity.get(name).is_some_and(|entry| entry.in_flight == 0) {
-            activity.remove(name);
+        if activity.get(&key).is_some_and(|entry| entry.in_flight == 0) {
+            activity.remove(&key);
         }
     }
 
     /// Counts as activity now (a sandbox just made or started: idle from here).
-    pub fn touch(&self, name: &SandboxName) {
-        drop(self.busy(name));
+    pub fn touch(&self, namespace: &Namespace, name: &SandboxName) {
+        drop(self.busy(namespace, name));
     }
 
     /// The lock under which removals and extensions are decided and done; a delete
@@ -247,29 +256,42 @@ impl Expiry {
         (in_flight == 0 && idle_for >= idle).then_some("it was idle past its idle timeout")
     }
 
-    /// One look: removes every sandbox of the namespace that is due; returns how many.
-    pub fn reap(&self, docker: &Docker, config: &Config, history: &History) -> usize {
-        let filters = labels::filters(&config.namespace, Some(labels::Kind::Sandbox));
-        let Ok(summaries) = docker.container_list(&filters) else {
-            return 0;
-        };
-        // Activity of names no sandbox has (a 404's, a removed one's) goes.
+    /// One look: removes every sandbox of the namespaces that is due; returns how many.
+    pub fn reap(
+        &self,
+        docker: &Docker,
+        config: &Config,
+        history: &History,
+        namespaces: &[Namespace],
+    ) -> usize {
+        let mut summaries = Vec::new();
+        for namespace in namespaces {
+            let filters = labels::filters(namespace, Some(labels::Kind::Sandbox));
+            let Ok(found) = docker.container_list(&filters) else {
+                return 0;
+            };
+            summaries.extend(found);
+        }
+        // Activity of sandboxes that do not exist (a 404's, a removed one's) goes.
         {
-            let names: std::collections::HashSet<&str> = summaries
+            let keys: std::collections::HashSet<String> = summaries
                 .iter()
-                .filter_map(|summary| summary.labels.as_ref()?.get(labels::SANDBOX))
-                .map(String::as_str)
+                .filter_map(|summary| activity_key(summary.labels.as_ref()?))
                 .collect();
-            lock(&self.activity)
-                .retain(|name, entry| entry.in_flight > 0 || names.contains(name.as_str()));
+            lock(&self.activity).retain(|key, entry| entry.in_flight > 0 || keys.contains(key));
         }
         let mut removed = 0;
         for summary in summaries {
             let labels = summary.labels.clone().unwrap_or_default();
-            let Some(name) = labels
-                .get(labels::SANDBOX)
-                .and_then(|name| SandboxName::parse(name).ok())
-            else {
+            let (Some(key), Some(namespace), Some(name)) = (
+                activity_key(&labels),
+                labels
+                    .get(labels::NAMESPACE)
+                    .and_then(|text| Namespace::parse(text).ok()),
+                labels
+                    .get(labels::SANDBOX)
+                    .and_then(|name| SandboxName::parse(name).ok()),
+            ) else {
                 continue;
             };
             let has = |key: &str| labels.get(key).is_some_and(|value| !value.is_empty());
@@ -285,7 +307,7 @@ impl Expiry {
                 .and_then(|seconds| UNIX_EPOCH.checked_add(Duration::from_secs(seconds)))
                 .unwrap_or(UNIX_EPOCH);
             let Some(reason) = self.due(
-                name.as_str(),
+                &key,
                 self.terms(&summary.id, &labels),
                 created,
                 SystemTime::now(),
@@ -296,7 +318,7 @@ impl Expiry {
             // then it, not an expiry, is what happened.)
             match docker.container_inspect(&summary.id) {
                 Err(error) if error.is_not_found() => {
-                    self.forget(name.as_str(), &summary.id);
+                    self.forget(&summary.id, &labels);
                     continue;
                 }
                 Err(_) => continue,
@@ -304,8 +326,8 @@ impl Expiry {
             }
             match crate::sandbox::delete_container(docker, config, &summary.id, &labels) {
                 Ok(()) => {
-                    self.forget(name.as_str(), &summary.id);
-                    history.event(&name, "expired");
+                    self.forget(&summary.id, &labels);
+                    history.event(&namespace, &name, "expired");
                     self.expired
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     log::info!("sandbox {name} removed: {reason}");
@@ -318,6 +340,13 @@ impl Expiry {
         }
         removed
     }
+}
+
+/// The key of a sandbox's activity: its container's name, from its labels.
+fn activity_key(labels: &BTreeMap<String, String>) -> Option<String> {
+    let namespace = Namespace::parse(labels.get(labels::NAMESPACE)?).ok()?;
+    let name = SandboxName::parse(labels.get(labels::SANDBOX)?).ok()?;
+    Some(labels::container_name(&namespace, &name))
 }
 
 /// A sandbox's terms as the API shows them: `expires_at` (RFC 3339 or null) and
@@ -349,7 +378,11 @@ mod tests {
         let expiry = expiry_in(&dir);
         let id = "0123abcd";
         let soon = unix_seconds(SystemTime::now()) + 60;
-        let labels = BTreeMap::from([(EXPIRES_AT.to_string(), soon.to_string())]);
+        let labels = BTreeMap::from([
+            (EXPIRES_AT.to_string(), soon.to_string()),
+            (labels::NAMESPACE.to_string(), "ns".to_string()),
+            (labels::SANDBOX.to_string(), "s".to_string()),
+        ]);
         let moved = expiry
             .extend(id, &labels, Duration::from_secs(3600), || Ok(()))
             .unwrap()
@@ -370,21 +403,25 @@ mod tests {
         assert!(again
             .extend("abcd", &labels, Duration::from_secs(60), gone)
             .is_err());
-        assert!(!dir.join("abcd").exists());
+        assert!(!dir.join("ns").join("abcd").exists());
+        assert!(dir.join("ns").join(id).exists());
         // Never past a year from now, however often.
         for _ in 0..3 {
             let far = again.extend(id, &labels, MAX_DURATION, || Ok(())).unwrap();
             assert!(far.unwrap() <= SystemTime::now() + MAX_DURATION);
         }
         // A corrupt file is no extension, never a panic.
-        std::fs::write(dir.join(id), "18446744073709551615\n").unwrap();
+        std::fs::write(dir.join("ns").join(id), "18446744073709551615\n").unwrap();
         assert_eq!(
             again.terms(id, &labels).expires_at,
             Some(UNIX_EPOCH + Duration::from_secs(soon))
         );
         // An id that is not hex never names a file.
-        assert!(again.extension_path("../x").is_none());
-        again.forget("any", id);
+        assert!(again.extension_path(&labels, "../x").is_none());
+        let mut odd = labels.clone();
+        odd.insert(labels::NAMESPACE.to_string(), "../x".to_string());
+        assert!(again.extension_path(&odd, id).is_none());
+        again.forget(id, &labels);
         assert_eq!(
             again.terms(id, &labels).expires_at,
             Some(UNIX_EPOCH + Duration::from_secs(soon))
@@ -396,32 +433,33 @@ mod tests {
     fn busy_sandboxes_are_not_idle() {
         let expiry = expiry_in(&std::env::temp_dir());
         let name = SandboxName::parse("idle").unwrap();
+        let namespace = Namespace::parse("ns").unwrap();
         let terms = Terms {
             expires_at: None,
             idle_timeout: Some(Duration::from_millis(1)),
         };
-        let busy = expiry.busy(&name);
+        let busy = expiry.busy(&namespace, &name);
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(
-            expiry.due("idle", terms, UNIX_EPOCH, SystemTime::now()),
+            expiry.due("ak_ns_idle", terms, UNIX_EPOCH, SystemTime::now()),
             None
         );
         drop(busy);
         assert_eq!(
-            expiry.due("idle", terms, UNIX_EPOCH, SystemTime::now()),
+            expiry.due("ak_ns_idle", terms, UNIX_EPOCH, SystemTime::now()),
             None
         );
         std::thread::sleep(Duration::from_millis(5));
         assert!(expiry
-            .due("idle", terms, UNIX_EPOCH, SystemTime::now())
+            .due("ak_ns_idle", terms, UNIX_EPOCH, SystemTime::now())
             .is_some());
         let expired = Terms {
             expires_at: Some(SystemTime::now() - Duration::from_secs(1)),
             idle_timeout: None,
         };
-        let _busy = expiry.busy(&name);
+        let _busy = expiry.busy(&namespace, &name);
         assert_eq!(
-            expiry.due("idle", expired, UNIX_EPOCH, SystemTime::now()),
+            expiry.due("ak_ns_idle", expired, UNIX_EPOCH, SystemTime::now()),
             Some("its ttl ran out")
         );
     }

@@ -23,96 +23,119 @@ use crate::exec::CommandResult;
 /// Most entries one read returns (the newest ones).
 pub const MAX_ENTRIES: usize = 1000;
 
+/// Every namespace's history, each in its own file.
 pub struct History {
-    path: PathBuf,
+    dir: Option<PathBuf>,
     max_bytes: u64,
     lock: Mutex<()>,
 }
 
 impl History {
     /// `dir` is created if missing; `None` keeps no history (reads return nothing).
-    pub fn new(dir: Option<PathBuf>, namespace: &Namespace, max_bytes: u64) -> History {
-        let path = match dir {
-            Some(dir) => {
-                if let Err(error) = fs::create_dir_all(&dir) {
-                    log::warn!("history: cannot create {}: {error}", dir.display());
-                }
-                dir.join(format!("{}.history.jsonl", namespace.as_str()))
+    pub fn new(dir: Option<PathBuf>, max_bytes: u64) -> History {
+        if let Some(dir) = &dir {
+            if let Err(error) = fs::create_dir_all(dir) {
+                log::warn!("history: cannot create {}: {error}", dir.display());
             }
-            None => PathBuf::new(),
-        };
+        }
         History {
-            path,
+            dir,
             max_bytes,
             lock: Mutex::new(()),
         }
     }
 
-    fn rotated(&self) -> PathBuf {
-        let mut name = self.path.clone().into_os_string();
-        name.push(".1");
-        PathBuf::from(name)
+    /// The namespace's file, and the one it was rotated to.
+    fn paths(&self, namespace: &Namespace) -> Option<(PathBuf, PathBuf)> {
+        let path = self
+            .dir
+            .as_ref()?
+            .join(format!("{}.history.jsonl", namespace.as_str()));
+        let mut rotated = path.clone().into_os_string();
+        rotated.push(".1");
+        Some((path, PathBuf::from(rotated)))
     }
 
-    fn append(&self, mut entry: Value) {
-        if self.path.as_os_str().is_empty() {
+    fn append(&self, namespace: &Namespace, mut entry: Value) {
+        let Some((path, rotated)) = self.paths(namespace) else {
             return;
-        }
+        };
         entry["time"] = json!(rfc3339(SystemTime::now()));
         let mut line = entry.to_string();
         line.push('\n');
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let size = fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         if size + line.len() as u64 > self.max_bytes && size > 0 {
-            if let Err(error) = fs::rename(&self.path, self.rotated()) {
-                log::warn!("history: cannot rotate {}: {error}", self.path.display());
+            if let Err(error) = fs::rename(&path, rotated) {
+                log::warn!("history: cannot rotate {}: {error}", path.display());
             }
         }
         let written = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&self.path)
+            .open(&path)
             .and_then(|mut file| file.write_all(line.as_bytes()));
         if let Err(error) = written {
-            log::warn!("history: cannot append to {}: {error}", self.path.display());
+            log::warn!("history: cannot append to {}: {error}", path.display());
         }
     }
 
     /// A lifecycle event: `created`, `started`, `stopped`, `removed`.
-    pub fn event(&self, sandbox: &SandboxName, event: &str) {
-        self.append(json!({ "sandbox": sandbox.as_str(), "event": event }));
+    pub fn event(&self, namespace: &Namespace, sandbox: &SandboxName, event: &str) {
+        self.append(
+            namespace,
+            json!({ "sandbox": sandbox.as_str(), "event": event }),
+        );
     }
 
-    pub fn exec(&self, sandbox: &SandboxName, command: &[String], result: &CommandResult) {
-        self.append(json!({
-            "sandbox": sandbox.as_str(),
-            "event": "exec",
-            "command": shortened(command),
-            "exit_code": result.exit_code,
-            "status": result.status.name(),
-            "duration_ms": result.duration.as_millis() as u64,
-        }));
+    pub fn exec(
+        &self,
+        namespace: &Namespace,
+        sandbox: &SandboxName,
+        command: &[String],
+        result: &CommandResult,
+    ) {
+        self.append(
+            namespace,
+            json!({
+                "sandbox": sandbox.as_str(),
+                "event": "exec",
+                "command": shortened(command),
+                "exit_code": result.exit_code,
+                "status": result.status.name(),
+                "duration_ms": result.duration.as_millis() as u64,
+            }),
+        );
     }
 
     /// A detached exec started (its end is not recorded: it happens without us).
-    pub fn append_detached(&self, sandbox: &SandboxName, command: &[String], record: &Value) {
-        self.append(json!({
-            "sandbox": sandbox.as_str(),
-            "event": "exec_detached",
-            "command": shortened(command),
-            "id": record["id"],
-        }));
+    pub fn append_detached(
+        &self,
+        namespace: &Namespace,
+        sandbox: &SandboxName,
+        command: &[String],
+        record: &Value,
+    ) {
+        self.append(
+            namespace,
+            json!({
+                "sandbox": sandbox.as_str(),
+                "event": "exec_detached",
+                "command": shortened(command),
+                "id": record["id"],
+            }),
+        );
     }
 
     /// The newest entries of one sandbox, oldest first. Reads take no lock: appends are
     /// whole lines, so a reader sees a line entirely or not at all, and a read never
     /// stalls the execs that are recording meanwhile.
-    pub fn read(&self, sandbox: &SandboxName) -> Vec<Value> {
-        if self.path.as_os_str().is_empty() {
+    pub fn read(&self, namespace: &Namespace, sandbox: &SandboxName) -> Vec<Value> {
+        let Some((path, rotated)) = self.paths(namespace) else {
             return Vec::new();
-        }
+        };
         let mut entries = std::collections::VecDeque::new();
-        for path in [self.rotated(), self.path.clone()] {
+        for path in [rotated, path] {
             let Ok(file) = fs::File::open(&path) else {
                 continue;
             };
@@ -133,8 +156,8 @@ impl History {
 
     /// The history of the sandbox that exists now under that name: entries from its
     /// last `created` on, so a name used again does not inherit an old sandbox's past.
-    pub fn read_current(&self, sandbox: &SandboxName) -> Vec<Value> {
-        let mut entries = self.read(sandbox);
+    pub fn read_current(&self, namespace: &Namespace, sandbox: &SandboxName) -> Vec<Value> {
+        let mut entries = self.read(namespace, sandbox);
         if let Some(start) = entries.iter().rposition(|e| e["event"] == json!("created")) {
             entries.drain(..start);
         }
@@ -180,11 +203,11 @@ mod tests {
     fn records_and_reads_back_per_sandbox() {
         let dir = temp_dir("basic");
         let namespace = Namespace::parse("ns").unwrap();
-        let history = History::new(Some(dir.clone()), &namespace, 1 << 20);
+        let history = History::new(Some(dir.clone()), 1 << 20);
         let one = SandboxName::parse("one").unwrap();
         let two = SandboxName::parse("two").unwrap();
-        history.event(&one, "created");
-        history.event(&two, "created");
+        history.event(&namespace, &one, "created");
+        history.event(&namespace, &two, "created");
         let result = CommandResult {
             output: Default::default(),
             stdout: Vec::new(),
@@ -195,26 +218,33 @@ mod tests {
             duration: Duration::from_millis(12),
             message: None,
         };
-        history.exec(&one, &["ls".to_string()], &result);
-        let entries = history.read(&one);
+        history.exec(&namespace, &one, &["ls".to_string()], &result);
+        let entries = history.read(&namespace, &one);
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0]["event"], json!("created"));
         assert_eq!(entries[1]["command"], json!(["ls"]));
         assert_eq!(entries[1]["exit_code"], json!(3));
         assert!(entries[1]["time"].as_str().unwrap().ends_with('Z'));
         // A new History on the same directory (a restart) sees the same entries.
-        let again = History::new(Some(dir.clone()), &namespace, 1 << 20);
-        assert_eq!(again.read(&one).len(), 2);
+        let again = History::new(Some(dir.clone()), 1 << 20);
+        assert_eq!(again.read(&namespace, &one).len(), 2);
+        // Another namespace's sandbox of the same name has a history of its own.
+        let other = Namespace::parse("other").unwrap();
+        assert!(again.read(&other, &one).is_empty());
+        again.event(&other, &one, "created");
+        assert_eq!(again.read(&other, &one).len(), 1);
+        assert_eq!(again.read(&namespace, &one).len(), 2);
         let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_name_used_again_starts_a_new_history() {
         let dir = temp_dir("again");
-        let history = History::new(Some(dir.clone()), &Namespace::parse("ns").unwrap(), 1 << 20);
+        let history = History::new(Some(dir.clone()), 1 << 20);
+        let namespace = Namespace::parse("ns").unwrap();
         let name = SandboxName::parse("re").unwrap();
         for event in ["created", "stopped", "removed", "created", "started"] {
-            history.event(&name, event);
+            history.event(&namespace, &name, event);
         }
         let events = |entries: Vec<Value>| -> Vec<String> {
             entries
@@ -222,8 +252,11 @@ mod tests {
                 .map(|e| e["event"].as_str().unwrap().to_string())
                 .collect()
         };
-        assert_eq!(events(history.read_current(&name)), ["created", "started"]);
-        assert_eq!(events(history.read(&name)).len(), 5);
+        assert_eq!(
+            events(history.read_current(&namespace, &name)),
+            ["created", "started"]
+        );
+        assert_eq!(events(history.read(&namespace, &name)).len(), 5);
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -239,17 +272,17 @@ mod tests {
     fn stays_within_twice_its_limit() {
         let dir = temp_dir("bound");
         let namespace = Namespace::parse("ns").unwrap();
-        let history = History::new(Some(dir.clone()), &namespace, 2000);
+        let history = History::new(Some(dir.clone()), 2000);
         let name = SandboxName::parse("busy").unwrap();
         for _ in 0..200 {
-            history.event(&name, "started");
+            history.event(&namespace, &name, "started");
         }
         let total: u64 = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().metadata().unwrap().len())
             .sum();
         assert!(total <= 4000, "{total}");
-        let entries = history.read(&name);
+        let entries = history.read(&namespace, &name);
         assert!(!entries.is_empty() && entries.len() < 200);
         let _ = fs::remove_dir_all(&dir);
     }

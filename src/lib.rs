@@ -19,4 +19,5 @@ pub mod sandbox;
 pub mod server;
 pub mod snapshot;
 pub mod stub;
+pub mod tenants;
 pub mod volume;

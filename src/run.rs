@@ -25,6 +25,9 @@ use crate::exec::{CommandResult, CommandSpec, OutputSink};
 /// A validated `/run` request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRequest {
+    /// The namespace whose snapshots it may run: the request's (the container itself is
+    /// the server's, like every warm one).
+    pub namespace: crate::config::Namespace,
     pub image: ImageRef,
     pub profile: Profile,
     pub fast: bool,
@@ -66,7 +69,7 @@ pub fn run(
             let _cold = pool.cold_start();
             crate::containers::labels::check_image(
                 docker,
-                &config.namespace,
+                &request.namespace,
                 request.image.as_str(),
             )?;
             let workdir = request.command.workdir.as_deref();

@@ -447,12 +447,17 @@ pub fn stop(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sand
     get(docker, config, name)
 }
 
-pub fn delete(docker: &Docker, config: &Config, name: &SandboxName) -> Result<String> {
+/// Removes the sandbox; gives its container's id and labels.
+pub fn delete(
+    docker: &Docker,
+    config: &Config,
+    name: &SandboxName,
+) -> Result<(String, BTreeMap<String, String>)> {
     forget_running(config, name);
     let inspect = inspect_ours(docker, config, name)?;
     let labels = inspect.config.labels.clone().unwrap_or_default();
     delete_container(docker, config, &inspect.id, &labels)?;
-    Ok(inspect.id)
+    Ok((inspect.id, labels))
 }
 
 /// Removes a sandbox's container (`id`, labelled `labels`) and its exec token.

@@ -708,6 +708,7 @@ pub(super) fn parse_serve(
                 config.sandbox_idle_timeout = Some(duration_flag(parser, "--sandbox-idle-timeout")?)
             }
             Long("no-stub") => config.stub = false,
+            Long("keys") => config.keys_file = Some(parser.value()?.into()),
             Long("client-timeout-secs") => {
                 config.client_timeout =
                     seconds(parser.value()?.parse()?, "--client-timeout-secs", 1)?

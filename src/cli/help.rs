@@ -545,6 +545,11 @@ pub const SERVE: Topic = Topic {
             "sandboxes without an idle timeout of their own expire after this long unused",
         ),
         flag(
+            "keys",
+            Some("FILE"),
+            "tenants: lines of 'SHA256-OF-KEY NAMESPACE [max_sandboxes=N] [max_concurrent_runs=N] [max_memory_mb=N]'; re-read on SIGHUP",
+        ),
+        flag(
             "no-stub",
             None,
             "never use the in-container stub (docker exec instead)",

@@ -40,7 +40,21 @@ pub(super) fn serve(config: Config) -> i32 {
         config.pool_dynamic_size,
         config.pool_max,
     );
-    let context = Arc::new(crate::server::Context::new(config, docker, pool));
+    // A keys file that does not parse stops the start, naming its line.
+    let tenants = match &config.keys_file {
+        Some(path) => match crate::tenants::Tenants::load(path) {
+            Ok(tenants) => {
+                log::info!("keys file {}: {} keys", path.display(), tenants.key_count());
+                tenants
+            }
+            Err(error) => {
+                eprintln!("agentkernel: {error}");
+                return 1;
+            }
+        },
+        None => crate::tenants::Tenants::none(),
+    };
+    let context = Arc::new(crate::server::Context::new(config, docker, pool).with_tenants(tenants));
     match crate::server::serve(context, shutdown) {
         Ok(()) => 0,
         Err(error) => {

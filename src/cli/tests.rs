@@ -780,6 +780,7 @@ fn every_flag_in_the_help_is_one_the_parser_takes() {
         "DURATION" => "2h",
         "K=V" => "A=1",
         "DIR" => "/tmp",
+        "FILE" => "/dev/null",
         "ADDR" => "127.0.0.1",
         "NS" => "ns",
         "NAME" | "SANDBOX" => "box",

@@ -88,11 +88,18 @@ impl Sha256 {
     }
 }
 
+impl Sha256 {
+    /// The digest of `bytes`, in one call.
+    pub fn digest(bytes: &[u8]) -> [u8; 32] {
+        let mut hash = Sha256::default();
+        hash.update(bytes);
+        hash.finish()
+    }
+}
+
 /// The digest of `bytes`, in lowercase hex.
 pub fn hex_digest(bytes: &[u8]) -> String {
-    let mut hash = Sha256::default();
-    hash.update(bytes);
-    hex(&hash.finish())
+    hex(&Sha256::digest(bytes))
 }
 
 pub fn hex(digest: &[u8]) -> String {

@@ -33,17 +33,22 @@ use super::views::{sandbox_data, snapshot_data, write_batch_data, write_command_
 use super::Context;
 
 /// Runs the handler of a request: the single `match` from request to handler.
+/// In the server's namespace: the command line's local mode.
 pub fn dispatch(context: &Context, request: Request) -> Result<Reply, ApiError> {
-    dispatch_with(context, request, &Cancel::new())
+    dispatch_with(context, &context.config.namespace, request, &Cancel::new())
 }
 
-/// `dispatch`, with the handle through which the server stops a command whose client
-/// hung up before its answer.
+/// `dispatch` in the namespace the request's key selects, with the handle through which
+/// the server stops a command whose client hung up before its answer. Handlers work in
+/// the configuration of that namespace: it is all they see.
 pub fn dispatch_with(
     context: &Context,
+    namespace: &crate::config::Namespace,
     request: Request,
     cancel: &Cancel,
 ) -> Result<Reply, ApiError> {
+    let config = context.config_in(namespace);
+    let config = &*config;
     // A command or file operation keeps its sandbox from being idle while it lasts (a
     // stream's, while its stream lasts: see `sse`).
     let _busy = match &request {
@@ -59,59 +64,80 @@ pub fn dispatch_with(
         | Request::DeleteSandboxFile(name, _)
         | Request::PostSandboxFiles(name, _)
         | Request::GetArchive(name, _)
-        | Request::PutArchive(name, _, _) => Some(context.expiry.busy(name)),
+        | Request::PutArchive(name, _, _) => Some(context.expiry.busy(&config.namespace, name)),
         _ => None,
     };
-    match request {
+    // A command counts among its namespace's concurrent runs while it runs (a stream's,
+    // until its stream ends; a batch takes its own, one per command running at once).
+    let run_slots = match &request {
+        Request::Run(_)
+        | Request::RunStream(_)
+        | Request::ExecSandbox(..)
+        | Request::ExecSandboxStream(..) => Some(context.tenants.run_slots(namespace, 1)?),
+        _ => None,
+    };
+    let mut reply = match request {
         Request::OpenApi => get_openapi(context),
-        Request::Health => get_health(context),
+        Request::Health => get_health(context, config),
         Request::Pool => get_pool(context),
         Request::Backends => get_backends(context),
-        Request::GetSandboxByUuid(uuid) => get_sandbox_by_uuid(context, &uuid),
-        Request::ExtendSandbox(name, body) => post_sandbox_extend(context, &name, body),
-        Request::Run(body) => post_run(context, body, cancel),
-        Request::RunStream(body) => post_run_stream(context, body),
-        Request::BatchRun(body) => post_batch_run(context, body),
-        Request::ListSandboxes => get_sandboxes(context),
-        Request::CreateSandbox(body) => post_sandboxes(context, body),
-        Request::GetSandbox(name) => get_sandbox(context, &name),
-        Request::DeleteSandbox(name) => delete_sandbox(context, &name),
-        Request::ExecSandbox(name, body) => post_sandbox_exec(context, &name, body, cancel),
-        Request::ExecSandboxStream(name, body) => post_sandbox_exec_stream(context, &name, body),
-        Request::ExecDetach(name, body) => post_sandbox_exec_detach(context, &name, body),
-        Request::DetachedList(name) => get_detached_list(context, &name),
-        Request::DetachedStatus(name, id) => get_detached(context, &name, &id),
-        Request::DetachedKill(name, id) => delete_detached(context, &name, &id),
+        Request::GetSandboxByUuid(uuid) => get_sandbox_by_uuid(context, config, &uuid),
+        Request::ExtendSandbox(name, body) => post_sandbox_extend(context, config, &name, body),
+        Request::Run(body) => post_run(context, config, body, cancel),
+        Request::RunStream(body) => post_run_stream(context, config, body),
+        Request::BatchRun(body) => post_batch_run(context, config, body),
+        Request::ListSandboxes => get_sandboxes(context, config),
+        Request::CreateSandbox(body) => post_sandboxes(context, config, body),
+        Request::GetSandbox(name) => get_sandbox(context, config, &name),
+        Request::DeleteSandbox(name) => delete_sandbox(context, config, &name),
+        Request::ExecSandbox(name, body) => post_sandbox_exec(context, config, &name, body, cancel),
+        Request::ExecSandboxStream(name, body) => {
+            post_sandbox_exec_stream(context, config, &name, body)
+        }
+        Request::ExecDetach(name, body) => post_sandbox_exec_detach(context, config, &name, body),
+        Request::DetachedList(name) => get_detached_list(context, config, &name),
+        Request::DetachedStatus(name, id) => get_detached(context, config, &name, &id),
+        Request::DetachedKill(name, id) => delete_detached(context, config, &name, &id),
         Request::DetachedLogs {
             sandbox,
             id,
             stderr_only,
-        } => get_detached_logs(context, &sandbox, &id, stderr_only),
-        Request::StartSandbox(name) => post_sandbox_start(context, &name),
-        Request::StopSandbox(name) => post_sandbox_stop(context, &name),
-        Request::PauseSandbox(name) => post_sandbox_pause(context, &name),
-        Request::SandboxStats(name) => get_sandbox_stats(context, &name),
-        Request::ResumeSandbox(name) => post_sandbox_resume(context, &name),
-        Request::SandboxLogs(name) => get_sandbox_logs(context, &name),
-        Request::GetSandboxFile(name, path) => get_sandbox_file(context, &name, &path),
-        Request::PutSandboxFile(name, path, body) => put_sandbox_file(context, &name, &path, body),
-        Request::DeleteSandboxFile(name, path) => delete_sandbox_file(context, &name, &path),
-        Request::PostSandboxFiles(name, body) => post_sandbox_files(context, &name, body),
-        Request::ListSnapshots => get_snapshots(context),
-        Request::Metrics => get_metrics(context),
-        Request::GetArchive(name, dir) => get_archive(context, &name, &dir),
-        Request::ListVolumes => get_volumes(context),
-        Request::DeleteVolume(name) => delete_volume(context, &name),
-        Request::PutArchive(name, dir, archive) => put_archive(context, &name, &dir, &archive),
-        Request::CreateSnapshot(body) => post_snapshots(context, body),
-        Request::GetSnapshot(name) => get_snapshot(context, &name),
-        Request::DeleteSnapshot(name) => delete_snapshot(context, &name),
-        Request::RestoreSnapshot(name, body) => post_snapshot_restore(context, &name, body),
+        } => get_detached_logs(context, config, &sandbox, &id, stderr_only),
+        Request::StartSandbox(name) => post_sandbox_start(context, config, &name),
+        Request::StopSandbox(name) => post_sandbox_stop(context, config, &name),
+        Request::PauseSandbox(name) => post_sandbox_pause(context, config, &name),
+        Request::SandboxStats(name) => get_sandbox_stats(context, config, &name),
+        Request::ResumeSandbox(name) => post_sandbox_resume(context, config, &name),
+        Request::SandboxLogs(name) => get_sandbox_logs(context, config, &name),
+        Request::GetSandboxFile(name, path) => get_sandbox_file(context, config, &name, &path),
+        Request::PutSandboxFile(name, path, body) => {
+            put_sandbox_file(context, config, &name, &path, body)
+        }
+        Request::DeleteSandboxFile(name, path) => {
+            delete_sandbox_file(context, config, &name, &path)
+        }
+        Request::PostSandboxFiles(name, body) => post_sandbox_files(context, config, &name, body),
+        Request::ListSnapshots => get_snapshots(context, config),
+        Request::Metrics => get_metrics(context, config),
+        Request::GetArchive(name, dir) => get_archive(context, config, &name, &dir),
+        Request::ListVolumes => get_volumes(context, config),
+        Request::DeleteVolume(name) => delete_volume(context, config, &name),
+        Request::PutArchive(name, dir, archive) => {
+            put_archive(context, config, &name, &dir, &archive)
+        }
+        Request::CreateSnapshot(body) => post_snapshots(context, config, body),
+        Request::GetSnapshot(name) => get_snapshot(context, config, &name),
+        Request::DeleteSnapshot(name) => delete_snapshot(context, config, &name),
+        Request::RestoreSnapshot(name, body) => post_snapshot_restore(context, config, &name, body),
+    }?;
+    if reply.stream.is_some() {
+        reply.run_slots = run_slots;
     }
+    Ok(reply)
 }
 
 /// `data` stays the string `"ok"` the SDKs expect; what the edge counts rides beside it.
-pub fn get_health(context: &Context) -> Result<Reply, ApiError> {
+pub fn get_health(context: &Context, config: &Config) -> Result<Reply, ApiError> {
     use std::sync::atomic::Ordering::SeqCst;
     let edge = &context.edge;
     Ok(Reply::json(
@@ -121,7 +147,7 @@ pub fn get_health(context: &Context) -> Result<Reply, ApiError> {
             "data": "ok",
             "status": "ok",
             "workers": {
-                "configured": context.config.workers,
+                "configured": config.workers,
                 "alive": edge.workers_alive.load(SeqCst),
             },
             "connections": {
@@ -169,10 +195,16 @@ pub fn get_pool(context: &Context) -> Result<Reply, ApiError> {
     Ok(Reply::ok(context.pool.stats()))
 }
 
-pub fn post_run(context: &Context, body: RunBody, cancel: &Cancel) -> Result<Reply, ApiError> {
-    let request = body.validate(&context.config)?;
-    let need = output_need(&context.config, [request.command.max_output_bytes]);
+pub fn post_run(
+    context: &Context,
+    config: &Config,
+    body: RunBody,
+    cancel: &Cancel,
+) -> Result<Reply, ApiError> {
+    let request = body.validate(config)?;
+    let need = output_need(config, [request.command.max_output_bytes]);
     let budget = reserve_output(context, need)?;
+    // The container is the server's (a warm one, or made like one), whoever asks.
     let result = crate::run::run(
         &context.docker,
         &context.config,
@@ -186,20 +218,24 @@ pub fn post_run(context: &Context, body: RunBody, cancel: &Cancel) -> Result<Rep
     Ok(command_reply(result?, budget))
 }
 
-pub fn post_run_stream(context: &Context, body: RunBody) -> Result<Reply, ApiError> {
-    let request = body.validate(&context.config)?;
+pub fn post_run_stream(
+    context: &Context,
+    config: &Config,
+    body: RunBody,
+) -> Result<Reply, ApiError> {
+    let request = body.validate(config)?;
     // Errors that have a status code are answered before the stream starts.
     crate::containers::labels::check_image(
         &context.docker,
-        &context.config.namespace,
+        &config.namespace,
         request.image.as_str(),
     )?;
     let holds = reserve_output(context, super::sse::STREAM_MEMORY_BYTES)?;
     Ok(Reply::events(StreamJob::Run(request), holds))
 }
 
-pub fn get_sandboxes(context: &Context) -> Result<Reply, ApiError> {
-    let sandboxes = sandbox::list(&context.docker, &context.config)?;
+pub fn get_sandboxes(context: &Context, config: &Config) -> Result<Reply, ApiError> {
+    let sandboxes = sandbox::list(&context.docker, config)?;
     Ok(Reply::ok(Value::Array(
         sandboxes
             .iter()
@@ -208,14 +244,28 @@ pub fn get_sandboxes(context: &Context) -> Result<Reply, ApiError> {
     )))
 }
 
-pub fn post_sandboxes(context: &Context, mut body: CreateBody) -> Result<Reply, ApiError> {
+pub fn post_sandboxes(
+    context: &Context,
+    config: &Config,
+    mut body: CreateBody,
+) -> Result<Reply, ApiError> {
     if let Some(snapshot) = body.snapshot.clone() {
-        from_snapshot(context, &mut body, &snapshot)?;
+        from_snapshot(context, config, &mut body, &snapshot)?;
     }
     // What the engine's host has bounds an override too (asked once, then cached).
     let host = || Ok(context.docker.host_resources().map_err(Error::from)?);
-    let request = body.validate(&context.config, &host)?;
-    let create = |launcher| sandbox::create(&context.docker, &context.config, &launcher, &request);
+    let request = body.validate(config, &host)?;
+    // Counted and made under the namespace's create lock: two creates never both take
+    // its last place.
+    let quotas = context.tenants.quotas(&config.namespace);
+    let creating = context.tenants.creating(&config.namespace);
+    let _creating = quotas
+        .bounds_sandboxes()
+        .then(|| creating.lock().unwrap_or_else(|e| e.into_inner()));
+    if quotas.bounds_sandboxes() {
+        check_sandbox_quotas(context, config, quotas, request.limits.memory_mb)?;
+    }
+    let create = |launcher| sandbox::create(&context.docker, config, &launcher, &request);
     let not_before = crate::containers::labels::rfc3339(std::time::SystemTime::now());
     let created = match create(context.pool.launcher()) {
         Err(error) if context.pool.stub_mount_failed(&error) => create(context.pool.launcher()),
@@ -225,25 +275,71 @@ pub fn post_sandboxes(context: &Context, mut body: CreateBody) -> Result<Reply, 
     // same. The client is told the create failed, so once the engine is back, whatever
     // this create made goes.
     if let Err(Error::Engine(DockerError::Unreachable { .. } | DockerError::Io { .. })) = &created {
-        let container =
-            crate::containers::labels::container_name(&context.config.namespace, &request.name);
+        let container = crate::containers::labels::container_name(&config.namespace, &request.name);
         let cleanup = context.pool.cleanup();
-        cleanup.owe_failed_create(&context.config.namespace, &container, not_before);
+        cleanup.owe_failed_create(&config.namespace, &container, not_before);
     }
     let created = created?;
-    context.expiry.touch(&request.name);
-    context.history.event(&request.name, "created");
+    context.expiry.touch(&config.namespace, &request.name);
+    context
+        .history
+        .event(&config.namespace, &request.name, "created");
     Ok(Reply::created(sandbox_view(context, &created)))
+}
+
+/// The namespace's sandboxes (whatever their state: a stopped one may start at any
+/// time) against its quotas, with one more of `memory_mb`. A refusal's `Retry-After`
+/// is when the first of them ends by itself, if one will.
+fn check_sandbox_quotas(
+    context: &Context,
+    config: &Config,
+    quotas: crate::tenants::Quotas,
+    memory_mb: u64,
+) -> Result<(), ApiError> {
+    let sandboxes = sandbox::list(&context.docker, config)?;
+    let mut used = 0u64;
+    if quotas.max_memory_mb.is_some() {
+        for found in &sandboxes {
+            // One removed meanwhile holds nothing.
+            used = used.saturating_add(match context.docker.container_inspect(&found.uuid) {
+                Ok(inspect) => (inspect.host_config.memory.max(0) as u64) / (1024 * 1024),
+                Err(error) if error.is_not_found() => 0,
+                Err(error) => return Err(Error::Engine(error).into()),
+            });
+        }
+    }
+    let now = std::time::SystemTime::now();
+    let retry_after = sandboxes
+        .iter()
+        .filter_map(|found| context.expiry.terms(&found.uuid, &found.labels).expires_at)
+        .min()
+        // The expiry thread's look, and a second for the removal.
+        .map(|at| at.duration_since(now).unwrap_or_default() + 2 * crate::expiry::EVERY)
+        .unwrap_or(std::time::Duration::from_secs(60));
+    crate::tenants::check_sandbox_quotas(
+        &config.namespace,
+        quotas,
+        sandboxes.len() as u64,
+        used,
+        memory_mb,
+        retry_after,
+    )?;
+    Ok(())
 }
 
 /// A create from a snapshot takes the snapshot's profile and limits, where the body
 /// gives none (a snapshot that does not exist is a 404 here; a malformed name is left
 /// to the body's validation).
-fn from_snapshot(context: &Context, body: &mut CreateBody, snapshot: &str) -> Result<(), ApiError> {
+fn from_snapshot(
+    context: &Context,
+    config: &Config,
+    body: &mut CreateBody,
+    snapshot: &str,
+) -> Result<(), ApiError> {
     let Ok(name) = SandboxName::parse(snapshot) else {
         return Ok(());
     };
-    let found = crate::snapshot::get(&context.docker, &context.config, &name)?;
+    let found = crate::snapshot::get(&context.docker, config, &name)?;
     if body.profile.is_none() {
         body.profile = found.profile.filter(|profile| !profile.is_empty());
     }
@@ -262,8 +358,8 @@ fn from_snapshot(context: &Context, body: &mut CreateBody, snapshot: &str) -> Re
     Ok(())
 }
 
-pub fn get_volumes(context: &Context) -> Result<Reply, ApiError> {
-    let volumes = crate::volume::list(&context.docker, &context.config)?;
+pub fn get_volumes(context: &Context, config: &Config) -> Result<Reply, ApiError> {
+    let volumes = crate::volume::list(&context.docker, config)?;
     Ok(Reply::ok(Value::Array(
         volumes
             .iter()
@@ -272,36 +368,54 @@ pub fn get_volumes(context: &Context) -> Result<Reply, ApiError> {
     )))
 }
 
-pub fn delete_volume(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
-    crate::volume::delete(&context.docker, &context.config, name)?;
+pub fn delete_volume(
+    context: &Context,
+    config: &Config,
+    name: &SandboxName,
+) -> Result<Reply, ApiError> {
+    crate::volume::delete(&context.docker, config, name)?;
     Ok(Reply::ok(json!({ "name": name.as_str(), "removed": true })))
 }
 
-pub fn get_snapshots(context: &Context) -> Result<Reply, ApiError> {
-    let snapshots = crate::snapshot::list(&context.docker, &context.config)?;
+pub fn get_snapshots(context: &Context, config: &Config) -> Result<Reply, ApiError> {
+    let snapshots = crate::snapshot::list(&context.docker, config)?;
     Ok(Reply::ok(Value::Array(
         snapshots.iter().map(snapshot_data).collect(),
     )))
 }
 
-pub fn post_snapshots(context: &Context, body: SnapshotBody) -> Result<Reply, ApiError> {
+pub fn post_snapshots(
+    context: &Context,
+    config: &Config,
+    body: SnapshotBody,
+) -> Result<Reply, ApiError> {
     let (sandbox, name) = body.validate()?;
     let name = name
         .unwrap_or_else(|| crate::snapshot::default_name(&sandbox, std::time::SystemTime::now()));
     // The copy can take a while: the sandbox is in use meanwhile, not idle.
-    let _busy = context.expiry.busy(&sandbox);
-    let taken = crate::snapshot::take(&context.docker, &context.config, &sandbox, &name)?;
-    context.history.event(&sandbox, "snapshotted");
+    let _busy = context.expiry.busy(&config.namespace, &sandbox);
+    let taken = crate::snapshot::take(&context.docker, config, &sandbox, &name)?;
+    context
+        .history
+        .event(&config.namespace, &sandbox, "snapshotted");
     Ok(Reply::created(snapshot_data(&taken)))
 }
 
-pub fn get_snapshot(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
-    let found = crate::snapshot::get(&context.docker, &context.config, name)?;
+pub fn get_snapshot(
+    context: &Context,
+    config: &Config,
+    name: &SandboxName,
+) -> Result<Reply, ApiError> {
+    let found = crate::snapshot::get(&context.docker, config, name)?;
     Ok(Reply::ok(snapshot_data(&found)))
 }
 
-pub fn delete_snapshot(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
-    crate::snapshot::delete(&context.docker, &context.config, name)?;
+pub fn delete_snapshot(
+    context: &Context,
+    config: &Config,
+    name: &SandboxName,
+) -> Result<Reply, ApiError> {
+    crate::snapshot::delete(&context.docker, config, name)?;
     Ok(Reply::ok(json!({ "name": name.as_str(), "removed": true })))
 }
 
@@ -309,6 +423,7 @@ pub fn delete_snapshot(context: &Context, name: &SandboxName) -> Result<Reply, A
 /// the snapshot was taken of (409 while that one exists).
 pub fn post_snapshot_restore(
     context: &Context,
+    config: &Config,
     name: &SandboxName,
     mut body: CreateBody,
 ) -> Result<Reply, ApiError> {
@@ -319,11 +434,11 @@ pub fn post_snapshot_restore(
         ));
     }
     if body.name.is_none() {
-        let found = crate::snapshot::get(&context.docker, &context.config, name)?;
+        let found = crate::snapshot::get(&context.docker, config, name)?;
         body.name = Some(found.sandbox);
     }
     body.snapshot = Some(name.to_string());
-    post_sandboxes(context, body)
+    post_sandboxes(context, config, body)
 }
 
 /// A sandbox as the API shows it, with its terms (`expires_at`, `idle_timeout`).
@@ -336,37 +451,57 @@ fn sandbox_view(context: &Context, found: &sandbox::Sandbox) -> Value {
     data
 }
 
-pub fn get_sandbox(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
-    let found = sandbox::get(&context.docker, &context.config, name)?;
+pub fn get_sandbox(
+    context: &Context,
+    config: &Config,
+    name: &SandboxName,
+) -> Result<Reply, ApiError> {
+    let found = sandbox::get(&context.docker, config, name)?;
     Ok(Reply::ok(sandbox_view(context, &found)))
 }
 
-pub fn delete_sandbox(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
+pub fn delete_sandbox(
+    context: &Context,
+    config: &Config,
+    name: &SandboxName,
+) -> Result<Reply, ApiError> {
     // Not at the same time as a removal for expiry: one of them removes it.
     let deciding = context.expiry.deciding();
-    let removed = sandbox::delete(&context.docker, &context.config, name)?;
-    context.expiry.forget(name.as_str(), &removed);
+    let (removed, labels) = sandbox::delete(&context.docker, config, name)?;
+    context.expiry.forget(&removed, &labels);
     drop(deciding);
-    context.history.event(name, "removed");
+    context.history.event(&config.namespace, name, "removed");
     Ok(Reply::ok(json!({ "name": name.as_str(), "removed": true })))
 }
 
-pub fn post_sandbox_start(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
-    let started = sandbox::start(&context.docker, &context.config, name)?;
-    context.expiry.touch(name);
-    context.history.event(name, "started");
+pub fn post_sandbox_start(
+    context: &Context,
+    config: &Config,
+    name: &SandboxName,
+) -> Result<Reply, ApiError> {
+    let started = sandbox::start(&context.docker, config, name)?;
+    context.expiry.touch(&config.namespace, name);
+    context.history.event(&config.namespace, name, "started");
     Ok(Reply::ok(sandbox_view(context, &started)))
 }
 
-pub fn post_sandbox_stop(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
-    let stopped = sandbox::stop(&context.docker, &context.config, name)?;
-    context.history.event(name, "stopped");
+pub fn post_sandbox_stop(
+    context: &Context,
+    config: &Config,
+    name: &SandboxName,
+) -> Result<Reply, ApiError> {
+    let stopped = sandbox::stop(&context.docker, config, name)?;
+    context.history.event(&config.namespace, name, "stopped");
     Ok(Reply::ok(sandbox_view(context, &stopped)))
 }
 
 /// `GET /sandboxes/{name}/stats`: one reading of what the sandbox uses.
-pub fn get_sandbox_stats(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
-    let stats = sandbox::stats(&context.docker, &context.config, name)?;
+pub fn get_sandbox_stats(
+    context: &Context,
+    config: &Config,
+    name: &SandboxName,
+) -> Result<Reply, ApiError> {
+    let stats = sandbox::stats(&context.docker, config, name)?;
     Ok(Reply::ok(json!({
         "name": name.as_str(),
         "cpu_percent": stats.cpu_percent,
@@ -378,36 +513,42 @@ pub fn get_sandbox_stats(context: &Context, name: &SandboxName) -> Result<Reply,
 }
 
 /// `POST /sandboxes/{name}/pause`: its processes frozen, their memory kept.
-pub fn post_sandbox_pause(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
-    let paused = sandbox::pause(&context.docker, &context.config, name)?;
+pub fn post_sandbox_pause(
+    context: &Context,
+    config: &Config,
+    name: &SandboxName,
+) -> Result<Reply, ApiError> {
+    let paused = sandbox::pause(&context.docker, config, name)?;
     // Idle from the pause on (not since before it).
-    context.expiry.touch(name);
-    context.history.event(name, "paused");
+    context.expiry.touch(&config.namespace, name);
+    context.history.event(&config.namespace, name, "paused");
     Ok(Reply::ok(sandbox_view(context, &paused)))
 }
 
 /// `POST /sandboxes/{name}/resume`: a paused sandbox's processes go on.
-pub fn post_sandbox_resume(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
-    let resumed = sandbox::resume(&context.docker, &context.config, name)?;
-    context.expiry.touch(name);
-    context.history.event(name, "resumed");
+pub fn post_sandbox_resume(
+    context: &Context,
+    config: &Config,
+    name: &SandboxName,
+) -> Result<Reply, ApiError> {
+    let resumed = sandbox::resume(&context.docker, config, name)?;
+    context.expiry.touch(&config.namespace, name);
+    context.history.event(&config.namespace, name, "resumed");
     Ok(Reply::ok(sandbox_view(context, &resumed)))
 }
 
 pub fn post_sandbox_exec(
     context: &Context,
+    config: &Config,
     name: &SandboxName,
     body: ExecBody,
     cancel: &Cancel,
 ) -> Result<Reply, ApiError> {
-    let spec = body.validate(&context.config)?;
-    let budget = reserve_output(
-        context,
-        output_need(&context.config, [spec.max_output_bytes]),
-    )?;
+    let spec = body.validate(config)?;
+    let budget = reserve_output(context, output_need(config, [spec.max_output_bytes]))?;
     let result = sandbox::exec(
         &context.docker,
-        &context.config,
+        config,
         name,
         &spec,
         &mut KeepWithin::new(&budget, Some(cancel)),
@@ -416,20 +557,28 @@ pub fn post_sandbox_exec(
         return Err(ApiError::ClientGone);
     }
     let result = result.map_err(|error| error.unless_engine_down(&context.docker))?;
-    context.history.exec(name, &spec.argv, &result);
+    context
+        .history
+        .exec(&config.namespace, name, &spec.argv, &result);
     Ok(command_reply(result, budget))
 }
 
 pub fn post_sandbox_exec_stream(
     context: &Context,
+    config: &Config,
     name: &SandboxName,
     body: ExecBody,
 ) -> Result<Reply, ApiError> {
-    let spec = body.validate(&context.config)?;
-    let running = sandbox::running(&context.docker, &context.config, name)?;
+    let spec = body.validate(config)?;
+    let running = sandbox::running(&context.docker, config, name)?;
     let holds = reserve_output(context, super::sse::STREAM_MEMORY_BYTES)?;
     Ok(Reply::events(
-        StreamJob::Exec(Box::new(running), name.clone(), spec),
+        StreamJob::Exec(
+            Box::new(running),
+            config.namespace.clone(),
+            name.clone(),
+            spec,
+        ),
         holds,
     ))
 }
@@ -437,11 +586,15 @@ pub fn post_sandbox_exec_stream(
 /// The history of the sandbox of that name: the current one's when it exists (from
 /// its creation on), else everything recorded under the name (a removed sandbox's
 /// past); 404 when there is neither.
-pub fn get_sandbox_logs(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
-    let entries = match sandbox::get(&context.docker, &context.config, name) {
-        Ok(_) => context.history.read_current(name),
+pub fn get_sandbox_logs(
+    context: &Context,
+    config: &Config,
+    name: &SandboxName,
+) -> Result<Reply, ApiError> {
+    let entries = match sandbox::get(&context.docker, config, name) {
+        Ok(_) => context.history.read_current(&config.namespace, name),
         Err(Error::SandboxNotFound(_)) => {
-            let entries = context.history.read(name);
+            let entries = context.history.read(&config.namespace, name);
             if entries.is_empty() {
                 return Err(Error::SandboxNotFound(name.to_string()).into());
             }
@@ -454,18 +607,27 @@ pub fn get_sandbox_logs(context: &Context, name: &SandboxName) -> Result<Reply, 
 
 /// Runs every command of the batch, up to `batch_concurrency` at once; one command's
 /// failure is its own result, not the batch's. The commands share one output budget.
-pub fn post_batch_run(context: &Context, body: BatchBody) -> Result<Reply, ApiError> {
+pub fn post_batch_run(
+    context: &Context,
+    config: &Config,
+    body: BatchBody,
+) -> Result<Reply, ApiError> {
     // An entry that does not validate is that entry's failure, like one that cannot run.
-    let requests: Vec<Result<RunRequest, String>> = body.validate(&context.config)?;
+    let requests: Vec<Result<RunRequest, String>> = body.validate(config)?;
     let caps = requests
         .iter()
         .flatten()
         .map(|request| request.command.max_output_bytes);
-    let budget = reserve_output(context, output_need(&context.config, caps))?;
+    let budget = reserve_output(context, output_need(config, caps))?;
     type Slot = Mutex<Option<Result<CommandResult, String>>>;
     let results: Vec<Slot> = requests.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
-    let threads = context.config.batch_concurrency.clamp(1, requests.len());
+    // As many commands at once as the namespace may still run (at least one).
+    let wanted = config.batch_concurrency.clamp(1, requests.len().max(1));
+    let run_slots = context
+        .tenants
+        .run_slots(&config.namespace, wanted as u64)?;
+    let threads = run_slots.count() as usize;
     std::thread::scope(|scope| {
         for index in 0..threads {
             let spawned = std::thread::Builder::new()
@@ -511,24 +673,24 @@ pub fn post_batch_run(context: &Context, body: BatchBody) -> Result<Reply, ApiEr
 /// A directory of the sandbox as a tar archive (`application/x-tar`).
 pub fn get_archive(
     context: &Context,
+    config: &Config,
     name: &SandboxName,
     dir: &SandboxPath,
 ) -> Result<Reply, ApiError> {
-    let budget = context
-        .output_memory
-        .on_demand(context.config.max_file_bytes);
-    let archive = files::read_archive(&context.docker, &context.config, name, dir, &budget)?;
+    let budget = context.output_memory.on_demand(config.max_file_bytes);
+    let archive = files::read_archive(&context.docker, config, name, dir, &budget)?;
     Ok(Reply::raw(200, archive, "application/x-tar", Some(budget)))
 }
 
 /// Extracts a tar archive (the body) into a directory of the sandbox.
 pub fn put_archive(
     context: &Context,
+    config: &Config,
     name: &SandboxName,
     dir: &SandboxPath,
     archive: &[u8],
 ) -> Result<Reply, ApiError> {
-    let members = files::write_archive(&context.docker, &context.config, name, dir, archive)?;
+    let members = files::write_archive(&context.docker, config, name, dir, archive)?;
     Ok(Reply::ok(
         json!({ "path": dir.as_str(), "members": members }),
     ))
@@ -539,13 +701,14 @@ pub fn put_archive(
 /// the bytes read, never copied into a string first.
 pub fn get_sandbox_file(
     context: &Context,
+    config: &Config,
     name: &SandboxName,
     path: &SandboxPath,
 ) -> Result<Reply, ApiError> {
     let budget = context
         .output_memory
-        .on_demand(files::read_memory_bound(&context.config));
-    let data = files::read_file(&context.docker, &context.config, name, path, &budget)?;
+        .on_demand(files::read_memory_bound(config));
+    let data = files::read_file(&context.docker, config, name, path, &budget)?;
     let utf8 = std::str::from_utf8(&data).is_ok();
     Ok(Reply::data(
         move |out| {
@@ -571,6 +734,7 @@ pub fn get_sandbox_file(
 /// `PUT /sandboxes/{name}/files/{path}` with `{"content", "encoding"}`.
 pub fn put_sandbox_file(
     context: &Context,
+    config: &Config,
     name: &SandboxName,
     path: &SandboxPath,
     body: PutFileBody,
@@ -578,28 +742,30 @@ pub fn put_sandbox_file(
     let data = body.validate()?;
     let size = data.len();
     let files = [(path.clone(), data)];
-    files::write_files(&context.docker, &context.config, name, &files)?;
+    files::write_files(&context.docker, config, name, &files)?;
     Ok(Reply::ok(json!({ "path": path.as_str(), "size": size })))
 }
 
 /// `DELETE /sandboxes/{name}/files/{path}`.
 pub fn delete_sandbox_file(
     context: &Context,
+    config: &Config,
     name: &SandboxName,
     path: &SandboxPath,
 ) -> Result<Reply, ApiError> {
-    files::delete_file(&context.docker, &context.config, name, path)?;
+    files::delete_file(&context.docker, config, name, path)?;
     Ok(Reply::ok(json!({ "path": path.as_str(), "deleted": true })))
 }
 
 /// `POST /sandboxes/{name}/files` with `{"files": {path: content}}`: one upload for all.
 pub fn post_sandbox_files(
     context: &Context,
+    config: &Config,
     name: &SandboxName,
     body: FilesBody,
 ) -> Result<Reply, ApiError> {
     let files = body.validate()?;
-    let written = files::write_files(&context.docker, &context.config, name, &files)?;
+    let written = files::write_files(&context.docker, config, name, &files)?;
     Ok(Reply::ok(json!({ "written": written })))
 }
 
@@ -634,8 +800,12 @@ pub fn get_backends(context: &Context) -> Result<Reply, ApiError> {
     })))
 }
 
-pub fn get_sandbox_by_uuid(context: &Context, uuid: &str) -> Result<Reply, ApiError> {
-    let found = sandbox::find_by_uuid(&context.docker, &context.config, uuid)?;
+pub fn get_sandbox_by_uuid(
+    context: &Context,
+    config: &Config,
+    uuid: &str,
+) -> Result<Reply, ApiError> {
+    let found = sandbox::find_by_uuid(&context.docker, config, uuid)?;
     Ok(Reply::ok(sandbox_view(context, &found)))
 }
 
@@ -644,11 +814,12 @@ pub fn get_sandbox_by_uuid(context: &Context, uuid: &str) -> Result<Reply, ApiEr
 /// says so (`expires_at: null`) rather than pretend a time.
 pub fn post_sandbox_extend(
     context: &Context,
+    config: &Config,
     name: &SandboxName,
     body: ExtendBody,
 ) -> Result<Reply, ApiError> {
     let by = body.validate()?;
-    let found = sandbox::get(&context.docker, &context.config, name)?;
+    let found = sandbox::get(&context.docker, config, name)?;
     let still_there = || match context.docker.container_inspect(&found.uuid) {
         Ok(_) => Ok(()),
         Err(error) if error.is_not_found() => Err(Error::SandboxNotFound(name.to_string())),
@@ -659,7 +830,7 @@ pub fn post_sandbox_extend(
         .extend(&found.uuid, &found.labels, by, still_there)?
     {
         Some(at) => {
-            context.history.event(name, "extended");
+            context.history.event(&config.namespace, name, "extended");
             Ok(Reply::ok(json!({
                 "name": name.as_str(),
                 "expires_at": crate::containers::labels::rfc3339(at),
@@ -677,32 +848,50 @@ pub fn post_sandbox_extend(
 /// its record (`id`, `pid`, `status`, ...); it runs on in the sandbox.
 pub fn post_sandbox_exec_detach(
     context: &Context,
+    config: &Config,
     name: &SandboxName,
     body: ExecBody,
 ) -> Result<Reply, ApiError> {
-    let spec = body.validate(&context.config)?;
-    let record = crate::detached::start_in(&context.docker, &context.config, name, &spec)?;
-    context.history.append_detached(name, &spec.argv, &record);
+    let spec = body.validate(config)?;
+    let record = crate::detached::start_in(&context.docker, config, name, &spec)?;
+    context
+        .history
+        .append_detached(&config.namespace, name, &spec.argv, &record);
     Ok(Reply::ok(record))
 }
 
-pub fn get_detached_list(context: &Context, name: &SandboxName) -> Result<Reply, ApiError> {
-    let records = crate::detached::list_in(&context.docker, &context.config, name)?;
+pub fn get_detached_list(
+    context: &Context,
+    config: &Config,
+    name: &SandboxName,
+) -> Result<Reply, ApiError> {
+    let records = crate::detached::list_in(&context.docker, config, name)?;
     Ok(Reply::ok(records))
 }
 
-pub fn get_detached(context: &Context, name: &SandboxName, id: &str) -> Result<Reply, ApiError> {
-    let record = crate::detached::status(&context.docker, &context.config, name, id)?;
+pub fn get_detached(
+    context: &Context,
+    config: &Config,
+    name: &SandboxName,
+    id: &str,
+) -> Result<Reply, ApiError> {
+    let record = crate::detached::status(&context.docker, config, name, id)?;
     Ok(Reply::ok(record))
 }
 
-pub fn delete_detached(context: &Context, name: &SandboxName, id: &str) -> Result<Reply, ApiError> {
-    let message = crate::detached::kill_in(&context.docker, &context.config, name, id)?;
+pub fn delete_detached(
+    context: &Context,
+    config: &Config,
+    name: &SandboxName,
+    id: &str,
+) -> Result<Reply, ApiError> {
+    let message = crate::detached::kill_in(&context.docker, config, name, id)?;
     Ok(Reply::ok(message))
 }
 
 pub fn get_detached_logs(
     context: &Context,
+    config: &Config,
     name: &SandboxName,
     id: &str,
     stderr_only: bool,
@@ -710,7 +899,7 @@ pub fn get_detached_logs(
     let budget = context
         .output_memory
         .on_demand(crate::detached::LOGS_MEMORY_BYTES);
-    let mut logs = crate::detached::logs_of(&context.docker, &context.config, name, id, &budget)?;
+    let mut logs = crate::detached::logs_of(&context.docker, config, name, id, &budget)?;
     if stderr_only {
         logs["stdout"] = Value::Null;
         logs["truncated"]["stdout"] = Value::Null;
@@ -733,12 +922,25 @@ const METRICS_ENGINE_WAIT: std::time::Duration = std::time::Duration::from_secs(
 
 /// Prometheus text: the counters the server keeps, and the pool's, the engine's and
 /// the sandboxes' state now (one container list; none when the engine is down).
-pub fn get_metrics(context: &Context) -> Result<Reply, ApiError> {
+pub fn get_metrics(context: &Context, config: &Config) -> Result<Reply, ApiError> {
     use crate::containers::labels::{self, Kind};
     use std::sync::atomic::Ordering::Relaxed;
+    // The whole server's counts are the operator's: not a tenant's to see.
+    if config.namespace != context.config.namespace {
+        return Err(ApiError::Forbidden(
+            "Metrics cover every namespace of the server: ask with the server's own key \
+             (AGENTKERNEL_API_KEY) or one of its namespace"
+                .into(),
+        ));
+    }
     let engine_up = context.engine.is_up();
+    // Every namespace the server serves (the server's and its tenants').
+    let namespaces = context.tenants.namespaces(&config.namespace);
+    let filters = vec![
+        format!("{}=true", labels::MANAGED),
+        format!("{}={}", labels::KIND, Kind::Sandbox.name()),
+    ];
     // A scrape waits for the engine briefly: a slow one is not waited for (no counts).
-    let filters = labels::filters(&context.config.namespace, Some(Kind::Sandbox));
     let sandboxes = if engine_up {
         context
             .docker
@@ -746,7 +948,13 @@ pub fn get_metrics(context: &Context) -> Result<Reply, ApiError> {
             .ok()
             .map(|found| {
                 let mut by_status = std::collections::BTreeMap::new();
-                for one in found {
+                let served = |one: &crate::engine::ContainerSummary| {
+                    let label = one.labels.as_ref().and_then(|l| l.get(labels::NAMESPACE));
+                    namespaces
+                        .iter()
+                        .any(|n| Some(n.as_str()) == label.map(String::as_str))
+                };
+                for one in found.into_iter().filter(served) {
                     let status = sandbox::SandboxStatus::from_engine(&one.state);
                     *by_status.entry(status.name()).or_insert(0u64) += 1;
                 }

@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvError, RecvTimeoutError, Sender, TrySendError};
 
-use crate::config::Config;
+use std::borrow::Cow;
+
+use crate::config::{Config, Namespace};
 use crate::containers::pool::Pool;
 use crate::containers::watch::EngineWatch;
 use crate::engine::Docker;
@@ -59,21 +61,39 @@ pub struct Context {
     pub expiry: crate::expiry::Expiry,
     /// What `GET /metrics` counts.
     pub metrics: metrics::Metrics,
+    /// The keys file's keys and namespaces, and what their quotas count.
+    pub tenants: crate::tenants::Tenants,
 }
 
 impl Context {
+    /// With the tenants of a keys file (`--keys`).
+    pub fn with_tenants(mut self, tenants: crate::tenants::Tenants) -> Context {
+        self.tenants = tenants;
+        self
+    }
+
+    /// The configuration a request of `namespace` works in: the server's, with that
+    /// namespace (what sandboxes, snapshots, volumes and history it sees).
+    pub fn config_in(&self, namespace: &Namespace) -> Cow<'_, Config> {
+        if *namespace == self.config.namespace {
+            Cow::Borrowed(&self.config)
+        } else {
+            Cow::Owned(Config {
+                namespace: namespace.clone(),
+                ..self.config.clone()
+            })
+        }
+    }
+
     pub fn new(config: Config, docker: Docker, pool: Pool) -> Context {
-        let history = History::new(
-            config.data_dir.clone(),
-            &config.namespace,
-            config.history_max_bytes,
-        );
+        let history = History::new(config.data_dir.clone(), config.history_max_bytes);
         Context {
             edge: EdgeStats::default(),
             engine: EngineWatch::new(),
             output_memory: OutputMemory::new(output_memory_limit(&config)),
             expiry: crate::expiry::Expiry::new(&config),
             metrics: metrics::Metrics::default(),
+            tenants: crate::tenants::Tenants::none(),
             config,
             docker,
             pool,
@@ -180,6 +200,8 @@ const EXIT_WITHIN: Duration = Duration::from_secs(9);
 /// connection to answer on.
 struct Job {
     route: Route,
+    /// Whose request it is: the namespace its key selects.
+    namespace: Namespace,
     body: Vec<u8>,
     head: Head,
     connection: Connection,
@@ -242,7 +264,25 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
         max_connections,
         config.docker_socket.display()
     );
-    if config.api_key.is_none() && config.host != "127.0.0.1" && config.host != "localhost" {
+    if context.tenants.enabled() {
+        // SIGHUP re-reads the keys file (the flag is looked at by `keys-reload`).
+        let hangup = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hangup))
+            .map_err(|error| format!("cannot install the SIGHUP handler: {error}"))?;
+        let context = Arc::clone(&context);
+        let shutdown = Arc::clone(&shutdown);
+        spawn("keys-reload", move || {
+            while !shutdown.load(Ordering::SeqCst) {
+                if hangup.swap(false, Ordering::SeqCst) {
+                    match context.tenants.reload() {
+                        Ok(count) => log::info!("keys file read again: {count} keys"),
+                        Err(error) => log::error!("{error}; the keys in force stay"),
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })?;
+    } else if config.api_key.is_none() && config.host != "127.0.0.1" && config.host != "localhost" {
         log::warn!(
             "listening on {} without AGENTKERNEL_API_KEY: anyone who can reach it can run commands",
             config.host
@@ -271,11 +311,13 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
                         docker,
                         config,
                         history,
+                        tenants,
                         ..
                     } = &*context;
+                    let namespaces = tenants.namespaces(&config.namespace);
                     // A pass that panics must not end expiry for good.
                     let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        expiry.reap(docker, config, history)
+                        expiry.reap(docker, config, history, &namespaces)
                     }));
                     if pass.is_err() {
                         log::error!("expiry: a pass failed (a bug); trying again in a second");
@@ -688,6 +730,7 @@ impl Drop for WorkerGuard {
 fn work(context: &Context, job: Job) {
     let Job {
         route,
+        namespace,
         body,
         head,
         mut connection,
@@ -705,7 +748,7 @@ fn work(context: &Context, job: Job) {
         let parsed = Request::parse(route, &body);
         drop(body);
         drop(lease);
-        parsed.and_then(|request| handlers::dispatch_with(context, request, &cancel))
+        parsed.and_then(|request| handlers::dispatch_with(context, &namespace, request, &cancel))
     });
     match reply.stream {
         Some(stream_job) => {
@@ -774,7 +817,7 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
             );
             return;
         }
-        let (route, limit) = match admit(context, &head) {
+        let (route, limit, namespace) = match admit(context, &head) {
             Ok(admitted) => admitted,
             Err(error) => {
                 // An answer before the body: unless there is no body, close rather
@@ -842,6 +885,7 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
             };
             let job = Job {
                 route,
+                namespace,
                 body,
                 head: head.clone(),
                 connection,
@@ -1058,8 +1102,8 @@ fn api_key_of(head: &Head) -> Option<&str> {
 
 /// Decides everything that needs no body, before any of it is read: a declared length
 /// over the limit (413, whoever asks: the number alone settles it), the key (401), the
-/// route (404, 405, 400). Gives the route and its body limit.
-fn admit(context: &Context, head: &Head) -> Result<(Route, u64), ApiError> {
+/// route (404, 405, 400). Gives the route, its body limit and the request's namespace.
+fn admit(context: &Context, head: &Head) -> Result<(Route, u64, Namespace), ApiError> {
     let route = routes::parse(&head.method, &head.target);
     let limit = match &route {
         Ok(route) => body_limit(&context.config, route),
@@ -1068,13 +1112,28 @@ fn admit(context: &Context, head: &Head) -> Result<(Route, u64), ApiError> {
     if matches!(head.framing, Framing::Length(length) if length > limit) {
         return Err(ApiError::BodyTooLarge { limit });
     }
-    if let Some(expected) = &context.config.api_key {
-        let given = api_key_of(head).unwrap_or_default();
-        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-            return Err(ApiError::Unauthorized);
+    let namespace = namespace_of(context, head)?;
+    Ok((route?, limit, namespace))
+}
+
+/// The namespace a request works in, chosen by its key: the server's, for the server's
+/// own key (`AGENTKERNEL_API_KEY`) or when it has no keys at all; a tenant's, for a key
+/// of the keys file. Any other key, or none, is a 401.
+fn namespace_of(context: &Context, head: &Head) -> Result<Namespace, ApiError> {
+    let (config, tenants) = (&context.config, &context.tenants);
+    if config.api_key.is_none() && !tenants.enabled() {
+        return Ok(config.namespace.clone());
+    }
+    let given = api_key_of(head).unwrap_or_default();
+    if let Some(expected) = &config.api_key {
+        if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            return Ok(config.namespace.clone());
         }
     }
-    Ok((route?, limit))
+    if given.is_empty() {
+        return Err(ApiError::Unauthorized);
+    }
+    tenants.namespace_of(given).ok_or(ApiError::Unauthorized)
 }
 
 /// The largest body a route accepts: file uploads carry a whole file (in base64), every

@@ -395,6 +395,7 @@ impl RunBody {
         }
         let image = parse_image(self.image, config.images.image_for(&command.argv[0]))?;
         Ok(RunRequest {
+            namespace: config.namespace.clone(),
             image,
             profile,
             fast: self.fast.unwrap_or(true),

@@ -27,6 +27,9 @@ pub struct Reply {
     /// The output memory this answer holds (its commands' output, a file's content):
     /// given back when the reply is dropped, once it has been written.
     pub holds: Option<OutputBudget>,
+    /// An event stream's place among its namespace's concurrent runs, held until the
+    /// stream has ended.
+    pub run_slots: Option<crate::tenants::RunSlots>,
 }
 
 /// The JSON an answer carries.
@@ -77,6 +80,7 @@ impl Reply {
             headers: Vec::new(),
             stream: None,
             holds: None,
+            run_slots: None,
         }
     }
 
@@ -106,6 +110,7 @@ impl Reply {
             headers: Vec::new(),
             stream: None,
             holds,
+            run_slots: None,
         }
     }
 
@@ -128,6 +133,7 @@ impl Reply {
             headers: Vec::new(),
             stream: None,
             holds: Some(holds),
+            run_slots: None,
         }
     }
 
@@ -144,6 +150,7 @@ impl Reply {
             headers: Vec::new(),
             stream: Some(job),
             holds: Some(holds),
+            run_slots: None,
         }
     }
 
@@ -230,12 +237,22 @@ pub enum ApiError {
     NotImplemented(String),
     /// A handler panicked.
     Panic,
+    /// The request's key may not do this (a tenant's key, an operator's route).
+    Forbidden(String),
+    /// Over one of the namespace's quotas (the keys file's): nothing was done.
+    OverQuota(crate::tenants::OverQuota),
     Domain(Error),
 }
 
 impl From<Error> for ApiError {
     fn from(error: Error) -> ApiError {
         ApiError::Domain(error)
+    }
+}
+
+impl From<crate::tenants::OverQuota> for ApiError {
+    fn from(over: crate::tenants::OverQuota) -> ApiError {
+        ApiError::OverQuota(over)
     }
 }
 
@@ -292,6 +309,8 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
         ),
         ApiError::HeadersTooLarge(message) => (431, message.clone()),
         ApiError::NotImplemented(message) => (501, message.clone()),
+        ApiError::OverQuota(over) => (429, over.message.clone()),
+        ApiError::Forbidden(message) => (403, message.clone()),
         ApiError::Panic => (
             500,
             "Internal server error (the request handler failed)".into(),
@@ -335,6 +354,11 @@ impl ApiError {
         let mut reply = Reply::error(status, message);
         if let ApiError::Route(RouteError::MethodNotAllowed { allowed, .. }) = self {
             reply.headers.push(("Allow", allowed.to_string()));
+        }
+        if let ApiError::OverQuota(over) = self {
+            // Whole seconds, at least one (RFC 9110 delay-seconds).
+            let seconds = over.retry_after.as_secs().max(1);
+            reply.headers.push(("Retry-After", seconds.to_string()));
         }
         reply
     }

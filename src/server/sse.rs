@@ -22,6 +22,7 @@ use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use serde_json::{json, Value};
 
 use crate::codec::json::incomplete_utf8_tail;
+use crate::config::Namespace;
 use crate::containers::labels::SandboxName;
 use crate::engine::frames::StreamKind;
 use crate::exec::{Cancel, CommandResult, CommandSpec, Cut, Keep, Observer};
@@ -46,8 +47,14 @@ const SLOW_CLIENT_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub enum StreamJob {
     Run(RunRequest),
-    /// A sandbox found running (before the stream started), its name and the command.
-    Exec(Box<crate::sandbox::Running>, SandboxName, CommandSpec),
+    /// A sandbox found running (before the stream started), its namespace and name,
+    /// and the command.
+    Exec(
+        Box<crate::sandbox::Running>,
+        Namespace,
+        SandboxName,
+        CommandSpec,
+    ),
 }
 
 impl StreamJob {
@@ -67,8 +74,8 @@ impl StreamJob {
                 request,
                 observer,
             ),
-            StreamJob::Exec(running, name, spec) => {
-                let _busy = context.expiry.busy(name);
+            StreamJob::Exec(running, namespace, name, spec) => {
+                let _busy = context.expiry.busy(namespace, name);
                 let result = crate::sandbox::exec_running(
                     &context.docker,
                     &context.config,
@@ -76,7 +83,7 @@ impl StreamJob {
                     spec,
                     observer,
                 )?;
-                context.history.exec(name, &spec.argv, &result);
+                context.history.exec(namespace, name, &spec.argv, &result);
                 Ok(result)
             }
         }
@@ -85,14 +92,14 @@ impl StreamJob {
     fn timeout(&self) -> Duration {
         match self {
             StreamJob::Run(request) => request.command.timeout,
-            StreamJob::Exec(_, _, spec) => spec.timeout,
+            StreamJob::Exec(_, _, _, spec) => spec.timeout,
         }
     }
 
     fn command(&self) -> &[String] {
         match self {
             StreamJob::Run(request) => &request.command.argv,
-            StreamJob::Exec(_, _, spec) => &spec.argv,
+            StreamJob::Exec(_, _, _, spec) => &spec.argv,
         }
     }
 }

@@ -18,5 +18,6 @@ mod runs;
 mod sandboxes;
 mod snapshots;
 mod streams;
+mod tenants;
 mod validation;
 mod volumes;

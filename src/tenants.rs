@@ -1,0 +1,523 @@
+//! Tenants: the keys file (`--keys FILE`), which binds API keys to namespaces and
+//! their quotas, and what quotas count in process (commands running per namespace).
+//!
+//! One line per key: its SHA-256 as 64 hex digits (never the key itself), the
+//! namespace it selects, then optional quotas as `name=value`:
+//!
+//! ```text
+//! # printf %s "$KEY" | sha256sum
+//! 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 team-a max_sandboxes=10 max_concurrent_runs=4 max_memory_mb=8192
+//! ```
+//!
+//! Quotas belong to the namespace: several keys of one namespace (a key being
+//! rotated) give it the same quotas, or only one of them gives any. A file that does
+//! not parse is refused as a whole, with its line number: at start the server does not
+//! start; on a reload (SIGHUP) the keys in force stay.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use crate::codec::sha256;
+use crate::config::Namespace;
+
+/// What a namespace may hold and run at once; `None` is no bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quotas {
+    /// Sandboxes it has, whatever their state (a stopped one may start at any time).
+    pub max_sandboxes: Option<u64>,
+    /// Commands running at once: one-shot runs, sandbox execs, a batch's commands
+    /// running together (its threads), streamed or not. Detached commands are not
+    /// counted: they run on their own.
+    pub max_concurrent_runs: Option<u64>,
+    /// The memory limits of its sandboxes, added up (every sandbox has one).
+    pub max_memory_mb: Option<u64>,
+}
+
+impl Quotas {
+    pub fn bounds_sandboxes(&self) -> bool {
+        self.max_sandboxes.is_some() || self.max_memory_mb.is_some()
+    }
+}
+
+/// The parsed file: key digests to namespaces, and each namespace's quotas.
+#[derive(Debug, Default)]
+pub struct Keys {
+    by_digest: HashMap<[u8; 32], Namespace>,
+    quotas: BTreeMap<Namespace, Quotas>,
+}
+
+impl Keys {
+    /// Parses the file's text; an error names the line (from 1) and what is wrong.
+    pub fn parse(text: &str) -> Result<Keys, String> {
+        let mut keys = Keys::default();
+        // Where each namespace's quotas were given, for the error of a second set.
+        let mut quotas_line: BTreeMap<Namespace, usize> = BTreeMap::new();
+        for (index, line) in text.lines().enumerate() {
+            let number = index + 1;
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let at = |message: String| format!("line {number}: {message}");
+            let mut fields = line.split_whitespace();
+            let digest_hex = fields.next().unwrap_or_default();
+            let digest = parse_digest(digest_hex).ok_or_else(|| {
+                at(format!(
+                    "'{}' is not a key's SHA-256 as 64 hex digits (the file holds no keys \
+                     themselves: printf %s \"$KEY\" | sha256sum)",
+                    shortened(digest_hex)
+                ))
+            })?;
+            let namespace_text = fields
+                .next()
+                .ok_or_else(|| at("a namespace must follow the key's SHA-256".into()))?;
+            let namespace = Namespace::parse(namespace_text).map_err(at)?;
+            let mut quotas = Quotas::default();
+            for field in fields {
+                let (name, value) = field.split_once('=').ok_or_else(|| {
+                    at(format!(
+                        "'{}' is not a quota: write name=value",
+                        shortened(field)
+                    ))
+                })?;
+                let number: u64 = value.parse().map_err(|_| {
+                    at(format!("{name}={} is not a whole number", shortened(value)))
+                })?;
+                let slot = match name {
+                    "max_sandboxes" => &mut quotas.max_sandboxes,
+                    "max_concurrent_runs" => &mut quotas.max_concurrent_runs,
+                    "max_memory_mb" => &mut quotas.max_memory_mb,
+                    other => {
+                        return Err(at(format!(
+                            "unknown quota '{}' (known: max_sandboxes, \
+                             max_concurrent_runs, max_memory_mb)",
+                            shortened(other)
+                        )))
+                    }
+                };
+                if slot.replace(number).is_some() {
+                    return Err(at(format!("{name} is given twice")));
+                }
+            }
+            if keys.by_digest.contains_key(&digest) {
+                return Err(at("this key is already on an earlier line".into()));
+            }
+            if quotas != Quotas::default() {
+                if let Some(earlier) = quotas_line.get(&namespace) {
+                    if keys.quotas.get(&namespace) != Some(&quotas) {
+                        return Err(at(format!(
+                            "namespace '{}' has other quotas on line {earlier}: a \
+                             namespace's quotas are the same on each of its lines",
+                            namespace.as_str()
+                        )));
+                    }
+                }
+                quotas_line.insert(namespace.clone(), number);
+                keys.quotas.insert(namespace.clone(), quotas);
+            }
+            keys.by_digest.insert(digest, namespace);
+        }
+        Ok(keys)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_digest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+
+    /// The namespace of a key, if the file holds its digest.
+    pub fn namespace_of(&self, key: &str) -> Option<&Namespace> {
+        self.by_digest.get(&sha256::Sha256::digest(key.as_bytes()))
+    }
+
+    pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
+        self.by_digest.values()
+    }
+}
+
+fn parse_digest(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (index, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * index..2 * index + 2], 16).ok()?;
+    }
+    Some(digest)
+}
+
+/// At most 40 characters of what a line holds, for an error message.
+fn shortened(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+/// A quota a request would go over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverQuota {
+    pub message: String,
+    /// When trying again may succeed (the `Retry-After` header).
+    pub retry_after: Duration,
+}
+
+/// The keys in force, and what the quotas count.
+pub struct Tenants {
+    /// The keys file; `None` when the server has none (one key, or none, as before).
+    path: Option<PathBuf>,
+    keys: RwLock<Arc<Keys>>,
+    /// Every namespace a keys file named since the start: a tenant removed from the
+    /// file keeps its sandboxes, and they still expire.
+    seen: Mutex<BTreeSet<Namespace>>,
+    /// Commands running per namespace.
+    running: Arc<Mutex<HashMap<Namespace, u64>>>,
+    /// Per namespace, held from a create's count to its container's creation.
+    creating: Mutex<HashMap<Namespace, Arc<Mutex<()>>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Tenants {
+    /// No keys file: every request is in the server's namespace, without quotas.
+    pub fn none() -> Tenants {
+        Tenants {
+            path: None,
+            keys: RwLock::new(Arc::new(Keys::default())),
+            seen: Mutex::new(BTreeSet::new()),
+            running: Arc::new(Mutex::new(HashMap::new())),
+            creating: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reads the keys file; an error says which file and line.
+    pub fn load(path: &Path) -> Result<Tenants, String> {
+        let tenants = Tenants {
+            path: Some(path.to_path_buf()),
+            ..Tenants::none()
+        };
+        tenants.reload()?;
+        Ok(tenants)
+    }
+
+    /// How many keys are in force.
+    pub fn key_count(&self) -> usize {
+        self.keys().len()
+    }
+
+    /// Whether a keys file is in force.
+    pub fn enabled(&self) -> bool {
+        self.path.is_some()
+    }
+
+    /// Reads the file again; on any error the keys in force stay. Gives how many keys
+    /// it holds now.
+    pub fn reload(&self) -> Result<usize, String> {
+        let Some(path) = &self.path else {
+            return Ok(0);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read keys file {}: {error}", path.display()))?;
+        let keys = Keys::parse(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+        let count = keys.len();
+        lock(&self.seen).extend(keys.namespaces().cloned());
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        Ok(count)
+    }
+
+    fn keys(&self) -> Arc<Keys> {
+        Arc::clone(&self.keys.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The namespace a key selects, if the file holds it.
+    pub fn namespace_of(&self, key: &str) -> Option<Namespace> {
+        self.keys().namespace_of(key).cloned()
+    }
+
+    pub fn quotas(&self, namespace: &Namespace) -> Quotas {
+        self.keys()
+            .quotas
+            .get(namespace)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The server's namespace and every one a keys file named since the start.
+    pub fn namespaces(&self, server: &Namespace) -> Vec<Namespace> {
+        let mut all = lock(&self.seen).clone();
+        all.insert(server.clone());
+        all.into_iter().collect()
+    }
+
+    /// Takes up to `want` of the namespace's concurrent runs (at least one, else the
+    /// quota's refusal): a batch runs as many commands at once as it was given.
+    pub fn run_slots(&self, namespace: &Namespace, want: u64) -> Result<RunSlots, OverQuota> {
+        let max = self.quotas(namespace).max_concurrent_runs;
+        let mut running = lock(&self.running);
+        let now = running.get(namespace).copied().unwrap_or(0);
+        let granted = match max {
+            None => want,
+            Some(max) => want.min(max.saturating_sub(now)),
+        };
+        if granted == 0 {
+            return Err(OverQuota {
+                message: format!(
+                    "Quota max_concurrent_runs reached: namespace '{}' runs {now} of its {} \
+                     commands at once",
+                    namespace.as_str(),
+                    max.unwrap_or(0)
+                ),
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        *running.entry(namespace.clone()).or_insert(0) += granted;
+        Ok(RunSlots {
+            running: Arc::clone(&self.running),
+            namespace: namespace.clone(),
+            count: granted,
+        })
+    }
+
+    /// The namespace's create lock: its sandboxes are counted and its new one made
+    /// under it, so that two creates do not both take the last place.
+    pub fn creating(&self, namespace: &Namespace) -> Arc<Mutex<()>> {
+        Arc::clone(
+            lock(&self.creating)
+                .entry(namespace.clone())
+                .or_insert_with(|| Arc::new(Mutex::new(()))),
+        )
+    }
+}
+
+/// Commands a namespace runs, counted until dropped.
+#[derive(Debug)]
+pub struct RunSlots {
+    running: Arc<Mutex<HashMap<Namespace, u64>>>,
+    namespace: Namespace,
+    count: u64,
+}
+
+impl RunSlots {
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+impl Drop for RunSlots {
+    fn drop(&mut self) {
+        let mut running = lock(&self.running);
+        if let Some(now) = running.get_mut(&self.namespace) {
+            *now = now.saturating_sub(self.count);
+            if *now == 0 {
+                running.remove(&self.namespace);
+            }
+        }
+    }
+}
+
+/// Checks a new sandbox of `memory_mb` against the namespace's quotas, given what it
+/// has (`sandboxes`, their memory limits added up in `memory_mb_used`). `retry_after`
+/// is when one of its sandboxes ends by itself, if one will.
+pub fn check_sandbox_quotas(
+    namespace: &Namespace,
+    quotas: Quotas,
+    sandboxes: u64,
+    memory_mb_used: u64,
+    memory_mb: u64,
+    retry_after: Duration,
+) -> Result<(), OverQuota> {
+    let over = |message: String| OverQuota {
+        message,
+        retry_after,
+    };
+    if let Some(max) = quotas.max_sandboxes {
+        if sandboxes >= max {
+            return Err(over(format!(
+                "Quota max_sandboxes reached: namespace '{}' has {sandboxes} of its {max} \
+                 sandboxes (remove one first)",
+                namespace.as_str()
+            )));
+        }
+    }
+    if let Some(max) = quotas.max_memory_mb {
+        if memory_mb_used.saturating_add(memory_mb) > max {
+            return Err(over(format!(
+                "Quota max_memory_mb reached: namespace '{}' has sandboxes of {memory_mb_used} \
+                 MiB of its {max} MiB, and this one asks for {memory_mb} MiB more",
+                namespace.as_str()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEST_KEY: &str = "test";
+    // printf %s test | sha256sum
+    const TEST_DIGEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    const OTHER_DIGEST: &str = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752";
+
+    fn namespace(text: &str) -> Namespace {
+        Namespace::parse(text).unwrap()
+    }
+
+    #[test]
+    fn binds_key_digests_to_namespaces_and_quotas() {
+        let text = format!(
+            "# tenants\n\n{TEST_DIGEST} team-a max_sandboxes=2 max_memory_mb=512 # a\n\
+             {} team-b\n",
+            OTHER_DIGEST.to_uppercase()
+        );
+        let keys = Keys::parse(&text).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys.namespace_of(TEST_KEY), Some(&namespace("team-a")));
+        assert_eq!(keys.namespace_of("test2"), Some(&namespace("team-b")));
+        assert_eq!(
+            keys.namespace_of(TEST_DIGEST),
+            None,
+            "the digest is not a key"
+        );
+        assert_eq!(
+            keys.quotas.get(&namespace("team-a")),
+            Some(&Quotas {
+                max_sandboxes: Some(2),
+                max_concurrent_runs: None,
+                max_memory_mb: Some(512),
+            })
+        );
+        assert_eq!(keys.quotas.get(&namespace("team-b")), None);
+    }
+
+    #[test]
+    fn a_malformed_line_is_refused_with_its_number() {
+        let cases = [
+            ("secret team-a", "line 1: 'secret' is not a key's SHA-256"),
+            (TEST_DIGEST, "line 1: a namespace must follow"),
+            (
+                &format!("{TEST_DIGEST} Team_A"),
+                "line 1: invalid namespace 'Team_A'",
+            ),
+            (
+                &format!("#\n{TEST_DIGEST} a max_sandboxes"),
+                "line 2: 'max_sandboxes' is not a quota",
+            ),
+            (
+                &format!("{TEST_DIGEST} a max_sandboxes=-1"),
+                "line 1: max_sandboxes=-1 is not a whole number",
+            ),
+            (
+                &format!("{TEST_DIGEST} a max_cpus=1"),
+                "line 1: unknown quota 'max_cpus'",
+            ),
+            (
+                &format!("{TEST_DIGEST} a max_sandboxes=1 max_sandboxes=2"),
+                "line 1: max_sandboxes is given twice",
+            ),
+            (
+                &format!("{TEST_DIGEST} a\n\n{TEST_DIGEST} b"),
+                "line 3: this key is already on an earlier line",
+            ),
+            (
+                &format!("{TEST_DIGEST} a max_sandboxes=1\n{OTHER_DIGEST} a max_sandboxes=2"),
+                "line 2: namespace 'a' has other quotas on line 1",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = Keys::parse(text).unwrap_err();
+            assert!(error.starts_with(expected), "{text:?}: {error}");
+        }
+        // The same quotas on two lines of a namespace, or on one of them, are fine.
+        let same = format!("{TEST_DIGEST} a max_sandboxes=1\n{OTHER_DIGEST} a max_sandboxes=1");
+        assert!(Keys::parse(&same).is_ok());
+        let one = format!("{TEST_DIGEST} a\n{OTHER_DIGEST} a max_sandboxes=1");
+        assert_eq!(
+            Keys::parse(&one).unwrap().quotas[&namespace("a")].max_sandboxes,
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn a_failed_reload_keeps_the_keys_in_force() {
+        let dir = std::env::temp_dir().join(format!("ak-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys");
+        std::fs::write(&path, format!("{TEST_DIGEST} team-a\n")).unwrap();
+        let tenants = Tenants::load(&path).unwrap();
+        assert_eq!(tenants.namespace_of(TEST_KEY), Some(namespace("team-a")));
+        std::fs::write(&path, format!("{TEST_DIGEST} team-a\nnonsense\n")).unwrap();
+        let error = tenants.reload().unwrap_err();
+        assert!(error.contains("line 2:"), "{error}");
+        assert_eq!(tenants.namespace_of(TEST_KEY), Some(namespace("team-a")));
+        std::fs::write(&path, format!("{OTHER_DIGEST} team-b\n")).unwrap();
+        assert_eq!(tenants.reload(), Ok(1));
+        assert_eq!(tenants.namespace_of(TEST_KEY), None);
+        // A removed tenant's sandboxes are still looked after.
+        assert_eq!(
+            tenants.namespaces(&namespace("default")),
+            vec![
+                namespace("default"),
+                namespace("team-a"),
+                namespace("team-b")
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn run_slots_are_bounded_per_namespace_and_given_back() {
+        let tenants = Tenants::none();
+        *tenants.keys.write().unwrap() =
+            Arc::new(Keys::parse(&format!("{TEST_DIGEST} a max_concurrent_runs=3")).unwrap());
+        let a = namespace("a");
+        let first = tenants.run_slots(&a, 2).unwrap();
+        assert_eq!(first.count(), 2);
+        let second = tenants.run_slots(&a, 4).unwrap();
+        assert_eq!(second.count(), 1, "a batch gets what is left");
+        let refused = tenants.run_slots(&a, 1).unwrap_err();
+        assert!(
+            refused.message.contains("max_concurrent_runs"),
+            "{refused:?}"
+        );
+        assert_eq!(refused.retry_after, Duration::from_secs(1));
+        // Another namespace, without quotas, is not held back.
+        assert_eq!(tenants.run_slots(&namespace("b"), 9).unwrap().count(), 9);
+        drop(first);
+        assert_eq!(tenants.run_slots(&a, 5).unwrap().count(), 2);
+        drop(second);
+        assert!(lock(&tenants.running).is_empty());
+    }
+
+    #[test]
+    fn sandbox_quotas_count_sandboxes_and_memory() {
+        let a = namespace("a");
+        let quotas = Quotas {
+            max_sandboxes: Some(2),
+            max_concurrent_runs: None,
+            max_memory_mb: Some(1024),
+        };
+        let wait = Duration::from_secs(60);
+        assert!(check_sandbox_quotas(&a, quotas, 1, 512, 512, wait).is_ok());
+        let full = check_sandbox_quotas(&a, quotas, 2, 0, 16, wait).unwrap_err();
+        assert!(
+            full.message.starts_with("Quota max_sandboxes reached"),
+            "{full:?}"
+        );
+        let memory = check_sandbox_quotas(&a, quotas, 1, 768, 512, wait).unwrap_err();
+        assert!(
+            memory.message.starts_with("Quota max_memory_mb reached"),
+            "{memory:?}"
+        );
+        assert_eq!(memory.retry_after, wait);
+        assert!(check_sandbox_quotas(&a, Quotas::default(), 99, 1 << 40, 1 << 40, wait).is_ok());
+    }
+}
