@@ -40,22 +40,29 @@ pub struct Expiry {
     /// Where extensions are kept, a directory per namespace (none without a data dir:
     /// then they are refused).
     dir: Option<PathBuf>,
-    /// Per sandbox (its container's name, namespace and all): the last activity, and
-    /// commands in flight.
-    activity: Mutex<HashMap<String, Activity>>,
+    /// Per namespace: the last activity of its sandboxes, and commands in flight.
+    activity: Mutex<HashMap<String, Room>>,
     /// Held by a removal (from its last look to the removal) and by an extension.
     decide: Mutex<()>,
-    /// Since when a sandbox without an entry in `activity` counts as idle: the
-    /// server's start, or the last time an entry had to be dropped for room.
-    since: Mutex<Instant>,
+    /// The server's start: before it, no activity is known.
+    started: Instant,
     /// Sandboxes removed for their terms since the start (for `GET /metrics`).
     expired: std::sync::atomic::AtomicU64,
 }
 
-/// Most sandboxes whose activity is kept (requests may name sandboxes that do not
-/// exist); past it, the longest idle entry goes, and `since` moves to now, so that no
-/// sandbox is ever taken for idle sooner than it was.
+/// Most sandboxes of one namespace whose activity is kept (requests may name sandboxes
+/// that do not exist); past it, the longest idle entry goes, and the namespace's
+/// `since` moves to now, so that no sandbox is ever taken for idle sooner than it was
+/// (and one namespace's made-up names move only its own).
 const MAX_ACTIVITY: usize = 4096;
+
+/// One namespace's activity.
+struct Room {
+    /// Since when a sandbox without an entry counts as idle: the server's start, or
+    /// the last time an entry had to be dropped for room.
+    since: Instant,
+    sandboxes: HashMap<String, Activity>,
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Activity {
@@ -66,13 +73,15 @@ struct Activity {
 /// A command or file operation on a sandbox, from its start to its end.
 pub struct Busy<'a> {
     expiry: &'a Expiry,
+    namespace: String,
     name: String,
 }
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
         let mut activity = lock(&self.expiry.activity);
-        if let Some(entry) = activity.get_mut(&self.name) {
+        let room = activity.get_mut(&self.namespace);
+        if let Some(entry) = room.and_then(|room| room.sandboxes.get_mut(&self.name)) {
             entry.in_flight = entry.in_flight.saturating_sub(1);
             entry.last = Instant::now();
         }
@@ -93,7 +102,7 @@ impl Expiry {
             dir: config.data_dir.as_ref().map(|dir| dir.join("expiry")),
             activity: Mutex::new(HashMap::new()),
             decide: Mutex::new(()),
-            since: Mutex::new(Instant::now()),
+            started: Instant::now(),
             expired: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -105,28 +114,38 @@ impl Expiry {
 
     /// Marks a sandbox busy until the guard drops (activity, for its idle timeout).
     pub fn busy(&self, namespace: &Namespace, name: &SandboxName) -> Busy<'_> {
-        let key = labels::container_name(namespace, name);
         let mut activity = lock(&self.activity);
-        if activity.len() >= MAX_ACTIVITY && !activity.contains_key(&key) {
-            let idlest = activity
+        let room = activity
+            .entry(namespace.as_str().to_string())
+            .or_insert_with(|| Room {
+                since: self.started,
+                sandboxes: HashMap::new(),
+            });
+        if room.sandboxes.len() >= MAX_ACTIVITY && !room.sandboxes.contains_key(name.as_str()) {
+            let idlest = room
+                .sandboxes
                 .iter()
                 .filter(|(_, entry)| entry.in_flight == 0)
                 .min_by_key(|(_, entry)| entry.last)
                 .map(|(name, _)| name.clone());
             if let Some(idlest) = idlest {
-                activity.remove(&idlest);
-                *lock(&self.since) = Instant::now();
+                room.sandboxes.remove(&idlest);
+                room.since = Instant::now();
             }
         }
-        let entry = activity.entry(key.clone()).or_insert(Activity {
-            last: Instant::now(),
-            in_flight: 0,
-        });
+        let entry = room
+            .sandboxes
+            .entry(name.as_str().to_string())
+            .or_insert(Activity {
+                last: Instant::now(),
+                in_flight: 0,
+            });
         entry.in_flight += 1;
         entry.last = Instant::now();
         Busy {
             expiry: self,
-            name: key,
+            namespace: namespace.as_str().to_string(),
+            name: name.as_str().to_string(),
         }
     }
 
@@ -213,13 +232,19 @@ impl Expiry {
         if let Some(path) = self.extension_path(labels, container) {
             let _ = std::fs::remove_file(path);
         }
-        let Some(key) = activity_key(labels) else {
+        let Some((namespace, name)) = activity_key(labels) else {
             return;
         };
         // A command still in flight there keeps its count (its end takes it off).
         let mut activity = lock(&self.activity);
-        if activity.get(&key).is_some_and(|entry| entry.in_flight == 0) {
-            activity.remove(&key);
+        if let Some(room) = activity.get_mut(&namespace) {
+            if room
+                .sandboxes
+                .get(&name)
+                .is_some_and(|entry| entry.in_flight == 0)
+            {
+                room.sandboxes.remove(&name);
+            }
         }
     }
 
@@ -238,7 +263,7 @@ impl Expiry {
     /// (a sandbox is never idle since before it existed).
     fn due(
         &self,
-        name: &str,
+        (namespace, name): (&str, &str),
         terms: Terms,
         created: SystemTime,
         now: SystemTime,
@@ -247,8 +272,14 @@ impl Expiry {
             return Some("its ttl ran out");
         }
         let idle = terms.idle_timeout?;
-        let activity = lock(&self.activity).get(name).copied();
-        let since = *lock(&self.since);
+        let (activity, since) = {
+            let activity = lock(&self.activity);
+            let room = activity.get(namespace);
+            (
+                room.and_then(|room| room.sandboxes.get(name).copied()),
+                room.map_or(self.started, |room| room.since),
+            )
+        };
         let (last, in_flight) = activity.map_or((since, 0), |a| (a.last.max(since), a.in_flight));
         let idle_for = last
             .elapsed()
@@ -264,21 +295,37 @@ impl Expiry {
         history: &History,
         namespaces: &[Namespace],
     ) -> usize {
-        let mut summaries = Vec::new();
-        for namespace in namespaces {
-            let filters = labels::filters(namespace, Some(labels::Kind::Sandbox));
-            let Ok(found) = docker.container_list(&filters) else {
-                return 0;
-            };
-            summaries.extend(found);
-        }
+        // One list for every namespace: the sandboxes of this engine, then ours.
+        let filters = [
+            format!("{}=true", labels::MANAGED),
+            format!("{}={}", labels::KIND, labels::Kind::Sandbox.name()),
+        ];
+        let Ok(found) = docker.container_list(&filters) else {
+            return 0;
+        };
+        let summaries: Vec<_> = found
+            .into_iter()
+            .filter(|summary| {
+                let namespace = summary
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(labels::NAMESPACE));
+                namespaces
+                    .iter()
+                    .any(|served| Some(served.as_str()) == namespace.map(String::as_str))
+            })
+            .collect();
         // Activity of sandboxes that do not exist (a 404's, a removed one's) goes.
         {
-            let keys: std::collections::HashSet<String> = summaries
+            let keys: std::collections::HashSet<(String, String)> = summaries
                 .iter()
                 .filter_map(|summary| activity_key(summary.labels.as_ref()?))
                 .collect();
-            lock(&self.activity).retain(|key, entry| entry.in_flight > 0 || keys.contains(key));
+            for (namespace, room) in lock(&self.activity).iter_mut() {
+                room.sandboxes.retain(|name, entry| {
+                    entry.in_flight > 0 || keys.contains(&(namespace.clone(), name.clone()))
+                });
+            }
         }
         let mut removed = 0;
         for summary in summaries {
@@ -307,7 +354,7 @@ impl Expiry {
                 .and_then(|seconds| UNIX_EPOCH.checked_add(Duration::from_secs(seconds)))
                 .unwrap_or(UNIX_EPOCH);
             let Some(reason) = self.due(
-                &key,
+                (&key.0, &key.1),
                 self.terms(&summary.id, &labels),
                 created,
                 SystemTime::now(),
@@ -342,11 +389,11 @@ impl Expiry {
     }
 }
 
-/// The key of a sandbox's activity: its container's name, from its labels.
-fn activity_key(labels: &BTreeMap<String, String>) -> Option<String> {
+/// The key of a sandbox's activity: its namespace and name, from its labels.
+fn activity_key(labels: &BTreeMap<String, String>) -> Option<(String, String)> {
     let namespace = Namespace::parse(labels.get(labels::NAMESPACE)?).ok()?;
     let name = SandboxName::parse(labels.get(labels::SANDBOX)?).ok()?;
-    Some(labels::container_name(&namespace, &name))
+    Some((namespace.as_str().to_string(), name.as_str().to_string()))
 }
 
 /// A sandbox's terms as the API shows them: `expires_at` (RFC 3339 or null) and
@@ -367,7 +414,7 @@ mod tests {
             dir: Some(dir.to_path_buf()),
             activity: Mutex::new(HashMap::new()),
             decide: Mutex::new(()),
-            since: Mutex::new(Instant::now()),
+            started: Instant::now(),
             expired: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -441,17 +488,17 @@ mod tests {
         let busy = expiry.busy(&namespace, &name);
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(
-            expiry.due("ak_ns_idle", terms, UNIX_EPOCH, SystemTime::now()),
+            expiry.due(("ns", "idle"), terms, UNIX_EPOCH, SystemTime::now()),
             None
         );
         drop(busy);
         assert_eq!(
-            expiry.due("ak_ns_idle", terms, UNIX_EPOCH, SystemTime::now()),
+            expiry.due(("ns", "idle"), terms, UNIX_EPOCH, SystemTime::now()),
             None
         );
         std::thread::sleep(Duration::from_millis(5));
         assert!(expiry
-            .due("ak_ns_idle", terms, UNIX_EPOCH, SystemTime::now())
+            .due(("ns", "idle"), terms, UNIX_EPOCH, SystemTime::now())
             .is_some());
         let expired = Terms {
             expires_at: Some(SystemTime::now() - Duration::from_secs(1)),
@@ -459,8 +506,27 @@ mod tests {
         };
         let _busy = expiry.busy(&namespace, &name);
         assert_eq!(
-            expiry.due("ak_ns_idle", expired, UNIX_EPOCH, SystemTime::now()),
+            expiry.due(("ns", "idle"), expired, UNIX_EPOCH, SystemTime::now()),
             Some("its ttl ran out")
         );
+    }
+
+    #[test]
+    fn made_up_names_of_one_namespace_move_only_its_own_idle_clock() {
+        let expiry = expiry_in(&std::env::temp_dir());
+        let (mine, flooder) = (
+            Namespace::parse("mine").unwrap(),
+            Namespace::parse("flooder").unwrap(),
+        );
+        expiry.touch(&mine, &SandboxName::parse("real").unwrap());
+        for index in 0..=MAX_ACTIVITY {
+            let name = SandboxName::parse(&format!("fake-{index}")).unwrap();
+            expiry.touch(&flooder, &name);
+        }
+        let activity = lock(&expiry.activity);
+        assert_eq!(activity["flooder"].sandboxes.len(), MAX_ACTIVITY);
+        assert!(activity["flooder"].since > expiry.started);
+        assert_eq!(activity["mine"].since, expiry.started);
+        assert!(activity["mine"].sandboxes.contains_key("real"));
     }
 }

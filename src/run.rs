@@ -67,14 +67,16 @@ pub fn run(
         None => {
             // Refills wait until this start is done (see `Pool::cold_start`).
             let _cold = pool.cold_start();
-            crate::containers::labels::check_image(
+            let snapshot = crate::containers::labels::check_image(
                 docker,
                 &request.namespace,
                 request.image.as_str(),
             )?;
             let workdir = request.command.workdir.as_deref();
             let warm = pool.launch(docker, config, &key, Kind::Run, workdir)?;
-            if request.fast {
+            // A snapshot is its namespace's alone: never kept warm, where the next
+            // run of any namespace would take it without this check.
+            if request.fast && !snapshot {
                 pool.note_used(&key);
             }
             warm

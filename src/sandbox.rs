@@ -259,6 +259,10 @@ pub fn create(
     if let Some((_, key)) = &socket {
         labels.insert(labels::EXEC_SOCKET.to_string(), key.clone());
     }
+    labels.insert(
+        labels::MEMORY_MB.to_string(),
+        request.limits.memory_mb.to_string(),
+    );
     // A container gets its image's labels, ours overriding them: a sandbox's terms are
     // never an image's (a snapshot's, or one built to carry them), so the ones it does
     // not have are set empty, which reads as none.

@@ -2,7 +2,8 @@
 //! their quotas, and what quotas count in process (commands running per namespace).
 //!
 //! One line per key: its SHA-256 as 64 hex digits (never the key itself), the
-//! namespace it selects, then optional quotas as `name=value`:
+//! namespace it selects, then optional quotas as `name=value` (`max_sandboxes`,
+//! `max_memory_mb`, `max_concurrent_runs`, `max_snapshots`, `max_volumes`):
 //!
 //! ```text
 //! # printf %s "$KEY" | sha256sum
@@ -33,11 +34,48 @@ pub struct Quotas {
     pub max_concurrent_runs: Option<u64>,
     /// The memory limits of its sandboxes, added up (every sandbox has one).
     pub max_memory_mb: Option<u64>,
+    /// Snapshots it keeps (each a whole image on the engine's disk).
+    pub max_snapshots: Option<u64>,
+    /// Named volumes it keeps (they outlive the sandboxes that mount them).
+    pub max_volumes: Option<u64>,
 }
 
 impl Quotas {
-    pub fn bounds_sandboxes(&self) -> bool {
-        self.max_sandboxes.is_some() || self.max_memory_mb.is_some()
+    /// Whether any quota bounds what `adding` adds.
+    pub fn bound(&self, adding: Usage) -> bool {
+        (adding.sandboxes > 0 && self.max_sandboxes.is_some())
+            || (adding.memory_mb > 0 && self.max_memory_mb.is_some())
+            || (adding.snapshots > 0 && self.max_snapshots.is_some())
+            || (adding.volumes > 0 && self.max_volumes.is_some())
+    }
+}
+
+/// What a namespace has, or is about to have, of what quotas bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub sandboxes: u64,
+    pub memory_mb: u64,
+    pub snapshots: u64,
+    pub volumes: u64,
+}
+
+impl Usage {
+    fn plus(self, other: Usage) -> Usage {
+        Usage {
+            sandboxes: self.sandboxes.saturating_add(other.sandboxes),
+            memory_mb: self.memory_mb.saturating_add(other.memory_mb),
+            snapshots: self.snapshots.saturating_add(other.snapshots),
+            volumes: self.volumes.saturating_add(other.volumes),
+        }
+    }
+
+    fn minus(self, other: Usage) -> Usage {
+        Usage {
+            sandboxes: self.sandboxes.saturating_sub(other.sandboxes),
+            memory_mb: self.memory_mb.saturating_sub(other.memory_mb),
+            snapshots: self.snapshots.saturating_sub(other.snapshots),
+            volumes: self.volumes.saturating_sub(other.volumes),
+        }
     }
 }
 
@@ -82,17 +120,24 @@ impl Keys {
                         shortened(field)
                     ))
                 })?;
-                let number: u64 = value.parse().map_err(|_| {
-                    at(format!("{name}={} is not a whole number", shortened(value)))
-                })?;
+                let number: u64 = value
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| value.parse().ok())
+                    .flatten()
+                    .ok_or_else(|| {
+                        at(format!("{name}={} is not a whole number", shortened(value)))
+                    })?;
                 let slot = match name {
                     "max_sandboxes" => &mut quotas.max_sandboxes,
                     "max_concurrent_runs" => &mut quotas.max_concurrent_runs,
                     "max_memory_mb" => &mut quotas.max_memory_mb,
+                    "max_snapshots" => &mut quotas.max_snapshots,
+                    "max_volumes" => &mut quotas.max_volumes,
                     other => {
                         return Err(at(format!(
-                            "unknown quota '{}' (known: max_sandboxes, \
-                             max_concurrent_runs, max_memory_mb)",
+                            "unknown quota '{}' (known: max_sandboxes, max_memory_mb, \
+                             max_concurrent_runs, max_snapshots, max_volumes)",
                             shortened(other)
                         )))
                     }
@@ -141,7 +186,7 @@ impl Keys {
 }
 
 fn parse_digest(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.is_ascii() {
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut digest = [0u8; 32];
@@ -172,13 +217,17 @@ pub struct Tenants {
     /// The keys file; `None` when the server has none (one key, or none, as before).
     path: Option<PathBuf>,
     keys: RwLock<Arc<Keys>>,
-    /// Every namespace a keys file named since the start: a tenant removed from the
-    /// file keeps its sandboxes, and they still expire.
+    /// Every namespace a keys file named, ever: a tenant removed from the file keeps
+    /// its sandboxes, and they still expire. Kept as empty files named after them
+    /// (`<data dir>/tenants/<namespace>`), so a restart knows them too.
     seen: Mutex<BTreeSet<Namespace>>,
+    seen_dir: Option<PathBuf>,
     /// Commands running per namespace.
     running: Arc<Mutex<HashMap<Namespace, u64>>>,
-    /// Per namespace, held from a create's count to its container's creation.
-    creating: Mutex<HashMap<Namespace, Arc<Mutex<()>>>>,
+    /// Per namespace: what its creates in progress add (counted, not made yet).
+    pending: Arc<Mutex<HashMap<Namespace, Usage>>>,
+    /// Per namespace, held from a count to its reservation.
+    counting: Mutex<HashMap<Namespace, Arc<Mutex<()>>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -192,15 +241,33 @@ impl Tenants {
             path: None,
             keys: RwLock::new(Arc::new(Keys::default())),
             seen: Mutex::new(BTreeSet::new()),
+            seen_dir: None,
             running: Arc::new(Mutex::new(HashMap::new())),
-            creating: Mutex::new(HashMap::new()),
+            pending: Arc::new(Mutex::new(HashMap::new())),
+            counting: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Reads the keys file; an error says which file and line.
-    pub fn load(path: &Path) -> Result<Tenants, String> {
+    /// Reads the keys file; an error says which file and line. The namespaces served
+    /// before are read from `data_dir` (and new ones written there), if given.
+    pub fn load(path: &Path, data_dir: Option<&Path>) -> Result<Tenants, String> {
+        let seen_dir = data_dir.map(|dir| dir.join("tenants"));
+        let mut seen = BTreeSet::new();
+        if let Some(dir) = &seen_dir {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if let Some(namespace) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|name| Namespace::parse(name).ok())
+                {
+                    seen.insert(namespace);
+                }
+            }
+        }
         let tenants = Tenants {
             path: Some(path.to_path_buf()),
+            seen: Mutex::new(seen),
+            seen_dir,
             ..Tenants::none()
         };
         tenants.reload()?;
@@ -227,7 +294,24 @@ impl Tenants {
             .map_err(|error| format!("cannot read keys file {}: {error}", path.display()))?;
         let keys = Keys::parse(&text).map_err(|error| format!("{}: {error}", path.display()))?;
         let count = keys.len();
-        lock(&self.seen).extend(keys.namespaces().cloned());
+        let mut seen = lock(&self.seen);
+        for namespace in keys.namespaces() {
+            if seen.insert(namespace.clone()) {
+                if let Some(dir) = &self.seen_dir {
+                    let written = std::fs::create_dir_all(dir)
+                        .and_then(|()| std::fs::write(dir.join(namespace.as_str()), ""));
+                    if let Err(error) = written {
+                        log::warn!(
+                            "cannot note namespace '{}' in {}: {error} (after a restart, \
+                             its sandboxes expire only while a key names it)",
+                            namespace.as_str(),
+                            dir.display()
+                        );
+                    }
+                }
+            }
+        }
+        drop(seen);
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
         Ok(count)
     }
@@ -285,14 +369,70 @@ impl Tenants {
         })
     }
 
-    /// The namespace's create lock: its sandboxes are counted and its new one made
-    /// under it, so that two creates do not both take the last place.
-    pub fn creating(&self, namespace: &Namespace) -> Arc<Mutex<()>> {
-        Arc::clone(
-            lock(&self.creating)
+    /// Reserves what a create adds (`adding`) against the namespace's quotas, if one
+    /// bounds it. `has` reads what the namespace has now (from the engine), and when
+    /// a refusal may be worth trying again; it is called under the namespace's count
+    /// lock, and what creates in progress will add counts too, so that two creates
+    /// never both take its last place. The reservation lasts until dropped: once what
+    /// it reserved exists (or failed).
+    pub fn reserve<E>(
+        &self,
+        namespace: &Namespace,
+        adding: Usage,
+        has: impl FnOnce() -> Result<(Usage, Duration), E>,
+    ) -> Result<Option<Reservation>, Refusal<E>> {
+        let quotas = self.quotas(namespace);
+        if !quotas.bound(adding) {
+            return Ok(None);
+        }
+        let counting = Arc::clone(
+            lock(&self.counting)
                 .entry(namespace.clone())
                 .or_insert_with(|| Arc::new(Mutex::new(()))),
-        )
+        );
+        let _counting = lock(&counting);
+        let (has, retry_after) = has().map_err(Refusal::Failed)?;
+        let pending = lock(&self.pending)
+            .get(namespace)
+            .copied()
+            .unwrap_or_default();
+        check_quotas(namespace, quotas, has.plus(pending), adding, retry_after)
+            .map_err(Refusal::Over)?;
+        let mut pending = lock(&self.pending);
+        let entry = pending.entry(namespace.clone()).or_default();
+        *entry = entry.plus(adding);
+        Ok(Some(Reservation {
+            pending: Arc::clone(&self.pending),
+            namespace: namespace.clone(),
+            adding,
+        }))
+    }
+}
+
+/// Why a reservation was not made: a quota, or reading what the namespace has.
+#[derive(Debug)]
+pub enum Refusal<E> {
+    Over(OverQuota),
+    Failed(E),
+}
+
+/// What a create in progress adds to its namespace, counted until dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    pending: Arc<Mutex<HashMap<Namespace, Usage>>>,
+    namespace: Namespace,
+    adding: Usage,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut pending = lock(&self.pending);
+        if let Some(now) = pending.get_mut(&self.namespace) {
+            *now = now.minus(self.adding);
+            if *now == Usage::default() {
+                pending.remove(&self.namespace);
+            }
+        }
     }
 }
 
@@ -322,41 +462,73 @@ impl Drop for RunSlots {
     }
 }
 
-/// Checks a new sandbox of `memory_mb` against the namespace's quotas, given what it
-/// has (`sandboxes`, their memory limits added up in `memory_mb_used`). `retry_after`
-/// is when one of its sandboxes ends by itself, if one will.
-pub fn check_sandbox_quotas(
+/// Checks `adding` against the namespace's quotas, given what it has. `retry_after` is
+/// when one of its sandboxes ends by itself, if one will (snapshots and volumes do not).
+pub fn check_quotas(
     namespace: &Namespace,
     quotas: Quotas,
-    sandboxes: u64,
-    memory_mb_used: u64,
-    memory_mb: u64,
+    has: Usage,
+    adding: Usage,
     retry_after: Duration,
 ) -> Result<(), OverQuota> {
-    let over = |message: String| OverQuota {
-        message,
-        retry_after,
-    };
-    if let Some(max) = quotas.max_sandboxes {
-        if sandboxes >= max {
-            return Err(over(format!(
-                "Quota max_sandboxes reached: namespace '{}' has {sandboxes} of its {max} \
-                 sandboxes (remove one first)",
-                namespace.as_str()
-            )));
+    let namespace = namespace.as_str();
+    let counts = [
+        (
+            "max_sandboxes",
+            "sandboxes",
+            quotas.max_sandboxes,
+            has.sandboxes,
+            adding.sandboxes,
+        ),
+        (
+            "max_snapshots",
+            "snapshots",
+            quotas.max_snapshots,
+            has.snapshots,
+            adding.snapshots,
+        ),
+        (
+            "max_volumes",
+            "volumes",
+            quotas.max_volumes,
+            has.volumes,
+            adding.volumes,
+        ),
+    ];
+    for (quota, what, max, has, adding) in counts {
+        if let Some(max) = max.filter(|max| adding > 0 && has.saturating_add(adding) > *max) {
+            let retry_after = if what == "sandboxes" {
+                retry_after
+            } else {
+                NO_EXPIRY_RETRY
+            };
+            return Err(OverQuota {
+                message: format!(
+                    "Quota {quota} reached: namespace '{namespace}' has {has} of its {max} \
+                     {what}, and this would add {adding} (remove some first)"
+                ),
+                retry_after,
+            });
         }
     }
     if let Some(max) = quotas.max_memory_mb {
-        if memory_mb_used.saturating_add(memory_mb) > max {
-            return Err(over(format!(
-                "Quota max_memory_mb reached: namespace '{}' has sandboxes of {memory_mb_used} \
-                 MiB of its {max} MiB, and this one asks for {memory_mb} MiB more",
-                namespace.as_str()
-            )));
+        if adding.memory_mb > 0 && has.memory_mb.saturating_add(adding.memory_mb) > max {
+            return Err(OverQuota {
+                message: format!(
+                    "Quota max_memory_mb reached: namespace '{namespace}' has sandboxes of {} \
+                     MiB of its {max} MiB, and this one asks for {} MiB more",
+                    has.memory_mb, adding.memory_mb
+                ),
+                retry_after,
+            });
         }
     }
     Ok(())
 }
+
+/// `Retry-After` for what never ends by itself (snapshots, volumes, sandboxes without
+/// a ttl): a minute.
+pub const NO_EXPIRY_RETRY: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {
@@ -391,8 +563,8 @@ mod tests {
             keys.quotas.get(&namespace("team-a")),
             Some(&Quotas {
                 max_sandboxes: Some(2),
-                max_concurrent_runs: None,
                 max_memory_mb: Some(512),
+                ..Quotas::default()
             })
         );
         assert_eq!(keys.quotas.get(&namespace("team-b")), None);
@@ -452,7 +624,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("keys");
         std::fs::write(&path, format!("{TEST_DIGEST} team-a\n")).unwrap();
-        let tenants = Tenants::load(&path).unwrap();
+        let tenants = Tenants::load(&path, Some(&dir)).unwrap();
         assert_eq!(tenants.namespace_of(TEST_KEY), Some(namespace("team-a")));
         std::fs::write(&path, format!("{TEST_DIGEST} team-a\nnonsense\n")).unwrap();
         let error = tenants.reload().unwrap_err();
@@ -498,26 +670,80 @@ mod tests {
     }
 
     #[test]
-    fn sandbox_quotas_count_sandboxes_and_memory() {
+    fn quotas_count_what_there_is_and_what_is_being_made() {
+        let tenants = Tenants::none();
+        let line = format!(
+            "{TEST_DIGEST} a max_sandboxes=2 max_memory_mb=1024 max_snapshots=1 max_volumes=1"
+        );
+        *tenants.keys.write().unwrap() = Arc::new(Keys::parse(&line).unwrap());
         let a = namespace("a");
-        let quotas = Quotas {
-            max_sandboxes: Some(2),
-            max_concurrent_runs: None,
-            max_memory_mb: Some(1024),
+        let wait = Duration::from_secs(300);
+        let sandbox = |memory_mb| Usage {
+            sandboxes: 1,
+            memory_mb,
+            ..Usage::default()
         };
-        let wait = Duration::from_secs(60);
-        assert!(check_sandbox_quotas(&a, quotas, 1, 512, 512, wait).is_ok());
-        let full = check_sandbox_quotas(&a, quotas, 2, 0, 16, wait).unwrap_err();
+        let has = |usage: Usage| move || Ok::<_, ()>((usage, wait));
+        // One of two places taken: the second is reserved, a third (counted while the
+        // second is still being made) is refused.
+        let second = tenants
+            .reserve(&a, sandbox(512), has(sandbox(256)))
+            .unwrap()
+            .expect("a quota bounds it");
+        let Err(Refusal::Over(full)) = tenants.reserve(&a, sandbox(16), has(sandbox(256))) else {
+            panic!("the last place is taken");
+        };
         assert!(
             full.message.starts_with("Quota max_sandboxes reached"),
             "{full:?}"
         );
-        let memory = check_sandbox_quotas(&a, quotas, 1, 768, 512, wait).unwrap_err();
+        assert_eq!(full.retry_after, wait);
+        drop(second);
+        let Err(Refusal::Over(memory)) = tenants.reserve(&a, sandbox(900), has(sandbox(256)))
+        else {
+            panic!("over the memory quota");
+        };
         assert!(
             memory.message.starts_with("Quota max_memory_mb reached"),
             "{memory:?}"
         );
-        assert_eq!(memory.retry_after, wait);
-        assert!(check_sandbox_quotas(&a, Quotas::default(), 99, 1 << 40, 1 << 40, wait).is_ok());
+        // Snapshots and volumes never expire: a minute.
+        let snapshot = Usage {
+            snapshots: 1,
+            ..Usage::default()
+        };
+        let Err(Refusal::Over(snapshots)) = tenants.reserve(&a, snapshot, has(snapshot)) else {
+            panic!("over the snapshot quota");
+        };
+        assert!(snapshots.message.contains("max_snapshots"), "{snapshots:?}");
+        assert_eq!(snapshots.retry_after, NO_EXPIRY_RETRY);
+        let volumes = Usage {
+            volumes: 2,
+            ..Usage::default()
+        };
+        assert!(matches!(
+            tenants.reserve(&a, volumes, has(Usage::default())),
+            Err(Refusal::Over(_))
+        ));
+        // What no quota bounds is not even counted; a failed count is the caller's.
+        assert!(tenants
+            .reserve(&namespace("b"), sandbox(1 << 40), || Err(()))
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            tenants.reserve(&a, sandbox(16), || Err(())),
+            Err(Refusal::Failed(()))
+        ));
+        assert!(lock(&tenants.pending).is_empty());
+    }
+
+    #[test]
+    fn quota_values_are_plain_digits_and_digests_plain_hex() {
+        let plus = format!("{TEST_DIGEST} a max_sandboxes=+5");
+        assert!(Keys::parse(&plus)
+            .unwrap_err()
+            .contains("not a whole number"));
+        let signed_hex = format!("+{}", &TEST_DIGEST[1..]);
+        assert!(Keys::parse(&format!("{signed_hex} a")).is_err());
     }
 }

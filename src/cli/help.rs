@@ -547,7 +547,7 @@ pub const SERVE: Topic = Topic {
         flag(
             "keys",
             Some("FILE"),
-            "tenants: lines of 'SHA256-OF-KEY NAMESPACE [max_sandboxes=N] [max_concurrent_runs=N] [max_memory_mb=N]'; re-read on SIGHUP",
+            "tenants: lines of 'SHA256-OF-KEY NAMESPACE [QUOTA=N]...' (max_sandboxes, max_memory_mb, max_concurrent_runs, max_snapshots, max_volumes); re-read on SIGHUP",
         ),
         flag(
             "no-stub",

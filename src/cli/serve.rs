@@ -42,7 +42,7 @@ pub(super) fn serve(config: Config) -> i32 {
     );
     // A keys file that does not parse stops the start, naming its line.
     let tenants = match &config.keys_file {
-        Some(path) => match crate::tenants::Tenants::load(path) {
+        Some(path) => match crate::tenants::Tenants::load(path, config.data_dir.as_deref()) {
             Ok(tenants) => {
                 log::info!("keys file {}: {} keys", path.display(), tenants.key_count());
                 tenants

@@ -34,6 +34,10 @@ pub const TERMS: [&str; 4] = [STUB, EXEC_SOCKET, EXPIRES_AT, IDLE_TIMEOUT];
 /// a sweep removes only its own and those of owners that are gone.
 pub const OWNER: &str = "agentkernel.owner";
 
+/// A sandbox's memory limit in MiB, as its create asked (what `max_memory_mb` counts,
+/// whatever the engine applied).
+pub const MEMORY_MB: &str = "agentkernel.memory_mb";
+
 /// The `KIND` of a snapshot's image (`snapshot`).
 pub const KIND_SNAPSHOT: &str = "snapshot";
 /// The `KIND` of a named volume (`volume`).
@@ -41,12 +45,13 @@ pub const KIND_VOLUME: &str = "volume";
 
 /// Whether `image` is present and ours to use: another namespace's snapshot (named by
 /// its reference or by an id prefix) is as missing as an image that is not there, so
-/// that no namespace reads another's files, or learns its snapshots' names.
+/// that no namespace reads another's files, or learns its snapshots' names. Gives
+/// whether it is a snapshot (of `namespace`).
 pub fn check_image(
     docker: &crate::engine::Docker,
     namespace: &Namespace,
     image: &str,
-) -> crate::error::Result<()> {
+) -> crate::error::Result<bool> {
     let missing = || crate::error::Error::ImageMissing(image.to_string());
     let found = match docker.image_inspect(image) {
         Ok(found) => found,
@@ -64,7 +69,7 @@ pub fn check_image(
     if a_snapshot && !ours {
         return Err(missing());
     }
-    Ok(())
+    Ok(a_snapshot)
 }
 
 /// What a container is for.

@@ -22,6 +22,7 @@ use crate::exec::{Cancel, CommandResult, KeepWithin, OutputBudget};
 use crate::files::{self, SandboxPath};
 use crate::run::RunRequest;
 use crate::sandbox;
+use crate::tenants::{Refusal, Usage};
 
 use super::request::{
     BatchBody, CreateBody, ExecBody, ExtendBody, FilesBody, PutFileBody, Request, RunBody,
@@ -79,7 +80,7 @@ pub fn dispatch_with(
     let mut reply = match request {
         Request::OpenApi => get_openapi(context),
         Request::Health => get_health(context, config),
-        Request::Pool => get_pool(context),
+        Request::Pool => get_pool(context, config),
         Request::Backends => get_backends(context),
         Request::GetSandboxByUuid(uuid) => get_sandbox_by_uuid(context, config, &uuid),
         Request::ExtendSandbox(name, body) => post_sandbox_extend(context, config, &name, body),
@@ -191,8 +192,22 @@ fn command_reply(result: CommandResult, budget: OutputBudget) -> Reply {
     Reply::data(move |out| write_command_data(out, &result, false), budget)
 }
 
-pub fn get_pool(context: &Context) -> Result<Reply, ApiError> {
+/// The warm pool's keys and counts: the images every namespace runs, so the operator's.
+pub fn get_pool(context: &Context, config: &Config) -> Result<Reply, ApiError> {
+    operator_only(context, config, "The pool serves every namespace")?;
     Ok(Reply::ok(context.pool.stats()))
+}
+
+/// Refuses a request of a namespace other than the server's own (a tenant's key): what
+/// it asks for covers every namespace.
+fn operator_only(context: &Context, config: &Config, what: &str) -> Result<(), ApiError> {
+    if config.namespace == context.config.namespace {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "{what}: ask with the server's own key (AGENTKERNEL_API_KEY) or a key of its \
+         namespace"
+    )))
 }
 
 pub fn post_run(
@@ -255,16 +270,19 @@ pub fn post_sandboxes(
     // What the engine's host has bounds an override too (asked once, then cached).
     let host = || Ok(context.docker.host_resources().map_err(Error::from)?);
     let request = body.validate(config, &host)?;
-    // Counted and made under the namespace's create lock: two creates never both take
-    // its last place.
-    let quotas = context.tenants.quotas(&config.namespace);
-    let creating = context.tenants.creating(&config.namespace);
-    let _creating = quotas
-        .bounds_sandboxes()
-        .then(|| creating.lock().unwrap_or_else(|e| e.into_inner()));
-    if quotas.bounds_sandboxes() {
-        check_sandbox_quotas(context, config, quotas, request.limits.memory_mb)?;
-    }
+    // Within the namespace's quotas, counting the creates in progress (held until this
+    // one's container exists, or failed). Its volumes count as new ones: those it
+    // names that exist already are left out of what the namespace has.
+    let mut volumes: Vec<&str> = request.volumes.iter().map(|m| m.name.as_str()).collect();
+    volumes.sort_unstable();
+    volumes.dedup();
+    let adding = Usage {
+        sandboxes: 1,
+        memory_mb: request.limits.memory_mb,
+        snapshots: 0,
+        volumes: volumes.len() as u64,
+    };
+    let _reserved = reserve(context, config, adding, &volumes)?;
     let create = |launcher| sandbox::create(&context.docker, config, &launcher, &request);
     let not_before = crate::containers::labels::rfc3339(std::time::SystemTime::now());
     let created = match create(context.pool.launcher()) {
@@ -287,44 +305,70 @@ pub fn post_sandboxes(
     Ok(Reply::created(sandbox_view(context, &created)))
 }
 
-/// The namespace's sandboxes (whatever their state: a stopped one may start at any
-/// time) against its quotas, with one more of `memory_mb`. A refusal's `Retry-After`
-/// is when the first of them ends by itself, if one will.
-fn check_sandbox_quotas(
+/// Reserves what a create adds within the namespace's quotas (`tenants::reserve`);
+/// `named_volumes` are the volumes it mounts, counted in `adding` already.
+fn reserve(
     context: &Context,
     config: &Config,
-    quotas: crate::tenants::Quotas,
-    memory_mb: u64,
-) -> Result<(), ApiError> {
-    let sandboxes = sandbox::list(&context.docker, config)?;
-    let mut used = 0u64;
-    if quotas.max_memory_mb.is_some() {
+    adding: Usage,
+    named_volumes: &[&str],
+) -> Result<Option<crate::tenants::Reservation>, ApiError> {
+    let has = || usage_of(context, config, adding, named_volumes);
+    match context.tenants.reserve(&config.namespace, adding, has) {
+        Ok(reservation) => Ok(reservation),
+        Err(Refusal::Over(over)) => Err(over.into()),
+        Err(Refusal::Failed(error)) => Err(error.into()),
+    }
+}
+
+/// What the namespace has of what `adding` adds: its sandboxes (whatever their state:
+/// a stopped one may start at any time) and the memory they were given, its snapshots,
+/// its volumes other than `named_volumes`; and when the first of its sandboxes ends by
+/// itself, if one will (when trying again may succeed).
+fn usage_of(
+    context: &Context,
+    config: &Config,
+    adding: Usage,
+    named_volumes: &[&str],
+) -> Result<(Usage, std::time::Duration), Error> {
+    let mut has = Usage::default();
+    let mut retry_after = crate::tenants::NO_EXPIRY_RETRY;
+    if adding.sandboxes > 0 || adding.memory_mb > 0 {
+        let sandboxes = sandbox::list(&context.docker, config)?;
+        has.sandboxes = sandboxes.len() as u64;
         for found in &sandboxes {
-            // One removed meanwhile holds nothing.
-            used = used.saturating_add(match context.docker.container_inspect(&found.uuid) {
-                Ok(inspect) => (inspect.host_config.memory.max(0) as u64) / (1024 * 1024),
-                Err(error) if error.is_not_found() => 0,
-                Err(error) => return Err(Error::Engine(error).into()),
-            });
+            let labelled = found.labels.get(crate::containers::labels::MEMORY_MB);
+            // Made before the label: what the engine applied. One gone meanwhile: none.
+            let memory_mb = match labelled.and_then(|value| value.parse::<u64>().ok()) {
+                Some(memory_mb) => memory_mb,
+                None => match context.docker.container_inspect(&found.uuid) {
+                    Ok(inspect) => (inspect.host_config.memory.max(0) as u64) / (1024 * 1024),
+                    Err(error) if error.is_not_found() => 0,
+                    Err(error) => return Err(Error::Engine(error)),
+                },
+            };
+            has.memory_mb = has.memory_mb.saturating_add(memory_mb);
+        }
+        let now = std::time::SystemTime::now();
+        if let Some(first) = sandboxes
+            .iter()
+            .filter_map(|found| context.expiry.terms(&found.uuid, &found.labels).expires_at)
+            .min()
+        {
+            // The expiry thread's look, and a second for the removal.
+            retry_after = first.duration_since(now).unwrap_or_default() + 2 * crate::expiry::EVERY;
         }
     }
-    let now = std::time::SystemTime::now();
-    let retry_after = sandboxes
-        .iter()
-        .filter_map(|found| context.expiry.terms(&found.uuid, &found.labels).expires_at)
-        .min()
-        // The expiry thread's look, and a second for the removal.
-        .map(|at| at.duration_since(now).unwrap_or_default() + 2 * crate::expiry::EVERY)
-        .unwrap_or(std::time::Duration::from_secs(60));
-    crate::tenants::check_sandbox_quotas(
-        &config.namespace,
-        quotas,
-        sandboxes.len() as u64,
-        used,
-        memory_mb,
-        retry_after,
-    )?;
-    Ok(())
+    if adding.snapshots > 0 {
+        has.snapshots = crate::snapshot::list(&context.docker, config)?.len() as u64;
+    }
+    if adding.volumes > 0 {
+        has.volumes = crate::volume::list(&context.docker, config)?
+            .iter()
+            .filter(|volume| !named_volumes.contains(&volume.name.as_str()))
+            .count() as u64;
+    }
+    Ok((has, retry_after))
 }
 
 /// A create from a snapshot takes the snapshot's profile and limits, where the body
@@ -392,6 +436,11 @@ pub fn post_snapshots(
     let (sandbox, name) = body.validate()?;
     let name = name
         .unwrap_or_else(|| crate::snapshot::default_name(&sandbox, std::time::SystemTime::now()));
+    let adding = Usage {
+        snapshots: 1,
+        ..Usage::default()
+    };
+    let _reserved = reserve(context, config, adding, &[])?;
     // The copy can take a while: the sandbox is in use meanwhile, not idle.
     let _busy = context.expiry.busy(&config.namespace, &sandbox);
     let taken = crate::snapshot::take(&context.docker, config, &sandbox, &name)?;
@@ -925,14 +974,11 @@ const METRICS_ENGINE_WAIT: std::time::Duration = std::time::Duration::from_secs(
 pub fn get_metrics(context: &Context, config: &Config) -> Result<Reply, ApiError> {
     use crate::containers::labels::{self, Kind};
     use std::sync::atomic::Ordering::Relaxed;
-    // The whole server's counts are the operator's: not a tenant's to see.
-    if config.namespace != context.config.namespace {
-        return Err(ApiError::Forbidden(
-            "Metrics cover every namespace of the server: ask with the server's own key \
-             (AGENTKERNEL_API_KEY) or one of its namespace"
-                .into(),
-        ));
-    }
+    operator_only(
+        context,
+        config,
+        "Metrics cover every namespace of the server",
+    )?;
     let engine_up = context.engine.is_up();
     // Every namespace the server serves (the server's and its tenants').
     let namespaces = context.tenants.namespaces(&config.namespace);

@@ -78,7 +78,7 @@ impl StreamJob {
                 let _busy = context.expiry.busy(namespace, name);
                 let result = crate::sandbox::exec_running(
                     &context.docker,
-                    &context.config,
+                    &context.config_in(namespace),
                     running,
                     spec,
                     observer,

@@ -108,7 +108,18 @@ fn call_with_headers(
 fn each_key_sees_only_its_own_namespace() {
     let (a, b) = (fresh_namespace(), fresh_namespace());
     let tenants = Tenants::new(&[("key-a", &a, ""), ("key-b", &b, "")]);
-    let server = serve(&tenants, &[("AGENTKERNEL_API_KEY", "operator")]);
+    let server = Server::start_with(Options {
+        args: vec![
+            "--keys".into(),
+            tenants.path().display().to_string(),
+            // Images runs use are kept warm: a snapshot's never is (it would be served
+            // to the next run of any namespace).
+            "--pool-dynamic-size".into(),
+            "1".into(),
+        ],
+        env: vec![("AGENTKERNEL_API_KEY".into(), "operator".into())],
+        ..Options::default()
+    });
     // No key, an unknown key, an empty one, a digest instead of its key: 401.
     assert_eq!(server.get("/sandboxes").0, 401);
     for key in ["nope", "", &sha256_hex("key-a")] {
@@ -201,8 +212,25 @@ fn each_key_sees_only_its_own_namespace() {
         call(&server, "key-b", "POST", "/run", Some(run.clone())).0,
         404
     );
-    let (status, answer) = call(&server, "key-a", "POST", "/run", Some(run));
-    assert_eq!(status, 200, "{answer}");
+    for _ in 0..2 {
+        let (status, answer) = call(&server, "key-a", "POST", "/run", Some(run.clone()));
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (_, pool) = call(&server, "operator", "GET", "/pool", None);
+    assert!(!pool.to_string().contains(&image_of_a), "{pool}");
+    assert_eq!(
+        call(&server, "key-b", "POST", "/run", Some(run.clone())).0,
+        404
+    );
+    let stream = server.request(
+        "POST",
+        "/run/stream",
+        Some(&run.to_string()),
+        &[("X-API-Key", "key-b")],
+    );
+    assert_eq!(stream.0, 404);
+    // The pool serves every namespace: its keys are the operator's to see.
+    assert_eq!(call(&server, "key-a", "GET", "/pool", None).0, 403);
     // Its own namespace forks from it.
     let (status, answer) = call(&server, "key-a", "POST", "/sandboxes", Some(from));
     assert_eq!(status, 201, "{answer}");
@@ -233,16 +261,18 @@ fn each_key_sees_only_its_own_namespace() {
     // Metrics count every namespace, and are the operator's alone.
     let (status, answer) = call(&server, "key-a", "GET", "/metrics", None);
     assert_eq!(status, 403, "{answer}");
-    let metrics = ureq::get(&server.url("/metrics"))
-        .set("X-API-Key", "operator")
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    assert!(
-        metrics.contains("agentkernel_sandboxes{status=\"running\"} 4"),
-        "{metrics}"
-    );
+    // (A scrape does not wait long for a busy engine: then it has no counts.)
+    let mut metrics = String::new();
+    let counted = crate::harness::eventually(Duration::from_secs(30), || {
+        metrics = ureq::get(&server.url("/metrics"))
+            .set("X-API-Key", "operator")
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        metrics.contains("agentkernel_sandboxes{status=\"running\"} 4")
+    });
+    assert!(counted, "{metrics}");
 
     for name in ["box", "fork", "vol"] {
         call(
@@ -272,7 +302,7 @@ fn each_key_sees_only_its_own_namespace() {
 
 #[test]
 fn quotas_refuse_with_429_and_make_nothing() {
-    let (limited, free) = (fresh_namespace(), fresh_namespace());
+    let (limited, free, keeper) = (fresh_namespace(), fresh_namespace(), fresh_namespace());
     let tenants = Tenants::new(&[
         (
             "key-q",
@@ -280,6 +310,7 @@ fn quotas_refuse_with_429_and_make_nothing() {
             "max_sandboxes=1 max_concurrent_runs=1 max_memory_mb=300",
         ),
         ("key-free", &free, ""),
+        ("key-s", &keeper, "max_snapshots=1 max_volumes=1"),
     ]);
     let server = serve(&tenants, &[]);
     let create =
@@ -410,6 +441,50 @@ fn quotas_refuse_with_429_and_make_nothing() {
         Some(json!({"command": ["true"]})),
     );
     assert_eq!(status, 200, "{answer}");
+
+    // max_volumes: volumes it names that exist already are not new ones.
+    let (status, _, answer) = create("key-s", json!({"name": "v", "volumes": ["v1:/a"]}));
+    assert_eq!(status, 201, "{answer}");
+    let (status, _, answer) = create("key-s", json!({"name": "w", "volumes": ["v1:/b"]}));
+    assert_eq!(status, 201, "{answer}");
+    let (status, retry_after, answer) =
+        create("key-s", json!({"name": "x", "volumes": ["v1:/b", "v2:/c"]}));
+    assert_eq!(status, 429, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("max_volumes"),
+        "{answer}"
+    );
+    assert_eq!(retry_after.as_deref(), Some("60"));
+    assert_eq!(volumes_of(&keeper).len(), 1);
+    // max_snapshots.
+    let snapshot = |name: &str| {
+        let body = json!({"sandbox": "v", "name": name});
+        call_with_headers(&server, "key-s", "POST", "/snapshots", body)
+    };
+    let (status, _, answer) = snapshot("s1");
+    assert_eq!(status, 201, "{answer}");
+    let (status, retry_after, answer) = snapshot("s2");
+    assert_eq!(status, 429, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("max_snapshots"),
+        "{answer}"
+    );
+    assert_eq!(retry_after.as_deref(), Some("60"));
+    assert_eq!(snapshots_of(&keeper).len(), 1);
+    assert_eq!(
+        call(&server, "key-s", "DELETE", "/snapshots/s1", None).0,
+        200
+    );
+    for name in ["v", "w"] {
+        call(
+            &server,
+            "key-s",
+            "DELETE",
+            &format!("/sandboxes/{name}"),
+            None,
+        );
+    }
+    assert_eq!(call(&server, "key-s", "DELETE", "/volumes/v1", None).0, 200);
 
     for (key, name) in [("key-free", "two"), ("key-q", "r1"), ("key-q", "r2")] {
         call(&server, key, "DELETE", &format!("/sandboxes/{name}"), None);
