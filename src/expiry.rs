@@ -321,7 +321,12 @@ impl Expiry {
                 .iter()
                 .filter_map(|summary| activity_key(summary.labels.as_ref()?))
                 .collect();
-            for (namespace, room) in lock(&self.activity).iter_mut() {
+            // (Only the namespaces listed: one a reload just added was not.)
+            let mut activity = lock(&self.activity);
+            for (namespace, room) in activity.iter_mut() {
+                if !namespaces.iter().any(|served| served.as_str() == namespace) {
+                    continue;
+                }
                 room.sandboxes.retain(|name, entry| {
                     entry.in_flight > 0 || keys.contains(&(namespace.clone(), name.clone()))
                 });

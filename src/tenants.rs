@@ -42,40 +42,41 @@ pub struct Quotas {
 
 impl Quotas {
     /// Whether any quota bounds what `adding` adds.
-    pub fn bound(&self, adding: Usage) -> bool {
-        (adding.sandboxes > 0 && self.max_sandboxes.is_some())
-            || (adding.memory_mb > 0 && self.max_memory_mb.is_some())
-            || (adding.snapshots > 0 && self.max_snapshots.is_some())
-            || (adding.volumes > 0 && self.max_volumes.is_some())
+    pub fn bound(&self, adding: &Holdings) -> bool {
+        (!adding.sandboxes.is_empty()
+            && (self.max_sandboxes.is_some() || self.max_memory_mb.is_some()))
+            || (!adding.snapshots.is_empty() && self.max_snapshots.is_some())
+            || (!adding.volumes.is_empty() && self.max_volumes.is_some())
     }
 }
 
-/// What a namespace has, or is about to have, of what quotas bound.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub sandboxes: u64,
-    pub memory_mb: u64,
-    pub snapshots: u64,
-    pub volumes: u64,
+/// What a namespace holds, or what a create adds, by name: sandboxes (with the memory
+/// each was given, in MiB), snapshots and volumes. By name, so that what exists and
+/// what creates in progress will make count once each, however they overlap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holdings {
+    pub sandboxes: BTreeMap<String, u64>,
+    pub snapshots: BTreeSet<String>,
+    pub volumes: BTreeSet<String>,
 }
 
-impl Usage {
-    fn plus(self, other: Usage) -> Usage {
-        Usage {
-            sandboxes: self.sandboxes.saturating_add(other.sandboxes),
-            memory_mb: self.memory_mb.saturating_add(other.memory_mb),
-            snapshots: self.snapshots.saturating_add(other.snapshots),
-            volumes: self.volumes.saturating_add(other.volumes),
+impl Holdings {
+    /// Everything of both (a sandbox of both counts its larger memory).
+    fn union(&self, other: &Holdings) -> Holdings {
+        let mut all = self.clone();
+        for (name, memory_mb) in &other.sandboxes {
+            let entry = all.sandboxes.entry(name.clone()).or_insert(0);
+            *entry = (*entry).max(*memory_mb);
         }
+        all.snapshots.extend(other.snapshots.iter().cloned());
+        all.volumes.extend(other.volumes.iter().cloned());
+        all
     }
 
-    fn minus(self, other: Usage) -> Usage {
-        Usage {
-            sandboxes: self.sandboxes.saturating_sub(other.sandboxes),
-            memory_mb: self.memory_mb.saturating_sub(other.memory_mb),
-            snapshots: self.snapshots.saturating_sub(other.snapshots),
-            volumes: self.volumes.saturating_sub(other.volumes),
-        }
+    fn memory_mb(&self) -> u64 {
+        self.sandboxes
+            .values()
+            .fold(0, |sum, memory_mb| sum.saturating_add(*memory_mb))
     }
 }
 
@@ -224,8 +225,9 @@ pub struct Tenants {
     seen_dir: Option<PathBuf>,
     /// Commands running per namespace.
     running: Arc<Mutex<HashMap<Namespace, u64>>>,
-    /// Per namespace: what its creates in progress add (counted, not made yet).
-    pending: Arc<Mutex<HashMap<Namespace, Usage>>>,
+    /// Per namespace: what its creates in progress add (counted, not made yet), per
+    /// reservation.
+    pending: Arc<Mutex<HashMap<Namespace, BTreeMap<u64, Holdings>>>>,
     /// Per namespace, held from a count to its reservation.
     counting: Mutex<HashMap<Namespace, Arc<Mutex<()>>>>,
 }
@@ -370,19 +372,19 @@ impl Tenants {
     }
 
     /// Reserves what a create adds (`adding`) against the namespace's quotas, if one
-    /// bounds it. `has` reads what the namespace has now (from the engine), and when
+    /// bounds it. `has` reads what the namespace holds now (from the engine), and when
     /// a refusal may be worth trying again; it is called under the namespace's count
-    /// lock, and what creates in progress will add counts too, so that two creates
-    /// never both take its last place. The reservation lasts until dropped: once what
-    /// it reserved exists (or failed).
+    /// lock, and what creates in progress will add counts too (once: by name), so that
+    /// two creates never both take its last place. The reservation lasts until
+    /// dropped: once what it reserved exists (or failed).
     pub fn reserve<E>(
         &self,
         namespace: &Namespace,
-        adding: Usage,
-        has: impl FnOnce() -> Result<(Usage, Duration), E>,
+        adding: Holdings,
+        has: impl FnOnce() -> Result<(Holdings, Duration), E>,
     ) -> Result<Option<Reservation>, Refusal<E>> {
         let quotas = self.quotas(namespace);
-        if !quotas.bound(adding) {
+        if !quotas.bound(&adding) {
             return Ok(None);
         }
         let counting = Arc::clone(
@@ -391,20 +393,26 @@ impl Tenants {
                 .or_insert_with(|| Arc::new(Mutex::new(()))),
         );
         let _counting = lock(&counting);
-        let (has, retry_after) = has().map_err(Refusal::Failed)?;
-        let pending = lock(&self.pending)
-            .get(namespace)
-            .copied()
-            .unwrap_or_default();
-        check_quotas(namespace, quotas, has.plus(pending), adding, retry_after)
-            .map_err(Refusal::Over)?;
+        let (mut has, retry_after) = has().map_err(Refusal::Failed)?;
         let mut pending = lock(&self.pending);
-        let entry = pending.entry(namespace.clone()).or_default();
-        *entry = entry.plus(adding);
+        for held in pending
+            .get(namespace)
+            .into_iter()
+            .flat_map(BTreeMap::values)
+        {
+            has = has.union(held);
+        }
+        check_quotas(namespace, quotas, &has, &adding, retry_after).map_err(Refusal::Over)?;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        pending
+            .entry(namespace.clone())
+            .or_default()
+            .insert(id, adding);
         Ok(Some(Reservation {
             pending: Arc::clone(&self.pending),
             namespace: namespace.clone(),
-            adding,
+            id,
         }))
     }
 }
@@ -419,17 +427,17 @@ pub enum Refusal<E> {
 /// What a create in progress adds to its namespace, counted until dropped.
 #[derive(Debug)]
 pub struct Reservation {
-    pending: Arc<Mutex<HashMap<Namespace, Usage>>>,
+    pending: Arc<Mutex<HashMap<Namespace, BTreeMap<u64, Holdings>>>>,
     namespace: Namespace,
-    adding: Usage,
+    id: u64,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         let mut pending = lock(&self.pending);
-        if let Some(now) = pending.get_mut(&self.namespace) {
-            *now = now.minus(self.adding);
-            if *now == Usage::default() {
+        if let Some(reservations) = pending.get_mut(&self.namespace) {
+            reservations.remove(&self.id);
+            if reservations.is_empty() {
                 pending.remove(&self.namespace);
             }
         }
@@ -462,41 +470,44 @@ impl Drop for RunSlots {
     }
 }
 
-/// Checks `adding` against the namespace's quotas, given what it has. `retry_after` is
-/// when one of its sandboxes ends by itself, if one will (snapshots and volumes do not).
+/// Checks `adding` against the namespace's quotas, given what it holds (`has`, by name:
+/// what `adding` names that it holds already adds nothing). `retry_after` is when one
+/// of its sandboxes ends by itself, if one will (snapshots and volumes do not).
 pub fn check_quotas(
     namespace: &Namespace,
     quotas: Quotas,
-    has: Usage,
-    adding: Usage,
+    has: &Holdings,
+    adding: &Holdings,
     retry_after: Duration,
 ) -> Result<(), OverQuota> {
     let namespace = namespace.as_str();
+    let after = has.union(adding);
     let counts = [
         (
             "max_sandboxes",
             "sandboxes",
             quotas.max_sandboxes,
-            has.sandboxes,
-            adding.sandboxes,
+            has.sandboxes.len(),
+            after.sandboxes.len(),
         ),
         (
             "max_snapshots",
             "snapshots",
             quotas.max_snapshots,
-            has.snapshots,
-            adding.snapshots,
+            has.snapshots.len(),
+            after.snapshots.len(),
         ),
         (
             "max_volumes",
             "volumes",
             quotas.max_volumes,
-            has.volumes,
-            adding.volumes,
+            has.volumes.len(),
+            after.volumes.len(),
         ),
     ];
-    for (quota, what, max, has, adding) in counts {
-        if let Some(max) = max.filter(|max| adding > 0 && has.saturating_add(adding) > *max) {
+    for (quota, what, max, before, after) in counts {
+        let (before, after) = (before as u64, after as u64);
+        if let Some(max) = max.filter(|max| after > before && after > *max) {
             let retry_after = if what == "sandboxes" {
                 retry_after
             } else {
@@ -504,20 +515,22 @@ pub fn check_quotas(
             };
             return Err(OverQuota {
                 message: format!(
-                    "Quota {quota} reached: namespace '{namespace}' has {has} of its {max} \
-                     {what}, and this would add {adding} (remove some first)"
+                    "Quota {quota} reached: namespace '{namespace}' has {before} of its {max} \
+                     {what}, and this would add {} (remove some first)",
+                    after - before
                 ),
                 retry_after,
             });
         }
     }
     if let Some(max) = quotas.max_memory_mb {
-        if adding.memory_mb > 0 && has.memory_mb.saturating_add(adding.memory_mb) > max {
+        let (before, after) = (has.memory_mb(), after.memory_mb());
+        if after > before && after > max {
             return Err(OverQuota {
                 message: format!(
-                    "Quota max_memory_mb reached: namespace '{namespace}' has sandboxes of {} \
-                     MiB of its {max} MiB, and this one asks for {} MiB more",
-                    has.memory_mb, adding.memory_mb
+                    "Quota max_memory_mb reached: namespace '{namespace}' has sandboxes of \
+                     {before} MiB of its {max} MiB, and this one asks for {} MiB more",
+                    after - before
                 ),
                 retry_after,
             });
@@ -669,37 +682,48 @@ mod tests {
         assert!(lock(&tenants.running).is_empty());
     }
 
+    fn sandbox(name: &str, memory_mb: u64) -> Holdings {
+        Holdings {
+            sandboxes: [(name.to_string(), memory_mb)].into(),
+            ..Holdings::default()
+        }
+    }
+
     #[test]
-    fn quotas_count_what_there_is_and_what_is_being_made() {
+    fn quotas_count_what_there_is_and_what_is_being_made_once_each() {
         let tenants = Tenants::none();
         let line = format!(
-            "{TEST_DIGEST} a max_sandboxes=2 max_memory_mb=1024 max_snapshots=1 max_volumes=1"
+            "{TEST_DIGEST} a max_sandboxes=3 max_memory_mb=1024 max_snapshots=1 max_volumes=2"
         );
         *tenants.keys.write().unwrap() = Arc::new(Keys::parse(&line).unwrap());
         let a = namespace("a");
         let wait = Duration::from_secs(300);
-        let sandbox = |memory_mb| Usage {
-            sandboxes: 1,
-            memory_mb,
-            ..Usage::default()
-        };
-        let has = |usage: Usage| move || Ok::<_, ()>((usage, wait));
-        // One of two places taken: the second is reserved, a third (counted while the
-        // second is still being made) is refused.
+        let has = |holdings: Holdings| move || Ok::<_, ()>((holdings, wait));
+        // One sandbox exists; a second is being made.
         let second = tenants
-            .reserve(&a, sandbox(512), has(sandbox(256)))
+            .reserve(&a, sandbox("two", 256), has(sandbox("one", 256)))
             .unwrap()
             .expect("a quota bounds it");
-        let Err(Refusal::Over(full)) = tenants.reserve(&a, sandbox(16), has(sandbox(256))) else {
+        // The second is listed already while its create finishes: counted once.
+        let listed = sandbox("one", 256).union(&sandbox("two", 256));
+        let third = tenants
+            .reserve(&a, sandbox("three", 256), has(listed.clone()))
+            .unwrap()
+            .expect("a third fits");
+        let Err(Refusal::Over(full)) =
+            tenants.reserve(&a, sandbox("four", 16), has(listed.clone()))
+        else {
             panic!("the last place is taken");
         };
         assert!(
             full.message.starts_with("Quota max_sandboxes reached"),
             "{full:?}"
         );
+        assert!(full.message.contains("has 3 of its 3"), "{full:?}");
         assert_eq!(full.retry_after, wait);
-        drop(second);
-        let Err(Refusal::Over(memory)) = tenants.reserve(&a, sandbox(900), has(sandbox(256)))
+        drop((second, third));
+        let Err(Refusal::Over(memory)) =
+            tenants.reserve(&a, sandbox("big", 900), has(sandbox("one", 256)))
         else {
             panic!("over the memory quota");
         };
@@ -707,34 +731,71 @@ mod tests {
             memory.message.starts_with("Quota max_memory_mb reached"),
             "{memory:?}"
         );
-        // Snapshots and volumes never expire: a minute.
-        let snapshot = Usage {
-            snapshots: 1,
-            ..Usage::default()
+        // Volumes by name: one that exists, or that another create is making, is no new one.
+        let volumes = |names: &[&str]| Holdings {
+            volumes: names.iter().map(|n| n.to_string()).collect(),
+            ..Holdings::default()
         };
-        let Err(Refusal::Over(snapshots)) = tenants.reserve(&a, snapshot, has(snapshot)) else {
+        let making = tenants
+            .reserve(&a, volumes(&["v1", "v2"]), has(volumes(&["v1"])))
+            .unwrap();
+        assert!(tenants
+            .reserve(&a, volumes(&["v2"]), has(volumes(&["v1"])))
+            .is_ok());
+        let Err(Refusal::Over(over)) = tenants.reserve(&a, volumes(&["v3"]), has(volumes(&["v1"])))
+        else {
+            panic!("over the volume quota");
+        };
+        assert!(over.message.contains("max_volumes"), "{over:?}");
+        assert_eq!(over.retry_after, NO_EXPIRY_RETRY);
+        drop(making);
+        // Snapshots never expire: a minute.
+        let snapshot = |name: &str| Holdings {
+            snapshots: [name.to_string()].into(),
+            ..Holdings::default()
+        };
+        let Err(Refusal::Over(snapshots)) =
+            tenants.reserve(&a, snapshot("s2"), has(snapshot("s1")))
+        else {
             panic!("over the snapshot quota");
         };
         assert!(snapshots.message.contains("max_snapshots"), "{snapshots:?}");
         assert_eq!(snapshots.retry_after, NO_EXPIRY_RETRY);
-        let volumes = Usage {
-            volumes: 2,
-            ..Usage::default()
-        };
-        assert!(matches!(
-            tenants.reserve(&a, volumes, has(Usage::default())),
-            Err(Refusal::Over(_))
-        ));
         // What no quota bounds is not even counted; a failed count is the caller's.
         assert!(tenants
-            .reserve(&namespace("b"), sandbox(1 << 40), || Err(()))
+            .reserve(&namespace("b"), sandbox("x", 1 << 40), || Err(()))
             .unwrap()
             .is_none());
         assert!(matches!(
-            tenants.reserve(&a, sandbox(16), || Err(())),
+            tenants.reserve(&a, sandbox("x", 16), || Err(())),
             Err(Refusal::Failed(()))
         ));
         assert!(lock(&tenants.pending).is_empty());
+    }
+
+    #[test]
+    fn a_reservation_does_not_hold_the_count_lock() {
+        let tenants = Arc::new(Tenants::none());
+        let line = format!("{TEST_DIGEST} a max_sandboxes=5");
+        *tenants.keys.write().unwrap() = Arc::new(Keys::parse(&line).unwrap());
+        let a = namespace("a");
+        let held = tenants
+            .reserve(&a, sandbox("one", 16), || {
+                Ok::<_, ()>((Holdings::default(), NO_EXPIRY_RETRY))
+            })
+            .unwrap();
+        // Another thread counts and reserves while the first reservation is held.
+        let other = Arc::clone(&tenants);
+        let second = std::thread::spawn(move || {
+            other
+                .reserve(&a, sandbox("two", 16), || {
+                    Ok::<_, ()>((Holdings::default(), NO_EXPIRY_RETRY))
+                })
+                .map(|reservation| reservation.is_some())
+                .unwrap_or(false)
+        });
+        assert!(second.join().unwrap());
+        drop(held);
     }
 
     #[test]

@@ -45,6 +45,12 @@ pub(super) fn serve(config: Config) -> i32 {
         Some(path) => match crate::tenants::Tenants::load(path, config.data_dir.as_deref()) {
             Ok(tenants) => {
                 log::info!("keys file {}: {} keys", path.display(), tenants.key_count());
+                if config.data_dir.is_none() {
+                    log::warn!(
+                        "no data dir: a tenant removed from the keys file is forgotten at \
+                         the next restart (its sandboxes then no longer expire)"
+                    );
+                }
                 tenants
             }
             Err(error) => {

@@ -22,7 +22,7 @@ use crate::exec::{Cancel, CommandResult, KeepWithin, OutputBudget};
 use crate::files::{self, SandboxPath};
 use crate::run::RunRequest;
 use crate::sandbox;
-use crate::tenants::{Refusal, Usage};
+use crate::tenants::{Holdings, Refusal};
 
 use super::request::{
     BatchBody, CreateBody, ExecBody, ExtendBody, FilesBody, PutFileBody, Request, RunBody,
@@ -68,16 +68,7 @@ pub fn dispatch_with(
         | Request::PutArchive(name, _, _) => Some(context.expiry.busy(&config.namespace, name)),
         _ => None,
     };
-    // A command counts among its namespace's concurrent runs while it runs (a stream's,
-    // until its stream ends; a batch takes its own, one per command running at once).
-    let run_slots = match &request {
-        Request::Run(_)
-        | Request::RunStream(_)
-        | Request::ExecSandbox(..)
-        | Request::ExecSandboxStream(..) => Some(context.tenants.run_slots(namespace, 1)?),
-        _ => None,
-    };
-    let mut reply = match request {
+    match request {
         Request::OpenApi => get_openapi(context),
         Request::Health => get_health(context, config),
         Request::Pool => get_pool(context, config),
@@ -130,11 +121,14 @@ pub fn dispatch_with(
         Request::GetSnapshot(name) => get_snapshot(context, config, &name),
         Request::DeleteSnapshot(name) => delete_snapshot(context, config, &name),
         Request::RestoreSnapshot(name, body) => post_snapshot_restore(context, config, &name, body),
-    }?;
-    if reply.stream.is_some() {
-        reply.run_slots = run_slots;
     }
-    Ok(reply)
+}
+
+/// A command's place among its namespace's concurrent runs, taken once the request is
+/// known to be valid: held while it runs (a stream's, until its stream ends, in its
+/// reply; a batch takes its own, one per command running at once).
+fn run_slot(context: &Context, config: &Config) -> Result<crate::tenants::RunSlots, ApiError> {
+    Ok(context.tenants.run_slots(&config.namespace, 1)?)
 }
 
 /// `data` stays the string `"ok"` the SDKs expect; what the edge counts rides beside it.
@@ -217,6 +211,7 @@ pub fn post_run(
     cancel: &Cancel,
 ) -> Result<Reply, ApiError> {
     let request = body.validate(config)?;
+    let _slot = run_slot(context, config)?;
     let need = output_need(config, [request.command.max_output_bytes]);
     let budget = reserve_output(context, need)?;
     // The container is the server's (a warm one, or made like one), whoever asks.
@@ -245,8 +240,11 @@ pub fn post_run_stream(
         &config.namespace,
         request.image.as_str(),
     )?;
+    let slot = run_slot(context, config)?;
     let holds = reserve_output(context, super::sse::STREAM_MEMORY_BYTES)?;
-    Ok(Reply::events(StreamJob::Run(request), holds))
+    let mut reply = Reply::events(StreamJob::Run(request), holds);
+    reply.run_slots = Some(slot);
+    Ok(reply)
 }
 
 pub fn get_sandboxes(context: &Context, config: &Config) -> Result<Reply, ApiError> {
@@ -271,24 +269,21 @@ pub fn post_sandboxes(
     let host = || Ok(context.docker.host_resources().map_err(Error::from)?);
     let request = body.validate(config, &host)?;
     // Within the namespace's quotas, counting the creates in progress (held until this
-    // one's container exists, or failed). Its volumes count as new ones: those it
-    // names that exist already are left out of what the namespace has.
-    let mut volumes: Vec<&str> = request.volumes.iter().map(|m| m.name.as_str()).collect();
-    volumes.sort_unstable();
-    volumes.dedup();
-    let adding = Usage {
-        sandboxes: 1,
-        memory_mb: request.limits.memory_mb,
-        snapshots: 0,
-        volumes: volumes.len() as u64,
+    // one's container exists, or failed).
+    let adding = Holdings {
+        sandboxes: [(request.name.to_string(), request.limits.memory_mb)].into(),
+        snapshots: Default::default(),
+        volumes: request.volumes.iter().map(|m| m.name.to_string()).collect(),
     };
-    let _reserved = reserve(context, config, adding, &volumes)?;
+    let reserved = reserve(context, config, adding)?;
     let create = |launcher| sandbox::create(&context.docker, config, &launcher, &request);
     let not_before = crate::containers::labels::rfc3339(std::time::SystemTime::now());
     let created = match create(context.pool.launcher()) {
         Err(error) if context.pool.stub_mount_failed(&error) => create(context.pool.launcher()),
         other => other,
     };
+    // Made (or not): the engine counts it from here.
+    drop(reserved);
     // The engine went away during the create: it may have made the container all the
     // same. The client is told the create failed, so once the engine is back, whatever
     // this create made goes.
@@ -305,37 +300,36 @@ pub fn post_sandboxes(
     Ok(Reply::created(sandbox_view(context, &created)))
 }
 
-/// Reserves what a create adds within the namespace's quotas (`tenants::reserve`);
-/// `named_volumes` are the volumes it mounts, counted in `adding` already.
+/// Reserves what a create adds within the namespace's quotas (`tenants::reserve`).
 fn reserve(
     context: &Context,
     config: &Config,
-    adding: Usage,
-    named_volumes: &[&str],
+    adding: Holdings,
 ) -> Result<Option<crate::tenants::Reservation>, ApiError> {
-    let has = || usage_of(context, config, adding, named_volumes);
-    match context.tenants.reserve(&config.namespace, adding, has) {
+    let has = || holdings_of(context, config, &adding);
+    match context
+        .tenants
+        .reserve(&config.namespace, adding.clone(), has)
+    {
         Ok(reservation) => Ok(reservation),
         Err(Refusal::Over(over)) => Err(over.into()),
         Err(Refusal::Failed(error)) => Err(error.into()),
     }
 }
 
-/// What the namespace has of what `adding` adds: its sandboxes (whatever their state:
-/// a stopped one may start at any time) and the memory they were given, its snapshots,
-/// its volumes other than `named_volumes`; and when the first of its sandboxes ends by
-/// itself, if one will (when trying again may succeed).
-fn usage_of(
+/// What the namespace holds of what `adding` adds, by name: its sandboxes (whatever
+/// their state: a stopped one may start at any time) with the memory they were given,
+/// its snapshots, its volumes; and when the first of its sandboxes ends by itself, if
+/// one will (when trying again may succeed).
+fn holdings_of(
     context: &Context,
     config: &Config,
-    adding: Usage,
-    named_volumes: &[&str],
-) -> Result<(Usage, std::time::Duration), Error> {
-    let mut has = Usage::default();
+    adding: &Holdings,
+) -> Result<(Holdings, std::time::Duration), Error> {
+    let mut has = Holdings::default();
     let mut retry_after = crate::tenants::NO_EXPIRY_RETRY;
-    if adding.sandboxes > 0 || adding.memory_mb > 0 {
+    if !adding.sandboxes.is_empty() {
         let sandboxes = sandbox::list(&context.docker, config)?;
-        has.sandboxes = sandboxes.len() as u64;
         for found in &sandboxes {
             let labelled = found.labels.get(crate::containers::labels::MEMORY_MB);
             // Made before the label: what the engine applied. One gone meanwhile: none.
@@ -347,7 +341,7 @@ fn usage_of(
                     Err(error) => return Err(Error::Engine(error)),
                 },
             };
-            has.memory_mb = has.memory_mb.saturating_add(memory_mb);
+            has.sandboxes.insert(found.name.clone(), memory_mb);
         }
         let now = std::time::SystemTime::now();
         if let Some(first) = sandboxes
@@ -359,14 +353,13 @@ fn usage_of(
             retry_after = first.duration_since(now).unwrap_or_default() + 2 * crate::expiry::EVERY;
         }
     }
-    if adding.snapshots > 0 {
-        has.snapshots = crate::snapshot::list(&context.docker, config)?.len() as u64;
+    if !adding.snapshots.is_empty() {
+        let snapshots = crate::snapshot::list(&context.docker, config)?;
+        has.snapshots = snapshots.into_iter().map(|found| found.name).collect();
     }
-    if adding.volumes > 0 {
-        has.volumes = crate::volume::list(&context.docker, config)?
-            .iter()
-            .filter(|volume| !named_volumes.contains(&volume.name.as_str()))
-            .count() as u64;
+    if !adding.volumes.is_empty() {
+        let volumes = crate::volume::list(&context.docker, config)?;
+        has.volumes = volumes.into_iter().map(|volume| volume.name).collect();
     }
     Ok((has, retry_after))
 }
@@ -436,11 +429,11 @@ pub fn post_snapshots(
     let (sandbox, name) = body.validate()?;
     let name = name
         .unwrap_or_else(|| crate::snapshot::default_name(&sandbox, std::time::SystemTime::now()));
-    let adding = Usage {
-        snapshots: 1,
-        ..Usage::default()
+    let adding = Holdings {
+        snapshots: [name.to_string()].into(),
+        ..Holdings::default()
     };
-    let _reserved = reserve(context, config, adding, &[])?;
+    let _reserved = reserve(context, config, adding)?;
     // The copy can take a while: the sandbox is in use meanwhile, not idle.
     let _busy = context.expiry.busy(&config.namespace, &sandbox);
     let taken = crate::snapshot::take(&context.docker, config, &sandbox, &name)?;
@@ -594,6 +587,7 @@ pub fn post_sandbox_exec(
     cancel: &Cancel,
 ) -> Result<Reply, ApiError> {
     let spec = body.validate(config)?;
+    let _slot = run_slot(context, config)?;
     let budget = reserve_output(context, output_need(config, [spec.max_output_bytes]))?;
     let result = sandbox::exec(
         &context.docker,
@@ -619,9 +613,10 @@ pub fn post_sandbox_exec_stream(
     body: ExecBody,
 ) -> Result<Reply, ApiError> {
     let spec = body.validate(config)?;
+    let slot = run_slot(context, config)?;
     let running = sandbox::running(&context.docker, config, name)?;
     let holds = reserve_output(context, super::sse::STREAM_MEMORY_BYTES)?;
-    Ok(Reply::events(
+    let mut reply = Reply::events(
         StreamJob::Exec(
             Box::new(running),
             config.namespace.clone(),
@@ -629,7 +624,9 @@ pub fn post_sandbox_exec_stream(
             spec,
         ),
         holds,
-    ))
+    );
+    reply.run_slots = Some(slot);
+    Ok(reply)
 }
 
 /// The history of the sandbox of that name: the current one's when it exists (from

@@ -147,7 +147,7 @@ impl Metrics {
             &mut out,
             "agentkernel_sandboxes",
             "gauge",
-            "Sandboxes of this namespace by status (absent when the engine does not answer).",
+            "Sandboxes of the namespaces this server serves (its own and its tenants'), by status (absent when the engine does not answer).",
         );
         if let Some(by_status) = &state.sandboxes {
             for status in ["running", "paused", "stopped"] {

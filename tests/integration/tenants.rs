@@ -106,9 +106,17 @@ fn call_with_headers(
 
 #[test]
 fn each_key_sees_only_its_own_namespace() {
-    let (a, b) = (fresh_namespace(), fresh_namespace());
-    let tenants = Tenants::new(&[("key-a", &a, ""), ("key-b", &b, "")]);
+    let (a, b, own) = (fresh_namespace(), fresh_namespace(), fresh_namespace());
+    // The server's own key is also on a line of a tenant's (it wins: the server's
+    // namespace); a line of the server's own namespace is an operator's key.
+    let tenants = Tenants::new(&[
+        ("key-a", &a, ""),
+        ("key-b", &b, ""),
+        ("operator", &a, ""),
+        ("key-ops", &own, ""),
+    ]);
     let server = Server::start_with(Options {
+        namespace: Some(own.clone()),
         args: vec![
             "--keys".into(),
             tenants.path().display().to_string(),
@@ -274,6 +282,62 @@ fn each_key_sees_only_its_own_namespace() {
     });
     assert!(counted, "{metrics}");
 
+    for key in ["operator", "key-ops"] {
+        assert_eq!(call(&server, key, "GET", "/pool", None).0, 200, "{key}");
+        let metrics = ureq::get(&server.url("/metrics"))
+            .set("X-API-Key", key)
+            .call();
+        assert_eq!(metrics.map(|r| r.status()).ok(), Some(200), "{key}");
+    }
+
+    // A stream runs in its key's namespace too.
+    let stream = |key: &str, name: &str| {
+        let result = ureq::post(&server.url(&format!("/sandboxes/{name}/exec/stream")))
+            .set("X-API-Key", key)
+            .send_string(&json!({"command": ["cat", "/tmp/f"]}).to_string());
+        match result {
+            Ok(response) => (200, response.into_string().unwrap()),
+            Err(ureq::Error::Status(status, response)) => (status, response.into_string().unwrap()),
+            Err(error) => panic!("{error}"),
+        }
+    };
+    let (status, events) = stream("key-a", "fork");
+    assert_eq!(status, 200, "{events}");
+    assert!(events.contains("mine"), "{events}");
+    assert_eq!(stream("key-b", "fork").0, 404);
+
+    // A tenant's sandbox ends at its ttl; the other namespace's of that name stays.
+    let (status, answer) = call(
+        &server,
+        "key-a",
+        "POST",
+        "/sandboxes",
+        Some(json!({"name": "brief", "ttl": "2s"})),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer) = call(
+        &server,
+        "key-b",
+        "POST",
+        "/sandboxes",
+        Some(json!({"name": "brief"})),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let gone = crate::harness::eventually(Duration::from_secs(15), || {
+        call(&server, "key-a", "GET", "/sandboxes/brief", None).0 == 404
+    });
+    assert!(gone, "a tenant's sandbox past its ttl is removed");
+    let (_, logs) = call(&server, "key-a", "GET", "/sandboxes/brief/logs", None);
+    assert!(logs.to_string().contains("\"expired\""), "{logs}");
+    assert_eq!(
+        call(&server, "key-b", "GET", "/sandboxes/brief", None).0,
+        200
+    );
+    assert_eq!(
+        call(&server, "key-b", "DELETE", "/sandboxes/brief", None).0,
+        200
+    );
+
     for name in ["box", "fork", "vol"] {
         call(
             &server,
@@ -363,6 +427,38 @@ fn quotas_refuse_with_429_and_make_nothing() {
     statuses.sort();
     assert_eq!(statuses, [201, 429]);
     assert_eq!(containers_of(&limited).len(), 1);
+    let made = ["r1", "r2"]
+        .into_iter()
+        .find(|name| call(&server, "key-q", "GET", &format!("/sandboxes/{name}"), None).0 == 200)
+        .expect("one of them was made");
+
+    // An exec counts among the concurrent runs.
+    let exec_url = server.url(&format!("/sandboxes/{made}/exec"));
+    let exec = std::thread::spawn(move || {
+        let body = json!({"command": ["sleep", "3"]}).to_string();
+        request_url("POST", &exec_url, Some(&body), &[("X-API-Key", "key-q")])
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, answer) = call(
+        &server,
+        "key-q",
+        "POST",
+        "/run",
+        Some(json!({"command": ["true"]})),
+    );
+    assert_eq!(status, 429, "{answer}");
+    assert_eq!(exec.join().unwrap().0, 200);
+    // A stopped sandbox still counts: it may start at any time.
+    let (status, answer) = call(
+        &server,
+        "key-q",
+        "POST",
+        &format!("/sandboxes/{made}/stop"),
+        None,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let (status, _, answer) = create("key-q", json!({"name": "more", "memory_mb": 16}));
+    assert_eq!(status, 429, "{answer}");
 
     // max_concurrent_runs: a second command while one runs is refused, for a second.
     let run_url = server.url("/run");
