@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::containers::profile::Profile;
+use crate::containers::profile::{Network, Profile};
 use crate::engine::reference::ImageRef;
 
 #[derive(Debug, Clone)]
@@ -60,6 +60,9 @@ pub struct Config {
     /// A sandbox's ttl and idle timeout when its request gives none (`expiry`).
     pub sandbox_ttl: Option<Duration>,
     pub sandbox_idle_timeout: Option<Duration>,
+    /// The egress policy of every container whose request names none (`None`: its
+    /// profile's, `Profile::default_network`).
+    pub default_network: Option<Network>,
     /// Use the in-container stub where possible (else always `docker exec`).
     pub stub: bool,
     /// Bound on each write to a client, and on reading a whole request body.
@@ -111,6 +114,7 @@ impl Default for Config {
             pool_dynamic_size: 2,
             pool_max: 16,
             sandbox_ttl: None,
+            default_network: None,
             sandbox_idle_timeout: None,
             stub: true,
             client_timeout: Duration::from_secs(30),
@@ -157,17 +161,28 @@ impl Config {
             .max(self.max_upload_body_bytes().saturating_mul(2))
     }
 
+    /// The egress policy of a container of `profile` whose request names none.
+    pub fn network_for(&self, profile: Profile) -> Network {
+        self.default_network
+            .unwrap_or_else(|| profile.default_network())
+    }
+
     /// The pool keys to keep warm from start-up.
     pub fn pool_keys(&self) -> Vec<(PoolKey, usize)> {
-        self.pool.clone().unwrap_or_else(|| {
+        let mut keys = self.pool.clone().unwrap_or_else(|| {
             vec![(
                 PoolKey {
                     image: self.images.default_image.clone(),
                     profile: self.default_profile,
+                    network: self.default_profile.default_network(),
                 },
                 self.pool_default_size,
             )]
-        })
+        });
+        for (key, _) in &mut keys {
+            key.network = self.network_for(key.profile);
+        }
+        keys
     }
 
     /// Defaults overlaid with the environment; flags are applied on top by the CLI.
@@ -209,6 +224,12 @@ impl Config {
                 *field =
                     Some(parse_duration(&text).map_err(|error| format!("{variable}: {error}"))?);
             }
+        }
+        if let Some(network) = env.var("AGENTKERNEL_DEFAULT_NETWORK") {
+            config.default_network = Some(
+                Network::parse(&network)
+                    .map_err(|error| format!("AGENTKERNEL_DEFAULT_NETWORK: {error}"))?,
+            );
         }
         if let Some(image) = env.var("AGENTKERNEL_DEFAULT_IMAGE") {
             config.images.set_default(&image)?;
@@ -399,6 +420,7 @@ impl ImageTable {
 pub struct PoolKey {
     pub image: String,
     pub profile: Profile,
+    pub network: Network,
 }
 
 impl PoolKey {
@@ -411,6 +433,7 @@ impl PoolKey {
                     return Ok(PoolKey {
                         image: ImageRef::parse(image)?.to_string(),
                         profile,
+                        network: profile.default_network(),
                     });
                 }
             }
@@ -421,6 +444,7 @@ impl PoolKey {
         Ok(PoolKey {
             image: ImageRef::parse(text)?.to_string(),
             profile: default_profile,
+            network: default_profile.default_network(),
         })
     }
 }

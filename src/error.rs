@@ -64,6 +64,9 @@ pub enum Error {
     StubMismatch { found: Option<u64>, expected: u32 },
     /// What the server keeps in its data dir could not be written; the words say what.
     DataDir(String),
+    /// The `public` egress policy cannot be made to hold on this host (the words say
+    /// why): nothing was made.
+    EgressUnavailable(String),
     /// The engine failed or is unreachable.
     Engine(DockerError),
 }
@@ -157,6 +160,12 @@ impl fmt::Display for Error {
                 )
             }
             Error::DataDir(message) => write!(f, "Server data dir: {message}"),
+            Error::EgressUnavailable(reason) => write!(
+                f,
+                "The 'public' network policy cannot be enforced on this host ({reason}); \
+                 nothing was made: ask for network 'none' or 'full', or start the server \
+                 with --default-network"
+            ),
             Error::Engine(error) => error.fmt(f),
         }
     }

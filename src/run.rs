@@ -29,6 +29,8 @@ pub struct RunRequest {
     /// the server's, like every warm one).
     pub namespace: crate::config::Namespace,
     pub image: ImageRef,
+    /// The egress policy (part of the pool key).
+    pub network: crate::containers::profile::Network,
     pub profile: Profile,
     pub fast: bool,
     pub command: CommandSpec,
@@ -55,6 +57,7 @@ pub fn run(
     let key = PoolKey {
         image: request.image.to_string(),
         profile: request.profile,
+        network: request.network,
     };
     let pooled = if request.fast && pool_can_serve(request) {
         pool.take(&key, |id| pool.reap(docker, id))

@@ -77,6 +77,8 @@ pub struct CreateSandbox {
     pub name: SandboxName,
     pub image: ImageRef,
     pub profile: Profile,
+    /// Its egress policy, for its whole life (`containers::egress`).
+    pub network: crate::containers::profile::Network,
     pub limits: Limits,
     /// The namespace's volumes to mount (made on first use).
     pub volumes: Vec<crate::volume::Mount>,
@@ -184,6 +186,9 @@ pub fn create(
     request: &CreateSandbox,
 ) -> Result<Sandbox> {
     labels::check_image(docker, &config.namespace, request.image.as_str())?;
+    if request.network == crate::containers::profile::Network::Public {
+        crate::containers::egress::ensure_public(docker)?;
+    }
     // Volumes are made (or found) before the container, which mounts them; a create
     // that cannot succeed makes none: a taken name, or a mount over a tmpfs the profile
     // puts there.
@@ -263,6 +268,10 @@ pub fn create(
         labels::MEMORY_MB.to_string(),
         request.limits.memory_mb.to_string(),
     );
+    labels.insert(
+        labels::NETWORK.to_string(),
+        request.network.name().to_string(),
+    );
     // A container gets its image's labels, ours overriding them: a sandbox's terms are
     // never an image's (a snapshot's, or one built to carry them), so the ones it does
     // not have are set empty, which reads as none.
@@ -295,6 +304,9 @@ pub fn create(
             .sandbox_host_settings(request.limits, mounts, stub::DETACHED_DIR),
     };
     spec.host.volumes = volumes;
+    request
+        .network
+        .apply(&mut spec.host, crate::containers::egress::host_has_ipv6());
     if socket.is_some() {
         spec.host.tmpfs.insert(
             stub::EXEC_SOCKET_DIR.to_string(),

@@ -338,7 +338,7 @@ pub(super) fn parse_run(
     globals: &mut Globals,
     env: &dyn Environment,
 ) -> Result<Parsed, Misuse> {
-    let (mut image, mut profile, mut fast) = (None, None, true);
+    let (mut image, mut profile, mut network, mut fast) = (None, None, None, true);
     let mut command = CommandArgs::default();
     while let Some(arg) = parser.next()? {
         if let Some(flag) = global_flag(&arg) {
@@ -355,6 +355,7 @@ pub(super) fn parse_run(
         match arg {
             Long("image") => image = Some(parser.value()?.string()?),
             Long("profile") => profile = Some(parser.value()?.string()?),
+            Long("network") => network = Some(parser.value()?.string()?),
             Long("no-fast") => fast = false,
             Long("help") | Short('h') => return Ok(Parsed::Help),
             Value(first) => {
@@ -370,6 +371,7 @@ pub(super) fn parse_run(
     Ok(Parsed::Action(Action::Run {
         image,
         profile,
+        network,
         fast,
         command,
     }))
@@ -518,7 +520,7 @@ pub(super) fn parse_sandbox(
     };
     let mut name: Option<String> = None;
     let mut json = false;
-    let (mut image, mut profile) = (None, None);
+    let (mut image, mut profile, mut network) = (None, None, None);
     let (mut memory_mb, mut vcpus, mut pids) = (None, None, None);
     let (mut ttl, mut idle_timeout) = (None, None);
     let creating = topic == SANDBOX_CREATE;
@@ -539,6 +541,7 @@ pub(super) fn parse_sandbox(
                 Long("json") => json = true,
                 Long("image") if creating => image = Some(parser.value()?.string()?),
                 Long("profile") if creating => profile = Some(parser.value()?.string()?),
+                Long("network") if creating => network = Some(parser.value()?.string()?),
                 Long("memory-mb") if creating => memory_mb = Some(parser.value()?.parse()?),
                 Long("vcpus") if creating => vcpus = Some(parser.value()?.parse()?),
                 Long("pids") if creating => pids = Some(parser.value()?.parse()?),
@@ -566,6 +569,7 @@ pub(super) fn parse_sandbox(
                 name,
                 image,
                 profile,
+                network,
                 memory_mb,
                 vcpus,
                 pids,
@@ -708,6 +712,13 @@ pub(super) fn parse_serve(
                 config.sandbox_idle_timeout = Some(duration_flag(parser, "--sandbox-idle-timeout")?)
             }
             Long("no-stub") => config.stub = false,
+            Long("default-network") => {
+                let text = parser.value()?.string()?;
+                config.default_network = Some(
+                    crate::containers::profile::Network::parse(&text)
+                        .map_err(|error| Misuse(format!("--default-network: {error}")))?,
+                );
+            }
             Long("keys") => config.keys_file = Some(parser.value()?.into()),
             Long("client-timeout-secs") => {
                 config.client_timeout =

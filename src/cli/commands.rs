@@ -22,11 +22,13 @@ impl Action {
             Action::Run {
                 image,
                 profile,
+                network,
                 fast,
                 command,
             } => Request::Run(RunBody {
                 image: image.clone(),
                 profile: profile.clone(),
+                network: network.clone().map(Value::String),
                 // Left out when it is the server's default, as every field not given.
                 fast: (!fast).then_some(false),
                 command: command_fields(command, stdin),
@@ -42,6 +44,7 @@ impl Action {
                 name,
                 image,
                 profile,
+                network,
                 memory_mb,
                 vcpus,
                 pids,
@@ -52,6 +55,7 @@ impl Action {
                 name: Some(name.clone()),
                 image: image.clone(),
                 profile: profile.clone(),
+                network: network.clone().map(Value::String),
                 memory_mb: *memory_mb,
                 vcpus: *vcpus,
                 pids: *pids,

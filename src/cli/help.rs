@@ -212,6 +212,11 @@ pub const RUN: Topic = Topic {
             "permissive, moderate (default) or restrictive",
         ),
         flag(
+            "network",
+            Some("NET"),
+            "none, public or full (default: the profile's: none, public, full)",
+        ),
+        flag(
             "no-fast",
             None,
             "a freshly started container instead of a warm one",
@@ -250,7 +255,8 @@ pub const SANDBOX: Topic = Topic {
     about: "\
 Persistent sandboxes: containers that keep their files across stop and start.
 
-  agentkernel sandbox create NAME [--image I] [--profile P] [--memory-mb N]
+  agentkernel sandbox create NAME [--image I] [--profile P] [--network NET]
+                                  [--memory-mb N]
                                   [--vcpus N] [--pids N] [--ttl DURATION]
                                   [--idle-timeout DURATION] [--json]
   agentkernel sandbox list [--json]        an aligned table, or the API's JSON
@@ -271,6 +277,11 @@ pub const SANDBOX_CREATE: Topic = Topic {
             "profile",
             Some("P"),
             "permissive, moderate (default) or restrictive",
+        ),
+        flag(
+            "network",
+            Some("NET"),
+            "none, public or full (default: the profile's: none, public, full)",
         ),
         flag("memory-mb", Some("N"), "memory limit, 16-16384 MiB"),
         flag("vcpus", Some("N"), "CPUs, 1-16 (at most the engine host's)"),
@@ -543,6 +554,11 @@ pub const SERVE: Topic = Topic {
             "sandbox-idle-timeout",
             Some("DURATION"),
             "sandboxes without an idle timeout of their own expire after this long unused",
+        ),
+        flag(
+            "default-network",
+            Some("NET"),
+            "egress of containers whose request names none: none, public or full (default: the profile's)",
         ),
         flag(
             "keys",

@@ -84,6 +84,7 @@ pub enum Action {
     Run {
         image: Option<String>,
         profile: Option<String>,
+        network: Option<String>,
         fast: bool,
         command: CommandArgs,
     },
@@ -95,6 +96,7 @@ pub enum Action {
         name: String,
         image: Option<String>,
         profile: Option<String>,
+        network: Option<String>,
         memory_mb: Option<u64>,
         vcpus: Option<u64>,
         pids: Option<u64>,

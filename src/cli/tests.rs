@@ -316,6 +316,7 @@ fn run_takes_its_flags_and_the_command_verbatim() {
         Action::Run {
             image: Some("img:1".into()),
             profile: Some("restrictive".into()),
+            network: None,
             fast: false,
             command: CommandArgs {
                 argv: strings(&["sh", "-c", "echo hi", "--json", "-e"]),
@@ -375,6 +376,8 @@ fn sandbox_subcommands_parse() {
                 "b",
                 "--image",
                 "i",
+                "--network",
+                "none",
                 "--memory-mb",
                 "256",
                 "--vcpus",
@@ -386,6 +389,7 @@ fn sandbox_subcommands_parse() {
                 name: "b".into(),
                 image: Some("i".into()),
                 profile: None,
+                network: Some("none".into()),
                 memory_mb: Some(256),
                 vcpus: Some(2),
                 pids: None,
@@ -780,6 +784,7 @@ fn every_flag_in_the_help_is_one_the_parser_takes() {
         "DURATION" => "2h",
         "K=V" => "A=1",
         "DIR" => "/tmp",
+        "NET" => "none",
         "FILE" => "/dev/null",
         "ADDR" => "127.0.0.1",
         "NS" => "ns",
@@ -846,7 +851,7 @@ fn usage_lines_wrap_under_the_command() {
         .all(|line| line.starts_with("                  [")));
     assert_eq!(
         RUN.usage(),
-        "agentkernel run [--image I] [--profile P] [--no-fast] [--timeout SECS] [-e K=V]...\n                [-w DIR] [--json] [--] CMD [ARGS...]"
+        "agentkernel run [--image I] [--profile P] [--network NET] [--no-fast] [--timeout SECS]\n                [-e K=V]... [-w DIR] [--json] [--] CMD [ARGS...]"
     );
 }
 

@@ -38,6 +38,9 @@ pub const OWNER: &str = "agentkernel.owner";
 /// whatever the engine applied).
 pub const MEMORY_MB: &str = "agentkernel.memory_mb";
 
+/// A container's egress policy (`none`, `public`, `full`), as its create chose.
+pub const NETWORK: &str = "agentkernel.network";
+
 /// The `KIND` of a snapshot's image (`snapshot`).
 pub const KIND_SNAPSHOT: &str = "snapshot";
 /// The `KIND` of a named volume (`volume`).

@@ -205,6 +205,11 @@ pub fn launch(
             launcher.stub_mounts(),
         ),
     };
+    if key.network == crate::containers::profile::Network::Public {
+        crate::containers::egress::ensure_public(docker)?;
+    }
+    key.network
+        .apply(&mut spec.host, crate::containers::egress::host_has_ipv6());
     // A warm container of the pool gets an exec socket (its directory here, its token
     // once it said hello), which its run takes: the records then skip the engine.
     let with_socket = kind == Kind::Pool && matches!(launcher, Launcher::Stub { .. });

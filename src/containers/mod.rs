@@ -5,6 +5,7 @@
 
 pub mod cleanup;
 pub mod demand;
+pub mod egress;
 pub mod labels;
 pub mod launcher;
 pub mod owner;

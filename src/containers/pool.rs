@@ -394,6 +394,7 @@ impl Pool {
                 json!({
                     "image": key.image,
                     "profile": key.profile.name(),
+                    "network": key.network.name(),
                     "target": state.sizing.target,
                     "ready": state.ready.len(),
                     "creating": state.creating,
@@ -521,9 +522,10 @@ impl Pool {
                         .min(MAX_BACKOFF);
                     state.retry_at = Some(Instant::now() + backoff);
                     log::warn!(
-                        "pool: cannot start a warm {}/{} container: {error}",
+                        "pool: cannot start a warm {}/{}/{} container: {error}",
                         key.image,
-                        key.profile
+                        key.profile,
+                        key.network
                     );
                 }
             }

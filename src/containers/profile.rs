@@ -29,6 +29,84 @@ pub enum Profile {
     Restrictive,
 }
 
+/// Where a container's network reaches: its egress policy (`containers::egress` makes
+/// `Public` hold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Network {
+    /// Loopback only.
+    None,
+    /// The internet; never the host, nor loopback, private, shared (CGNAT),
+    /// link-local (metadata endpoints), multicast or reserved addresses, nor another
+    /// container; no IPv6.
+    Public,
+    /// Whatever the engine's default bridge reaches.
+    Full,
+}
+
+/// The engine network `Network::Public` containers join (ours, made on first use).
+pub const PUBLIC_NETWORK: &str = "agentkernel-public";
+
+impl Network {
+    pub const ALL: [Network; 3] = [Network::None, Network::Public, Network::Full];
+
+    pub fn parse(name: &str) -> Result<Network, String> {
+        match name {
+            "none" => Ok(Network::None),
+            "public" => Ok(Network::Public),
+            "full" => Ok(Network::Full),
+            other => Err(format!(
+                "unknown network '{other}': expected none, public or full"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Network::None => "none",
+            Network::Public => "public",
+            Network::Full => "full",
+        }
+    }
+
+    /// The engine's `NetworkMode` for it.
+    pub fn mode(self) -> &'static str {
+        match self {
+            Network::None => "none",
+            Network::Public => PUBLIC_NETWORK,
+            Network::Full => "bridge",
+        }
+    }
+
+    /// The policy of a container made with `mode` (one made before policies had a
+    /// label: `none` or the default bridge).
+    pub fn from_mode(mode: &str) -> Network {
+        match mode {
+            "none" => Network::None,
+            PUBLIC_NETWORK => Network::Public,
+            _ => Network::Full,
+        }
+    }
+
+    /// Sets a container's network to this policy's. `Public` also turns IPv6 off in
+    /// the container (where the host has it), so that no link-local IPv6 address
+    /// reaches the host.
+    pub fn apply(self, host: &mut HostSettings, host_has_ipv6: bool) {
+        const IPV6_OFF: &str = "net.ipv6.conf.all.disable_ipv6";
+        host.network_mode = self.mode().to_string();
+        if self == Network::Public && host_has_ipv6 {
+            host.sysctls.insert(IPV6_OFF.to_string(), "1".to_string());
+        } else {
+            host.sysctls.remove(IPV6_OFF);
+        }
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Resource limits of one container, in the units the API speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -107,8 +185,14 @@ impl Profile {
         }
     }
 
-    pub fn network(self) -> bool {
-        !matches!(self, Profile::Restrictive)
+    /// The egress policy its containers get when neither the request nor the server
+    /// names one.
+    pub fn default_network(self) -> Network {
+        match self {
+            Profile::Permissive => Network::Full,
+            Profile::Moderate => Network::Public,
+            Profile::Restrictive => Network::None,
+        }
     }
 
     pub fn read_only_root(self) -> bool {
@@ -196,7 +280,8 @@ impl Profile {
             memory_bytes: (limits.memory_mb * 1024 * 1024) as i64,
             nano_cpus: (limits.millicpus * 1_000_000) as i64,
             pids_limit: limits.pids as i64,
-            network_none: !self.network(),
+            network_mode: self.default_network().mode().to_string(),
+            sysctls: BTreeMap::new(),
             read_only_root: self.read_only_root(),
             cap_add: self.capabilities().iter().map(|c| c.to_string()).collect(),
             tmpfs,
@@ -297,7 +382,7 @@ mod tests {
     fn restrictive_maps_to_no_network_read_only_and_no_capabilities() {
         let profile = Profile::Restrictive;
         let host = profile.host_settings(profile.default_limits(), "/work", Vec::new());
-        assert!(host.network_none);
+        assert_eq!(host.network_mode, "none");
         assert!(host.read_only_root);
         assert!(host.cap_add.is_empty());
         assert_eq!(host.memory_bytes, 256 * 1024 * 1024);
@@ -314,7 +399,7 @@ mod tests {
     fn moderate_matches_the_documented_table() {
         let profile = Profile::Moderate;
         let host = profile.host_settings(profile.default_limits(), "/", Vec::new());
-        assert!(!host.network_none);
+        assert_eq!(host.network_mode, PUBLIC_NETWORK);
         assert!(!host.read_only_root);
         assert_eq!(host.memory_bytes, 512 * 1024 * 1024);
         assert_eq!(host.nano_cpus, 1_000_000_000);
@@ -324,6 +409,37 @@ mod tests {
             .cap_add
             .iter()
             .any(|c| c == "SYS_ADMIN" || c == "NET_RAW"));
+    }
+
+    #[test]
+    fn networks_by_profile_and_by_name() {
+        let defaults = Profile::ALL.map(Profile::default_network);
+        assert_eq!(defaults, [Network::Full, Network::Public, Network::None]);
+        for network in Network::ALL {
+            assert_eq!(Network::parse(network.name()), Ok(network));
+            assert_eq!(Network::from_mode(network.mode()), network);
+        }
+        assert_eq!(Network::from_mode("default"), Network::Full);
+        let error = Network::parse("private").unwrap_err();
+        assert!(error.contains("'private'"), "{error}");
+        let mut host =
+            Profile::Permissive.host_settings(Profile::Permissive.default_limits(), "/", vec![]);
+        assert_eq!(host.network_mode, "bridge");
+        Network::Public.apply(&mut host, true);
+        assert_eq!(host.network_mode, PUBLIC_NETWORK);
+        assert_eq!(
+            host.sysctls
+                .get("net.ipv6.conf.all.disable_ipv6")
+                .map(String::as_str),
+            Some("1")
+        );
+        Network::Full.apply(&mut host, true);
+        assert!(host.sysctls.is_empty());
+        Network::Public.apply(&mut host, false);
+        assert!(
+            host.sysctls.is_empty(),
+            "no IPv6 on the host: nothing to turn off"
+        );
     }
 
     #[test]

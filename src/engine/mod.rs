@@ -73,7 +73,10 @@ pub struct HostSettings {
     pub memory_bytes: i64,
     pub nano_cpus: i64,
     pub pids_limit: i64,
-    pub network_none: bool,
+    /// The engine's `NetworkMode`: `none`, `bridge`, or a network's name.
+    pub network_mode: String,
+    /// Kernel settings of the container's own namespaces (`net.*`).
+    pub sysctls: BTreeMap<String, String>,
     pub read_only_root: bool,
     pub cap_add: Vec<String>,
     /// Mount point → tmpfs option string (`rw,size=64m,mode=1777`).
@@ -364,6 +367,19 @@ pub struct VolumeInfo {
     pub labels: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub created_at: Option<String>,
+}
+
+/// A network, as `GET /networks/{name}` tells it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkInfo {
+    pub name: String,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub options: Option<BTreeMap<String, String>>,
+    #[serde(default, rename = "EnableIPv6")]
+    pub enable_ipv6: bool,
 }
 
 /// One entry of `GET /images/json`.
@@ -801,6 +817,40 @@ impl Docker {
         Ok(listed.volumes.unwrap_or_default())
     }
 
+    /// A network's labels and driver options; a missing one is `is_not_found`.
+    pub fn network_inspect(&self, name: &str) -> Result<NetworkInfo> {
+        let path = format!("/networks/{}", encode_component(name));
+        self.call_json("GET", &path, None, &[200])
+    }
+
+    /// Creates a bridge network without IPv6, with driver `options` and `labels`; one of
+    /// that name made meanwhile is `is_conflict`.
+    pub fn network_create(
+        &self,
+        name: &str,
+        options: &BTreeMap<String, String>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let body = json!({
+            "Name": name,
+            "CheckDuplicate": true,
+            "Driver": "bridge",
+            "EnableIPv6": false,
+            "Internal": false,
+            "Attachable": false,
+            "Options": options,
+            "Labels": labels,
+        });
+        self.call(
+            "POST",
+            "/networks/create",
+            Some(Body::Json(body)),
+            &[201],
+            Some(self.timeout),
+        )
+        .map(|_| ())
+    }
+
     /// Removes a volume; one a container uses is refused (`is_conflict`), never forced.
     pub fn volume_remove(&self, name: &str) -> Result<()> {
         let path = format!("/volumes/{}", encode_component(name));
@@ -1121,7 +1171,7 @@ fn create_body(spec: &ContainerSpec) -> Value {
         "MemorySwap": host.memory_bytes,
         "NanoCpus": host.nano_cpus,
         "PidsLimit": host.pids_limit,
-        "NetworkMode": if host.network_none { "none" } else { "bridge" },
+        "NetworkMode": host.network_mode,
         "ReadonlyRootfs": host.read_only_root,
         "CapDrop": ["ALL"],
         "CapAdd": host.cap_add,
@@ -1144,6 +1194,10 @@ fn create_body(spec: &ContainerSpec) -> Value {
         "AutoRemove": spec.auto_remove,
         "RestartPolicy": restart_policy(spec.restart_always),
     });
+    let mut host_config = host_config;
+    if !host.sysctls.is_empty() {
+        host_config["Sysctls"] = json!(host.sysctls);
+    }
     let mut body = json!({
         "Image": spec.image,
         "Labels": spec.labels,
@@ -1249,7 +1303,8 @@ mod tests {
             image: "img:1".into(),
             host: HostSettings {
                 memory_bytes: 256 << 20,
-                network_none: true,
+                network_mode: "none".into(),
+                sysctls: BTreeMap::from([("net.ipv6.conf.all.disable_ipv6".into(), "1".into())]),
                 ..HostSettings::default()
             },
             ..ContainerSpec::default()
@@ -1259,6 +1314,10 @@ mod tests {
         assert_eq!(body["HostConfig"]["RestartPolicy"], json!({"Name": "no"}));
         assert_eq!(body["HostConfig"]["CapDrop"], json!(["ALL"]));
         assert_eq!(body["HostConfig"]["NetworkMode"], json!("none"));
+        assert_eq!(
+            body["HostConfig"]["Sysctls"],
+            json!({"net.ipv6.conf.all.disable_ipv6": "1"})
+        );
         assert_eq!(body["HostConfig"]["Privileged"], json!(false));
         assert!(body.get("Entrypoint").is_none());
         let spec = ContainerSpec {

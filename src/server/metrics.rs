@@ -195,9 +195,10 @@ impl Metrics {
             for key in &keys {
                 let _ = writeln!(
                     out,
-                    "{name}{{image=\"{}\",profile=\"{}\"}} {}",
+                    "{name}{{image=\"{}\",profile=\"{}\",network=\"{}\"}} {}",
                     escape(key["image"].as_str().unwrap_or_default()),
                     escape(key["profile"].as_str().unwrap_or_default()),
+                    escape(key["network"].as_str().unwrap_or_default()),
                     key[field].as_u64().unwrap_or(0)
                 );
             }
@@ -268,7 +269,7 @@ mod tests {
         metrics.record("BREW", None, 404, Duration::from_millis(1));
         metrics.engine_errors.fetch_add(2, Ordering::Relaxed);
         let state = State {
-            pool: json!({"reaped": 7, "keys": [{"image": "a\"b", "profile": "moderate",
+            pool: json!({"reaped": 7, "keys": [{"image": "a\"b", "profile": "moderate", "network": "public",
                 "ready": 2, "creating": 1, "in_use": 0, "target": 3, "fallbacks": 4,
                 "created": 9, "failed": 0}]}),
             engine_up: true,
@@ -294,8 +295,8 @@ mod tests {
             "agentkernel_engine_up 1",
             "agentkernel_sandboxes{status=\"running\"} 2",
             "agentkernel_sandboxes{status=\"paused\"} 0",
-            "agentkernel_pool_ready{image=\"a\\\"b\",profile=\"moderate\"} 2",
-            "agentkernel_pool_fallbacks_total{image=\"a\\\"b\",profile=\"moderate\"} 4",
+            "agentkernel_pool_ready{image=\"a\\\"b\",profile=\"moderate\",network=\"public\"} 2",
+            "agentkernel_pool_fallbacks_total{image=\"a\\\"b\",profile=\"moderate\",network=\"public\"} 4",
             "# TYPE agentkernel_request_duration_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");

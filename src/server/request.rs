@@ -23,8 +23,8 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::containers::labels::SandboxName;
 use crate::containers::profile::{
-    check_bound, check_host_cpus, check_host_memory, Limits, Profile, MEMORY_MB_RANGE, PIDS_RANGE,
-    VCPUS_RANGE,
+    check_bound, check_host_cpus, check_host_memory, Limits, Network, Profile, MEMORY_MB_RANGE,
+    PIDS_RANGE, VCPUS_RANGE,
 };
 use crate::engine::reference::ImageRef;
 use crate::engine::HostResources;
@@ -381,6 +381,9 @@ pub struct RunBody {
     pub profile: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fast: Option<bool>,
+    /// The egress policy: `none`, `public` or `full` (default: the profile's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<Value>,
     #[serde(flatten)]
     pub command: CommandFields,
 }
@@ -397,6 +400,7 @@ impl RunBody {
         Ok(RunRequest {
             namespace: config.namespace.clone(),
             image,
+            network: parse_network(self.network, profile, config)?,
             profile,
             fast: self.fast.unwrap_or(true),
             command,
@@ -458,6 +462,9 @@ pub struct CreateBody {
     pub ttl: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Value>,
+    /// The egress policy: `none`, `public` or `full` (default: the profile's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<Value>,
     /// A snapshot to make the sandbox from (its files; its profile and limits unless
     /// given), instead of an image.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -567,6 +574,7 @@ impl CreateBody {
         Ok(CreateSandbox {
             name,
             image,
+            network: parse_network(self.network, profile, config)?,
             profile,
             limits,
             volumes,
@@ -574,6 +582,27 @@ impl CreateBody {
             idle_timeout: parse_lifetime("idle_timeout", self.idle_timeout)?
                 .or(config.sandbox_idle_timeout),
         })
+    }
+}
+
+/// A `network`: a policy's name; none (or null) is the server's default for the
+/// profile.
+fn parse_network(
+    value: Option<Value>,
+    profile: Profile,
+    config: &Config,
+) -> Result<Network, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(config.network_for(profile)),
+        Some(Value::String(name)) => Network::parse(&name).map_err(ApiError::BadBody),
+        Some(Value::Object(fields)) if fields.contains_key("allow") => Err(ApiError::BadBody(
+            "network {\"allow\": [...]} (an allow-list) is not supported by this server: \
+             use none, public or full"
+                .into(),
+        )),
+        Some(other) => Err(ApiError::BadBody(format!(
+            "network must be none, public or full, got {other}"
+        ))),
     }
 }
 
@@ -961,6 +990,7 @@ mod tests {
             Request::Run(RunBody {
                 image: Some("busybox".into()),
                 profile: Some("restrictive".into()),
+                network: Some(json!("none")),
                 fast: Some(false),
                 command: command.clone(),
             }),

@@ -341,7 +341,7 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
                 Error::StubMismatch { .. } => 502,
                 Error::DetachedNotFound { .. } => 404,
                 Error::OutputMemoryFull { .. } => 503,
-                Error::DataDir(_) => 500,
+                Error::DataDir(_) | Error::EgressUnavailable(_) => 500,
             };
             (status, error.to_string())
         }

@@ -94,12 +94,23 @@ pub fn sandbox_data(sandbox: &Sandbox) -> Value {
         "backend": "docker",
         "image": sandbox.image,
         "profile": sandbox.profile,
+        "network": network_of(sandbox),
         "created_at": sandbox.created_at,
     });
     if let Some(limits) = sandbox.limits {
         add_limits(&mut data, limits);
     }
     data
+}
+
+/// A sandbox's egress policy: its label, or for one made before policies were
+/// labelled, what its profile then gave (restrictive: none; else the default bridge).
+fn network_of(sandbox: &Sandbox) -> &str {
+    match sandbox.labels.get(crate::containers::labels::NETWORK) {
+        Some(network) => network,
+        None if sandbox.profile == "restrictive" => "none",
+        None => "full",
+    }
 }
 
 /// `memory_mb`, `vcpus` (the SDKs type it as an integer: given only when it is one) and

@@ -6,6 +6,7 @@ mod harness;
 mod api;
 mod cli;
 mod deadlines;
+mod egress;
 mod exec_socket;
 mod expiry;
 mod files;

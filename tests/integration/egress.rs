@@ -1,0 +1,406 @@
+//! Egress policies, proven from inside sandboxes against destinations of our own: a
+//! network namespace with a private address (10.251.N.2) and a public-looking one
+//! (198.51.100.N), each answering TCP on 8080 and DNS queries (UDP) on 53; a listener on
+//! the host; the server's own port; another sandbox. `public` reaches the public
+//! address only, and everything else fails fast; `none` reaches nothing; `full`
+//! reaches everything. The policy holds across stop/start and a server restart.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::harness::{fresh_namespace, Options, Server};
+
+/// A network namespace routed from the host, with a TCP greeter and a UDP echo.
+struct Destinations {
+    netns: String,
+    private: String,
+    public: String,
+    listener: Option<Child>,
+}
+
+const SERVE: &str = r#"
+import socket, threading
+received = 0
+def dns():
+    global received
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("0.0.0.0", 53))
+    while True:
+        query, peer = u.recvfrom(2048)
+        received += 1
+        if len(query) >= 12:
+            # The query back as an answer: "no such name".
+            u.sendto(query[:2] + bytes([query[2] | 0x80, (query[3] & 0xF0) | 3]) + query[4:], peer)
+threading.Thread(target=dns, daemon=True).start()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080))
+s.listen(64)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(("hello %d\n" % received).encode())
+    c.close()
+"#;
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("run ip");
+    assert!(status.success(), "ip {}", args.join(" "));
+}
+
+impl Destinations {
+    fn new() -> Destinations {
+        let n = std::process::id() % 200 + 20;
+        let netns = format!("akdst{n}");
+        let (host_end, ns_end) = (format!("akh{n}"), format!("akn{n}"));
+        let private = format!("10.251.{n}.2");
+        let public = format!("198.51.100.{n}");
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &netns])
+            .status();
+        ip(&["netns", "add", &netns]);
+        let mut destinations = Destinations {
+            netns: netns.clone(),
+            private: private.clone(),
+            public: public.clone(),
+            listener: None,
+        };
+        ip(&[
+            "link", "add", &host_end, "type", "veth", "peer", "name", &ns_end,
+        ]);
+        ip(&["link", "set", &ns_end, "netns", &netns]);
+        ip(&["addr", "add", &format!("10.251.{n}.1/24"), "dev", &host_end]);
+        ip(&["link", "set", &host_end, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", netns.as_str(), "ip"];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        inside(&["link", "set", "lo", "up"]);
+        inside(&["addr", "add", &format!("{private}/24"), "dev", &ns_end]);
+        inside(&["addr", "add", &format!("{public}/32"), "dev", &ns_end]);
+        inside(&["link", "set", &ns_end, "up"]);
+        inside(&["route", "add", "default", "via", &format!("10.251.{n}.1")]);
+        ip(&["route", "add", &format!("{public}/32"), "via", &private]);
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &netns, "python3", "-c", SERVE])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the destinations' listener");
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        assert_eq!(ready.trim(), "ready");
+        destinations.listener = Some(child);
+        destinations
+    }
+}
+
+impl Destinations {
+    /// How many datagrams the resolver received so far (its greeting says).
+    fn datagrams(&self) -> u64 {
+        let mut stream = std::net::TcpStream::connect((self.private.as_str(), 8080)).unwrap();
+        let mut greeting = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut greeting).unwrap();
+        greeting
+            .trim()
+            .strip_prefix("hello ")
+            .and_then(|count| count.parse().ok())
+            .unwrap_or_else(|| panic!("greeting: {greeting:?}"))
+    }
+}
+
+impl Drop for Destinations {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.listener.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The veth pair and the route through it go with the namespace.
+        let _ = Command::new("ip")
+            .args(["route", "del", &format!("{}/32", self.public)])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.netns])
+            .status();
+    }
+}
+
+/// What a probe from a sandbox found: its output, and how long it took.
+struct Probe {
+    stdout: String,
+    stderr: String,
+    millis: u64,
+}
+
+fn exec(server: &Server, sandbox: &str, script: &str) -> Probe {
+    let body = json!({ "command": ["sh", "-c", script] }).to_string();
+    let (status, answer) = server.request(
+        "POST",
+        &format!("/sandboxes/{sandbox}/exec"),
+        Some(&body),
+        &[("X-API-Key", "k")],
+    );
+    assert_eq!(status, 200, "{answer}");
+    let data = &answer["data"];
+    Probe {
+        stdout: data["stdout"].as_str().unwrap_or_default().to_string(),
+        stderr: data["stderr"].as_str().unwrap_or_default().to_string(),
+        millis: data["duration_ms"].as_u64().unwrap_or(u64::MAX),
+    }
+}
+
+fn tcp(server: &Server, sandbox: &str, host: &str, port: u16) -> Probe {
+    exec(
+        server,
+        sandbox,
+        &format!("nc -w 3 {host} {port} </dev/null"),
+    )
+}
+
+/// A DNS query (a UDP packet) to the destinations' resolver at `host`; whether it
+/// arrived, from the datagrams the destinations counted (asked from the test itself).
+fn dns(server: &Server, sandbox: &str, host: &str, destinations: &Destinations) -> (bool, Probe) {
+    let before = destinations.datagrams();
+    let probe = exec(server, sandbox, &format!("nslookup example.org {host}"));
+    (destinations.datagrams() > before, probe)
+}
+
+/// Answered: the greeting (or, for a listener that says nothing, a connect).
+fn assert_reached(probe: &Probe, expected: &str, what: &str) {
+    assert!(
+        probe.stdout.contains(expected),
+        "{what}: expected {expected:?}, got {:?} {:?}",
+        probe.stdout,
+        probe.stderr
+    );
+}
+
+/// Refused or unreachable, fast: never a hang until nc's own timeout.
+fn assert_stopped(probe: &Probe, what: &str) {
+    assert!(
+        !probe.stdout.contains("hello"),
+        "{what}: reached ({:?})",
+        probe.stdout
+    );
+    assert!(probe.millis < 2000, "{what}: took {} ms", probe.millis);
+}
+
+fn create(server: &Server, name: &str, network: Option<&str>) -> Value {
+    let mut body = json!({ "name": name });
+    if let Some(network) = network {
+        body["network"] = json!(network);
+    }
+    let (status, answer) = server.request(
+        "POST",
+        "/sandboxes",
+        Some(&body.to_string()),
+        &[("X-API-Key", "k")],
+    );
+    assert_eq!(status, 201, "{answer}");
+    answer["data"].clone()
+}
+
+fn gateway(server: &Server, sandbox: &str) -> String {
+    let routes = exec(server, sandbox, "ip route").stdout;
+    routes
+        .lines()
+        .find_map(|line| line.strip_prefix("default via "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no default route in {sandbox}: {routes}"))
+        .to_string()
+}
+
+#[test]
+fn each_policy_reaches_what_it_says_and_nothing_else() {
+    let destinations = Destinations::new();
+    let (private, public) = (destinations.private.clone(), destinations.public.clone());
+    // A listener on the host, on every address.
+    let host = TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut connection in host.incoming().flatten() {
+            let _ = connection.write_all(b"hello from the host\n");
+        }
+    });
+    let namespace = fresh_namespace();
+    let options = || Options {
+        namespace: Some(namespace.clone()),
+        // Reachable on every address of the host, as a server open to its network is.
+        args: vec!["--host".into(), "0.0.0.0".into()],
+        env: vec![("AGENTKERNEL_API_KEY".into(), "k".into())],
+        ..Options::default()
+    };
+    let mut server = Server::start_with(options());
+    server.cleanup = false;
+    let port = server.port;
+
+    // The profile's default: moderate is public.
+    assert_eq!(create(&server, "pub", None)["network"], json!("public"));
+    assert_eq!(create(&server, "other", None)["network"], json!("public"));
+    assert_eq!(
+        create(&server, "full", Some("full"))["network"],
+        json!("full")
+    );
+    assert_eq!(
+        create(&server, "none", Some("none"))["network"],
+        json!("none")
+    );
+
+    // full reaches everything: both destinations, the host, the server.
+    let full_gateway = gateway(&server, "full");
+    assert_reached(
+        &tcp(&server, "full", &public, 8080),
+        "hello",
+        "full → public address",
+    );
+    assert_reached(
+        &tcp(&server, "full", &private, 8080),
+        "hello",
+        "full → private address",
+    );
+    assert!(
+        dns(&server, "full", &private, &destinations).0,
+        "full → private DNS"
+    );
+    assert_reached(
+        &tcp(&server, "full", &full_gateway, host_port),
+        "hello from the host",
+        "full → host listener",
+    );
+
+    // public: the public address only.
+    let probe_public = |server: &Server, when: &str| {
+        let gateway = gateway(server, "pub");
+        assert_reached(&tcp(server, "pub", &public, 8080), "hello", when);
+        assert!(
+            dns(server, "pub", &public, &destinations).0,
+            "{when}: public DNS"
+        );
+        for (host, port, what) in [
+            (private.as_str(), 8080, "a private address"),
+            ("169.254.169.254", 80, "the metadata address"),
+            (gateway.as_str(), host_port, "the host through its gateway"),
+            (
+                full_gateway.as_str(),
+                host_port,
+                "the host's default bridge",
+            ),
+            (gateway.as_str(), port, "the server's own port"),
+            ("127.0.0.1", port, "the server's port on loopback"),
+        ] {
+            assert_stopped(&tcp(server, "pub", host, port), &format!("{when}: {what}"));
+        }
+        // A DNS query to a resolver of the command's choosing, a private one: the
+        // packet never arrives (nslookup then gives up by itself).
+        let (arrived, probe) = dns(server, "pub", &private, &destinations);
+        assert!(!arrived, "{when}: a private resolver got the query");
+        assert!(
+            probe.millis < 15_000,
+            "{when}: DNS took {} ms",
+            probe.millis
+        );
+        // An IPv6 literal: no route at all.
+        let v6 = exec(server, "pub", "nc -w 3 2001:db8::1 80 </dev/null");
+        assert_stopped(&v6, &format!("{when}: an IPv6 literal"));
+    };
+    probe_public(&server, "public");
+    // Another sandbox, serving on its own address.
+    let listen = json!({"command": ["nc", "-ll", "-p", "9000", "-e", "echo", "hello"]});
+    let (status, answer) = server.request(
+        "POST",
+        "/sandboxes/other/exec/detach",
+        Some(&listen.to_string()),
+        &[("X-API-Key", "k")],
+    );
+    assert_eq!(status, 200, "{answer}");
+    let other = exec(&server, "other", "ip -4 -o addr show eth0").stdout;
+    let other_address = other
+        .split_whitespace()
+        .skip_while(|word| *word != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .unwrap_or_else(|| panic!("no address: {other}"))
+        .to_string();
+    assert_reached(
+        &tcp(&server, "other", "127.0.0.1", 9000),
+        "hello",
+        "its own listener",
+    );
+    assert_stopped(
+        &tcp(&server, "pub", &other_address, 9000),
+        "another sandbox",
+    );
+
+    // none: nothing but loopback.
+    for host in [public.as_str(), private.as_str(), full_gateway.as_str()] {
+        assert_stopped(&tcp(&server, "none", host, 8080), &format!("none → {host}"));
+    }
+
+    // One-shot runs take the same policies.
+    let run = |network: &str, host: &str| {
+        let body =
+            json!({"network": network, "command": ["nc", "-w", "3", host, "8080"], "stdin": ""});
+        let (status, answer) = server.request(
+            "POST",
+            "/run",
+            Some(&body.to_string()),
+            &[("X-API-Key", "k")],
+        );
+        assert_eq!(status, 200, "{answer}");
+        answer["data"]["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(run("public", &public).contains("hello"));
+    assert!(!run("public", &private).contains("hello"));
+    assert!(run("full", &private).contains("hello"));
+    assert!(!run("none", &public).contains("hello"));
+    let allow = json!({"network": {"allow": ["pypi.org"]}, "command": ["true"]});
+    let (status, answer) = server.request(
+        "POST",
+        "/run",
+        Some(&allow.to_string()),
+        &[("X-API-Key", "k")],
+    );
+    assert_eq!(status, 400, "{answer}");
+
+    // The policy is the sandbox's for its life: across stop and start...
+    for step in ["stop", "start"] {
+        let (status, answer) = server.request(
+            "POST",
+            &format!("/sandboxes/pub/{step}"),
+            None,
+            &[("X-API-Key", "k")],
+        );
+        assert_eq!(status, 200, "{answer}");
+    }
+    probe_public(&server, "after stop and start");
+    // ... and a server restart.
+    server.terminate();
+    let mut server = Server::start_with(options());
+    let (status, answer) = server.request("GET", "/sandboxes/pub", None, &[("X-API-Key", "k")]);
+    assert_eq!(
+        (status, &answer["data"]["network"]),
+        (200, &json!("public"))
+    );
+    probe_public(&server, "after a server restart");
+    server.cleanup = true;
+    for name in ["pub", "other", "full", "none"] {
+        server.request(
+            "DELETE",
+            &format!("/sandboxes/{name}"),
+            None,
+            &[("X-API-Key", "k")],
+        );
+    }
+    server.finish();
+    drop(destinations);
+}
