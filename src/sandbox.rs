@@ -345,6 +345,10 @@ pub fn start(docker: &Docker, config: &Config, name: &SandboxName) -> Result<San
     if inspect.state.paused {
         return Err(Error::SandboxPaused(name.to_string()));
     }
+    let labels = inspect.config.labels.clone().unwrap_or_default();
+    if labels.get(labels::NETWORK).map(String::as_str) == Some("public") {
+        crate::containers::egress::ensure_public(docker)?;
+    }
     docker.container_set_restart(&inspect.id, true)?;
     docker.container_start(&inspect.id)?;
     // A started init has no token yet.

@@ -40,6 +40,8 @@ pub struct Snapshot {
     /// The image its sandbox was made from.
     pub base_image: Option<String>,
     pub profile: Option<String>,
+    /// Its sandbox's egress policy (a sandbox made from it keeps it, unless told).
+    pub network: Option<String>,
     pub limits: Option<Limits>,
     pub created_at: String,
     pub size_bytes: u64,
@@ -121,6 +123,7 @@ fn from_labels(
         image_tag,
         base_image: image_labels.get(labels::IMAGE).cloned(),
         profile: image_labels.get(labels::PROFILE).cloned(),
+        network: image_labels.get(labels::NETWORK).cloned(),
         limits,
         created_at: image_labels
             .get(labels::CREATED)

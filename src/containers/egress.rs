@@ -6,26 +6,36 @@
 //! filter, which the server extends with `iptables` as the engine extends it for its
 //! own networks, refuses what comes in on that bridge for
 //! - the host itself, at any of its addresses (chain `AGENTKERNEL-HOST`, jumped to
-//!   from `INPUT`): the server's port, the engine's, anything listening on the host;
+//!   first from `INPUT`): the server's port, the engine's, anything listening on the
+//!   host;
 //! - loopback, private (10/8, 172.16/12, 192.168/16), shared (100.64/10), link-local
 //!   (169.254/16, where clouds serve instance credentials), multicast and reserved
-//!   ranges, and the bridge itself (another container): chain `AGENTKERNEL-PUBLIC`,
-//!   jumped to from `FORWARD`.
+//!   ranges, the host's own subnets and gateways (neighbours, whatever their
+//!   addresses), and the bridge itself (another container): chain
+//!   `AGENTKERNEL-PUBLIC`, jumped to first from `DOCKER-USER`, which the engine keeps
+//!   ahead of its own forwarding rules (from `FORWARD` where the engine has none).
+//!
+//! One exception, ahead of every refusal (chain `AGENTKERNEL-DNS`): port 53 of the
+//! resolvers the engine forwards names to (the host's), since the engine's resolver
+//! sends its queries from inside the container, through the bridge.
 //!
 //! Refused at once, with a TCP reset or an ICMP "port unreachable": a connect fails in
-//! a millisecond (connection refused), a UDP sender hears so, nothing hangs. The rest is forwarded as
-//! the engine forwards its default bridge's traffic. Names resolve through the engine's
-//! resolver inside the container, as on any network of the engine's.
+//! a millisecond (connection refused), a UDP sender hears so, nothing hangs. The rest
+//! is forwarded as the engine forwards its default bridge's traffic.
 //!
-//! The network and the rules are made once per process, before its first public
-//! container: they stay while the host runs (sandboxes outlive servers), and a server
-//! that starts finds them there. Without them (no `iptables`, no right to change the
-//! rules, a network of that name that is not ours) a public container is refused,
-//! never made with more reach than its policy.
+//! Made before the first public container of a process, and checked again (and
+//! repaired) every few seconds by the `egress-watch` thread, and before a public
+//! sandbox starts: the engine, an operator or a firewall reload may move or drop rules.
+//! Without them (no `iptables`, no right to change the rules, an engine in another
+//! network namespace than the server's, a network of that name that is not ours) a
+//! public container is refused, never made with more reach than its policy.
 
 use std::collections::BTreeMap;
-use std::process::Command;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::containers::labels;
 use crate::containers::profile::PUBLIC_NETWORK;
@@ -34,18 +44,22 @@ use crate::error::{Error, Result};
 
 /// The host's name of the public network's bridge (at most 15 bytes).
 pub const BRIDGE: &str = "ak-public0";
-/// Our chains in the host's `filter` table: for what the host forwards from the
-/// bridge, and for what is for the host itself.
+/// Our chains in the host's `filter` table: refusals for what the host forwards from
+/// the bridge, refusals for what is for the host itself, and the resolvers' exception.
 pub const CHAIN: &str = "AGENTKERNEL-PUBLIC";
 pub const HOST_CHAIN: &str = "AGENTKERNEL-HOST";
+pub const DNS_CHAIN: &str = "AGENTKERNEL-DNS";
 /// The `KIND` label of a network of ours.
 pub const KIND_NETWORK: &str = "network";
+/// How often `egress-watch` checks the rules.
+pub const WATCH_EVERY: Duration = Duration::from_secs(5);
 
 /// IPv4 destinations a public container never reaches: "this network", private,
 /// shared, loopback, link-local, IETF protocol assignments, private, benchmarking,
-/// multicast and reserved (with the broadcast address). The documentation ranges
-/// (192.0.2/24, 198.51.100/24, 203.0.113/24) are left as the internet routes them.
-pub const REFUSED: [&str; 11] = [
+/// multicast and reserved (with the broadcast address), and Azure's host endpoint. The
+/// documentation ranges (192.0.2/24, 198.51.100/24, 203.0.113/24) are left as the
+/// internet routes them (but the host's own subnets are refused, whatever they are).
+pub const REFUSED: [&str; 12] = [
     "0.0.0.0/8",
     "10.0.0.0/8",
     "100.64.0.0/10",
@@ -57,48 +71,133 @@ pub const REFUSED: [&str; 11] = [
     "198.18.0.0/15",
     "224.0.0.0/4",
     "240.0.0.0/4",
+    "168.63.129.16/32",
 ];
 
-/// One rule: its chain, whether it goes first (else last), and its match and target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    pub chain: &'static str,
-    pub first: bool,
-    pub spec: Vec<String>,
+/// What the host's own set-up adds to the rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostView {
+    /// The resolvers the engine forwards names to (IPv4, not loopback).
+    pub resolvers: Vec<Ipv4Addr>,
+    /// The host's directly connected subnets and its gateways, as CIDRs.
+    pub neighbours: Vec<String>,
 }
 
-/// The rules the public policy needs, in the order they are made. Each refusal is two
-/// rules: a TCP reset for TCP (an ICMP error answering a connect may be held back by
-/// the kernel's ICMP rate limit, and the connect then waits for its retransmission, a
-/// second later), then an ICMP "port unreachable" for the rest.
-pub fn rules() -> Vec<Rule> {
-    let refusals = |chain: &'static str, matching: &[&str]| {
-        let tcp = ["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"];
-        let other = ["-j", "REJECT", "--reject-with", "icmp-port-unreachable"];
-        [&tcp[..], &other[..]].map(|target| Rule {
-            chain,
-            first: false,
-            spec: matching
+impl HostView {
+    /// From `/etc/resolv.conf` (and systemd-resolved's upstream list, which the engine
+    /// reads when the host's own resolver is on loopback) and `/proc/net/route`.
+    pub fn read() -> HostView {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let mut resolvers = parse_resolvers(&read("/etc/resolv.conf"));
+        for resolver in parse_resolvers(&read("/run/systemd/resolve/resolv.conf")) {
+            if !resolvers.contains(&resolver) {
+                resolvers.push(resolver);
+            }
+        }
+        HostView {
+            resolvers,
+            neighbours: parse_routes(&read("/proc/net/route")),
+        }
+    }
+}
+
+/// The IPv4 `nameserver`s of a `resolv.conf`, loopback ones left out (the engine
+/// queries those from the host, not through the bridge).
+pub fn parse_resolvers(text: &str) -> Vec<Ipv4Addr> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse::<Ipv4Addr>().ok())
+        .filter(|address| !address.is_loopback())
+        .collect()
+}
+
+/// From `/proc/net/route`: every subnet reached without a gateway, and every gateway,
+/// but for our own bridge's.
+pub fn parse_routes(text: &str) -> Vec<String> {
+    let hex = |field: &str| u32::from_str_radix(field, 16).ok();
+    let mut found = Vec::new();
+    for line in text.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 8 || fields[0] == BRIDGE {
+            continue;
+        }
+        let (Some(destination), Some(gateway), Some(mask)) =
+            (hex(fields[1]), hex(fields[2]), hex(fields[7]))
+        else {
+            continue;
+        };
+        // The kernel writes each address as the number its bytes (in network order)
+        // make in its own byte order.
+        let address = |value: u32| Ipv4Addr::from(u32::from_be(value));
+        let cidr = if gateway != 0 {
+            format!("{}/32", address(gateway))
+        } else if destination != 0 {
+            format!("{}/{}", address(destination), mask.count_ones())
+        } else {
+            continue;
+        };
+        if !found.contains(&cidr) {
+            found.push(cidr);
+        }
+    }
+    found
+}
+
+/// Two rules refusing what `matching` matches: a TCP reset for TCP (an ICMP error
+/// answering a connect may be held back by the kernel's ICMP rate limit, and the
+/// connect then waits for its retransmission, a second later), then an ICMP "port
+/// unreachable" for the rest.
+fn refusals(matching: &[&str]) -> [Vec<String>; 2] {
+    let tcp = ["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"];
+    let other = ["-j", "REJECT", "--reject-with", "icmp-port-unreachable"];
+    [&tcp[..], &other[..]].map(|target| {
+        matching
+            .iter()
+            .chain(target)
+            .map(|part| part.to_string())
+            .collect()
+    })
+}
+
+/// Our chains and their rules, in order: each refusal chain starts with the jump to
+/// the resolvers' exception.
+pub fn chains(view: &HostView) -> Vec<(&'static str, Vec<Vec<String>>)> {
+    let to_dns = vec!["-j".to_string(), DNS_CHAIN.to_string()];
+    let mut dns = Vec::new();
+    for resolver in &view.resolvers {
+        for protocol in ["udp", "tcp"] {
+            dns.push(
+                [
+                    "-d",
+                    &format!("{resolver}/32"),
+                    "-p",
+                    protocol,
+                    "-m",
+                    protocol,
+                ]
                 .iter()
-                .chain(target)
+                .chain(&["--dport", "53", "-j", "ACCEPT"])
                 .map(|part| part.to_string())
                 .collect(),
-        })
-    };
-    let mut rules: Vec<Rule> = REFUSED
-        .iter()
-        .flat_map(|range| refusals(CHAIN, &["-d", range]))
-        .collect();
-    rules.extend(refusals(CHAIN, &["-o", BRIDGE]));
-    rules.extend(refusals(HOST_CHAIN, &[]));
-    let jump = |chain: &'static str, to: &str| Rule {
-        chain,
-        first: true,
-        spec: ["-i", BRIDGE, "-j", to].map(String::from).to_vec(),
-    };
-    rules.push(jump("FORWARD", CHAIN));
-    rules.push(jump("INPUT", HOST_CHAIN));
-    rules
+            );
+        }
+    }
+    let mut forward = vec![to_dns.clone()];
+    let ranges = REFUSED.iter().map(|range| range.to_string());
+    for range in ranges.chain(view.neighbours.iter().cloned()) {
+        forward.extend(refusals(&["-d", &range]));
+    }
+    forward.extend(refusals(&["-o", BRIDGE]));
+    let mut host = vec![to_dns];
+    host.extend(refusals(&[]));
+    vec![(DNS_CHAIN, dns), (CHAIN, forward), (HOST_CHAIN, host)]
+}
+
+/// The jumps into our chains, each the first rule of its chain: from `DOCKER-USER`
+/// (or `FORWARD`, where the engine made none) and from `INPUT`.
+pub fn jumps(forward_from: &'static str) -> [(&'static str, Vec<String>); 2] {
+    let jump = |to: &str| ["-i", BRIDGE, "-j", to].map(String::from).to_vec();
+    [(forward_from, jump(CHAIN)), ("INPUT", jump(HOST_CHAIN))]
 }
 
 /// Whether the host has IPv6 (then public containers get it turned off).
@@ -106,24 +205,56 @@ pub fn host_has_ipv6() -> bool {
     std::path::Path::new("/proc/sys/net/ipv6").exists()
 }
 
-/// Makes the public network and its rules, once per process (again after a failure).
+/// Whether the network and rules were found in place at the last look.
+static READY: AtomicBool = AtomicBool::new(false);
+/// Whether this process made or met a public container (then `egress-watch` looks).
+static IN_USE: AtomicBool = AtomicBool::new(false);
+
+/// Makes sure the public network and its rules are in place before a public container
+/// is made or started: at once when the last look found them (`egress-watch` looks
+/// every few seconds), else a look (and repair) now.
 pub fn ensure_public(docker: &Docker) -> Result<()> {
-    static READY: Mutex<bool> = Mutex::new(false);
-    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
-    if *ready {
+    IN_USE.store(true, Ordering::SeqCst);
+    if READY.load(Ordering::SeqCst) {
         return Ok(());
     }
-    let unavailable = |reason: String| Error::EgressUnavailable(reason);
-    ensure_network(docker)?;
-    for rule in rules() {
-        ensure_rule(&rule).map_err(unavailable)?;
+    look(docker)
+}
+
+/// Whether `egress-watch` has anything to watch.
+pub fn in_use() -> bool {
+    IN_USE.load(Ordering::SeqCst)
+}
+
+/// Looks at the network and every rule, and repairs what is missing or out of place.
+/// One look at a time; a failed look leaves public containers refused until one
+/// succeeds.
+pub fn look(docker: &Docker) -> Result<()> {
+    static LOOKING: Mutex<()> = Mutex::new(());
+    let _looking = LOOKING.lock().unwrap_or_else(|e| e.into_inner());
+    let outcome = ensure_network(docker).and_then(|()| {
+        // Our rules match the bridge by name: on a host whose bridge is not this
+        // process's to see (an engine in another network namespace), they would match
+        // nothing.
+        if !std::path::Path::new(&format!("/sys/class/net/{BRIDGE}")).exists() {
+            return Err(Error::EgressUnavailable(format!(
+                "the bridge {BRIDGE} of the network {PUBLIC_NETWORK} is not in this \
+                 server's network namespace (the engine's is another): rules made here \
+                 would not apply"
+            )));
+        }
+        ensure_rules(&HostView::read()).map_err(Error::EgressUnavailable)
+    });
+    let was_ready = READY.swap(outcome.is_ok(), Ordering::SeqCst);
+    match &outcome {
+        Ok(()) if !was_ready => log::info!(
+            "egress: network {PUBLIC_NETWORK} (bridge {BRIDGE}) and its rules (chains \
+             {CHAIN}, {HOST_CHAIN}, {DNS_CHAIN}) are in place"
+        ),
+        Err(error) if was_ready => log::error!("egress: {error}"),
+        _ => {}
     }
-    log::info!(
-        "egress: network {PUBLIC_NETWORK} (bridge {BRIDGE}) and its rules (chain {CHAIN}) are \
-         in place"
-    );
-    *ready = true;
-    Ok(())
+    outcome
 }
 
 /// The network's driver options: our bridge name, no traffic between its containers.
@@ -179,54 +310,197 @@ fn ensure_network(docker: &Docker) -> Result<()> {
     )))
 }
 
-/// Adds the rule unless the host has it already (`iptables -C`); chains are made as
-/// needed. `-w`: waits for the lock other programs (the engine) hold while they change
-/// rules.
-fn ensure_rule(rule: &Rule) -> std::result::Result<(), String> {
-    let ours = rule.chain == CHAIN || rule.chain == HOST_CHAIN;
-    if ours && iptables(&["-w", "-n", "-L", rule.chain]).is_err() {
-        // Made meanwhile by another server: fine, the listing decides.
-        let _ = iptables(&["-w", "-N", rule.chain]);
-        iptables(&["-w", "-n", "-L", rule.chain])?;
-    }
-    let spec: Vec<&str> = rule.spec.iter().map(String::as_str).collect();
-    let check: Vec<&str> = ["-w", "-C", rule.chain]
-        .iter()
-        .copied()
-        .chain(spec.iter().copied())
-        .collect();
-    if iptables(&check).is_ok() {
-        return Ok(());
-    }
-    let add: Vec<&str> = if rule.first {
-        ["-w", "-I", rule.chain, "1"]
-            .into_iter()
-            .chain(spec)
-            .collect()
-    } else {
-        ["-w", "-A", rule.chain].into_iter().chain(spec).collect()
+/// At a server's start: where public sandboxes of `namespaces` exist (the engine
+/// starts them again by itself after a reboot), their rules are put back now; where
+/// that fails, the running ones are stopped rather than left with more reach than
+/// their policy.
+pub fn at_start(docker: &Docker, namespaces: &[crate::config::Namespace]) {
+    let filters = [
+        format!("{}=true", labels::MANAGED),
+        format!("{}={}", labels::KIND, labels::Kind::Sandbox.name()),
+        format!("{}=public", labels::NETWORK),
+    ];
+    let Ok(found) = docker.container_list(&filters) else {
+        return;
     };
-    iptables(&add)
+    let ours: Vec<_> = found
+        .into_iter()
+        .filter(|summary| {
+            let namespace = summary
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(labels::NAMESPACE));
+            namespaces
+                .iter()
+                .any(|served| Some(served.as_str()) == namespace.map(String::as_str))
+        })
+        .collect();
+    if ours.is_empty() {
+        return;
+    }
+    if let Err(error) = ensure_public(docker) {
+        for sandbox in ours.iter().filter(|s| s.state == "running") {
+            log::error!(
+                "egress: stopping public sandbox {} (its rules cannot be put back: {error})",
+                sandbox.names.join(",").trim_start_matches('/')
+            );
+            let _ = docker.container_stop(&sandbox.id, 0);
+        }
+    }
 }
 
-/// Runs `iptables` with `args` (from the path, else where distributions put it); an
-/// error says what it said.
+/// Brings our chains to what `view` asks, and their jumps to the top.
+fn ensure_rules(view: &HostView) -> std::result::Result<(), String> {
+    for (chain, rules) in chains(view) {
+        if iptables(&["-n", "-L", chain]).is_err() {
+            // Made meanwhile by another server: fine, the listing decides.
+            let _ = iptables(&["-N", chain]);
+            iptables(&["-n", "-L", chain])?;
+        }
+        let present = listed(chain)?;
+        let wanted: Vec<String> = rules
+            .iter()
+            .map(|rule| format!("-A {chain} {}", rule.join(" ")))
+            .collect();
+        if chain == DNS_CHAIN {
+            // Exceptions only: emptied and filled again when they changed (meanwhile
+            // the resolvers are refused, never the reverse).
+            if present != wanted {
+                iptables(&["-F", chain])?;
+                for rule in &rules {
+                    add(chain, rule)?;
+                }
+            }
+            continue;
+        }
+        // Refusals: never emptied. The first rule is the jump to the exception; a
+        // refusal missing is added (one left over from an older view stays: it refuses
+        // more, never less).
+        first(chain, &rules[0], &present)?;
+        for rule in &rules[1..] {
+            if !has(chain, rule) {
+                add(chain, rule)?;
+            }
+        }
+    }
+    let forward_from = if iptables(&["-n", "-L", "DOCKER-USER"]).is_ok() {
+        "DOCKER-USER"
+    } else {
+        "FORWARD"
+    };
+    for (chain, rule) in jumps(forward_from) {
+        first(chain, &rule, &listed(chain)?)?;
+    }
+    Ok(())
+}
+
+/// The rules of `chain` as `iptables -S` writes them (`-A CHAIN ...`).
+fn listed(chain: &str) -> std::result::Result<Vec<String>, String> {
+    let text = iptables_output(&["-S", chain])?;
+    Ok(text
+        .lines()
+        .filter(|line| line.starts_with("-A "))
+        .map(str::to_string)
+        .collect())
+}
+
+fn has(chain: &str, rule: &[String]) -> bool {
+    let mut args = vec!["-C", chain];
+    args.extend(rule.iter().map(String::as_str));
+    iptables(&args).is_ok()
+}
+
+fn add(chain: &str, rule: &[String]) -> std::result::Result<(), String> {
+    let mut args = vec!["-A", chain];
+    args.extend(rule.iter().map(String::as_str));
+    iptables(&args)
+}
+
+/// Makes `rule` the first of `chain` (given as listed), and the only copy of it.
+fn first(chain: &str, rule: &[String], listed: &[String]) -> std::result::Result<(), String> {
+    let text = format!("-A {chain} {}", rule.join(" "));
+    if listed.first() == Some(&text) && listed.iter().filter(|l| **l == text).count() == 1 {
+        return Ok(());
+    }
+    let mut args = vec!["-I", chain, "1"];
+    args.extend(rule.iter().map(String::as_str));
+    iptables(&args)?;
+    // Other copies, from the last (rule numbers count from 1, the new one first).
+    for (index, line) in listed.iter().enumerate().rev() {
+        if *line == text {
+            iptables(&["-D", chain, &(index + 2).to_string()])?;
+        }
+    }
+    Ok(())
+}
+
 fn iptables(args: &[&str]) -> std::result::Result<(), String> {
+    iptables_output(args).map(|_| ())
+}
+
+/// Runs `iptables` (from the path, else where distributions put it) with `args`; gives
+/// what it wrote, or an error that says what it said. `-w 10`: waits that long at most
+/// for the lock other programs (the engine) hold while they change rules; the whole
+/// run is bounded too.
+fn iptables_output(args: &[&str]) -> std::result::Result<String, String> {
+    const BOUND: Duration = Duration::from_secs(20);
     let mut last = String::from("iptables was not found");
     for program in ["iptables", "/usr/sbin/iptables", "/sbin/iptables"] {
-        match Command::new(program).args(args).output() {
-            Ok(output) if output.status.success() => return Ok(()),
-            Ok(output) => {
-                let said = String::from_utf8_lossy(&output.stderr);
-                return Err(format!(
-                    "iptables {}: {}",
-                    args.join(" "),
-                    said.trim().lines().last().unwrap_or("failed")
-                ));
-            }
+        let spawned = Command::new(program)
+            .args(["-w", "10"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(error) => last = format!("cannot run iptables: {error}"),
+            Err(error) => {
+                last = format!("cannot run iptables: {error}");
+                continue;
+            }
+        };
+        // Read as it comes (a long listing must not fill a pipe and stall the child).
+        let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut bytes);
+                }
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+        };
+        let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<_>));
+        let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<_>));
+        let started = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if started.elapsed() < BOUND => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("iptables {} took over {BOUND:?}", args.join(" ")));
+                }
+            }
+        };
+        let (stdout, said) = (
+            stdout.join().unwrap_or_default(),
+            stderr.join().unwrap_or_default(),
+        );
+        if status.success() {
+            return Ok(stdout);
         }
+        let said = said
+            .lines()
+            .rfind(|line| !line.starts_with('#'))
+            .unwrap_or("failed")
+            .trim()
+            .to_string();
+        return Err(format!("iptables {}: {said}", args.join(" ")));
     }
     Err(last)
 }
@@ -235,21 +509,43 @@ fn iptables(args: &[&str]) -> std::result::Result<(), String> {
 mod tests {
     use super::*;
 
+    fn text(chain: &str, rules: &[Vec<String>]) -> Vec<String> {
+        rules
+            .iter()
+            .map(|rule| format!("-A {chain} {}", rule.join(" ")))
+            .collect()
+    }
+
     #[test]
     fn the_public_rules_refuse_the_host_private_ranges_and_neighbours() {
-        let rules = rules();
-        let text: Vec<String> = rules
-            .iter()
-            .map(|rule| format!("{} {}", rule.chain, rule.spec.join(" ")))
-            .collect();
+        let view = HostView {
+            resolvers: vec![Ipv4Addr::new(10, 255, 255, 53)],
+            neighbours: vec!["192.0.2.0/24".into(), "192.0.2.1/32".into()],
+        };
+        let chains = chains(&view);
+        let get = |name: &str| {
+            let (chain, rules) = chains.iter().find(|(chain, _)| *chain == name).unwrap();
+            text(chain, rules)
+        };
         let tcp = "-p tcp -j REJECT --reject-with tcp-reset";
         let other = "-j REJECT --reject-with icmp-port-unreachable";
-        let mut expected = vec![
-            "FORWARD -i ak-public0 -j AGENTKERNEL-PUBLIC".to_string(),
-            "INPUT -i ak-public0 -j AGENTKERNEL-HOST".to_string(),
-            format!("AGENTKERNEL-HOST {tcp}"),
-            format!("AGENTKERNEL-HOST {other}"),
-        ];
+        assert_eq!(
+            get(DNS_CHAIN),
+            [
+                "-A AGENTKERNEL-DNS -d 10.255.255.53/32 -p udp -m udp --dport 53 -j ACCEPT",
+                "-A AGENTKERNEL-DNS -d 10.255.255.53/32 -p tcp -m tcp --dport 53 -j ACCEPT",
+            ]
+        );
+        assert_eq!(
+            get(HOST_CHAIN),
+            [
+                "-A AGENTKERNEL-HOST -j AGENTKERNEL-DNS".to_string(),
+                format!("-A AGENTKERNEL-HOST {tcp}"),
+                format!("-A AGENTKERNEL-HOST {other}"),
+            ]
+        );
+        let forward = get(CHAIN);
+        assert_eq!(forward[0], "-A AGENTKERNEL-PUBLIC -j AGENTKERNEL-DNS");
         for matching in [
             "-d 10.0.0.0/8",
             "-d 169.254.0.0/16",
@@ -258,24 +554,55 @@ mod tests {
             "-d 100.64.0.0/10",
             "-d 127.0.0.0/8",
             "-d 224.0.0.0/4",
+            "-d 168.63.129.16/32",
+            "-d 192.0.2.0/24",
+            "-d 192.0.2.1/32",
             "-o ak-public0",
         ] {
-            expected.push(format!("AGENTKERNEL-PUBLIC {matching} {tcp}"));
-            expected.push(format!("AGENTKERNEL-PUBLIC {matching} {other}"));
+            let rule = format!("-A AGENTKERNEL-PUBLIC {matching} {tcp}");
+            let at = forward.iter().position(|r| *r == rule).expect(&rule);
+            // TCP's refusal first, then the catch-all of the same match.
+            assert_eq!(
+                forward[at + 1],
+                format!("-A AGENTKERNEL-PUBLIC {matching} {other}")
+            );
         }
-        for rule in &expected {
-            assert!(text.contains(rule), "{rule}: {text:?}");
-        }
-        // Within a chain of ours, TCP's rule comes before the catch-all of its match.
-        for (index, rule) in text.iter().enumerate() {
-            if rule.ends_with(tcp) {
-                assert_eq!(text[index + 1], rule.replace(tcp, other));
-            }
-        }
-        // The jumps go first, ahead of whatever accepts.
-        for rule in &rules {
-            assert_eq!(rule.first, rule.chain == "FORWARD" || rule.chain == "INPUT");
-        }
+        let jumps = jumps("DOCKER-USER");
+        assert_eq!(
+            text(jumps[0].0, &[jumps[0].1.clone()]),
+            ["-A DOCKER-USER -i ak-public0 -j AGENTKERNEL-PUBLIC"]
+        );
+        assert_eq!(
+            text(jumps[1].0, &[jumps[1].1.clone()]),
+            ["-A INPUT -i ak-public0 -j AGENTKERNEL-HOST"]
+        );
         assert!(BRIDGE.len() <= 15);
+    }
+
+    #[test]
+    fn the_host_view_reads_resolvers_subnets_and_gateways() {
+        let resolv = "# comment\nnameserver 10.255.255.53\nnameserver 127.0.0.53\n\
+                      nameserver ::1\nsearch x\nnameserver 8.8.8.8\n";
+        assert_eq!(
+            parse_resolvers(resolv),
+            [Ipv4Addr::new(10, 255, 255, 53), Ipv4Addr::new(8, 8, 8, 8)]
+        );
+        // This host's table: a default route, the engine's bridges, eth0's subnet.
+        let routes =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+            docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
+            ak-public0\t000012AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
+            eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+            akh1\t02643336\t0201FB0A\t0007\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n";
+        assert_eq!(
+            parse_routes(routes),
+            [
+                "192.0.2.1/32",
+                "172.17.0.0/16",
+                "192.0.2.0/24",
+                "10.251.1.2/32"
+            ]
+        );
     }
 }

@@ -380,6 +380,10 @@ fn from_snapshot(
     if body.profile.is_none() {
         body.profile = found.profile.filter(|profile| !profile.is_empty());
     }
+    // Its policy too: a fork never reaches further than its source, unless asked.
+    if body.network.is_none() {
+        body.network = found.network.filter(|n| !n.is_empty()).map(Value::String);
+    }
     // Limits an engine did not apply read back as 0: those are left to the defaults.
     if let Some(limits) = found.limits {
         if body.memory_mb.is_none() && limits.memory_mb > 0 {

@@ -327,6 +327,32 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
             }
         })?;
     }
+    // Not joined: it holds nothing, and ends with the process.
+    {
+        let context = Arc::clone(&context);
+        let shutdown = Arc::clone(&shutdown);
+        spawn("egress-watch", move || {
+            use crate::containers::egress;
+            let mut started = false;
+            let mut next = Instant::now();
+            while !shutdown.load(Ordering::SeqCst) {
+                if Instant::now() >= next && context.engine.is_up() {
+                    let (docker, config) = (&context.docker, &context.config);
+                    if !started {
+                        egress::at_start(docker, &context.tenants.namespaces(&config.namespace));
+                        started = true;
+                    }
+                    if egress::in_use() {
+                        // Failures are logged by `look`; public creates are refused
+                        // until a look succeeds.
+                        let _ = egress::look(docker);
+                    }
+                    next = Instant::now() + egress::WATCH_EVERY;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })?;
+    }
     let watch = {
         let context = Arc::clone(&context);
         let shutdown = Arc::clone(&shutdown);

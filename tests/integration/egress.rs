@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -336,6 +337,82 @@ fn each_policy_reaches_what_it_says_and_nothing_else() {
     assert_stopped(
         &tcp(&server, "pub", &other_address, 9000),
         "another sandbox",
+    );
+
+    // Names resolve through the engine's resolver as on the engine's default bridge
+    // (the engine forwards from inside the container: the host's resolvers are let
+    // through, port 53 only).
+    let resolved = |sandbox: &str| {
+        let probe = exec(&server, sandbox, "nslookup deb.debian.org");
+        probe.stdout.contains("Name:") || probe.stdout.contains("Address: ")
+    };
+    if resolved("full") {
+        assert!(resolved("pub"), "a name full resolves, public does not");
+    }
+
+    // Rules moved or lost (an engine that puts its own first, an operator, a firewall
+    // reload) are put back within a look of egress-watch.
+    let iptables = |args: &[&str]| {
+        let status = Command::new("iptables")
+            .args(["-w", "10"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "iptables {args:?}");
+    };
+    let accept_first = ["DOCKER-USER", "-i", "ak-public0", "-j", "ACCEPT"];
+    let refusal = [
+        "AGENTKERNEL-PUBLIC",
+        "-d",
+        "10.0.0.0/8",
+        "-p",
+        "tcp",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ];
+    let refusal_icmp = [
+        "AGENTKERNEL-PUBLIC",
+        "-d",
+        "10.0.0.0/8",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "icmp-port-unreachable",
+    ];
+    iptables(&[&["-I"], &accept_first[..1], &["1"], &accept_first[1..]].concat());
+    iptables(&[&["-D"], &refusal[..]].concat());
+    iptables(&[&["-D"], &refusal_icmp[..]].concat());
+    let repaired = crate::harness::eventually(Duration::from_secs(20), || {
+        let probe = tcp(&server, "pub", &private, 8080);
+        !probe.stdout.contains("hello") && probe.millis < 2000
+    });
+    iptables(&[&["-D"], &accept_first[..]].concat());
+    assert!(repaired, "the rules were not put back");
+
+    // A fork of a sandbox keeps its policy.
+    let (status, answer) = server.request(
+        "POST",
+        "/snapshots",
+        Some(&json!({"sandbox": "none", "name": "none-snap"}).to_string()),
+        &[("X-API-Key", "k")],
+    );
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer) = server.request(
+        "POST",
+        "/sandboxes",
+        Some(&json!({"name": "fork", "snapshot": "none-snap"}).to_string()),
+        &[("X-API-Key", "k")],
+    );
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["data"]["network"], json!("none"));
+    server.request("DELETE", "/sandboxes/fork", None, &[("X-API-Key", "k")]);
+    server.request(
+        "DELETE",
+        "/snapshots/none-snap",
+        None,
+        &[("X-API-Key", "k")],
     );
 
     // none: nothing but loopback.
