@@ -463,16 +463,19 @@ fn iptables_output(args: &[&str]) -> std::result::Result<String, String> {
         };
         // Read as it comes (a long listing must not fill a pipe and stall the child).
         let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut bytes = Vec::new();
-                if let Some(mut pipe) = pipe {
-                    let _ = pipe.read_to_end(&mut bytes);
-                }
-                String::from_utf8_lossy(&bytes).into_owned()
-            })
+            std::thread::Builder::new()
+                .name("iptables-output".into())
+                .spawn(move || {
+                    let mut bytes = Vec::new();
+                    if let Some(mut pipe) = pipe {
+                        let _ = pipe.read_to_end(&mut bytes);
+                    }
+                    String::from_utf8_lossy(&bytes).into_owned()
+                })
+                .map_err(|error| format!("cannot read iptables' output: {error}"))
         };
-        let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<_>));
-        let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<_>));
+        let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<_>))?;
+        let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<_>))?;
         let started = Instant::now();
         let status = loop {
             match child.try_wait() {
