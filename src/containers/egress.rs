@@ -351,13 +351,16 @@ pub fn at_start(docker: &Docker, namespaces: &[crate::config::Namespace]) {
 
 /// Brings our chains to what `view` asks, and their jumps to the top.
 fn ensure_rules(view: &HostView) -> std::result::Result<(), String> {
+    // In the steady state, a look is one listing per chain.
     for (chain, rules) in chains(view) {
-        if iptables(&["-n", "-L", chain]).is_err() {
-            // Made meanwhile by another server: fine, the listing decides.
-            let _ = iptables(&["-N", chain]);
-            iptables(&["-n", "-L", chain])?;
-        }
-        let present = listed(chain)?;
+        let present = match listed(chain) {
+            Ok(present) => present,
+            Err(_) => {
+                // Made meanwhile by another server: fine, the listing decides.
+                let _ = iptables(&["-N", chain]);
+                listed(chain)?
+            }
+        };
         let wanted: Vec<String> = rules
             .iter()
             .map(|rule| format!("-A {chain} {}", rule.join(" ")))
@@ -377,21 +380,19 @@ fn ensure_rules(view: &HostView) -> std::result::Result<(), String> {
         // refusal missing is added (one left over from an older view stays: it refuses
         // more, never less).
         first(chain, &rules[0], &present)?;
-        for rule in &rules[1..] {
-            if !has(chain, rule) {
+        for (rule, text) in rules[1..].iter().zip(&wanted[1..]) {
+            if !present.contains(text) && !has(chain, rule) {
                 add(chain, rule)?;
             }
         }
     }
-    let forward_from = if iptables(&["-n", "-L", "DOCKER-USER"]).is_ok() {
-        "DOCKER-USER"
-    } else {
-        "FORWARD"
+    let (forward_from, forward) = match listed("DOCKER-USER") {
+        Ok(listing) => ("DOCKER-USER", listing),
+        Err(_) => ("FORWARD", listed("FORWARD")?),
     };
-    for (chain, rule) in jumps(forward_from) {
-        first(chain, &rule, &listed(chain)?)?;
-    }
-    Ok(())
+    let [(_, to_public), (input, to_host)] = jumps(forward_from);
+    first(forward_from, &to_public, &forward)?;
+    first(input, &to_host, &listed(input)?)
 }
 
 /// The rules of `chain` as `iptables -S` writes them (`-A CHAIN ...`).
