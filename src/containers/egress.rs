@@ -232,11 +232,13 @@ pub fn in_use() -> bool {
 pub fn look(docker: &Docker) -> Result<()> {
     static LOOKING: Mutex<()> = Mutex::new(());
     let _looking = LOOKING.lock().unwrap_or_else(|e| e.into_inner());
-    let outcome = ensure_network(docker).and_then(|()| {
-        // Our rules match the bridge by name: on a host whose bridge is not this
+    let outcome = ensure_network(docker).and_then(|subnets| {
+        // Our rules match the bridge by name: where the engine's bridge is not this
         // process's to see (an engine in another network namespace), they would match
-        // nothing.
-        if !std::path::Path::new(&format!("/sys/class/net/{BRIDGE}")).exists() {
+        // nothing. Ours routes the network's subnet.
+        let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+        let here = bridge_routes(&routes);
+        if subnets.is_empty() || !subnets.iter().all(|subnet| here.contains(subnet)) {
             return Err(Error::EgressUnavailable(format!(
                 "the bridge {BRIDGE} of the network {PUBLIC_NETWORK} is not in this \
                  server's network namespace (the engine's is another): rules made here \
@@ -271,10 +273,36 @@ fn network_options() -> BTreeMap<String, String> {
     ])
 }
 
-fn ensure_network(docker: &Docker) -> Result<()> {
+/// The subnets `/proc/net/route` routes through our bridge.
+pub fn bridge_routes(text: &str) -> Vec<String> {
+    let hex = |field: &str| u32::from_str_radix(field, 16).ok();
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 8 || fields[0] != BRIDGE {
+                return None;
+            }
+            let (destination, mask) = (hex(fields[1])?, hex(fields[7])?);
+            let address = Ipv4Addr::from(u32::from_be(destination));
+            Some(format!("{address}/{}", mask.count_ones()))
+        })
+        .collect()
+}
+
+/// Makes (or finds) the public network; gives its subnets.
+fn ensure_network(docker: &Docker) -> Result<Vec<String>> {
     for _ in 0..2 {
         match docker.network_inspect(PUBLIC_NETWORK) {
             Ok(found) => {
+                let subnets: Vec<String> = found
+                    .ipam
+                    .clone()
+                    .and_then(|ipam| ipam.config)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|config| config.subnet)
+                    .collect();
                 let ours = found.labels.unwrap_or_default().get(labels::KIND)
                     == Some(&KIND_NETWORK.to_string());
                 let options = found.options.unwrap_or_default();
@@ -282,7 +310,7 @@ fn ensure_network(docker: &Docker) -> Result<()> {
                     .iter()
                     .all(|(key, value)| options.get(key) == Some(value));
                 return if ours && same && !found.enable_ipv6 {
-                    Ok(())
+                    Ok(subnets)
                 } else {
                     Err(Error::EgressUnavailable(format!(
                         "the engine has a network named {PUBLIC_NETWORK} that agentkernel did \
@@ -599,6 +627,7 @@ mod tests {
             ak-public0\t000012AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
             eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
             akh1\t02643336\t0201FB0A\t0007\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n";
+        assert_eq!(bridge_routes(routes), ["172.18.0.0/16"]);
         assert_eq!(
             parse_routes(routes),
             [

@@ -380,6 +380,21 @@ pub struct NetworkInfo {
     pub options: Option<BTreeMap<String, String>>,
     #[serde(default, rename = "EnableIPv6")]
     pub enable_ipv6: bool,
+    #[serde(default, rename = "IPAM")]
+    pub ipam: Option<NetworkIpam>,
+}
+
+/// A network's address plan: its subnets.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NetworkIpam {
+    #[serde(default, rename = "Config")]
+    pub config: Option<Vec<NetworkSubnet>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NetworkSubnet {
+    #[serde(default, rename = "Subnet")]
+    pub subnet: Option<String>,
 }
 
 /// One entry of `GET /images/json`.

@@ -26,9 +26,13 @@ fn serve(
     namespace: Option<String>,
     args: &[&str],
 ) -> Server {
+    // The private engine lives in a network namespace of its own, with no packet
+    // filter of its own: the public policy cannot hold there (and is not what these
+    // tests are about).
+    let args = ["--default-network", "full"].iter().chain(args);
     let mut server = Server::start_with(Options {
         namespace,
-        args: args.iter().map(|arg| arg.to_string()).collect(),
+        args: args.map(|arg| arg.to_string()).collect(),
         env: vec![
             ("DOCKER_HOST".into(), docker_host.into()),
             (
