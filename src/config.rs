@@ -63,6 +63,10 @@ pub struct Config {
     /// The egress policy of every container whose request names none (`None`: its
     /// profile's, `Profile::default_network`).
     pub default_network: Option<Network>,
+    /// The widest egress policy a request may have (`--max-network`; a tenant's
+    /// `max_network` narrows it for its namespace): a default above it is brought down
+    /// to it, a request above it is refused.
+    pub max_network: Network,
     /// Use the in-container stub where possible (else always `docker exec`).
     pub stub: bool,
     /// Bound on each write to a client, and on reading a whole request body.
@@ -115,6 +119,7 @@ impl Default for Config {
             pool_max: 16,
             sandbox_ttl: None,
             default_network: None,
+            max_network: Network::Full,
             sandbox_idle_timeout: None,
             stub: true,
             client_timeout: Duration::from_secs(30),
@@ -161,10 +166,12 @@ impl Config {
             .max(self.max_upload_body_bytes().saturating_mul(2))
     }
 
-    /// The egress policy of a container of `profile` whose request names none.
+    /// The egress policy of a container of `profile` whose request names none: the
+    /// server's default, else the profile's, never wider than `max_network`.
     pub fn network_for(&self, profile: Profile) -> Network {
         self.default_network
             .unwrap_or_else(|| profile.default_network())
+            .min(self.max_network)
     }
 
     /// The pool keys to keep warm from start-up.
@@ -230,6 +237,10 @@ impl Config {
                 Network::parse(&network)
                     .map_err(|error| format!("AGENTKERNEL_DEFAULT_NETWORK: {error}"))?,
             );
+        }
+        if let Some(network) = env.var("AGENTKERNEL_MAX_NETWORK") {
+            config.max_network = Network::parse(&network)
+                .map_err(|error| format!("AGENTKERNEL_MAX_NETWORK: {error}"))?;
         }
         if let Some(image) = env.var("AGENTKERNEL_DEFAULT_IMAGE") {
             config.images.set_default(&image)?;
@@ -526,6 +537,17 @@ mod tests {
         for bad in ["", "a_b", "a.b", "UPPER", &"x".repeat(33)] {
             assert!(Namespace::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_default_network_is_never_wider_than_the_widest_allowed() {
+        let mut config = Config::default();
+        assert_eq!(config.network_for(Profile::Permissive), Network::Full);
+        config.max_network = Network::Public;
+        assert_eq!(config.network_for(Profile::Permissive), Network::Public);
+        assert_eq!(config.network_for(Profile::Restrictive), Network::None);
+        config.default_network = Some(Network::Full);
+        assert_eq!(config.network_for(Profile::Moderate), Network::Public);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! One line per key: its SHA-256 as 64 hex digits (never the key itself), the
 //! namespace it selects, then optional quotas as `name=value` (`max_sandboxes`,
-//! `max_memory_mb`, `max_concurrent_runs`, `max_snapshots`, `max_volumes`):
+//! `max_memory_mb`, `max_concurrent_runs`, `max_snapshots`, `max_volumes`,
+//! `max_network`):
 //!
 //! ```text
 //! # printf %s "$KEY" | sha256sum
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use crate::codec::sha256;
 use crate::config::Namespace;
+use crate::containers::profile::Network;
 
 /// What a namespace may hold and run at once; `None` is no bound.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,6 +40,8 @@ pub struct Quotas {
     pub max_snapshots: Option<u64>,
     /// Named volumes it keeps (they outlive the sandboxes that mount them).
     pub max_volumes: Option<u64>,
+    /// The widest egress policy its containers may have (`none`, `public`, `full`).
+    pub max_network: Option<Network>,
 }
 
 impl Quotas {
@@ -121,6 +125,13 @@ impl Keys {
                         shortened(field)
                     ))
                 })?;
+                if name == "max_network" {
+                    let network = Network::parse(value).map_err(&at)?;
+                    if quotas.max_network.replace(network).is_some() {
+                        return Err(at(format!("{name} is given twice")));
+                    }
+                    continue;
+                }
                 let number: u64 = value
                     .bytes()
                     .all(|b| b.is_ascii_digit())
@@ -138,7 +149,7 @@ impl Keys {
                     other => {
                         return Err(at(format!(
                             "unknown quota '{}' (known: max_sandboxes, max_memory_mb, \
-                             max_concurrent_runs, max_snapshots, max_volumes)",
+                             max_concurrent_runs, max_snapshots, max_volumes, max_network)",
                             shortened(other)
                         )))
                     }
@@ -796,6 +807,21 @@ mod tests {
         });
         assert!(second.join().unwrap());
         drop(held);
+    }
+
+    #[test]
+    fn a_namespace_may_have_a_widest_network() {
+        let line = format!("{TEST_DIGEST} a max_network=public max_sandboxes=1");
+        let keys = Keys::parse(&line).unwrap();
+        assert_eq!(
+            keys.quotas[&namespace("a")].max_network,
+            Some(Network::Public)
+        );
+        let error = Keys::parse(&format!("{TEST_DIGEST} a max_network=wide")).unwrap_err();
+        assert!(
+            error.starts_with("line 1: unknown network 'wide'"),
+            "{error}"
+        );
     }
 
     #[test]

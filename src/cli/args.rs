@@ -712,6 +712,11 @@ pub(super) fn parse_serve(
                 config.sandbox_idle_timeout = Some(duration_flag(parser, "--sandbox-idle-timeout")?)
             }
             Long("no-stub") => config.stub = false,
+            Long("max-network") => {
+                let text = parser.value()?.string()?;
+                config.max_network = crate::containers::profile::Network::parse(&text)
+                    .map_err(|error| Misuse(format!("--max-network: {error}")))?;
+            }
             Long("default-network") => {
                 let text = parser.value()?.string()?;
                 config.default_network = Some(

@@ -561,9 +561,14 @@ pub const SERVE: Topic = Topic {
             "egress of containers whose request names none: none, public or full (default: the profile's)",
         ),
         flag(
+            "max-network",
+            Some("NET"),
+            "the widest egress a request may ask for: none, public or full (default: full)",
+        ),
+        flag(
             "keys",
             Some("FILE"),
-            "tenants: lines of 'SHA256-OF-KEY NAMESPACE [QUOTA=N]...' (max_sandboxes, max_memory_mb, max_concurrent_runs, max_snapshots, max_volumes); re-read on SIGHUP",
+            "tenants: lines of 'SHA256-OF-KEY NAMESPACE [QUOTA=N]...' (max_sandboxes, max_memory_mb, max_concurrent_runs, max_snapshots, max_volumes, max_network); re-read on SIGHUP",
         ),
         flag(
             "no-stub",

@@ -74,12 +74,18 @@ impl Context {
 
     /// The configuration a request of `namespace` works in: the server's, with that
     /// namespace (what sandboxes, snapshots, volumes and history it sees).
+    /// A tenant's `max_network` narrows the server's.
     pub fn config_in(&self, namespace: &Namespace) -> Cow<'_, Config> {
-        if *namespace == self.config.namespace {
+        let max_network = match self.tenants.quotas(namespace).max_network {
+            Some(network) => network.min(self.config.max_network),
+            None => self.config.max_network,
+        };
+        if *namespace == self.config.namespace && max_network == self.config.max_network {
             Cow::Borrowed(&self.config)
         } else {
             Cow::Owned(Config {
                 namespace: namespace.clone(),
+                max_network,
                 ..self.config.clone()
             })
         }

@@ -594,7 +594,17 @@ fn parse_network(
 ) -> Result<Network, ApiError> {
     match value {
         None | Some(Value::Null) => Ok(config.network_for(profile)),
-        Some(Value::String(name)) => Network::parse(&name).map_err(ApiError::BadBody),
+        Some(Value::String(name)) => {
+            let network = Network::parse(&name).map_err(ApiError::BadBody)?;
+            if network > config.max_network {
+                return Err(ApiError::Forbidden(format!(
+                    "network '{network}' is wider than this server allows here (at most \
+                     '{}')",
+                    config.max_network
+                )));
+            }
+            Ok(network)
+        }
         Some(Value::Object(fields)) if fields.contains_key("allow") => Err(ApiError::BadBody(
             "network {\"allow\": [...]} (an allow-list) is not supported by this server: \
              use none, public or full"

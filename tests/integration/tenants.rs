@@ -111,7 +111,7 @@ fn each_key_sees_only_its_own_namespace() {
     // namespace); a line of the server's own namespace is an operator's key.
     let tenants = Tenants::new(&[
         ("key-a", &a, ""),
-        ("key-b", &b, ""),
+        ("key-b", &b, "max_network=none"),
         ("operator", &a, ""),
         ("key-ops", &own, ""),
     ]);
@@ -156,6 +156,18 @@ fn each_key_sees_only_its_own_namespace() {
         answer["data"]["stdout"].as_str().unwrap().to_string()
     };
     exec("key-a", "echo mine > /tmp/f");
+    // B's egress is at most none: its default is brought down to it, wider is refused.
+    let (_, b_box) = call(&server, "key-b", "GET", "/sandboxes/box", None);
+    assert_eq!(b_box["data"]["network"], json!("none"));
+    let (_, a_box) = call(&server, "key-a", "GET", "/sandboxes/box", None);
+    assert_eq!(a_box["data"]["network"], json!("public"));
+    let wide = json!({"name": "wide", "network": "public"});
+    let (status, answer) = call(&server, "key-b", "POST", "/sandboxes", Some(wide));
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("at most 'none'"),
+        "{answer}"
+    );
     assert_eq!(
         exec("key-b", "cat /tmp/f 2>/dev/null || echo none"),
         "none\n"
