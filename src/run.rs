@@ -59,6 +59,10 @@ pub fn run(
         profile: request.profile,
         network: request.network,
     };
+    // A public container, warm or not, only while its rules are in place.
+    if request.network == crate::containers::profile::Network::Public {
+        crate::containers::egress::ensure_public(docker)?;
+    }
     let pooled = if request.fast && pool_can_serve(request) {
         pool.take(&key, |id| pool.reap(docker, id))
     } else {

@@ -105,6 +105,7 @@ impl HostView {
 /// queries those from the host, not through the bridge).
 pub fn parse_resolvers(text: &str) -> Vec<Ipv4Addr> {
     text.lines()
+        .filter_map(|line| line.split(['#', ';']).next())
         .filter_map(|line| line.trim().strip_prefix("nameserver"))
         .filter_map(|rest| rest.trim().parse::<Ipv4Addr>().ok())
         .filter(|address| !address.is_loopback())
@@ -131,9 +132,10 @@ pub fn parse_routes(text: &str) -> Vec<String> {
         let address = |value: u32| Ipv4Addr::from(u32::from_be(value));
         let cidr = if gateway != 0 {
             format!("{}/32", address(gateway))
-        } else if destination != 0 {
+        } else if mask != 0 {
             format!("{}/{}", address(destination), mask.count_ones())
         } else {
+            // A default route without a gateway (a tunnel's): the whole internet.
             continue;
         };
         if !found.contains(&cidr) {
@@ -218,7 +220,21 @@ pub fn ensure_public(docker: &Docker) -> Result<()> {
     if READY.load(Ordering::SeqCst) {
         return Ok(());
     }
+    // A look that failed a moment ago is the answer: requests do not queue up behind
+    // looks that would fail the same way.
+    if let Some((at, reason)) = &*lock(&FAILED) {
+        if at.elapsed() < WATCH_EVERY {
+            return Err(Error::EgressUnavailable(reason.clone()));
+        }
+    }
     look(docker)
+}
+
+/// When the last look failed, and why.
+static FAILED: Mutex<Option<(Instant, String)>> = Mutex::new(None);
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether `egress-watch` has anything to watch.
@@ -231,7 +247,7 @@ pub fn in_use() -> bool {
 /// succeeds.
 pub fn look(docker: &Docker) -> Result<()> {
     static LOOKING: Mutex<()> = Mutex::new(());
-    let _looking = LOOKING.lock().unwrap_or_else(|e| e.into_inner());
+    let _looking = lock(&LOOKING);
     let outcome = ensure_network(docker).and_then(|subnets| {
         // Our rules match the bridge by name: where the engine's bridge is not this
         // process's to see (an engine in another network namespace), they would match
@@ -247,6 +263,11 @@ pub fn look(docker: &Docker) -> Result<()> {
         }
         ensure_rules(&HostView::read()).map_err(Error::EgressUnavailable)
     });
+    *lock(&FAILED) = match &outcome {
+        Err(Error::EgressUnavailable(reason)) => Some((Instant::now(), reason.clone())),
+        Err(error) => Some((Instant::now(), error.to_string())),
+        Ok(()) => None,
+    };
     let was_ready = READY.swap(outcome.is_ok(), Ordering::SeqCst);
     match &outcome {
         Ok(()) if !was_ready => log::info!(
@@ -342,14 +363,15 @@ fn ensure_network(docker: &Docker) -> Result<Vec<String>> {
 /// starts them again by itself after a reboot), their rules are put back now; where
 /// that fails, the running ones are stopped rather than left with more reach than
 /// their policy.
-pub fn at_start(docker: &Docker, namespaces: &[crate::config::Namespace]) {
+/// Gives whether it could look (else it is to be tried again).
+pub fn at_start(docker: &Docker, namespaces: &[crate::config::Namespace]) -> bool {
     let filters = [
         format!("{}=true", labels::MANAGED),
         format!("{}={}", labels::KIND, labels::Kind::Sandbox.name()),
         format!("{}=public", labels::NETWORK),
     ];
     let Ok(found) = docker.container_list(&filters) else {
-        return;
+        return false;
     };
     let ours: Vec<_> = found
         .into_iter()
@@ -364,121 +386,158 @@ pub fn at_start(docker: &Docker, namespaces: &[crate::config::Namespace]) {
         })
         .collect();
     if ours.is_empty() {
-        return;
+        return true;
     }
-    if let Err(error) = ensure_public(docker) {
-        for sandbox in ours.iter().filter(|s| s.state == "running") {
+    // A look that fails may fail for a moment (the engine restoring its own rules at
+    // boot holds the lock): a few tries before anything is stopped.
+    let mut outcome = ensure_public(docker);
+    for _ in 0..3 {
+        if outcome.is_ok() {
+            break;
+        }
+        std::thread::sleep(WATCH_EVERY);
+        outcome = look(docker);
+    }
+    if let Err(error) = outcome {
+        for sandbox in ours
+            .iter()
+            .filter(|s| s.state != "exited" && s.state != "dead")
+        {
             log::error!(
                 "egress: stopping public sandbox {} (its rules cannot be put back: {error})",
                 sandbox.names.join(",").trim_start_matches('/')
             );
+            // Stopped for good: not started again by the engine without its rules.
+            let _ = docker.container_set_restart(&sandbox.id, false);
+            if sandbox.state == "paused" {
+                let _ = docker.container_unpause(&sandbox.id);
+            }
             let _ = docker.container_stop(&sandbox.id, 0);
         }
     }
+    true
 }
 
-/// Brings our chains to what `view` asks, and their jumps to the top.
-fn ensure_rules(view: &HostView) -> std::result::Result<(), String> {
-    // In the steady state, a look is one listing per chain.
-    for (chain, rules) in chains(view) {
-        let present = match listed(chain) {
-            Ok(present) => present,
-            Err(_) => {
-                // Made meanwhile by another server: fine, the listing decides.
-                let _ = iptables(&["-N", chain]);
-                listed(chain)?
+/// The host's `filter` table as `iptables -S` writes it: per chain, its rules
+/// (`-A CHAIN ...` lines, in order); a chain with no rules is there, empty.
+pub fn parse_listing(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut chains: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("-N" | "-P"), Some(chain)) => {
+                chains.entry(chain.to_string()).or_default();
             }
-        };
-        let wanted: Vec<String> = rules
+            (Some("-A"), Some(chain)) => chains
+                .entry(chain.to_string())
+                .or_default()
+                .push(line.trim().to_string()),
+            _ => {}
+        }
+    }
+    chains
+}
+
+/// What brings the host's `filter` table (`listing`) to what `view` asks, as one
+/// `iptables-restore --noflush` transaction, or nothing when it is there already: our
+/// chains that differ are replaced whole (declared again, which empties them within
+/// the transaction: no moment without their rules), and each jump is made the first
+/// rule of its chain, and the only copy (every copy deleted, one inserted first).
+pub fn plan(view: &HostView, listing: &BTreeMap<String, Vec<String>>) -> Option<String> {
+    let mut declared = String::new();
+    let mut rules = String::new();
+    for (chain, wanted) in chains(view) {
+        let wanted: Vec<String> = wanted
             .iter()
             .map(|rule| format!("-A {chain} {}", rule.join(" ")))
             .collect();
-        if chain == DNS_CHAIN {
-            // Exceptions only: emptied and filled again when they changed (meanwhile
-            // the resolvers are refused, never the reverse).
-            if present != wanted {
-                iptables(&["-F", chain])?;
-                for rule in &rules {
-                    add(chain, rule)?;
-                }
+        if listing.get(chain) != Some(&wanted) {
+            declared.push_str(&format!(":{chain} - [0:0]\n"));
+            for line in wanted {
+                rules.push_str(&line);
+                rules.push('\n');
             }
+        }
+    }
+    // Where the engine keeps a chain for rules like these, our jump goes first there
+    // (it keeps that chain ahead of its own accepts); first in FORWARD as well, ahead
+    // of whatever another program put there.
+    let mut jumps_from = vec!["FORWARD"];
+    if listing.contains_key("DOCKER-USER") {
+        jumps_from.push("DOCKER-USER");
+    }
+    let mut wanted_jumps: Vec<(&str, Vec<String>)> = jumps_from
+        .into_iter()
+        .map(|chain| (chain, jumps(chain)[0].1.clone()))
+        .collect();
+    wanted_jumps.push(jumps("FORWARD")[1].clone());
+    for (chain, rule) in wanted_jumps {
+        let text = format!("-A {chain} {}", rule.join(" "));
+        let present = listing.get(chain).map(Vec::as_slice).unwrap_or_default();
+        let copies = present.iter().filter(|line| **line == text).count();
+        if present.first() == Some(&text) && copies == 1 {
             continue;
         }
-        // Refusals: never emptied. The first rule is the jump to the exception; a
-        // refusal missing is added (one left over from an older view stays: it refuses
-        // more, never less).
-        first(chain, &rules[0], &present)?;
-        for (rule, text) in rules[1..].iter().zip(&wanted[1..]) {
-            if !present.contains(text) && !has(chain, rule) {
-                add(chain, rule)?;
-            }
+        for _ in 0..copies {
+            rules.push_str(&format!("-D {chain} {}\n", rule.join(" ")));
         }
+        rules.push_str(&format!("-I {chain} 1 {}\n", rule.join(" ")));
     }
-    let (forward_from, forward) = match listed("DOCKER-USER") {
-        Ok(listing) => ("DOCKER-USER", listing),
-        Err(_) => ("FORWARD", listed("FORWARD")?),
+    if rules.is_empty() && declared.is_empty() {
+        return None;
+    }
+    Some(format!("*filter\n{declared}{rules}COMMIT\n"))
+}
+
+/// Brings the host's rules to what `view` asks: one listing, and one transaction when
+/// something differs. Under a lock every server of this host takes (a file under
+/// `/run`), so that no two plan from the same listing.
+fn ensure_rules(view: &HostView) -> std::result::Result<(), String> {
+    let lock_path = if std::path::Path::new("/run").is_dir() {
+        std::path::PathBuf::from("/run/agentkernel-egress.lock")
+    } else {
+        std::env::temp_dir().join("agentkernel-egress.lock")
     };
-    let [(_, to_public), (input, to_host)] = jumps(forward_from);
-    first(forward_from, &to_public, &forward)?;
-    first(input, &to_host, &listed(input)?)
-}
-
-/// The rules of `chain` as `iptables -S` writes them (`-A CHAIN ...`).
-fn listed(chain: &str) -> std::result::Result<Vec<String>, String> {
-    let text = iptables_output(&["-S", chain])?;
-    Ok(text
-        .lines()
-        .filter(|line| line.starts_with("-A "))
-        .map(str::to_string)
-        .collect())
-}
-
-fn has(chain: &str, rule: &[String]) -> bool {
-    let mut args = vec!["-C", chain];
-    args.extend(rule.iter().map(String::as_str));
-    iptables(&args).is_ok()
-}
-
-fn add(chain: &str, rule: &[String]) -> std::result::Result<(), String> {
-    let mut args = vec!["-A", chain];
-    args.extend(rule.iter().map(String::as_str));
-    iptables(&args)
-}
-
-/// Makes `rule` the first of `chain` (given as listed), and the only copy of it.
-fn first(chain: &str, rule: &[String], listed: &[String]) -> std::result::Result<(), String> {
-    let text = format!("-A {chain} {}", rule.join(" "));
-    if listed.first() == Some(&text) && listed.iter().filter(|l| **l == text).count() == 1 {
-        return Ok(());
-    }
-    let mut args = vec!["-I", chain, "1"];
-    args.extend(rule.iter().map(String::as_str));
-    iptables(&args)?;
-    // Other copies, from the last (rule numbers count from 1, the new one first).
-    for (index, line) in listed.iter().enumerate().rev() {
-        if *line == text {
-            iptables(&["-D", chain, &(index + 2).to_string()])?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|error| format!("cannot open {}: {error}", lock_path.display()))?;
+    lock.lock()
+        .map_err(|error| format!("cannot lock {}: {error}", lock_path.display()))?;
+    let listing = parse_listing(&run("iptables", &["-w", "10", "-S"], None)?);
+    if let Some(script) = plan(view, &listing) {
+        run("iptables-restore", &["--noflush"], Some(&script))?;
+        // Read back: a rule written otherwise than `iptables -S` writes it would be
+        // made again at every look.
+        let listing = parse_listing(&run("iptables", &["-w", "10", "-S"], None)?);
+        if plan(view, &listing).is_some() {
+            return Err("the rules read back differ from the rules written".into());
         }
     }
     Ok(())
 }
 
-fn iptables(args: &[&str]) -> std::result::Result<(), String> {
-    iptables_output(args).map(|_| ())
-}
-
-/// Runs `iptables` (from the path, else where distributions put it) with `args`; gives
-/// what it wrote, or an error that says what it said. `-w 10`: waits that long at most
-/// for the lock other programs (the engine) hold while they change rules; the whole
-/// run is bounded too.
-fn iptables_output(args: &[&str]) -> std::result::Result<String, String> {
+/// Runs `program` (from the path, else where distributions put it) with `args` and
+/// `input` on its stdin; gives what it wrote, or an error that says what it said. The
+/// whole run is bounded.
+fn run(program: &str, args: &[&str], input: Option<&str>) -> std::result::Result<String, String> {
     const BOUND: Duration = Duration::from_secs(20);
-    let mut last = String::from("iptables was not found");
-    for program in ["iptables", "/usr/sbin/iptables", "/sbin/iptables"] {
-        let spawned = Command::new(program)
-            .args(["-w", "10"])
+    let mut last = format!("{program} was not found");
+    let places = [
+        program.to_string(),
+        format!("/usr/sbin/{program}"),
+        format!("/sbin/{program}"),
+    ];
+    for path in &places {
+        let spawned = Command::new(path)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn();
@@ -486,55 +545,71 @@ fn iptables_output(args: &[&str]) -> std::result::Result<String, String> {
             Ok(child) => child,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
             Err(error) => {
-                last = format!("cannot run iptables: {error}");
+                last = format!("cannot run {program}: {error}");
                 continue;
             }
         };
-        // Read as it comes (a long listing must not fill a pipe and stall the child).
-        let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
-            std::thread::Builder::new()
-                .name("iptables-output".into())
-                .spawn(move || {
-                    let mut bytes = Vec::new();
-                    if let Some(mut pipe) = pipe {
-                        let _ = pipe.read_to_end(&mut bytes);
-                    }
-                    String::from_utf8_lossy(&bytes).into_owned()
-                })
-                .map_err(|error| format!("cannot read iptables' output: {error}"))
-        };
-        let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<_>))?;
-        let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<_>))?;
-        let started = Instant::now();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if started.elapsed() < BOUND => {
-                    std::thread::sleep(Duration::from_millis(2))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!("iptables {} took over {BOUND:?}", args.join(" ")));
-                }
-            }
-        };
-        let (stdout, said) = (
-            stdout.join().unwrap_or_default(),
-            stderr.join().unwrap_or_default(),
-        );
+        let outcome = finish(&mut child, input, BOUND);
+        if outcome.is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let (status, stdout, stderr) =
+            outcome.map_err(|error| format!("{program} {}: {error}", args.join(" ")))?;
         if status.success() {
             return Ok(stdout);
         }
-        let said = said
+        let said = stderr
             .lines()
             .rfind(|line| !line.starts_with('#'))
             .unwrap_or("failed")
             .trim()
             .to_string();
-        return Err(format!("iptables {}: {said}", args.join(" ")));
+        return Err(format!("{program} {}: {said}", args.join(" ")));
     }
     Err(last)
+}
+
+/// Feeds `input`, reads both outputs as they come (a long listing must not fill a pipe
+/// and stall the child), and waits for the end, at most `bound`.
+fn finish(
+    child: &mut std::process::Child,
+    input: Option<&str>,
+    bound: Duration,
+) -> std::result::Result<(std::process::ExitStatus, String, String), String> {
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::Builder::new()
+            .name("iptables-output".into())
+            .spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut bytes);
+                }
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+            .map_err(|error| format!("cannot read its output: {error}"))
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<_>))?;
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<_>))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write;
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(|error| format!("cannot write its input: {error}"))?;
+    }
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < bound => std::thread::sleep(Duration::from_millis(2)),
+            _ => return Err(format!("took over {bound:?}")),
+        }
+    };
+    Ok((
+        status,
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default(),
+    ))
 }
 
 #[cfg(test)]
@@ -613,7 +688,7 @@ mod tests {
 
     #[test]
     fn the_host_view_reads_resolvers_subnets_and_gateways() {
-        let resolv = "# comment\nnameserver 10.255.255.53\nnameserver 127.0.0.53\n\
+        let resolv = "# comment\nnameserver 10.255.255.53 # the VM's\nnameserver 127.0.0.53\n\
                       nameserver ::1\nsearch x\nnameserver 8.8.8.8\n";
         assert_eq!(
             parse_resolvers(resolv),
@@ -637,5 +712,107 @@ mod tests {
                 "10.251.1.2/32"
             ]
         );
+    }
+
+    fn view() -> HostView {
+        HostView {
+            resolvers: vec![Ipv4Addr::new(10, 255, 255, 53)],
+            neighbours: vec!["192.0.2.0/24".into()],
+        }
+    }
+
+    /// The listing of a host where `plan` was carried out (our chains as wanted, the
+    /// jumps first), with `other` rules of other programs after ours.
+    fn in_place(other: &[&str]) -> BTreeMap<String, Vec<String>> {
+        let mut text = String::from("-P INPUT ACCEPT\n-P FORWARD DROP\n-N DOCKER-USER\n");
+        for (chain, rules) in chains(&view()) {
+            text.push_str(&format!("-N {chain}\n"));
+            for rule in text_of(chain, &rules) {
+                text.push_str(&format!("{rule}\n"));
+            }
+        }
+        text.push_str("-A INPUT -i ak-public0 -j AGENTKERNEL-HOST\n");
+        text.push_str("-A FORWARD -i ak-public0 -j AGENTKERNEL-PUBLIC\n");
+        text.push_str("-A DOCKER-USER -i ak-public0 -j AGENTKERNEL-PUBLIC\n");
+        for line in other {
+            text.push_str(&format!("{line}\n"));
+        }
+        parse_listing(&text)
+    }
+
+    fn text_of(chain: &str, rules: &[Vec<String>]) -> Vec<String> {
+        text(chain, rules)
+    }
+
+    #[test]
+    fn a_host_with_the_rules_in_place_needs_nothing() {
+        let other = ["-A FORWARD -j DOCKER-USER", "-A DOCKER-USER -j RETURN"];
+        assert_eq!(plan(&view(), &in_place(&other)), None);
+    }
+
+    #[test]
+    fn a_bare_host_gets_every_chain_and_jump_in_one_transaction() {
+        let listing = parse_listing("-P INPUT ACCEPT\n-P FORWARD DROP\n-P OUTPUT ACCEPT\n");
+        let script = plan(&view(), &listing).unwrap();
+        assert!(
+            script.starts_with("*filter\n:AGENTKERNEL-DNS - [0:0]\n"),
+            "{script}"
+        );
+        assert!(script.ends_with("COMMIT\n"));
+        for line in [
+            ":AGENTKERNEL-PUBLIC - [0:0]",
+            ":AGENTKERNEL-HOST - [0:0]",
+            "-A AGENTKERNEL-PUBLIC -j AGENTKERNEL-DNS",
+            "-I FORWARD 1 -i ak-public0 -j AGENTKERNEL-PUBLIC",
+            "-I INPUT 1 -i ak-public0 -j AGENTKERNEL-HOST",
+        ] {
+            assert!(script.lines().any(|l| l == line), "{line}: {script}");
+        }
+        // No DOCKER-USER on this host: no jump from it.
+        assert!(!script.contains("DOCKER-USER"), "{script}");
+    }
+
+    #[test]
+    fn moved_deleted_or_doubled_rules_are_put_back_whole() {
+        // Another program's accept ahead of our jump: every copy goes, one comes first.
+        let mut listing = in_place(&[]);
+        listing
+            .get_mut("DOCKER-USER")
+            .unwrap()
+            .insert(0, "-A DOCKER-USER -i ak-public0 -j ACCEPT".into());
+        let script = plan(&view(), &listing).unwrap();
+        assert_eq!(
+            script,
+            "*filter\n-D DOCKER-USER -i ak-public0 -j AGENTKERNEL-PUBLIC\n\
+             -I DOCKER-USER 1 -i ak-public0 -j AGENTKERNEL-PUBLIC\nCOMMIT\n"
+        );
+        let mut listing = in_place(&[]);
+        listing
+            .get_mut("INPUT")
+            .unwrap()
+            .push("-A INPUT -i ak-public0 -j AGENTKERNEL-HOST".into());
+        let script = plan(&view(), &listing).unwrap();
+        assert_eq!(script.matches("-D INPUT").count(), 2, "{script}");
+        // A refusal deleted, or one left from an older view: the chain is replaced.
+        let mut listing = in_place(&[]);
+        listing.get_mut(CHAIN).unwrap().remove(3);
+        let script = plan(&view(), &listing).unwrap();
+        assert!(script.contains(":AGENTKERNEL-PUBLIC - [0:0]\n"), "{script}");
+        assert!(!script.contains(":AGENTKERNEL-HOST"), "{script}");
+        let mut listing = in_place(&[]);
+        listing
+            .get_mut(CHAIN)
+            .unwrap()
+            .push("-A AGENTKERNEL-PUBLIC -d 203.0.113.0/24 -j REJECT".into());
+        assert!(plan(&view(), &listing)
+            .unwrap()
+            .contains(":AGENTKERNEL-PUBLIC"));
+        // The resolvers changed: only the exception chain is replaced.
+        let mut changed = view();
+        changed.resolvers = vec![Ipv4Addr::new(10, 0, 0, 2)];
+        let script = plan(&changed, &in_place(&[])).unwrap();
+        assert!(script.contains(":AGENTKERNEL-DNS - [0:0]\n"), "{script}");
+        assert!(script.contains("-d 10.0.0.2/32 -p udp"), "{script}");
+        assert!(!script.contains(":AGENTKERNEL-PUBLIC"), "{script}");
     }
 }

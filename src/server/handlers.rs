@@ -381,8 +381,13 @@ fn from_snapshot(
         body.profile = found.profile.filter(|profile| !profile.is_empty());
     }
     // Its policy too: a fork never reaches further than its source, unless asked.
+    // (Not when it is wider than the ceiling now: then the default, brought down.)
     if body.network.is_none() {
-        body.network = found.network.filter(|n| !n.is_empty()).map(Value::String);
+        let allowed = |name: &String| {
+            crate::containers::profile::Network::parse(name)
+                .is_ok_and(|network| network <= config.max_network)
+        };
+        body.network = found.network.filter(allowed).map(Value::String);
     }
     // Limits an engine did not apply read back as 0: those are left to the defaults.
     if let Some(limits) = found.limits {

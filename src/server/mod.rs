@@ -345,8 +345,8 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
                 if Instant::now() >= next && context.engine.is_up() {
                     let (docker, config) = (&context.docker, &context.config);
                     if !started {
-                        egress::at_start(docker, &context.tenants.namespaces(&config.namespace));
-                        started = true;
+                        let namespaces = context.tenants.namespaces(&config.namespace);
+                        started = egress::at_start(docker, &namespaces);
                     }
                     if egress::in_use() {
                         // Failures are logged by `look`; public creates are refused

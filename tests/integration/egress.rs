@@ -19,6 +19,9 @@ struct Destinations {
     netns: String,
     private: String,
     public: String,
+    /// A private address that only the 10/8 refusal covers (not a neighbour of the
+    /// host's: routed through the namespace).
+    routed: String,
     listener: Option<Child>,
 }
 
@@ -59,6 +62,7 @@ impl Destinations {
         let (host_end, ns_end) = (format!("akh{n}"), format!("akn{n}"));
         let private = format!("10.251.{n}.2");
         let public = format!("198.51.100.{n}");
+        let routed = format!("10.252.{n}.2");
         let _ = Command::new("ip")
             .args(["netns", "delete", &netns])
             .status();
@@ -67,6 +71,7 @@ impl Destinations {
             netns: netns.clone(),
             private: private.clone(),
             public: public.clone(),
+            routed: routed.clone(),
             listener: None,
         };
         ip(&[
@@ -83,9 +88,11 @@ impl Destinations {
         inside(&["link", "set", "lo", "up"]);
         inside(&["addr", "add", &format!("{private}/24"), "dev", &ns_end]);
         inside(&["addr", "add", &format!("{public}/32"), "dev", &ns_end]);
+        inside(&["addr", "add", &format!("{routed}/32"), "dev", &ns_end]);
         inside(&["link", "set", &ns_end, "up"]);
         inside(&["route", "add", "default", "via", &format!("10.251.{n}.1")]);
         ip(&["route", "add", &format!("{public}/32"), "via", &private]);
+        ip(&["route", "add", &format!("{routed}/32"), "via", &private]);
         let mut child = Command::new("ip")
             .args(["netns", "exec", &netns, "python3", "-c", SERVE])
             .stdout(Stdio::piped())
@@ -124,9 +131,11 @@ impl Drop for Destinations {
             let _ = child.wait();
         }
         // The veth pair and the route through it go with the namespace.
-        let _ = Command::new("ip")
-            .args(["route", "del", &format!("{}/32", self.public)])
-            .status();
+        for address in [&self.public, &self.routed] {
+            let _ = Command::new("ip")
+                .args(["route", "del", &format!("{address}/32")])
+                .status();
+        }
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.netns])
             .status();
@@ -384,8 +393,14 @@ fn each_policy_reaches_what_it_says_and_nothing_else() {
     iptables(&[&["-I"], &accept_first[..1], &["1"], &accept_first[1..]].concat());
     iptables(&[&["-D"], &refusal[..]].concat());
     iptables(&[&["-D"], &refusal_icmp[..]].concat());
+    let routed = destinations.routed.clone();
+    assert_reached(
+        &tcp(&server, "full", &routed, 8080),
+        "hello",
+        "full → routed",
+    );
     let repaired = crate::harness::eventually(Duration::from_secs(20), || {
-        let probe = tcp(&server, "pub", &private, 8080);
+        let probe = tcp(&server, "pub", &routed, 8080);
         !probe.stdout.contains("hello") && probe.millis < 2000
     });
     iptables(&[&["-D"], &accept_first[..]].concat());
