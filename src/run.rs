@@ -59,11 +59,12 @@ pub fn run(
         profile: request.profile,
         network: request.network,
     };
-    // A public container, warm or not, only while its rules are in place.
-    if request.network == crate::containers::profile::Network::Public {
-        crate::containers::egress::ensure_public(docker)?;
-    }
     let pooled = if request.fast && pool_can_serve(request) {
+        // A warm public container only while its rules are in place (a cold one is
+        // checked as it is made).
+        if request.network == crate::containers::profile::Network::Public {
+            crate::containers::egress::ensure_public(docker)?;
+        }
         pool.take(&key, |id| pool.reap(docker, id))
     } else {
         None

@@ -12,8 +12,8 @@
 //!   (169.254/16, where clouds serve instance credentials), multicast and reserved
 //!   ranges, the host's own subnets and gateways (neighbours, whatever their
 //!   addresses), and the bridge itself (another container): chain
-//!   `AGENTKERNEL-PUBLIC`, jumped to first from `DOCKER-USER`, which the engine keeps
-//!   ahead of its own forwarding rules (from `FORWARD` where the engine has none).
+//!   `AGENTKERNEL-PUBLIC`, jumped to first from `FORWARD`, and first from
+//!   `DOCKER-USER`, which the engine keeps ahead of its own forwarding rules.
 //!
 //! One exception, ahead of every refusal (chain `AGENTKERNEL-DNS`): port 53 of the
 //! resolvers the engine forwards names to (the host's), since the engine's resolver
@@ -195,8 +195,8 @@ pub fn chains(view: &HostView) -> Vec<(&'static str, Vec<Vec<String>>)> {
     vec![(DNS_CHAIN, dns), (CHAIN, forward), (HOST_CHAIN, host)]
 }
 
-/// The jumps into our chains, each the first rule of its chain: from `DOCKER-USER`
-/// (or `FORWARD`, where the engine made none) and from `INPUT`.
+/// The jumps into our chains, each the first rule of its chain: from `forward_from`
+/// (`FORWARD`, and `DOCKER-USER` where the engine has it) and from `INPUT`.
 pub fn jumps(forward_from: &'static str) -> [(&'static str, Vec<String>); 2] {
     let jump = |to: &str| ["-i", BRIDGE, "-j", to].map(String::from).to_vec();
     [(forward_from, jump(CHAIN)), ("INPUT", jump(HOST_CHAIN))]
@@ -248,6 +248,15 @@ pub fn in_use() -> bool {
 pub fn look(docker: &Docker) -> Result<()> {
     static LOOKING: Mutex<()> = Mutex::new(());
     let _looking = lock(&LOOKING);
+    // A look finished while this one waited: its answer is this one's.
+    if READY.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    if let Some((at, reason)) = &*lock(&FAILED) {
+        if at.elapsed() < Duration::from_secs(1) {
+            return Err(Error::EgressUnavailable(reason.clone()));
+        }
+    }
     let outcome = ensure_network(docker).and_then(|subnets| {
         // Our rules match the bridge by name: where the engine's bridge is not this
         // process's to see (an engine in another network namespace), they would match
@@ -263,10 +272,10 @@ pub fn look(docker: &Docker) -> Result<()> {
         }
         ensure_rules(&HostView::read()).map_err(Error::EgressUnavailable)
     });
+    // (An engine that did not answer is its own error, a 503: not kept as this one.)
     *lock(&FAILED) = match &outcome {
         Err(Error::EgressUnavailable(reason)) => Some((Instant::now(), reason.clone())),
-        Err(error) => Some((Instant::now(), error.to_string())),
-        Ok(()) => None,
+        _ => None,
     };
     let was_ready = READY.swap(outcome.is_ok(), Ordering::SeqCst);
     match &outcome {
@@ -498,25 +507,45 @@ fn ensure_rules(view: &HostView) -> std::result::Result<(), String> {
     } else {
         std::env::temp_dir().join("agentkernel-egress.lock")
     };
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|error| format!("cannot open {}: {error}", lock_path.display()))?;
-    lock.lock()
-        .map_err(|error| format!("cannot lock {}: {error}", lock_path.display()))?;
-    let listing = parse_listing(&run("iptables", &["-w", "10", "-S"], None)?);
-    if let Some(script) = plan(view, &listing) {
-        run("iptables-restore", &["--noflush"], Some(&script))?;
-        // Read back: a rule written otherwise than `iptables -S` writes it would be
-        // made again at every look.
-        let listing = parse_listing(&run("iptables", &["-w", "10", "-S"], None)?);
-        if plan(view, &listing).is_some() {
-            return Err("the rules read back differ from the rules written".into());
+    let opened = std::fs::File::open(&lock_path).or_else(|_| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+    });
+    let lock = opened.map_err(|error| format!("cannot open {}: {error}", lock_path.display()))?;
+    // Bounded: a server stopped while it held the lock must not stop every other.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lock.try_lock().is_err() {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "another process holds {} (another agentkernel server, stuck?)",
+                lock_path.display()
+            ));
         }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(())
+    // A program that changes the rules between our listing and our transaction (the
+    // engine, at a network's creation) makes the transaction fail or the read-back
+    // differ: a few tries.
+    let mut last = String::new();
+    for _ in 0..3 {
+        let listing = parse_listing(&run("iptables", &["-w", "10", "-S"], None)?);
+        let Some(script) = plan(view, &listing) else {
+            return Ok(());
+        };
+        if let Err(error) = run(
+            "iptables-restore",
+            &["--wait=10", "--noflush"],
+            Some(&script),
+        ) {
+            last = error;
+            continue;
+        }
+        last = "the rules read back differ from the rules written".into();
+    }
+    Err(last)
 }
 
 /// Runs `program` (from the path, else where distributions put it) with `args` and

@@ -390,7 +390,9 @@ fn each_policy_reaches_what_it_says_and_nothing_else() {
         "--reject-with",
         "icmp-port-unreachable",
     ];
+    let accept_forward = ["FORWARD", "-i", "ak-public0", "-j", "ACCEPT"];
     iptables(&[&["-I"], &accept_first[..1], &["1"], &accept_first[1..]].concat());
+    iptables(&[&["-I"], &accept_forward[..1], &["1"], &accept_forward[1..]].concat());
     iptables(&[&["-D"], &refusal[..]].concat());
     iptables(&[&["-D"], &refusal_icmp[..]].concat());
     let routed = destinations.routed.clone();
@@ -404,6 +406,7 @@ fn each_policy_reaches_what_it_says_and_nothing_else() {
         !probe.stdout.contains("hello") && probe.millis < 2000
     });
     iptables(&[&["-D"], &accept_first[..]].concat());
+    iptables(&[&["-D"], &accept_forward[..]].concat());
     assert!(repaired, "the rules were not put back");
 
     // A fork of a sandbox keeps its policy.
