@@ -296,24 +296,12 @@ impl Expiry {
         namespaces: &[Namespace],
     ) -> usize {
         // One list for every namespace: the sandboxes of this engine, then ours.
-        let filters = [
-            format!("{}=true", labels::MANAGED),
-            format!("{}={}", labels::KIND, labels::Kind::Sandbox.name()),
-        ];
-        let Ok(found) = docker.container_list(&filters) else {
+        let Ok(found) = docker.container_list(&labels::all_sandboxes()) else {
             return 0;
         };
         let summaries: Vec<_> = found
             .into_iter()
-            .filter(|summary| {
-                let namespace = summary
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(labels::NAMESPACE));
-                namespaces
-                    .iter()
-                    .any(|served| Some(served.as_str()) == namespace.map(String::as_str))
-            })
+            .filter(|summary| labels::in_namespaces(summary.labels.as_ref(), namespaces))
             .collect();
         // Activity of sandboxes that do not exist (a 404's, a removed one's) goes.
         {

@@ -374,25 +374,14 @@ fn ensure_network(docker: &Docker) -> Result<Vec<String>> {
 /// their policy.
 /// Gives whether it could look (else it is to be tried again).
 pub fn at_start(docker: &Docker, namespaces: &[crate::config::Namespace]) -> bool {
-    let filters = [
-        format!("{}=true", labels::MANAGED),
-        format!("{}={}", labels::KIND, labels::Kind::Sandbox.name()),
-        format!("{}=public", labels::NETWORK),
-    ];
+    let mut filters = labels::all_sandboxes();
+    filters.push(format!("{}=public", labels::NETWORK));
     let Ok(found) = docker.container_list(&filters) else {
         return false;
     };
     let ours: Vec<_> = found
         .into_iter()
-        .filter(|summary| {
-            let namespace = summary
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(labels::NAMESPACE));
-            namespaces
-                .iter()
-                .any(|served| Some(served.as_str()) == namespace.map(String::as_str))
-        })
+        .filter(|summary| labels::in_namespaces(summary.labels.as_ref(), namespaces))
         .collect();
     if ours.is_empty() {
         return true;

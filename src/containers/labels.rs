@@ -126,6 +126,24 @@ pub fn filters(namespace: &Namespace, kind: Option<Kind>) -> Vec<String> {
     filters
 }
 
+/// The filters selecting every sandbox of ours on the engine, whatever its namespace
+/// (the engine's filters cannot say "one of these namespaces": `in_namespaces` then
+/// keeps those of the namespaces a server serves).
+pub fn all_sandboxes() -> Vec<String> {
+    vec![
+        format!("{MANAGED}=true"),
+        format!("{KIND}={}", Kind::Sandbox.name()),
+    ]
+}
+
+/// Whether a container labelled `labels` is of one of `namespaces`.
+pub fn in_namespaces(labels: Option<&BTreeMap<String, String>>, namespaces: &[Namespace]) -> bool {
+    let namespace = labels.and_then(|labels| labels.get(NAMESPACE));
+    namespaces
+        .iter()
+        .any(|served| Some(served.as_str()) == namespace.map(String::as_str))
+}
+
 /// What every object we make of `kind` (a container's `Kind::name`, `KIND_SNAPSHOT`,
 /// `KIND_VOLUME`) carries in `namespace`: managed, the namespace, the kind.
 pub fn owned(namespace: &Namespace, kind: &str) -> BTreeMap<String, String> {

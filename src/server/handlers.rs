@@ -978,7 +978,7 @@ const METRICS_ENGINE_WAIT: std::time::Duration = std::time::Duration::from_secs(
 /// Prometheus text: the counters the server keeps, and the pool's, the engine's and
 /// the sandboxes' state now (one container list; none when the engine is down).
 pub fn get_metrics(context: &Context, config: &Config) -> Result<Reply, ApiError> {
-    use crate::containers::labels::{self, Kind};
+    use crate::containers::labels;
     use std::sync::atomic::Ordering::Relaxed;
     operator_only(
         context,
@@ -988,23 +988,16 @@ pub fn get_metrics(context: &Context, config: &Config) -> Result<Reply, ApiError
     let engine_up = context.engine.is_up();
     // Every namespace the server serves (the server's and its tenants').
     let namespaces = context.tenants.namespaces(&config.namespace);
-    let filters = vec![
-        format!("{}=true", labels::MANAGED),
-        format!("{}={}", labels::KIND, Kind::Sandbox.name()),
-    ];
     // A scrape waits for the engine briefly: a slow one is not waited for (no counts).
     let sandboxes = if engine_up {
         context
             .docker
-            .container_list_within(&filters, METRICS_ENGINE_WAIT)
+            .container_list_within(&labels::all_sandboxes(), METRICS_ENGINE_WAIT)
             .ok()
             .map(|found| {
                 let mut by_status = std::collections::BTreeMap::new();
                 let served = |one: &crate::engine::ContainerSummary| {
-                    let label = one.labels.as_ref().and_then(|l| l.get(labels::NAMESPACE));
-                    namespaces
-                        .iter()
-                        .any(|n| Some(n.as_str()) == label.map(String::as_str))
+                    labels::in_namespaces(one.labels.as_ref(), &namespaces)
                 };
                 for one in found.into_iter().filter(served) {
                     let status = sandbox::SandboxStatus::from_engine(&one.state);
