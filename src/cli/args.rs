@@ -90,6 +90,13 @@ pub fn parse(
         let (topic, action) = match word.as_str() {
             "serve" => return parse_serve(&mut parser, env).map_err(|e| e.of(SERVE)),
             "stub" => return parse_stub(&mut parser).map_err(|e| e.of(MAIN)),
+            "egress" => {
+                return match parser.next().map_err(|e| Misuse::from(e).of(EGRESS))? {
+                    None => Ok(Command::Egress),
+                    Some(Long("help") | Short('h')) => Ok(Command::Help(EGRESS)),
+                    Some(other) => Err(Misuse(other.unexpected().to_string()).of(EGRESS)),
+                }
+            }
             "run" => (RUN, parse_run(&mut parser, &mut globals, env)),
             "exec" => (EXEC, parse_exec(&mut parser, &mut globals, env)),
             "sandbox" => match parse_sandbox(&mut parser, &mut globals) {

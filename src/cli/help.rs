@@ -146,6 +146,7 @@ Commands:
   cp SRC DST                              copy between here and a sandbox (NAME:/path)
   health                                  check that the engine (or server) answers
   serve [OPTIONS]                         serve the HTTP API
+  egress                                  put the public egress policy's host rules in place
 
 Options, before or after the command:
   --server URL     send every command to a running server over HTTP instead of
@@ -462,6 +463,20 @@ pub const HEALTH: Topic = Topic {
     operands: "",
     about: "\
 Prints ok when the Docker Engine answers (local mode) or the server does (--server).
+",
+    more: "",
+};
+
+pub const EGRESS: Topic = Topic {
+    command: "egress",
+    lead: "",
+    flags: &[],
+    operands: "",
+    about: "\
+Makes the host's packet-filter rules of the public egress policy (and its network,
+when the engine answers), as a server does before its first public container. Run it
+at boot before the engine starts, so that public sandboxes the engine starts again
+are never without their rules. Needs root. Exits 0 when they are in place.
 ",
     more: "",
 };

@@ -46,6 +46,10 @@ pub enum Command {
         pid: u32,
         start: u64,
     },
+    /// Makes the public egress policy's host rules (and network, where the engine
+    /// answers): what a server does before its first public container, for a unit that
+    /// runs before the engine starts sandboxes at boot.
+    Egress,
     /// A client command: where it goes, and what it asks.
     Client {
         target: Target,
@@ -185,6 +189,7 @@ pub fn run(command: Command) -> i32 {
             0
         }
         Command::Serve(config) => serve::serve(*config),
+        Command::Egress => serve::egress(),
         Command::Stub { idle: false } => crate::stub::main(),
         Command::Stub { idle: true } => crate::stub::idle(),
         Command::StubSpare => crate::stub::spare(),

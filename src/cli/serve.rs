@@ -69,3 +69,34 @@ pub(super) fn serve(config: Config) -> i32 {
         }
     }
 }
+
+/// `agentkernel egress`: the public policy's host rules, and its network where the
+/// engine answers. Exit 0 when the rules are in place.
+pub(super) fn egress() -> i32 {
+    use crate::containers::egress;
+    let config = match Config::from_env(&crate::config::ProcessEnvironment) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("agentkernel: {error}");
+            return 1;
+        }
+    };
+    let docker = crate::engine::Docker::new(config.docker_socket.clone(), config.docker_timeout);
+    let outcome = match docker.ping() {
+        Ok(_) => egress::look(&docker).map(|()| "network and rules"),
+        // Before the engine (at boot): the rules, which match the bridge by name.
+        Err(_) => egress::install_rules().map(|()| {
+            "rules (the engine does not answer: its network is made by the first server)"
+        }),
+    };
+    match outcome {
+        Ok(what) => {
+            println!("egress: {what} in place");
+            0
+        }
+        Err(error) => {
+            eprintln!("agentkernel: {error}");
+            1
+        }
+    }
+}

@@ -222,13 +222,29 @@ pub fn ensure_public(docker: &Docker) -> Result<()> {
     }
     // A look that failed a moment ago is the answer: requests do not queue up behind
     // looks that would fail the same way.
-    if let Some((at, reason)) = &*lock(&FAILED) {
-        if at.elapsed() < WATCH_EVERY {
-            return Err(Error::EgressUnavailable(reason.clone()));
-        }
+    if let Some(reason) = failed_within(WATCH_EVERY) {
+        return Err(Error::EgressUnavailable(reason));
     }
-    look(docker)
+    let _looking = lock(&LOOKING);
+    // A look finished while this one waited: its answer is this one's.
+    if READY.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    if let Some(reason) = failed_within(Duration::from_secs(1)) {
+        return Err(Error::EgressUnavailable(reason));
+    }
+    look_now(docker)
 }
+
+/// Why the last look failed, if it did within `within`.
+fn failed_within(within: Duration) -> Option<String> {
+    let failed = lock(&FAILED);
+    let (at, reason) = failed.as_ref()?;
+    (at.elapsed() < within).then(|| reason.clone())
+}
+
+/// Held by a look: one at a time.
+static LOOKING: Mutex<()> = Mutex::new(());
 
 /// When the last look failed, and why.
 static FAILED: Mutex<Option<(Instant, String)>> = Mutex::new(None);
@@ -246,17 +262,12 @@ pub fn in_use() -> bool {
 /// One look at a time; a failed look leaves public containers refused until one
 /// succeeds.
 pub fn look(docker: &Docker) -> Result<()> {
-    static LOOKING: Mutex<()> = Mutex::new(());
     let _looking = lock(&LOOKING);
-    // A look finished while this one waited: its answer is this one's.
-    if READY.load(Ordering::SeqCst) {
-        return Ok(());
-    }
-    if let Some((at, reason)) = &*lock(&FAILED) {
-        if at.elapsed() < Duration::from_secs(1) {
-            return Err(Error::EgressUnavailable(reason.clone()));
-        }
-    }
+    look_now(docker)
+}
+
+/// A look, by whoever holds `LOOKING`.
+fn look_now(docker: &Docker) -> Result<()> {
     let outcome = ensure_network(docker).and_then(|subnets| {
         // Our rules match the bridge by name: where the engine's bridge is not this
         // process's to see (an engine in another network namespace), they would match
@@ -366,6 +377,12 @@ fn ensure_network(docker: &Docker) -> Result<Vec<String>> {
     Err(Error::EgressUnavailable(format!(
         "the network {PUBLIC_NETWORK} could not be made"
     )))
+}
+
+/// The rules alone, for the host as it is now (no engine needed: they match the bridge
+/// by name, before it exists).
+pub fn install_rules() -> Result<()> {
+    ensure_rules(&HostView::read()).map_err(Error::EgressUnavailable)
 }
 
 /// At a server's start: where public sandboxes of `namespaces` exist (the engine

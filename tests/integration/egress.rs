@@ -247,8 +247,9 @@ fn each_policy_reaches_what_it_says_and_nothing_else() {
         env: vec![("AGENTKERNEL_API_KEY".into(), "k".into())],
         ..Options::default()
     };
+    // Its clean-up (on drop, after the second server's, or on a failure) removes what
+    // the test made.
     let mut server = Server::start_with(options());
-    server.cleanup = false;
     let port = server.port;
 
     // The profile's default: moderate is public.
@@ -409,6 +410,18 @@ fn each_policy_reaches_what_it_says_and_nothing_else() {
     iptables(&[&["-D"], &accept_forward[..]].concat());
     assert!(repaired, "the rules were not put back");
 
+    // `agentkernel egress` (for a boot unit): the same network and rules, from the CLI.
+    let installed = Command::new(env!("CARGO_BIN_EXE_agentkernel"))
+        .arg("egress")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&installed.stdout);
+    assert!(installed.status.success(), "{said} {:?}", installed.stderr);
+    assert!(
+        said.contains("egress: network and rules in place"),
+        "{said}"
+    );
+
     // A fork of a sandbox keeps its policy.
     let (status, answer) = server.request(
         "POST",
@@ -480,14 +493,13 @@ fn each_policy_reaches_what_it_says_and_nothing_else() {
     probe_public(&server, "after stop and start");
     // ... and a server restart.
     server.terminate();
-    let mut server = Server::start_with(options());
+    let server = Server::start_with(options());
     let (status, answer) = server.request("GET", "/sandboxes/pub", None, &[("X-API-Key", "k")]);
     assert_eq!(
         (status, &answer["data"]["network"]),
         (200, &json!("public"))
     );
     probe_public(&server, "after a server restart");
-    server.cleanup = true;
     for name in ["pub", "other", "full", "none"] {
         server.request(
             "DELETE",
