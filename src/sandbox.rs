@@ -346,7 +346,8 @@ pub fn start(docker: &Docker, config: &Config, name: &SandboxName) -> Result<San
         return Err(Error::SandboxPaused(name.to_string()));
     }
     let labels = inspect.config.labels.clone().unwrap_or_default();
-    if labels.get(labels::NETWORK).map(String::as_str) == Some("public") {
+    let public = crate::containers::profile::Network::Public.name();
+    if labels.get(labels::NETWORK).map(String::as_str) == Some(public) {
         crate::containers::egress::ensure_public(docker)?;
     }
     docker.container_set_restart(&inspect.id, true)?;

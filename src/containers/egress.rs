@@ -195,11 +195,17 @@ pub fn chains(view: &HostView) -> Vec<(&'static str, Vec<Vec<String>>)> {
     vec![(DNS_CHAIN, dns), (CHAIN, forward), (HOST_CHAIN, host)]
 }
 
-/// The jumps into our chains, each the first rule of its chain: from `forward_from`
-/// (`FORWARD`, and `DOCKER-USER` where the engine has it) and from `INPUT`.
-pub fn jumps(forward_from: &'static str) -> [(&'static str, Vec<String>); 2] {
+/// The jumps into our chains, each to be the first rule of its chain: from `FORWARD`,
+/// from `DOCKER-USER` where the engine has it (it keeps that chain ahead of its own
+/// accepts), and from `INPUT`.
+pub fn jumps(docker_user: bool) -> Vec<(&'static str, Vec<String>)> {
     let jump = |to: &str| ["-i", BRIDGE, "-j", to].map(String::from).to_vec();
-    [(forward_from, jump(CHAIN)), ("INPUT", jump(HOST_CHAIN))]
+    let mut jumps = vec![("FORWARD", jump(CHAIN))];
+    if docker_user {
+        jumps.push(("DOCKER-USER", jump(CHAIN)));
+    }
+    jumps.push(("INPUT", jump(HOST_CHAIN)));
+    jumps
 }
 
 /// Whether the host has IPv6 (then public containers get it turned off).
@@ -392,7 +398,8 @@ pub fn install_rules() -> Result<()> {
 /// Gives whether it could look (else it is to be tried again).
 pub fn at_start(docker: &Docker, namespaces: &[crate::config::Namespace]) -> bool {
     let mut filters = labels::all_sandboxes();
-    filters.push(format!("{}=public", labels::NETWORK));
+    let public = crate::containers::profile::Network::Public.name();
+    filters.push(format!("{}={public}", labels::NETWORK));
     let Ok(found) = docker.container_list(&filters) else {
         return false;
     };
@@ -474,19 +481,7 @@ pub fn plan(view: &HostView, listing: &BTreeMap<String, Vec<String>>) -> Option<
             }
         }
     }
-    // Where the engine keeps a chain for rules like these, our jump goes first there
-    // (it keeps that chain ahead of its own accepts); first in FORWARD as well, ahead
-    // of whatever another program put there.
-    let mut jumps_from = vec!["FORWARD"];
-    if listing.contains_key("DOCKER-USER") {
-        jumps_from.push("DOCKER-USER");
-    }
-    let mut wanted_jumps: Vec<(&str, Vec<String>)> = jumps_from
-        .into_iter()
-        .map(|chain| (chain, jumps(chain)[0].1.clone()))
-        .collect();
-    wanted_jumps.push(jumps("FORWARD")[1].clone());
-    for (chain, rule) in wanted_jumps {
+    for (chain, rule) in jumps(listing.contains_key("DOCKER-USER")) {
         let text = format!("-A {chain} {}", rule.join(" "));
         let present = listing.get(chain).map(Vec::as_slice).unwrap_or_default();
         let copies = present.iter().filter(|line| **line == text).count();
@@ -709,14 +704,17 @@ mod tests {
                 format!("-A AGENTKERNEL-PUBLIC {matching} {other}")
             );
         }
-        let jumps = jumps("DOCKER-USER");
+        let jumps: Vec<String> = jumps(true)
+            .iter()
+            .flat_map(|(chain, rule)| text(chain, std::slice::from_ref(rule)))
+            .collect();
         assert_eq!(
-            text(jumps[0].0, &[jumps[0].1.clone()]),
-            ["-A DOCKER-USER -i ak-public0 -j AGENTKERNEL-PUBLIC"]
-        );
-        assert_eq!(
-            text(jumps[1].0, &[jumps[1].1.clone()]),
-            ["-A INPUT -i ak-public0 -j AGENTKERNEL-HOST"]
+            jumps,
+            [
+                "-A FORWARD -i ak-public0 -j AGENTKERNEL-PUBLIC",
+                "-A DOCKER-USER -i ak-public0 -j AGENTKERNEL-PUBLIC",
+                "-A INPUT -i ak-public0 -j AGENTKERNEL-HOST",
+            ]
         );
         assert!(BRIDGE.len() <= 15);
     }

@@ -77,16 +77,6 @@ impl Network {
         }
     }
 
-    /// The policy of a container made with `mode` (one made before policies had a
-    /// label: `none` or the default bridge).
-    pub fn from_mode(mode: &str) -> Network {
-        match mode {
-            "none" => Network::None,
-            PUBLIC_NETWORK => Network::Public,
-            _ => Network::Full,
-        }
-    }
-
     /// Sets a container's network to this policy's. `Public` also turns IPv6 off in
     /// the container (where the host has it), so that no link-local IPv6 address
     /// reaches the host.
@@ -417,9 +407,7 @@ mod tests {
         assert_eq!(defaults, [Network::Full, Network::Public, Network::None]);
         for network in Network::ALL {
             assert_eq!(Network::parse(network.name()), Ok(network));
-            assert_eq!(Network::from_mode(network.mode()), network);
         }
-        assert_eq!(Network::from_mode("default"), Network::Full);
         let error = Network::parse("private").unwrap_err();
         assert!(error.contains("'private'"), "{error}");
         let mut host =

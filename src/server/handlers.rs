@@ -70,7 +70,7 @@ pub fn dispatch_with(
     };
     match request {
         Request::OpenApi => get_openapi(context),
-        Request::Health => get_health(context, config),
+        Request::Health => get_health(context),
         Request::Pool => get_pool(context, config),
         Request::Backends => get_backends(context),
         Request::GetSandboxByUuid(uuid) => get_sandbox_by_uuid(context, config, &uuid),
@@ -132,7 +132,7 @@ fn run_slot(context: &Context, config: &Config) -> Result<crate::tenants::RunSlo
 }
 
 /// `data` stays the string `"ok"` the SDKs expect; what the edge counts rides beside it.
-pub fn get_health(context: &Context, config: &Config) -> Result<Reply, ApiError> {
+pub fn get_health(context: &Context) -> Result<Reply, ApiError> {
     use std::sync::atomic::Ordering::SeqCst;
     let edge = &context.edge;
     Ok(Reply::json(
@@ -142,7 +142,7 @@ pub fn get_health(context: &Context, config: &Config) -> Result<Reply, ApiError>
             "data": "ok",
             "status": "ok",
             "workers": {
-                "configured": config.workers,
+                "configured": context.config.workers,
                 "alive": edge.workers_alive.load(SeqCst),
             },
             "connections": {
