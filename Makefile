@@ -3,7 +3,7 @@ TARGET   := x86_64-unknown-linux-gnu
 RELEASE  := target/$(TARGET)/release/agentkernel
 PORT     ?= 8080
 
-.PHONY: build run test lint unit integration chaos static bench load images clean fuzz schemathesis
+.PHONY: build run test lint unit integration chaos gvisor static image cluster-test cluster-bench bench load images clean fuzz schemathesis
 
 build:
 	cargo build --release
@@ -54,9 +54,35 @@ chaos:
 	bash scripts/build-busybox-image.sh
 	cargo test --test chaos -- --test-threads=1
 
+# gVisor alone (part of make chaos): a private daemon with runsc registered.
+gvisor:
+	bash scripts/check-engine.sh
+	bash scripts/build-busybox-image.sh
+	cargo test --test chaos -- --test-threads=1 gvisor
+
 # A static binary: musl where that target is installed, else glibc crt-static.
 static:
 	bash scripts/build-static.sh
+
+# The image a cluster runs from: our static binary alone (docker import, no base image).
+image:
+	bash scripts/build-image.sh
+
+# Cluster mode deployed with deploy/swarm/stack.yml on a private single-node Swarm (its
+# own daemon and network namespace), driven through its router; then three agents as
+# containers behind one DNS alias on this engine, one killed, one cut off. Needs root.
+cluster-test:
+	bash scripts/check-engine.sh
+	bash scripts/swarm-test.sh
+	bash scripts/cluster-net-test.sh
+
+# What a cluster's router costs against its agents direct, and three agents' throughput
+# against one's (examples/cluster_bench.rs; about 2 minutes).
+cluster-bench:
+	bash scripts/check-engine.sh
+	bash scripts/build-busybox-image.sh
+	cargo build --release
+	cargo run --release --example cluster_bench
 
 # Every cargo-fuzz target (fuzz/) for FUZZ_SECONDS each.
 FUZZ_SECONDS ?= 30

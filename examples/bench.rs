@@ -14,6 +14,12 @@
 //! 3. 8 concurrent clients send 200 execs into the one sandbox, then 200 `/run`
 //!    requests; the server's peak RSS is read from /proc.
 //!
+//! 4. Sustained load (see `sustained_load`).
+//! 5. gVisor: a private engine with `runsc` registered (`scripts/private-engine.sh`),
+//!    a server on it under `runsc` and one under `runc`: `/run` fast and sandbox exec
+//!    under runsc, as ratios of the same under runc, measured in turn in the same run
+//!    (no target: gVisor's cost, said).
+//!
 //! Ratios are against the raw floors of the same run.
 
 use std::io::{BufRead, BufReader};
@@ -42,6 +48,12 @@ fn main() {
         .unwrap_or_else(|_| "target/x86_64-unknown-linux-gnu/release/agentkernel".into());
     let socket = Docker::socket_from_env(std::env::var("DOCKER_HOST").ok().as_deref()).unwrap();
     let docker = Docker::new(socket, Duration::from_secs(60));
+    // `AK_BENCH_PHASES=gvisor`: only the gVisor rows (phase 5).
+    if std::env::var("AK_BENCH_PHASES").as_deref() == Ok("gvisor") {
+        header();
+        gvisor_rows(&binary);
+        return;
+    }
     // `AK_BENCH_PHASES=load`: only the sustained load (phase 4).
     if std::env::var("AK_BENCH_PHASES").as_deref() == Ok("load") {
         let load = sustained_load(&binary, &image, &docker);
@@ -274,6 +286,9 @@ fn main() {
         CONCURRENT_REQUESTS as f64 / elapsed.as_secs_f64()
     );
     println!("server peak RSS: {:.1} MiB", peak_rss_kib as f64 / 1024.0);
+    println!();
+    header();
+    gvisor_rows(&binary);
 
     let load_targets = report_load(&load);
     let fast_p50 = percentile(&fast, 50.0);
@@ -525,11 +540,22 @@ struct Server {
 
 impl Server {
     fn start(binary: &str, namespace: &str, image: &str, extra: &[&str]) -> Server {
+        Server::start_with(binary, namespace, image, extra, &[])
+    }
+
+    fn start_with(
+        binary: &str,
+        namespace: &str,
+        image: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut child = Command::new(binary)
             .args(["serve", "--port", "0", "--namespace", namespace])
             .args(["--default-image", image])
             .args(extra)
             .env("AGENTKERNEL_LOG", "warn,agentkernel=info")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start {binary}: {error} (run `make bench`)"));
@@ -734,4 +760,117 @@ fn closed_loop(clients: usize, length: Duration, once: impl Fn() -> bool + Sync)
         }
     });
     (done.into_inner(), failed.into_inner())
+}
+
+/// The private engine of phase 5, stopped (everything it started gone) on drop.
+struct PrivateEngine {
+    dir: String,
+}
+
+impl Drop for PrivateEngine {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .args(["scripts/private-engine.sh", "stop", &self.dir])
+            .status();
+    }
+}
+
+/// Phase 5: `/run` fast and sandbox exec under gVisor, against runc on the same
+/// private engine, measured in turn (runc, runsc, runc, runsc...) so that the
+/// machine's drift falls on both.
+fn gvisor_rows(binary: &str) {
+    const GVISOR_ROUNDS: usize = 20;
+    if !std::path::Path::new("/usr/bin/runsc").exists() {
+        println!("gVisor rows: runsc is not installed (Debian: apt-get install runsc)");
+        return;
+    }
+    let image =
+        std::env::var("AK_BENCH_IMAGE").unwrap_or_else(|_| "agentkernel/busybox:latest".into());
+    let dir = format!("/tmp/akbench-{}", std::process::id());
+    let started = Command::new("bash")
+        .args(["scripts/private-engine.sh", "start", &dir])
+        .output()
+        .expect("run scripts/private-engine.sh");
+    let engine = PrivateEngine { dir: dir.clone() };
+    assert!(
+        started.status.success(),
+        "private engine: {}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let docker_host = String::from_utf8_lossy(&started.stdout).trim().to_string();
+    let data = format!("{dir}/data");
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(120))
+        .build();
+    let servers: Vec<(&str, Server)> = ["runc", "runsc"]
+        .into_iter()
+        .map(|runtime| {
+            let namespace = format!("bench-{runtime}-{}", std::process::id());
+            let server = Server::start_with(
+                binary,
+                &namespace,
+                &image,
+                &[
+                    "--default-runtime",
+                    runtime,
+                    "--default-network",
+                    "none",
+                    "--pool-size",
+                    "2",
+                ],
+                &[
+                    ("DOCKER_HOST", &docker_host),
+                    ("AGENTKERNEL_DATA_DIR", &data),
+                ],
+            );
+            (runtime, server)
+        })
+        .collect();
+    let base = |server: &Server| format!("http://127.0.0.1:{}", server.port);
+    let post = |server: &Server, path: &str, body: &Value| -> Value {
+        agent
+            .post(&format!("{}{path}", base(server)))
+            .send_json(body.clone())
+            .unwrap_or_else(|error| panic!("POST {path}: {error}"))
+            .into_json()
+            .unwrap()
+    };
+    let settle = |server: &Server| {
+        wait_until(Duration::from_secs(300), || {
+            let state: Value = agent
+                .get(&format!("{}/pool", base(server)))
+                .call()
+                .ok()
+                .and_then(|answer| answer.into_json().ok())
+                .unwrap_or_default();
+            state["data"]["keys"][0]["ready"] == json!(2) && state["data"]["reaping"] == json!(0)
+        })
+    };
+    for (_, server) in &servers {
+        settle(server);
+        post(server, "/sandboxes", &json!({"name": "bench"}));
+    }
+    let echo = json!({"command": ["echo", "hi"]});
+    let mut fast: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
+    let mut exec: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
+    for _ in 0..GVISOR_ROUNDS {
+        for (index, (_, server)) in servers.iter().enumerate() {
+            settle(server);
+            fast[index].push(timed(|| check(post(server, "/run", &echo))));
+            exec[index].push(timed(|| {
+                check(post(server, "/sandboxes/bench/exec", &echo))
+            }));
+        }
+    }
+    let fast_runc = percentile(&fast[0], 50.0);
+    let exec_runc = percentile(&exec[0], 50.0);
+    row("runc /run fast (private engine)", &fast[0], None);
+    row("runsc /run fast", &fast[1], Some(fast_runc));
+    row("runc sandbox exec (private engine)", &exec[0], None);
+    row("runsc sandbox exec", &exec[1], Some(exec_runc));
+    println!("gVisor ratios: against runc on the same private engine, {GVISOR_ROUNDS} rounds each");
+    for (_, server) in servers {
+        drop(server);
+    }
+    drop(engine);
 }

@@ -38,4 +38,22 @@ if [ -n "$volumes" ]; then
 	echo "$volumes" >&2
 	exit 1
 fi
-echo "check-leftovers: no test container, snapshot or volume left behind"
+# A container's disk (src/containers/disk.rs) goes with it: a disk file whose container
+# the engine no longer has was left behind.
+disks_dir="${TMPDIR:-/tmp}/agentkernel-test-data/disks"
+orphans=""
+for entry in "$disks_dir"/*; do
+	[ -e "$entry" ] || continue
+	id=$(basename "$entry" .img)
+	docker inspect --type container "$id" >/dev/null 2>&1 || orphans="$orphans $id"
+done
+# Mounts of disks whose file is gone count too.
+for point in $(awk '{print $5}' /proc/self/mountinfo | grep "^$disks_dir/" || true); do
+	id=$(basename "$point")
+	docker inspect --type container "$id" >/dev/null 2>&1 || orphans="$orphans $id(mounted)"
+done
+if [ -n "$orphans" ]; then
+	echo "check-leftovers: disks left behind by the tests (their containers are gone):$orphans" >&2
+	exit 1
+fi
+echo "check-leftovers: no test container, snapshot, volume or disk left behind"

@@ -67,7 +67,7 @@ LAYERS = [
     ("error", "containers/profile"),
     ("config", "exec"),
     ("containers",),
-    ("run", "sandbox", "files", "detached", "history", "expiry", "snapshot", "volume", "tenants"),
+    ("run", "sandbox", "files", "detached", "history", "expiry", "snapshot", "volume", "tenants", "cluster"),
     ("server",),
     ("cli",),
 ]

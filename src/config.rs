@@ -67,8 +67,26 @@ pub struct Config {
     /// `max_network` narrows it for its namespace): a default above it is brought down
     /// to it, a request above it is refused.
     pub max_network: Network,
+    /// The largest disk quota a request may ask for, in MiB (`--max-disk-mb`); a
+    /// profile's default above it is brought down to it.
+    pub max_disk_mb: u64,
+    /// The engine runtime of containers whose request names none (`--default-runtime`;
+    /// `None`: the engine's default).
+    pub default_runtime: Option<String>,
+    /// The runtimes a request may name (`--runtimes`); `None`: the server's default and
+    /// gVisor's (a stronger boundary is always allowed), never another.
+    pub runtimes: Option<Vec<String>>,
+    /// The resolvers allow-list containers' names are asked of (`--egress-resolver`;
+    /// empty: the host's, from `/etc/resolv.conf`).
+    pub egress_resolvers: Vec<std::net::SocketAddr>,
+    /// Enforce disk quotas (`--no-disk-quota` turns them off): where they cannot hold,
+    /// containers are refused.
+    pub disk_quota: bool,
     /// Use the in-container stub where possible (else always `docker exec`).
     pub stub: bool,
+    /// Cluster mode (`serve --cluster`): route every request to these agents, with no
+    /// engine of our own.
+    pub cluster: Option<ClusterSource>,
     /// Bound on each write to a client, and on reading a whole request body.
     pub client_timeout: Duration,
     /// Most open client connections; past it new ones get a 503 and are closed at once.
@@ -120,8 +138,14 @@ impl Default for Config {
             sandbox_ttl: None,
             default_network: None,
             max_network: Network::Full,
+            max_disk_mb: 16 * 1024,
+            disk_quota: true,
+            default_runtime: None,
+            runtimes: None,
+            egress_resolvers: Vec::new(),
             sandbox_idle_timeout: None,
             stub: true,
+            cluster: None,
             client_timeout: Duration::from_secs(30),
             max_connections: 1024,
             idle_timeout: Duration::from_secs(15),
@@ -168,10 +192,23 @@ impl Config {
 
     /// The egress policy of a container of `profile` whose request names none: the
     /// server's default, else the profile's, never wider than `max_network`.
+    /// The disk quota of a container whose request names none: its profile's, never
+    /// above `max_disk_mb`.
+    pub fn disk_for(&self, profile: Profile) -> u64 {
+        profile.default_limits().disk_mb.min(self.max_disk_mb)
+    }
+
     pub fn network_for(&self, profile: Profile) -> Network {
-        self.default_network
+        match self
+            .default_network
             .unwrap_or_else(|| profile.default_network())
             .min(self.max_network)
+        {
+            // An allow-list is a request's own: a default brought down to the ceiling
+            // `allow` lists nothing.
+            Network::Allow => Network::None,
+            network => network,
+        }
     }
 
     /// The pool keys to keep warm from start-up.
@@ -182,12 +219,19 @@ impl Config {
                     image: self.images.default_image.clone(),
                     profile: self.default_profile,
                     network: self.default_profile.default_network(),
+                    runtime: None,
                 },
                 self.pool_default_size,
             )]
         });
+        let gvisor = crate::engine::is_gvisor_name(self.default_runtime.as_deref());
         for (key, _) in &mut keys {
-            key.network = self.network_for(key.profile);
+            // Under gVisor the network is none (what its requests get).
+            key.network = if gvisor {
+                Network::None
+            } else {
+                self.network_for(key.profile)
+            };
         }
         keys
     }
@@ -235,12 +279,38 @@ impl Config {
         if let Some(network) = env.var("AGENTKERNEL_DEFAULT_NETWORK") {
             config.default_network = Some(
                 Network::parse(&network)
+                    .and_then(crate::containers::profile::default_policy)
                     .map_err(|error| format!("AGENTKERNEL_DEFAULT_NETWORK: {error}"))?,
             );
         }
         if let Some(network) = env.var("AGENTKERNEL_MAX_NETWORK") {
             config.max_network = Network::parse(&network)
                 .map_err(|error| format!("AGENTKERNEL_MAX_NETWORK: {error}"))?;
+        }
+        if let Some(mb) = env.var("AGENTKERNEL_MAX_DISK_MB") {
+            config.max_disk_mb = mb
+                .parse()
+                .ok()
+                .filter(|mb| *mb >= crate::containers::profile::DISK_MB_RANGE.0)
+                .ok_or_else(|| format!("AGENTKERNEL_MAX_DISK_MB: expected a number of MiB of at least 16, got '{mb}'"))?;
+        }
+        if let Some(runtime) = env.var("AGENTKERNEL_DEFAULT_RUNTIME") {
+            if !crate::engine::valid_runtime_name(&runtime) {
+                return Err(format!(
+                    "AGENTKERNEL_DEFAULT_RUNTIME: invalid runtime name '{runtime}'"
+                ));
+            }
+            config.default_runtime = Some(runtime);
+        }
+        if let Some(resolver) = env.var("AGENTKERNEL_EGRESS_RESOLVER") {
+            config.egress_resolvers = vec![parse_resolver(&resolver)
+                .map_err(|error| format!("AGENTKERNEL_EGRESS_RESOLVER: {error}"))?];
+        }
+        if let Some(list) = env.var("AGENTKERNEL_RUNTIMES") {
+            config.runtimes = Some(parse_runtimes(&list)?);
+        }
+        if env.var("AGENTKERNEL_DISK_QUOTA").as_deref() == Some("off") {
+            config.disk_quota = false;
         }
         if let Some(image) = env.var("AGENTKERNEL_DEFAULT_IMAGE") {
             config.images.set_default(&image)?;
@@ -252,6 +322,35 @@ impl Config {
             }
         }
         Ok(config)
+    }
+}
+
+/// A `--runtimes` list: names, comma-separated.
+pub fn parse_runtimes(text: &str) -> Result<Vec<String>, String> {
+    let names: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .collect();
+    match names
+        .iter()
+        .find(|name| !crate::engine::valid_runtime_name(name))
+    {
+        Some(bad) => Err(format!("invalid runtime name '{bad}'")),
+        None if names.is_empty() => Err("no runtime named".into()),
+        None => Ok(names),
+    }
+}
+
+/// A resolver's `ADDRESS[:PORT]` (IPv4; port 53 when not given).
+pub fn parse_resolver(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(address) = text.parse::<std::net::Ipv4Addr>() {
+        return Ok(std::net::SocketAddr::from((address, 53)));
+    }
+    match text.parse::<std::net::SocketAddrV4>() {
+        Ok(address) => Ok(std::net::SocketAddr::V4(address)),
+        Err(_) => Err(format!("expected an IPv4 ADDRESS[:PORT], got '{text}'")),
     }
 }
 
@@ -432,6 +531,8 @@ pub struct PoolKey {
     pub image: String,
     pub profile: Profile,
     pub network: Network,
+    /// The engine runtime (`containers::runtime`): `None` for the server's default.
+    pub runtime: Option<String>,
 }
 
 impl PoolKey {
@@ -445,6 +546,7 @@ impl PoolKey {
                         image: ImageRef::parse(image)?.to_string(),
                         profile,
                         network: profile.default_network(),
+                        runtime: None,
                     });
                 }
             }
@@ -456,13 +558,96 @@ impl PoolKey {
             image: ImageRef::parse(text)?.to_string(),
             profile: default_profile,
             network: default_profile.default_network(),
+            runtime: None,
         })
+    }
+}
+
+/// Where a cluster router (`serve --cluster`) finds its agents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterSource {
+    /// `--nodes HOST:PORT,...`: a fixed list.
+    Nodes(Vec<String>),
+    /// `--discover NAME:PORT`: every address the name resolves to (Swarm's
+    /// `tasks.SERVICE`, a Kubernetes headless Service), resolved again and again.
+    Discover { name: String, port: u16 },
+}
+
+impl ClusterSource {
+    /// Parses `--nodes` (`HOST:PORT` or `http://HOST:PORT`, comma-separated).
+    pub fn nodes(list: &str) -> Result<ClusterSource, String> {
+        let nodes: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|node| !node.is_empty())
+            .map(address_of)
+            .collect::<Result<_, _>>()?;
+        if nodes.is_empty() {
+            return Err("--nodes: no node given".into());
+        }
+        Ok(ClusterSource::Nodes(nodes))
+    }
+
+    /// Parses `--discover NAME:PORT`.
+    pub fn discover(value: &str) -> Result<ClusterSource, String> {
+        let (name, port) = value
+            .rsplit_once(':')
+            .ok_or_else(|| format!("--discover '{value}': expected NAME:PORT"))?;
+        let port = port
+            .parse()
+            .map_err(|_| format!("--discover '{value}': bad port"))?;
+        if name.is_empty() {
+            return Err(format!("--discover '{value}': no name"));
+        }
+        Ok(ClusterSource::Discover {
+            name: name.to_string(),
+            port,
+        })
+    }
+}
+
+/// `HOST:PORT` out of `HOST:PORT` or `http://HOST:PORT[/]`.
+fn address_of(node: &str) -> Result<String, String> {
+    let bare = node.strip_prefix("http://").unwrap_or(node);
+    let bare = bare.strip_suffix('/').unwrap_or(bare);
+    if node.starts_with("https://") {
+        return Err(format!(
+            "node '{node}': agents are reached over plain HTTP on a private network"
+        ));
+    }
+    match bare.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(bare.to_string())
+        }
+        _ => Err(format!("node '{node}': expected HOST:PORT")),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_and_discover_parse_or_say_why_not() {
+        assert_eq!(
+            ClusterSource::nodes("a:1, http://b:2/").unwrap(),
+            ClusterSource::Nodes(vec!["a:1".into(), "b:2".into()])
+        );
+        assert!(ClusterSource::nodes("a").unwrap_err().contains("HOST:PORT"));
+        assert!(ClusterSource::nodes("https://a:1")
+            .unwrap_err()
+            .contains("plain HTTP"));
+        assert!(ClusterSource::nodes(" , ").unwrap_err().contains("no node"));
+        assert_eq!(
+            ClusterSource::discover("tasks.agent:8080").unwrap(),
+            ClusterSource::Discover {
+                name: "tasks.agent".into(),
+                port: 8080
+            }
+        );
+        assert!(ClusterSource::discover("tasks.agent").is_err());
+        assert!(ClusterSource::discover(":80").is_err());
+    }
 
     #[test]
     fn durations_take_seconds_or_a_unit() {

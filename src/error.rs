@@ -10,6 +10,9 @@ use crate::engine::{Docker, DockerError, PROBE_TIMEOUT};
 pub enum Error {
     /// The request itself is wrong: a bad field, name, profile or bound.
     Invalid(String),
+    /// The request asks for what this server does not let it have (a runtime the
+    /// operator did not allow).
+    Forbidden(String),
     /// No sandbox of that name in our namespace.
     SandboxNotFound(String),
     /// A sandbox of that name already exists.
@@ -45,6 +48,9 @@ pub enum Error {
     FileAccessDenied { path: String, reason: String },
     /// The filesystem holding the path (a size-capped tmpfs, usually) is full.
     NoSpace { path: String },
+    /// A write to the sandbox's root filesystem left its disk quota used up: what did
+    /// not fit is not there, whatever the engine said.
+    DiskQuotaFull { path: String, quota_mb: u64 },
     /// The path can only be reached inside the running container (a tmpfs, or any
     /// delete), and the sandbox is stopped.
     FileNeedsRunning { sandbox: String, path: String },
@@ -67,6 +73,9 @@ pub enum Error {
     /// The `public` egress policy cannot be made to hold on this host (the words say
     /// why): nothing was made.
     EgressUnavailable(String),
+    /// A disk quota cannot be made to hold on this host (the words say why): nothing
+    /// was made.
+    DiskQuota(String),
     /// The engine failed or is unreachable.
     Engine(DockerError),
 }
@@ -74,7 +83,7 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Invalid(message) => f.write_str(message),
+            Error::Invalid(message) | Error::Forbidden(message) => f.write_str(message),
             Error::SandboxNotFound(name) => write!(f, "Sandbox '{name}' not found"),
             Error::SandboxExists(name) => write!(f, "Sandbox '{name}' already exists"),
             Error::SandboxNotRunning(name) => {
@@ -127,6 +136,11 @@ impl fmt::Display for Error {
                 f,
                 "Cannot write '{path}': no space left on its filesystem in the sandbox"
             ),
+            Error::DiskQuotaFull { path, quota_mb } => write!(
+                f,
+                "Cannot write '{path}' entirely: the sandbox's disk quota of {quota_mb} MiB \
+                 is used up, and what did not fit was not written"
+            ),
             Error::FileNeedsRunning { sandbox, path } => write!(
                 f,
                 "Sandbox '{sandbox}' is stopped: start it to reach '{path}' (tmpfs paths and \
@@ -165,6 +179,11 @@ impl fmt::Display for Error {
                 "The 'public' network policy cannot be enforced on this host ({reason}); \
                  nothing was made: ask for network 'none' or 'full', or start the server \
                  with --default-network"
+            ),
+            Error::DiskQuota(reason) => write!(
+                f,
+                "The sandbox's disk quota cannot be enforced on this host ({reason}); \
+                 nothing was made: start the server with --no-disk-quota to run without"
             ),
             Error::Engine(error) => error.fmt(f),
         }

@@ -364,10 +364,13 @@ impl Expiry {
                 Err(_) => continue,
                 Ok(_) => {}
             }
-            match crate::sandbox::delete_container(docker, config, &summary.id, &labels) {
+            // The history is written before the disk is let go: whoever sees the
+            // sandbox gone finds why in its history.
+            match docker.container_remove(&summary.id) {
                 Ok(()) => {
-                    self.forget(&summary.id, &labels);
                     history.event(&namespace, &name, "expired");
+                    crate::sandbox::after_removal(docker, config, &summary.id, &labels);
+                    self.forget(&summary.id, &labels);
                     self.expired
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     log::info!("sandbox {name} removed: {reason}");

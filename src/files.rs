@@ -231,6 +231,10 @@ impl<'a> Container<'a> {
         if inspect.state.paused {
             return Err(Error::SandboxPaused(name.to_string()));
         }
+        // A stopped one's files are its disk's (mounted again after an engine restart).
+        if !inspect.state.running {
+            crate::containers::disk::ensure(docker, &inspect.id)?;
+        }
         let has_stub = crate::sandbox::has_stub(&inspect);
         let route = crate::sandbox::socket_route(config, &inspect);
         let labels = inspect.config.labels.unwrap_or_default();
@@ -592,6 +596,8 @@ pub fn write_files(
         docker
             .archive_put(&container.id, "/", &archive)
             .map_err(|error| upload_error(&container, error, &on_root))?;
+        let path = named_file(&on_root, None);
+        crate::containers::disk::check_room(&container.id, &path)?;
     }
     if let Some((path, _)) = inside.first() {
         let archive = archive_of(&inside)?;
@@ -723,6 +729,7 @@ pub fn write_archive(
             }
             other => container.engine_error(other.into(), dir),
         })?;
+    crate::containers::disk::check_room(&container.id, dir.as_str())?;
     Ok(members)
 }
 

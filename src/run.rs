@@ -31,14 +31,28 @@ pub struct RunRequest {
     pub image: ImageRef,
     /// The egress policy (part of the pool key).
     pub network: crate::containers::profile::Network,
+    /// The list of an allow-list policy (`containers::allow`).
+    pub allow: Option<crate::containers::allow::AllowList>,
+    /// The disk quota in MiB: a run asking for other than its profile's default is
+    /// never served by the pool, whose containers have that.
+    pub disk_mb: u64,
+    /// The engine runtime it names, if any (`containers::runtime`).
+    pub runtime: Option<String>,
     pub profile: Profile,
     pub fast: bool,
     pub command: CommandSpec,
 }
 
-/// Whether a pooled container (started before the request, with `/` as its workdir)
-/// can serve this command: a read-only profile can only write to its `/tmp` tmpfs.
-fn pool_can_serve(request: &RunRequest) -> bool {
+/// Whether a pooled container (started before the request, with `/` as its workdir,
+/// the profile's disk quota) can serve this command: a read-only profile can only
+/// write to its `/tmp` tmpfs.
+fn pool_can_serve(config: &Config, request: &RunRequest) -> bool {
+    // Nor an allow-list: its container is made for its list.
+    if request.disk_mb != config.disk_for(request.profile)
+        || request.network == crate::containers::profile::Network::Allow
+    {
+        return false;
+    }
     match (&request.command.workdir, request.profile.read_only_root()) {
         (Some(dir), true) => dir == "/tmp" || dir.starts_with("/tmp/"),
         _ => true,
@@ -58,8 +72,9 @@ pub fn run(
         image: request.image.to_string(),
         profile: request.profile,
         network: request.network,
+        runtime: crate::containers::runtime::resolve(docker, config, request.runtime.as_deref())?,
     };
-    let pooled = if request.fast && pool_can_serve(request) {
+    let pooled = if request.fast && pool_can_serve(config, request) {
         // A warm public container only while its rules are in place (a cold one is
         // checked as it is made).
         if request.network == crate::containers::profile::Network::Public {
@@ -81,10 +96,17 @@ pub fn run(
                 request.image.as_str(),
             )?;
             let workdir = request.command.workdir.as_deref();
-            let warm = pool.launch(docker, config, &key, Kind::Run, workdir)?;
+            let purpose = crate::containers::launcher::Purpose {
+                kind: Kind::Run,
+                workdir,
+                disk_mb: request.disk_mb,
+                allow: request.allow.as_ref(),
+            };
+            let warm = pool.launch(docker, config, &key, purpose)?;
             // A snapshot is its namespace's alone: never kept warm, where the next
             // run of any namespace would take it without this check.
-            if request.fast && !snapshot {
+            let allow = request.network == crate::containers::profile::Network::Allow;
+            if request.fast && !snapshot && !allow {
                 pool.note_used(&key);
             }
             warm
@@ -96,7 +118,8 @@ pub fn run(
         &request.command,
         started,
         sink,
-    );
+    )
+    .map(|result| crate::containers::disk::name_full(result, &container.id));
     if from_pool {
         pool.release(&key);
     }

@@ -42,6 +42,10 @@ pub struct Sandbox {
     pub created_at: String,
     /// Read back from the engine; only `get` has them (a list carries no HostConfig).
     pub limits: Option<Limits>,
+    /// Its disk quota and what it holds; only `get` has it.
+    pub disk: Option<crate::containers::disk::DiskView>,
+    /// The engine runtime it runs under; only `get` has it.
+    pub runtime: Option<String>,
     /// The container's labels (its terms among them: see `expiry`).
     pub labels: BTreeMap<String, String>,
 }
@@ -79,6 +83,10 @@ pub struct CreateSandbox {
     pub profile: Profile,
     /// Its egress policy, for its whole life (`containers::egress`).
     pub network: crate::containers::profile::Network,
+    /// The list of an allow-list policy (`containers::allow`).
+    pub allow: Option<crate::containers::allow::AllowList>,
+    /// The engine runtime it names, if any (`containers::runtime`).
+    pub runtime: Option<String>,
     pub limits: Limits,
     /// The namespace's volumes to mount (made on first use).
     pub volumes: Vec<crate::volume::Mount>,
@@ -104,6 +112,8 @@ pub fn list(docker: &Docker, config: &Config) -> Result<Vec<Sandbox>> {
                 profile: labels.get(labels::PROFILE).cloned().unwrap_or_default(),
                 created_at: labels.get(labels::CREATED).cloned().unwrap_or_default(),
                 limits: None,
+                disk: None,
+                runtime: None,
                 labels,
             })
         })
@@ -155,7 +165,23 @@ fn from_inspect(inspect: &ContainerInspect) -> Sandbox {
         limits: Some(Limits {
             memory_mb: (host.memory.max(0) as u64) / (1024 * 1024),
             millicpus: (host.nano_cpus.max(0) as u64) / 1_000_000,
-            pids: host.pids_limit.unwrap_or(0).max(0) as u64,
+            // As asked: gVisor's own threads were added to it (`runtime::adapt`).
+            pids: (host.pids_limit.unwrap_or(0)
+                - if crate::containers::runtime::is_gvisor(Some(host.runtime.as_str())) {
+                    crate::containers::runtime::GVISOR_PIDS
+                } else {
+                    0
+                })
+            .max(0) as u64,
+            disk_mb: labels
+                .get(labels::DISK_MB)
+                .and_then(|mb| mb.parse().ok())
+                .unwrap_or(0),
+        }),
+        disk: Some(crate::containers::disk::view(inspect)),
+        runtime: Some(match host.runtime.as_str() {
+            "" => "runc".to_string(),
+            runtime => runtime.to_string(),
         }),
         labels,
     }
@@ -186,6 +212,7 @@ pub fn create(
     request: &CreateSandbox,
 ) -> Result<Sandbox> {
     labels::check_image(docker, &config.namespace, request.image.as_str())?;
+    let runtime = crate::containers::runtime::resolve(docker, config, request.runtime.as_deref())?;
     if request.network == crate::containers::profile::Network::Public {
         crate::containers::egress::ensure_public(docker)?;
     }
@@ -245,10 +272,20 @@ pub fn create(
     if let Some(idle) = request.idle_timeout {
         labels.insert(labels::IDLE_TIMEOUT.to_string(), idle.as_secs().to_string());
     }
-    // With the stub as init and a data dir on this host: an exec socket.
+    // With the stub as init and a data dir on this host: an exec socket (not under
+    // gVisor, whose sandbox the host cannot reach into: execs take `docker exec`).
     let name = container_name(&config.namespace, &request.name);
+    let gvisor = crate::containers::runtime::is_gvisor(
+        crate::containers::runtime::effective(docker, config, &runtime).as_deref(),
+    );
+    if gvisor && request.network != crate::containers::profile::Network::None {
+        return Err(Error::Invalid(
+            "runtime runsc runs without a network here: network must be none".into(),
+        ));
+    }
+    crate::containers::launcher::check_gvisor(gvisor, launcher)?;
     let socket = match (launcher, &config.data_dir) {
-        (Launcher::Stub { .. }, Some(data_dir)) => {
+        (Launcher::Stub { .. }, Some(data_dir)) if !gvisor => {
             let prepared =
                 socket::new_key().and_then(|key| socket::prepare(data_dir, &key).map(|()| key));
             match prepared {
@@ -271,6 +308,10 @@ pub fn create(
     labels.insert(
         labels::NETWORK.to_string(),
         request.network.name().to_string(),
+    );
+    labels.insert(
+        labels::DISK_MB.to_string(),
+        request.limits.disk_mb.to_string(),
     );
     // A container gets its image's labels, ours overriding them: a sandbox's terms are
     // never an image's (a snapshot's, or one built to carry them), so the ones it does
@@ -304,9 +345,26 @@ pub fn create(
             .sandbox_host_settings(request.limits, mounts, stub::DETACHED_DIR),
     };
     spec.host.volumes = volumes;
+    spec.host.runtime = crate::containers::runtime::effective(docker, config, &runtime);
+    crate::containers::runtime::adapt(&mut spec.host, &request.profile.tmp_options());
+    // Always ours, never an image's (a snapshot's): what its forks keep.
+    spec.labels.insert(
+        labels::RUNTIME.to_string(),
+        spec.host.runtime.clone().unwrap_or_default(),
+    );
     request
         .network
         .apply(&mut spec.host, crate::containers::egress::host_has_ipv6());
+    // Our own /etc/hosts, /etc/hostname and /etc/resolv.conf, read-only.
+    let hostname = crate::containers::etc::hostname(request.name.as_str());
+    spec.host
+        .read_only_mounts
+        .extend(crate::containers::etc::mounts(
+            config.data_dir.as_deref(),
+            request.network,
+            &hostname,
+        ));
+    spec.host.hostname = Some(hostname);
     if socket.is_some() {
         spec.host.tmpfs.insert(
             stub::EXEC_SOCKET_DIR.to_string(),
@@ -315,24 +373,68 @@ pub fn create(
     }
     // The idle stub is the sandbox's init: it reaps orphans and handles SIGTERM.
     spec.host.init = !matches!(launcher, Launcher::Stub { .. });
-    let id = docker.container_create(&spec).map_err(|error| {
-        forget_socket();
-        if error.is_conflict() {
-            Error::SandboxExists(request.name.to_string())
-        } else if error.is_not_found() {
-            Error::ImageMissing(request.image.to_string())
-        } else {
-            Error::Engine(error)
+    let disk = match crate::containers::disk::apply(
+        docker,
+        &mut spec.host,
+        &mut spec.labels,
+        request.limits.disk_mb,
+    ) {
+        Ok(disk) => disk,
+        Err(error) => {
+            forget_socket();
+            return Err(error);
         }
-    })?;
-    if let Err(error) = docker.container_start(&id) {
+    };
+    let allow = request.network == crate::containers::profile::Network::Allow;
+    let mut tries = 0;
+    let id = loop {
+        tries += 1;
+        // An allow-list sandbox: an address of its own (another one when the engine
+        // finds it taken at the start).
+        if allow {
+            let list = request.allow.clone().unwrap_or_default();
+            crate::containers::allow::make_ready(
+                docker,
+                config,
+                &mut spec.host,
+                &mut spec.labels,
+                &list,
+            )
+            .inspect_err(|_| forget_socket())?;
+        }
+        let id = docker.container_create(&spec).map_err(|error| {
+            forget_socket();
+            if error.is_conflict() {
+                Error::SandboxExists(request.name.to_string())
+            } else if error.is_not_found() {
+                Error::ImageMissing(request.image.to_string())
+            } else {
+                Error::Engine(error)
+            }
+        })?;
+        let started = crate::containers::disk::prepare(docker, &id, &disk, request.limits.disk_mb)
+            .and_then(|()| docker.container_start(&id).map_err(Error::Engine))
+            // An allow-list sandbox runs nothing before its rules are in place.
+            .and_then(|()| match allow {
+                true => crate::containers::allow::look(docker),
+                false => Ok(()),
+            });
+        let Err(error) = started else {
+            break id;
+        };
         // Never leave a half-made sandbox behind.
-        if let Err(cleanup) = docker.container_remove(&id) {
-            log::warn!("could not remove failed sandbox container {id}: {cleanup}");
+        match docker.container_remove(&id) {
+            Ok(()) => crate::containers::disk::release_when_gone(docker, &id),
+            Err(cleanup) => {
+                log::warn!("could not remove failed sandbox container {id}: {cleanup}")
+            }
         }
-        forget_socket();
-        return Err(Error::Engine(error));
-    }
+        let taken = matches!(&error, Error::Engine(engine) if crate::containers::allow::address_taken(engine));
+        if !(allow && taken && tries < 3) {
+            forget_socket();
+            return Err(error);
+        }
+    };
     if let Some((data_dir, key)) = &socket {
         give_token(docker, data_dir, key, &id);
     }
@@ -350,8 +452,22 @@ pub fn start(docker: &Docker, config: &Config, name: &SandboxName) -> Result<San
     if labels.get(labels::NETWORK).map(String::as_str) == Some(public) {
         crate::containers::egress::ensure_public(docker)?;
     }
-    docker.container_set_restart(&inspect.id, true)?;
-    docker.container_start(&inspect.id)?;
+    crate::containers::disk::ensure(docker, &inspect.id)?;
+    // A running one is left as it is (gVisor cannot update a running container; the
+    // engine's start of a running one does nothing).
+    if !inspect.state.running {
+        docker.container_set_restart(&inspect.id, true)?;
+        docker.container_start(&inspect.id)?;
+    }
+    // An allow-list sandbox runs nothing of a client's before its rules are in place
+    // (for its address, which the engine gives it again at each start).
+    if crate::containers::allow::is_allow(&labels) {
+        if let Err(error) = crate::containers::allow::look(docker) {
+            let _ = docker.container_set_restart(&inspect.id, false);
+            let _ = docker.container_stop(&inspect.id, 0);
+            return Err(error);
+        }
+    }
     // A started init has no token yet.
     if let (Some(key), Some(data_dir)) = (socket_key(&inspect), &config.data_dir) {
         give_token(docker, data_dir, key, &inspect.id);
@@ -461,8 +577,13 @@ pub fn stop(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sand
     forget_running(config, name);
     let inspect = inspect_ours(docker, config, name)?;
     // Stopped stays stopped, also after the engine restarts (set again after the stop:
-    // a start-up sweep adopting it as running may have raced the first).
-    docker.container_set_restart(&inspect.id, false)?;
+    // a start-up sweep adopting it as running may have raced the first). gVisor cannot
+    // update a running container: only after its stop (which the engine does not undo).
+    let runtime = Some(inspect.host_config.runtime.as_str());
+    if !crate::containers::runtime::is_gvisor(runtime) {
+        // (A runtime that cannot update a running container: only after the stop.)
+        let _ = docker.container_set_restart(&inspect.id, false);
+    }
     docker.container_stop(&inspect.id, STOP_GRACE_SECONDS)?;
     docker.container_set_restart(&inspect.id, false)?;
     get(docker, config, name)
@@ -489,10 +610,21 @@ pub fn delete_container(
     labels: &BTreeMap<String, String>,
 ) -> Result<()> {
     docker.container_remove(id)?;
+    after_removal(docker, config, id, labels);
+    Ok(())
+}
+
+/// What goes with a removed container: its disk and its exec token.
+pub fn after_removal(
+    docker: &Docker,
+    config: &Config,
+    id: &str,
+    labels: &BTreeMap<String, String>,
+) {
+    crate::containers::disk::release_when_gone(docker, id);
     if let (Some(key), Some(data_dir)) = (labels.get(labels::EXEC_SOCKET), &config.data_dir) {
         socket::remove(data_dir, key);
     }
-    Ok(())
 }
 
 /// Whether the sandbox's container has our stub mounted (the `stub` label).
@@ -560,6 +692,7 @@ pub fn exec_in<T>(
     if fast.is_none() && target.route.is_some() {
         forget_running(config, target.sandbox);
     }
+    let user_command = target.via != Via::StubOp;
     let result = match (fast, target.via) {
         (Some(result), _) => result,
         (None, Via::StubProtocol) => {
@@ -573,6 +706,10 @@ pub fn exec_in<T>(
         }
     };
     result
+        .map(|result| match user_command {
+            true => crate::containers::disk::name_full(result, target.container),
+            false => result,
+        })
         .and_then(outcome)
         .map_err(|error| explain_exec_failure(docker, config, target.sandbox, error))
 }

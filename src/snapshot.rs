@@ -42,6 +42,10 @@ pub struct Snapshot {
     pub profile: Option<String>,
     /// Its sandbox's egress policy (a sandbox made from it keeps it, unless told).
     pub network: Option<String>,
+    /// Its sandbox's allow-list, where its policy is one.
+    pub allow: Option<Vec<String>>,
+    /// Its sandbox's engine runtime, where it named one (a fork keeps it, unless told).
+    pub runtime: Option<String>,
     pub limits: Option<Limits>,
     pub created_at: String,
     pub size_bytes: u64,
@@ -90,6 +94,7 @@ fn labels_for(
         set.insert(MEMORY_MB.to_string(), limits.memory_mb.to_string());
         set.insert(MILLICPUS.to_string(), limits.millicpus.to_string());
         set.insert(PIDS.to_string(), limits.pids.to_string());
+        set.insert(labels::DISK_MB.to_string(), limits.disk_mb.to_string());
     }
     set
 }
@@ -111,6 +116,8 @@ fn from_labels(
             memory_mb,
             millicpus,
             pids,
+            // Snapshots made before disk quotas: the default.
+            disk_mb: number(labels::DISK_MB).unwrap_or(0),
         }),
         _ => None,
     };
@@ -124,6 +131,14 @@ fn from_labels(
         base_image: image_labels.get(labels::IMAGE).cloned(),
         profile: image_labels.get(labels::PROFILE).cloned(),
         network: image_labels.get(labels::NETWORK).cloned(),
+        allow: image_labels
+            .get(labels::ALLOW_LIST)
+            .and_then(|text| crate::containers::allow::AllowList::from_label(text))
+            .map(|list| list.texts()),
+        runtime: image_labels
+            .get(labels::RUNTIME)
+            .filter(|runtime| !runtime.is_empty())
+            .cloned(),
         limits,
         created_at: image_labels
             .get(labels::CREATED)
@@ -196,6 +211,10 @@ pub fn take(
     if docker.image_exists(&image_tag)? {
         return Err(Error::SnapshotExists(name.to_string()));
     }
+    // Its files as its disk holds them (mounted again after an engine restart), and
+    // no more than its quota once copied into an image.
+    crate::containers::disk::ensure(docker, &found.uuid)?;
+    crate::containers::disk::check_commit(&found.uuid)?;
     let set = labels_for(&config.namespace, name, &found, SystemTime::now());
     let (repository, tag) = image_tag.rsplit_once(':').expect("a reference has a tag");
     let committed = docker
@@ -342,7 +361,10 @@ mod tests {
                 memory_mb: 256,
                 millicpus: 500,
                 pids: 64,
+                disk_mb: 128,
             }),
+            disk: None,
+            runtime: None,
             labels: BTreeMap::new(),
         };
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);

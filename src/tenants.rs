@@ -77,10 +77,76 @@ impl Holdings {
         all
     }
 
+    /// These, but those `has` holds already.
+    fn without(&self, has: &Holdings) -> Holdings {
+        Holdings {
+            sandboxes: self
+                .sandboxes
+                .iter()
+                .filter(|(name, _)| !has.sandboxes.contains_key(*name))
+                .map(|(name, memory_mb)| (name.clone(), *memory_mb))
+                .collect(),
+            snapshots: self.snapshots.difference(&has.snapshots).cloned().collect(),
+            volumes: self.volumes.difference(&has.volumes).cloned().collect(),
+        }
+    }
+
     fn memory_mb(&self) -> u64 {
         self.sandboxes
             .values()
             .fold(0, |sum, memory_mb| sum.saturating_add(*memory_mb))
+    }
+}
+
+/// What a namespace holds on a cluster's other agents (`serve --cluster`), as counts:
+/// the router says so in `X-Agentkernel-Elsewhere` on a request that adds to what it
+/// holds, and the agent counts it with its own (`check_quotas`), so that a tenant's
+/// quotas bound the whole cluster, not each agent. Counts only ever add: a client that
+/// sends the header itself can only make its own quotas tighter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Elsewhere {
+    pub sandboxes: u64,
+    pub memory_mb: u64,
+    pub snapshots: u64,
+    pub volumes: u64,
+}
+
+pub const ELSEWHERE_HEADER: &str = "x-agentkernel-elsewhere";
+
+impl Elsewhere {
+    /// `sandboxes=N memory_mb=N snapshots=N volumes=N`, in any order, any subset;
+    /// `None` for anything else.
+    pub fn parse(text: &str) -> Option<Elsewhere> {
+        let mut counts = Elsewhere::default();
+        for field in text.split_ascii_whitespace() {
+            let (name, value) = field.split_once('=')?;
+            let value: u64 = value.parse().ok()?;
+            match name {
+                "sandboxes" => counts.sandboxes = value,
+                "memory_mb" => counts.memory_mb = value,
+                "snapshots" => counts.snapshots = value,
+                "volumes" => counts.volumes = value,
+                _ => return None,
+            }
+        }
+        Some(counts)
+    }
+
+    pub fn header_value(&self) -> String {
+        format!(
+            "sandboxes={} memory_mb={} snapshots={} volumes={}",
+            self.sandboxes, self.memory_mb, self.snapshots, self.volumes
+        )
+    }
+
+    /// Both added up.
+    pub fn add(&self, other: &Elsewhere) -> Elsewhere {
+        Elsewhere {
+            sandboxes: self.sandboxes.saturating_add(other.sandboxes),
+            memory_mb: self.memory_mb.saturating_add(other.memory_mb),
+            snapshots: self.snapshots.saturating_add(other.snapshots),
+            volumes: self.volumes.saturating_add(other.volumes),
+        }
     }
 }
 
@@ -353,6 +419,17 @@ impl Tenants {
         all.into_iter().collect()
     }
 
+    /// The lock under which the namespace's holdings are counted and a create's
+    /// reservation made (a cluster's router holds it from its count to the agent's
+    /// answer).
+    pub fn counting(&self, namespace: &Namespace) -> Arc<Mutex<()>> {
+        Arc::clone(
+            lock(&self.counting)
+                .entry(namespace.clone())
+                .or_insert_with(|| Arc::new(Mutex::new(()))),
+        )
+    }
+
     /// Takes up to `want` of the namespace's concurrent runs (at least one, else the
     /// quota's refusal): a batch runs as many commands at once as it was given.
     pub fn run_slots(&self, namespace: &Namespace, want: u64) -> Result<RunSlots, OverQuota> {
@@ -392,19 +469,20 @@ impl Tenants {
         &self,
         namespace: &Namespace,
         adding: Holdings,
+        elsewhere: Elsewhere,
         has: impl FnOnce() -> Result<(Holdings, Duration), E>,
     ) -> Result<Option<Reservation>, Refusal<E>> {
         let quotas = self.quotas(namespace);
         if !quotas.bound(&adding) {
             return Ok(None);
         }
-        let counting = Arc::clone(
-            lock(&self.counting)
-                .entry(namespace.clone())
-                .or_insert_with(|| Arc::new(Mutex::new(()))),
-        );
+        let counting = self.counting(namespace);
         let _counting = lock(&counting);
         let (mut has, retry_after) = has().map_err(Refusal::Failed)?;
+        // What exists already adds nothing (a create of a name it has is a 409, whatever
+        // memory it asks for). What creates in progress will add counts, at the larger
+        // of two memories: one may fail, and the other then be made.
+        let adding = adding.without(&has);
         let mut pending = lock(&self.pending);
         for held in pending
             .get(namespace)
@@ -413,7 +491,8 @@ impl Tenants {
         {
             has = has.union(held);
         }
-        check_quotas(namespace, quotas, &has, &adding, retry_after).map_err(Refusal::Over)?;
+        check_quotas(namespace, quotas, &has, &adding, elsewhere, retry_after)
+            .map_err(Refusal::Over)?;
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         pending
@@ -482,13 +561,15 @@ impl Drop for RunSlots {
 }
 
 /// Checks `adding` against the namespace's quotas, given what it holds (`has`, by name:
-/// what `adding` names that it holds already adds nothing). `retry_after` is when one
-/// of its sandboxes ends by itself, if one will (snapshots and volumes do not).
+/// what `adding` names that it holds already adds nothing) and what it holds on a
+/// cluster's other agents (`elsewhere`). `retry_after` is when one of its sandboxes
+/// ends by itself, if one will (snapshots and volumes do not).
 pub fn check_quotas(
     namespace: &Namespace,
     quotas: Quotas,
     has: &Holdings,
     adding: &Holdings,
+    elsewhere: Elsewhere,
     retry_after: Duration,
 ) -> Result<(), OverQuota> {
     let namespace = namespace.as_str();
@@ -500,6 +581,7 @@ pub fn check_quotas(
             quotas.max_sandboxes,
             has.sandboxes.len(),
             after.sandboxes.len(),
+            elsewhere.sandboxes,
         ),
         (
             "max_snapshots",
@@ -507,6 +589,7 @@ pub fn check_quotas(
             quotas.max_snapshots,
             has.snapshots.len(),
             after.snapshots.len(),
+            elsewhere.snapshots,
         ),
         (
             "max_volumes",
@@ -514,10 +597,12 @@ pub fn check_quotas(
             quotas.max_volumes,
             has.volumes.len(),
             after.volumes.len(),
+            elsewhere.volumes,
         ),
     ];
-    for (quota, what, max, before, after) in counts {
-        let (before, after) = (before as u64, after as u64);
+    for (quota, what, max, before, after, elsewhere) in counts {
+        let before = (before as u64).saturating_add(elsewhere);
+        let after = (after as u64).saturating_add(elsewhere);
         if let Some(max) = max.filter(|max| after > before && after > *max) {
             let retry_after = if what == "sandboxes" {
                 retry_after
@@ -535,7 +620,10 @@ pub fn check_quotas(
         }
     }
     if let Some(max) = quotas.max_memory_mb {
-        let (before, after) = (has.memory_mb(), after.memory_mb());
+        let (before, after) = (
+            has.memory_mb().saturating_add(elsewhere.memory_mb),
+            after.memory_mb().saturating_add(elsewhere.memory_mb),
+        );
         if after > before && after > max {
             return Err(OverQuota {
                 message: format!(
@@ -565,6 +653,94 @@ mod tests {
 
     fn namespace(text: &str) -> Namespace {
         Namespace::parse(text).unwrap()
+    }
+
+    #[test]
+    fn what_is_held_elsewhere_counts_and_only_ever_tightens() {
+        assert_eq!(
+            Elsewhere::parse("sandboxes=2 memory_mb=512 snapshots=1 volumes=3"),
+            Some(Elsewhere {
+                sandboxes: 2,
+                memory_mb: 512,
+                snapshots: 1,
+                volumes: 3
+            })
+        );
+        assert_eq!(Elsewhere::parse(""), Some(Elsewhere::default()));
+        for bad in ["sandboxes=-1", "sandboxes", "other=1", "sandboxes=1x"] {
+            assert_eq!(Elsewhere::parse(bad), None, "{bad}");
+        }
+        let counts = Elsewhere::parse("sandboxes=2 memory_mb=512").unwrap();
+        assert_eq!(Elsewhere::parse(&counts.header_value()), Some(counts));
+
+        let namespace = Namespace::parse("team").unwrap();
+        let quotas = Quotas {
+            max_sandboxes: Some(3),
+            max_memory_mb: Some(1024),
+            ..Quotas::default()
+        };
+        let one = |name: &str, memory_mb: u64| Holdings {
+            sandboxes: [(name.to_string(), memory_mb)].into(),
+            ..Holdings::default()
+        };
+        let here = one("a", 256);
+        let check = |adding: &Holdings, elsewhere: Elsewhere| {
+            check_quotas(
+                &namespace,
+                quotas,
+                &here,
+                adding,
+                elsewhere,
+                NO_EXPIRY_RETRY,
+            )
+        };
+        assert!(check(&one("b", 256), Elsewhere::default()).is_ok());
+        let two_elsewhere = Elsewhere {
+            sandboxes: 2,
+            memory_mb: 256,
+            ..Elsewhere::default()
+        };
+        let refused = check(&one("b", 256), two_elsewhere).unwrap_err();
+        assert!(
+            refused.message.contains("has 3 of its 3 sandboxes"),
+            "{}",
+            refused.message
+        );
+        let memory = Elsewhere {
+            sandboxes: 1,
+            memory_mb: 700,
+            ..Elsewhere::default()
+        };
+        let refused = check(&one("b", 256), memory).unwrap_err();
+        assert!(
+            refused.message.contains("max_memory_mb"),
+            "{}",
+            refused.message
+        );
+        // What it holds here already adds nothing, whatever is held elsewhere.
+        assert!(check(&one("a", 256), two_elsewhere).is_ok());
+
+        // Through a reservation: a name that exists adds nothing whatever memory it asks
+        // for (the create is a 409, not a 429); one a create in progress reserved counts
+        // at the larger memory (that create may fail, and this one be made).
+        let tenants = Tenants::none();
+        *tenants.keys.write().unwrap() =
+            Arc::new(Keys::parse(&format!("{TEST_DIGEST} team max_memory_mb=1024")).unwrap());
+        let exists = || Ok::<_, ()>((one("a", 256), NO_EXPIRY_RETRY));
+        let elsewhere = Elsewhere::default();
+        assert!(tenants
+            .reserve(&namespace, one("a", 8192), elsewhere, exists)
+            .is_ok());
+        let pending = tenants
+            .reserve(&namespace, one("x", 256), elsewhere, exists)
+            .unwrap();
+        assert!(tenants
+            .reserve(&namespace, one("x", 8192), elsewhere, exists)
+            .is_err());
+        drop(pending);
+        assert!(tenants
+            .reserve(&namespace, one("x", 512), elsewhere, exists)
+            .is_ok());
     }
 
     #[test]
@@ -712,18 +888,31 @@ mod tests {
         let has = |holdings: Holdings| move || Ok::<_, ()>((holdings, wait));
         // One sandbox exists; a second is being made.
         let second = tenants
-            .reserve(&a, sandbox("two", 256), has(sandbox("one", 256)))
+            .reserve(
+                &a,
+                sandbox("two", 256),
+                Elsewhere::default(),
+                has(sandbox("one", 256)),
+            )
             .unwrap()
             .expect("a quota bounds it");
         // The second is listed already while its create finishes: counted once.
         let listed = sandbox("one", 256).union(&sandbox("two", 256));
         let third = tenants
-            .reserve(&a, sandbox("three", 256), has(listed.clone()))
+            .reserve(
+                &a,
+                sandbox("three", 256),
+                Elsewhere::default(),
+                has(listed.clone()),
+            )
             .unwrap()
             .expect("a third fits");
-        let Err(Refusal::Over(full)) =
-            tenants.reserve(&a, sandbox("four", 16), has(listed.clone()))
-        else {
+        let Err(Refusal::Over(full)) = tenants.reserve(
+            &a,
+            sandbox("four", 16),
+            Elsewhere::default(),
+            has(listed.clone()),
+        ) else {
             panic!("the last place is taken");
         };
         assert!(
@@ -733,9 +922,12 @@ mod tests {
         assert!(full.message.contains("has 3 of its 3"), "{full:?}");
         assert_eq!(full.retry_after, wait);
         drop((second, third));
-        let Err(Refusal::Over(memory)) =
-            tenants.reserve(&a, sandbox("big", 900), has(sandbox("one", 256)))
-        else {
+        let Err(Refusal::Over(memory)) = tenants.reserve(
+            &a,
+            sandbox("big", 900),
+            Elsewhere::default(),
+            has(sandbox("one", 256)),
+        ) else {
             panic!("over the memory quota");
         };
         assert!(
@@ -748,13 +940,27 @@ mod tests {
             ..Holdings::default()
         };
         let making = tenants
-            .reserve(&a, volumes(&["v1", "v2"]), has(volumes(&["v1"])))
+            .reserve(
+                &a,
+                volumes(&["v1", "v2"]),
+                Elsewhere::default(),
+                has(volumes(&["v1"])),
+            )
             .unwrap();
         assert!(tenants
-            .reserve(&a, volumes(&["v2"]), has(volumes(&["v1"])))
+            .reserve(
+                &a,
+                volumes(&["v2"]),
+                Elsewhere::default(),
+                has(volumes(&["v1"]))
+            )
             .is_ok());
-        let Err(Refusal::Over(over)) = tenants.reserve(&a, volumes(&["v3"]), has(volumes(&["v1"])))
-        else {
+        let Err(Refusal::Over(over)) = tenants.reserve(
+            &a,
+            volumes(&["v3"]),
+            Elsewhere::default(),
+            has(volumes(&["v1"])),
+        ) else {
             panic!("over the volume quota");
         };
         assert!(over.message.contains("max_volumes"), "{over:?}");
@@ -765,20 +971,28 @@ mod tests {
             snapshots: [name.to_string()].into(),
             ..Holdings::default()
         };
-        let Err(Refusal::Over(snapshots)) =
-            tenants.reserve(&a, snapshot("s2"), has(snapshot("s1")))
-        else {
+        let Err(Refusal::Over(snapshots)) = tenants.reserve(
+            &a,
+            snapshot("s2"),
+            Elsewhere::default(),
+            has(snapshot("s1")),
+        ) else {
             panic!("over the snapshot quota");
         };
         assert!(snapshots.message.contains("max_snapshots"), "{snapshots:?}");
         assert_eq!(snapshots.retry_after, NO_EXPIRY_RETRY);
         // What no quota bounds is not even counted; a failed count is the caller's.
         assert!(tenants
-            .reserve(&namespace("b"), sandbox("x", 1 << 40), || Err(()))
+            .reserve(
+                &namespace("b"),
+                sandbox("x", 1 << 40),
+                Elsewhere::default(),
+                || Err(())
+            )
             .unwrap()
             .is_none());
         assert!(matches!(
-            tenants.reserve(&a, sandbox("x", 16), || Err(())),
+            tenants.reserve(&a, sandbox("x", 16), Elsewhere::default(), || Err(())),
             Err(Refusal::Failed(()))
         ));
         assert!(lock(&tenants.pending).is_empty());
@@ -791,7 +1005,7 @@ mod tests {
         *tenants.keys.write().unwrap() = Arc::new(Keys::parse(&line).unwrap());
         let a = namespace("a");
         let held = tenants
-            .reserve(&a, sandbox("one", 16), || {
+            .reserve(&a, sandbox("one", 16), Elsewhere::default(), || {
                 Ok::<_, ()>((Holdings::default(), NO_EXPIRY_RETRY))
             })
             .unwrap();
@@ -799,7 +1013,7 @@ mod tests {
         let other = Arc::clone(&tenants);
         let second = std::thread::spawn(move || {
             other
-                .reserve(&a, sandbox("two", 16), || {
+                .reserve(&a, sandbox("two", 16), Elsewhere::default(), || {
                     Ok::<_, ()>((Holdings::default(), NO_EXPIRY_RETRY))
                 })
                 .map(|reservation| reservation.is_some())

@@ -113,7 +113,7 @@ pub fn parse(
         };
         let action = match action.map_err(|e| e.of(topic))? {
             Parsed::Help => return Ok(Command::Help(topic)),
-            Parsed::Action(action) => action,
+            Parsed::Action(action) => *action,
         };
         let target = target(&globals, env).map_err(|e| e.of(topic))?;
         return Ok(Command::Client {
@@ -126,8 +126,14 @@ pub fn parse(
 
 /// A sub-parser's result: an action, or a request for its help.
 pub(super) enum Parsed {
-    Action(Action),
+    Action(Box<Action>),
     Help,
+}
+
+impl Parsed {
+    fn action(action: Action) -> Parsed {
+        Parsed::Action(Box::new(action))
+    }
 }
 
 pub(super) fn parse_stub(parser: &mut lexopt::Parser) -> Result<Command, Misuse> {
@@ -346,6 +352,7 @@ pub(super) fn parse_run(
     env: &dyn Environment,
 ) -> Result<Parsed, Misuse> {
     let (mut image, mut profile, mut network, mut fast) = (None, None, None, true);
+    let (mut disk_mb, mut runtime) = (None, None);
     let mut command = CommandArgs::default();
     while let Some(arg) = parser.next()? {
         if let Some(flag) = global_flag(&arg) {
@@ -363,6 +370,8 @@ pub(super) fn parse_run(
             Long("image") => image = Some(parser.value()?.string()?),
             Long("profile") => profile = Some(parser.value()?.string()?),
             Long("network") => network = Some(parser.value()?.string()?),
+            Long("disk-mb") => disk_mb = Some(parser.value()?.parse()?),
+            Long("runtime") => runtime = Some(parser.value()?.string()?),
             Long("no-fast") => fast = false,
             Long("help") | Short('h') => return Ok(Parsed::Help),
             Value(first) => {
@@ -375,10 +384,12 @@ pub(super) fn parse_run(
     if command.argv.is_empty() {
         return Err(Misuse("no command to run".into()));
     }
-    Ok(Parsed::Action(Action::Run {
+    Ok(Parsed::action(Action::Run {
         image,
         profile,
         network,
+        disk_mb,
+        runtime,
         fast,
         command,
     }))
@@ -417,7 +428,7 @@ pub(super) fn parse_exec(
     if command.argv.is_empty() {
         return Err(Misuse("no command to run".into()));
     }
-    Ok(Parsed::Action(Action::Exec { name, command }))
+    Ok(Parsed::action(Action::Exec { name, command }))
 }
 
 pub(super) fn parse_health(
@@ -437,7 +448,7 @@ pub(super) fn parse_health(
             _ => return Err(arg.unexpected().into()),
         }
     }
-    Ok(Parsed::Action(Action::Health))
+    Ok(Parsed::action(Action::Health))
 }
 
 /// `cp SRC DST`.
@@ -475,7 +486,7 @@ pub(super) fn parse_cp(
             "one of cp's paths is a sandbox's (NAME:/path), the other a local one".into(),
         ));
     }
-    Ok(Parsed::Action(Action::Copy { from, to }))
+    Ok(Parsed::action(Action::Copy { from, to }))
 }
 
 /// The subcommand word after `sandbox` or `snapshot` (`topic`), global flags applied on
@@ -527,8 +538,8 @@ pub(super) fn parse_sandbox(
     };
     let mut name: Option<String> = None;
     let mut json = false;
-    let (mut image, mut profile, mut network) = (None, None, None);
-    let (mut memory_mb, mut vcpus, mut pids) = (None, None, None);
+    let (mut image, mut profile, mut network, mut runtime) = (None, None, None, None);
+    let (mut memory_mb, mut vcpus, mut pids, mut disk_mb) = (None, None, None, None);
     let (mut ttl, mut idle_timeout) = (None, None);
     let creating = topic == SANDBOX_CREATE;
     let extending = topic == SANDBOX_EXTEND;
@@ -552,6 +563,8 @@ pub(super) fn parse_sandbox(
                 Long("memory-mb") if creating => memory_mb = Some(parser.value()?.parse()?),
                 Long("vcpus") if creating => vcpus = Some(parser.value()?.parse()?),
                 Long("pids") if creating => pids = Some(parser.value()?.parse()?),
+                Long("disk-mb") if creating => disk_mb = Some(parser.value()?.parse()?),
+                Long("runtime") if creating => runtime = Some(parser.value()?.string()?),
                 Long("ttl") if creating => ttl = Some(parser.value()?.string()?),
                 Long("idle-timeout") if creating => idle_timeout = Some(parser.value()?.string()?),
                 Value(word) if takes_name && name.is_none() => name = Some(word.string()?),
@@ -560,17 +573,17 @@ pub(super) fn parse_sandbox(
             }
         }
         if !takes_name {
-            return Ok(Parsed::Action(Action::List { json }));
+            return Ok(Parsed::action(Action::List { json }));
         }
         let name = name.ok_or_else(|| Misuse("no sandbox name given".into()))?;
         if extending {
             let by = by.ok_or_else(|| Misuse("no duration given (like 30m, 2h or 1d)".into()))?;
-            return Ok(Parsed::Action(Action::Extend { name, by, json }));
+            return Ok(Parsed::action(Action::Extend { name, by, json }));
         }
         if topic == SANDBOX_STATS {
-            return Ok(Parsed::Action(Action::Stats { name, json }));
+            return Ok(Parsed::action(Action::Stats { name, json }));
         }
-        Ok(Parsed::Action(match verb {
+        Ok(Parsed::action(match verb {
             Some(verb) => Action::Change { verb, name, json },
             None if creating => Action::Create {
                 name,
@@ -580,6 +593,8 @@ pub(super) fn parse_sandbox(
                 memory_mb,
                 vcpus,
                 pids,
+                disk_mb,
+                runtime,
                 ttl,
                 idle_timeout,
                 json,
@@ -632,7 +647,7 @@ pub(super) fn parse_snapshot(
             }
         }
         if topic == SNAPSHOT_LIST {
-            return Ok(Parsed::Action(Action::Snapshot {
+            return Ok(Parsed::action(Action::Snapshot {
                 op: SnapshotOp::List,
                 json,
             }));
@@ -655,7 +670,7 @@ pub(super) fn parse_snapshot(
                 sandbox: option,
             },
         };
-        Ok(Parsed::Action(Action::Snapshot { op, json }))
+        Ok(Parsed::action(Action::Snapshot { op, json }))
     })();
     Ok((topic, parsed))
 }
@@ -665,6 +680,7 @@ pub(super) fn parse_serve(
     env: &dyn Environment,
 ) -> Result<Command, Misuse> {
     let mut config = Config::from_env(env).map_err(Misuse)?;
+    let mut cluster = false;
     while let Some(arg) = parser.next()? {
         if !SERVE.accepts(&arg) {
             return Err(arg.unexpected().into());
@@ -724,10 +740,50 @@ pub(super) fn parse_serve(
                 config.max_network = crate::containers::profile::Network::parse(&text)
                     .map_err(|error| Misuse(format!("--max-network: {error}")))?;
             }
+            Long("max-disk-mb") => {
+                config.max_disk_mb = parser.value()?.parse()?;
+                if config.max_disk_mb < crate::containers::profile::DISK_MB_RANGE.0 {
+                    return Err(Misuse("--max-disk-mb must be at least 16".into()));
+                }
+            }
+            Long("no-disk-quota") => config.disk_quota = false,
+            Long("cluster") => cluster = true,
+            Long("nodes") => {
+                let text = parser.value()?.string()?;
+                config.cluster = Some(crate::config::ClusterSource::nodes(&text).map_err(Misuse)?);
+            }
+            Long("discover") => {
+                let text = parser.value()?.string()?;
+                config.cluster =
+                    Some(crate::config::ClusterSource::discover(&text).map_err(Misuse)?);
+            }
+            Long("runtimes") => {
+                let text = parser.value()?.string()?;
+                config.runtimes = Some(
+                    crate::config::parse_runtimes(&text)
+                        .map_err(|error| Misuse(format!("--runtimes: {error}")))?,
+                );
+            }
+            Long("egress-resolver") => {
+                let text = parser.value()?.string()?;
+                let resolver = crate::config::parse_resolver(&text)
+                    .map_err(|error| Misuse(format!("--egress-resolver: {error}")))?;
+                config.egress_resolvers.push(resolver);
+            }
+            Long("default-runtime") => {
+                let runtime = parser.value()?.string()?;
+                if !crate::containers::runtime::valid_name(&runtime) {
+                    return Err(Misuse(format!(
+                        "--default-runtime: invalid runtime name '{runtime}'"
+                    )));
+                }
+                config.default_runtime = Some(runtime);
+            }
             Long("default-network") => {
                 let text = parser.value()?.string()?;
                 config.default_network = Some(
                     crate::containers::profile::Network::parse(&text)
+                        .and_then(crate::containers::profile::default_policy)
                         .map_err(|error| Misuse(format!("--default-network: {error}")))?,
                 );
             }
@@ -761,6 +817,15 @@ pub(super) fn parse_serve(
             Long("help") | Short('h') => return Ok(Command::Help(SERVE)),
             _ => return Err(arg.unexpected().into()),
         }
+    }
+    match (cluster, &config.cluster) {
+        (true, None) => {
+            return Err(Misuse(
+                "--cluster needs its agents: --nodes HOST:PORT,... or --discover NAME:PORT".into(),
+            ))
+        }
+        (false, Some(_)) => return Err(Misuse("--nodes and --discover are for --cluster".into())),
+        _ => {}
     }
     if config.max_timeout_ms > MAX_COMMAND_TIMEOUT_MS {
         return Err(Misuse(format!(

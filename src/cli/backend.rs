@@ -135,6 +135,7 @@ impl Backend {
     /// process must.
     pub fn local(config: Config) -> Backend {
         let docker = Docker::new(config.docker_socket.clone(), config.docker_timeout);
+        crate::containers::disk::configure(config.data_dir.as_deref(), config.disk_quota);
         let pool = Pool::local(Launcher::detect(config.stub, config.data_dir.as_deref()));
         Backend::Local(Box::new(Context::new(config, docker, pool)))
     }
@@ -162,6 +163,7 @@ impl Backend {
                     Ok(reply) => reply,
                     Err(error) => error.reply(),
                 };
+                flush_disks(context);
                 Ok(Answer::from_reply(reply))
             }
             Backend::Remote(remote) => remote.send(&request, timeout),
@@ -200,7 +202,11 @@ impl Backend {
         observer: &mut dyn Observer,
     ) -> Result<Value, ClientError> {
         match self {
-            Backend::Local(context) => stream_local(context, request, observer),
+            Backend::Local(context) => {
+                let answer = stream_local(context, request, observer);
+                flush_disks(context);
+                answer
+            }
             Backend::Remote(remote) => remote.stream(&request, timeout, observer),
         }
     }
@@ -216,6 +222,12 @@ impl Backend {
             Backend::Remote(_) => Ok(()),
         }
     }
+}
+
+/// In local mode, the disks of the containers a request used are released before the
+/// process ends (a server does it in the background).
+fn flush_disks(context: &Context) {
+    crate::containers::disk::flush_pending(&context.docker, Duration::from_secs(5));
 }
 
 /// The server refuses bodies over its limit before reading them; so does local mode,

@@ -23,12 +23,16 @@ impl Action {
                 image,
                 profile,
                 network,
+                disk_mb,
+                runtime,
                 fast,
                 command,
             } => Request::Run(RunBody {
                 image: image.clone(),
                 profile: profile.clone(),
                 network: network.clone().map(Value::String),
+                disk_mb: *disk_mb,
+                runtime: runtime.clone(),
                 // Left out when it is the server's default, as every field not given.
                 fast: (!fast).then_some(false),
                 command: command_fields(command, stdin),
@@ -48,6 +52,8 @@ impl Action {
                 memory_mb,
                 vcpus,
                 pids,
+                disk_mb,
+                runtime,
                 ttl,
                 idle_timeout,
                 ..
@@ -59,6 +65,8 @@ impl Action {
                 memory_mb: *memory_mb,
                 vcpus: *vcpus,
                 pids: *pids,
+                disk_mb: *disk_mb,
+                runtime: runtime.clone(),
                 ttl: ttl.clone().map(Value::String),
                 idle_timeout: idle_timeout.clone().map(Value::String),
                 ..CreateBody::default()
@@ -96,6 +104,7 @@ impl Action {
                         Request::CreateSnapshot(SnapshotBody {
                             sandbox: Some(sandbox.clone()),
                             name: name.clone(),
+                            ..SnapshotBody::default()
                         })
                     }
                     SnapshotOp::List => Request::ListSnapshots,

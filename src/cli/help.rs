@@ -218,6 +218,16 @@ pub const RUN: Topic = Topic {
             "none, public or full (default: the profile's: none, public, full)",
         ),
         flag(
+            "disk-mb",
+            Some("MIB"),
+            "disk quota of what the command writes, MiB (default: the profile's)",
+        ),
+        flag(
+            "runtime",
+            Some("NAME"),
+            "engine runtime: runc, runsc (gVisor), ... (default: the server's)",
+        ),
+        flag(
             "no-fast",
             None,
             "a freshly started container instead of a warm one",
@@ -287,6 +297,16 @@ pub const SANDBOX_CREATE: Topic = Topic {
         flag("memory-mb", Some("N"), "memory limit, 16-16384 MiB"),
         flag("vcpus", Some("N"), "CPUs, 1-16 (at most the engine host's)"),
         flag("pids", Some("N"), "process limit, 16-4096"),
+        flag(
+            "disk-mb",
+            Some("MIB"),
+            "disk quota of what the sandbox writes, MiB (default: the profile's)",
+        ),
+        flag(
+            "runtime",
+            Some("NAME"),
+            "engine runtime: runc, runsc (gVisor), ... (default: the server's)",
+        ),
         flag(
             "ttl",
             Some("DURATION"),
@@ -579,6 +599,46 @@ pub const SERVE: Topic = Topic {
             "max-network",
             Some("NET"),
             "the widest egress a request may ask for: none, public or full (default: full)",
+        ),
+        flag(
+            "max-disk-mb",
+            Some("MIB"),
+            "the largest disk quota a request may ask for, in MiB (default: 16384)",
+        ),
+        flag(
+            "runtimes",
+            Some("LIST"),
+            "runtimes requests may name, comma-separated (default: the default runtime and runsc)",
+        ),
+        flag(
+            "egress-resolver",
+            Some("ADDR"),
+            "resolver allow-list names are asked of, IPv4[:PORT] (repeatable; default: the host's)",
+        ),
+        flag(
+            "default-runtime",
+            Some("NAME"),
+            "engine runtime of containers whose request names none, e.g. runsc (default: the engine's)",
+        ),
+        flag(
+            "cluster",
+            None,
+            "route every request to agents (other servers) instead of an engine of our own",
+        ),
+        flag(
+            "nodes",
+            Some("ADDRS"),
+            "a cluster's agents, HOST:PORT comma-separated",
+        ),
+        flag(
+            "discover",
+            Some("NAME:PORT"),
+            "a cluster's agents: every address NAME resolves to, resolved every 3 s",
+        ),
+        flag(
+            "no-disk-quota",
+            None,
+            "run containers without disk quotas where they cannot be enforced (default: refuse them)",
         ),
         flag(
             "keys",

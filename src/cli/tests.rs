@@ -317,6 +317,8 @@ fn run_takes_its_flags_and_the_command_verbatim() {
             image: Some("img:1".into()),
             profile: Some("restrictive".into()),
             network: None,
+            disk_mb: None,
+            runtime: None,
             fast: false,
             command: CommandArgs {
                 argv: strings(&["sh", "-c", "echo hi", "--json", "-e"]),
@@ -393,6 +395,8 @@ fn sandbox_subcommands_parse() {
                 memory_mb: Some(256),
                 vcpus: Some(2),
                 pids: None,
+                disk_mb: None,
+                runtime: None,
                 ttl: Some("2h".into()),
                 idle_timeout: None,
                 json: false,
@@ -781,12 +785,16 @@ fn every_flag_in_the_help_is_one_the_parser_takes() {
         "I" | "IMAGE" => "busybox",
         "P" => "moderate",
         "SECS" | "N" => "8",
+        "MIB" => "64",
+        "LIST" => "runc,runsc",
         "DURATION" => "2h",
         "K=V" => "A=1",
         "DIR" => "/tmp",
         "NET" => "none",
         "FILE" => "/dev/null",
         "ADDR" => "127.0.0.1",
+        "ADDRS" => "127.0.0.1:8081,127.0.0.1:8082",
+        "NAME:PORT" => "tasks.agent:8080",
         "NS" => "ns",
         "NAME" | "SANDBOX" => "box",
         "RUNTIME=IMAGE" => "python=busybox",
@@ -825,6 +833,12 @@ fn every_flag_in_the_help_is_one_the_parser_takes() {
                 if let Some(value) = flag.value {
                     words.push(sample(value));
                 }
+                // Cluster mode's flags come together: the router and its agents.
+                match flag.long {
+                    "cluster" => words.extend(["--nodes", "127.0.0.1:8081"]),
+                    "nodes" | "discover" => words.push("--cluster"),
+                    _ => {}
+                }
                 words.extend_from_slice(operands);
                 let parsed = parse_words(&words);
                 assert!(parsed.is_ok(), "{words:?}: {:?}", parsed.err());
@@ -851,7 +865,7 @@ fn usage_lines_wrap_under_the_command() {
         .all(|line| line.starts_with("                  [")));
     assert_eq!(
         RUN.usage(),
-        "agentkernel run [--image I] [--profile P] [--network NET] [--no-fast] [--timeout SECS]\n                [-e K=V]... [-w DIR] [--json] [--] CMD [ARGS...]"
+        "agentkernel run [--image I] [--profile P] [--network NET] [--disk-mb MIB]\n                [--runtime NAME] [--no-fast] [--timeout SECS] [-e K=V]... [-w DIR]\n                [--json] [--] CMD [ARGS...]"
     );
 }
 

@@ -54,9 +54,14 @@ pub struct Cleanup {
 impl Cleanup {
     /// Removes a container now; if the engine cannot, owes it.
     pub fn remove(&self, docker: &Docker, id: &str) {
-        if let Err(error) = docker.container_remove(id) {
-            log::warn!("could not remove container {id}: {error}; retrying once the engine can");
-            self.owe(id.to_string(), Owed::Container);
+        match docker.container_remove(id) {
+            Ok(()) => crate::containers::disk::release_when_gone(docker, id),
+            Err(error) => {
+                log::warn!(
+                    "could not remove container {id}: {error}; retrying once the engine can"
+                );
+                self.owe(id.to_string(), Owed::Container);
+            }
         }
     }
 
@@ -123,7 +128,10 @@ impl Cleanup {
         let mut settled = 0;
         for (key, owed) in due {
             let result = match &owed {
-                Owed::Container => docker.container_remove(&key).map(|()| true),
+                Owed::Container => docker.container_remove(&key).map(|()| {
+                    crate::containers::disk::release_when_gone(docker, &key);
+                    true
+                }),
                 Owed::FailedCreate {
                     namespace,
                     not_before,
@@ -185,6 +193,7 @@ fn remove_failed_create(
         return Ok(false);
     }
     docker.container_remove(&inspect.id)?;
+    crate::containers::disk::release_when_gone(docker, &inspect.id);
     log::info!(
         "removed sandbox container {container_name}: its create failed when the engine \
          stopped answering"

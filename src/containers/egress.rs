@@ -149,7 +149,7 @@ pub fn parse_routes(text: &str) -> Vec<String> {
 /// answering a connect may be held back by the kernel's ICMP rate limit, and the
 /// connect then waits for its retransmission, a second later), then an ICMP "port
 /// unreachable" for the rest.
-fn refusals(matching: &[&str]) -> [Vec<String>; 2] {
+pub(crate) fn refusals(matching: &[&str]) -> [Vec<String>; 2] {
     let tcp = ["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"];
     let other = ["-j", "REJECT", "--reject-with", "icmp-port-unreachable"];
     [&tcp[..], &other[..]].map(|target| {
@@ -322,12 +322,17 @@ fn network_options() -> BTreeMap<String, String> {
 
 /// The subnets `/proc/net/route` routes through our bridge.
 pub fn bridge_routes(text: &str) -> Vec<String> {
+    bridge_routes_of(BRIDGE, text)
+}
+
+/// The subnets `/proc/net/route` routes through `bridge`.
+pub fn bridge_routes_of(bridge: &str, text: &str) -> Vec<String> {
     let hex = |field: &str| u32::from_str_radix(field, 16).ok();
     text.lines()
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 8 || fields[0] != BRIDGE {
+            if fields.len() < 8 || fields[0] != bridge {
                 return None;
             }
             let (destination, mask) = (hex(fields[1])?, hex(fields[7])?);
@@ -421,23 +426,35 @@ pub fn at_start(docker: &Docker, namespaces: &[crate::config::Namespace]) -> boo
         outcome = look(docker);
     }
     if let Err(error) = outcome {
-        for sandbox in ours
-            .iter()
-            .filter(|s| s.state != "exited" && s.state != "dead")
-        {
-            log::error!(
-                "egress: stopping public sandbox {} (its rules cannot be put back: {error})",
-                sandbox.names.join(",").trim_start_matches('/')
-            );
-            // Stopped for good: not started again by the engine without its rules.
-            let _ = docker.container_set_restart(&sandbox.id, false);
-            if sandbox.state == "paused" {
-                let _ = docker.container_unpause(&sandbox.id);
-            }
-            let _ = docker.container_stop(&sandbox.id, 0);
-        }
+        stop_for_good(docker, &ours, "public", &error);
     }
     true
+}
+
+/// Stops sandboxes whose policy cannot be made to hold (`what` they are), for good:
+/// not started again by the engine without their rules.
+pub(crate) fn stop_for_good(
+    docker: &Docker,
+    sandboxes: &[crate::engine::ContainerSummary],
+    what: &str,
+    error: &Error,
+) {
+    for sandbox in sandboxes
+        .iter()
+        .filter(|s| s.state != "exited" && s.state != "dead")
+    {
+        log::error!(
+            "egress: stopping {what} sandbox {} (its rules cannot be put back: {error})",
+            sandbox.names.join(",").trim_start_matches('/')
+        );
+        let _ = docker.container_set_restart(&sandbox.id, false);
+        if sandbox.state == "paused" {
+            let _ = docker.container_unpause(&sandbox.id);
+        }
+        let _ = docker.container_stop(&sandbox.id, 0);
+        // (Again after the stop: a runtime that cannot update a running one.)
+        let _ = docker.container_set_restart(&sandbox.id, false);
+    }
 }
 
 /// The host's `filter` table as `iptables -S` writes it: per chain, its rules
@@ -468,7 +485,28 @@ pub fn parse_listing(text: &str) -> BTreeMap<String, Vec<String>> {
 pub fn plan(view: &HostView, listing: &BTreeMap<String, Vec<String>>) -> Option<String> {
     let mut declared = String::new();
     let mut rules = String::new();
-    for (chain, wanted) in chains(view) {
+    plan_chains(chains(view), listing, &mut declared, &mut rules);
+    plan_jumps(
+        jumps(listing.contains_key("DOCKER-USER")),
+        listing,
+        &mut rules,
+    );
+    if rules.is_empty() && declared.is_empty() {
+        return None;
+    }
+    Some(format!("*filter\n{declared}{rules}COMMIT\n"))
+}
+
+/// The lines of a restore script that bring each of `chains` to its rules where the
+/// listing differs: declared again (emptied within the transaction), then filled.
+pub(crate) fn plan_chains<C: AsRef<str>>(
+    chains: Vec<(C, Vec<Vec<String>>)>,
+    listing: &BTreeMap<String, Vec<String>>,
+    declared: &mut String,
+    rules: &mut String,
+) {
+    for (chain, wanted) in chains {
+        let chain = chain.as_ref();
         let wanted: Vec<String> = wanted
             .iter()
             .map(|rule| format!("-A {chain} {}", rule.join(" ")))
@@ -481,28 +519,53 @@ pub fn plan(view: &HostView, listing: &BTreeMap<String, Vec<String>>) -> Option<
             }
         }
     }
-    for (chain, rule) in jumps(listing.contains_key("DOCKER-USER")) {
+}
+
+/// The lines that make each of `jumps` the only copy of itself, ahead of every rule
+/// that is not one of our jumps (`jump_in_place`), where it is not.
+pub(crate) fn plan_jumps(
+    jumps: Vec<(&'static str, Vec<String>)>,
+    listing: &BTreeMap<String, Vec<String>>,
+    rules: &mut String,
+) {
+    for (chain, rule) in jumps {
         let text = format!("-A {chain} {}", rule.join(" "));
         let present = listing.get(chain).map(Vec::as_slice).unwrap_or_default();
-        let copies = present.iter().filter(|line| **line == text).count();
-        if present.first() == Some(&text) && copies == 1 {
+        if jump_in_place(present, &text) {
             continue;
         }
+        let copies = present.iter().filter(|line| **line == text).count();
         for _ in 0..copies {
             rules.push_str(&format!("-D {chain} {}\n", rule.join(" ")));
         }
         rules.push_str(&format!("-I {chain} 1 {}\n", rule.join(" ")));
     }
-    if rules.is_empty() && declared.is_empty() {
-        return None;
-    }
-    Some(format!("*filter\n{declared}{rules}COMMIT\n"))
+}
+
+/// Whether the jump `text` is in its chain once, ahead of every rule that is not one
+/// of our jumps (those of `public` and of allow-lists each want to be first: either
+/// order holds both policies, and neither moves the other every look).
+pub(crate) fn jump_in_place(present: &[String], text: &str) -> bool {
+    let copies = present.iter().filter(|line| *line == text).count();
+    copies == 1
+        && present
+            .iter()
+            .take_while(|line| line.contains(" -j AGENTKERNEL-"))
+            .any(|line| line == text)
 }
 
 /// Brings the host's rules to what `view` asks: one listing, and one transaction when
 /// something differs. Under a lock every server of this host takes (a file under
 /// `/run`), so that no two plan from the same listing.
 fn ensure_rules(view: &HostView) -> std::result::Result<(), String> {
+    with_host_lock(|| apply(|listing| plan(view, listing)))
+}
+
+/// Runs `work` under the lock every agentkernel process of this host takes before it
+/// plans a change of the rules (a file under `/run`), waited for at most 30 s.
+pub(crate) fn with_host_lock<T>(
+    work: impl FnOnce() -> std::result::Result<T, String>,
+) -> std::result::Result<T, String> {
     let lock_path = if std::path::Path::new("/run").is_dir() {
         std::path::PathBuf::from("/run/agentkernel-egress.lock")
     } else {
@@ -527,13 +590,20 @@ fn ensure_rules(view: &HostView) -> std::result::Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    // A program that changes the rules between our listing and our transaction (the
-    // engine, at a network's creation) makes the transaction fail or the read-back
-    // differ: a few tries.
+    work()
+}
+
+/// Lists the rules, and carries out what `plan` makes of them until nothing is left
+/// to do. A program that changes the rules between our listing and our transaction
+/// (the engine, at a network's creation) makes the transaction fail or the read-back
+/// differ: a few tries.
+pub(crate) fn apply(
+    plan: impl Fn(&BTreeMap<String, Vec<String>>) -> Option<String>,
+) -> std::result::Result<(), String> {
     let mut last = String::new();
     for _ in 0..3 {
         let listing = parse_listing(&run("iptables", &["-w", "10", "-S"], None)?);
-        let Some(script) = plan(view, &listing) else {
+        let Some(script) = plan(&listing) else {
             return Ok(());
         };
         if let Err(error) = run(
@@ -552,7 +622,11 @@ fn ensure_rules(view: &HostView) -> std::result::Result<(), String> {
 /// Runs `program` (from the path, else where distributions put it) with `args` and
 /// `input` on its stdin; gives what it wrote, or an error that says what it said. The
 /// whole run is bounded.
-fn run(program: &str, args: &[&str], input: Option<&str>) -> std::result::Result<String, String> {
+pub(crate) fn run(
+    program: &str,
+    args: &[&str],
+    input: Option<&str>,
+) -> std::result::Result<String, String> {
     const BOUND: Duration = Duration::from_secs(20);
     let mut last = format!("{program} was not found");
     let places = [

@@ -29,7 +29,22 @@ pub const EXPIRES_AT: &str = "agentkernel.expires-at";
 /// A sandbox's idle timeout, in seconds (`expiry`).
 pub const IDLE_TIMEOUT: &str = "agentkernel.idle-timeout";
 /// A sandbox's own terms: what an image must not give it (see `sandbox::create`).
-pub const TERMS: [&str; 4] = [STUB, EXEC_SOCKET, EXPIRES_AT, IDLE_TIMEOUT];
+pub const TERMS: [&str; 7] = [
+    STUB,
+    EXEC_SOCKET,
+    EXPIRES_AT,
+    IDLE_TIMEOUT,
+    ALLOW_ADDRESS,
+    ALLOW_PRIVATE,
+    DISK,
+];
+/// An allow-list container's list (`containers::allow`; a snapshot keeps it for its
+/// forks) and its address (a container's own: never an image's).
+pub const ALLOW_LIST: &str = "agentkernel.allow";
+pub const ALLOW_ADDRESS: &str = "agentkernel.allow-ip";
+/// Whether an allow-list container's names may open private addresses (made under the
+/// ceiling `full`).
+pub const ALLOW_PRIVATE: &str = "agentkernel.allow-private";
 /// On temporary containers: the process that made them (`owner::Owner::label`), so that
 /// a sweep removes only its own and those of owners that are gone.
 pub const OWNER: &str = "agentkernel.owner";
@@ -37,6 +52,15 @@ pub const OWNER: &str = "agentkernel.owner";
 /// A sandbox's memory limit in MiB, as its create asked (what `max_memory_mb` counts,
 /// whatever the engine applied).
 pub const MEMORY_MB: &str = "agentkernel.memory_mb";
+
+/// What a container may write to its root filesystem, in MiB (`containers::disk`), and
+/// how that holds (`loop-filesystem`, `storage-opt`, `off`).
+pub const DISK_MB: &str = "agentkernel.disk_mb";
+pub const DISK: &str = "agentkernel.disk";
+
+/// A sandbox's engine runtime where it was made with one other than the engine's
+/// default (`runsc`); a fork keeps it.
+pub const RUNTIME: &str = "agentkernel.runtime";
 
 /// A container's egress policy (`none`, `public`, `full`), as its create chose.
 pub const NETWORK: &str = "agentkernel.network";

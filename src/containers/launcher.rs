@@ -48,8 +48,8 @@ impl Launcher {
             }
         } else {
             match read_own_executable() {
-                Ok((path, meta, bytes)) if stub::is_static_executable(&bytes) => Launcher::Stub {
-                    host_path: stub_copy(data_dir, &path, &meta, &bytes),
+                Ok((path, meta, head)) if stub::is_static_executable(&head) => Launcher::Stub {
+                    host_path: stub_copy(data_dir, &path, &meta),
                 },
                 Ok((path, _, _)) => Launcher::Exec {
                     reason: format!("{} is not a static executable", path.display()),
@@ -66,26 +66,43 @@ impl Launcher {
     }
 }
 
+/// gVisor needs the stub: without it (`--no-stub`) the deadline's kill goes by marks
+/// on host processes, which gVisor's are not.
+pub fn check_gvisor(gvisor: bool, launcher: &Launcher) -> Result<()> {
+    match launcher {
+        Launcher::Exec { reason } if gvisor => Err(Error::Invalid(format!(
+            "runtime runsc needs the in-container stub, which this server does not use \
+             ({reason})"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Our executable's path, and the metadata and content of the very file this process
 /// runs (through `/proc/self/exe`, which stays ours even if the path was replaced).
+/// Our own executable: its path, its metadata and its first `HEAD_BYTES` (the ELF
+/// header and program headers, all the static check reads).
 fn read_own_executable() -> std::io::Result<(PathBuf, std::fs::Metadata, Vec<u8>)> {
     let path = std::env::current_exe()?;
-    let mut file = std::fs::File::open("/proc/self/exe").or_else(|_| std::fs::File::open(&path))?;
+    let file = open_own_executable(&path)?;
     let meta = file.metadata()?;
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    std::io::Read::read_to_end(&mut file, &mut bytes)?;
-    Ok((path, meta, bytes))
+    let mut head = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, HEAD_BYTES), &mut head)?;
+    Ok((path, meta, head))
+}
+
+/// How much of our executable the static check reads.
+const HEAD_BYTES: u64 = 64 * 1024;
+
+fn open_own_executable(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::open("/proc/self/exe").or_else(|_| std::fs::File::open(path))
 }
 
 /// The host path to mount as the stub: this version's copy under the data dir, or (with
 /// a warning) the executable itself.
-fn stub_copy(
-    data_dir: Option<&Path>,
-    path: &Path,
-    meta: &std::fs::Metadata,
-    bytes: &[u8],
-) -> PathBuf {
-    let problem = match data_dir.map(|dir| stubs::install(dir, meta, bytes)) {
+fn stub_copy(data_dir: Option<&Path>, path: &Path, meta: &std::fs::Metadata) -> PathBuf {
+    let open = || Ok(Box::new(open_own_executable(path)?) as Box<dyn std::io::Read>);
+    let problem = match data_dir.map(|dir| stubs::install(dir, meta, open)) {
         Some(Ok(copy)) => return copy,
         Some(Err(error)) => format!("cannot keep a copy under the data dir: {error}"),
         None => "no data dir".to_string(),
@@ -164,17 +181,54 @@ fn temporary_labels(
     labels
 }
 
-/// Creates, attaches and starts a temporary container for `key`. `workdir` is given on
-/// the cold path so that a read-only profile gets a writable workdir.
+/// What a temporary container is launched for: the pool or a run, with the run's
+/// workdir (given on the cold path, so that a read-only profile gets a writable one)
+/// and the disk quota.
+#[derive(Debug, Clone, Copy)]
+pub struct Purpose<'a> {
+    pub kind: Kind,
+    pub workdir: Option<&'a str>,
+    pub disk_mb: u64,
+    /// The list of an allow-list policy (the key's network is then `Allow`).
+    pub allow: Option<&'a crate::containers::allow::AllowList>,
+}
+
+/// Creates, attaches and starts a temporary container for `key`. An allow-list one
+/// gets an address of its own, tried again with another when the engine finds it
+/// taken.
 pub fn launch(
     docker: &Docker,
     config: &Config,
     cleanup: &Cleanup,
     launcher: &Launcher,
     key: &PoolKey,
-    kind: Kind,
-    workdir: Option<&str>,
+    purpose: Purpose<'_>,
 ) -> Result<Warm> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match launch_once(docker, config, cleanup, launcher, key, purpose) {
+            Err(Error::Engine(error))
+                if tries < 3 && crate::containers::allow::address_taken(&error) => {}
+            other => return other,
+        }
+    }
+}
+
+fn launch_once(
+    docker: &Docker,
+    config: &Config,
+    cleanup: &Cleanup,
+    launcher: &Launcher,
+    key: &PoolKey,
+    purpose: Purpose<'_>,
+) -> Result<Warm> {
+    let Purpose {
+        kind,
+        workdir,
+        disk_mb,
+        allow,
+    } = purpose;
     let profile = key.profile;
     let entrypoint = match launcher {
         Launcher::Stub { .. } => vec![stub::STUB_PATH.to_string(), "stub".to_string()],
@@ -182,10 +236,15 @@ pub fn launch(
     };
     // Both hold the container's stdin: it ends with this process.
     let open_stdin = true;
+    let mut labels = temporary_labels(config, kind, &key.image, profile.name());
+    // Never an image's (a snapshot's): the policy is the key's.
+    labels.insert(labels::NETWORK.to_string(), key.network.name().to_string());
+    labels.insert(labels::ALLOW_ADDRESS.to_string(), String::new());
+    labels.insert(labels::DISK_MB.to_string(), disk_mb.to_string());
     let mut spec = ContainerSpec {
         name: None,
         image: key.image.clone(),
-        labels: temporary_labels(config, kind, &key.image, profile.name()),
+        labels,
         entrypoint: Some(entrypoint),
         cmd: None,
         env: Vec::new(),
@@ -210,9 +269,40 @@ pub fn launch(
     }
     key.network
         .apply(&mut spec.host, crate::containers::egress::host_has_ipv6());
+    // Our own /etc/hosts, /etc/hostname and /etc/resolv.conf, read-only.
+    let hostname = crate::containers::etc::TEMPORARY_HOSTNAME;
+    spec.host.hostname = Some(hostname.to_string());
+    spec.host
+        .read_only_mounts
+        .extend(crate::containers::etc::mounts(
+            config.data_dir.as_deref(),
+            key.network,
+            hostname,
+        ));
+    if key.network == crate::containers::profile::Network::Allow {
+        let list = allow.cloned().unwrap_or_default();
+        crate::containers::allow::make_ready(
+            docker,
+            config,
+            &mut spec.host,
+            &mut spec.labels,
+            &list,
+        )?;
+    }
     // A warm container of the pool gets an exec socket (its directory here, its token
     // once it said hello), which its run takes: the records then skip the engine.
-    let with_socket = kind == Kind::Pool && matches!(launcher, Launcher::Stub { .. });
+    let gvisor = crate::containers::runtime::is_gvisor(
+        crate::containers::runtime::effective(docker, config, &key.runtime).as_deref(),
+    );
+    // (A request is refused this at its validation; a gVisor default of the engine's
+    // is only known here.)
+    if gvisor && key.network != crate::containers::profile::Network::None {
+        return Err(Error::Invalid(
+            "runtime runsc runs without a network here: network must be none".into(),
+        ));
+    }
+    check_gvisor(gvisor, launcher)?;
+    let with_socket = kind == Kind::Pool && matches!(launcher, Launcher::Stub { .. }) && !gvisor;
     if with_socket {
         let owner = profile
             .user()
@@ -228,6 +318,10 @@ pub fn launch(
     // idle shell is PID 1 for the same reason: a command cannot kill or stop it, and
     // when it ends, the kernel kills every process of the container.
     spec.host.init = false;
+    spec.host.runtime = crate::containers::runtime::effective(docker, config, &key.runtime);
+    let tmp = profile.tmp_options();
+    crate::containers::runtime::adapt(&mut spec.host, &tmp);
+    let disk = crate::containers::disk::apply(docker, &mut spec.host, &mut spec.labels, disk_mb)?;
     let id = docker.container_create(&spec).map_err(|error| {
         if error.is_not_found() {
             Error::ImageMissing(key.image.clone())
@@ -235,6 +329,10 @@ pub fn launch(
             Error::Engine(error)
         }
     })?;
+    if let Err(error) = crate::containers::disk::prepare(docker, &id, &disk, disk_mb) {
+        cleanup.remove(docker, &id);
+        return Err(error);
+    }
     let attached = (|| {
         let hijacked = docker.container_attach(&id, open_stdin)?;
         docker.container_start(&id)?;
@@ -253,12 +351,22 @@ pub fn launch(
         Ok((Some(stream), None, socket))
     })();
     match attached {
-        Ok((stream, lifeline, socket)) => Ok(Warm {
-            id,
-            stream,
-            lifeline,
-            socket,
-        }),
+        Ok((stream, lifeline, socket)) => {
+            let warm = Warm {
+                id,
+                stream,
+                lifeline,
+                socket,
+            };
+            // An allow-list container runs no command before its rules are in place.
+            if key.network == crate::containers::profile::Network::Allow {
+                if let Err(error) = crate::containers::allow::look(docker) {
+                    remove_warm(docker, cleanup, warm);
+                    return Err(error);
+                }
+            }
+            Ok(warm)
+        }
         Err(error) => {
             cleanup.remove(docker, &id);
             Err(Error::Engine(error))
@@ -302,14 +410,16 @@ pub fn run_in(
     sink: OutputSink<'_>,
 ) -> Result<CommandResult> {
     if let Some((socket, pid)) = warm.socket.take() {
-        if let Some(result) = crate::exec::stub::run_via_socket(&socket, pid, spec, started, sink) {
+        if let Some(result) =
+            crate::exec::stub::run_via_socket(docker, &warm.id, &socket, pid, spec, started, sink)
+        {
             return result;
         }
     }
     match warm.stream.as_mut() {
-        Some(stream) => stream
-            .run(spec, started, sink)
-            .map_err(crate::exec::stub::run_lost),
+        Some(stream) => {
+            crate::exec::stub::run_attached(docker, &warm.id, stream, spec, started, sink)
+        }
         None => crate::exec::docker_exec::exec_direct(docker, &warm.id, spec, started, sink),
     }
 }

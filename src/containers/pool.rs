@@ -28,7 +28,7 @@ use crate::config::{Config, PoolKey};
 use crate::containers::cleanup::Cleanup;
 use crate::containers::demand::{self, Demand, Sizing};
 use crate::containers::labels::Kind;
-use crate::containers::launcher::{launch, remove_warm, Launcher, Warm};
+use crate::containers::launcher::{launch, remove_warm, Launcher, Purpose, Warm};
 use crate::engine::{Docker, DockerError};
 use crate::error::{Error, Result};
 
@@ -208,8 +208,7 @@ impl Pool {
         docker: &Docker,
         config: &Config,
         key: &PoolKey,
-        kind: Kind,
-        workdir: Option<&str>,
+        purpose: Purpose<'_>,
     ) -> Result<Warm> {
         // `launcher()` is asked again for the retry: a failed stub mount switches it.
         let attempt = || {
@@ -219,8 +218,7 @@ impl Pool {
                 &self.cleanup,
                 &self.launcher(),
                 key,
-                kind,
-                workdir,
+                purpose,
             )
         };
         match attempt() {
@@ -395,6 +393,7 @@ impl Pool {
                     "image": key.image,
                     "profile": key.profile.name(),
                     "network": key.network.name(),
+                    "runtime": key.runtime,
                     "target": state.sizing.target,
                     "ready": state.ready.len(),
                     "creating": state.creating,
@@ -494,7 +493,13 @@ impl Pool {
                     continue;
                 }
             };
-            let launched = self.launch(docker, config, &key, Kind::Pool, None);
+            let purpose = Purpose {
+                kind: Kind::Pool,
+                workdir: None,
+                disk_mb: config.disk_for(key.profile),
+                allow: None,
+            };
+            let launched = self.launch(docker, config, &key, purpose);
             if self.shutdown.load(Ordering::SeqCst) {
                 // `shut_down` has already emptied the pool: this one would be missed.
                 if let Ok(warm) = launched {
@@ -522,10 +527,11 @@ impl Pool {
                         .min(MAX_BACKOFF);
                     state.retry_at = Some(Instant::now() + backoff);
                     log::warn!(
-                        "pool: cannot start a warm {}/{}/{} container: {error}",
+                        "pool: cannot start a warm {}/{}/{}/{} container: {error}",
                         key.image,
                         key.profile,
-                        key.network
+                        key.network,
+                        key.runtime.as_deref().unwrap_or("default")
                     );
                 }
             }

@@ -35,6 +35,8 @@ pub enum Profile {
 pub enum Network {
     /// Loopback only.
     None,
+    /// Only the destinations of a list (`containers::allow`, which holds the list).
+    Allow,
     /// The internet; never the host, nor loopback, private, shared (CGNAT),
     /// link-local (metadata endpoints), multicast or reserved addresses, nor another
     /// container; no IPv6.
@@ -45,17 +47,25 @@ pub enum Network {
 
 /// The engine network `Network::Public` containers join (ours, made on first use).
 pub const PUBLIC_NETWORK: &str = "agentkernel-public";
+/// The engine network `Network::Allow` containers join (ours, made on first use).
+pub const ALLOW_NETWORK: &str = "agentkernel-allow";
 
 impl Network {
-    pub const ALL: [Network; 3] = [Network::None, Network::Public, Network::Full];
+    pub const ALL: [Network; 4] = [
+        Network::None,
+        Network::Allow,
+        Network::Public,
+        Network::Full,
+    ];
 
     pub fn parse(name: &str) -> Result<Network, String> {
         match name {
             "none" => Ok(Network::None),
+            "allow" => Ok(Network::Allow),
             "public" => Ok(Network::Public),
             "full" => Ok(Network::Full),
             other => Err(format!(
-                "unknown network '{other}': expected none, public or full"
+                "unknown network '{other}': expected none, allow, public or full"
             )),
         }
     }
@@ -63,6 +73,7 @@ impl Network {
     pub fn name(self) -> &'static str {
         match self {
             Network::None => "none",
+            Network::Allow => "allow",
             Network::Public => "public",
             Network::Full => "full",
         }
@@ -72,6 +83,7 @@ impl Network {
     pub fn mode(self) -> &'static str {
         match self {
             Network::None => "none",
+            Network::Allow => ALLOW_NETWORK,
             Network::Public => PUBLIC_NETWORK,
             Network::Full => "bridge",
         }
@@ -91,6 +103,16 @@ impl Network {
     }
 }
 
+/// A policy that can be a default: any but `allow`, whose list is a request's own.
+pub fn default_policy(network: Network) -> Result<Network, String> {
+    match network {
+        Network::Allow => {
+            Err("allow needs a list: requests give theirs ({\"allow\": [...]})".into())
+        }
+        network => Ok(network),
+    }
+}
+
 impl fmt::Display for Network {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -104,12 +126,16 @@ pub struct Limits {
     /// CPUs in thousandths (500 = half a CPU).
     pub millicpus: u64,
     pub pids: u64,
+    /// What the container may write to its root filesystem (`containers::disk`).
+    pub disk_mb: u64,
 }
 
 /// Bounds for per-sandbox overrides; outside them a request is refused.
 pub const MEMORY_MB_RANGE: (u64, u64) = (16, 16 * 1024);
 pub const VCPUS_RANGE: (u64, u64) = (1, 16);
 pub const PIDS_RANGE: (u64, u64) = (16, 4096);
+/// The server's `--max-disk-mb` narrows the top of this.
+pub const DISK_MB_RANGE: (u64, u64) = (16, 1024 * 1024);
 
 impl Profile {
     pub const ALL: [Profile; 3] = [Profile::Permissive, Profile::Moderate, Profile::Restrictive];
@@ -139,16 +165,19 @@ impl Profile {
                 memory_mb: 2048,
                 millicpus: 2000,
                 pids: 1024,
+                disk_mb: 8192,
             },
             Profile::Moderate => Limits {
                 memory_mb: 512,
                 millicpus: 1000,
                 pids: 256,
+                disk_mb: 2048,
             },
             Profile::Restrictive => Limits {
                 memory_mb: 256,
                 millicpus: 500,
                 pids: 64,
+                disk_mb: 256,
             },
         }
     }
@@ -245,6 +274,11 @@ impl Profile {
         Ok(())
     }
 
+    /// The options of this profile's `/tmp` tmpfs.
+    pub fn tmp_options(self) -> String {
+        format!("rw,nosuid,nodev,size={}m,mode=1777", self.tmpfs_mb())
+    }
+
     /// The engine settings for this profile with these limits. `workdir` is made a
     /// writable tmpfs where the root is read-only; `mounts` are our own read-only binds
     /// (the stub), the only host paths a container ever sees.
@@ -256,10 +290,7 @@ impl Profile {
     ) -> HostSettings {
         let tmpfs_mb = self.tmpfs_mb();
         let mut tmpfs = BTreeMap::new();
-        tmpfs.insert(
-            "/tmp".to_string(),
-            format!("rw,nosuid,nodev,size={tmpfs_mb}m,mode=1777"),
-        );
+        tmpfs.insert("/tmp".to_string(), self.tmp_options());
         if self.read_only_root() && workdir != "/tmp" && workdir != "/" {
             tmpfs.insert(
                 workdir.to_string(),
@@ -278,6 +309,11 @@ impl Profile {
             read_only_mounts: mounts,
             volumes: Vec::new(),
             init: true,
+            storage_size_mb: None,
+            runtime: None,
+            dns: Vec::new(),
+            ipv4_address: None,
+            hostname: None,
         }
     }
 

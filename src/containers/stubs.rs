@@ -15,7 +15,7 @@
 //! with the right size; a name always holds the content its digest names.
 
 use std::fs::{self, File, Metadata};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -26,7 +26,12 @@ pub const DIR: &str = "stubs";
 
 /// The copy of the executable `source` describes (whose content is `bytes`) under
 /// `<data_dir>/stubs`, made if missing.
-pub fn install(data_dir: &Path, source: &Metadata, bytes: &[u8]) -> io::Result<PathBuf> {
+pub fn install(
+    data_dir: &Path,
+    source: &Metadata,
+    open: impl FnOnce() -> io::Result<Box<dyn Read>>,
+) -> io::Result<PathBuf> {
+    let size = source.size() as usize;
     let dir = data_dir.join(DIR);
     let index = dir.join("by-file");
     fs::create_dir_all(&index)?;
@@ -46,32 +51,57 @@ pub fn install(data_dir: &Path, source: &Metadata, bytes: &[u8]) -> io::Result<P
         .filter(|digest| digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()));
     if let Some(digest) = remembered {
         let copy = copy_path(&dir, &digest);
-        if is_whole(&copy, bytes.len()) {
+        if is_whole(&copy, size) {
             return Ok(copy);
         }
     }
-    let digest = sha256::hex_digest(bytes);
+    // Only now the whole executable, once per version, and a piece at a time (hashed
+    // as it is copied): a start holds no more of it than one buffer.
+    let mut source = open()?;
+    let mut hasher = sha256::Sha256::default();
+    let mut copied = 0usize;
+    let temporary = write_temporary(&dir, "incoming", 0o555, |file| {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let count = match source.read(&mut buffer) {
+                Ok(0) => return Ok(()),
+                Ok(count) => count,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            };
+            hasher.update(&buffer[..count]);
+            file.write_all(&buffer[..count])?;
+            copied += count;
+        }
+    })?;
+    let digest = sha256::hex(&hasher.finish());
     let copy = copy_path(&dir, &digest);
-    if !is_whole(&copy, bytes.len()) {
-        let temporary = write_temporary(&dir, &digest, bytes, 0o555)?;
-        // Linked, not renamed, where nothing is there yet: a copy another process made
-        // meanwhile stays as it is (mounted copies are never replaced under a container).
-        let placed = match fs::hard_link(&temporary, &copy) {
+    // Linked, not renamed, where nothing is there yet: a copy another process made
+    // meanwhile stays as it is (mounted copies are never replaced under a container).
+    let placed = if is_whole(&copy, copied) {
+        Ok(())
+    } else {
+        match fs::hard_link(&temporary, &copy) {
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-                if is_whole(&copy, bytes.len()) {
+                if is_whole(&copy, copied) {
                     Ok(())
                 } else {
                     fs::rename(&temporary, &copy)
                 }
             }
+            Ok(()) => {
+                log::info!("stub: this version is kept at {}", copy.display());
+                Ok(())
+            }
             other => other,
-        };
-        let _ = fs::remove_file(&temporary);
-        placed?;
-        log::info!("stub: this version is kept at {}", copy.display());
-    }
+        }
+    };
+    let _ = fs::remove_file(&temporary);
+    placed?;
     // Remembering is an optimisation: a failure only costs a hash next time.
-    if let Ok(temporary) = write_temporary(&index, &identity, digest.as_bytes(), 0o644) {
+    if let Ok(temporary) = write_temporary(&index, &identity, 0o644, |file| {
+        file.write_all(digest.as_bytes())
+    }) {
         if fs::rename(&temporary, &entry).is_err() {
             let _ = fs::remove_file(&temporary);
         }
@@ -89,8 +119,13 @@ fn is_whole(path: &Path, size: usize) -> bool {
     fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.len() == size as u64)
 }
 
-/// Writes `bytes` to a new file in `dir` under a temporary name, synced, with `mode`.
-fn write_temporary(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> io::Result<PathBuf> {
+/// A new file in `dir` under a temporary name, written by `write`, synced, with `mode`.
+fn write_temporary(
+    dir: &Path,
+    name: &str,
+    mode: u32,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<PathBuf> {
     let unique = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -98,7 +133,7 @@ fn write_temporary(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> io::Resul
     let path = dir.join(format!(".{name}.{}.{unique}.tmp", std::process::id()));
     let written = (|| {
         let mut file = File::options().write(true).create_new(true).open(&path)?;
-        file.write_all(bytes)?;
+        write(&mut file)?;
         file.sync_all()?;
         fs::set_permissions(&path, fs::Permissions::from_mode(mode))
     })();
@@ -122,6 +157,10 @@ mod tests {
         dir
     }
 
+    fn source(bytes: &'static [u8]) -> impl FnOnce() -> io::Result<Box<dyn Read>> {
+        move || Ok(Box::new(bytes) as Box<dyn Read>)
+    }
+
     fn executable(dir: &Path, name: &str, bytes: &[u8]) -> (Metadata, PathBuf) {
         let path = dir.join(name);
         fs::write(&path, bytes).unwrap();
@@ -133,7 +172,7 @@ mod tests {
         let dir = temporary_dir("named");
         let data = dir.join("data");
         let (meta, path) = executable(&dir, "one", b"version one");
-        let copy = install(&data, &meta, b"version one").unwrap();
+        let copy = install(&data, &meta, source(b"version one")).unwrap();
         assert_eq!(
             copy,
             data.join(DIR).join(format!(
@@ -146,21 +185,21 @@ mod tests {
         assert_eq!(mode & 0o777, 0o555);
         // Again: the same copy, untouched.
         let inode = fs::metadata(&copy).unwrap().ino();
-        assert_eq!(install(&data, &meta, b"version one").unwrap(), copy);
+        assert_eq!(install(&data, &meta, source(b"version one")).unwrap(), copy);
         assert_eq!(fs::metadata(&copy).unwrap().ino(), inode);
 
         // An upgrade: the executable replaced (a new file under the same path). The old
         // copy stays for the containers that mount it.
         fs::remove_file(&path).unwrap();
         let (meta, _) = executable(&dir, "one", b"version two!");
-        let upgraded = install(&data, &meta, b"version two!").unwrap();
+        let upgraded = install(&data, &meta, source(b"version two!")).unwrap();
         assert_ne!(upgraded, copy);
         assert_eq!(fs::read(&upgraded).unwrap(), b"version two!");
         assert_eq!(fs::read(&copy).unwrap(), b"version one");
 
         // The same content elsewhere is the same copy.
         let (meta, _) = executable(&dir, "elsewhere", b"version one");
-        assert_eq!(install(&data, &meta, b"version one").unwrap(), copy);
+        assert_eq!(install(&data, &meta, source(b"version one")).unwrap(), copy);
         // No temporary file is left.
         let names: Vec<String> = fs::read_dir(data.join(DIR))
             .unwrap()
@@ -178,17 +217,20 @@ mod tests {
         let dir = temporary_dir("remembered");
         let data = dir.join("data");
         let (meta, _) = executable(&dir, "exe", b"content");
-        let copy = install(&data, &meta, b"content").unwrap();
+        let copy = install(&data, &meta, source(b"content")).unwrap();
         // The file's identity is remembered: bytes are not hashed again (were they, this
         // different content would name another copy).
-        assert_eq!(install(&data, &meta, b"CONTENT").unwrap(), copy);
+        assert_eq!(
+            install(&data, &meta, || panic!("read though remembered")).unwrap(),
+            copy
+        );
         // A copy deleted (or cut short) by hand is made again.
         fs::remove_file(&copy).unwrap();
-        assert_eq!(install(&data, &meta, b"content").unwrap(), copy);
+        assert_eq!(install(&data, &meta, source(b"content")).unwrap(), copy);
         assert_eq!(fs::read(&copy).unwrap(), b"content");
         fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
         fs::write(&copy, b"cut").unwrap();
-        assert_eq!(install(&data, &meta, b"content").unwrap(), copy);
+        assert_eq!(install(&data, &meta, source(b"content")).unwrap(), copy);
         assert_eq!(fs::read(&copy).unwrap(), b"content");
         let _ = fs::remove_dir_all(&dir);
     }

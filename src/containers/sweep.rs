@@ -67,7 +67,10 @@ pub fn remove_temporary(docker: &Docker, config: &Config, created_before: Option
             *count += 1;
             let gone = verdict.removable()
                 && match docker.container_remove(&container.id) {
-                    Ok(()) => removed.insert(container.id),
+                    Ok(()) => {
+                        crate::containers::disk::release_when_gone(docker, &container.id);
+                        removed.insert(container.id)
+                    }
                     Err(error) => {
                         log::warn!("sweep: cannot remove {}: {error}", container.id);
                         false
@@ -113,6 +116,8 @@ pub fn remove_temporary(docker: &Docker, config: &Config, created_before: Option
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // Their disks (and those of containers that removed themselves) go with them.
+    crate::containers::disk::sweep(docker);
     removed.len()
 }
 
@@ -121,6 +126,125 @@ pub fn remove_temporary(docker: &Docker, config: &Config, created_before: Option
 pub fn at_start(docker: &Docker, config: &Config, created_before: Option<i64>) {
     remove_temporary(docker, config, created_before);
     adopt_sandboxes(docker, config);
+    give_disks_back(docker, config);
+}
+
+/// Containers whose disk is ours (under this server's data dir, of any namespace it
+/// serves) that run without it (the engine unmounted the disks' binds when it stopped,
+/// for a restart or a reboot, and started them again without): a sandbox is stopped,
+/// given its disk, and started again; a temporary one is removed. Never left running
+/// without its quota. Returns how many.
+pub fn give_disks_back(docker: &Docker, config: &Config) -> usize {
+    // Only a process whose disks these are, and that sees its mounts as the engine
+    // does (never one in namespaces of its own, nor one with quotas off).
+    if !crate::containers::disk::looks_after_disks(docker) {
+        return 0;
+    }
+    let mut namespaces = crate::containers::disk::served();
+    if namespaces.is_empty() {
+        namespaces.push(config.namespace.clone());
+    }
+    let filters = vec![
+        format!("{}=true", labels::MANAGED),
+        format!(
+            "{}={}",
+            labels::DISK,
+            crate::containers::disk::Enforcement::LoopFilesystem.name()
+        ),
+    ];
+    let Ok(containers) = docker.container_list(&filters) else {
+        return 0;
+    };
+    let mut given = 0;
+    for sandbox in containers
+        .iter()
+        .filter(|c| labels::in_namespaces(c.labels.as_ref(), &namespaces))
+    {
+        let Ok(inspect) = docker.container_inspect(&sandbox.id) else {
+            continue;
+        };
+        // A sandbox that should run (policy `always`: not stopped through us) but does
+        // not: the engine could not start it again on its layer without the disk's bind
+        // (the directory it runs in was on the disk). Given its disk, started.
+        let should_run = inspect
+            .host_config
+            .restart_policy
+            .as_ref()
+            .is_some_and(|policy| policy.name == "always");
+        let is_sandbox = inspect
+            .config
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(labels::KIND))
+            .is_some_and(|kind| kind == Kind::Sandbox.name());
+        // (Exited: started once, and not by a create still under way.)
+        if inspect.state.status == "exited"
+            && should_run
+            && is_sandbox
+            && crate::containers::disk::has_own_disk(&inspect.id)
+        {
+            let started = crate::containers::disk::ensure(docker, &sandbox.id).and_then(|()| {
+                docker
+                    .container_start(&sandbox.id)
+                    .map_err(crate::error::Error::Engine)
+            });
+            match started {
+                Ok(()) => {
+                    log::info!(
+                        "sandbox container {} started again with its disk",
+                        sandbox.id
+                    );
+                    given += 1;
+                }
+                Err(error) => log::warn!(
+                    "sweep: sandbox container {} could not be started with its disk: {error}",
+                    sandbox.id
+                ),
+            }
+            continue;
+        }
+        if !crate::containers::disk::runs_without_disk(&inspect) {
+            continue;
+        }
+        let kind = inspect
+            .config
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(labels::KIND).cloned())
+            .unwrap_or_default();
+        log::error!(
+            "container {} runs without its disk (the engine started it again without it)",
+            sandbox.id
+        );
+        if kind != Kind::Sandbox.name() {
+            match docker.container_remove(&sandbox.id) {
+                Ok(()) => {
+                    crate::containers::disk::release_when_gone(docker, &sandbox.id);
+                    given += 1;
+                }
+                Err(error) => log::warn!("sweep: cannot remove {}: {error}", sandbox.id),
+            }
+            continue;
+        }
+        // (Its processes are about to start again anyway: a short grace.)
+        let restarted = docker
+            .container_stop(&sandbox.id, 1)
+            .map_err(crate::error::Error::Engine)
+            .and_then(|()| crate::containers::disk::ensure(docker, &sandbox.id))
+            .and_then(|()| {
+                docker
+                    .container_start(&sandbox.id)
+                    .map_err(crate::error::Error::Engine)
+            });
+        match restarted {
+            Ok(()) => given += 1,
+            Err(error) => log::warn!(
+                "sweep: sandbox container {} ran without its disk and could not get it back: {error}",
+                sandbox.id
+            ),
+        }
+    }
+    given
 }
 
 /// Gives every running sandbox of the namespace the restart policy `always` where it

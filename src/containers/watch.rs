@@ -87,6 +87,8 @@ impl EngineWatch {
             match (answered, self.is_up()) {
                 (Ok(()), true) => {
                     pool.cleanup().retry(docker);
+                    crate::containers::disk::sweep_now_and_then(docker);
+                    disks_now_and_then(docker, config);
                 }
                 (Ok(()), false) => {
                     log::info!(
@@ -122,6 +124,8 @@ impl EngineWatch {
             sweep::at_start(docker, config, Some(self.started));
             self.swept.store(true, Ordering::SeqCst);
         }
+        // Its restart unmounted the disks' binds of the containers it started again.
+        sweep::give_disks_back(docker, config);
         pool.engine_back(docker);
         let cleanup = pool.cleanup();
         cleanup.due_now();
@@ -130,4 +134,17 @@ impl EngineWatch {
             log::info!("settled {settled} container removals owed while the engine was away");
         }
     }
+}
+
+/// `sweep::give_disks_back`, at most every 30 s (an engine restarted between two
+/// looks of the watch unmounted the disks' binds as it stopped).
+fn disks_now_and_then(docker: &Docker, config: &Config) {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_some_and(|at| at.elapsed() < Duration::from_secs(30)) {
+        return;
+    }
+    *last = Some(std::time::Instant::now());
+    drop(last);
+    sweep::give_disks_back(docker, config);
 }

@@ -87,6 +87,18 @@ pub struct HostSettings {
     /// Named volumes, writable.
     pub volumes: Vec<VolumeMount>,
     pub init: bool,
+    /// The writable layer's size in MiB, where the storage driver enforces one
+    /// (`StorageOpt`; see `containers::disk`).
+    pub storage_size_mb: Option<u64>,
+    /// The engine runtime (`runc`, `runsc`); the engine's default if `None`.
+    pub runtime: Option<String>,
+    /// Resolvers the engine's own forwards names to (`Dns`); the host's if empty.
+    pub dns: Vec<String>,
+    /// A fixed address on the network `network_mode` names (one with a subnet of
+    /// ours).
+    pub ipv4_address: Option<String>,
+    /// The container's host name (the engine's default, its short id, if `None`).
+    pub hostname: Option<String>,
 }
 
 /// A named volume to mount: its name, where, and the labels the engine gives it should
@@ -107,6 +119,33 @@ pub struct ContainerInspect {
     pub state: ContainerState,
     pub config: InspectConfig,
     pub host_config: InspectHostConfig,
+    /// The storage driver's paths of the container's layers (`UpperDir`, `WorkDir`
+    /// for the overlay drivers).
+    #[serde(default)]
+    pub graph_driver: Option<GraphDriver>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GraphDriver {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub data: Option<BTreeMap<String, String>>,
+}
+
+/// What `engine_info` reads of `GET /info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineInfo {
+    /// The storage driver (`overlay2`, `fuse-overlayfs`, `btrfs`, ...).
+    pub driver: String,
+    /// Its `Backing Filesystem` (`extfs`, `xfs`, ...), where it says.
+    pub backing_filesystem: Option<String>,
+    /// The runtimes the engine has, sorted.
+    pub runtimes: Vec<String>,
+    /// Those of them that are gVisor (their program is `runsc`), whatever their name.
+    pub gvisor: Vec<String>,
+    pub default_runtime: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -276,6 +315,12 @@ pub struct InspectHostConfig {
     pub tmpfs: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub restart_policy: Option<RestartPolicy>,
+    /// The runtime (`runc`, `runsc`); empty on engines that do not say.
+    #[serde(default)]
+    pub runtime: String,
+    /// The storage driver's options (`size`, where it enforces one).
+    #[serde(default)]
+    pub storage_opt: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -395,6 +440,8 @@ pub struct NetworkIpam {
 pub struct NetworkSubnet {
     #[serde(default, rename = "Subnet")]
     pub subnet: Option<String>,
+    #[serde(default, rename = "Gateway")]
+    pub gateway: Option<String>,
 }
 
 /// One entry of `GET /images/json`.
@@ -653,9 +700,19 @@ impl Docker {
         };
         let mut all_headers = vec![("Connection", "close")];
         all_headers.extend_from_slice(headers);
-        write_request(&mut stream, method, path, &all_headers, body).map_err(io_error)?;
+        let written = write_request(&mut stream, method, path, &all_headers, body);
+        if written.is_err() {
+            // Its answer is there already, or will not come.
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        }
         let mut reader = BufReader::new(stream);
-        let head = read_head(&mut reader).map_err(io_error)?;
+        // An engine that refuses a request before its body (an archive for a path that
+        // does not exist) answers and closes while the body is still being written:
+        // its answer, not the broken pipe, is what happened.
+        let head = match (read_head(&mut reader), written) {
+            (Ok(head), _) => head,
+            (Err(_), Err(error)) | (Err(error), Ok(())) => return Err(io_error(error)),
+        };
         let framing = body_framing(method, &head).map_err(io_error)?;
         let bytes = read_body(&mut reader, framing, MAX_RESPONSE_BYTES).map_err(io_error)?;
         log::debug!("docker: {method} {path} -> {}", head.status);
@@ -734,6 +791,50 @@ impl Docker {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), resources));
         Ok(resources)
+    }
+
+    /// The storage driver and the runtimes of the engine (asked each time: a runtime may
+    /// be registered while we run).
+    pub fn engine_info(&self) -> Result<EngineInfo> {
+        #[derive(Deserialize)]
+        struct Info {
+            #[serde(rename = "Driver", default)]
+            driver: String,
+            #[serde(rename = "DriverStatus", default)]
+            driver_status: Option<Vec<Vec<String>>>,
+            #[serde(rename = "Runtimes", default)]
+            runtimes: Option<BTreeMap<String, Value>>,
+            #[serde(rename = "DefaultRuntime", default)]
+            default_runtime: String,
+        }
+        let info: Info = self.call_json("GET", "/info", None, &[200])?;
+        let backing_filesystem =
+            info.driver_status
+                .unwrap_or_default()
+                .into_iter()
+                .find_map(|pair| match pair.as_slice() {
+                    [key, value] if key == "Backing Filesystem" => Some(value.clone()),
+                    _ => None,
+                });
+        let runtimes = info.runtimes.unwrap_or_default();
+        let gvisor = runtimes
+            .iter()
+            .filter(|(_, runtime)| {
+                ["path", "runtimeType"].iter().any(|key| {
+                    runtime[*key]
+                        .as_str()
+                        .is_some_and(|program| program.contains("runsc"))
+                })
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        Ok(EngineInfo {
+            driver: info.driver,
+            backing_filesystem,
+            gvisor,
+            runtimes: runtimes.into_keys().collect(),
+            default_runtime: info.default_runtime,
+        })
     }
 
     pub fn image_exists(&self, image: &str) -> Result<bool> {
@@ -846,7 +947,19 @@ impl Docker {
         options: &BTreeMap<String, String>,
         labels: &BTreeMap<String, String>,
     ) -> Result<()> {
-        let body = json!({
+        self.network_create_with(name, options, labels, None)
+    }
+
+    /// `network_create` with a subnet of our choosing (and its first address as the
+    /// gateway): containers may then be given fixed addresses in it.
+    pub fn network_create_with(
+        &self,
+        name: &str,
+        options: &BTreeMap<String, String>,
+        labels: &BTreeMap<String, String>,
+        subnet: Option<(&str, &str)>,
+    ) -> Result<()> {
+        let mut body = json!({
             "Name": name,
             "CheckDuplicate": true,
             "Driver": "bridge",
@@ -856,6 +969,12 @@ impl Docker {
             "Options": options,
             "Labels": labels,
         });
+        if let Some((subnet, gateway)) = subnet {
+            body["IPAM"] = json!({
+                "Driver": "default",
+                "Config": [{ "Subnet": subnet, "Gateway": gateway }],
+            });
+        }
         self.call(
             "POST",
             "/networks/create",
@@ -1208,10 +1327,22 @@ fn create_body(spec: &ContainerSpec) -> Value {
         "Init": host.init,
         "AutoRemove": spec.auto_remove,
         "RestartPolicy": restart_policy(spec.restart_always),
+        // Output comes through attach and exec: the engine keeps no log of it (a log
+        // file on the engine's disk would be a write no quota bounds).
+        "LogConfig": { "Type": "none" },
     });
     let mut host_config = host_config;
     if !host.sysctls.is_empty() {
         host_config["Sysctls"] = json!(host.sysctls);
+    }
+    if let Some(size_mb) = host.storage_size_mb {
+        host_config["StorageOpt"] = json!({ "size": format!("{size_mb}M") });
+    }
+    if let Some(runtime) = &host.runtime {
+        host_config["Runtime"] = json!(runtime);
+    }
+    if !host.dns.is_empty() {
+        host_config["Dns"] = json!(host.dns);
     }
     let mut body = json!({
         "Image": spec.image,
@@ -1225,6 +1356,16 @@ fn create_body(spec: &ContainerSpec) -> Value {
         "AttachStderr": true,
         "HostConfig": host_config,
     });
+    if let Some(hostname) = &host.hostname {
+        body["Hostname"] = json!(hostname);
+    }
+    if let Some(address) = &host.ipv4_address {
+        body["NetworkingConfig"] = json!({
+            "EndpointsConfig": {
+                host.network_mode.clone(): { "IPAMConfig": { "IPv4Address": address } },
+            },
+        });
+    }
     if let Some(entrypoint) = &spec.entrypoint {
         body["Entrypoint"] = json!(entrypoint);
     }
@@ -1250,6 +1391,22 @@ fn restart_policy(always: bool) -> Value {
 fn parse_version(text: &str) -> Option<(u32, u32)> {
     let (major, minor) = text.trim().split_once('.')?;
     Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// Whether a runtime's name is gVisor's (`runsc`, or a variant `runsc-...`); the engine's
+/// info may say so of others (`containers::runtime::is_gvisor`).
+pub fn is_gvisor_name(name: Option<&str>) -> bool {
+    name.is_some_and(|name| name == "runsc" || name.starts_with("runsc-"))
+}
+
+/// A runtime's name as the engine takes one (letters, digits, `.`, `_`, `-`; at most
+/// 64).
+pub fn valid_runtime_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Percent-encodes everything but unreserved characters, for paths and query values.

@@ -107,6 +107,9 @@ pub enum Status {
     /// The command's supervisor ended without a result (killed by the command or from
     /// outside); everything the command started was killed with it.
     Killed,
+    /// The command failed, and the container's root filesystem is at its disk quota:
+    /// its writes failed with "No space left on device" (`containers::disk`).
+    DiskQuotaExceeded,
 }
 
 impl Status {
@@ -118,6 +121,7 @@ impl Status {
             Status::Signaled => "signaled",
             Status::OutputTruncated => "output_truncated",
             Status::Killed => "killed",
+            Status::DiskQuotaExceeded => "disk_quota_exceeded",
         }
     }
 }

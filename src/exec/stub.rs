@@ -114,10 +114,12 @@ fn open_socket(
     Ok(stream)
 }
 
-/// Runs one command in a warm container of the pool through its init's exec socket
-/// (`init_pid`, given its token at launch); `None` when the socket cannot take it before
-/// the spec is sent (the caller runs it over the attach connection instead).
+/// Runs one command in warm container `container` of the pool through its init's exec
+/// socket (`init_pid`, given its token at launch); `None` when the socket cannot take it
+/// before the spec is sent (the caller runs it over the attach connection instead).
 pub fn run_via_socket(
+    docker: &Docker,
+    container: &str,
     socket: &crate::exec::socket::ExecSocket,
     init_pid: i64,
     spec: &CommandSpec,
@@ -125,7 +127,12 @@ pub fn run_via_socket(
     sink: OutputSink<'_>,
 ) -> Option<Result<CommandResult>> {
     match open_socket(socket, init_pid, crate::exec::socket::Listener::Temporary) {
-        Ok(mut stream) => Some(stream.run(spec, started, sink).map_err(run_lost)),
+        Ok(mut stream) => {
+            let conversation = stream.converse(spec, sink);
+            drop(stream);
+            let kill = || kill_one_shot(docker, container);
+            Some(settle(container, conversation, &kill, started, sink))
+        }
         Err(error) => {
             // Said once at warn (a server that cannot see into containers meets this on
             // every run), then quietly.
@@ -155,12 +162,55 @@ fn exec_with(
     // Closing the connection is the first kill: a stub that still reads stops the
     // command itself.
     drop(stream);
+    let kill = || kill_from_outside(docker, container, supervisor);
+    settle(container, conversation, &kill, started, sink)
+}
+
+/// Runs one command in warm container `container` over the connection attached to its
+/// init stub, which stays open (it holds the container until it is reaped); what came
+/// of it as `exec_with` says.
+pub fn run_attached(
+    docker: &Docker,
+    container: &str,
+    stream: &mut StubStream,
+    spec: &CommandSpec,
+    started: Instant,
+    sink: OutputSink<'_>,
+) -> Result<CommandResult> {
+    let conversation = stream.converse(spec, sink);
+    settle(
+        container,
+        conversation,
+        &|| kill_one_shot(docker, container),
+        started,
+        sink,
+    )
+}
+
+/// The kill from outside of a one-shot container of the pool: the container itself (it
+/// serves one command, and is removed after it), by the engine, which needs no process
+/// of its own in there (at the pids limit, none may start). Succeeds also when the
+/// container no longer runs.
+fn kill_one_shot(docker: &Docker, container: &str) -> std::result::Result<(), DockerError> {
+    docker.container_kill(container)
+}
+
+/// The result of a conversation with a stub in `container`: its exit record, or, when
+/// none came (the stub died, fell silent past the deadline, or the client went away),
+/// the kill from outside first, so that nothing the command started outlives the answer.
+fn settle(
+    container: &str,
+    conversation: io::Result<(Collected, Ending)>,
+    kill_from_outside: &dyn Fn() -> std::result::Result<(), DockerError>,
+    started: Instant,
+    sink: OutputSink<'_>,
+) -> Result<CommandResult> {
     let (collected, ending) = match conversation {
         Ok(ended) => ended,
         Err(error) => (Collected::default(), Ending::Lost(error)),
     };
     if crate::exec::cancelled(sink) {
-        if let Err(error) = kill_from_outside(docker, container, supervisor) {
+        if let Err(error) = kill_from_outside() {
             log::warn!(
                 "exec in container {container}: its client went away; cannot kill it: {error}"
             );
@@ -174,7 +224,7 @@ fn exec_with(
         // Silent past its deadline: if the kill from outside runs, the engine answers
         // and the command outlived its deadline (its stub stopped); if it cannot, the
         // result is unknown, and the caller asks the engine why.
-        Ending::Silent => match kill_from_outside(docker, container, supervisor) {
+        Ending::Silent => match kill_from_outside() {
             Ok(()) => Ok(timeout_result(collected, started)),
             Err(error) => {
                 log::warn!("exec in container {container} did not answer by its deadline; cannot kill it: {error}");
@@ -184,7 +234,7 @@ fn exec_with(
         // The kill's own success says that the container runs: the stub died alone.
         // Otherwise the sandbox went away under the exec, which `sandbox::exec_in`
         // explains.
-        Ending::Lost(error) => match kill_from_outside(docker, container, supervisor) {
+        Ending::Lost(error) => match kill_from_outside() {
             Ok(()) => {
                 log::info!("exec in container {container}: its stub ended without a result ({error}); its processes were killed");
                 Ok(killed_result(collected, started))
@@ -204,6 +254,31 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 /// the stub that reported itself (if it did), its tree, and every orphan of the
 /// sandbox. Succeeds only if the kill ran, that is, if the container runs.
 fn kill_from_outside(
+    docker: &Docker,
+    container: &str,
+    supervisor: Option<(u32, u64)>,
+) -> std::result::Result<(), DockerError> {
+    // A container at its pids limit (a fork bomb) cannot start the killer every time:
+    // the runtime's refusal, or a killer that could not fork, is tried again while the
+    // bomb's own shells die off. A stopped or missing container, or an engine that does
+    // not answer, is not.
+    let mut attempt = 1;
+    loop {
+        match kill_once(docker, container, supervisor) {
+            Err(DockerError::InStream(_) | DockerError::Protocol(_)) if attempt < KILL_TRIES => {
+                attempt += 1;
+                std::thread::sleep(KILL_RETRY_GAP);
+            }
+            done => return done,
+        }
+    }
+}
+
+/// How often the kill from outside is tried, and how long apart.
+const KILL_TRIES: u32 = 4;
+const KILL_RETRY_GAP: Duration = Duration::from_millis(250);
+
+fn kill_once(
     docker: &Docker,
     container: &str,
     supervisor: Option<(u32, u64)>,
@@ -250,7 +325,7 @@ fn kill_from_outside(
 /// What came of an exec whose stub ended without a result, once everything it
 /// started was killed.
 fn killed_result(collected: Collected, started: Instant) -> CommandResult {
-    let message = "the command's supervisor (its exec's stub) ended without reporting a \
+    let message = "the command's supervisor (its stub) ended without reporting a \
                    result: it was killed, by the command itself, from outside, or for \
                    memory; every process the command started was killed";
     without_exit(collected, started, Status::Killed, Some(message.into()))
@@ -353,7 +428,7 @@ fn hello_failed(error: io::Error) -> Error {
 
 /// A stub conversation that broke off: the engine answered, so this is not an
 /// unreachable engine (503) but a run whose result is unknown.
-pub fn run_lost(error: io::Error) -> Error {
+fn run_lost(error: io::Error) -> Error {
     Error::RunLost(format!(
         "the command's supervisor ended before reporting a result ({error}): the command \
          or its container was killed, ran out of memory, or its client went away"
@@ -476,22 +551,6 @@ impl StubStream {
                 io::ErrorKind::UnexpectedEof,
                 "the stub exited before saying hello",
             )),
-        }
-    }
-
-    pub fn run(
-        &mut self,
-        spec: &CommandSpec,
-        started: Instant,
-        sink: OutputSink<'_>,
-    ) -> io::Result<CommandResult> {
-        let (collected, ending) = self.converse(spec, sink)?;
-        match ending {
-            Ending::Exit(exit) => Ok(result_from_exit(exit, collected, started)),
-            // No exit record by the backstop: the result is unknown (a frozen engine
-            // relays nothing), never a `timeout` the stub did not report.
-            Ending::Silent => Err(no_exit_record()),
-            Ending::Lost(error) => Err(error),
         }
     }
 

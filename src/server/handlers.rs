@@ -267,6 +267,7 @@ pub fn post_sandboxes(
     }
     // What the engine's host has bounds an override too (asked once, then cached).
     let host = || Ok(context.docker.host_resources().map_err(Error::from)?);
+    let elsewhere = body.elsewhere;
     let request = body.validate(config, &host)?;
     // Within the namespace's quotas, counting the creates in progress (held until this
     // one's container exists, or failed).
@@ -275,7 +276,7 @@ pub fn post_sandboxes(
         snapshots: Default::default(),
         volumes: request.volumes.iter().map(|m| m.name.to_string()).collect(),
     };
-    let reserved = reserve(context, config, adding)?;
+    let reserved = reserve(context, config, adding, elsewhere)?;
     let create = |launcher| sandbox::create(&context.docker, config, &launcher, &request);
     let not_before = crate::containers::labels::rfc3339(std::time::SystemTime::now());
     let created = match create(context.pool.launcher()) {
@@ -300,16 +301,18 @@ pub fn post_sandboxes(
     Ok(Reply::created(sandbox_view(context, &created)))
 }
 
-/// Reserves what a create adds within the namespace's quotas (`tenants::reserve`).
+/// Reserves what a create adds within the namespace's quotas (`tenants::reserve`),
+/// counting what the namespace holds on a cluster's other agents.
 fn reserve(
     context: &Context,
     config: &Config,
     adding: Holdings,
+    elsewhere: crate::tenants::Elsewhere,
 ) -> Result<Option<crate::tenants::Reservation>, ApiError> {
     let has = || holdings_of(context, config, &adding);
     match context
         .tenants
-        .reserve(&config.namespace, adding.clone(), has)
+        .reserve(&config.namespace, adding.clone(), elsewhere, has)
     {
         Ok(reservation) => Ok(reservation),
         Err(Refusal::Over(over)) => Err(over.into()),
@@ -380,14 +383,32 @@ fn from_snapshot(
     if body.profile.is_none() {
         body.profile = found.profile.filter(|profile| !profile.is_empty());
     }
+    // Its runtime: a fork of a gVisor sandbox stays under gVisor, unless asked (where
+    // this server allows the source's runtime; else its default).
+    if body.runtime.is_none() {
+        let default = config.default_runtime.as_deref().unwrap_or("runc");
+        body.runtime = found
+            .runtime
+            .filter(|runtime| crate::containers::runtime::allowed(config, default, runtime));
+    }
     // Its policy too: a fork never reaches further than its source, unless asked.
     // (Not when it is wider than the ceiling now: then the default, brought down.)
-    if body.network.is_none() {
+    // (Under gVisor the network is none, whatever the source's was.)
+    let runtime = body
+        .runtime
+        .as_deref()
+        .or(config.default_runtime.as_deref());
+    if body.network.is_none() && !crate::containers::runtime::is_gvisor(runtime) {
         let allowed = |name: &String| {
             crate::containers::profile::Network::parse(name)
                 .is_ok_and(|network| network <= config.max_network)
         };
-        body.network = found.network.filter(allowed).map(Value::String);
+        body.network = match (found.network.filter(allowed), found.allow) {
+            (Some(network), Some(list)) if network == "allow" => Some(json!({ "allow": list })),
+            // A list that no longer reads: nothing, never wider than the source.
+            (Some(network), _) if network == "allow" => Some(json!("none")),
+            (network, _) => network.map(Value::String),
+        };
     }
     // Limits an engine did not apply read back as 0: those are left to the defaults.
     if let Some(limits) = found.limits {
@@ -396,6 +417,9 @@ fn from_snapshot(
         }
         if body.pids.is_none() && limits.pids > 0 {
             body.pids = Some(limits.pids);
+        }
+        if body.disk_mb.is_none() && limits.disk_mb > 0 {
+            body.disk_mb = Some(limits.disk_mb);
         }
         if body.vcpus.is_none() && limits.millicpus > 0 && limits.millicpus.is_multiple_of(1000) {
             body.vcpus = Some(limits.millicpus / 1000);
@@ -435,6 +459,7 @@ pub fn post_snapshots(
     config: &Config,
     body: SnapshotBody,
 ) -> Result<Reply, ApiError> {
+    let elsewhere = body.elsewhere;
     let (sandbox, name) = body.validate()?;
     let name = name
         .unwrap_or_else(|| crate::snapshot::default_name(&sandbox, std::time::SystemTime::now()));
@@ -442,7 +467,7 @@ pub fn post_snapshots(
         snapshots: [name.to_string()].into(),
         ..Holdings::default()
     };
-    let _reserved = reserve(context, config, adding)?;
+    let _reserved = reserve(context, config, adding, elsewhere)?;
     // The copy can take a while: the sandbox is in use meanwhile, not idle.
     let _busy = context.expiry.busy(&config.namespace, &sandbox);
     let taken = crate::snapshot::take(&context.docker, config, &sandbox, &name)?;
@@ -825,7 +850,7 @@ pub fn post_sandbox_files(
 }
 
 /// `GET /backends`, as the published SDKs ask it: one backend, docker, usable when
-/// the engine answers.
+/// the engine answers, with the engine's runtimes.
 pub fn get_backends(context: &Context) -> Result<Reply, ApiError> {
     let (usable, reason) = match context.docker.ping() {
         Ok(version) => (
@@ -837,6 +862,7 @@ pub fn get_backends(context: &Context) -> Result<Reply, ApiError> {
         ),
         Err(error) => (false, error.to_string()),
     };
+    let runtimes = crate::containers::runtime::available(&context.docker).ok();
     let capabilities = json!({
         "mount_cwd": false, "mount_home": false, "attach": false, "host_volumes": false,
         "ssh": false, "proxy_secret_bindings": false, "secret_files": false,
@@ -851,6 +877,13 @@ pub fn get_backends(context: &Context) -> Result<Reply, ApiError> {
             "usable": usable,
             "readiness_reason": reason,
             "capabilities": capabilities,
+            "runtimes": runtimes
+                .as_ref()
+                .map(|runtimes| crate::containers::runtime::offered(&context.config, runtimes)),
+            // The server's default, else the engine's.
+            "default_runtime": runtimes.map(|runtimes| {
+                context.config.default_runtime.clone().unwrap_or(runtimes.default)
+            }),
         }],
     })))
 }

@@ -310,7 +310,10 @@ fn framing_of(fields: &[(String, String)], http10: bool) -> Result<Framing, Head
 pub struct Chunked {
     state: ChunkState,
     limit: u64,
+    /// The body decoded so far (a streaming reader takes it as it goes).
     pub body: Vec<u8>,
+    /// How many bytes of body were decoded in all (what the limit bounds).
+    decoded: u64,
     /// The size line or trailer line being read.
     line: Vec<u8>,
 }
@@ -340,6 +343,7 @@ impl Chunked {
             state: ChunkState::Size,
             limit,
             body: Vec::new(),
+            decoded: 0,
             line: Vec::new(),
         }
     }
@@ -401,7 +405,7 @@ impl Chunked {
                         .map_err(|_| ChunkError::Bad("chunk size is not hex".into()))?;
                     if size == 0 {
                         self.state = ChunkState::Trailer;
-                    } else if (self.body.len() as u64).saturating_add(size) > self.limit {
+                    } else if self.decoded.saturating_add(size) > self.limit {
                         return Err(ChunkError::TooLarge);
                     } else {
                         self.state = ChunkState::Data(size);
@@ -410,6 +414,7 @@ impl Chunked {
                 ChunkState::Data(left) => {
                     let take = (input.len() - used).min(left.min(usize::MAX as u64) as usize);
                     self.body.extend_from_slice(&input[used..used + take]);
+                    self.decoded += take as u64;
                     used += take;
                     let left = left - take as u64;
                     self.state = if left == 0 {
@@ -635,6 +640,162 @@ impl Connection {
                 Ok(count) => drained += count,
             }
         }
+    }
+}
+
+/// A request's body read as it arrives, for a router that passes it on (an upload):
+/// the body's bytes (chunked framing decoded), under the same bounds as `read_body`
+/// (at most `limit` bytes, by `deadline`, until `stop`), through a buffer of at most
+/// 64 KiB whatever the body's size. An `Expect: 100-continue` client gets its go-ahead
+/// at the first read: only once the body is wanted.
+///
+/// A read that fails keeps why in `failure` (the answer the client gets).
+pub struct BodyReader<'a> {
+    connection: &'a mut Connection,
+    /// Length-framed: the bytes still to come; chunked: the decoder.
+    left: u64,
+    chunked: Option<Chunked>,
+    /// Raw bytes read and not yet given out (decoded first, if chunked).
+    raw: Vec<u8>,
+    deadline: Instant,
+    stop: &'a dyn Fn() -> bool,
+    go_ahead: bool,
+    pub failure: Option<BodyError>,
+}
+
+/// The most a `BodyReader` holds at once: one read's raw bytes, decoded.
+pub const BODY_READER_BYTES: u64 = 2 * 64 * 1024;
+
+impl<'a> BodyReader<'a> {
+    pub fn new(
+        connection: &'a mut Connection,
+        head: &Head,
+        limit: u64,
+        timeout: Duration,
+        stop: &'a dyn Fn() -> bool,
+    ) -> BodyReader<'a> {
+        let (left, chunked) = match head.framing {
+            Framing::Empty => (0, None),
+            Framing::Length(length) => (length, None),
+            Framing::Chunked => (0, Some(Chunked::new(limit))),
+        };
+        let failure = matches!(head.framing, Framing::Length(length) if length > limit)
+            .then_some(BodyError::TooLarge);
+        BodyReader {
+            connection,
+            left,
+            chunked,
+            raw: Vec::new(),
+            deadline: Instant::now() + timeout,
+            stop,
+            go_ahead: head.expect_continue && head.framing != Framing::Empty && !head.http10,
+            failure,
+        }
+    }
+
+    /// When the whole body must have arrived.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The body's length when the head gave it (else it is sent on chunked).
+    pub fn length(&self) -> Option<u64> {
+        self.chunked.is_none().then_some(self.left)
+    }
+
+    fn fail(&mut self, error: BodyError) -> io::Error {
+        let text = format!("the request's body: {error:?}");
+        self.failure = Some(error);
+        io::Error::other(text)
+    }
+
+    /// Reads at most `room` more raw bytes of the connection into `raw`.
+    fn fill_raw(&mut self, room: usize) -> io::Result<()> {
+        let mut raw = std::mem::take(&mut self.raw);
+        let filled = self.fill(&mut raw, room);
+        self.raw = raw;
+        filled
+    }
+
+    /// Reads more of the connection into `into` (what was read past the head first).
+    fn fill(&mut self, into: &mut Vec<u8>, room: usize) -> io::Result<()> {
+        if !self.connection.buffer.is_empty() {
+            let take = self.connection.buffer.len().min(room);
+            into.extend(self.connection.buffer.drain(..take));
+            return Ok(());
+        }
+        if std::mem::take(&mut self.go_ahead)
+            && self
+                .connection
+                .stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .is_err()
+        {
+            return Err(self.fail(BodyError::Closed));
+        }
+        loop {
+            if let Err(error) = self.connection.wait_until(self.deadline, self.stop) {
+                return Err(self.fail(error));
+            }
+            match read_some(&mut self.connection.stream, into, room) {
+                Ok(0) => return Err(self.fail(BodyError::Closed)),
+                Ok(_) => return Ok(()),
+                Err(error) if is_timeout(&error) => {}
+                Err(_) => return Err(self.fail(BodyError::Closed)),
+            }
+        }
+    }
+}
+
+impl Read for BodyReader<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        if self.failure.is_some() {
+            return Err(io::Error::other("the request's body broke off"));
+        }
+        let room = buffer.len().min(64 * 1024);
+        let Some(mut decoder) = self.chunked.take() else {
+            if self.left == 0 || room == 0 {
+                return Ok(0);
+            }
+            if self.raw.is_empty() {
+                self.fill_raw(room.min(self.left.min(usize::MAX as u64) as usize))?;
+            }
+            let count = self.raw.len().min(buffer.len());
+            buffer[..count].copy_from_slice(&self.raw[..count]);
+            self.raw.drain(..count);
+            self.left -= count as u64;
+            return Ok(count);
+        };
+        let result = loop {
+            if !decoder.body.is_empty() {
+                let count = decoder.body.len().min(buffer.len());
+                buffer[..count].copy_from_slice(&decoder.body[..count]);
+                decoder.body.drain(..count);
+                break Ok(count);
+            }
+            if decoder.is_done() || room == 0 {
+                break Ok(0);
+            }
+            if self.raw.is_empty() {
+                if let Err(error) = self.fill_raw(room) {
+                    break Err(error);
+                }
+            }
+            match decoder.feed(&self.raw) {
+                Ok(used) => {
+                    self.raw.drain(..used);
+                    if decoder.is_done() {
+                        // What follows the body is a next request's: it stays unread
+                        // (the connection closes after this one).
+                        self.raw.clear();
+                    }
+                }
+                Err(ChunkError::TooLarge) => break Err(self.fail(BodyError::TooLarge)),
+                Err(ChunkError::Bad(message)) => break Err(self.fail(BodyError::Bad(message))),
+            }
+        };
+        self.chunked = Some(decoder);
+        result
     }
 }
 
@@ -1025,6 +1186,95 @@ mod tests {
                 .unwrap()
                 .unwrap();
         assert!(head.expect_continue);
+    }
+
+    /// A connection whose client side sends `pieces`, a few milliseconds apart, and
+    /// the head read from it.
+    fn connection_sending(pieces: Vec<&'static [u8]>) -> (Connection, Head) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut client = TcpStream::connect(address).unwrap();
+            for piece in pieces {
+                client.write_all(piece).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        });
+        let mut connection = Connection::new(listener.accept().unwrap().0);
+        let head = connection.read_head(&limits(), &|| false).unwrap();
+        (connection, head)
+    }
+
+    fn read_all(reader: &mut BodyReader<'_>) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        let mut buffer = [0u8; 7];
+        loop {
+            match reader.read(&mut buffer)? {
+                0 => return Ok(body),
+                count => body.extend_from_slice(&buffer[..count]),
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_reader_gives_the_body_exactly_as_it_arrives() {
+        // Chunked, split across reads mid-size-line and mid-data, an extension and a
+        // trailer, then a pipelined request that is not the body's.
+        let (mut connection, head) = connection_sending(vec![
+            b"PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+            b"lo\r\n1",
+            b"0;ext=1\r\n, chunked world!\r\n0\r\nTrailer: x\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        ]);
+        let stop = || false;
+        let mut reader =
+            BodyReader::new(&mut connection, &head, 1024, Duration::from_secs(5), &stop);
+        assert_eq!(reader.length(), None);
+        assert_eq!(read_all(&mut reader).unwrap(), b"hello, chunked world!");
+        assert!(reader.failure.is_none());
+
+        // Length-framed: exactly its bytes, the rest left alone.
+        let (mut connection, head) = connection_sending(vec![
+            b"PUT /x HTTP/1.1\r\nContent-Length: 12\r\n\r\nhello",
+            b", world!extra",
+        ]);
+        let mut reader =
+            BodyReader::new(&mut connection, &head, 1024, Duration::from_secs(5), &stop);
+        assert_eq!(reader.length(), Some(12));
+        assert_eq!(read_all(&mut reader).unwrap(), b"hello, world");
+
+        // Past the limit, chunked: the read fails and says why.
+        let (mut connection, head) = connection_sending(vec![
+            b"PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n",
+            b"8\r\n12345678\r\n0\r\n\r\n",
+        ]);
+        let mut reader = BodyReader::new(&mut connection, &head, 10, Duration::from_secs(5), &stop);
+        assert!(read_all(&mut reader).is_err());
+        assert!(matches!(reader.failure, Some(BodyError::TooLarge)));
+
+        // Stalled: a timeout, promptly.
+        let (mut connection, head) =
+            connection_sending(vec![b"PUT /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc"]);
+        let started = Instant::now();
+        let mut reader = BodyReader::new(
+            &mut connection,
+            &head,
+            1024,
+            Duration::from_millis(300),
+            &stop,
+        );
+        assert!(read_all(&mut reader).is_err());
+        assert!(matches!(reader.failure, Some(BodyError::TimedOut)));
+        assert!(started.elapsed() < Duration::from_secs(1));
+
+        // Bad framing.
+        let (mut connection, head) = connection_sending(vec![
+            b"PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        ]);
+        let mut reader =
+            BodyReader::new(&mut connection, &head, 1024, Duration::from_secs(5), &stop);
+        assert!(read_all(&mut reader).is_err());
+        assert!(matches!(reader.failure, Some(BodyError::Bad(_))));
     }
 
     #[test]

@@ -195,10 +195,11 @@ impl Metrics {
             for key in &keys {
                 let _ = writeln!(
                     out,
-                    "{name}{{image=\"{}\",profile=\"{}\",network=\"{}\"}} {}",
+                    "{name}{{image=\"{}\",profile=\"{}\",network=\"{}\",runtime=\"{}\"}} {}",
                     escape(key["image"].as_str().unwrap_or_default()),
                     escape(key["profile"].as_str().unwrap_or_default()),
                     escape(key["network"].as_str().unwrap_or_default()),
+                    escape(key["runtime"].as_str().unwrap_or("default")),
                     key[field].as_u64().unwrap_or(0)
                 );
             }
@@ -295,8 +296,8 @@ mod tests {
             "agentkernel_engine_up 1",
             "agentkernel_sandboxes{status=\"running\"} 2",
             "agentkernel_sandboxes{status=\"paused\"} 0",
-            "agentkernel_pool_ready{image=\"a\\\"b\",profile=\"moderate\",network=\"public\"} 2",
-            "agentkernel_pool_fallbacks_total{image=\"a\\\"b\",profile=\"moderate\",network=\"public\"} 4",
+            "agentkernel_pool_ready{image=\"a\\\"b\",profile=\"moderate\",network=\"public\",runtime=\"default\"} 2",
+            "agentkernel_pool_fallbacks_total{image=\"a\\\"b\",profile=\"moderate\",network=\"public\",runtime=\"default\"} 4",
             "# TYPE agentkernel_request_duration_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");

@@ -19,6 +19,7 @@ pub mod http;
 pub mod metrics;
 pub mod request;
 pub mod response;
+pub mod router;
 pub mod routes;
 pub mod sse;
 pub mod views;
@@ -63,12 +64,21 @@ pub struct Context {
     pub metrics: metrics::Metrics,
     /// The keys file's keys and namespaces, and what their quotas count.
     pub tenants: crate::tenants::Tenants,
+    /// In cluster mode (`serve --cluster`), the agents every request goes on to: then
+    /// this server has no engine, pool or sandboxes of its own (`router`).
+    pub cluster: Option<Arc<crate::cluster::Agents>>,
 }
 
 impl Context {
     /// With the tenants of a keys file (`--keys`).
     pub fn with_tenants(mut self, tenants: crate::tenants::Tenants) -> Context {
         self.tenants = tenants;
+        self
+    }
+
+    /// As a cluster's router, sending requests on to `agents`.
+    pub fn with_cluster(mut self, agents: crate::cluster::Agents) -> Context {
+        self.cluster = Some(Arc::new(agents));
         self
     }
 
@@ -100,6 +110,7 @@ impl Context {
             expiry: crate::expiry::Expiry::new(&config),
             metrics: metrics::Metrics::default(),
             tenants: crate::tenants::Tenants::none(),
+            cluster: None,
             config,
             docker,
             pool,
@@ -216,6 +227,9 @@ struct Job {
     cancel: Cancel,
     /// The body's share of the body memory budget: given back once it is parsed.
     lease: BodyLease,
+    /// The server's shutdown flag: an answer relayed after it began closes its
+    /// connection.
+    stopping: Arc<AtomicBool>,
 }
 
 /// What a worker hands back to the connection's thread.
@@ -224,6 +238,9 @@ enum Handled {
     Reply(Connection, Box<Reply>),
     /// An event stream the worker wrote itself; the connection is closed.
     Streamed(u16),
+    /// An agent's answer the worker relayed whole; the connection may serve the
+    /// client's next request.
+    Relayed(Connection, u16),
 }
 
 /// Where threads of the server find what they share.
@@ -242,13 +259,21 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
         listen(&address).map_err(|error| format!("cannot listen on {address}: {error}"))?;
     // Our lease, held until we return (and by the kernel until this process ends): how
     // other processes of the namespace tell that our containers' owner still runs.
-    let lease = take_lease(config);
+    // A cluster's router has no engine, containers or sandboxes of its own.
+    let with_engine = context.cluster.is_none();
+    let lease = if with_engine {
+        take_lease(config)
+    } else {
+        None
+    };
     // Only once the port is ours: a second server started by mistake on the same port
     // must fail before it touches the first one's containers. With the engine down,
     // the start-up sweep waits for it (`engine-watch`).
-    context
-        .engine
-        .first_look(&context.docker, &context.config, &context.pool);
+    if with_engine {
+        context
+            .engine
+            .first_look(&context.docker, &context.config, &context.pool);
+    }
     let local = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -262,13 +287,16 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
         .edge
         .body_budget
         .store(config.body_memory_budget(), Ordering::SeqCst);
+    let backend = match &context.cluster {
+        Some(_) => "a cluster's router".to_string(),
+        None => format!("engine {}", config.docker_socket.display()),
+    };
     log::info!(
-        "listening on http://{local} (namespace '{}', {} workers, queue {}, {} connections, engine {})",
+        "listening on http://{local} (namespace '{}', {} workers, queue {}, {} connections, {backend})",
         config.namespace.as_str(),
         config.workers,
         config.queue,
         max_connections,
-        config.docker_socket.display()
     );
     if context.tenants.enabled() {
         // SIGHUP re-reads the keys file (the flag is looked at by `keys-reload`).
@@ -295,83 +323,13 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
         );
     }
 
-    let refill = {
-        let context = Arc::clone(&context);
-        spawn("pool-refill", move || {
-            context.pool.refill_loop(&context.docker, &context.config)
-        })?
-    };
-    let reaper = {
-        let context = Arc::clone(&context);
-        spawn("reaper", move || context.pool.reap_loop(&context.docker))?
-    };
-    // Not joined: it holds no container of its own, and ends with the process.
-    {
-        let context = Arc::clone(&context);
-        let shutdown = Arc::clone(&shutdown);
-        spawn("expiry", move || {
-            while !shutdown.load(Ordering::SeqCst) {
-                if context.engine.is_up() {
-                    let Context {
-                        expiry,
-                        docker,
-                        config,
-                        history,
-                        tenants,
-                        ..
-                    } = &*context;
-                    let namespaces = tenants.namespaces(&config.namespace);
-                    // A pass that panics must not end expiry for good.
-                    let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        expiry.reap(docker, config, history, &namespaces)
-                    }));
-                    if pass.is_err() {
-                        log::error!("expiry: a pass failed (a bug); trying again in a second");
-                    }
-                }
-                std::thread::sleep(crate::expiry::EVERY);
-            }
-        })?;
-    }
-    // Not joined: it holds nothing, and ends with the process.
-    {
-        let context = Arc::clone(&context);
-        let shutdown = Arc::clone(&shutdown);
-        spawn("egress-watch", move || {
-            use crate::containers::egress;
-            let mut started = false;
-            let mut next = Instant::now();
-            while !shutdown.load(Ordering::SeqCst) {
-                if Instant::now() >= next && context.engine.is_up() {
-                    let (docker, config) = (&context.docker, &context.config);
-                    if !started {
-                        let namespaces = context.tenants.namespaces(&config.namespace);
-                        started = egress::at_start(docker, &namespaces);
-                    }
-                    if egress::in_use() {
-                        // Failures are logged by `look`; public creates are refused
-                        // until a look succeeds.
-                        let _ = egress::look(docker);
-                    }
-                    next = Instant::now() + egress::WATCH_EVERY;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        })?;
-    }
-    let watch = {
-        let context = Arc::clone(&context);
-        let shutdown = Arc::clone(&shutdown);
-        spawn("engine-watch", move || {
-            let Context {
-                engine,
-                docker,
-                config,
-                pool,
-                ..
-            } = &*context;
-            engine.watch_loop(docker, config, pool, &shutdown)
-        })?
+    let joinable = match &context.cluster {
+        Some(agents) => {
+            let agents = Arc::clone(agents);
+            let shutdown = Arc::clone(&shutdown);
+            vec![spawn("cluster-watch", move || agents.watch(&shutdown))?]
+        }
+        None => engine_threads(&context, &shutdown)?,
     };
 
     let (jobs, receiver) = bounded::<Job>(config.queue);
@@ -468,12 +426,16 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     let cleanup = {
         let context = Arc::clone(&context);
         spawn("cleanup", move || {
-            context.pool.shut_down(&context.docker);
-            let _ = refill.join();
-            let _ = reaper.join();
+            if with_engine {
+                context.pool.shut_down(&context.docker);
+            }
+            for thread in joinable {
+                let _ = thread.join();
+            }
             let _ = refuser.join();
-            let _ = watch.join();
-            crate::containers::sweep::remove_temporary(&context.docker, &context.config, None);
+            if with_engine {
+                crate::containers::sweep::remove_temporary(&context.docker, &context.config, None);
+            }
             let _ = cleaned.send(());
         })
     };
@@ -496,6 +458,114 @@ pub fn serve(context: Arc<Context>, shutdown: Arc<AtomicBool>) -> Result<(), Str
     drop(lease);
     log::info!("stopped");
     Ok(())
+}
+
+/// The threads of a server with an engine: the pool's refill and reaper, expiry, the
+/// egress rules' watch and the engine's; the joinable ones (the rest hold nothing and
+/// end with the process).
+fn engine_threads(
+    context: &Arc<Context>,
+    shutdown: &Arc<AtomicBool>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
+    let refill = {
+        let context = Arc::clone(context);
+        spawn("pool-refill", move || {
+            context.pool.refill_loop(&context.docker, &context.config)
+        })?
+    };
+    let reaper = {
+        let context = Arc::clone(context);
+        spawn("reaper", move || context.pool.reap_loop(&context.docker))?
+    };
+    // Not joined: it holds no container of its own, and ends with the process.
+    {
+        let context = Arc::clone(context);
+        let shutdown = Arc::clone(shutdown);
+        spawn("expiry", move || {
+            while !shutdown.load(Ordering::SeqCst) {
+                if context.engine.is_up() {
+                    let Context {
+                        expiry,
+                        docker,
+                        config,
+                        history,
+                        tenants,
+                        ..
+                    } = &*context;
+                    let namespaces = tenants.namespaces(&config.namespace);
+                    // A pass that panics must not end expiry for good.
+                    let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        expiry.reap(docker, config, history, &namespaces)
+                    }));
+                    if pass.is_err() {
+                        log::error!("expiry: a pass failed (a bug); trying again in a second");
+                    }
+                }
+                std::thread::sleep(crate::expiry::EVERY);
+            }
+        })?;
+    }
+    // Sandboxes with an egress policy get their rules (and allow-lists their resolver)
+    // back before the first request is accepted: a restarted server must not run a
+    // command there before its names resolve. With the engine down, once it is back.
+    let restored = context.engine.is_up() && egress_at_start(context);
+    // Not joined: it holds nothing, and ends with the process.
+    {
+        let context = Arc::clone(context);
+        let shutdown = Arc::clone(shutdown);
+        spawn("egress-watch", move || {
+            use crate::containers::egress;
+            let mut started = restored;
+            let mut next = Instant::now();
+            while !shutdown.load(Ordering::SeqCst) {
+                if Instant::now() >= next && context.engine.is_up() {
+                    let (docker, config) = (&context.docker, &context.config);
+                    crate::containers::disk::set_served(
+                        context.tenants.namespaces(&config.namespace),
+                    );
+                    if !started {
+                        started = egress_at_start(&context);
+                    }
+                    if egress::in_use() {
+                        // Failures are logged by `look`; public creates are refused
+                        // until a look succeeds.
+                        let _ = egress::look(docker);
+                    }
+                    if crate::containers::allow::in_use() {
+                        if let Err(error) = crate::containers::allow::look(docker) {
+                            log::error!("egress: allow-lists: {error}");
+                        }
+                    }
+                    next = Instant::now() + egress::WATCH_EVERY;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })?;
+    }
+    let watch = {
+        let context = Arc::clone(context);
+        let shutdown = Arc::clone(shutdown);
+        spawn("engine-watch", move || {
+            let Context {
+                engine,
+                docker,
+                config,
+                pool,
+                ..
+            } = &*context;
+            engine.watch_loop(docker, config, pool, &shutdown)
+        })?
+    };
+
+    Ok(vec![refill, reaper, watch])
+}
+
+/// The rules of the public and allow-list sandboxes of every namespace served, put back
+/// at start (`egress::at_start`, `allow::at_start`); whether it could look.
+fn egress_at_start(context: &Context) -> bool {
+    let namespaces = context.tenants.namespaces(&context.config.namespace);
+    crate::containers::egress::at_start(&context.docker, &namespaces)
+        & crate::containers::allow::at_start(&context.docker, &namespaces)
 }
 
 /// Waits until every worker has finished, or `deadline`.
@@ -769,21 +839,58 @@ fn work(context: &Context, job: Job) {
         done,
         cancel,
         lease,
+        stopping,
     } = job;
+    if let Some(agents) = context.cluster.as_ref() {
+        let routed = catch_unwind(AssertUnwindSafe(|| {
+            let incoming = router::Incoming {
+                route: &route,
+                namespace: &namespace,
+                head: &head,
+                body: &body,
+                cancel: &cancel,
+                stopping: &stopping,
+            };
+            router::route(context, agents, incoming, &mut connection.stream)
+        }));
+        drop(body);
+        drop(lease);
+        let handled = match routed {
+            Ok(router::Routed::Reply(reply)) => Handled::Reply(connection, reply),
+            Ok(router::Routed::Proxied {
+                status,
+                reusable: true,
+            }) => Handled::Relayed(connection, status),
+            Ok(router::Routed::Proxied { status, .. }) => Handled::Streamed(status),
+            // Part of an answer may be out already: the connection goes with it.
+            Err(_) => {
+                log::error!("routing a request panicked (a bug); the connection is closed");
+                Handled::Streamed(500)
+            }
+        };
+        let _ = done.send(handled);
+        return;
+    }
     let hook = test_hook(context, &head);
+    let elsewhere = head
+        .header(crate::tenants::ELSEWHERE_HEADER)
+        .and_then(crate::tenants::Elsewhere::parse)
+        .unwrap_or_default();
     let reply = guarded(&context.metrics, move || {
         if hook == Some("handler") {
             panic!("test hook: panic in a handler");
         }
         // Parsed, the body's bytes are of no more use: neither they nor their share of
         // the budget wait for the handler and the answer.
-        let parsed = Request::parse(route, &body);
+        let parsed = Request::parse(route, &body).map(|request| request.with_elsewhere(elsewhere));
         drop(body);
         drop(lease);
         parsed.and_then(|request| handlers::dispatch_with(context, &namespace, request, &cancel))
     });
-    match reply.stream {
+    let mut reply = reply;
+    match reply.stream.take() {
         Some(stream_job) => {
+            let slots = reply.run_slots.take();
             // Past the stream's head no error answer can be sent: a panic closes the
             // connection (the client sees the stream end without its `done` event).
             let streamed = catch_unwind(AssertUnwindSafe(|| {
@@ -794,7 +901,13 @@ fn work(context: &Context, job: Job) {
                     );
                     panic!("test hook: panic while writing an event stream");
                 }
-                sse::stream(context, &mut connection.stream, stream_job, head.http10)
+                sse::stream(
+                    context,
+                    &mut connection.stream,
+                    stream_job,
+                    slots,
+                    head.http10,
+                )
             }));
             let status = streamed.unwrap_or_else(|_| {
                 log::error!("writing an event stream panicked; the connection is closed");
@@ -866,6 +979,43 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                 return;
             }
         };
+        // A cluster's large upload goes on to its agent as it arrives, from this
+        // thread: a slow uploader holds a connection, never a worker.
+        let streams = router::streams_body(&context.config, &route, &head);
+        if let Some(agents) = context.cluster.as_ref().filter(|_| streams) {
+            let mut lease = BodyLease::new(Arc::clone(&shared.context));
+            if !lease.grow_to(router::UPLOAD_BYTES) {
+                finish_early(
+                    context,
+                    connection,
+                    Some(&head),
+                    &ApiError::BodiesInFlight,
+                    started,
+                );
+                return;
+            }
+            let upload = router::Upload {
+                route: &route,
+                namespace: &namespace,
+                head: &head,
+                limit,
+                body_timeout: limits.body_timeout,
+                stop: &stop,
+            };
+            let status = catch_unwind(AssertUnwindSafe(|| {
+                router::upload(context, agents, upload, &mut connection)
+            }))
+            .unwrap_or_else(|_| {
+                log::error!("routing an upload panicked (a bug); the connection is closed");
+                Some(500)
+            });
+            drop(lease);
+            if let Some(status) = status {
+                log_request(context, &head, status, started);
+            }
+            connection.linger_close(LINGER);
+            return;
+        }
         // The body's memory is granted as it arrives, from a budget all connections
         // share: past it, a 503 instead of one more buffer. (Granted bytes are what
         // clients sent, so idle connections that declare large bodies hold nothing.)
@@ -881,19 +1031,10 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                 lease.grow_to(bytes)
             }) {
                 Ok(body) => body,
-                Err(BodyError::Closed) => return,
                 Err(error) => {
-                    let error = match error {
-                        BodyError::TooLarge => ApiError::BodyTooLarge { limit },
-                        BodyError::TimedOut => ApiError::RequestTimeout("body"),
-                        BodyError::Stopped => ApiError::ShuttingDown,
-                        BodyError::OverBudget => ApiError::BodiesInFlight,
-                        BodyError::Bad(message) => {
-                            ApiError::BadBody(format!("Malformed chunked body: {message}"))
-                        }
-                        BodyError::Closed => unreachable!("handled above"),
-                    };
-                    finish_early(context, connection, Some(&head), &error, started);
+                    if let Some(error) = body_error(error, limit) {
+                        finish_early(context, connection, Some(&head), &error, started);
+                    }
                     return;
                 }
             };
@@ -901,9 +1042,10 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
         let keep_alive = head.keep_alive;
         let handled = if route == Route::Health {
             // Liveness never waits in the queue: answered here, whatever the workers do.
-            let reply = guarded(&context.metrics, || {
-                Request::parse(route, &body)
-                    .and_then(|request| handlers::dispatch(context, request))
+            let reply = guarded(&context.metrics, || match context.cluster.as_deref() {
+                Some(agents) => Ok(router::health(context, agents)),
+                None => Request::parse(route, &body)
+                    .and_then(|request| handlers::dispatch(context, request)),
             });
             drop(lease);
             Ok(Handled::Reply(connection, Box::new(reply)))
@@ -924,6 +1066,7 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
                 done,
                 cancel: cancel.clone(),
                 lease,
+                stopping: Arc::clone(&shared.shutdown),
             };
             match shared.jobs.try_send(job) {
                 Ok(()) => {}
@@ -967,6 +1110,14 @@ fn serve_connection(shared: &Shared, mut connection: Connection) {
             Ok(Handled::Streamed(status)) => {
                 log_request(context, &head, status, started);
                 return;
+            }
+            Ok(Handled::Relayed(back, status)) => {
+                log_request(context, &head, status, started);
+                if stop() {
+                    back.linger_close(LINGER);
+                    return;
+                }
+                connection = back;
             }
             // The worker's request panicked outside its handler: the connection went
             // with it.
@@ -1026,6 +1177,18 @@ fn hung_up(stream: &TcpStream) -> bool {
             .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
         Err(_) => false,
     }
+}
+
+/// The answer to a body that could not be read (`None`: the client went away).
+fn body_error(error: BodyError, limit: u64) -> Option<ApiError> {
+    Some(match error {
+        BodyError::TooLarge => ApiError::BodyTooLarge { limit },
+        BodyError::TimedOut => ApiError::RequestTimeout("body"),
+        BodyError::Stopped => ApiError::ShuttingDown,
+        BodyError::OverBudget => ApiError::BodiesInFlight,
+        BodyError::Bad(message) => ApiError::BadBody(format!("Malformed chunked body: {message}")),
+        BodyError::Closed => return None,
+    })
 }
 
 /// Answers an error found before the body was read, then closes.

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::Config;
+use crate::containers::allow::AllowList;
 use crate::containers::labels::SandboxName;
 use crate::containers::profile::{
     check_bound, check_host_cpus, check_host_memory, Limits, Network, Profile, MEMORY_MB_RANGE,
@@ -88,6 +89,19 @@ pub enum Request {
 }
 
 impl Request {
+    /// Takes what a cluster's router says the namespace holds on its other agents
+    /// (`tenants::ELSEWHERE_HEADER`), on the requests that add to what it holds.
+    pub fn with_elsewhere(mut self, elsewhere: crate::tenants::Elsewhere) -> Request {
+        match &mut self {
+            Request::CreateSandbox(body) | Request::RestoreSnapshot(_, body) => {
+                body.elsewhere = elsewhere
+            }
+            Request::CreateSnapshot(body) => body.elsewhere = elsewhere,
+            _ => {}
+        }
+        self
+    }
+
     /// The request a routed request's body makes of it. Routes without a body ignore
     /// whatever was sent.
     pub fn parse(route: Route, body: &[u8]) -> Result<Request, ApiError> {
@@ -384,6 +398,13 @@ pub struct RunBody {
     /// The egress policy: `none`, `public` or `full` (default: the profile's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<Value>,
+    /// What the container may write to its root filesystem, in MiB (default: the
+    /// profile's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
+    /// The engine runtime (`runc`, `runsc`): default the server's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
     #[serde(flatten)]
     pub command: CommandFields,
 }
@@ -397,10 +418,15 @@ impl RunBody {
             profile.check_workdir(workdir).map_err(ApiError::BadBody)?;
         }
         let image = parse_image(self.image, config.images.image_for(&command.argv[0]))?;
+        let (runtime, network, allow) =
+            parse_boundary(self.runtime, self.network, profile, config)?;
         Ok(RunRequest {
             namespace: config.namespace.clone(),
             image,
-            network: parse_network(self.network, profile, config)?,
+            network,
+            allow,
+            disk_mb: parse_disk(self.disk_mb, profile, config)?,
+            runtime,
             profile,
             fast: self.fast.unwrap_or(true),
             command,
@@ -457,6 +483,12 @@ pub struct CreateBody {
     pub vcpus: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
+    /// What the sandbox may write to its root filesystem, in MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
+    /// The engine runtime (`runc`, `runsc`): default the server's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
     /// Seconds, or a duration string (`90s`, `30m`, `2h`, `1d`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Value>,
@@ -482,6 +514,10 @@ pub struct CreateBody {
     pub secrets: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_files: Option<Value>,
+    /// What the namespace holds on a cluster's other agents (from the router's
+    /// header, never the body).
+    #[serde(skip)]
+    pub elsewhere: crate::tenants::Elsewhere,
 }
 
 impl CreateBody {
@@ -550,6 +586,7 @@ impl CreateBody {
                 Some(pids) => check_bound("pids", pids, PIDS_RANGE).map_err(ApiError::BadBody)?,
                 None => defaults.pids,
             },
+            disk_mb: parse_disk(self.disk_mb, profile, config)?,
         };
         let volumes = match self.volumes {
             None | Some(Value::Null) => Vec::new(),
@@ -571,10 +608,14 @@ impl CreateBody {
                 )))
             }
         };
+        let (runtime, network, allow) =
+            parse_boundary(self.runtime, self.network, profile, config)?;
         Ok(CreateSandbox {
             name,
             image,
-            network: parse_network(self.network, profile, config)?,
+            network,
+            allow,
+            runtime,
             profile,
             limits,
             volumes,
@@ -585,33 +626,140 @@ impl CreateBody {
     }
 }
 
+/// A request's runtime and egress policy, the one under the other.
+type Boundary = (Option<String>, Network, Option<AllowList>);
+
+fn parse_boundary(
+    runtime: Option<String>,
+    network: Option<Value>,
+    profile: Profile,
+    config: &Config,
+) -> Result<Boundary, ApiError> {
+    let runtime = parse_runtime(runtime)?;
+    let asked = network.as_ref().is_some_and(|value| !value.is_null());
+    let (network, allow) = network_under(
+        parse_network(network, profile, config)?,
+        asked,
+        &runtime,
+        config,
+    )?;
+    Ok((runtime, network, allow))
+}
+
+/// The policy under the request's runtime: gVisor runs with its own network stack off
+/// (`--network=none`, the only way it runs on the hosts we know), so a gVisor
+/// container reaches nothing: its policy is `none`, and a request for another is a
+/// 400 rather than a policy that would not hold as it says.
+fn network_under(
+    (network, allow): (Network, Option<AllowList>),
+    asked: bool,
+    runtime: &Option<String>,
+    config: &Config,
+) -> Result<(Network, Option<AllowList>), ApiError> {
+    let runtime = runtime.as_deref().or(config.default_runtime.as_deref());
+    if !crate::containers::runtime::is_gvisor(runtime) || network == Network::None {
+        return Ok((network, allow));
+    }
+    if !asked {
+        return Ok((Network::None, None));
+    }
+    Err(ApiError::BadBody(format!(
+        "runtime '{}' runs without a network here (gVisor's network stack is off): \
+         network must be none, not {network}",
+        runtime.unwrap_or_default()
+    )))
+}
+
+/// A `runtime`: a name the engine could have (whether it has it is asked when the
+/// container is made).
+fn parse_runtime(value: Option<String>) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(name) if !crate::containers::runtime::valid_name(&name) => {
+            Err(ApiError::BadBody(format!(
+                "invalid runtime '{name}': a runtime name is letters, digits, '.', '_' and '-'"
+            )))
+        }
+        other => Ok(other),
+    }
+}
+
+/// A `disk_mb`: within `DISK_MB_RANGE` and the server's `max_disk_mb`; none is the
+/// profile's default (brought down to that).
+fn parse_disk(value: Option<u64>, profile: Profile, config: &Config) -> Result<u64, ApiError> {
+    let Some(mb) = value else {
+        return Ok(config.disk_for(profile));
+    };
+    let (low, high) = crate::containers::profile::DISK_MB_RANGE;
+    let high = high.min(config.max_disk_mb);
+    if (low..=high).contains(&mb) {
+        Ok(mb)
+    } else {
+        Err(ApiError::BadBody(format!(
+            "disk_mb must be between {low} and {high} (the server's --max-disk-mb), got {mb}"
+        )))
+    }
+}
+
 /// A `network`: a policy's name; none (or null) is the server's default for the
 /// profile.
 fn parse_network(
     value: Option<Value>,
     profile: Profile,
     config: &Config,
-) -> Result<Network, ApiError> {
+) -> Result<(Network, Option<AllowList>), ApiError> {
+    let over = |asked: &str| {
+        ApiError::Forbidden(format!(
+            "network {asked} is wider than this server allows here (at most '{}')",
+            config.max_network
+        ))
+    };
     match value {
-        None | Some(Value::Null) => Ok(config.network_for(profile)),
+        None | Some(Value::Null) => Ok((config.network_for(profile), None)),
+        Some(Value::String(name)) if name == "allow" => Err(ApiError::BadBody(
+            "network allow needs its list: {\"allow\": [\"pypi.org\", \"10.0.0.0/8:443\", ...]}"
+                .into(),
+        )),
         Some(Value::String(name)) => {
             let network = Network::parse(&name).map_err(ApiError::BadBody)?;
             if network > config.max_network {
-                return Err(ApiError::Forbidden(format!(
-                    "network '{network}' is wider than this server allows here (at most \
-                     '{}')",
-                    config.max_network
-                )));
+                return Err(over(&format!("'{network}'")));
             }
-            Ok(network)
+            Ok((network, None))
         }
-        Some(Value::Object(fields)) if fields.contains_key("allow") => Err(ApiError::BadBody(
-            "network {\"allow\": [...]} (an allow-list) is not supported by this server: \
-             use none, public or full"
-                .into(),
-        )),
+        Some(Value::Object(mut fields)) if fields.len() == 1 && fields.contains_key("allow") => {
+            let items = match fields.remove("allow") {
+                Some(Value::Array(items)) => items
+                    .into_iter()
+                    .map(|item| match item {
+                        Value::String(text) => Ok(text),
+                        other => Err(ApiError::BadBody(format!(
+                            "network allow: each entry is a string, got {other}"
+                        ))),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                other => {
+                    return Err(ApiError::BadBody(format!(
+                        "network allow must be a list of destinations, got {}",
+                        other.unwrap_or(Value::Null)
+                    )))
+                }
+            };
+            let list = AllowList::parse(&items).map_err(ApiError::BadBody)?;
+            // A list naming what `public` refuses (private, link-local...) reaches
+            // further than `public`: it needs the ceiling `full`.
+            let neighbours = crate::containers::egress::HostView::read().neighbours;
+            let rank = if list.names_refused_ranges(&neighbours) {
+                Network::Full
+            } else {
+                Network::Allow
+            };
+            if rank > config.max_network {
+                return Err(over("{\"allow\": [...]}"));
+            }
+            Ok((Network::Allow, Some(list)))
+        }
         Some(other) => Err(ApiError::BadBody(format!(
-            "network must be none, public or full, got {other}"
+            "network must be none, public, full or {{\"allow\": [...]}}, got {other}"
         ))),
     }
 }
@@ -665,6 +813,9 @@ pub struct SnapshotBody {
     pub sandbox: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// As `CreateBody::elsewhere`.
+    #[serde(skip)]
+    pub elsewhere: crate::tenants::Elsewhere,
 }
 
 impl SnapshotBody {
@@ -1001,6 +1152,8 @@ mod tests {
                 image: Some("busybox".into()),
                 profile: Some("restrictive".into()),
                 network: Some(json!("none")),
+                disk_mb: Some(64),
+                runtime: Some("runsc".into()),
                 fast: Some(false),
                 command: command.clone(),
             }),

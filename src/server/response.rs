@@ -241,6 +241,27 @@ pub enum ApiError {
     Forbidden(String),
     /// Over one of the namespace's quotas (the keys file's): nothing was done.
     OverQuota(crate::tenants::OverQuota),
+    /// Cluster mode: no agent is up to take the request.
+    NoAgent,
+    /// Cluster mode: the agent that holds (or may hold) `what` is down.
+    NodeDown {
+        node: String,
+        what: String,
+    },
+    /// Cluster mode: another create of the namespace is being counted against its
+    /// quotas, and did not end in time.
+    CountBusy {
+        namespace: String,
+    },
+    /// Cluster mode: as many uploads as an agent takes at once are arriving for it.
+    UploadsBusy {
+        node: String,
+    },
+    /// Cluster mode: the agent `node` broke off its answer, or gave one we cannot read.
+    AgentFailed {
+        node: String,
+        error: String,
+    },
     Domain(Error),
 }
 
@@ -294,6 +315,34 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
             "Server busy: too many open connections, retry shortly".into(),
         ),
         ApiError::ShuttingDown => (503, "Server is shutting down".into()),
+        ApiError::NoAgent => (
+            503,
+            "No agent of the cluster is up: see GET /health for each node's state".into(),
+        ),
+        ApiError::NodeDown { node, what } => (
+            503,
+            format!("{what} on node {node}, which is down: retry once it is back"),
+        ),
+        ApiError::CountBusy { namespace } => (
+            503,
+            format!(
+                "Server busy: another create of namespace '{namespace}' is being counted \
+                 against its quotas, retry shortly"
+            ),
+        ),
+        ApiError::UploadsBusy { node } => (
+            503,
+            format!(
+                "Server busy: {} uploads to node {node} (or {} of this tenant's) are \
+                 arriving at once, retry shortly",
+                crate::cluster::MAX_UPLOADS,
+                crate::cluster::MAX_UPLOADS_PER_NAMESPACE
+            ),
+        ),
+        ApiError::AgentFailed { node, error } => (
+            502,
+            format!("Node {node} did not answer the request in full: {error}"),
+        ),
         ApiError::ClientGone => (
             499,
             "Client closed the request before its answer; its command was stopped".into(),
@@ -318,7 +367,9 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
         ApiError::Domain(error) => {
             let status = match error {
                 Error::Invalid(_) | Error::NotAFile { .. } | Error::WorkdirUnusable { .. } => 400,
-                Error::FileAccessDenied { .. } | Error::ReadOnlyRoot { .. } => 403,
+                Error::FileAccessDenied { .. }
+                | Error::ReadOnlyRoot { .. }
+                | Error::Forbidden(_) => 403,
                 Error::SandboxNotFound(_)
                 | Error::ImageMissing(_)
                 | Error::FileNotFound { .. }
@@ -333,7 +384,7 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
                 | Error::SandboxPaused(_)
                 | Error::FileNeedsRunning { .. } => 409,
                 Error::FileTooLarge { .. } => 413,
-                Error::NoSpace { .. } => 507,
+                Error::NoSpace { .. } | Error::DiskQuotaFull { .. } => 507,
                 Error::Engine(DockerError::Unreachable { .. } | DockerError::Io { .. }) => 503,
                 // What the engine refused and domain code did not trace to the client.
                 Error::Engine(_) => 502,
@@ -341,7 +392,7 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
                 Error::StubMismatch { .. } => 502,
                 Error::DetachedNotFound { .. } => 404,
                 Error::OutputMemoryFull { .. } => 503,
-                Error::DataDir(_) | Error::EgressUnavailable(_) => 500,
+                Error::DataDir(_) | Error::EgressUnavailable(_) | Error::DiskQuota(_) => 500,
             };
             (status, error.to_string())
         }
@@ -354,6 +405,12 @@ impl ApiError {
         let mut reply = Reply::error(status, message);
         if let ApiError::Route(RouteError::MethodNotAllowed { allowed, .. }) = self {
             reply.headers.push(("Allow", allowed.to_string()));
+        }
+        if matches!(
+            self,
+            ApiError::CountBusy { .. } | ApiError::UploadsBusy { .. }
+        ) {
+            reply.headers.push(("Retry-After", "1".to_string()));
         }
         if let ApiError::OverQuota(over) = self {
             // Whole seconds, at least one (RFC 9110 delay-seconds).

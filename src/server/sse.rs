@@ -127,7 +127,17 @@ fn write_chunk(writer: &mut dyn Write, bytes: &[u8], chunked: bool) -> io::Resul
 
 /// Answers a request with an event stream; returns the status for the log line.
 /// The connection closes after the stream.
-pub fn stream(context: &Context, writer: &mut dyn Write, job: StreamJob, http10: bool) -> u16 {
+///
+/// `slots`, the stream's place among its namespace's concurrent runs, is given back
+/// as soon as its command has ended, before its last event: a client that has read
+/// `done` may start its next run at once.
+pub fn stream(
+    context: &Context,
+    writer: &mut dyn Write,
+    job: StreamJob,
+    slots: Option<crate::tenants::RunSlots>,
+    http10: bool,
+) -> u16 {
     let chunked = !http10;
     let framing = if chunked {
         "Transfer-Encoding: chunked\r\n"
@@ -154,7 +164,8 @@ pub fn stream(context: &Context, writer: &mut dyn Write, job: StreamJob, http10:
             .name("stream-producer".into())
             .spawn_scoped(scope, move || {
                 let fallback = sender.clone();
-                let run = AssertUnwindSafe(|| produce(context, job, sender, producer_cancel));
+                let run =
+                    AssertUnwindSafe(|| produce(context, job, slots, sender, producer_cancel));
                 if catch_unwind(run).is_err() {
                     log::error!("a stream producer panicked");
                     let message =
@@ -190,7 +201,13 @@ pub fn stream(context: &Context, writer: &mut dyn Write, job: StreamJob, http10:
     200
 }
 
-fn produce(context: &Context, job: StreamJob, sender: Sender<Vec<u8>>, cancel: Cancel) {
+fn produce(
+    context: &Context,
+    job: StreamJob,
+    slots: Option<crate::tenants::RunSlots>,
+    sender: Sender<Vec<u8>>,
+    cancel: Cancel,
+) {
     let started = Instant::now();
     let _ = sender.send(event("started", &json!({ "command": job.command() })));
     let mut observer = EventObserver {
@@ -200,7 +217,9 @@ fn produce(context: &Context, job: StreamJob, sender: Sender<Vec<u8>>, cancel: C
         cancel,
         carry: [Vec::new(), Vec::new()],
     };
-    let last = match job.execute(context, &mut observer) {
+    let executed = job.execute(context, &mut observer);
+    drop(slots);
+    let last = match executed {
         Ok(result) => {
             let _ = observer.flush_carry();
             let (stdout_cut, stderr_cut) = result.output.cut_streams();

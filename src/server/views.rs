@@ -94,13 +94,43 @@ pub fn sandbox_data(sandbox: &Sandbox) -> Value {
         "backend": "docker",
         "image": sandbox.image,
         "profile": sandbox.profile,
-        "network": network_of(sandbox),
+        "network": network_view(sandbox),
         "created_at": sandbox.created_at,
     });
     if let Some(limits) = sandbox.limits {
         add_limits(&mut data, limits);
+    } else if let Some(memory_mb) = sandbox
+        .labels
+        .get(crate::containers::labels::MEMORY_MB)
+        .and_then(|value| value.parse::<u64>().ok())
+    {
+        // Lists read no limits from the engine, but the memory it was given, which
+        // its label says (a cluster's router counts it against a tenant's quota).
+        data["memory_mb"] = json!(memory_mb);
+    }
+    if let Some(runtime) = &sandbox.runtime {
+        data["runtime"] = json!(runtime);
+    }
+    if let Some(disk) = &sandbox.disk {
+        data["disk"] = json!({
+            "quota_mb": disk.quota_mb,
+            "used_mb": disk.used_mb,
+            "enforced_by": disk.enforced_by,
+        });
     }
     data
+}
+
+/// A sandbox's egress policy as the API shows it: a name, or `{"allow": [...]}`.
+fn network_view(sandbox: &Sandbox) -> Value {
+    match network_of(sandbox) {
+        "allow" => json!({
+            "allow": crate::containers::allow::list_of(&sandbox.labels)
+                .map(|list| list.texts())
+                .unwrap_or_default(),
+        }),
+        name => json!(name),
+    }
 }
 
 /// A sandbox's egress policy: its label, or for one made before policies were
@@ -124,6 +154,7 @@ fn add_limits(data: &mut Value, limits: crate::containers::profile::Limits) {
         "memory_mb": limits.memory_mb,
         "cpus": limits.millicpus as f64 / 1000.0,
         "pids": limits.pids,
+        "disk_mb": limits.disk_mb,
     });
 }
 

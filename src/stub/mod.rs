@@ -798,10 +798,27 @@ fn remove_file(path: &str) -> Result<(), FileFailure> {
     std::fs::remove_file(path).map_err(|e| io_failure(path, &e))
 }
 
-/// Kills the command's whole tree: every process below us, which as a child subreaper
-/// is every process the command started (as a temporary container's init, every other
-/// process of the container).
-fn kill_tree() {
+/// Kills the command's whole tree: its process group first, in one signal that no fork
+/// of a member can race (most of a fork bomb never leaves it), then every process below
+/// us, which as a child subreaper is every process the command started, whatever group
+/// or session it moved to (as a temporary container's init, every other process of the
+/// container).
+///
+/// The group may outlive its leader (the command, once reaped): its id stays its own
+/// while any member is left, and is reused only after the group is empty and pids have
+/// wrapped around.
+///
+/// Fails closed: a stub that cannot read `/proc` (a command of its user can lower its
+/// open-files limit) could find nothing to kill, so it ends without a result instead,
+/// and the server's kill from outside runs (a fresh process, with its limits).
+fn kill_tree(command: u32) {
+    if let Some(group) = rustix::process::Pid::from_raw(command as i32) {
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    }
+    if reap::process(std::process::id()).is_none() {
+        eprintln!("agentkernel stub: cannot read /proc to kill the command's processes");
+        std::process::exit(125);
+    }
     reap::kill_below(std::process::id());
 }
 
@@ -1049,7 +1066,7 @@ fn failure(message: String, exit_code: i64) -> StubExit {
     }
 }
 
-fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Output>) -> ! {
+fn serve(spec: StubSpec, stdin: impl Read + Send + 'static, output: Arc<Output>) -> ! {
     let started = Instant::now();
     let deadline = started + Duration::from_millis(spec.timeout_ms);
     let oom_before = oom_kill_count();
@@ -1061,14 +1078,8 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
     let mut command = Command::new(&spec.argv[0]);
     command
         .args(&spec.argv[1..])
-        .stdin(if spec.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // A process group of its own, so that the command's `kill 0` never reaches us.
+        // A process group of its own, so that the command's `kill 0` never reaches us,
+        // and so that one signal to the group reaches all of it that did not leave.
         .process_group(0);
     for entry in &spec.env {
         if let Some((key, value)) = entry.split_once('=') {
@@ -1083,7 +1094,22 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
         }
         command.current_dir(dir);
     }
-    let mut child = match command.spawn() {
+    // Every thread and pipe of the run exists before the command starts: a command
+    // that takes every pid of its container at once (a fork bomb at the pids limit)
+    // must not leave its supervisor unable to start the thread that reaps it or
+    // relays its output.
+    let run = match prepare(&spec, stdin, &output, &mut command) {
+        Ok(run) => run,
+        Err(error) => {
+            let message = format!("agentkernel: cannot prepare the command's run: {error}");
+            output.finish(&failure(message, 125));
+        }
+    };
+    let child = command.spawn();
+    // Our copies of the command's ends of its pipes: the relays see the end of its
+    // output only once they are closed.
+    drop(command);
+    let child = match child {
         Ok(child) => child,
         Err(error) => {
             let code = if error.kind() == io::ErrorKind::NotFound {
@@ -1096,93 +1122,32 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
             output.finish(&failure(message.trim().to_string(), code));
         }
     };
-
     let command_pid = child.id();
-    let truncated = Arc::new(Mutex::new(false));
-    let (drained_sender, drained) = mpsc::channel::<()>();
-    for (pipe, kind) in [
-        (
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            STDOUT,
-        ),
-        (
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            STDERR,
-        ),
-    ] {
-        let Some(pipe) = pipe else { continue };
-        let output = Arc::clone(&output);
-        let truncated = Arc::clone(&truncated);
-        let done = drained_sender.clone();
-        let cap = spec.max_output_bytes;
-        std::thread::spawn(move || {
-            relay(pipe, kind, cap, &output, &truncated);
-            let _ = done.send(());
-        });
-    }
-    drop(drained_sender);
-
-    // The rest of stdin: command input, then EOF. When the server closes our stdin,
-    // nobody is waiting for the result any more: stop everything.
-    let child_stdin = child.stdin.take();
+    run.start(command_pid);
+    let status = match run
+        .status
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
     {
-        let output = Arc::clone(&output);
-        std::thread::spawn(move || {
-            forward_stdin(&mut stdin, child_stdin);
-            if output.claimed.load(Ordering::SeqCst) {
-                // The result is out (or going out) and the server let go. As a
-                // container's init, ending takes everything with it (after a run on the
-                // exec socket, once stdin ends: see `main`); run by `docker exec` in a
-                // sandbox, the main thread ends the exec once what the command left in
-                // the background has ended too.
-                if RUN.load(Ordering::SeqCst) == RUN_BY_SOCKET {
-                    return;
-                }
-                if std::process::id() == 1 {
-                    std::process::exit(0);
-                }
-                loop {
-                    std::thread::sleep(Duration::from_secs(3600));
-                }
-            }
-            output.finish_after(kill_tree, || {
-                let mut exit = failure("the server closed the connection".into(), 137);
-                exit.signal = Some(9);
-                exit
-            });
-        });
-    }
-    {
-        let output = Arc::clone(&output);
-        let truncated = Arc::clone(&truncated);
-        std::thread::spawn(move || {
-            std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-            output.finish_after(kill_tree, || StubExit {
+        Ok(status) => Some(status),
+        Err(mpsc::RecvTimeoutError::Timeout) => output.finish_after(
+            || kill_tree(command_pid),
+            || StubExit {
                 exit_code: None,
                 signal: None,
                 timed_out: true,
                 oom_killed: false,
-                truncated: *truncated.lock().unwrap_or_else(|e| e.into_inner()),
+                truncated: run.truncated(),
                 error: None,
-            });
-        });
-    }
-
-    let (status_sender, status) = mpsc::channel();
-    std::thread::spawn(move || reap_children(command_pid, status_sender));
-    let status = status.recv();
+            },
+        ),
+        Err(mpsc::RecvTimeoutError::Disconnected) => None,
+    };
     // Output still in the pipes belongs to the result; wait for both relays, but not
     // for background children that hold the pipes open.
     let drain_until = (Instant::now() + DRAIN_GRACE).min(deadline);
     for _ in 0..2 {
         let left = drain_until.saturating_duration_since(Instant::now());
-        if drained.recv_timeout(left).is_err() {
+        if run.drained.recv_timeout(left).is_err() {
             break;
         }
     }
@@ -1193,20 +1158,131 @@ fn serve(spec: StubSpec, mut stdin: impl Read + Send + 'static, output: Arc<Outp
     if std::process::id() == 1 {
         // A temporary container serves one command: what it left running in the
         // background ends with it, now rather than at the container's teardown.
-        kill_tree();
+        kill_tree(command_pid);
     }
     let exit = match status {
-        Ok(status) => StubExit {
+        Some(status) => StubExit {
             exit_code: status.exit_status().map(i64::from),
             signal: status.terminating_signal(),
             timed_out: false,
             oom_killed,
-            truncated: *truncated.lock().unwrap_or_else(|e| e.into_inner()),
+            truncated: run.truncated(),
             error: None,
         },
-        Err(_) => failure("lost track of the command's exit".into(), 125),
+        None => failure("lost track of the command's exit".into(), 125),
     };
     output.finish(&exit)
+}
+
+/// The threads of a run, started and waiting for its command (`prepare`).
+struct Run {
+    /// Gives the reaper the command's pid.
+    start: mpsc::Sender<u32>,
+    /// Gives the stdin thread the command's pid (for the kill, should the server let go).
+    stdin_start: mpsc::Sender<u32>,
+    /// The command's own exit status, from the reaper.
+    status: mpsc::Receiver<rustix::process::WaitStatus>,
+    /// One message per relay that reached the end of its pipe.
+    drained: mpsc::Receiver<()>,
+    /// Whether a relay dropped output past the cap.
+    truncated: Arc<Mutex<bool>>,
+}
+
+impl Run {
+    /// Lets the waiting threads go once the command runs as `pid`: the reaper waits for
+    /// it, the stdin thread forwards its input and watches for the server letting go.
+    fn start(&self, pid: u32) {
+        let _ = self.start.send(pid);
+        let _ = self.stdin_start.send(pid);
+    }
+
+    /// Whether a relay dropped output past the cap.
+    fn truncated(&self) -> bool {
+        *self.truncated.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Makes the command's pipes (given to `command`) and starts every thread its run
+/// needs: a relay per output pipe, the reaper and the stdin thread (those two wait for
+/// the command's pid). Dropping the `Run`'s senders without a pid ends the waiting ones.
+fn prepare(
+    spec: &StubSpec,
+    mut stdin: impl Read + Send + 'static,
+    output: &Arc<Output>,
+    command: &mut Command,
+) -> io::Result<Run> {
+    let (stdout_read, stdout_write) = io::pipe()?;
+    let (stderr_read, stderr_write) = io::pipe()?;
+    let (child_stdin, stdin_write) = if spec.stdin {
+        let (read, write) = io::pipe()?;
+        (Stdio::from(read), Some(write))
+    } else {
+        (Stdio::null(), None)
+    };
+    command
+        .stdin(child_stdin)
+        .stdout(stdout_write)
+        .stderr(stderr_write);
+    let truncated = Arc::new(Mutex::new(false));
+    let (drained_sender, drained) = mpsc::channel::<()>();
+    for (pipe, kind) in [(stdout_read, STDOUT), (stderr_read, STDERR)] {
+        let output = Arc::clone(output);
+        let truncated = Arc::clone(&truncated);
+        let done = drained_sender.clone();
+        let cap = spec.max_output_bytes;
+        std::thread::Builder::new().spawn(move || {
+            relay(pipe, kind, cap, &output, &truncated);
+            let _ = done.send(());
+        })?;
+    }
+    let (start, started) = mpsc::channel::<u32>();
+    let (status_sender, status) = mpsc::channel();
+    std::thread::Builder::new().spawn(move || {
+        if let Ok(command) = started.recv() {
+            reap_children(command, status_sender);
+        }
+    })?;
+    // The rest of stdin: command input, then EOF. When the server closes our stdin,
+    // nobody is waiting for the result any more: stop everything.
+    let (stdin_start, stdin_started) = mpsc::channel::<u32>();
+    let output = Arc::clone(output);
+    std::thread::Builder::new().spawn(move || {
+        let Ok(command) = stdin_started.recv() else {
+            return;
+        };
+        forward_stdin(&mut stdin, stdin_write);
+        if output.claimed.load(Ordering::SeqCst) {
+            // The result is out (or going out) and the server let go. As a
+            // container's init, ending takes everything with it (after a run on the
+            // exec socket, once stdin ends: see `main`); run by `docker exec` in a
+            // sandbox, the main thread ends the exec once what the command left in
+            // the background has ended too.
+            if RUN.load(Ordering::SeqCst) == RUN_BY_SOCKET {
+                return;
+            }
+            if std::process::id() == 1 {
+                std::process::exit(0);
+            }
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        output.finish_after(
+            || kill_tree(command),
+            || {
+                let mut exit = failure("the server closed the connection".into(), 137);
+                exit.signal = Some(9);
+                exit
+            },
+        );
+    })?;
+    Ok(Run {
+        start,
+        stdin_start,
+        status,
+        drained,
+        truncated,
+    })
 }
 
 fn relay(mut pipe: impl Read, kind: u8, cap: u64, output: &Output, truncated: &Mutex<bool>) {
@@ -1232,7 +1308,7 @@ fn relay(mut pipe: impl Read, kind: u8, cap: u64, output: &Output, truncated: &M
     }
 }
 
-fn forward_stdin(stdin: &mut impl Read, mut child_stdin: Option<std::process::ChildStdin>) {
+fn forward_stdin(stdin: &mut impl Read, mut child_stdin: Option<io::PipeWriter>) {
     loop {
         match read_record(stdin) {
             Ok(Some((STDIN, data))) => {

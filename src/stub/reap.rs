@@ -105,55 +105,84 @@ pub fn descendants(root: u32, processes: &[ProcessEntry]) -> HashSet<u32> {
     found
 }
 
-/// Most rounds of a kill: each round kills everything it found, so only processes
-/// forked during a round are left for the next.
+/// Most rounds of each phase of a kill: each round hits everything it found, so only
+/// processes forked during a round are left for the next.
 const KILL_ROUNDS: usize = 200;
 
-/// SIGKILLs every process below `root`, round after round until a round finds none it
-/// has not killed yet (a fork racing one round is caught by the next; a killed process
-/// forks no more). Returns how many were killed.
+/// SIGKILLs every process below `root`: see `kill_below_except`. Returns how many were
+/// signalled.
 pub fn kill_below(root: u32) -> usize {
     kill_below_except(root, |_| false)
 }
 
-/// `kill_below`, sparing the children of `root` that `spare` picks and everything below
-/// them.
-fn kill_below_except(root: u32, spare: impl Fn(&ProcessEntry) -> bool) -> usize {
+/// The processes below `root` still to hit: not us, not spared (the
+/// children of `root` that `spare` picks and everything below them), not in `hit`;
+/// each as `(pid, start)`, which names a process for good.
+fn targets(
+    root: u32,
+    spare: &impl Fn(&ProcessEntry) -> bool,
+    hit: &HashSet<(u32, u64)>,
+) -> Vec<(u32, u64)> {
     let own = std::process::id();
-    let mut killed = HashSet::new();
+    let processes = list_processes();
+    let spared: HashSet<u32> = processes
+        .iter()
+        .filter(|p| p.parent == root && spare(p))
+        .flat_map(|p| descendants(p.pid, &processes).into_iter().chain([p.pid]))
+        .collect();
+    let below = descendants(root, &processes);
+    processes
+        .iter()
+        // Zombies too: a process whose main thread ended shows as one while its other
+        // threads run on (and fork); a signal to a true zombie does nothing.
+        .filter(|p| below.contains(&p.pid) && p.pid != own)
+        .filter(|p| !spared.contains(&p.pid) && !hit.contains(&(p.pid, p.start)))
+        .map(|p| (p.pid, p.start))
+        .collect()
+}
+
+/// Sends `signal` to every process below `root` (but those `spare` picks), round after
+/// round until a round finds none it has not hit yet; adds them to `hit`.
+fn signal_below(
+    root: u32,
+    spare: &impl Fn(&ProcessEntry) -> bool,
+    signal: Signal,
+    hit: &mut HashSet<(u32, u64)>,
+) {
     for _ in 0..KILL_ROUNDS {
         let mut found = false;
-        let processes = list_processes();
-        let zombies: HashSet<u32> = processes
-            .iter()
-            .filter(|p| p.zombie)
-            .map(|p| p.pid)
-            .collect();
-        let spared: HashSet<u32> = processes
-            .iter()
-            .filter(|p| p.parent == root && spare(p))
-            .flat_map(|p| descendants(p.pid, &processes).into_iter().chain([p.pid]))
-            .collect();
-        for pid in descendants(root, &processes) {
-            if pid == own
-                || zombies.contains(&pid)
-                || killed.contains(&pid)
-                || spared.contains(&pid)
-            {
-                continue;
-            }
+        for (pid, start) in targets(root, spare, hit) {
             if let Some(target) = Pid::from_raw(pid as i32) {
-                if kill_process(target, Signal::KILL).is_ok() {
+                if kill_process(target, signal).is_ok() {
                     found = true;
-                    killed.insert(pid);
+                    hit.insert((pid, start));
                 }
             }
         }
         if !found {
-            break;
+            return;
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// SIGKILLs every process below `root` but the children `spare` picks and their trees.
+///
+/// A fork bomb regrows as fast as its processes die (each death frees a pid under the
+/// pids limit, and frees a core for the rest), so the tree is stopped first: a stopped
+/// process forks no more and keeps its pid, so round after round the stopped set only
+/// grows until nothing below `root` runs. Then everything stopped is killed, and what
+/// forked in between (a fork racing the last round) is killed the same way.
+fn kill_below_except(root: u32, spare: impl Fn(&ProcessEntry) -> bool) -> usize {
+    let mut stopped = HashSet::new();
+    signal_below(root, &spare, Signal::STOP, &mut stopped);
+    for &(pid, start) in &stopped {
+        if process(pid).is_some_and(|p| p.start == start) {
+            kill_one(pid);
+        }
+    }
+    let mut killed = stopped;
+    signal_below(root, &spare, Signal::KILL, &mut killed);
     killed.len()
 }
 

@@ -38,6 +38,17 @@ pub struct PrivateEngine {
 impl PrivateEngine {
     /// Starts a daemon and loads the test image into it.
     pub fn start() -> PrivateEngine {
+        PrivateEngine::start_with(false)
+    }
+
+    /// `start`, with gVisor's `runsc` registered as a runtime (`runtimes: runsc`), as
+    /// it runs on these machines: its own network stack off (the container's network
+    /// namespace is the engine's), ptrace for its platform.
+    pub fn start_with_runsc() -> PrivateEngine {
+        PrivateEngine::start_with(true)
+    }
+
+    fn start_with(runsc: bool) -> PrivateEngine {
         check_prerequisites();
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let tag = format!(
@@ -49,11 +60,19 @@ impl PrivateEngine {
         let dir = PathBuf::from("/tmp").join(&tag);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create the private engine's dir");
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "data-root": dir.join("root"),
             "storage-driver": storage_driver(),
             "live-restore": false,
         });
+        if runsc {
+            config["runtimes"] = serde_json::json!({
+                "runsc": {
+                    "path": runsc_path(),
+                    "runtimeArgs": ["--platform=ptrace", "--network=none", "--file-access=shared"],
+                },
+            });
+        }
         fs::write(dir.join("daemon.json"), config.to_string()).expect("write daemon.json");
         run_checked("ip", &["netns", "add", &tag]);
         let mut engine = PrivateEngine {
@@ -74,6 +93,18 @@ impl PrivateEngine {
 
     pub fn docker_host(&self) -> String {
         format!("unix://{}", self.socket().display())
+    }
+
+    /// The environment of a server of this engine: its socket, and a data dir of its
+    /// own (under the engine's dir: it goes with it).
+    pub fn server_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("DOCKER_HOST".into(), self.docker_host()),
+            (
+                "AGENTKERNEL_DATA_DIR".into(),
+                self.dir.join("data").display().to_string(),
+            ),
+        ]
     }
 
     /// Our own client on this engine.
@@ -315,6 +346,16 @@ impl Drop for PrivateEngine {
 }
 
 /// Fails the test, with what is missing, where a private daemon cannot run.
+/// Where gVisor's `runsc` is (Debian's package `runsc`); fails loudly without it.
+pub fn runsc_path() -> String {
+    for path in ["/usr/bin/runsc", "/usr/local/bin/runsc", "/usr/sbin/runsc"] {
+        if Path::new(path).exists() {
+            return path.to_string();
+        }
+    }
+    panic!("runsc is not installed (Debian: apt-get install runsc): the gVisor tests need it");
+}
+
 fn check_prerequisites() {
     let uid = fs::read_to_string("/proc/self/status")
         .unwrap_or_default()

@@ -7,6 +7,9 @@
 #[path = "../integration/harness.rs"]
 mod harness;
 
+mod cluster;
+mod disks;
 mod engine;
 mod faults;
+mod gvisor;
 mod link;

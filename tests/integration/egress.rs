@@ -39,15 +39,21 @@ def dns():
             # The query back as an answer: "no such name".
             u.sendto(query[:2] + bytes([query[2] | 0x80, (query[3] & 0xF0) | 3]) + query[4:], peer)
 threading.Thread(target=dns, daemon=True).start()
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 8080))
-s.listen(64)
+def greet(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(64)
+    return s
+listeners = [greet(8080), greet(8081)]
+def serve(s):
+    while True:
+        c, _ = s.accept()
+        c.sendall(("hello %d\n" % received).encode())
+        c.close()
+threading.Thread(target=serve, args=(listeners[1],), daemon=True).start()
 print("ready", flush=True)
-while True:
-    c, _ = s.accept()
-    c.sendall(("hello %d\n" % received).encode())
-    c.close()
+serve(listeners[0])
 "#;
 
 fn ip(args: &[&str]) {
@@ -57,7 +63,10 @@ fn ip(args: &[&str]) {
 
 impl Destinations {
     fn new() -> Destinations {
-        let n = std::process::id() % 200 + 20;
+        // One set per test of this process, numbered apart.
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let made = MADE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let n = (std::process::id() + 101 * made) % 200 + 20;
         let netns = format!("akdst{n}");
         let (host_end, ns_end) = (format!("akh{n}"), format!("akn{n}"));
         let private = format!("10.251.{n}.2");
@@ -418,7 +427,7 @@ fn each_policy_reaches_what_it_says_and_nothing_else() {
     let said = String::from_utf8_lossy(&installed.stdout);
     assert!(installed.status.success(), "{said} {:?}", installed.stderr);
     assert!(
-        said.contains("egress: network and rules in place"),
+        said.contains("egress: networks and rules in place"),
         "{said}"
     );
 
@@ -446,9 +455,19 @@ fn each_policy_reaches_what_it_says_and_nothing_else() {
         &[("X-API-Key", "k")],
     );
 
-    // none: nothing but loopback.
-    for host in [public.as_str(), private.as_str(), full_gateway.as_str()] {
-        assert_stopped(&tcp(&server, "none", host, 8080), &format!("none → {host}"));
+    // none: nothing but loopback: not the destinations, the host (its listener, the
+    // server's port), the metadata address.
+    for (host, port) in [
+        (public.as_str(), 8080),
+        (private.as_str(), 8080),
+        (full_gateway.as_str(), host_port),
+        (full_gateway.as_str(), port),
+        ("169.254.169.254", 80),
+    ] {
+        assert_stopped(
+            &tcp(&server, "none", host, port),
+            &format!("none → {host}:{port}"),
+        );
     }
 
     // One-shot runs take the same policies.
@@ -471,14 +490,6 @@ fn each_policy_reaches_what_it_says_and_nothing_else() {
     assert!(!run("public", &private).contains("hello"));
     assert!(run("full", &private).contains("hello"));
     assert!(!run("none", &public).contains("hello"));
-    let allow = json!({"network": {"allow": ["pypi.org"]}, "command": ["true"]});
-    let (status, answer) = server.request(
-        "POST",
-        "/run",
-        Some(&allow.to_string()),
-        &[("X-API-Key", "k")],
-    );
-    assert_eq!(status, 400, "{answer}");
 
     // The policy is the sandbox's for its life: across stop and start...
     for step in ["stop", "start"] {
@@ -510,4 +521,238 @@ fn each_policy_reaches_what_it_says_and_nothing_else() {
     }
     server.finish();
     drop(destinations);
+}
+
+/// A resolver of our own for the server to ask allow-list names of (the server's
+/// `--egress-resolver`): `names` answered with their address, anything else "no such
+/// name"; it counts the queries it gets.
+struct Resolver {
+    address: std::net::SocketAddr,
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Resolver {
+    fn start(names: Vec<(String, std::net::Ipv4Addr)>) -> Resolver {
+        use agentkernel::containers::dns;
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let address = socket.local_addr().unwrap();
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&asked);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok((length, peer)) = socket.recv_from(&mut buffer) {
+                let packet = &buffer[..length];
+                let Ok(query) = dns::parse_query(packet) else {
+                    continue;
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let reply = match names.iter().find(|(name, _)| *name == query.name) {
+                    Some((_, address)) => dns::answer(packet, &query, &[*address], 60),
+                    None => dns::refusal(packet, &query, dns::RCODE_NXDOMAIN),
+                };
+                let _ = socket.send_to(&reply, peer);
+            }
+        });
+        Resolver { address, asked }
+    }
+}
+
+#[test]
+fn an_allow_list_reaches_what_it_lists_and_nothing_else() {
+    let destinations = Destinations::new();
+    let (private, public, routed) = (
+        destinations.private.clone(),
+        destinations.public.clone(),
+        destinations.routed.clone(),
+    );
+    let host = TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut connection in host.incoming().flatten() {
+            let _ = connection.write_all(b"hello from the host\n");
+        }
+    });
+    let resolver = Resolver::start(vec![
+        ("svc.test".into(), private.parse().unwrap()),
+        ("a.wild.test".into(), routed.parse().unwrap()),
+        ("meta.test".into(), "169.254.169.254".parse().unwrap()),
+        ("unlisted.test".into(), public.parse().unwrap()),
+    ]);
+    let namespace = fresh_namespace();
+    let options = || Options {
+        namespace: Some(namespace.clone()),
+        args: vec![
+            "--host".into(),
+            "0.0.0.0".into(),
+            "--egress-resolver".into(),
+            resolver.address.to_string(),
+        ],
+        env: vec![("AGENTKERNEL_API_KEY".into(), "k".into())],
+        ..Options::default()
+    };
+    let mut server = Server::start_with(options());
+    let port = server.port;
+    let list =
+        json!({"allow": ["svc.test:8080", format!("{public}:8080"), "*.wild.test", "meta.test"]});
+    let made = create_with(&server, "al", &list);
+    assert_eq!(made["network"], list, "{made}");
+
+    let probe = |server: &Server, when: &str| {
+        let gateway = gateway(server, "al");
+        // What it lists: a name on its port, an address on its port, every name below
+        // a wildcard on every port.
+        assert_reached(&tcp(server, "al", "svc.test", 8080), "hello", when);
+        assert_reached(&tcp(server, "al", &public, 8080), "hello", when);
+        assert_reached(&tcp(server, "al", "a.wild.test", 8081), "hello", when);
+        // Nothing else, fast.
+        for (host, port, what) in [
+            ("svc.test", 8081, "a listed name on an unlisted port"),
+            (
+                public.as_str(),
+                8081,
+                "a listed address on an unlisted port",
+            ),
+            (routed.as_str(), 9, "a private address on another port"),
+            (
+                "meta.test",
+                80,
+                "a listed name answered with the metadata address",
+            ),
+            ("169.254.169.254", 80, "the metadata address"),
+            (gateway.as_str(), host_port, "the host through its gateway"),
+            (gateway.as_str(), port, "the server's own port"),
+            ("127.0.0.1", port, "the server's port on loopback"),
+        ] {
+            assert_stopped(&tcp(server, "al", host, port), &format!("{when}: {what}"));
+        }
+        // An unlisted name does not resolve (and is never asked upstream).
+        let asked = resolver.asked.load(std::sync::atomic::Ordering::SeqCst);
+        let lookup = exec(server, "al", "nslookup unlisted.test");
+        assert!(
+            !lookup.stdout.contains(&public),
+            "{when}: an unlisted name resolved: {}",
+            lookup.stdout
+        );
+        assert!(
+            lookup.millis < 2000,
+            "{when}: lookup took {} ms",
+            lookup.millis
+        );
+        assert_eq!(
+            resolver.asked.load(std::sync::atomic::Ordering::SeqCst),
+            asked,
+            "{when}: an unlisted name was asked upstream"
+        );
+        assert_stopped(
+            &tcp(server, "al", "unlisted.test", 8080),
+            &format!("{when}: an unlisted name"),
+        );
+        // A resolver of the command's choosing never gets its query.
+        let (arrived, _) = dns(server, "al", &private, &destinations);
+        assert!(!arrived, "{when}: a private resolver got the query");
+        let v6 = exec(server, "al", "nc -w 3 2001:db8::1 80 </dev/null");
+        assert_stopped(&v6, &format!("{when}: an IPv6 literal"));
+    };
+    probe(&server, "allow");
+
+    // A one-shot run takes its list; an empty list reaches nothing.
+    let run = |server: &Server, network: &Value, host: &str| {
+        let body =
+            json!({"network": network, "command": ["nc", "-w", "3", host, "8080"], "stdin": ""});
+        let (status, answer) = server.request(
+            "POST",
+            "/run",
+            Some(&body.to_string()),
+            &[("X-API-Key", "k")],
+        );
+        assert_eq!(status, 200, "{answer}");
+        answer["data"]["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(run(&server, &json!({"allow": ["svc.test:8080"]}), "svc.test").contains("hello"));
+    assert!(!run(&server, &json!({"allow": []}), &public).contains("hello"));
+
+    // Bad lists: a 400 naming what is wrong.
+    for (network, says) in [
+        (json!("allow"), "needs its list"),
+        (json!({"allow": "svc.test"}), "must be a list"),
+        (json!({"allow": ["2001:db8::1"]}), "IPv6"),
+        (json!({"allow": ["svc.test:99999"]}), "port"),
+        (json!({"allow": [1]}), "each entry is a string"),
+    ] {
+        let body = json!({"name": "bad", "network": network}).to_string();
+        let (status, answer) =
+            server.request("POST", "/sandboxes", Some(&body), &[("X-API-Key", "k")]);
+        assert_eq!(status, 400, "{network}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(says), "{answer}");
+    }
+
+    // For its life: across stop and start, and a server restart.
+    for step in ["stop", "start"] {
+        let (status, answer) = server.request(
+            "POST",
+            &format!("/sandboxes/al/{step}"),
+            None,
+            &[("X-API-Key", "k")],
+        );
+        assert_eq!(status, 200, "{answer}");
+    }
+    probe(&server, "after stop and start");
+    server.terminate();
+    let server = Server::start_with(options());
+    let (_, answer) = server.request("GET", "/sandboxes/al", None, &[("X-API-Key", "k")]);
+    assert_eq!(answer["data"]["network"], list, "{answer}");
+    probe(&server, "after a server restart");
+    assert_eq!(
+        server
+            .request("DELETE", "/sandboxes/al", None, &[("X-API-Key", "k")])
+            .0,
+        200
+    );
+    server.finish();
+
+    // A ceiling of public takes lists of names and public addresses, not private ones.
+    // (Its names then open public addresses only: svc.test answers a private one.)
+    let ceiling = Server::start_with(Options {
+        args: vec![
+            "--max-network".into(),
+            "public".into(),
+            "--egress-resolver".into(),
+            resolver.address.to_string(),
+        ],
+        ..Options::default()
+    });
+    let body = json!({"command": ["true"], "network": {"allow": ["10.0.0.0/8"]}}).to_string();
+    assert_eq!(ceiling.post("/run", &body).0, 403);
+    let body = json!({
+        "command": ["nc", "-w", "3", "svc.test", "8080"],
+        "stdin": "",
+        "network": {"allow": ["svc.test:8080"]},
+    })
+    .to_string();
+    let (status, answer) = ceiling.post("/run", &body);
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        !answer["data"]["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hello"),
+        "a name opened a private address under the ceiling public: {answer}"
+    );
+    ceiling.finish();
+    drop(destinations);
+}
+
+fn create_with(server: &Server, name: &str, network: &Value) -> Value {
+    let body = json!({ "name": name, "network": network });
+    let (status, answer) = server.request(
+        "POST",
+        "/sandboxes",
+        Some(&body.to_string()),
+        &[("X-API-Key", "k")],
+    );
+    assert_eq!(status, 201, "{answer}");
+    answer["data"].clone()
 }

@@ -564,6 +564,11 @@ fn directories_go_out_and_in_as_tar_archives_and_nothing_escapes() {
     let tar = tar_of(&[("f", b'0', "", b"x")]);
     let (status, answer) = put_bytes(&server, "/sandboxes/arc/archive?path=/work/nope", &tar);
     assert_eq!(status, 404, "{answer}");
+    // A large one too: the engine refuses it before reading it, and its answer (not
+    // the broken pipe of the rest) is the answer.
+    let large = tar_of(&[("f", b'0', "", &vec![7u8; 4 * 1024 * 1024])]);
+    let (status, answer) = put_bytes(&server, "/sandboxes/arc/archive?path=/work/nope", &large);
+    assert_eq!(status, 404, "{answer}");
     assert_eq!(
         get_bytes(&server, "/sandboxes/arc/archive?path=/nope").0,
         404

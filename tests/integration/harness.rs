@@ -187,10 +187,40 @@ pub fn volumes_of(namespace: &str) -> Vec<String> {
         .collect()
 }
 
+/// Releases the disks (`containers::disk`) under the test data dir of these removed
+/// containers.
+pub fn release_disks(ids: &[String]) {
+    static CONFIGURED: std::sync::Once = std::sync::Once::new();
+    CONFIGURED.call_once(|| agentkernel::containers::disk::configure(Some(&data_dir()), true));
+    let docker = docker();
+    for id in ids {
+        agentkernel::containers::disk::release_when_gone(&docker, id);
+    }
+}
+
+/// The container ids of the disks under the test data dir.
+pub fn disks() -> Vec<String> {
+    let dir = data_dir().join("disks");
+    let mut ids: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".img").map(str::to_string)
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
 pub fn remove_namespace(namespace: &str) {
     let docker = docker();
+    let mut removed = Vec::new();
     for (id, _) in containers_of(namespace) {
-        let _ = docker.container_remove(&id);
+        if docker.container_remove(&id).is_ok() {
+            removed.push(id);
+        }
     }
     // A snapshot of a restored sandbox is a child image, which keeps its parent until it
     // goes: rounds.
@@ -206,6 +236,9 @@ pub fn remove_namespace(namespace: &str) {
     for volume in volumes_of(namespace) {
         let _ = docker.volume_remove(&volume);
     }
+    // The disks of the containers removed here (a server releases those it removes:
+    // what a server leaves, `check-leftovers.sh` finds).
+    release_disks(&removed);
     // The namespace's lease directory, with the leases of servers that are gone (a
     // crashed one's stays until a sweep of its namespace, which may never come here).
     let leases = data_dir().join("owners").join(namespace);
@@ -431,8 +464,8 @@ impl Server {
     }
 
     /// Resets the server's peak resident memory to what it holds now (`clear_refs` 5),
-    /// so that `peak_rss_kib` measures what comes after, not start-up (which reads our
-    /// whole executable to check that it is static).
+    /// so that `peak_rss_kib` measures what comes after, not start-up (which may copy
+    /// our executable, a piece at a time, as the stub of a new version).
     pub fn reset_peak_rss(&self) {
         std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5")
             .expect("reset the server's peak RSS");
@@ -626,6 +659,15 @@ pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Polls `check` every 100 ms until it is true or `timeout` passes.
+/// A port free now, for a server that must come back on the same one.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {

@@ -159,14 +159,15 @@ fn a_fork_bomb_stays_within_the_pids_limit_and_the_server_stays_healthy() {
             // The bomb either runs into its timeout or its first shell dies when a fork
             // is refused, or it takes its stub down with it (at the pids limit the stub
             // cannot start a thread), and the server kills what is left: `killed`. On
-            // two busy cores the stub may also be starved past its deadline's grace,
-            // and the answer says honestly that no result came (502; the server then
-            // kills the tree from outside). Either way it ends, bounded, the bomb is
-            // gone (below), and the server stays up.
+            // two busy cores the stub may also be starved past its deadline's grace;
+            // the server then kills the tree from outside (`timeout`, or `killed`), and
+            // only when even that kill cannot start at the pids limit does the answer
+            // say honestly that no result came (502). Either way it ends, bounded, the
+            // bomb is gone (below), and the server stays up.
             if code == 502 {
                 let error = answer["error"].as_str().unwrap_or_default();
                 assert!(
-                    error.contains("no exit record"),
+                    error.contains("ended before reporting a result"),
                     "{profile} {path}: {answer}"
                 );
             } else {
@@ -179,10 +180,12 @@ fn a_fork_bomb_stays_within_the_pids_limit_and_the_server_stays_healthy() {
                     data["exit_code"]
                 );
             }
-            // Its 2 s timeout, the stub's 5 s of grace, and the kill from outside, on two
-            // cores the bomb keeps busy alongside the rest of the suite.
+            // Its 2 s timeout, then one signal to the command's process group and the
+            // stop-then-kill of the rest (`stub::reap`), on two cores the bomb keeps
+            // busy alongside the rest of the suite. (A walk-and-kill that let the bomb
+            // regrow took 19 s here, and its kill from outside timed out.)
             let took = started.elapsed();
-            assert!(took < Duration::from_secs(15), "{profile} {path}: {took:?}");
+            assert!(took < Duration::from_secs(10), "{profile} {path}: {took:?}");
             assert_eq!(server.get("/health").0, 200);
         }
         // The bomb is gone from the sandbox: a command runs, and nothing of it is left

@@ -5,7 +5,9 @@ mod harness;
 
 mod api;
 mod cli;
+mod cluster;
 mod deadlines;
+mod disk;
 mod egress;
 mod exec_socket;
 mod expiry;
@@ -16,6 +18,7 @@ mod lifecycle;
 mod memory;
 mod pool;
 mod runs;
+mod runtimes;
 mod sandboxes;
 mod snapshots;
 mod streams;

@@ -102,7 +102,7 @@ fn sdk_create_with_nulls_and_limit_overrides_read_back_from_the_engine() {
     assert_eq!(data["vcpus"], json!(2));
     assert_eq!(
         data["limits"],
-        json!({"memory_mb": 128, "cpus": 2.0, "pids": 100})
+        json!({"memory_mb": 128, "cpus": 2.0, "pids": 100, "disk_mb": 2048})
     );
     server.delete("/sandboxes/lim");
     server.finish();
