@@ -170,6 +170,9 @@ pub struct ContainerState {
 /// What `container_stats` reads of the engine's answer (snake_case, unlike the rest).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ContainerStats {
+    /// When the engine took the reading; Go's zero time when it had none to take.
+    #[serde(default)]
+    pub read: String,
     #[serde(default)]
     pub cpu_stats: CpuStats,
     #[serde(default)]
@@ -240,6 +243,16 @@ pub struct BlkioEntry {
 }
 
 impl ContainerStats {
+    /// The engine's answer, or `None` when it holds no reading: the container stopped
+    /// while it sampled (a reading stamped with Go's zero time) or went (an empty body).
+    pub fn parse(body: &[u8]) -> serde_json::Result<Option<ContainerStats>> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        let stats: ContainerStats = serde_json::from_slice(body)?;
+        Ok((!stats.read.starts_with("0001-01-01")).then_some(stats))
+    }
+
     /// CPU use over the sampling interval, as a percent of `limit_cpus` (of the whole
     /// host when there is no limit).
     pub fn cpu_percent_of(&self, limit_cpus: f64) -> f64 {
@@ -1030,12 +1043,14 @@ impl Docker {
         .map(|_| ())
     }
 
-    /// Stops (SIGTERM, then SIGKILL after `grace_seconds`); already stopped is fine.
     /// One reading of a container's resource use: the engine samples twice, a second
-    /// apart, so that CPU use is a rate.
-    pub fn container_stats(&self, id: &str) -> Result<ContainerStats> {
+    /// apart, so that CPU use is a rate. `None` when the container stopped or went
+    /// while the engine sampled (`ContainerStats::parse`).
+    pub fn container_stats(&self, id: &str) -> Result<Option<ContainerStats>> {
         let path = format!("/containers/{}/stats?stream=false", encode_component(id));
-        self.call_json("GET", &path, None, &[200])
+        let (_, bytes) = self.call("GET", &path, None, &[200], Some(self.timeout))?;
+        ContainerStats::parse(&bytes)
+            .map_err(|error| DockerError::Protocol(format!("GET {path}: {error}")))
     }
 
     /// Freezes every process of the container (the cgroup freezer); memory is kept.
@@ -1051,6 +1066,7 @@ impl Docker {
             .map(|_| ())
     }
 
+    /// Stops (SIGTERM, then SIGKILL after `grace_seconds`); already stopped is fine.
     pub fn container_stop(&self, id: &str, grace_seconds: u32) -> Result<()> {
         let path = format!(
             "/containers/{}/stop?t={grace_seconds}",
@@ -1593,5 +1609,25 @@ mod stats_tests {
         .unwrap();
         assert_eq!(fresh.cpu_percent_of(1.0), 0.0);
         assert_eq!(fresh.block_bytes("read"), 0);
+    }
+
+    #[test]
+    fn stats_of_a_container_that_stopped_or_went_while_sampled_are_no_reading() {
+        let parse = |body: &[u8]| ContainerStats::parse(body).unwrap();
+        // Removed while the engine sampled: 200 with an empty body (measured, 20.10).
+        assert!(parse(b"").is_none());
+        // Killed while it sampled: a reading stamped with Go's zero time, all zeros.
+        let stopped = br#"{"read":"0001-01-01T00:00:00Z","preread":"2026-11-30T21:10:21.285781222Z",
+            "pids_stats":{},"blkio_stats":{"io_service_bytes_recursive":null},"num_procs":0,
+            "storage_stats":{},"cpu_stats":{"cpu_usage":{"total_usage":0},"throttling_data":{"periods":0}},
+            "precpu_stats":{"cpu_usage":{"total_usage":29909789},"system_cpu_usage":401460000000,"online_cpus":2},
+            "memory_stats":{},"name":"/optimistic_turing","id":"fef055bd4da0"}"#;
+        assert!(parse(stopped).is_none());
+        let live = parse(br#"{"read":"2026-11-30T04:50:00Z","pids_stats":{"current":3}}"#);
+        assert_eq!(live.unwrap().pids_stats.current, 3);
+        assert!(
+            ContainerStats::parse(b"{").is_err(),
+            "anything else is an error"
+        );
     }
 }

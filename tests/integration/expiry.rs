@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{eventually, Options, Server};
+use crate::harness::{docker, eventually, Options, Server};
 
 fn create(server: &Server, body: Value) -> Value {
     let (status, answer) = server.post("/sandboxes", &body.to_string());
@@ -269,6 +269,39 @@ fn stats_read_what_a_sandbox_uses() {
     assert_eq!(server.get("/sandboxes/busy/stats").0, 409);
     assert_eq!(server.get("/sandboxes/nothing/stats").0, 404);
     assert_eq!(server.delete("/sandboxes/busy").0, 200);
+    server.finish();
+}
+
+/// The engine samples for a second and answers 200 with an empty body when the
+/// container stops or goes meanwhile (measured): a 409 or 404, never a 502.
+#[test]
+fn a_sandbox_that_stops_or_goes_while_its_stats_are_read_is_a_409_or_404() {
+    let server = Server::start();
+    for (name, end, expected) in [("stopping", "stop", 409), ("going", "remove", 404)] {
+        create(&server, json!({ "name": name }));
+        let id = server.get(&format!("/sandboxes/{name}")).1["data"]["uuid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let path = format!("/sandboxes/{name}/stats");
+        let (status, answer) = std::thread::scope(|scope| {
+            let reading = std::thread::Builder::new()
+                .name("stats-reader".into())
+                .spawn_scoped(scope, || server.get(&path))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(400));
+            // Behind the server's back, as the expiry thread or another client would.
+            match end {
+                "stop" => docker().container_kill(&id).unwrap(),
+                _ => docker().container_remove(&id).unwrap(),
+            }
+            reading.join().unwrap()
+        });
+        assert_eq!(status, expected, "{name}: {answer}");
+        if end == "stop" {
+            assert_eq!(server.delete(&format!("/sandboxes/{name}")).0, 200);
+        }
+    }
     server.finish();
 }
 
