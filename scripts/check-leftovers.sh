@@ -52,6 +52,15 @@ for point in $(awk '{print $5}' /proc/self/mountinfo | grep "^$disks_dir/" || tr
 	id=$(basename "$point")
 	docker inspect --type container "$id" >/dev/null 2>&1 || orphans="$orphans $id(mounted)"
 done
+# And loop devices of disk files, deleted or not, whose container is gone.
+for backing in /sys/block/loop*/loop/backing_file; do
+	[ -e "$backing" ] || continue
+	file=$(sed 's/ (deleted)$//' "$backing")
+	case "$file" in "$disks_dir"/*.img) ;; *) continue ;; esac
+	id=$(basename "$file" .img)
+	docker inspect --type container "$id" >/dev/null 2>&1 ||
+		orphans="$orphans $id(attached to $(basename "$(dirname "$(dirname "$backing")")"))"
+done
 if [ -n "$orphans" ]; then
 	echo "check-leftovers: disks left behind by the tests (their containers are gone):$orphans" >&2
 	exit 1

@@ -28,7 +28,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::engine::{ContainerInspect, Docker, EngineInfo, HostSettings};
@@ -141,6 +141,32 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The containers whose disk a thread of this process is making, mounting or
+/// releasing. One at a time per container: a start racing its create, or two starts,
+/// would each mount it (stacked mounts, of which a release undid only the last).
+static BUSY: Mutex<std::collections::BTreeSet<String>> =
+    Mutex::new(std::collections::BTreeSet::new());
+static FREED: Condvar = Condvar::new();
+
+/// A container's disk held by this thread until dropped.
+struct Held(String);
+
+fn hold(id: &str) -> Held {
+    let mut busy = lock(&BUSY);
+    while busy.contains(id) {
+        busy = FREED.wait(busy).unwrap_or_else(|e| e.into_inner());
+    }
+    busy.insert(id.to_string());
+    Held(id.to_string())
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        lock(&BUSY).remove(&self.0);
+        FREED.notify_all();
+    }
+}
+
 /// How quotas hold on this engine: found at the first container and kept (an answer
 /// that they cannot is looked at again after a minute: a package may be installed).
 pub fn enforcement(docker: &Docker) -> Result<Enforcement> {
@@ -228,11 +254,21 @@ pub fn prepare(docker: &Docker, id: &str, enforcement: &Enforcement, quota_mb: u
     }
     let dir = disks_dir()?;
     let inspect = docker.container_inspect(id).map_err(Error::Engine)?;
+    let _held = hold(&inspect.id);
     prepare_inspected(&dir, &inspect, quota_mb)
 }
 
+/// (With the container's disk held.)
 fn prepare_inspected(dir: &Path, inspect: &ContainerInspect, quota_mb: u64) -> Result<()> {
     let id = inspect.id.as_str();
+    // A start racing the create gave it its disk first (as the create would have).
+    if image_path(dir, id).exists() {
+        if let Ok(layer) = layer_dir(inspect) {
+            if Mounts::read().is_mount_point(&layer) {
+                return Ok(());
+            }
+        }
+    }
     // Only before its first start: a started container's overlay holds its layer.
     if inspect.state.status != "created" {
         return Err(Error::DiskQuota(format!(
@@ -241,10 +277,10 @@ fn prepare_inspected(dir: &Path, inspect: &ContainerInspect, quota_mb: u64) -> R
     }
     let dir = dir.to_path_buf();
     let layer = layer_dir(inspect)?;
-    // Another request is giving it its disk (a start racing its create): that one's.
+    // Made by another process (another server on the same data dir): its own.
     if image_path(&dir, id).exists() {
         return Err(Error::DiskQuota(format!(
-            "container {id} is being given its disk by another request"
+            "container {id} is being given its disk by another process"
         )));
     }
     make_disk(&dir, id, quota_mb)
@@ -274,6 +310,7 @@ pub fn ensure(docker: &Docker, id: &str) -> Result<()> {
         };
     };
     let id = inspect.id.as_str();
+    let _held = hold(id);
     if !image_path(&dir, id).exists() {
         if !labelled {
             return Ok(());
@@ -385,6 +422,7 @@ pub fn looks_after_disks(docker: &Docker) -> bool {
 /// container exists (it would lose its files).
 pub fn release(id: &str) {
     if let Ok(dir) = disks_dir() {
+        let _held = hold(id);
         release_dir(&dir, id);
     }
 }
@@ -596,17 +634,27 @@ pub fn sweep(docker: &Docker) -> usize {
     let Ok(entries) = fs::read_dir(&dir) else {
         return 0;
     };
+    // By its file, its mount point, or its loop device alone (a disk still mounted or
+    // attached after its file was deleted).
+    let attached = loop_devices()
+        .into_iter()
+        .filter(|(_, file)| file.parent() == Some(dir.as_path()))
+        .filter_map(|(_, file)| Some(file.file_name()?.to_string_lossy().into_owned()));
+    let ids: std::collections::BTreeSet<String> = entries
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .chain(attached)
+        .map(|name| {
+            name.strip_suffix(".img")
+                .map_or(name.clone(), str::to_string)
+        })
+        .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
     let mut released = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(id) = name.strip_suffix(".img") else {
-            continue;
-        };
-        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            continue;
-        }
+    for id in &ids {
         match docker.container_inspect(id) {
             Err(error) if error.is_not_found() => {
+                let _held = hold(id);
                 release_dir(&dir, id);
                 released += 1;
             }
@@ -733,19 +781,49 @@ fn mount_disk(dir: &Path, id: &str) -> std::result::Result<(), String> {
     Err(last)
 }
 
-/// Detaches the loop devices of a disk's file (one still in use is detached by the
-/// kernel once its last user is gone).
+/// Detaches the loop devices of a disk's file, deleted or not (one still in use is
+/// detached by the kernel once its last user is gone).
 fn detach(image: &Path) {
-    let run = crate::containers::egress::run;
-    let Ok(listing) = run("losetup", &["-j", &image.to_string_lossy()], None) else {
+    for (name, file) in loop_devices() {
+        if file == image {
+            let _ =
+                crate::containers::egress::run("losetup", &["-d", &format!("/dev/{name}")], None);
+        }
+    }
+}
+
+/// Every loop device of the host (`loopN`) and its file, from the kernel's own table
+/// (`/sys/block/loopN/loop/backing_file`, which still names a file once deleted).
+fn loop_devices() -> Vec<(String, PathBuf)> {
+    let Ok(entries) = fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let file = fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
+            let file = file.trim_end_matches('\n');
+            let file = file.strip_suffix(" (deleted)").unwrap_or(file);
+            Some((name, PathBuf::from(file)))
+        })
+        .collect()
+}
+
+/// Detaches the loop device `major:minor` (the kernel frees it once its last mount is
+/// gone), found by the kernel's name for it: this works after its file was deleted.
+fn detach_device(device: &str) {
+    let Ok(target) = fs::read_link(format!("/sys/dev/block/{device}")) else {
         return;
     };
-    for line in listing.lines() {
-        if let Some((device, _)) = line.split_once(':') {
-            if device.starts_with("/dev/loop") {
-                let _ = run("losetup", &["-d", device], None);
-            }
-        }
+    let Some(name) = target
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+    else {
+        return;
+    };
+    if name.starts_with("loop") && name[4..].bytes().all(|b| b.is_ascii_digit()) {
+        let _ = crate::containers::egress::run("losetup", &["-d", &format!("/dev/{name}")], None);
     }
 }
 
@@ -780,18 +858,24 @@ fn bind_layer(dir: &Path, id: &str, layer: &Path, fresh: bool) -> std::result::R
     })
 }
 
-/// Unmounts everything of the disk (its binds, should any be left, then itself) and
-/// deletes it.
+/// Unmounts everything of the disk (its binds, should any be left, then itself, as
+/// many times as it is mounted), detaches its loop devices and deletes it. (With the
+/// container's disk held.)
 fn release_dir(dir: &Path, id: &str) {
     let disk = dir.join(id);
-    let mounts = Mounts::read();
-    if let Some(device) = mounts.device_of(&disk) {
+    // Bounded: a mount that cannot be undone is said once per round.
+    for _ in 0..8 {
+        let mounts = Mounts::read();
+        let Some(device) = mounts.device_of(&disk) else {
+            break;
+        };
         for point in mounts.points_of(&device) {
             if let Err(error) = rustix::mount::unmount(&point, rustix::mount::UnmountFlags::DETACH)
             {
                 log::warn!("disk of {id}: cannot unmount {}: {error}", point.display());
             }
         }
+        detach_device(&device);
     }
     detach(&image_path(dir, id));
     for result in [fs::remove_dir(&disk), fs::remove_file(image_path(dir, id))] {
