@@ -76,6 +76,9 @@ pub enum Error {
     /// A disk quota cannot be made to hold on this host (the words say why): nothing
     /// was made.
     DiskQuota(String),
+    /// The sandbox was removed (by another request, or at the engine) while this
+    /// request was making it.
+    SandboxRemovedMeanwhile(String),
     /// The engine failed or is unreachable.
     Engine(DockerError),
 }
@@ -184,6 +187,11 @@ impl fmt::Display for Error {
                 f,
                 "The sandbox's disk quota cannot be enforced on this host ({reason}); \
                  nothing was made: start the server with --no-disk-quota to run without"
+            ),
+            Error::SandboxRemovedMeanwhile(name) => write!(
+                f,
+                "Sandbox '{name}' was removed (by another request, or at the engine) while \
+                 it was being made"
             ),
             Error::Engine(error) => error.fmt(f),
         }

@@ -307,6 +307,9 @@ impl<'a> Container<'a> {
     /// Engine errors of an archive call on this container, in the sandbox's terms.
     fn engine_error(&self, error: Error, path: &SandboxPath) -> Error {
         match error {
+            Error::Engine(DockerError::ContainerRemoving(_)) => {
+                Error::SandboxNotFound(self.name.to_string())
+            }
             Error::Engine(engine) if engine.is_not_found() => {
                 Error::SandboxNotFound(self.name.to_string())
             }

@@ -148,6 +148,65 @@ pub fn inspect_ours(
     }
 }
 
+/// What an operation needs of its sandbox: to run (a command, a pause, a reading), or
+/// only to exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    Running,
+    Anything,
+}
+
+/// What a failed operation on a sandbox says once it is known whether the sandbox
+/// went, stopped or froze meanwhile. A removal, stop or pause racing the operation
+/// (another client, the expiry thread, someone at the engine) makes the engine refuse
+/// it in words of its own (404 after our look, "marked for removal", "cannot pause a
+/// stopped container", a layer directory gone from under a disk): the client's 404 or
+/// 409, never the server's 5xx. Other errors, and these where the sandbox is as the
+/// operation needed it, are unchanged.
+pub fn settle(
+    docker: &Docker,
+    config: &Config,
+    name: &SandboxName,
+    needs: Needs,
+    error: Error,
+) -> Error {
+    let may_have_raced = matches!(
+        error,
+        Error::Engine(
+            DockerError::Api { .. }
+                | DockerError::ContainerRemoving(_)
+                | DockerError::Protocol(_)
+                | DockerError::InStream(_)
+                | DockerError::ContainerStopped(_)
+        ) | Error::DiskQuota(_)
+            | Error::RunLost(_)
+    );
+    if !may_have_raced {
+        return error;
+    }
+    // (The engine says it before its inspect does: a running container being removed
+    // is "running" until it is killed.)
+    if matches!(error, Error::Engine(DockerError::ContainerRemoving(_))) {
+        return Error::SandboxNotFound(name.to_string());
+    }
+    let state = match inspect_ours(docker, config, name) {
+        Ok(inspect) => inspect.state,
+        Err(Error::SandboxNotFound(_)) => return Error::SandboxNotFound(name.to_string()),
+        Err(_) => return error,
+    };
+    // A run that broke off is its own story (an init killed, out of memory) unless its
+    // sandbox went; a disk that cannot be given one that stays stopped is the host's.
+    let raced_a_stop = needs == Needs::Running
+        && matches!(error, Error::Engine(_))
+        && (!state.running || state.paused);
+    match state.status.as_str() {
+        "removing" => Error::SandboxNotFound(name.to_string()),
+        _ if raced_a_stop && state.paused => Error::SandboxPaused(name.to_string()),
+        _ if raced_a_stop => Error::SandboxNotRunning(name.to_string()),
+        _ => error,
+    }
+}
+
 fn from_inspect(inspect: &ContainerInspect) -> Sandbox {
     let labels = inspect.config.labels.clone().unwrap_or_default();
     let host = &inspect.host_config;
@@ -422,6 +481,19 @@ pub fn create(
         let Err(error) = started else {
             break id;
         };
+        // Removed meanwhile (a delete of its name, or at the engine): the engine's or
+        // the disk's words for it are no fault of the server's.
+        let gone = matches!(error, Error::Engine(DockerError::ContainerRemoving(_)))
+            || match docker.container_inspect(&id) {
+                Ok(inspect) => inspect.state.status == "removing",
+                Err(engine) => engine.is_not_found(),
+            };
+        let error = match error {
+            Error::Engine(_) | Error::DiskQuota(_) if gone => {
+                Error::SandboxRemovedMeanwhile(request.name.to_string())
+            }
+            other => other,
+        };
         // Never leave a half-made sandbox behind.
         match docker.container_remove(&id) {
             Ok(()) => crate::containers::disk::release_when_gone(docker, &id),
@@ -587,7 +659,13 @@ pub fn resume(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sa
         }
         return Ok(from_inspect(&inspect));
     }
-    docker.container_unpause(&inspect.id)?;
+    if let Err(error) = docker.container_unpause(&inspect.id) {
+        // Resumed by another request meanwhile: as asked.
+        let now = inspect_ours(docker, config, name)?;
+        if !now.state.running || now.state.paused {
+            return Err(error.into());
+        }
+    }
     get(docker, config, name)
 }
 
@@ -1006,6 +1084,9 @@ fn explain_exec_failure(
         // The sandbox is there and running (or the engine's answer says nothing of
         // it): the exec's own failure, with the engine's typed answers kept typed.
         _ => match error {
+            Error::Engine(DockerError::ContainerRemoving(_)) => {
+                Error::SandboxNotFound(name.to_string())
+            }
             Error::Engine(engine) if engine.is_not_found() => {
                 Error::SandboxNotFound(name.to_string())
             }

@@ -58,6 +58,9 @@ pub enum DockerError {
     /// An exec refused because its container stopped (the runtime's `cannot exec in a
     /// stopped container`), in an answer or in the stream; its words.
     ContainerStopped(String),
+    /// Refused because the container is being removed (`container is marked for
+    /// removal and cannot be started`, `... which is being removed`); its words.
+    ContainerRemoving(String),
 }
 
 impl fmt::Display for DockerError {
@@ -85,6 +88,9 @@ impl fmt::Display for DockerError {
             }
             DockerError::ContainerStopped(message) => {
                 write!(f, "the container stopped: {message}")
+            }
+            DockerError::ContainerRemoving(message) => {
+                write!(f, "the container is being removed: {message}")
             }
             DockerError::MountSourceMissing { path } => write!(
                 f,
@@ -129,10 +135,14 @@ impl DockerError {
         matches!(self, DockerError::Api { status: 404, .. })
     }
 
+    /// Refused for the state the object is in (a container stopped or being removed
+    /// included).
     pub fn is_conflict(&self) -> bool {
         matches!(
             self,
-            DockerError::Api { status: 409, .. } | DockerError::ContainerStopped(_)
+            DockerError::Api { status: 409, .. }
+                | DockerError::ContainerStopped(_)
+                | DockerError::ContainerRemoving(_)
         )
     }
 
@@ -179,6 +189,12 @@ fn typed_answer(status: u16, message: &str) -> Option<DockerError> {
     const MOUNT: &str = "invalid mount config for type ";
     if message.contains(STOPPED) {
         return Some(DockerError::ContainerStopped(message.to_string()));
+    }
+    if ["marked for removal", "which is being removed"]
+        .iter()
+        .any(|words| message.contains(words))
+    {
+        return Some(DockerError::ContainerRemoving(message.to_string()));
     }
     const SOURCE_MISSING: &str = "bind source path does not exist: ";
     const TAR: &str = "Error processing tar file(exit status 1): ";
@@ -455,6 +471,30 @@ mod tests {
         assert!(matches!(
             DockerError::from_in_stream("OCI runtime exec failed: exec failed: something else"),
             DockerError::InStream(_)
+        ));
+    }
+
+    #[test]
+    fn refusals_of_a_container_being_removed_are_typed() {
+        // As this engine (20.10) answered requests racing a removal.
+        let answers: [(u16, &[u8]); 3] = [
+            (500, br#"{"message":"Cannot update container 4f0c: container is marked for removal and cannot be \"update\""}"#),
+            (409, br#"{"message":"container is marked for removal and cannot be started"}"#),
+            (409, br#"{"message":"You cannot commit container 4f0c which is being removed"}"#),
+        ];
+        for (status, body) in answers {
+            let error = DockerError::from_answer(status, body);
+            assert!(
+                matches!(error, DockerError::ContainerRemoving(_)),
+                "{error:?}"
+            );
+            assert!(error.is_conflict());
+        }
+        // The engine's own "already in progress" of a second removal stays as it was.
+        let again = br#"{"message":"removal of container 4f0c is already in progress"}"#;
+        assert!(matches!(
+            DockerError::from_answer(409, again),
+            DockerError::Api { status: 409, .. }
         ));
     }
 

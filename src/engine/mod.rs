@@ -1111,6 +1111,7 @@ impl Docker {
                 status: 409,
                 message,
             }) if message.contains("already in progress") => Ok(()),
+            Err(DockerError::ContainerRemoving(_)) => Ok(()),
             Err(error) => Err(error),
         }
     }

@@ -68,7 +68,8 @@ pub fn dispatch_with(
         | Request::PutArchive(name, _, _) => Some(context.expiry.busy(&config.namespace, name)),
         _ => None,
     };
-    match request {
+    let named = request.sandbox().map(|(name, needs)| (name.clone(), needs));
+    let result = match request {
         Request::OpenApi => get_openapi(context),
         Request::Health => get_health(context),
         Request::Pool => get_pool(context, config),
@@ -121,6 +122,12 @@ pub fn dispatch_with(
         Request::GetSnapshot(name) => get_snapshot(context, config, &name),
         Request::DeleteSnapshot(name) => delete_snapshot(context, config, &name),
         Request::RestoreSnapshot(name, body) => post_snapshot_restore(context, config, &name, body),
+    };
+    match (result, named) {
+        (Err(ApiError::Domain(error)), Some((name, needs))) => Err(ApiError::Domain(
+            sandbox::settle(&context.docker, config, &name, needs, error),
+        )),
+        (result, _) => result,
     }
 }
 

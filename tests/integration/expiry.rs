@@ -305,6 +305,34 @@ fn a_sandbox_that_stops_or_goes_while_its_stats_are_read_is_a_409_or_404() {
     server.finish();
 }
 
+/// A sandbox removed while a command runs in it (by another client, the expiry thread
+/// or at the engine): the command's answer is the client's 404, never the server's 5xx
+/// (`sandbox::settle`).
+#[test]
+fn a_sandbox_removed_while_a_command_runs_is_a_404() {
+    let server = Server::start();
+    create(&server, json!({"name": "doomed"}));
+    let id = server.get("/sandboxes/doomed").1["data"]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let client = &server;
+    let (status, answer) = std::thread::scope(|scope| {
+        let exec = std::thread::Builder::new()
+            .name("doomed-exec".into())
+            .spawn_scoped(scope, || {
+                let body = r#"{"command":["sleep","5"],"timeout_ms":20000}"#;
+                client.post("/sandboxes/doomed/exec", body)
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        docker().container_remove(&id).unwrap();
+        exec.join().unwrap()
+    });
+    assert_eq!(status, 404, "{answer}");
+    server.finish();
+}
+
 #[test]
 fn a_sandbox_paused_behind_our_back_is_a_prompt_409_never_a_stalled_exec() {
     let server = Server::start();
