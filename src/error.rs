@@ -79,6 +79,9 @@ pub enum Error {
     /// The sandbox was removed (by another request, or at the engine) while this
     /// request was making it.
     SandboxRemovedMeanwhile(String),
+    /// The sandbox was stopped and started again while a command ran in it: the
+    /// command ended with the processes of the first start.
+    SandboxRestarted(String),
     /// The engine failed or is unreachable.
     Engine(DockerError),
 }
@@ -192,6 +195,11 @@ impl fmt::Display for Error {
                 f,
                 "Sandbox '{name}' was removed (by another request, or at the engine) while \
                  it was being made"
+            ),
+            Error::SandboxRestarted(name) => write!(
+                f,
+                "Sandbox '{name}' was restarted while the command ran: the command ended \
+                 with its processes"
             ),
             Error::Engine(error) => error.fmt(f),
         }

@@ -200,7 +200,8 @@ pub fn settle(
         && matches!(error, Error::Engine(_))
         && (!state.running || state.paused);
     match state.status.as_str() {
-        "removing" => Error::SandboxNotFound(name.to_string()),
+        // (Dead: a removal the engine could not finish; `delete_container` tries again.)
+        "removing" | "dead" => Error::SandboxNotFound(name.to_string()),
         _ if raced_a_stop && state.paused => Error::SandboxPaused(name.to_string()),
         _ if raced_a_stop => Error::SandboxNotRunning(name.to_string()),
         _ => error,
@@ -644,7 +645,20 @@ pub fn pause(docker: &Docker, config: &Config, name: &SandboxName) -> Result<San
     if !inspect.state.running {
         return Err(Error::SandboxNotRunning(name.to_string()));
     }
-    docker.container_pause(&inspect.id)?;
+    let pausing = crate::exec::gate::pausing(&inspect.id)?;
+    let paused = docker.container_pause(&inspect.id);
+    drop(pausing);
+    if let Err(error) = paused {
+        // Paused by another request meanwhile: as asked. Stopped meanwhile (started
+        // again since, maybe: the engine's words say so): a 409.
+        let now = inspect_ours(docker, config, name)?;
+        if !now.state.paused {
+            if matches!(error, DockerError::ContainerStopped(_)) || !now.state.running {
+                return Err(Error::SandboxNotRunning(name.to_string()));
+            }
+            return Err(error.into());
+        }
+    }
     // An exec that looked at it just before may have put it back.
     forget_running(config, name);
     get(docker, config, name)
@@ -705,7 +719,20 @@ pub fn delete_container(
     id: &str,
     labels: &BTreeMap<String, String>,
 ) -> Result<()> {
-    docker.container_remove(id)?;
+    // A removal the engine could not finish (a file written into the container while
+    // it removed its filesystem: "directory not empty") leaves it dead: again, twice.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match docker.container_remove(id) {
+            Ok(()) => break,
+            Err(error @ DockerError::Api { status: 500, .. }) if tries < 3 => {
+                log::warn!("removal of container {id} failed ({error}): trying again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
     after_removal(docker, config, id, labels);
     Ok(())
 }
@@ -807,7 +834,7 @@ pub fn exec_in<T>(
             false => result,
         })
         .and_then(outcome)
-        .map_err(|error| explain_exec_failure(docker, config, target.sandbox, error))
+        .map_err(|error| explain_exec_failure(docker, config, target, error))
 }
 
 /// Starts `argv` in a sandbox's container as an exec that nobody attaches to (a
@@ -821,7 +848,7 @@ pub fn spawn_in(
     env: Vec<String>,
 ) -> Result<()> {
     crate::exec::docker_exec::spawn_detached(docker, target.container, argv, env)
-        .map_err(|error| explain_exec_failure(docker, config, target.sandbox, Error::Engine(error)))
+        .map_err(|error| explain_exec_failure(docker, config, target, Error::Engine(error)))
 }
 
 /// Runs a command in a running sandbox: through the stub where the sandbox has it, else
@@ -1035,14 +1062,16 @@ pub fn socket_route(config: &Config, inspect: &ContainerInspect) -> Option<Socke
 /// Why an exec failed, when the sandbox itself is the reason: an exec racing a delete
 /// or a stop meets the engine's 404 or 409, its in-stream refusal, a stream cut short
 /// or a killed process. Whichever it met, the sandbox's state now says what happened:
-/// gone (or being removed) is a `SandboxNotFound`, not running a `SandboxNotRunning`.
-/// Otherwise the error stands.
+/// gone (or being removed) is a `SandboxNotFound`, not running a `SandboxNotRunning`,
+/// running with another init than the exec met a `SandboxRestarted`. Otherwise the
+/// error stands.
 fn explain_exec_failure(
     docker: &Docker,
     config: &Config,
-    name: &SandboxName,
+    target: ExecTarget<'_>,
     error: Error,
 ) -> Error {
+    let name = target.sandbox;
     // Only the engine's answers and broken-off runs may have the sandbox as their
     // reason; an engine that cannot be reached cannot say.
     if !matches!(error, Error::Engine(_) | Error::RunLost(_))
@@ -1081,6 +1110,15 @@ fn explain_exec_failure(
         }
         Ok(inspect) if inspect.state.paused => Error::SandboxPaused(name.to_string()),
         Ok(inspect) if !inspect.state.running => Error::SandboxNotRunning(name.to_string()),
+        // Stopped and started again (by a client, or its restart policy) under the
+        // exec: the command ended with the processes of the first start.
+        Ok(inspect)
+            if target
+                .route
+                .is_some_and(|route| route.init_pid != inspect.state.pid) =>
+        {
+            Error::SandboxRestarted(name.to_string())
+        }
         // The sandbox is there and running (or the engine's answer says nothing of
         // it): the exec's own failure, with the engine's typed answers kept typed.
         _ => match error {

@@ -187,7 +187,15 @@ pub fn exec_refusal(exit_code: Option<i64>, stdout: &[u8], stderr: &[u8]) -> Opt
 /// The error answers we type, by status and words.
 fn typed_answer(status: u16, message: &str) -> Option<DockerError> {
     const MOUNT: &str = "invalid mount config for type ";
-    if message.contains(STOPPED) {
+    // (A pause's refusals when a stop won the race: runc's, then the engine's own.)
+    if [
+        STOPPED,
+        "cannot pause a stopped container",
+        "container not running",
+    ]
+    .iter()
+    .any(|words| message.contains(words))
+    {
         return Some(DockerError::ContainerStopped(message.to_string()));
     }
     if ["marked for removal", "which is being removed"]
@@ -489,6 +497,18 @@ mod tests {
                 "{error:?}"
             );
             assert!(error.is_conflict());
+        }
+        // A pause that lost to a stop (runc's words, then the engine's).
+        for message in [
+            "Cannot pause container 4f0c: OCI runtime pause failed: container not running: unknown",
+            "Cannot pause container 4f0c: cannot pause a stopped container: unknown",
+        ] {
+            let body = serde_json::json!({ "message": message }).to_string();
+            let error = DockerError::from_answer(500, body.as_bytes());
+            assert!(
+                matches!(error, DockerError::ContainerStopped(_)),
+                "{error:?}"
+            );
         }
         // The engine's own "already in progress" of a second removal stays as it was.
         let again = br#"{"message":"removal of container 4f0c is already in progress"}"#;

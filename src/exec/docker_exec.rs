@@ -120,6 +120,8 @@ pub fn spawn_detached(
         env,
         ..ExecSpec::default()
     };
+    // (A detached start is answered once its process runs.)
+    let _starting = crate::exec::gate::starting(container);
     let exec_id = docker.exec_create(container, &spec)?;
     docker.exec_start_detached(&exec_id)
 }
@@ -141,8 +143,11 @@ fn exec_marked(
         user: None,
         attach_stdin: spec.stdin.is_some(),
     };
+    let starting = crate::exec::gate::starting(container);
     let exec_id = docker.exec_create(container, &exec_spec)?;
     let mut hijacked = docker.exec_start(&exec_id)?;
+    crate::exec::gate::until_running(docker, &exec_id);
+    drop(starting);
     crate::exec::connected(sink, &hijacked.stdin);
     let feed = spec.stdin.as_deref().map(|data| {
         let writer = hijacked.stdin.try_clone();
@@ -250,6 +255,8 @@ fn kill_exec_tree(docker: &Docker, container: &str, mark: &Mark) -> bool {
         ..ExecSpec::default()
     };
     let mut said = Vec::new();
+    // (Held until the kill's output is drained: it runs for a moment.)
+    let _starting = crate::exec::gate::starting(container);
     let killed = docker
         .exec_create(container, &killer)
         .and_then(|id| docker.exec_start(&id))

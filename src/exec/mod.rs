@@ -16,6 +16,7 @@
 pub mod budget;
 mod cancel;
 pub mod docker_exec;
+pub mod gate;
 pub mod socket;
 pub mod stub;
 

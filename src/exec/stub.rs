@@ -47,9 +47,12 @@ pub fn exec_via_stub(
         attach_stdin: true,
         ..ExecSpec::default()
     };
+    // Set up once the stub said hello.
+    let starting = crate::exec::gate::starting(container);
     let exec_id = docker.exec_create(container, &exec_spec)?;
     let mut stream = StubStream::new(docker.exec_start(&exec_id)?);
     stream.read_hello().map_err(hello_failed)?;
+    drop(starting);
     exec_with(docker, container, stream, spec, started, sink)
 }
 
@@ -292,8 +295,11 @@ fn kill_once(
             .collect(),
         ..ExecSpec::default()
     };
+    let starting = crate::exec::gate::starting(container);
     let exec_id = docker.exec_create(container, &killer)?;
     let mut hijacked = docker.exec_start(&exec_id)?;
+    crate::exec::gate::until_running(docker, &exec_id);
+    drop(starting);
     let io_error = |source| DockerError::Io {
         operation: "kill exec".into(),
         source,

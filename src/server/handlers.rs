@@ -477,7 +477,16 @@ pub fn post_snapshots(
     let _reserved = reserve(context, config, adding, elsewhere)?;
     // The copy can take a while: the sandbox is in use meanwhile, not idle.
     let _busy = context.expiry.busy(&config.namespace, &sandbox);
-    let taken = crate::snapshot::take(&context.docker, config, &sandbox, &name)?;
+    let taken =
+        crate::snapshot::take(&context.docker, config, &sandbox, &name).map_err(|error| {
+            sandbox::settle(
+                &context.docker,
+                config,
+                &sandbox,
+                sandbox::Needs::Anything,
+                error,
+            )
+        })?;
     context
         .history
         .event(&config.namespace, &sandbox, "snapshotted");

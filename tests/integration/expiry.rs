@@ -305,31 +305,51 @@ fn a_sandbox_that_stops_or_goes_while_its_stats_are_read_is_a_409_or_404() {
     server.finish();
 }
 
-/// A sandbox removed while a command runs in it (by another client, the expiry thread
-/// or at the engine): the command's answer is the client's 404, never the server's 5xx
-/// (`sandbox::settle`).
+/// A sandbox removed or restarted while a command runs in it (by another client, the
+/// expiry thread, its restart policy or at the engine): the command's answer is the
+/// client's 404 or 409, never the server's 5xx.
 #[test]
-fn a_sandbox_removed_while_a_command_runs_is_a_404() {
+fn a_sandbox_removed_or_restarted_while_a_command_runs_is_a_404_or_409() {
     let server = Server::start();
-    create(&server, json!({"name": "doomed"}));
-    let id = server.get("/sandboxes/doomed").1["data"]["uuid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let client = &server;
-    let (status, answer) = std::thread::scope(|scope| {
-        let exec = std::thread::Builder::new()
-            .name("doomed-exec".into())
-            .spawn_scoped(scope, || {
-                let body = r#"{"command":["sleep","5"],"timeout_ms":20000}"#;
-                client.post("/sandboxes/doomed/exec", body)
-            })
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        docker().container_remove(&id).unwrap();
-        exec.join().unwrap()
-    });
-    assert_eq!(status, 404, "{answer}");
+    for (name, end, expected) in [("restarted", "restart", 409), ("doomed", "remove", 404)] {
+        create(&server, json!({ "name": name }));
+        let id = server.get(&format!("/sandboxes/{name}")).1["data"]["uuid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let client = &server;
+        let (status, answer) = std::thread::scope(|scope| {
+            let exec = std::thread::Builder::new()
+                .name(format!("{name}-exec"))
+                .spawn_scoped(scope, || {
+                    let body = r#"{"command":["sleep","5"],"timeout_ms":20000}"#;
+                    client.post(&format!("/sandboxes/{name}/exec"), body)
+                })
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            match end {
+                "restart" => {
+                    let restarted = std::process::Command::new("docker")
+                        .args(["restart", "-t", "0", &id])
+                        .output()
+                        .unwrap();
+                    assert!(restarted.status.success(), "{restarted:?}");
+                }
+                _ => docker().container_remove(&id).unwrap(),
+            }
+            exec.join().unwrap()
+        });
+        // (Through the exec socket a restart may also be told as the command's own
+        // end: killed from outside, every process with it.)
+        let killed = status == 200 && answer["data"]["status"] == "killed";
+        assert!(
+            status == expected || (end == "restart" && killed),
+            "{name}: {status} {answer}"
+        );
+        if end == "restart" {
+            assert_eq!(server.delete(&format!("/sandboxes/{name}")).0, 200);
+        }
+    }
     server.finish();
 }
 
@@ -360,5 +380,84 @@ fn a_sandbox_paused_behind_our_back_is_a_prompt_409_never_a_stalled_exec() {
     let (status, _) = server.post("/sandboxes/behind/exec", r#"{"command":["true"]}"#);
     assert_eq!(status, 200);
     assert_eq!(server.delete("/sandboxes/behind").0, 200);
+    server.finish();
+}
+
+/// Thaws a container's processes through its cgroup (v1 freezer or v2), as a last
+/// resort: a container frozen while `runc exec` set a process up in it is wedged, and
+/// even its removal hangs.
+fn thaw(id: &str) {
+    let _ = std::fs::write(
+        format!("/sys/fs/cgroup/freezer/docker/{id}/freezer.state"),
+        "THAWED",
+    );
+    let _ = std::fs::write(
+        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/cgroup.freeze"),
+        "0",
+    );
+}
+
+/// Pauses racing detached commands' starts (each a `docker exec`): never a frozen
+/// half-made exec that wedges the sandbox (before `exec::gate`, within seconds: every
+/// later call on it hung for the engine timeout), every answer prompt and no 5xx, and a
+/// steady stream of starts does not keep the pauses out.
+#[test]
+fn pauses_racing_command_starts_never_wedge_the_sandbox() {
+    let server = Server::start();
+    create(&server, json!({"name": "racy"}));
+    let id = server.get("/sandboxes/racy").1["data"]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let until = std::time::Instant::now() + Duration::from_secs(12);
+    let slow: Vec<String> = std::thread::scope(|scope| {
+        let (client, id) = (&server, &id);
+        let workers: Vec<_> = (0..3)
+            .map(|n| {
+                std::thread::Builder::new()
+                    .name(format!("racy-{n}"))
+                    .spawn_scoped(scope, move || {
+                        let mut slow = Vec::new();
+                        let mut pauses = 0;
+                        while std::time::Instant::now() < until {
+                            let asked = std::time::Instant::now();
+                            let (what, (status, answer)) = match n {
+                                0 => {
+                                    let (status, answer) = client.post("/sandboxes/racy/pause", "");
+                                    pauses += u32::from(status == 200);
+                                    client.post("/sandboxes/racy/resume", "");
+                                    ("pause", (status, answer))
+                                }
+                                _ => (
+                                    "detach",
+                                    client.post(
+                                        "/sandboxes/racy/exec/detach",
+                                        r#"{"command":["true"]}"#,
+                                    ),
+                                ),
+                            };
+                            if status >= 500 || asked.elapsed() > Duration::from_secs(8) {
+                                slow.push(format!(
+                                    "{what}: {status} {answer} {:?}",
+                                    asked.elapsed()
+                                ));
+                                thaw(id);
+                            }
+                        }
+                        if n == 0 && pauses < 5 {
+                            slow.push(format!("only {pauses} pauses got in"));
+                        }
+                        slow
+                    })
+                    .unwrap()
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().unwrap())
+            .collect()
+    });
+    assert!(slow.is_empty(), "{slow:#?}");
+    assert_eq!(server.delete("/sandboxes/racy").0, 200);
     server.finish();
 }
