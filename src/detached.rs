@@ -468,12 +468,13 @@ fn failure_text(code: Option<i64>, stderr: &[u8], stdout: &[u8]) -> String {
     }
 }
 
-/// The running sandbox's container id, if it has our stub, and its exec socket.
+/// The running sandbox's container id, if it has our stub, its exec socket and its
+/// init's pid.
 fn container(
     docker: &Docker,
     config: &Config,
     name: &SandboxName,
-) -> Result<(String, Option<SocketRoute>)> {
+) -> Result<(String, Option<SocketRoute>, i64)> {
     let inspect = crate::sandbox::inspect_ours(docker, config, name)?;
     if inspect.state.paused {
         return Err(Error::SandboxPaused(name.to_string()));
@@ -487,20 +488,21 @@ fn container(
         )));
     }
     let route = crate::sandbox::socket_route(config, &inspect);
-    Ok((inspect.id, route))
+    Ok((inspect.id, route, inspect.state.pid))
 }
 
 /// Operations are runs of the stub, which answers in JSON: through the sandbox's exec
 /// socket, else by plain `docker exec`.
 fn stub_target<'a>(
     sandbox: &'a SandboxName,
-    (container, route): &'a (String, Option<SocketRoute>),
+    (container, route, init_pid): &'a (String, Option<SocketRoute>, i64),
 ) -> ExecTarget<'a> {
     ExecTarget {
         sandbox,
         container,
         via: Via::StubOp,
         route: route.as_ref(),
+        init_pid: *init_pid,
     }
 }
 

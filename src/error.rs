@@ -82,6 +82,8 @@ pub enum Error {
     /// The sandbox was stopped and started again while a command ran in it: the
     /// command ended with the processes of the first start.
     SandboxRestarted(String),
+    /// Commands being started in the sandbox kept a pause out (`exec::gate`).
+    SandboxBusy(String),
     /// The engine failed or is unreachable.
     Engine(DockerError),
 }
@@ -200,6 +202,11 @@ impl fmt::Display for Error {
                 f,
                 "Sandbox '{name}' was restarted while the command ran: the command ended \
                  with its processes"
+            ),
+            Error::SandboxBusy(name) => write!(
+                f,
+                "Sandbox '{name}' has commands being started that did not start within 10 s: \
+                 retry the pause shortly"
             ),
             Error::Engine(error) => error.fmt(f),
         }

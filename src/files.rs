@@ -222,6 +222,8 @@ struct Container<'a> {
     limit: u64,
     /// Its exec socket, for the stub's operations.
     route: Option<SocketRoute>,
+    /// Its init's pid (0 when it does not run).
+    init_pid: i64,
 }
 
 impl<'a> Container<'a> {
@@ -256,6 +258,7 @@ impl<'a> Container<'a> {
             gid,
             limit: config.max_file_bytes,
             route,
+            init_pid: inspect.state.pid,
         })
     }
 
@@ -348,6 +351,7 @@ impl<'a> Container<'a> {
             container: &self.id,
             via: Via::StubOp,
             route: self.route.as_ref(),
+            init_pid: self.init_pid,
         };
         let outcome = |result: CommandResult| self.stub_outcome(&result, path).map(|()| result);
         let run = |observer: &mut dyn crate::exec::Observer| {

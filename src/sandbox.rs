@@ -199,9 +199,10 @@ pub fn settle(
     let raced_a_stop = needs == Needs::Running
         && matches!(error, Error::Engine(_))
         && (!state.running || state.paused);
+    // (Not a dead one: a removal the engine could not finish leaves it listed, and its
+    // name taken, until a removal succeeds; the engine's words say why.)
     match state.status.as_str() {
-        // (Dead: a removal the engine could not finish; `delete_container` tries again.)
-        "removing" | "dead" => Error::SandboxNotFound(name.to_string()),
+        "removing" => Error::SandboxNotFound(name.to_string()),
         _ if raced_a_stop && state.paused => Error::SandboxPaused(name.to_string()),
         _ if raced_a_stop => Error::SandboxNotRunning(name.to_string()),
         _ => error,
@@ -645,7 +646,8 @@ pub fn pause(docker: &Docker, config: &Config, name: &SandboxName) -> Result<San
     if !inspect.state.running {
         return Err(Error::SandboxNotRunning(name.to_string()));
     }
-    let pausing = crate::exec::gate::pausing(&inspect.id)?;
+    let pausing = crate::exec::gate::pausing(&inspect.id)
+        .ok_or_else(|| Error::SandboxBusy(name.to_string()))?;
     let paused = docker.container_pause(&inspect.id);
     drop(pausing);
     if let Err(error) = paused {
@@ -674,9 +676,13 @@ pub fn resume(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sa
         return Ok(from_inspect(&inspect));
     }
     if let Err(error) = docker.container_unpause(&inspect.id) {
-        // Resumed by another request meanwhile: as asked.
+        // Resumed by another request meanwhile: as asked; stopped meanwhile: a 409.
+        // Still paused: the unpause's own failure, in the engine's words.
         let now = inspect_ours(docker, config, name)?;
-        if !now.state.running || now.state.paused {
+        if !now.state.running {
+            return Err(Error::SandboxNotRunning(name.to_string()));
+        }
+        if now.state.paused {
             return Err(error.into());
         }
     }
@@ -781,6 +787,9 @@ pub struct ExecTarget<'a> {
     pub via: Via,
     /// The sandbox's exec socket, if it has one (see `socket_route`).
     pub route: Option<&'a SocketRoute>,
+    /// The init's pid when the sandbox was looked at (0: unknown): another one after a
+    /// failure means the sandbox was restarted under the exec.
+    pub init_pid: i64,
 }
 
 /// Runs `spec` in a sandbox's container: the one way into a sandbox, taken by execs
@@ -873,6 +882,7 @@ pub struct Running {
     container: String,
     via: Via,
     route: Option<SocketRoute>,
+    init_pid: i64,
 }
 
 /// Sandboxes with an exec socket found running lately, by namespace and name, with
@@ -994,6 +1004,7 @@ fn look_up_running(docker: &Docker, config: &Config, name: &SandboxName) -> Resu
         } else {
             Via::DockerExec
         },
+        init_pid: inspect.state.pid,
         container: inspect.id,
         route,
     })
@@ -1012,6 +1023,7 @@ pub fn exec_running(
         container: &running.container,
         via: running.via,
         route: running.route.as_ref(),
+        init_pid: running.init_pid,
     };
     exec_in(docker, config, target, spec, sink, Ok)
 }
@@ -1105,18 +1117,14 @@ fn explain_exec_failure(
         {
             gone
         }
-        Ok(inspect) if matches!(inspect.state.status.as_str(), "removing" | "dead") => {
+        Ok(inspect) if inspect.state.status == "removing" => {
             Error::SandboxNotFound(name.to_string())
         }
         Ok(inspect) if inspect.state.paused => Error::SandboxPaused(name.to_string()),
         Ok(inspect) if !inspect.state.running => Error::SandboxNotRunning(name.to_string()),
         // Stopped and started again (by a client, or its restart policy) under the
         // exec: the command ended with the processes of the first start.
-        Ok(inspect)
-            if target
-                .route
-                .is_some_and(|route| route.init_pid != inspect.state.pid) =>
-        {
+        Ok(inspect) if target.init_pid > 0 && target.init_pid != inspect.state.pid => {
             Error::SandboxRestarted(name.to_string())
         }
         // The sandbox is there and running (or the engine's answer says nothing of

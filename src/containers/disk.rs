@@ -295,11 +295,21 @@ fn prepare_inspected(dir: &Path, inspect: &ContainerInspect, quota_mb: u64) -> R
 /// it has one that is not (the host rebooted). A container without a disk of ours is
 /// left as it is.
 pub fn ensure(docker: &Docker, id: &str) -> Result<()> {
+    // Held before the look: a removal under way is seen, and never has a disk bound
+    // back over the layer the engine is deleting.
+    let _held = hold(id);
     let inspect = docker.container_inspect(id).map_err(Error::Engine)?;
     // A running container's overlay holds its layer: nothing is bound under it (one
     // that runs without its disk is `sweep::give_disks_back`'s).
     if inspect.state.running {
         return Ok(());
+    }
+    if inspect.state.status == "removing" {
+        return Err(Error::Engine(
+            crate::engine::DockerError::ContainerRemoving(format!(
+                "container {id} is being removed"
+            )),
+        ));
     }
     let labelled = label(&inspect, crate::containers::labels::DISK)
         .is_some_and(|how| how == Enforcement::LoopFilesystem.name());
@@ -310,7 +320,6 @@ pub fn ensure(docker: &Docker, id: &str) -> Result<()> {
         };
     };
     let id = inspect.id.as_str();
-    let _held = hold(id);
     if !image_path(&dir, id).exists() {
         if !labelled {
             return Ok(());

@@ -495,6 +495,10 @@ pub struct ImageConfig {
 pub struct ExecInspect {
     #[serde(rename = "Running")]
     pub running: bool,
+    /// The process's pid on the host, once the runtime has set it up (the engine says
+    /// `Running` before that: 0 meanwhile).
+    #[serde(rename = "Pid", default)]
+    pub pid: i64,
     #[serde(rename = "ExitCode")]
     pub exit_code: Option<i64>,
 }

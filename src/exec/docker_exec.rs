@@ -121,7 +121,7 @@ pub fn spawn_detached(
         ..ExecSpec::default()
     };
     // (A detached start is answered once its process runs.)
-    let _starting = crate::exec::gate::starting(container);
+    let _starting = crate::exec::gate::starting(container)?;
     let exec_id = docker.exec_create(container, &spec)?;
     docker.exec_start_detached(&exec_id)
 }
@@ -143,7 +143,7 @@ fn exec_marked(
         user: None,
         attach_stdin: spec.stdin.is_some(),
     };
-    let starting = crate::exec::gate::starting(container);
+    let starting = crate::exec::gate::starting(container)?;
     let exec_id = docker.exec_create(container, &exec_spec)?;
     let mut hijacked = docker.exec_start(&exec_id)?;
     crate::exec::gate::until_running(docker, &exec_id);
@@ -256,7 +256,7 @@ fn kill_exec_tree(docker: &Docker, container: &str, mark: &Mark) -> bool {
     };
     let mut said = Vec::new();
     // (Held until the kill's output is drained: it runs for a moment.)
-    let _starting = crate::exec::gate::starting(container);
+    let _starting = crate::exec::gate::starting_a_kill(container);
     let killed = docker
         .exec_create(container, &killer)
         .and_then(|id| docker.exec_start(&id))

@@ -3,10 +3,12 @@
 //! frozen half-way, the engine's calls on the container wait for it until their
 //! timeout, and even `docker rm -f` hangs (seen here with a pause racing a detached
 //! exec's start). So a pause waits for the starts in flight, and a start waits for a
-//! pause in flight; a start is over once its process runs. Within this process: a
-//! pause at the engine behind the server's back is not covered. Both waits are
-//! bounded (`WAIT`): past it a pause is refused as the engine's failure, and a start
-//! goes on.
+//! pause in flight (and for one waiting: else a steady stream of starts keeps pauses
+//! out); a start is over once its process runs. Within this process: a pause at the
+//! engine behind the server's back is not covered. Both waits are bounded (`WAIT`):
+//! past it a pause is refused (the sandbox is busy), and a command's start fails as
+//! the engine's (its pause call is that slow). A deadline's kill waits only for a pause
+//! in flight, never for one waiting, and goes on past `WAIT`.
 
 use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -80,12 +82,37 @@ impl Drop for Starting {
     }
 }
 
-/// Before an exec's create: waits for a pause in flight (at most `WAIT`); hold it until
-/// the exec's process runs (`until_running`, or its first output).
-pub fn starting(container: &str) -> Starting {
-    let (mut gates, _) = wait_while(gates(), container, Instant::now() + WAIT, |gate| {
+/// Before an exec's create: waits for a pause in flight or waiting (at most `WAIT`);
+/// hold it until the exec's process runs (`until_running`, or its first output).
+pub fn starting(container: &str) -> Result<Starting, DockerError> {
+    let (gates, clear) = wait_while(gates(), container, Instant::now() + WAIT, |gate| {
         gate.pausing || gate.waiting > 0
     });
+    if !clear {
+        return Err(DockerError::Io {
+            operation: "exec".into(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "a pause of the container did not end within {} s",
+                    WAIT.as_secs()
+                ),
+            ),
+        });
+    }
+    Ok(start_in(gates, container))
+}
+
+/// `starting` for a deadline's kill: waits only for a pause in flight, and goes on
+/// past `WAIT` (a kill that cannot wait).
+pub fn starting_a_kill(container: &str) -> Starting {
+    let (gates, _) = wait_while(gates(), container, Instant::now() + WAIT, |gate| {
+        gate.pausing
+    });
+    start_in(gates, container)
+}
+
+fn start_in(mut gates: MutexGuard<'_, BTreeMap<String, Gate>>, container: &str) -> Starting {
     gates.entry(container.to_string()).or_default().starting += 1;
     Starting(container.to_string())
 }
@@ -99,9 +126,9 @@ impl Drop for Pausing {
     }
 }
 
-/// Before a pause: waits for the starts (and another pause) in flight; an error when
-/// they did not end within `WAIT` (the engine is that slow: the pause is not made).
-pub fn pausing(container: &str) -> Result<Pausing, DockerError> {
+/// Before a pause: waits for the starts (and another pause) in flight; `None` when they
+/// did not end within `WAIT` (the pause is not made).
+pub fn pausing(container: &str) -> Option<Pausing> {
     let mut gates = gates();
     gates.entry(container.to_string()).or_default().waiting += 1;
     let (mut gates, clear) = wait_while(gates, container, Instant::now() + WAIT, |gate| {
@@ -117,28 +144,20 @@ pub fn pausing(container: &str) -> Result<Pausing, DockerError> {
         }
         drop(gates);
         CHANGED.notify_all();
-        return Err(DockerError::Io {
-            operation: "pause".into(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "commands starting in the container did not start within {} s",
-                    WAIT.as_secs()
-                ),
-            ),
-        });
+        return None;
     }
     gates.entry(container.to_string()).or_default().pausing = true;
-    Ok(Pausing(container.to_string()))
+    Some(Pausing(container.to_string()))
 }
 
 /// After an attached exec's start (the engine answers before its process is set up):
-/// returns once the engine says the process runs or ran, or after `RUNNING_WITHIN`.
+/// returns once the engine has the process's pid (it says `Running` before the runtime
+/// has set the process up: measured) or its exit code, or after `RUNNING_WITHIN`.
 pub fn until_running(docker: &Docker, exec_id: &str) {
     let deadline = Instant::now() + RUNNING_WITHIN;
     while Instant::now() < deadline {
         match docker.exec_inspect(exec_id) {
-            Ok(found) if !found.running && found.exit_code.is_none() => {
+            Ok(found) if found.pid <= 0 && found.exit_code.is_none() => {
                 std::thread::sleep(Duration::from_millis(5))
             }
             _ => return,
@@ -153,7 +172,7 @@ mod tests {
     #[test]
     fn a_pause_waits_for_starts_and_starts_for_a_pause() {
         let container = "gate-test-1";
-        let start = starting(container);
+        let start = starting(container).unwrap();
         let paused_at = std::sync::Arc::new(Mutex::new(None));
         let pause = std::thread::Builder::new()
             .name("gate-pause".into())
@@ -175,7 +194,7 @@ mod tests {
         let paused = paused_at.lock().unwrap().expect("the pause went on");
         assert!(paused >= started_done);
         // A start meanwhile waits for the pause to end.
-        let second = starting(container);
+        let second = starting(container).unwrap();
         assert!(paused.elapsed() >= Duration::from_millis(190));
         drop(second);
         pause.join().unwrap();
@@ -194,7 +213,7 @@ mod tests {
                     .name(format!("gate-starter-{n}"))
                     .spawn(move || {
                         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                            let held = starting(container);
+                            let held = starting(container).unwrap();
                             std::thread::sleep(Duration::from_millis(20));
                             drop(held);
                         }

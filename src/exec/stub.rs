@@ -48,7 +48,7 @@ pub fn exec_via_stub(
         ..ExecSpec::default()
     };
     // Set up once the stub said hello.
-    let starting = crate::exec::gate::starting(container);
+    let starting = crate::exec::gate::starting(container)?;
     let exec_id = docker.exec_create(container, &exec_spec)?;
     let mut stream = StubStream::new(docker.exec_start(&exec_id)?);
     stream.read_hello().map_err(hello_failed)?;
@@ -295,7 +295,7 @@ fn kill_once(
             .collect(),
         ..ExecSpec::default()
     };
-    let starting = crate::exec::gate::starting(container);
+    let starting = crate::exec::gate::starting_a_kill(container);
     let exec_id = docker.exec_create(container, &killer)?;
     let mut hijacked = docker.exec_start(&exec_id)?;
     crate::exec::gate::until_running(docker, &exec_id);

@@ -98,7 +98,6 @@ impl Request {
             | Request::ExecDetach(name, _)
             | Request::DetachedKill(name, _)
             | Request::PauseSandbox(name)
-            | Request::ResumeSandbox(name)
             | Request::SandboxStats(name) => Some((name, Needs::Running)),
             Request::GetSandbox(name)
             | Request::ExtendSandbox(name, _)
@@ -108,6 +107,8 @@ impl Request {
             | Request::DetachedLogs { sandbox: name, .. }
             | Request::StartSandbox(name)
             | Request::StopSandbox(name)
+            // (A resume tells its own races: `sandbox::resume`.)
+            | Request::ResumeSandbox(name)
             | Request::SandboxLogs(name)
             | Request::GetSandboxFile(name, _)
             | Request::PutSandboxFile(name, _, _)

@@ -384,6 +384,7 @@ pub fn status_of(error: &ApiError) -> (u16, String) {
                 | Error::SandboxPaused(_)
                 | Error::SandboxRemovedMeanwhile(_)
                 | Error::SandboxRestarted(_)
+                | Error::SandboxBusy(_)
                 | Error::FileNeedsRunning { .. } => 409,
                 Error::FileTooLarge { .. } => 413,
                 Error::NoSpace { .. } | Error::DiskQuotaFull { .. } => 507,

@@ -389,43 +389,8 @@ fn the_socket_is_no_way_in() {
 
 #[test]
 fn a_sandbox_made_before_the_socket_is_exec_d_into_by_docker_exec_and_the_log_says_so() {
-    use agentkernel::config::Namespace;
-    use agentkernel::containers::labels::{self, Kind, SandboxName};
-    use agentkernel::containers::profile::Profile;
-    use agentkernel::engine::ContainerSpec;
-    // What an earlier release made: the stub as init, mounted from the executable,
-    // and no exec socket.
     let server = Server::start();
-    let namespace = Namespace::parse(&server.namespace).unwrap();
-    let name = SandboxName::parse("older").unwrap();
-    let mut labels = labels::labels(
-        &namespace,
-        Kind::Sandbox,
-        &crate::harness::image(),
-        "moderate",
-        Some(&name),
-    );
-    labels.insert(labels::STUB.to_string(), "1".to_string());
-    let mounts = vec![(
-        PathBuf::from(env!("CARGO_BIN_EXE_agentkernel")),
-        agentkernel::stub::STUB_PATH.to_string(),
-    )];
-    let mut spec = ContainerSpec {
-        name: Some(labels::container_name(&namespace, &name)),
-        image: crate::harness::image(),
-        labels,
-        entrypoint: Some(vec![
-            agentkernel::stub::STUB_PATH.into(),
-            "stub".into(),
-            "--idle".into(),
-        ]),
-        host: Profile::Moderate.host_settings(Profile::Moderate.default_limits(), "/", mounts),
-        ..ContainerSpec::default()
-    };
-    spec.host.init = false;
-    let docker = crate::harness::docker();
-    let id = docker.container_create(&spec).unwrap();
-    docker.container_start(&id).unwrap();
+    crate::harness::sandbox_without_socket(&server, "older");
 
     let since = now();
     echo_works(&server, "older");

@@ -678,3 +678,37 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// A sandbox as an earlier release made it: the stub as init, mounted from the
+/// executable, and no exec socket (its execs and file operations go by `docker exec`).
+pub fn sandbox_without_socket(server: &Server, sandbox: &str) -> String {
+    use agentkernel::config::Namespace;
+    use agentkernel::containers::labels::{self, Kind, SandboxName};
+    use agentkernel::containers::profile::Profile;
+    use agentkernel::engine::ContainerSpec;
+    let namespace = Namespace::parse(&server.namespace).unwrap();
+    let name = SandboxName::parse(sandbox).unwrap();
+    let mut labels = labels::labels(&namespace, Kind::Sandbox, &image(), "moderate", Some(&name));
+    labels.insert(labels::STUB.to_string(), "1".to_string());
+    let mounts = vec![(
+        PathBuf::from(env!("CARGO_BIN_EXE_agentkernel")),
+        agentkernel::stub::STUB_PATH.to_string(),
+    )];
+    let mut spec = ContainerSpec {
+        name: Some(labels::container_name(&namespace, &name)),
+        image: image(),
+        labels,
+        entrypoint: Some(vec![
+            agentkernel::stub::STUB_PATH.into(),
+            "stub".into(),
+            "--idle".into(),
+        ]),
+        host: Profile::Moderate.host_settings(Profile::Moderate.default_limits(), "/", mounts),
+        ..ContainerSpec::default()
+    };
+    spec.host.init = false;
+    let docker = docker();
+    let id = docker.container_create(&spec).unwrap();
+    docker.container_start(&id).unwrap();
+    id
+}
