@@ -333,6 +333,11 @@ impl Drop for PrivateEngine {
         for mount in mounts_under(&self.dir) {
             let _ = Command::new("umount").arg("-l").arg(&mount).status();
         }
+        // The loop devices of the disks a server gave its sandboxes (a server killed
+        // with its engine never released them): freed once their mounts are gone.
+        for device in loop_devices_under(&self.dir) {
+            let _ = Command::new("losetup").arg("-d").arg(&device).status();
+        }
         for _ in 0..20 {
             if fs::remove_dir_all(&self.dir).is_ok() || !self.dir.exists() {
                 break;
@@ -483,6 +488,22 @@ fn all_pids() -> Vec<u32> {
 }
 
 /// Mount points under `dir`, deepest first.
+/// The loop devices (`/dev/loopN`) whose file, deleted or not, is under `dir`, from the
+/// kernel's own table.
+fn loop_devices_under(dir: &Path) -> Vec<String> {
+    let prefix = format!("{}/", dir.display());
+    fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| {
+            fs::read_to_string(entry.path().join("loop/backing_file"))
+                .is_ok_and(|file| file.starts_with(&prefix))
+        })
+        .map(|entry| format!("/dev/{}", entry.file_name().to_string_lossy()))
+        .collect()
+}
+
 fn mounts_under(dir: &Path) -> Vec<String> {
     let prefix = dir.display().to_string();
     let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
