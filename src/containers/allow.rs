@@ -786,30 +786,8 @@ pub fn apply(
 /// starts them again by itself after a reboot), their rules are put back now; where
 /// that fails, the running ones are stopped. Gives whether it could look.
 pub fn at_start(docker: &Docker, namespaces: &[crate::config::Namespace]) -> bool {
-    let mut filters = labels::all_sandboxes();
-    filters.push(format!("{}=allow", labels::NETWORK));
-    let Ok(found) = docker.container_list(&filters) else {
-        return false;
-    };
-    let ours: Vec<_> = found
-        .into_iter()
-        .filter(|summary| labels::in_namespaces(summary.labels.as_ref(), namespaces))
-        .collect();
-    if ours.is_empty() {
-        return true;
-    }
-    let mut outcome = look(docker);
-    for _ in 0..3 {
-        if outcome.is_ok() {
-            break;
-        }
-        std::thread::sleep(egress::WATCH_EVERY);
-        outcome = look(docker);
-    }
-    if let Err(error) = outcome {
-        egress::stop_for_good(docker, &ours, "allow-list", &error);
-    }
-    true
+    let allow = crate::containers::profile::Network::Allow.name();
+    egress::put_back_at_start(docker, namespaces, allow, "allow-list", |_| look(docker))
 }
 
 /// The rules before the engine runs (at boot): every allow-list container refused

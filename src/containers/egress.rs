@@ -402,9 +402,33 @@ pub fn install_rules() -> Result<()> {
 /// their policy.
 /// Gives whether it could look (else it is to be tried again).
 pub fn at_start(docker: &Docker, namespaces: &[crate::config::Namespace]) -> bool {
-    let mut filters = labels::all_sandboxes();
     let public = crate::containers::profile::Network::Public.name();
-    filters.push(format!("{}={public}", labels::NETWORK));
+    put_back_at_start(
+        docker,
+        namespaces,
+        public,
+        "public",
+        |attempt| match attempt {
+            0 => ensure_public(docker),
+            _ => look(docker),
+        },
+    )
+}
+
+/// At a server's start, for the sandboxes of `namespaces` whose `network` label is
+/// `network` (`what` they are, in the log): `look` (its attempt, from 0) puts their
+/// rules back. A look that fails may fail for a moment (the engine restoring its own
+/// rules at boot holds the lock): a few tries before the running ones are stopped for
+/// good. Gives whether it could list them.
+pub(crate) fn put_back_at_start(
+    docker: &Docker,
+    namespaces: &[crate::config::Namespace],
+    network: &str,
+    what: &str,
+    look: impl Fn(u32) -> Result<()>,
+) -> bool {
+    let mut filters = labels::all_sandboxes();
+    filters.push(format!("{}={network}", labels::NETWORK));
     let Ok(found) = docker.container_list(&filters) else {
         return false;
     };
@@ -415,18 +439,16 @@ pub fn at_start(docker: &Docker, namespaces: &[crate::config::Namespace]) -> boo
     if ours.is_empty() {
         return true;
     }
-    // A look that fails may fail for a moment (the engine restoring its own rules at
-    // boot holds the lock): a few tries before anything is stopped.
-    let mut outcome = ensure_public(docker);
-    for _ in 0..3 {
+    let mut outcome = look(0);
+    for attempt in 1..=3 {
         if outcome.is_ok() {
             break;
         }
         std::thread::sleep(WATCH_EVERY);
-        outcome = look(docker);
+        outcome = look(attempt);
     }
     if let Err(error) = outcome {
-        stop_for_good(docker, &ours, "public", &error);
+        stop_for_good(docker, &ours, what, &error);
     }
     true
 }
