@@ -68,7 +68,7 @@ pub fn dispatch_with(
         | Request::PutArchive(name, _, _) => Some(context.expiry.busy(&config.namespace, name)),
         _ => None,
     };
-    let named = request.sandbox().map(|(name, needs)| (name.clone(), needs));
+    let named = request.sandbox();
     let result = match request {
         Request::OpenApi => get_openapi(context),
         Request::Health => get_health(context),

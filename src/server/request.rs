@@ -89,52 +89,21 @@ pub enum Request {
 }
 
 impl Request {
-    /// The sandbox a request works on, by the name in its path, and how.
-    pub fn sandbox(&self) -> Option<(&SandboxName, crate::sandbox::Needs)> {
+    /// The sandbox a request works on, by the name in its path (`Route::sandbox`), and
+    /// what it needs of it.
+    pub fn sandbox(&self) -> Option<(SandboxName, crate::sandbox::Needs)> {
         use crate::sandbox::Needs;
-        match self {
-            Request::ExecSandbox(name, _)
-            | Request::ExecSandboxStream(name, _)
-            | Request::ExecDetach(name, _)
-            | Request::DetachedKill(name, _)
-            | Request::PauseSandbox(name)
-            | Request::SandboxStats(name) => Some((name, Needs::Running)),
-            Request::GetSandbox(name)
-            | Request::ExtendSandbox(name, _)
-            | Request::DeleteSandbox(name)
-            | Request::DetachedList(name)
-            | Request::DetachedStatus(name, _)
-            | Request::DetachedLogs { sandbox: name, .. }
-            | Request::StartSandbox(name)
-            | Request::StopSandbox(name)
+        let needs = match self {
+            Request::ExecSandbox(..)
+            | Request::ExecSandboxStream(..)
+            | Request::ExecDetach(..)
+            | Request::DetachedKill(..)
+            | Request::PauseSandbox(_)
+            | Request::SandboxStats(_) => Needs::Running,
             // (A resume tells its own races: `sandbox::resume`.)
-            | Request::ResumeSandbox(name)
-            | Request::SandboxLogs(name)
-            | Request::GetSandboxFile(name, _)
-            | Request::PutSandboxFile(name, _, _)
-            | Request::DeleteSandboxFile(name, _)
-            | Request::PostSandboxFiles(name, _)
-            | Request::GetArchive(name, _)
-            | Request::PutArchive(name, _, _) => Some((name, Needs::Anything)),
-            Request::OpenApi
-            | Request::Health
-            | Request::Backends
-            | Request::Pool
-            | Request::Run(_)
-            | Request::RunStream(_)
-            | Request::BatchRun(_)
-            | Request::ListSandboxes
-            | Request::CreateSandbox(_)
-            | Request::GetSandboxByUuid(_)
-            | Request::ListSnapshots
-            | Request::CreateSnapshot(_)
-            | Request::GetSnapshot(_)
-            | Request::DeleteSnapshot(_)
-            | Request::RestoreSnapshot(_, _)
-            | Request::Metrics
-            | Request::ListVolumes
-            | Request::DeleteVolume(_) => None,
-        }
+            _ => Needs::Anything,
+        };
+        Some((self.route().sandbox()?.clone(), needs))
     }
 
     /// Takes what a cluster's router says the namespace holds on its other agents

@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 use crate::cluster::client::{self, Body, SendError};
 use crate::cluster::Agents;
 use crate::config::Namespace;
+use crate::containers::labels::SandboxName;
 use crate::exec::Cancel;
 use crate::tenants::{Elsewhere, ELSEWHERE_HEADER};
 
@@ -270,7 +271,7 @@ pub fn upload(
 ) -> Option<u16> {
     let cancel = Cancel::new();
     let forward = forward_of(context, agents, upload.route, upload.head, None, &cancel);
-    let name = sandbox_of(upload.route).unwrap_or_default();
+    let name = upload.route.sandbox().map_or("", SandboxName::as_str);
     let answered = locate(agents, upload.namespace, name, &forward).and_then(|found| match found {
         Ok(node) => {
             // A tenant's uploads have a share of an agent's places; the operator's (and a
@@ -377,7 +378,7 @@ fn stream_to(
         node: node.to_string(),
         what: format!(
             "Sandbox '{}' is",
-            sandbox_of(upload.route).unwrap_or_default()
+            upload.route.sandbox().map_or("", SandboxName::as_str)
         ),
     };
     // Each upload holds a connection to its agent while its client sends: a bounded
@@ -659,46 +660,17 @@ fn dispatch(
             first_found(agents, &format!("Snapshot '{name}'"), forward, out)
         }
         Route::DeleteVolume(name) => first_found(agents, &format!("Volume '{name}'"), forward, out),
-        other => match sandbox_of(other) {
+        other => match other.sandbox().map(SandboxName::as_str) {
             Some(name) => by_name(agents, namespace, name, forward, out),
             None => to_any(agents, forward, out),
         },
     }
 }
 
-/// The sandbox a route names, if it names one.
-fn sandbox_of(route: &Route) -> Option<&str> {
-    match route {
-        Route::GetSandbox(name)
-        | Route::ExtendSandbox(name)
-        | Route::DeleteSandbox(name)
-        | Route::ExecSandbox(name)
-        | Route::ExecSandboxStream(name)
-        | Route::ExecDetach(name)
-        | Route::DetachedList(name)
-        | Route::DetachedStatus(name, _)
-        | Route::DetachedKill(name, _)
-        | Route::DetachedLogs { sandbox: name, .. }
-        | Route::StartSandbox(name)
-        | Route::StopSandbox(name)
-        | Route::PauseSandbox(name)
-        | Route::ResumeSandbox(name)
-        | Route::SandboxLogs(name)
-        | Route::SandboxStats(name)
-        | Route::GetSandboxFile(name, _)
-        | Route::PutSandboxFile(name, _)
-        | Route::DeleteSandboxFile(name, _)
-        | Route::PostSandboxFiles(name)
-        | Route::GetArchive(name, _)
-        | Route::PutArchive(name, _) => Some(name.as_str()),
-        _ => None,
-    }
-}
-
 /// Whether a name from a body is one an agent would take (anything else, it answers
 /// the 400 itself); never a path of its own.
 fn is_name(name: &str) -> bool {
-    crate::containers::labels::SandboxName::parse(name).is_ok()
+    SandboxName::parse(name).is_ok()
 }
 
 /// The key a sandbox is placed and remembered by: names are per namespace.

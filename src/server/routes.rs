@@ -62,6 +62,54 @@ pub enum Route {
 }
 
 impl Route {
+    /// The sandbox the route names in its path, if it names one (an exhaustive `match`:
+    /// a new route is placed here before it compiles). The router places requests by
+    /// it, and the server tells a request's failures in that sandbox's terms.
+    pub fn sandbox(&self) -> Option<&SandboxName> {
+        match self {
+            Route::GetSandbox(name)
+            | Route::ExtendSandbox(name)
+            | Route::DeleteSandbox(name)
+            | Route::ExecSandbox(name)
+            | Route::ExecSandboxStream(name)
+            | Route::ExecDetach(name)
+            | Route::DetachedList(name)
+            | Route::DetachedStatus(name, _)
+            | Route::DetachedKill(name, _)
+            | Route::DetachedLogs { sandbox: name, .. }
+            | Route::StartSandbox(name)
+            | Route::StopSandbox(name)
+            | Route::PauseSandbox(name)
+            | Route::ResumeSandbox(name)
+            | Route::SandboxLogs(name)
+            | Route::SandboxStats(name)
+            | Route::GetSandboxFile(name, _)
+            | Route::PutSandboxFile(name, _)
+            | Route::DeleteSandboxFile(name, _)
+            | Route::PostSandboxFiles(name)
+            | Route::GetArchive(name, _)
+            | Route::PutArchive(name, _) => Some(name),
+            Route::OpenApi
+            | Route::Health
+            | Route::Backends
+            | Route::Pool
+            | Route::Run
+            | Route::RunStream
+            | Route::BatchRun
+            | Route::ListSandboxes
+            | Route::CreateSandbox
+            | Route::GetSandboxByUuid(_)
+            | Route::ListSnapshots
+            | Route::CreateSnapshot
+            | Route::GetSnapshot(_)
+            | Route::DeleteSnapshot(_)
+            | Route::RestoreSnapshot(_)
+            | Route::Metrics
+            | Route::ListVolumes
+            | Route::DeleteVolume(_) => None,
+        }
+    }
+
     /// The method and path that `parse` turns into this route (`GET` for `Health`, which
     /// `HEAD` reaches too): how the command line's remote mode sends a request.
     pub fn target(&self) -> (&'static str, String) {
