@@ -603,24 +603,16 @@ pub fn stats(docker: &Docker, config: &Config, name: &SandboxName) -> Result<Sta
     if !inspect.state.running {
         return Err(Error::SandboxNotRunning(name.to_string()));
     }
-    // The engine answers nothing when the container stops or goes while it samples:
-    // what happened is then said as for any other request (404, 409), never a 502.
+    // The engine has no reading when the container stops or goes while it samples:
+    // asked once more (it may run again); else what happened is `settle`'s to say, as
+    // for any request (404, 409), never a 502.
     let raw = match docker.container_stats(&inspect.id)? {
         Some(raw) => raw,
-        None => {
-            let again = inspect_ours(docker, config, name)?;
-            if again.state.status == "removing" {
-                return Err(Error::SandboxNotFound(name.to_string()));
-            }
-            if !again.state.running {
-                return Err(Error::SandboxNotRunning(name.to_string()));
-            }
-            docker.container_stats(&again.id)?.ok_or_else(|| {
-                Error::Engine(DockerError::Protocol(format!(
-                    "the engine gave no reading of sandbox '{name}'"
-                )))
-            })?
-        }
+        None => docker.container_stats(&inspect.id)?.ok_or_else(|| {
+            Error::Engine(DockerError::Protocol(format!(
+                "the engine gave no reading of sandbox '{name}'"
+            )))
+        })?,
     };
     let limit_cpus = inspect.host_config.nano_cpus.max(0) as f64 / 1e9;
     Ok(Stats {
